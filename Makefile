@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv with the
+# pinned dependencies on first use (a fresh machine needs only Python 3.11 and pip).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/shardc compile examples/models/tiny_gpt2.onnx --topology topologies/localhost.topo --set devices=2 -o out/demo --force
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy shardc
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,5 @@
+"""shardc: a hardware-topology-aware model sharding compiler."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

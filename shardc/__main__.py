@@ -1,0 +1,3 @@
+from shardc.cli.main import main
+
+main()

@@ -1,0 +1,5 @@
+"""The ``shardc`` command line (filled in by shardc.cli.main)."""
+
+from shardc.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,76 @@
+"""The one error hierarchy of shardc.
+
+Every failure a user can cause (a bad file, a typo in a topology, a model that cannot fit)
+is a :class:`ShardcError` subclass whose message says *what* went wrong, *where* (file,
+line and column, or node name) and, when we know it, *how to fix it*. The CLI prints such
+errors as one line and exits 2; anything else is a bug in shardc and exits 1 with a
+traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class ShardcError(Exception):
+    """A problem with the user's input or request, reported without a traceback.
+
+    ``where`` is a location prefix such as ``model.onnx`` or ``node 'MatMul_3'``;
+    ``hint`` is an optional suggestion appended to the message.
+    """
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        self.message = message
+        self.where = where
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """The one-line form the CLI prints."""
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+
+class ModelError(ShardcError):
+    """The model file or graph is unreadable, invalid, or cannot be analysed."""
+
+
+class TopologyError(ShardcError):
+    """A topology file is malformed; carries ``file``, ``line`` and ``column`` (1-based)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        hint: str | None = None,
+        context: str | None = None,
+    ):
+        self.file = file
+        self.line = line
+        self.column = column
+        self.context = context
+        where = None
+        if file is not None:
+            where = file if line is None else f"{file}:{line}:{column or 1}"
+        super().__init__(message, where=where, hint=hint)
+
+
+class OptionError(ShardcError):
+    """A command-line or API option has a wrong form or value (e.g. ``--dim batch=x``)."""
+
+
+class InfeasibleError(ShardcError):
+    """No plan satisfies the constraints; ``reason`` says which ones conflict."""
+
+
+class SolverTimeout(ShardcError):
+    """The solver found no plan within the time limit."""
+
+
+class PipelineError(Exception):
+    """A pass failed or broke the pipeline contract: an internal error, not a user one."""
