@@ -57,6 +57,8 @@ def _register() -> None:
     import importlib
 
     for module, attr in (
+        ("shardc.cli.analyse", "inspect_cmd"),
+        ("shardc.cli.analyse", "compile_cmd"),
         ("shardc.cli.topo", "topo"),
         ("shardc.cli.synth", "synth"),
     ):

@@ -1,1 +1,5 @@
-"""shardc.emit."""
+"""Turning the IR (and later a plan) back into files people and runtimes use."""
+
+from shardc.emit.onnx_model import graph_proto, model_proto, node_proto
+
+__all__ = ["graph_proto", "model_proto", "node_proto"]

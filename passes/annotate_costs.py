@@ -1,0 +1,140 @@
+"""Pass ``annotate_costs``: FLOPs, bytes and parameter bytes of every node.
+
+Device-independent: how long a node takes on a given device kind is the cost model's
+business (:mod:`shardc.cost`), which reads this table. Totals are kept per compute dtype
+(fp32, bf16, fp16, fp8, int8…) because devices list a different peak for each.
+Opaque nodes (functions, If/Loop/Scan) get the summed cost of their bodies: If takes
+its more expensive branch, Loop multiplies by a constant trip count, Scan by the scan
+length. Ops with no rule get a bytes-only cost and are listed, so nothing is silently
+free.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shardc.cost.ops import NodeCost, node_cost
+from shardc.ir import Graph, Node
+from shardc.pipeline import CompileState, Pass
+
+
+@dataclass(frozen=True)
+class GraphCosts:
+    """Per-node costs plus the totals reports and the partitioner start from."""
+
+    nodes: Mapping[str, NodeCost]
+    param_bytes: int
+    """Bytes of all initializers, each counted once (tied weights are not doubled)."""
+    param_count: int
+    bytes_only_ops: tuple[str, ...]
+    """Op types that got no FLOP rule (``domain::op`` for custom domains)."""
+
+    @property
+    def flops(self) -> int:
+        """Total forward FLOPs of one run of the graph."""
+        return sum(c.flops for c in self.nodes.values())
+
+    def flops_by_dtype(self) -> dict[str, int]:
+        """Total FLOPs per compute dtype (``fp32``, ``bf16``, ``fp8``…)."""
+        acc: dict[str, int] = defaultdict(int)
+        for c in self.nodes.values():
+            acc[c.dtype.short] += c.flops
+        return dict(sorted(acc.items()))
+
+    def flops_by_kind(self) -> dict[str, int]:
+        """Total FLOPs per op kind (``matmul``, ``attention``, ``norm``…)."""
+        acc: dict[str, int] = defaultdict(int)
+        for c in self.nodes.values():
+            acc[c.kind] += c.flops
+        return dict(sorted(acc.items()))
+
+    def bytes_moved(self) -> int:
+        """Total bytes read plus written by all nodes."""
+        return sum(c.bytes_total for c in self.nodes.values())
+
+
+def _body_flops(node: Node, graph: Graph, where: str, custom: Mapping[str, float]) -> int:
+    """FLOPs of an opaque node's subgraphs, scaled by trip count where one is known."""
+    per_body = [graph_costs(g, where=where, custom_flops=custom).flops for g in node.subgraphs]
+    if node.op_type == "If":
+        return max(per_body, default=0)
+    total = sum(per_body)
+    if node.op_type == "Loop" and node.inputs and node.inputs[0]:
+        trip = graph.values.get(node.inputs[0])
+        if trip is not None and trip.const:
+            total *= int(trip.const[0])
+    elif node.op_type == "Scan":
+        n_state = len(node.inputs) - int(node.attr("num_scan_inputs", 0) or 0)  # type: ignore[arg-type]
+        scan_in = node.inputs[n_state] if n_state < len(node.inputs) else ""
+        t = graph.values[scan_in].type if scan_in and graph.values.get(scan_in) else None
+        axes = node.attr("scan_input_axes") or (0,)
+        if t is not None and t.shape is not None and isinstance(t.shape[axes[0]], int):  # type: ignore[index]
+            total *= t.shape[axes[0]]  # type: ignore[index,operator]
+    return total
+
+
+def graph_costs(
+    graph: Graph, *, where: str, custom_flops: Mapping[str, float] | None = None
+) -> GraphCosts:
+    """Cost every node of ``graph`` (recursing into opaque bodies)."""
+    custom = dict(custom_flops or {})
+    costs: dict[str, NodeCost] = {}
+    bytes_only: dict[str, None] = {}
+    for node in graph.nodes:
+        c = node_cost(
+            node,
+            graph,
+            where=where,
+            custom_flops=custom,
+            body_cost=lambda n: _body_flops(n, graph, where, custom),
+        )
+        costs[node.name] = c
+        if not c.exact:
+            bytes_only[node.qualified_op] = None
+    weights = graph.weights
+    return GraphCosts(
+        nodes=costs,
+        param_bytes=sum(v.nbytes or 0 for v in weights),
+        param_count=sum(v.type.numel or 0 for v in weights if v.type is not None),
+        bytes_only_ops=tuple(sorted(bytes_only)),
+    )
+
+
+def run(state: CompileState) -> CompileState:
+    """Annotate ``state.graph`` and warn once per op type that has no FLOP rule."""
+    costs = graph_costs(
+        state.graph, where=state.model.source, custom_flops=state.options.custom_flops
+    )
+    warnings = [
+        f"no FLOP rule for {op}: costed by bytes only (give one with --op-cost {op}=F)"
+        for op in costs.bytes_only_ops
+    ]
+    return state.with_(costs=costs).warn(*warnings)
+
+
+def dump(state: CompileState) -> str:
+    """IR text with each node's FLOPs and bytes."""
+    from shardc.ir.printer import format_graph
+
+    assert state.costs is not None
+    table = state.costs.nodes
+
+    def note(node: Node) -> str:
+        c = table[node.name]
+        flag = "" if c.exact else " bytes-only"
+        traffic = f"read={c.bytes_read} write={c.bytes_written}"
+        return f"{c.kind} {c.dtype.short} flops={c.flops} {traffic}{flag}"
+
+    return format_graph(state.graph, annotate=note)
+
+
+PASS = Pass(
+    name="annotate_costs",
+    run=run,
+    requires=("graph",),
+    provides=("costs",),
+    description="FLOPs, bytes read/written and parameter bytes per node, per dtype",
+    dump=dump,
+)

@@ -1,0 +1,61 @@
+"""Parsing ``NAME=VALUE`` options shared by several commands.
+
+Bad forms are :class:`shardc.errors.OptionError`, so they print as one line and exit 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from shardc.errors import OptionError
+
+
+def _pairs(items: Iterable[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise OptionError(f"{flag} {item!r}: expected NAME=VALUE")
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+def parse_dims(items: Iterable[str]) -> dict[str, int]:
+    """``--dim batch=8`` -> ``{"batch": 8}``; values must be positive integers."""
+    dims: dict[str, int] = {}
+    for name, value in _pairs(items, "--dim"):
+        try:
+            n = int(value.replace("_", ""))
+        except ValueError:
+            raise OptionError(f"--dim {name}={value}: not an integer") from None
+        if n <= 0:
+            raise OptionError(f"--dim {name}={value}: must be positive")
+        dims[name] = n
+    return dims
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, int | float | str]:
+    """``--set nodes=4`` -> ``{"nodes": 4}``: ints, then floats, else the string."""
+    out: dict[str, int | float | str] = {}
+    for name, value in _pairs(items, "--set"):
+        try:
+            out[name] = int(value)
+        except ValueError:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                out[name] = value
+    return out
+
+
+def parse_op_costs(items: Iterable[str]) -> dict[str, float]:
+    """``--op-cost com.acme::Fused=12`` -> FLOPs per output element for that op."""
+    out: dict[str, float] = {}
+    for name, value in _pairs(items, "--op-cost"):
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise OptionError(f"--op-cost {name}={value}: not a number") from None
+        if out[name] < 0:
+            raise OptionError(f"--op-cost {name}={value}: must not be negative")
+    return out

@@ -1,0 +1,115 @@
+"""Reading ONNX from disk or memory, without weights, refusing unsafe files.
+
+Planning needs shapes and dtypes only, so files are read with
+``load_external_data=False``: a 1 T-parameter model costs a few MB to plan. External data
+locations are checked before anything follows them: a path that leaves the model's
+folder (absolute, ``..``, a symlink out) is refused, as ONNX's own loader does for
+``load_external_data=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from shardc.errors import ModelError
+
+
+def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Parse ``path`` as ONNX without loading external weights."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError("no such file", where=str(p))
+    if p.is_dir():
+        raise ModelError("is a directory, expected an .onnx file", where=str(p))
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(
+            f"not a readable ONNX model (truncated or corrupt?): {_short(exc)}", where=str(p)
+        ) from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise ModelError("not an ONNX model: it has no graph", where=str(p))
+    check_external_locations(model, p.parent.resolve(), where=str(p))
+    return model
+
+
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto stored in a graph: initializers, Constant values, subgraphs'."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from iter_tensors(g)
+
+
+def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    """The ``external_data`` key/value entries of a tensor (empty if stored inline)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return {}
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def check_external_locations(model: onnx.ModelProto, base: Path, *, where: str) -> None:
+    """Refuse external-data paths that would read outside the model's folder."""
+    for tensor in iter_tensors(model.graph):
+        info = external_info(tensor)
+        if not info:
+            continue
+        loc = info.get("location", "")
+        if not loc:
+            raise ModelError(
+                f"initializer {tensor.name!r} is marked external but names no location",
+                where=where,
+            )
+        lp = Path(loc)
+        if lp.is_absolute() or lp.drive or ".." in lp.parts:
+            raise ModelError(
+                f"initializer {tensor.name!r} points its external data outside the "
+                f"model's folder ({loc!r}); refusing to follow it",
+                where=where,
+                hint="external data must be a relative path inside the model's directory",
+            )
+        resolved = (base / lp).resolve()
+        if not resolved.is_relative_to(base):
+            raise ModelError(
+                f"initializer {tensor.name!r}: external data {loc!r} resolves outside "
+                "the model's folder (symlink?); refusing to follow it",
+                where=where,
+            )
+
+
+def check_model(model: onnx.ModelProto, *, where: str) -> None:
+    """Run ONNX's checker and turn a failure into a one-line user error."""
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"fails the ONNX checker: {_short(exc)}", where=where) from None
+    except ValueError as exc:  # e.g. a >2 GB proto handed in memory
+        raise ModelError(f"cannot be checked: {_short(exc)}", where=where) from None
+
+
+def _short(exc: BaseException) -> str:
+    """First meaningful line of an exception, so CLI errors stay on one line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    for ln in lines[1:]:  # the checker puts the useful part after a header line
+        if "==>" in ln or "Context" in ln:
+            break
+        text += " " + ln
+        if len(text) > 300:
+            break
+    return text[:300]

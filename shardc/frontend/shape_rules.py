@@ -1,0 +1,388 @@
+"""Shape rules for common ops, applied where ONNX's inference left dims unknown.
+
+ONNX stops inferring at the first op it has no schema for (``com.microsoft::Gelu``, a
+custom kernel) and everything downstream loses its shape; these rules carry shapes
+across such gaps. Each rule takes the input types and the small constant inputs (shape
+tensors, axes) and returns output types, with ``None`` where it cannot tell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from shardc.ir import Dim, DType, Node, TensorType
+
+Consts = Sequence[tuple[int | float, ...] | None]
+Types = Sequence[TensorType | None]
+Rule = Callable[[Node, Types, Consts], list[TensorType | None]]
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(*ops: str) -> Callable[[Rule], Rule]:
+    """Register a rule for ops, keyed as ``op`` or ``domain::op``."""
+
+    def deco(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+
+    return deco
+
+
+def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
+    """Numpy broadcasting over possibly symbolic dims; None if incompatible."""
+    rank = max(len(s) for s in shapes)
+    out: list[Dim] = []
+    for i in range(rank):
+        dims = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        known = {d for d in dims if d != 1}
+        if not known:
+            out.append(1)
+        elif len(known) == 1:
+            out.append(known.pop())
+        else:
+            ints = {d for d in known if isinstance(d, int)}
+            if len(ints) > 1:
+                return None
+            out.append(ints.pop() if ints else None)
+    return tuple(out)
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _same(t: TensorType | None, dtype: DType | None = None) -> TensorType | None:
+    if t is None:
+        return None
+    return TensorType(dtype or t.dtype, t.shape)
+
+
+_COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"}
+
+
+@rule(
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Mod",
+    "Sum",
+    "Mean",
+    "PRelu",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Where",
+    "BitShift",
+)
+def _elementwise(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    if any(t is None or t.shape is None for t in ts):
+        return [None]
+    shape = broadcast(*[t.shape for t in ts])  # type: ignore[union-attr,misc]
+    if shape is None:
+        return [None]
+    if node.op_type in _COMPARE:
+        dtype = DType.BOOL
+    elif node.op_type == "Where":
+        dtype = ts[1].dtype  # type: ignore[union-attr]
+    else:
+        dtype = ts[0].dtype  # type: ignore[union-attr]
+    return [TensorType(dtype, shape)]
+
+
+@rule(
+    "Relu",
+    "Gelu",
+    "Sigmoid",
+    "Tanh",
+    "Erf",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Neg",
+    "Abs",
+    "Reciprocal",
+    "Softmax",
+    "LogSoftmax",
+    "Identity",
+    "Dropout",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Sin",
+    "Cos",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "Clip",
+    "BatchNormalization",
+    "Mish",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "RMSNormalization",
+    "Trilu",
+    "CumSum",
+    "com.microsoft::Gelu",
+    "com.microsoft::FastGelu",
+    "com.microsoft::BiasGelu",
+    "com.microsoft::QuickGelu",
+    "com.microsoft::SkipLayerNormalization",
+    "com.microsoft::SimplifiedLayerNormalization",
+    "com.microsoft::SkipSimplifiedLayerNormalization",
+)
+def _unary(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    out = _same(ts[0] if ts else None)
+    if node.op_type in ("Not", "IsNaN", "IsInf") and out is not None:
+        out = TensorType(DType.BOOL, out.shape)
+    return [out] + [None] * (len(node.outputs) - 1)
+
+
+@rule("Cast")
+def _cast(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    to = node.attr("to")
+    return [_same(ts[0], DType(int(to)) if isinstance(to, int) else None)]
+
+
+@rule("CastLike")
+def _cast_like(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    return [_same(ts[0], ts[1].dtype if ts[1] else None)]
+
+
+@rule("MatMul")
+def _matmul(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    a, b = ts[0], ts[1]
+    if a is None or b is None or a.shape is None or b.shape is None:
+        return [None]
+    sa, sb = list(a.shape), list(b.shape)
+    if not sa or not sb:
+        return [None]
+    squeeze_a, squeeze_b = len(sa) == 1, len(sb) == 1
+    if squeeze_a:
+        sa = [1, *sa]
+    if squeeze_b:
+        sb = [*sb, 1]
+    batch = broadcast(tuple(sa[:-2]), tuple(sb[:-2])) if len(sa) > 2 or len(sb) > 2 else ()
+    if batch is None:
+        return [None]
+    shape = [*batch, *([] if squeeze_a else [sa[-2]]), *([] if squeeze_b else [sb[-1]])]
+    return [TensorType(a.dtype, tuple(shape))]
+
+
+@rule("Gemm")
+def _gemm(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    a, b = ts[0], ts[1]
+    if a is None or b is None or a.rank != 2 or b.rank != 2:
+        return [None]
+    m = a.shape[1] if node.attr("transA", 0) else a.shape[0]  # type: ignore[index]
+    n = b.shape[0] if node.attr("transB", 0) else b.shape[1]  # type: ignore[index]
+    return [TensorType(a.dtype, (m, n))]
+
+
+@rule("Transpose")
+def _transpose(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t = ts[0]
+    if t is None or t.shape is None:
+        return [None]
+    perm = node.attr("perm") or tuple(reversed(range(len(t.shape))))
+    return [TensorType(t.dtype, tuple(t.shape[p] for p in perm))]  # type: ignore[union-attr]
+
+
+@rule("Reshape")
+def _reshape(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t, target = ts[0], cs[1] if len(cs) > 1 else None
+    if t is None or target is None:
+        return [None]
+    allow_zero = bool(node.attr("allowzero", 0))
+    dims: list[Dim] = []
+    for i, d in enumerate(int(x) for x in target):
+        if d == 0 and not allow_zero and t.shape is not None and i < len(t.shape):
+            dims.append(t.shape[i])
+        else:
+            dims.append(d)
+    if -1 in dims:
+        k = dims.index(-1)
+        dims[k] = None
+        if t.is_static and all(isinstance(d, int) for j, d in enumerate(dims) if j != k):
+            known = 1
+            for j, d in enumerate(dims):
+                if j != k:
+                    known *= d  # type: ignore[operator]
+            dims[k] = (t.numel or 0) // known if known else 0
+    return [TensorType(t.dtype, tuple(dims))]
+
+
+def _axes(node: Node, cs: Consts, index: int) -> tuple[int, ...] | None:
+    axes = node.attr("axes")
+    if isinstance(axes, tuple):
+        return tuple(int(a) for a in axes)
+    if len(cs) > index and cs[index] is not None:
+        return tuple(int(a) for a in cs[index])  # type: ignore[union-attr]
+    return None
+
+
+@rule("Unsqueeze")
+def _unsqueeze(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t, axes = ts[0], _axes(node, cs, 1)
+    if t is None or t.shape is None or axes is None:
+        return [None]
+    rank = len(t.shape) + len(axes)
+    norm = sorted(_norm_axis(a, rank) for a in axes)
+    dims = list(t.shape)
+    for a in norm:
+        dims.insert(a, 1)
+    return [TensorType(t.dtype, tuple(dims))]
+
+
+@rule("Squeeze")
+def _squeeze(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t = ts[0]
+    if t is None or t.shape is None:
+        return [None]
+    axes = _axes(node, cs, 1)
+    if axes is None:
+        if not t.is_static:
+            return [None]
+        return [TensorType(t.dtype, tuple(d for d in t.shape if d != 1))]
+    drop = {_norm_axis(a, len(t.shape)) for a in axes}
+    return [TensorType(t.dtype, tuple(d for i, d in enumerate(t.shape) if i not in drop))]
+
+
+@rule("Concat")
+def _concat(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    if not ts or any(t is None or t.shape is None for t in ts):
+        return [None]
+    first = ts[0]
+    assert first is not None and first.shape is not None
+    axis = _norm_axis(int(node.attr("axis", 0)), len(first.shape))  # type: ignore[arg-type]
+    parts = [t.shape[axis] for t in ts]  # type: ignore[union-attr,index]
+    total: Dim = sum(parts) if all(isinstance(p, int) for p in parts) else None  # type: ignore[arg-type]
+    dims = list(first.shape)
+    dims[axis] = total
+    return [TensorType(first.dtype, tuple(dims))]
+
+
+@rule("Gather")
+def _gather(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    data, idx = ts[0], ts[1]
+    if data is None or idx is None or data.shape is None or idx.shape is None:
+        return [None]
+    axis = _norm_axis(int(node.attr("axis", 0)), len(data.shape))  # type: ignore[arg-type]
+    shape = (*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :])
+    return [TensorType(data.dtype, shape)]
+
+
+@rule("Shape")
+def _shape(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t = ts[0]
+    if t is None or t.shape is None:
+        return [None]
+    r = len(t.shape)
+    start = max(0, min(r, _norm_axis(int(node.attr("start", 0)), r)))  # type: ignore[arg-type]
+    end_attr = node.attr("end")
+    end = r if end_attr is None else max(0, min(r, _norm_axis(int(end_attr), r)))  # type: ignore[arg-type]
+    return [TensorType(DType.INT64, (max(0, end - start),))]
+
+
+@rule("Expand")
+def _expand(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t, target = ts[0], cs[1] if len(cs) > 1 else None
+    if t is None or t.shape is None or target is None:
+        return [None]
+    shape = broadcast(t.shape, tuple(int(x) for x in target))
+    return [None if shape is None else TensorType(t.dtype, shape)]
+
+
+@rule(
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL2",
+    "ReduceSumSquare",
+    "ReduceLogSumExp",
+)
+def _reduce(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t = ts[0]
+    if t is None or t.shape is None:
+        return [None]
+    axes = _axes(node, cs, 1)
+    keep = bool(node.attr("keepdims", 1))
+    if axes is None or not axes:
+        if node.attr("noop_with_empty_axes", 0) and (len(node.inputs) < 2 or not node.inputs[1]):
+            return [t]
+        axes = tuple(range(len(t.shape)))
+    drop = {_norm_axis(a, len(t.shape)) for a in axes}
+    dims = [1 if i in drop else d for i, d in enumerate(t.shape) if keep or i not in drop]
+    return [TensorType(t.dtype, tuple(dims))]
+
+
+@rule("Flatten")
+def _flatten(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t = ts[0]
+    if t is None or not t.is_static:
+        return [None]
+    assert t.shape is not None
+    axis = _norm_axis(int(node.attr("axis", 1)), len(t.shape))  # type: ignore[arg-type]
+    left = 1
+    for d in t.shape[:axis]:
+        left *= d  # type: ignore[operator]
+    return [TensorType(t.dtype, (left, (t.numel or 0) // left if left else 0))]
+
+
+@rule("Split")
+def _split(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    t, n = ts[0], len(node.outputs)
+    if t is None or t.shape is None:
+        return [None] * n
+    axis = _norm_axis(int(node.attr("axis", 0)), len(t.shape))  # type: ignore[arg-type]
+    sizes = node.attr("split") or (cs[1] if len(cs) > 1 else None)
+    total = t.shape[axis]
+    if sizes is None:
+        if not isinstance(total, int):
+            return [None] * n
+        chunk = -(-total // n)
+        sizes = tuple(min(chunk, total - i * chunk) for i in range(n))
+    outs = []
+    for s in sizes:  # type: ignore[union-attr]
+        dims = list(t.shape)
+        dims[axis] = int(s)
+        outs.append(TensorType(t.dtype, tuple(dims)))
+    return outs  # type: ignore[return-value]
+
+
+@rule("ConstantOfShape")
+def _constant_of_shape(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
+    target = cs[0] if cs else None
+    if target is None:
+        return [None]
+    return [TensorType(DType.FLOAT, tuple(int(x) for x in target))]
+
+
+def apply_rule(node: Node, ts: Types, cs: Consts) -> list[TensorType | None] | None:
+    """Output types for ``node``, or None when no rule covers its op."""
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    fn = RULES.get(key)
+    if fn is None:
+        return None
+    outs = fn(node, ts, cs)
+    return (outs + [None] * len(node.outputs))[: len(node.outputs)]
