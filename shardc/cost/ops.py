@@ -344,8 +344,18 @@ def _reduce(node: Node, need: Need) -> tuple[int, str]:
     return math.prod(need.shape(node.inputs[0])), "reduce"
 
 
+_QUANTIZED = frozenset({"QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearConv"})
+
+
 def _compute_dtype(node: Node, graph: Graph) -> DType:
-    """The type the arithmetic runs in: the widest float input, else the first input's."""
+    """The type the arithmetic runs in: the widest float input, else the first input's.
+
+    Quantized kernels run in their data's type (int8, fp8), not their fp32 scales'.
+    """
+    if node.op_type in _QUANTIZED and node.inputs and graph.values.get(node.inputs[0]):
+        t = graph.values[node.inputs[0]].type
+        if t is not None:
+            return t.dtype
     types = [graph.values[i].type for i in node.present_inputs if graph.values.get(i)]
     floats = [t.dtype for t in types if t is not None and t.dtype.is_float]
     if floats:

@@ -64,9 +64,9 @@ def load_model(
     :class:`shardc.errors.OptionError` for dims the model does not have.
     """
     proto, base_dir, where = to_model_proto(model, example_inputs=example_inputs)
-    if check:
-        read.check_model(proto, where=where)
     skel = shapes.skeleton(proto)
+    if check:
+        read.check_model(shapes.checkable(skel), where=where)
     shapes.bind_dims(skel, dict(dims or {}), where=where)
     inferred = shapes.infer(skel, where=where)
     functions = {(f.domain, f.name): f for f in inferred.functions}

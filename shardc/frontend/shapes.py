@@ -56,6 +56,29 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def checkable(skel: onnx.ModelProto) -> onnx.ModelProto:
+    """The skeleton with external weights turned into typed graph inputs.
+
+    ONNX's checker insists that external data files exist; planning must not need them,
+    and a weight seen as an input of the same type and shape checks the same structure.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(skel)
+    kept = [t for t in out.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    moved = [t for t in out.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not moved:
+        return out
+    declared = {i.name for i in out.graph.input}
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    for t in moved:
+        if t.name not in declared:
+            out.graph.input.append(
+                onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            )
+    return out
+
+
 def symbolic_dims(model: onnx.ModelProto) -> list[str]:
     """Names of the symbolic dims of the graph inputs, in first-seen order."""
     names: dict[str, None] = {}

@@ -1,0 +1,32 @@
+"""Shared fixtures: real architectures exported once per session, ONNX-text helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import models
+
+
+@pytest.fixture(scope="session")
+def gpt2_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny GPT-2 (2 layers, hidden 64) exported with dynamo at opset 18."""
+    return models.export(models.gpt2(), tmp_path_factory.mktemp("gpt2") / "gpt2.onnx")
+
+
+@pytest.fixture(scope="session")
+def llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny Llama (2 layers, hidden 64, 4 heads, 2 KV heads) exported with dynamo."""
+    return models.export(models.llama(), tmp_path_factory.mktemp("llama") / "llama.onnx")
+
+
+def parse(text: str) -> onnx.ModelProto:
+    """A model from ONNX text, checked, the way the rewriter tests write theirs."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model)
+    return model
