@@ -175,7 +175,7 @@ def test_custom_op_with_unknown_output_blocks_costing_naming_the_node() -> None:
         Y = com.acme.Fused(X)
         Z = MatMul(Y, Y)
     }""")
-    with pytest.raises(ModelError, match="node 'MatMul_1'.*'Y' has unknown type"):
+    with pytest.raises(ModelError, match=r"node 'MatMul_1'.*'Y' has unknown type"):
         graph_costs(load_model(model).graph, where="m")
 
 
