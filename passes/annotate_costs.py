@@ -70,8 +70,9 @@ def _body_flops(node: Node, graph: Graph, where: str, custom: Mapping[str, float
         scan_in = node.inputs[n_state] if n_state < len(node.inputs) else ""
         t = graph.values[scan_in].type if scan_in and graph.values.get(scan_in) else None
         axes = node.attr("scan_input_axes") or (0,)
-        if t is not None and t.shape is not None and isinstance(t.shape[axes[0]], int):  # type: ignore[index]
-            total *= t.shape[axes[0]]  # type: ignore[index,operator]
+        length = t.shape[int(axes[0])] if t is not None and t.shape is not None else None  # type: ignore[index]
+        if isinstance(length, int):
+            total *= length
     return total
 
 

@@ -135,7 +135,7 @@ def compile_cmd(
     for name, text in result.dumps.items():
         click.echo(f"--- after {name} ---\n{text}", err=True)
     _warn(state.warnings)
-    payload = {
+    payload: dict[str, Any] = {
         "analysis": summary,
         "passes": {t.name: round(t.seconds, 6) for t in result.timings},
         "topology": str(topology_path),

@@ -7,6 +7,7 @@ anything else is a bug: exit 1, traceback only with ``--debug``.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -17,7 +18,7 @@ from shardc.errors import ShardcError
 class _Group(click.Group):
     """Turns exceptions into the exit codes scripts rely on."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context) -> Any:
         debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)

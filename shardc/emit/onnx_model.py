@@ -26,11 +26,11 @@ def attribute_proto(a: Attribute) -> onnx.AttributeProto:
     if a.kind in _LIST_KINDS and not a.value:
         out = onnx.AttributeProto(name=a.name, type=attr_type)
         return out
-    value = a.value
-    if a.kind == "STRING":
-        value = a.value.encode("utf-8", "surrogateescape")  # type: ignore[union-attr]
-    elif a.kind == "STRINGS":
-        value = [s.encode("utf-8", "surrogateescape") for s in a.value]  # type: ignore[union-attr]
+    value: object = a.value
+    if isinstance(a.value, str):
+        value = a.value.encode("utf-8", "surrogateescape")
+    elif a.kind == "STRINGS" and isinstance(a.value, tuple):
+        value = [str(s).encode("utf-8", "surrogateescape") for s in a.value]
     return helper.make_attribute(a.name, value, attr_type=attr_type)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 import onnx
 
 from shardc.frontend.read import external_info
-from shardc.ir import Attribute, DType, Graph, Node, TensorType, Value, WeightRef
+from shardc.ir import Attribute, AttrValue, DType, Graph, Node, TensorType, Value, WeightRef
 
 SMALL_CONST_ELEMENTS = 64
 """Integer constants up to this many elements are kept in the IR (shapes, axes, pads)."""
@@ -91,7 +91,7 @@ def convert_attribute(a: onnx.AttributeProto) -> Attribute:
         kind = onnx.AttributeProto.AttributeType.Name(a.type)
         return Attribute(a.name, kind, a.SerializeToString(deterministic=True))
     kind = _INLINE_KINDS[a.type]
-    value: object
+    value: AttrValue
     if a.type == onnx.AttributeProto.FLOAT:
         value = float(a.f)
     elif a.type == onnx.AttributeProto.INT:
@@ -104,7 +104,7 @@ def convert_attribute(a: onnx.AttributeProto) -> Attribute:
         value = tuple(int(x) for x in a.ints)
     else:
         value = tuple(s.decode("utf-8", "surrogateescape") for s in a.strings)
-    return Attribute(a.name, kind, value)  # type: ignore[arg-type]
+    return Attribute(a.name, kind, value)
 
 
 def constant_value(node: onnx.NodeProto) -> tuple[int | float, ...] | None:

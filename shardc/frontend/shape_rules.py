@@ -345,7 +345,7 @@ def _flatten(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     axis = _norm_axis(int(node.attr("axis", 1)), len(t.shape))  # type: ignore[arg-type]
     left = 1
     for d in t.shape[:axis]:
-        left *= d  # type: ignore[operator]
+        left *= int(d or 0)
     return [TensorType(t.dtype, (left, (t.numel or 0) // left if left else 0))]
 
 

@@ -7,7 +7,6 @@ ONNX files never pays for it.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import onnx
@@ -43,10 +42,9 @@ def export_module(module: Any, example_inputs: Any) -> onnx.ModelProto:
                 external_data=False,
                 verbose=False,
             )
-        assert program is not None
-        buf = io.BytesIO()
-        program.save(buf)
-        return onnx.load_model_from_string(buf.getvalue())
+        if program is None:
+            raise RuntimeError("the exporter returned no program")
+        return program.model_proto
     except ModelError:
         raise
     except Exception as exc:

@@ -38,8 +38,8 @@ def activation_bytes(graph: Graph) -> tuple[int, int]:
     """
     last_use: dict[str, int] = {}
     for i, n in enumerate(graph.nodes):
-        for v in n.present_inputs:
-            last_use[v] = i
+        for name in n.present_inputs:
+            last_use[name] = i
     for o in graph.outputs:
         last_use[o] = len(graph.nodes)
     live = peak = total = 0
