@@ -38,6 +38,11 @@ class NodeCost:
     ``movement``, ``view``, ``control`` (opaque bodies), ``custom`` or ``bytes-only``."""
     exact: bool = True
     """False when only bytes are known (unknown op): its FLOPs are a lower bound (0)."""
+    input_bytes: tuple[int, ...] = ()
+    """Bytes read from each input position (0 for omitted ones), so a shard can scale
+    each operand by what it actually reads: a column-split MatMul reads all of X but an
+    eighth of W."""
+    output_bytes: tuple[int, ...] = ()
 
     @property
     def bytes_total(self) -> int:
@@ -401,12 +406,20 @@ def node_cost(
         flops, kind = int(custom_flops[key] * _all_out_elems(node, need)), "custom"
     else:
         flops, kind, exact = 0, "bytes-only", False
-    read = need.nbytes(node.present_inputs)
+    reads = [need.nbytes((i,)) for i in node.inputs]
     if node.op_type == "Gather" and node.domain == "" and graph.values[node.inputs[0]].is_weight:
-        read = need.nbytes((node.inputs[1],)) + need.nbytes(node.outputs)
-    written = need.nbytes(tuple(o for o in node.outputs if o))
+        reads[0] = need.nbytes(node.outputs)  # the rows gathered, not the table
+    writes = tuple(need.nbytes((o,)) for o in node.outputs)
     return NodeCost(
-        int(flops), read, written, need.param_bytes(), _compute_dtype(node, graph), kind, exact
+        flops=int(flops),
+        bytes_read=sum(reads),
+        bytes_written=sum(writes),
+        param_bytes=need.param_bytes(),
+        dtype=_compute_dtype(node, graph),
+        kind=kind,
+        exact=exact,
+        input_bytes=tuple(reads),
+        output_bytes=writes,
     )
 
 

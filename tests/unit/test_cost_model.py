@@ -1,0 +1,170 @@
+"""Compute roofline and memory model: hand-worked cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from shardc.cost.compute import (
+    ShardScale,
+    node_time,
+    optimizer_time,
+    pass_multiplier,
+    peak_for,
+)
+from shardc.cost.memory import (
+    FP8_DEEPSEEK_V3,
+    FP8_UE8M0,
+    TrainingState,
+    WeightFormat,
+    in_flight_microbatches,
+    inference_memory,
+    kv_cache_bytes,
+    training_memory,
+    transformer_layer_activation_bytes,
+)
+from shardc.cost.ops import NodeCost
+from shardc.ir import DType
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A device kind as the topology builds it: H100 SXM figures (REFERENCE.md §1.1)."""
+
+    name: str = "h100"
+    peak_flops: dict = field(
+        default_factory=lambda: {"bf16": 989.4e12, "fp8": 1978.9e12, "fp32": 494.7e12}
+    )
+    memory_bandwidth: float = 3.35e12
+    compute_efficiency: float = 1.0
+    memory_efficiency: float = 1.0
+
+
+def _matmul(m: int, k: int, n: int, dtype: DType = DType.BFLOAT16) -> NodeCost:
+    b = dtype.bits // 8
+    return NodeCost(
+        2 * m * k * n,
+        (m * k + k * n) * b,
+        m * n * b,
+        k * n * b,
+        dtype,
+        "matmul",
+        input_bytes=(m * k * b, k * n * b),
+        output_bytes=(m * n * b,),
+    )
+
+
+def test_large_gemm_is_compute_bound_and_timed_at_peak() -> None:
+    est = node_time(_matmul(8192, 8192, 8192), Kind())
+    assert est.bound == "compute"
+    assert est.seconds == pytest.approx(2 * 8192**3 / 989.4e12)
+    assert "compute-bound" in est.explain()
+
+
+def test_decode_gemv_is_memory_bound() -> None:
+    est = node_time(_matmul(1, 8192, 8192), Kind())
+    assert est.bound == "memory"
+    assert est.seconds == pytest.approx((8192 + 8192 * 8192 + 8192) * 2 / 3.35e12)
+
+
+def test_column_split_reads_whole_activation_but_an_eighth_of_the_weight() -> None:
+    m, k, n = 16, 4096, 4096
+    cost = _matmul(m, k, n)
+    est = node_time(cost, Kind(), ShardScale(flops=1 / 8, inputs=(1.0, 1 / 8), outputs=(1 / 8,)))
+    assert est.flops == cost.flops / 8
+    assert est.bytes == pytest.approx((m * k + k * n / 8 + m * n / 8) * 2)
+    uniform = node_time(cost, Kind(), ShardScale.uniform(1 / 8))
+    assert uniform.bytes == pytest.approx(cost.bytes_total / 8)
+
+
+def test_efficiency_factors_and_dtype_peaks() -> None:
+    slow = Kind(compute_efficiency=0.5)
+    assert node_time(_matmul(4096, 4096, 4096), slow).seconds == pytest.approx(
+        2 * 2 * 4096**3 / 989.4e12
+    )
+    assert node_time(_matmul(4096, 4096, 4096, DType.FLOAT8E4M3FN), Kind()).peak_flops == 1978.9e12
+    assert peak_for(Kind(peak_flops={"bf16": 1.0}), DType.FLOAT8E4M3FN) == (1.0, "bf16")
+    with pytest.raises(ValueError, match="no compute peak"):
+        peak_for(Kind(peak_flops={}), DType.FLOAT)
+
+
+def test_training_multipliers_and_optimizer() -> None:
+    assert pass_multiplier("inference") == 1
+    assert pass_multiplier("training") == 3
+    assert pass_multiplier("training", "full") == 4
+    assert pass_multiplier("training", "selective", attention_share=0.1) == pytest.approx(3.1)
+    assert optimizer_time(1e9, Kind()) == pytest.approx(28e9 / 3.35e12)
+
+
+def test_fp8_block_scales() -> None:
+    # 128x128 blocks of a 7168 x 2048 matrix: 56 x 16 scales
+    assert FP8_DEEPSEEK_V3.nbytes((7168, 2048)) == 7168 * 2048 + 56 * 16 * 4
+    assert FP8_UE8M0.nbytes((7168, 2048)) == 7168 * 2048 + 56 * 16
+    assert FP8_DEEPSEEK_V3.bytes_per_param() == pytest.approx(1 + 4 / 16384)
+    assert WeightFormat(DType.FLOAT8E4M3FN, (1, 128), 4).nbytes((4, 256)) == 1024 + 4 * 2 * 4
+
+
+def test_mixed_precision_adam_is_16_bytes_per_param_and_zero_shards_it() -> None:
+    assert sum(TrainingState().per_param(2.0).values()) == 16
+    z1 = TrainingState(zero_stage=1, dp=8).per_param(2.0)
+    assert z1 == {"weights": 2.0, "gradients": 2.0, "optimizer": 1.5}
+    z3 = TrainingState(zero_stage=3, dp=8).per_param(2.0)
+    assert sum(z3.values()) == pytest.approx(2.0)
+
+
+def test_llama_layer_memory_counted_by_hand() -> None:
+    """Llama-3-8B-shaped layer: h 4096, 32 heads, 8 KV heads of 128, ffn 14336."""
+    h, kv, ffn = 4096, 8 * 128, 14336
+    params = 2 * h * h + 2 * h * kv + 3 * h * ffn + 2 * h  # q,o + k,v + gate,up,down + norms
+    assert params == 218_112_000
+    s, b, a = 4096, 1, 32
+    act = transformer_layer_activation_bytes(s, b, h, a)
+    assert act == s * b * h * (34 + 5 * a * s / h)
+    mem = training_memory(
+        params,
+        WeightFormat(),
+        TrainingState(),
+        activations_per_microbatch=act,
+        in_flight=4,
+        workspace=2**30,
+        optimizer_workspace=2**28,
+    )
+    assert (
+        mem.components["weights"] + mem.components["gradients"] + mem.components["optimizer"]
+        == 16 * params
+    )
+    assert mem.peak == 16 * params + 4 * act + 2**30
+    assert mem.peak_phase == "forward/backward" and "GiB" in mem.explain()
+    # the optimizer's workspace never adds to activations that are already freed
+    lean = training_memory(
+        params,
+        WeightFormat(),
+        TrainingState(),
+        activations_per_microbatch=0,
+        in_flight=0,
+        workspace=0,
+        optimizer_workspace=2**33,
+    )
+    assert lean.peak == 16 * params + 2**33 and lean.peak_phase == "optimizer step"
+
+
+def test_activation_recompute_and_tensor_parallel() -> None:
+    s, b, h, a = 2048, 1, 12288, 96
+    full = transformer_layer_activation_bytes(s, b, h, a)
+    assert transformer_layer_activation_bytes(s, b, h, a, tp=8) == pytest.approx(full / 8)
+    assert transformer_layer_activation_bytes(s, b, h, a, recompute="selective") == 34 * s * b * h
+    assert transformer_layer_activation_bytes(s, b, h, a, recompute="full") == 2 * s * b * h
+    no_sp = transformer_layer_activation_bytes(s, b, h, a, tp=8, sequence_parallel=False)
+    assert no_sp == pytest.approx(s * b * h * (10 + 24 / 8 + 5 * a * s / (h * 8)))
+
+
+def test_pipeline_in_flight_and_kv_cache() -> None:
+    assert [in_flight_microbatches("1f1b", i, 4, 8) for i in range(4)] == [4, 3, 2, 1]
+    assert in_flight_microbatches("1f1b", 0, 4, 2) == 2
+    assert in_flight_microbatches("gpipe", 3, 4, 8) == 8
+    # Llama-70B: 80 layers, 8 KV heads of 128, bf16, 32 sequences of 8192
+    kv = kv_cache_bytes(32, 8192, 80, 8, 128, 2)
+    assert kv == 32 * 8192 * 80 * 2 * 8 * 128 * 2 == 85_899_345_920
+    mem = inference_memory(140e9, kv_cache=kv, prefill_activations=5e9, decode_activations=1e8)
+    assert mem.peak == 140e9 + kv + 5e9 and mem.peak_phase == "prefill"
