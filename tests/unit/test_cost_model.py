@@ -168,3 +168,82 @@ def test_pipeline_in_flight_and_kv_cache() -> None:
     assert kv == 32 * 8192 * 80 * 2 * 8 * 128 * 2 == 85_899_345_920
     mem = inference_memory(140e9, kv_cache=kv, prefill_activations=5e9, decode_activations=1e8)
     assert mem.peak == 140e9 + kv + 5e9 and mem.peak_phase == "prefill"
+
+
+# ---- communication ----------------------------------------------------------------------
+from shardc.cost.comm import (  # noqa: E402
+    Flow,
+    Tier,
+    bus_factor,
+    collective_time,
+    concurrent_transfer_times,
+    transfer_time,
+)
+
+NVLINK = Tier(8, 450e9, 3.4e-6, "nvlink")  # H100 per-GPU NVLink4, NCCL ring Simple α
+IB = Tier(4, 50e9, 14e-6, "ib")  # NDR 400 Gb/s per GPU, NCCL NET Simple α
+
+
+def test_ring_all_reduce_matches_the_closed_form() -> None:
+    p, n, b, a = 8, 1 << 30, 100e9, 5e-6
+    est = collective_time("all_reduce", n, [Tier(p, b, a, "x")], algorithm="ring")
+    assert est.seconds == pytest.approx(2 * (p - 1) / p * n / b + 2 * (p - 1) * a)
+    assert est.busbw == pytest.approx(est.algbw * 2 * (p - 1) / p)
+
+
+def test_all_gather_reduce_scatter_all_to_all_closed_forms() -> None:
+    p, n, b, a = 4, 1 << 28, 50e9, 2e-6
+    for op, algo in (
+        ("all_gather", "ring"),
+        ("reduce_scatter", "ring"),
+        ("all_to_all", "pairwise"),
+    ):
+        est = collective_time(op, n, [Tier(p, b, a)], algorithm=algo)
+        assert est.seconds == pytest.approx((p - 1) / p * n / b + (p - 1) * a), op
+    assert bus_factor("all_to_all", 8) == 7 / 8 and bus_factor("broadcast", 8) == 1
+
+
+def test_small_messages_pick_the_tree_large_ones_the_ring() -> None:
+    tiers = [Tier(8, 50e9, 10e-6)]
+    assert collective_time("all_reduce", 1024, tiers).algorithm == "tree"
+    assert collective_time("all_reduce", 1 << 30, tiers).algorithm == "ring"
+
+
+def test_switch_allows_direct_and_hierarchy_helps_across_nodes() -> None:
+    switched = Tier(8, 450e9, 3.4e-6, "nvswitch", switched=True)
+    small = collective_time("all_reduce", 64 * 1024, [switched])
+    assert small.algorithm == "direct" and small.latency_seconds == pytest.approx(2 * 3.4e-6)
+    # all-to-all across 4 nodes: 24 of 32 ranks' bytes leave the node, over 50 GB/s NICs
+    a2a = collective_time("all_to_all", 1 << 30, [NVLINK, IB])
+    assert a2a.algorithm == "hierarchical"
+    assert a2a.bandwidth_seconds == pytest.approx(24 / 32 * (1 << 30) / 50e9)
+
+
+def test_ring_across_nodes_uses_every_nic() -> None:
+    """A 2-node ring is paced by the node's 8 NICs together (400 GB/s), not by one."""
+    est = collective_time(
+        "all_reduce", 1 << 32, [NVLINK, Tier(2, 50e9, 14e-6, "ib")], algorithm="ring"
+    )
+    assert est.bottleneck == "ib"
+    assert est.bandwidth_seconds == pytest.approx(2 * 15 / 16 * (1 << 32) / 400e9)
+
+
+def test_send_recv_and_contention() -> None:
+    one = transfer_time(1e9, 50e9, 2e-6)
+    assert one.seconds == pytest.approx(2e-6 + 0.02)
+    alone = concurrent_transfer_times([Flow(1e9, ("l",))], {"l": 50e9})
+    shared = concurrent_transfer_times([Flow(1e9, ("l",)), Flow(1e9, ("l",))], {"l": 50e9})
+    assert alone == [pytest.approx(0.02)] and shared == [pytest.approx(0.04)] * 2
+    # a short flow finishes, then the long one gets the whole link back
+    mixed = concurrent_transfer_times([Flow(0.5e9, ("l",)), Flow(1.5e9, ("l",))], {"l": 50e9})
+    assert mixed == [pytest.approx(0.02), pytest.approx(0.04)]
+    # flows on disjoint links do not slow each other; a shared uplink does
+    fabric = {"a": 50e9, "b": 50e9, "up": 50e9}
+    assert (
+        concurrent_transfer_times([Flow(1e9, ("a",)), Flow(1e9, ("b",))], fabric)
+        == [pytest.approx(0.02)] * 2
+    )
+    assert (
+        concurrent_transfer_times([Flow(1e9, ("a", "up")), Flow(1e9, ("b", "up"))], fabric)
+        == [pytest.approx(0.04)] * 2
+    )
