@@ -1,0 +1,100 @@
+"""Communication over a concrete topology: from a set of devices to timed collectives.
+
+The topology answers per plane (:meth:`Topology.collective`, :meth:`Topology.route`);
+this module composes those answers into the tiers :mod:`shardc.cost.comm` times:
+
+1. the plane that joins *all* members with the most bandwidth gives a one-tier answer
+   (a UB super-node, one NVLink island);
+2. every other plane that splits the members into equal islands (NVLink per node) is a
+   candidate inner tier, with the all-joining plane (InfiniBand) as the outer one;
+3. the fastest of these per call wins, as NCCL picks per call.
+
+Bandwidths are scaled by the links' efficiency factors from the topology file; α is the
+plane's one-way latency between members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from shardc.cost.comm import CommEstimate, Tier, collective_time, transfer_time
+from shardc.errors import OptionError
+
+if TYPE_CHECKING:
+    from shardc.topology import CollectiveBandwidth, Topology
+
+
+def _tier(cb: CollectiveBandwidth, size: int) -> Tier:
+    kinds = "+".join(cb.kinds) or cb.plane
+    switched = cb.hops <= 2 and cb.bandwidth >= cb.injection_bandwidth
+    return Tier(size, cb.bandwidth * cb.efficiency, cb.latency, kinds, switched)
+
+
+def _islands(topo: Topology, plane: str, members: Sequence[str]) -> list[list[str]] | None:
+    """Members grouped by the connected pieces of ``plane`` they sit in."""
+    domain_of: dict[str, int] = {}
+    for i, d in enumerate(topo.bandwidth_domains(0.0, plane=plane, hosts=True)):
+        for dev in d.devices:
+            domain_of[dev] = i
+    groups: dict[int, list[str]] = {}
+    for m in members:
+        if m not in domain_of:
+            return None
+        groups.setdefault(domain_of[m], []).append(m)
+    return [groups[k] for k in sorted(groups)]
+
+
+def tier_options(topo: Topology, devices: Iterable[str]) -> list[list[Tier]]:
+    """Every way to see the group as tiers: one all-joining plane, or islands + outer."""
+    members = list(dict.fromkeys(devices))
+    if len(members) <= 1:
+        return [[Tier(1, float("inf"), 0.0, "local")]]
+    options: list[list[Tier]] = []
+    outer: CollectiveBandwidth | None = None
+    try:
+        outer = topo.collective(members)
+        options.append([_tier(outer, len(members))])
+    except OptionError:
+        pass
+    for plane in topo.planes:
+        if outer is not None and plane == outer.plane:
+            continue
+        groups = _islands(topo, plane, members)
+        if not groups or len(groups) == 1:
+            continue
+        size = max(len(g) for g in groups)
+        if size == 1 or outer is None:
+            continue
+        inner = topo.collective(max(groups, key=len), plane=plane)
+        options.append([_tier(inner, size), _tier(outer, len(groups))])
+    if not options:
+        raise OptionError(
+            f"no plane connects the {len(members)} devices {members[0]}…{members[-1]}",
+            hint="check the topology's fabrics: these devices cannot communicate",
+        )
+    return options
+
+
+def group_collective(
+    topo: Topology, op: str, nbytes: float, devices: Iterable[str], *, algorithm: str | None = None
+) -> CommEstimate:
+    """Fastest way to run ``op`` on ``nbytes`` among ``devices`` of ``topo``."""
+    best: CommEstimate | None = None
+    for tiers in tier_options(topo, devices):
+        try:
+            est = collective_time(op, nbytes, tiers, algorithm=algorithm)
+        except ValueError:
+            continue
+        if best is None or (est.seconds, est.algorithm) < (best.seconds, best.algorithm):
+            best = est
+    if best is None:
+        raise OptionError(f"algorithm {algorithm!r} does not apply to {op} on these devices")
+    return best
+
+
+def point_to_point(topo: Topology, a: str, b: str, nbytes: float) -> CommEstimate:
+    """Send/Recv from ``a`` to ``b`` along the best route the topology has."""
+    r = topo.route(a, b)
+    est = transfer_time(nbytes, r.bandwidth * r.efficiency, r.latency, "+".join(r.kinds) or r.plane)
+    return est
