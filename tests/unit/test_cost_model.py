@@ -247,3 +247,19 @@ def test_send_recv_and_contention() -> None:
         concurrent_transfer_times([Flow(1e9, ("a", "up")), Flow(1e9, ("b", "up"))], fabric)
         == [pytest.approx(0.04)] * 2
     )
+
+
+# ---- phases -------------------------------------------------------------------------------
+from shardc.cost.phases import decode_time, prefill_time, training_time  # noqa: E402
+
+
+def test_phases_compose_forward_estimates() -> None:
+    layer = [_matmul(4096, 4096, 4096), _matmul(4096, 4096, 16384)]
+    fwd = prefill_time(layer, Kind())
+    assert training_time(layer, Kind()).seconds == pytest.approx(3 * fwd.seconds)
+    assert training_time(layer, Kind(), recompute="full").seconds == pytest.approx(4 * fwd.seconds)
+    step = [_matmul(1, 4096, 4096)]
+    kv = 2 * 8 * 128 * 8192 * 2  # one layer: K and V, 8 heads of 128, 8192 context, bf16
+    dec = decode_time(step, Kind(), kv_cache_bytes=kv)
+    assert dec.seconds == pytest.approx(prefill_time(step, Kind()).seconds + kv / 3.35e12)
+    assert dec.forward.bound == "memory" and "KV cache" in dec.explain()
