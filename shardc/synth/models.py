@@ -1,0 +1,145 @@
+"""The three architectures, assembled from `shardc.synth.layers`, and `build`.
+
+- **gpt** (GPT-2 / Megatron GPT): token + learned position embeddings, pre-LN
+  LayerNormalization, MHA with biases, tanh-GELU MLP (4h by default), final LN, LM head
+  tied to the token embedding by default (GPT-2 ties; with tying the parameter count is
+  Megatron's 12*l*h^2*(1 + 13/(12h) + (V+s)/(12*l*h)) plus the final LN's 2h).
+- **llama**: RMSNorm, RoPE, grouped-query attention without biases, SwiGLU MLP,
+  untied LM head by default.
+- **moe**: llama attention, every layer's FFN a routed MoE (see `shardc.synth.moe`).
+
+The graph's input is ``input_ids`` int64 ``[batch, seq]`` and its output ``logits``
+``[batch, seq, vocab]`` in the activation type; the dims are symbolic unless given.
+"""
+
+from __future__ import annotations
+
+import json
+
+from onnx import ModelProto, TensorProto, helper
+
+from shardc import __version__
+from shardc.errors import OptionError
+from shardc.synth.config import MAX_MATERIALISED_BYTES, Resolved, SynthConfig, resolve
+from shardc.synth.counts import weight_bytes
+from shardc.synth.graph import GraphBuilder
+from shardc.synth.layers import (
+    attention,
+    causal_mask,
+    gelu_mlp,
+    layer_norm,
+    positions,
+    rms_norm,
+    rope_tables,
+    swiglu,
+)
+from shardc.synth.moe import moe_ffn, moe_sizes
+from shardc.synth.weights import Declared, Init, Random, layout
+
+#: The default domain's opset, as torch's dynamo exporter writes; fp8 needs 21 for
+#: blocked DequantizeLinear.
+OPSET, OPSET_FP8 = 18, 21
+IR_VERSION = 10
+#: Where `build` points declared weights; `save` renames it after the model file.
+DEFAULT_LOCATION = "model.weights.bin"
+IDS = "input_ids"
+EMBED_INIT = Init(std=0.02)
+
+
+def build(arch: str, config: SynthConfig, *, with_weights: bool = False,
+          seed: int = 0) -> ModelProto:
+    """The ONNX model of ``arch`` sized by ``config``.
+
+    Without ``with_weights`` every initializer is declared external data (dtype and dims
+    only, pointing into ``model.weights.bin``, which is never written), so a 1 T-parameter
+    graph is a few MB. With it, weights are seeded random values held in the proto, so the
+    model runs in onnxruntime as is; `shardc.synth.save` moves them to the weights file.
+    Both go through the same builder; only the `WeightSource` differs.
+    """
+    res = resolve(arch, config)
+    if with_weights:
+        size = weight_bytes(arch, config)
+        if size > MAX_MATERIALISED_BYTES:
+            raise OptionError(
+                f"--with-weights would materialise {size / 2**20:.0f} MiB of weights; the limit "
+                f"is {MAX_MATERIALISED_BYTES >> 20} MiB",
+                hint="drop --with-weights to write the graph with declared (unwritten) weights",
+            )
+    g = GraphBuilder(res.precision, Random(seed) if with_weights else Declared())
+    if arch == "gpt":
+        _gpt(g, res)
+    else:
+        _llama(g, res)
+    dims: list[int | str] = [res.batch or "batch", res.seq or "seq"]
+    graph = helper.make_graph(
+        g.nodes,
+        f"shardc_synth_{arch}",
+        [helper.make_tensor_value_info(IDS, TensorProto.INT64, dims)],
+        [helper.make_tensor_value_info("logits", g.dtype, [*dims, res.vocab])],
+        initializer=g.initializers,
+    )
+    opset = OPSET_FP8 if res.precision.quantized else OPSET
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=IR_VERSION, producer_name="shardc.synth",
+                              producer_version=__version__)
+    helper.set_model_props(model, {
+        "shardc.synth.arch": arch,
+        "shardc.synth.config": json.dumps(res.as_dict(), sort_keys=True),
+    })
+    if not with_weights:
+        layout(model.graph.initializer, DEFAULT_LOCATION)
+    return model
+
+
+def _gpt(g: GraphBuilder, res: Resolved) -> None:
+    h_dim, eps = res.hidden, res.norm_eps
+    pos = positions(g, IDS)
+    mask = causal_mask(g, pos)
+    with g.scope("embed_tokens"):
+        table = g.param("weight", [res.vocab, h_dim], EMBED_INIT)
+        tokens = g.op("Gather", [table, IDS], label="lookup")
+    with g.scope("embed_positions"):
+        where = g.op("Gather", [g.param("weight", [res.max_positions, h_dim], EMBED_INIT), pos],
+                     label="lookup")
+    h = g.op("Add", [tokens, where], label="embed")
+    for i in range(res.layers):
+        with g.scope(f"layers.{i}"):
+            a = layer_norm(g, h, h_dim, "attn_norm", eps)
+            a = attention(g, a, res, mask, bias=True, rope=None)
+            h = g.op("Add", [h, a], label="attn_residual")
+            m = gelu_mlp(g, layer_norm(g, h, h_dim, "mlp_norm", eps), h_dim, res.ffn)
+            h = g.op("Add", [h, m], label="mlp_residual")
+    _lm_head(g, layer_norm(g, h, h_dim, "norm", eps), res, table)
+
+
+def _llama(g: GraphBuilder, res: Resolved) -> None:
+    h_dim, eps = res.hidden, res.norm_eps
+    pos = positions(g, IDS)
+    mask = causal_mask(g, pos)
+    rope = rope_tables(g, pos, res.head_dim, res.rope_theta)
+    sizes = moe_sizes(g, res, IDS) if res.arch == "moe" else None
+    with g.scope("embed_tokens"):
+        table = g.param("weight", [res.vocab, h_dim], EMBED_INIT)
+        h = g.op("Gather", [table, IDS], label="lookup")
+    for i in range(res.layers):
+        with g.scope(f"layers.{i}"):
+            a = attention(g, rms_norm(g, h, h_dim, "attn_norm", eps), res, mask, bias=False,
+                          rope=rope)
+            h = g.op("Add", [h, a], label="attn_residual")
+            m = rms_norm(g, h, h_dim, "mlp_norm", eps)
+            m = moe_ffn(g, m, res, sizes) if sizes else swiglu(g, m, h_dim, res.ffn)
+            h = g.op("Add", [h, m], label="mlp_residual")
+    _lm_head(g, rms_norm(g, h, h_dim, "norm", eps), res, table)
+
+
+def _lm_head(g: GraphBuilder, h: str, res: Resolved, table: str) -> None:
+    """The LM head, h @ W, W the token embedding transposed when tied.
+
+    Kept in the activation type under fp8, as DeepSeek-V3 keeps its output head in bf16.
+    """
+    with g.scope("lm_head"):
+        if res.tie_embeddings:
+            w = g.op("Transpose", [table], label="tied_weight", perm=[1, 0])
+        else:
+            w = g.matrix("weight", [res.hidden, res.vocab], EMBED_INIT, quantize=False)
+        g.op("MatMul", [h, w], output_name="logits")
