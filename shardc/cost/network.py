@@ -63,10 +63,11 @@ def tier_options(topo: Topology, devices: Iterable[str]) -> list[list[Tier]]:
         groups = _islands(topo, plane, members)
         if not groups or len(groups) == 1:
             continue
-        size = max(len(g) for g in groups)
+        sizes = [len(g) for g in groups]
+        size = max(sizes)
         if size == 1 or outer is None:
             continue
-        inner = topo.collective(max(groups, key=len), plane=plane)
+        inner = topo.collective(groups[sizes.index(size)], plane=plane)
         options.append([_tier(inner, size), _tier(outer, len(groups))])
     if not options:
         raise OptionError(

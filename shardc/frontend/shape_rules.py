@@ -8,6 +8,7 @@ tensors, axes) and returns output types, with ``None`` where it cannot tell.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from shardc.ir import Dim, DType, Node, TensorType
@@ -86,9 +87,10 @@ _COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", 
     "BitShift",
 )
 def _elementwise(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    if any(t is None or t.shape is None for t in ts):
+    shapes = [t.shape for t in ts if t is not None and t.shape is not None]
+    if len(shapes) != len(ts):
         return [None]
-    shape = broadcast(*[t.shape for t in ts])  # type: ignore[union-attr,misc]
+    shape = broadcast(*shapes)
     if shape is None:
         return [None]
     if node.op_type in _COMPARE:
@@ -202,8 +204,8 @@ def _transpose(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     t = ts[0]
     if t is None or t.shape is None:
         return [None]
-    perm = node.attr("perm") or tuple(reversed(range(len(t.shape))))
-    return [TensorType(t.dtype, tuple(t.shape[p] for p in perm))]  # type: ignore[union-attr]
+    perm = _ints(node.attr("perm")) or tuple(reversed(range(len(t.shape))))
+    return [TensorType(t.dtype, tuple(t.shape[p] for p in perm))]
 
 
 @rule("Reshape")
@@ -213,19 +215,17 @@ def _reshape(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
         return [None]
     allow_zero = bool(node.attr("allowzero", 0))
     dims: list[Dim] = []
-    for i, d in enumerate(int(x) for x in target):
-        if d == 0 and not allow_zero and t.shape is not None and i < len(t.shape):
+    for i, wanted in enumerate(int(x) for x in target):
+        if wanted == 0 and not allow_zero and t.shape is not None and i < len(t.shape):
             dims.append(t.shape[i])
         else:
-            dims.append(d)
+            dims.append(wanted)
     if -1 in dims:
         k = dims.index(-1)
         dims[k] = None
-        if t.is_static and all(isinstance(d, int) for j, d in enumerate(dims) if j != k):
-            known = 1
-            for j, d in enumerate(dims):
-                if j != k:
-                    known *= d  # type: ignore[operator]
+        others = [d for j, d in enumerate(dims) if j != k]
+        if t.is_static and all(isinstance(d, int) for d in others):
+            known = math.prod(int(d) for d in others if isinstance(d, int))
             dims[k] = (t.numel or 0) // known if known else 0
     return [TensorType(t.dtype, tuple(dims))]
 
@@ -376,6 +376,11 @@ def _constant_of_shape(node: Node, ts: Types, cs: Consts) -> list[TensorType | N
     if target is None:
         return [None]
     return [TensorType(DType.FLOAT, tuple(int(x) for x in target))]
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    """An INTS attribute as ints (empty when absent)."""
+    return tuple(int(v) for v in value) if isinstance(value, tuple) else ()
 
 
 def apply_rule(node: Node, ts: Types, cs: Consts) -> list[TensorType | None] | None:
