@@ -16,7 +16,12 @@ from rich.console import Console
 from shardc import jsonutil
 from shardc.cli.options import parse_dims, parse_op_costs, parse_sets
 from shardc.compiler import analyse
-from shardc.report.summary import graph_summary, render_summary
+from shardc.report.summary import (
+    graph_summary,
+    render_estimates,
+    render_summary,
+    single_device_estimates,
+)
 
 _dim = click.option(
     "--dim",
@@ -135,7 +140,9 @@ def compile_cmd(
     for name, text in result.dumps.items():
         click.echo(f"--- after {name} ---\n{text}", err=True)
     _warn(state.warnings)
+    estimates = single_device_estimates(state.costs, topology)
     payload: dict[str, Any] = {
+        "single_device": estimates,
         "analysis": summary,
         "passes": {t.name: round(t.seconds, 6) for t in result.timings},
         "topology": str(topology_path),
@@ -148,8 +155,8 @@ def compile_cmd(
         return
     console = Console()
     console.print(render_summary(summary))
-    if topology is not None:
-        console.print(f"topology: {topology_path} ({_topology_line(topology)})")
+    console.print(f"topology: {topology_path} ({_topology_line(topology)})")
+    console.print(render_estimates(estimates))
     console.print(
         f"wrote {outdir}/analysis.json; passes: "
         + ", ".join(f"{t.name} {t.seconds * 1000:.1f} ms" for t in result.timings)

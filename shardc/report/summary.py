@@ -102,6 +102,52 @@ def graph_summary(model: Model, costs: GraphCosts, *, top: int = 10) -> dict[str
     }
 
 
+def single_device_estimates(costs: GraphCosts, topology: Any) -> list[dict[str, Any]]:
+    """Forward time and weight fit of the whole graph on one device of each compute kind.
+
+    The yardstick a plan must beat: what one device would do alone (roofline per node,
+    summed), and whether the weights alone fit its memory.
+    """
+    from shardc.cost.compute import sequence_time
+
+    kinds = {d.kind.name: d.kind for d in topology.compute_devices}
+    out = []
+    for name in sorted(kinds):
+        kind = kinds[name]
+        est = sequence_time(list(costs.nodes.values()), kind)
+        capacity = kind.memory_bytes or 0
+        out.append(
+            {
+                "kind": name,
+                "devices": sum(1 for d in topology.compute_devices if d.kind.name == name),
+                "forward_seconds": est.seconds,
+                "compute_seconds": est.compute_seconds,
+                "memory_seconds": est.memory_seconds,
+                "bound": est.bound,
+                "weights_fit": costs.param_bytes <= capacity,
+                "memory_bytes": capacity,
+            }
+        )
+    return out
+
+
+def render_estimates(rows: list[dict[str, Any]]) -> Table:
+    """The single-device yardstick as a table."""
+    table = Table(title="one device alone (roofline)", title_justify="left")
+    for col in ("kind", "devices", "forward", "bound", "memory", "weights fit"):
+        table.add_column(col, justify="right" if col in ("devices", "forward") else "left")
+    for r in rows:
+        table.add_row(
+            r["kind"],
+            str(r["devices"]),
+            f"{r['forward_seconds'] * 1e3:.4g} ms",
+            r["bound"],
+            human(r["memory_bytes"], "B"),
+            "yes" if r["weights_fit"] else "no",
+        )
+    return table
+
+
 def human(n: float | int | None, unit: str = "") -> str:
     """1234567 -> '1.23 M' (SI prefixes; bytes use binary units)."""
     if n is None:
