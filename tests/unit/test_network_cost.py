@@ -1,0 +1,77 @@
+"""Collectives over a parsed topology: the right tiers, planes and bottlenecks."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardc.cost.network import group_collective, point_to_point, tier_options
+from shardc.topology import load_topology
+
+# DGX H100 figures from REFERENCE.md §1.1/§1.5: NVLink4 450 GB/s per direction through
+# NVSwitch (ASTRA-sim's calibrated 936.25 ns), 8x ConnectX-7 400 Gb/s rails per node.
+DGX = """
+kind h100 {
+    compute bf16, fp16 989.4 TFLOPS
+    memory 80 GB
+    memory_bandwidth 3.35 TB/s
+}
+let nodes = 4
+node[0..nodes-1] {
+    gpu[0..7]: h100
+    switch nvswitch: nvlink {
+        members gpu[*]
+        bandwidth 450 GB/s
+        latency 936.25 ns
+    }
+}
+network ib: ib {
+    members node[*].gpu[*]
+    bandwidth 400 Gb/s
+    latency 1 us
+    rails
+    leaf 32
+    oversubscription 1
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def dgx():
+    return load_topology(DGX)
+
+
+def _devs(topo, n):
+    return [d.name for d in topo.compute_devices][:n]
+
+
+def test_one_island_is_one_switched_nvlink_tier(dgx) -> None:
+    (tiers,) = tier_options(dgx, _devs(dgx, 8))
+    assert [(t.size, t.name, t.switched) for t in tiers] == [(8, "nvlink", True)]
+    est = group_collective(dgx, "all_reduce", 1 << 30, _devs(dgx, 8))
+    assert est.bottleneck == "nvlink" and est.busbw == pytest.approx(450e9, rel=1e-3)
+
+
+def test_two_nodes_compose_nvlink_and_infiniband(dgx) -> None:
+    shapes = sorted(
+        [(t.size, t.name) for t in tiers] for tiers in tier_options(dgx, _devs(dgx, 16))
+    )
+    assert shapes == [[(8, "nvlink"), (2, "ib")], [(16, "ib")]]
+    est = group_collective(dgx, "all_reduce", 1 << 30, _devs(dgx, 16))
+    # rings over every NIC: min(450, 8 x 50) GB/s per rank
+    assert est.algorithm == "ring" and est.bottleneck == "ib"
+    assert est.busbw == pytest.approx(400e9, rel=0.02)
+
+
+def test_tensor_parallel_group_on_one_node_beats_one_spread_across_nodes(dgx) -> None:
+    devs = _devs(dgx, 32)
+    inside = group_collective(dgx, "all_reduce", 64 << 20, devs[:4])
+    across = group_collective(dgx, "all_reduce", 64 << 20, devs[0:32:8])  # gpu0 of each node
+    assert inside.seconds * 5 < across.seconds
+
+
+def test_point_to_point_takes_the_fast_plane_inside_a_node(dgx) -> None:
+    d = _devs(dgx, 16)
+    near, far = point_to_point(dgx, d[0], d[1], 1 << 30), point_to_point(dgx, d[0], d[8], 1 << 30)
+    assert "nvlink" in near.bottleneck and "ib" in far.bottleneck
+    assert near.seconds == pytest.approx((1 << 30) / 450e9 + 936.25e-9, rel=1e-6)
+    assert far.seconds == pytest.approx((1 << 30) / 50e9, rel=1e-3)
