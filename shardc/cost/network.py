@@ -18,7 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from shardc.cost.comm import CommEstimate, Tier, collective_time, transfer_time
+from shardc.cost.comm import (
+    CommEstimate,
+    Flow,
+    Tier,
+    collective_time,
+    concurrent_transfer_times,
+    transfer_time,
+)
 from shardc.errors import OptionError
 
 if TYPE_CHECKING:
@@ -99,3 +106,43 @@ def point_to_point(topo: Topology, a: str, b: str, nbytes: float) -> CommEstimat
     r = topo.route(a, b)
     est = transfer_time(nbytes, r.bandwidth * r.efficiency, r.latency, "+".join(r.kinds) or r.plane)
     return est
+
+
+def concurrent_transfers(
+    topo: Topology, transfers: Sequence[tuple[str, str, float]]
+) -> list[CommEstimate]:
+    """Send/Recv pairs ``(src, dst, bytes)`` started together, sharing real links.
+
+    Each transfer follows its route; links are directed (bandwidth is per direction), so
+    two transfers contend only where they cross the same link the same way — two
+    pipeline stages sending over one node's uplink do, a send and its reply do not.
+    """
+    flows: list[Flow] = []
+    capacity: dict[str, float] = {}
+    routes = []
+    for src, dst, nbytes in transfers:
+        r = topo.route(src, dst)
+        routes.append(r)
+        links = []
+        for u, v in zip(r.nodes, r.nodes[1:], strict=False):
+            link = f"{r.plane}:{u}->{v}"
+            data = topo.graph.get_edge_data(u, v, key=r.plane) or {}
+            capacity[link] = float(data.get("bandwidth", r.bandwidth)) * float(
+                data.get("efficiency", 1.0)
+            )
+            links.append(link)
+        flows.append(Flow(nbytes, tuple(links), r.latency))
+    finish = concurrent_transfer_times(flows, capacity)
+    return [
+        CommEstimate(
+            "send_recv",
+            nbytes,
+            2,
+            t,
+            "p2p",
+            "+".join(dict.fromkeys(r.kinds)) or r.plane,
+            r.latency,
+            t - r.latency,
+        )
+        for (_, _, nbytes), r, t in zip(transfers, routes, finish, strict=True)
+    ]

@@ -75,3 +75,19 @@ def test_point_to_point_takes_the_fast_plane_inside_a_node(dgx) -> None:
     assert "nvlink" in near.bottleneck and "ib" in far.bottleneck
     assert near.seconds == pytest.approx((1 << 30) / 450e9 + 936.25e-9, rel=1e-6)
     assert far.seconds == pytest.approx((1 << 30) / 50e9, rel=1e-3)
+
+
+def test_transfers_sharing_a_link_slow_each_other_on_the_real_topology(dgx) -> None:
+    from shardc.cost.network import concurrent_transfers
+
+    d = _devs(dgx, 32)
+    alone = concurrent_transfers(dgx, [(d[0], d[8], 1 << 30)])[0]
+    # gpu0 of node 0 sends to gpu0 of nodes 1 and 2: both leave through its one NIC
+    shared = concurrent_transfers(dgx, [(d[0], d[8], 1 << 30), (d[0], d[16], 1 << 30)])
+    assert all(s.seconds == pytest.approx(2 * alone.seconds, rel=1e-3) for s in shared)
+    # different GPUs use different rails: no contention
+    apart = concurrent_transfers(dgx, [(d[0], d[8], 1 << 30), (d[1], d[9], 1 << 30)])
+    assert all(s.seconds == pytest.approx(alone.seconds, rel=1e-6) for s in apart)
+    # opposite directions of one link do not contend
+    both_ways = concurrent_transfers(dgx, [(d[0], d[8], 1 << 30), (d[8], d[0], 1 << 30)])
+    assert all(s.seconds == pytest.approx(alone.seconds, rel=1e-6) for s in both_ways)
