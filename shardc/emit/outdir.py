@@ -28,8 +28,10 @@ def write_outdir(
     if dest.exists() and not dest.is_dir():
         raise OptionError(f"output path {str(dest)!r} exists and is not a folder")
     parent = dest.resolve().parent
-    if not parent.is_dir():
-        raise OptionError(f"cannot create {str(dest)!r}: folder {str(parent)!r} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"cannot create {str(dest)!r}: {exc.strerror}") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=parent))
     try:
         for name in sorted(files):

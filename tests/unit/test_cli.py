@@ -117,6 +117,13 @@ def test_compile_writes_atomically_and_refuses_to_overwrite(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "t.topo"]  # no temp leftovers
 
 
+def test_compile_creates_missing_parent_folders(gpt2_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "plan"
+    r = run("compile", str(gpt2_path), "--topology", "topologies/localhost.topo", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "analysis.json").is_file()
+
+
 def test_dump_after_prints_the_costed_ir(gpt2_path: Path, tmp_path: Path) -> None:
     pytest.importorskip("shardc.topology")
     r = run(
