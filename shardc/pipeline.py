@@ -19,6 +19,8 @@ from shardc.ir import Graph, Model, verify_graph
 
 if TYPE_CHECKING:
     from shardc.passes.annotate_costs import GraphCosts
+    from shardc.passes.coarsen import BlockChain
+    from shardc.passes.strategies import StrategyTable
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class CompileState:
     options: CompileOptions = field(default_factory=CompileOptions)
     topology: Any = None
     costs: GraphCosts | None = None
+    blocks: BlockChain | None = None
+    """The model folded into a chain of blocks, identical blocks marked (pass coarsen)."""
+    strategies: StrategyTable | None = None
+    """Legal shardings of every node and the resharding each implies (pass strategies)."""
     warnings: tuple[str, ...] = ()
 
     def with_(self, **changes: Any) -> CompileState:
