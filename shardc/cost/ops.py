@@ -6,8 +6,10 @@ Conventions (what a FLOP is here, so figures compare with papers):
   Gemm adds ``M·N`` for the bias; Conv costs ``2·N·Cout·prod(out_spatial)·Cin/group·prod(kernel)``;
 * basic elementwise ops cost 1 FLOP per output element; transcendental ones cost the
   few FLOPs listed in :data:`ELEMENTWISE_FLOPS` (a polynomial approximation's worth);
-* fused normalisations and Softmax cost what their unfused patterns cost (LayerNorm 8,
-  RMSNorm 5, Softmax 5 per element), so an exported pattern and a fused op agree;
+* fused normalisations and Softmax cost what their unfused patterns cost per element
+  (LayerNorm 7: mean, subtract, square, mean, scale, γ, β; RMSNorm 4: square, mean,
+  scale, γ; Softmax 5: max, subtract, exp, sum, divide), so an exported pattern and a
+  fused op agree (tested);
 * data movement (Transpose, Concat, Gather…) costs no FLOPs but reads and writes bytes;
   pure views (Reshape, Squeeze, Identity…) move nothing;
 * ``bytes_read`` counts what the kernel touches: a Gather on an embedding table reads
@@ -121,11 +123,11 @@ ELEMENTWISE_FLOPS: dict[str, int] = {
     "Mish": 8,
     "Softmax": 5,
     "LogSoftmax": 5,
-    "LayerNormalization": 8,
-    "SkipLayerNormalization": 9,
-    "RMSNormalization": 5,
-    "SimplifiedLayerNormalization": 5,
-    "SkipSimplifiedLayerNormalization": 6,
+    "LayerNormalization": 7,
+    "SkipLayerNormalization": 8,
+    "RMSNormalization": 4,
+    "SimplifiedLayerNormalization": 4,
+    "SkipSimplifiedLayerNormalization": 5,
     "BatchNormalization": 4,
     "InstanceNormalization": 8,
     "GroupNormalization": 8,

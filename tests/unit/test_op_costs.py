@@ -56,7 +56,7 @@ def test_norms_softmax_elementwise_and_movement() -> None:
         n = LayerNormalization(X, s, b)  sm = Softmax(n)  e = Tanh(sm)  a = Add(e, X)  Y = Transpose(a) }"""
     )
     ln, sm, tanh, add, tr = nodes
-    assert (ln.flops, ln.kind) == (8 * 128, "norm")
+    assert (ln.flops, ln.kind) == (7 * 128, "norm")
     assert sm.flops == 5 * 128 and tanh.flops == 4 * 128 and add.flops == 128
     assert tr.flops == 0 and tr.kind == "movement" and tr.bytes_total == 2 * 128 * 4
 
@@ -136,3 +136,18 @@ def test_total_flops_of_wider_models_within_one_percent(arch: str, tmp_path) -> 
         load_model(models.export(module, tmp_path / "m.onnx")).graph, where=arch
     ).flops
     assert abs(got - want) / want < 0.01, (got, want)
+
+
+def test_fused_norms_cost_what_their_exported_patterns_cost() -> None:
+    """Exporters emit LayerNorm fused and RMSNorm unfused; both must count alike."""
+    rows, h = 64, 512
+    _, pattern = _costs(HEAD + f"""g (float[{rows},{h}] X, float[{h}] w, float[{h}] b) => (float[{rows},{h}] Y, float[{rows},{h}] R) {{
+        two = Constant<value=float {{2.0}}>()  eps = Constant<value=float {{1e-5}}>()  ax = Constant<value=int64[1] {{-1}}>()
+        m = ReduceMean(X, ax)  d = Sub(X, m)  sq = Pow(d, two)  v = ReduceMean(sq, ax)  ve = Add(v, eps)
+        s = Sqrt(ve)  n = Div(d, s)  nw = Mul(n, w)  Y = Add(nw, b)
+        sq2 = Pow(X, two)  ms = ReduceMean(sq2, ax)  mse = Add(ms, eps)  rs = Sqrt(mse)  inv = Reciprocal(rs)
+        xn = Mul(X, inv)  R = Mul(xn, w) }}""")
+    _, fused_ln = _costs(HEAD + f"g (float[{rows},{h}] X, float[{h}] w, float[{h}] b) => (float[{rows},{h}] Y) {{ Y = LayerNormalization(X, w, b) }}")
+    _, fused_rms = _costs('<ir_version: 10, opset_import: ["" : 23]>\n' + f"g (float[{rows},{h}] X, float[{h}] w) => (float[{rows},{h}] Y) {{ Y = RMSNormalization(X, w) }}")
+    per_row = 5  # the per-row scalar ops (add eps, sqrt, reciprocal) of both patterns
+    assert pattern.flops == pytest.approx(fused_ln.flops + fused_rms.flops, rel=per_row / h)
