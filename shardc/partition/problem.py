@@ -1,0 +1,155 @@
+"""The partitioning problem as plain data, and the one function that scores a solution.
+
+The model after coarsening is ``prologue · L identical blocks · epilogue``. A plan cuts
+the L blocks into S pipeline stages, gives stage j ``n_j`` consecutive blocks and one
+*stage configuration* c_j (a device kind and a tensor-parallel degree, with the time and
+memory one block costs there, both from the cost model), and replicates the pipeline
+``dp`` times. Because the blocks are identical, which blocks a stage holds does not
+matter, only how many: the search is over ``(n_j, c_j)``, not over block-to-stage maps.
+
+Scoring (the same function the solver's objective is checked against):
+
+* stage time per micro-batch ``T_j = n_j·t(c_j) + [j = 0]·pro(c_0) + [j = S−1]·epi(c_S−1)``;
+* **throughput** (training, 1F1B over M micro-batches): ``(M + S − 1)·max_j T_j +
+  (S − 1)·p2p + sync(c)`` — the bubble is ``S − 1`` slots of the slowest stage;
+* **latency** (one request through the pipeline): ``Σ_j T_j + (S − 1)·p2p``;
+* memory of a stage's devices: ``n_j·(static(c_j) + act(c_j)·inflight_j) + fixed``,
+  with ``inflight_j = min(S − j, M)`` under 1F1B (Narayanan et al. 2021), at most the
+  kind's capacity;
+* devices: ``Σ_j dp·tp(c_j)`` per kind at most what the topology has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """One way to run a stage, with its costs from the cost model (seconds, bytes)."""
+
+    name: str
+    kind: str
+    tp: int
+    block_seconds: float
+    """One repeated block, one micro-batch, on this configuration (forward+backward)."""
+    block_static_bytes: float
+    """Per device, per block: weights, gradients, optimizer state."""
+    block_activation_bytes: float
+    """Per device, per block, per micro-batch in flight."""
+    prologue_seconds: float = 0.0
+    prologue_bytes: float = 0.0
+    epilogue_seconds: float = 0.0
+    epilogue_bytes: float = 0.0
+    sync_seconds: float = 0.0
+    """Per-step work outside the pipeline (DP gradient all-reduce, optimizer), per block."""
+
+
+@dataclass(frozen=True)
+class PartitionProblem:
+    """Everything the solver needs; built by the partition pass from the cost model."""
+
+    blocks: int
+    configs: tuple[StageConfig, ...]
+    devices: Mapping[str, int]
+    """Devices available per kind."""
+    capacity: Mapping[str, float]
+    """Memory bytes per device, per kind."""
+    dp: int = 1
+    microbatches: int = 1
+    max_stages: int = 8
+    p2p_seconds: float = 0.0
+    """Activation (and gradient) transfer between neighbouring stages, per micro-batch."""
+    objective: str = "throughput"
+    pinned_stages: int | None = None
+    pinned: Mapping[int, str] = field(default_factory=dict)
+    """Stage index -> config name the user fixed."""
+
+    def config(self, name: str) -> StageConfig:
+        """Look a configuration up by name."""
+        for c in self.configs:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of a solution."""
+
+    config: str
+    blocks: int
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A solver's answer: the stages, the scored objective and the solver's own words."""
+
+    stages: tuple[StagePlan, ...]
+    seconds: float
+    status: str = "FEASIBLE"
+    bound: float | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def gap(self) -> float | None:
+        """Relative optimality gap reported by the solver (0 when proven optimal)."""
+        if self.bound is None or not self.seconds:
+            return None
+        return max(0.0, (self.seconds - self.bound) / self.seconds)
+
+
+def stage_seconds(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> float:
+    """``T_j`` of the module docstring."""
+    c = p.config(stages[j].config)
+    t = stages[j].blocks * c.block_seconds
+    if j == 0:
+        t += c.prologue_seconds
+    if j == len(stages) - 1:
+        t += c.epilogue_seconds
+    return t
+
+
+def stage_bytes(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> float:
+    """Peak memory of one device of stage ``j``."""
+    c = p.config(stages[j].config)
+    inflight = min(len(stages) - j, p.microbatches)
+    mem = stages[j].blocks * (c.block_static_bytes + c.block_activation_bytes * inflight)
+    if j == 0:
+        mem += c.prologue_bytes
+    if j == len(stages) - 1:
+        mem += c.epilogue_bytes
+    return mem
+
+
+def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
+    """Why ``stages`` is not a legal plan (empty when it is)."""
+    out = []
+    if sum(s.blocks for s in stages) != p.blocks:
+        out.append(f"stages hold {sum(s.blocks for s in stages)} blocks, the model has {p.blocks}")
+    if any(s.blocks < 1 for s in stages):
+        out.append("every stage needs at least one block")
+    used: dict[str, int] = {}
+    for j, s in enumerate(stages):
+        c = p.config(s.config)
+        used[c.kind] = used.get(c.kind, 0) + p.dp * c.tp
+        if stage_bytes(p, stages, j) > p.capacity[c.kind]:
+            out.append(
+                f"stage {j} needs {stage_bytes(p, stages, j):.4g} B on {c.kind}, "
+                f"which holds {p.capacity[c.kind]:.4g} B"
+            )
+    for kind, n in sorted(used.items()):
+        if n > p.devices.get(kind, 0):
+            out.append(f"{n} {kind} devices needed, {p.devices.get(kind, 0)} available")
+    return out
+
+
+def score(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
+    """The objective of the module docstring for a (legal) plan."""
+    s = len(stages)
+    times = [stage_seconds(p, stages, j) for j in range(s)]
+    if p.objective == "latency":
+        return sum(times) + (s - 1) * p.p2p_seconds
+    sync = max(st.blocks * p.config(st.config).sync_seconds for st in stages)
+    return (p.microbatches + s - 1) * max(times) + (s - 1) * p.p2p_seconds + sync

@@ -1,0 +1,184 @@
+"""The CP-SAT partitioner against brute force over the same scoring function."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardc.errors import InfeasibleError
+from shardc.partition import PartitionProblem, StageConfig, StagePlan, score, violations
+from shardc.partition.cpsat import solve
+
+GB = 1e9
+
+
+def brute_force(p: PartitionProblem) -> float:
+    """Every stage count, every composition of the blocks, every config per stage."""
+    best = float("inf")
+    counts = [p.pinned_stages] if p.pinned_stages else range(1, min(p.max_stages, p.blocks) + 1)
+    for s in counts:
+        for cuts in itertools.combinations(range(1, p.blocks), s - 1):
+            sizes = [b - a for a, b in zip((0, *cuts), (*cuts, p.blocks), strict=True)]
+            for cfgs in itertools.product(p.configs, repeat=s):
+                if any(p.pinned.get(j, c.name) != c.name for j, c in enumerate(cfgs)):
+                    continue
+                plan = tuple(StagePlan(c.name, n) for c, n in zip(cfgs, sizes, strict=True))
+                if not violations(p, plan):
+                    best = min(best, score(p, plan))
+    return best
+
+
+def _cfg(name, kind, tp, t, static=1 * GB, act=0.5 * GB, **kw) -> StageConfig:
+    return StageConfig(name, kind, tp, t, static, act, **kw)
+
+
+def test_homogeneous_pipeline_splits_evenly_and_matches_brute_force() -> None:
+    p = PartitionProblem(
+        blocks=8,
+        configs=(_cfg("tp1", "gpu", 1, 1.0), _cfg("tp2", "gpu", 2, 0.6)),
+        devices={"gpu": 8},
+        capacity={"gpu": 6 * GB},
+        microbatches=8,
+        max_stages=4,
+        p2p_seconds=0.01,
+    )
+    sol = solve(p)
+    assert sol.status == "OPTIMAL" and sol.gap == 0
+    assert sol.seconds == pytest.approx(brute_force(p))
+    assert not violations(p, sol.stages)
+
+
+def test_memory_limits_force_more_stages_or_tensor_parallelism() -> None:
+    """With a real cost per stage boundary, 3 stages of 2 blocks is best, unless a device
+    holds only one block: then memory forces 6 stages.
+    """
+    cfg = (_cfg("tp1", "gpu", 1, 1.0, static=1 * GB, act=0),)
+    roomy = PartitionProblem(
+        blocks=6,
+        configs=cfg,
+        devices={"gpu": 8},
+        capacity={"gpu": 100 * GB},
+        microbatches=4,
+        p2p_seconds=2.0,
+    )
+    tight = PartitionProblem(
+        blocks=6,
+        configs=cfg,
+        devices={"gpu": 8},
+        capacity={"gpu": 1.5 * GB},
+        microbatches=4,
+        p2p_seconds=2.0,
+    )
+    assert [s.blocks for s in solve(roomy).stages] == [2, 2, 2]
+    assert [s.blocks for s in solve(tight).stages] == [1] * 6
+    assert solve(roomy).seconds == pytest.approx(brute_force(roomy))
+
+
+def test_heterogeneous_pool_gets_uneven_stages() -> None:
+    """A fast kind and a slow kind: the fast one's stage takes more blocks (Metis-style)."""
+    p = PartitionProblem(
+        blocks=12,
+        configs=(_cfg("h100", "h100", 1, 1.0), _cfg("h20", "h20", 1, 3.0)),
+        devices={"h100": 1, "h20": 1},
+        capacity={"h100": 80 * GB, "h20": 96 * GB},
+        microbatches=16,
+        max_stages=2,
+    )
+    sol = solve(p)
+    blocks = {s.config: s.blocks for s in sol.stages}
+    assert blocks["h100"] == 9 and blocks["h20"] == 3
+    assert sol.seconds == pytest.approx(brute_force(p))
+
+
+def test_latency_objective_and_pins() -> None:
+    cfgs = (_cfg("tp1", "gpu", 1, 1.0), _cfg("tp4", "gpu", 4, 0.3))
+    p = PartitionProblem(
+        blocks=4,
+        configs=cfgs,
+        devices={"gpu": 4},
+        capacity={"gpu": 80 * GB},
+        objective="latency",
+        p2p_seconds=0.05,
+    )
+    sol = solve(p)
+    assert [s.config for s in sol.stages] == ["tp4"] and sol.seconds == pytest.approx(1.2)
+    pinned = PartitionProblem(
+        blocks=4,
+        configs=cfgs,
+        devices={"gpu": 4},
+        capacity={"gpu": 80 * GB},
+        objective="latency",
+        pinned_stages=2,
+        pinned={0: "tp1", 1: "tp1"},
+    )
+    sol = solve(pinned)
+    assert [s.config for s in sol.stages] == ["tp1", "tp1"]
+    assert sol.seconds == pytest.approx(brute_force(pinned))
+
+
+def test_infeasible_memory_says_why_in_user_terms() -> None:
+    p = PartitionProblem(
+        blocks=2,
+        configs=(_cfg("tp1", "gpu", 1, 1.0, static=61 * GB, act=0),),
+        devices={"gpu": 8},
+        capacity={"gpu": 48 * GB},
+    )
+    with pytest.raises(InfeasibleError, match=r"one block needs 61 GB per device.*holds 48 GB"):
+        solve(p)
+
+
+def test_infeasible_devices_says_why() -> None:
+    p = PartitionProblem(
+        blocks=2,
+        configs=(_cfg("tp8", "gpu", 8, 1.0),),
+        devices={"gpu": 4},
+        capacity={"gpu": 80 * GB},
+        dp=1,
+    )
+    with pytest.raises(InfeasibleError, match="not enough devices"):
+        solve(p)
+
+
+def test_same_problem_same_plan() -> None:
+    p = PartitionProblem(
+        blocks=10,
+        configs=(_cfg("a", "gpu", 1, 1.0), _cfg("b", "gpu", 2, 0.55)),
+        devices={"gpu": 8},
+        capacity={"gpu": 8 * GB},
+        microbatches=6,
+        max_stages=5,
+    )
+    assert solve(p).stages == solve(p).stages
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    blocks=st.integers(2, 6),
+    times=st.lists(st.floats(0.1, 3.0), min_size=1, max_size=3),
+    cap=st.floats(2.0, 12.0),
+    micro=st.integers(1, 6),
+    objective=st.sampled_from(["throughput", "latency"]),
+)
+def test_solver_objective_equals_brute_force_optimum(blocks, times, cap, micro, objective) -> None:
+    cfgs = tuple(_cfg(f"c{i}", "gpu", 1 + i, t) for i, t in enumerate(times))
+    p = PartitionProblem(
+        blocks=blocks,
+        configs=cfgs,
+        devices={"gpu": 6},
+        capacity={"gpu": cap * GB},
+        microbatches=micro,
+        max_stages=3,
+        p2p_seconds=0.02,
+        objective=objective,
+    )
+    want = brute_force(p)
+    if want == float("inf"):
+        with pytest.raises(InfeasibleError):
+            solve(p)
+        return
+    sol = solve(p)
+    assert not violations(p, sol.stages)
+    assert sol.seconds == pytest.approx(want, rel=1e-4)
