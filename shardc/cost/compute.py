@@ -23,13 +23,21 @@ from shardc.ir import DType
 
 
 class DeviceSpec(Protocol):
-    """What the cost model reads from a device kind (satisfied by topology.DeviceKind)."""
+    """What the cost model reads from a device kind (satisfied by topology.DeviceKind).
 
-    name: str
-    peak_flops: Mapping[str, float]
-    memory_bandwidth: float | None
-    compute_efficiency: float
-    memory_efficiency: float
+    Read-only properties, so frozen dataclasses satisfy it.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def peak_flops(self) -> Mapping[str, float]: ...
+    @property
+    def memory_bandwidth(self) -> float | None: ...
+    @property
+    def compute_efficiency(self) -> float: ...
+    @property
+    def memory_efficiency(self) -> float: ...
 
 
 # Where a part lists no peak for a dtype, the arithmetic runs in the next wider type the

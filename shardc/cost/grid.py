@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from shardc.cost import memory as mem
 from shardc.cost.compute import (
@@ -341,8 +341,7 @@ def estimate_grid(costs: TransformerCosts, cfg: GridConfig, topology: Topology
         raise OptionError(f"{costs.layers} layers do not split into pp × interleave = "
                           f"{cfg.pp} × {cfg.interleave} equal chunks")
     place = place_grid(topology, cfg)
-    device_kind = topology.device(place.tp_group[0]).kind
-    kind = cast("DeviceSpec", device_kind)  # frozen DeviceKind vs the protocol's settable attrs
+    kind = topology.device(place.tp_group[0]).kind
     m, per_stage, hb = cfg.microbatches, costs.layers // cfg.pp, costs.hidden_bytes
     share = attention_share(costs, kind) if cfg.recompute == "selective" else 0.0
     layer_s = _train_seconds(costs.layer, kind, cfg, hb, cfg.recompute, share)
@@ -371,7 +370,7 @@ def estimate_grid(costs: TransformerCosts, cfg: GridConfig, topology: Topology
     per_mb += 3 * sum(c.flops for c in costs.outside)
     return StepEstimate(cfg, compute, tp_comm, pp_comm, bubble, dp_comm, opt,
                         _memory(costs, cfg, params, per_stage), per_mb * m * cfg.dp,
-                        device_kind.memory_bytes, (tp_note, pp_note, dp_note, tied_note))
+                        kind.memory_bytes, (tp_note, pp_note, dp_note, tied_note))
 
 
 def _memory(costs: TransformerCosts, cfg: GridConfig, params: float, per_stage: int
