@@ -39,7 +39,7 @@ from shardc.cost.compute import (
 )
 from shardc.cost.network import group_collective, point_to_point
 from shardc.cost.ops import NodeCost
-from shardc.cost.phases import training_time
+from shardc.cost.phases import prefill_time, training_time
 from shardc.errors import OptionError
 
 if TYPE_CHECKING:
@@ -198,15 +198,30 @@ def tensor_parallel_shard(cost: NodeCost, tp: int, hidden_bytes: int,
     return ShardScale.uniform(f)
 
 
-def _train_seconds(costs: Sequence[NodeCost], kind: DeviceSpec, cfg: GridConfig,
-                   hidden_bytes: int, recompute: str, attention_share: float = 0.0) -> float:
-    """Forward+backward(+recompute) seconds of one micro-batch, nodes grouped by shard."""
+def sharded_seconds(costs: Sequence[NodeCost], kind: DeviceSpec, *, tp: int, hidden_bytes: int,
+                    mode: str = "training", recompute: str = "none",
+                    sequence_parallel: bool = False, attention_share: float = 0.0) -> float:
+    """Seconds of one micro-batch through ``costs`` on one rank of a TP group of ``tp``.
+
+    Training counts forward+backward(+recompute); inference the forward alone. Nodes
+    are grouped by their Megatron shard so each group is one roofline sum.
+    """
     groups: dict[ShardScale, list[NodeCost]] = {}
     for c in costs:
-        shard = tensor_parallel_shard(c, cfg.tp, hidden_bytes, cfg.sequence_parallel)
+        shard = tensor_parallel_shard(c, tp, hidden_bytes, sequence_parallel)
         groups.setdefault(shard, []).append(c)
+    if mode == "inference":
+        return sum(prefill_time(g, kind, shard=s).seconds for s, g in groups.items())
     return sum(training_time(g, kind, recompute=recompute, attention_share=attention_share,
                              shard=s).seconds for s, g in groups.items())
+
+
+def _train_seconds(costs: Sequence[NodeCost], kind: DeviceSpec, cfg: GridConfig,
+                   hidden_bytes: int, recompute: str, attention_share: float = 0.0) -> float:
+    """Forward+backward(+recompute) seconds of one micro-batch under ``cfg``."""
+    return sharded_seconds(costs, kind, tp=cfg.tp, hidden_bytes=hidden_bytes,
+                           recompute=recompute, sequence_parallel=cfg.sequence_parallel,
+                           attention_share=attention_share)
 
 
 def attention_share(costs: TransformerCosts, kind: DeviceSpec) -> float:
