@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from shardc.errors import ModelError
 from shardc.ir import DType, Graph, Node, TensorType
+from shardc.registry import registrar
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,17 +270,8 @@ class Need:
 
 FlopRule = Callable[[Node, Need], tuple[int, str]]
 _FLOP_RULES: dict[str, FlopRule] = {}
-
-
-def flop_rule(*ops: str) -> Callable[[FlopRule], FlopRule]:
-    """Register a FLOP rule returning ``(flops, kind)`` for ops (``op`` or ``dom::op``)."""
-
-    def deco(fn: FlopRule) -> FlopRule:
-        for op in ops:
-            _FLOP_RULES[op] = fn
-        return fn
-
-    return deco
+flop_rule = registrar(_FLOP_RULES)
+"""Register a FLOP rule returning ``(flops, kind)`` for ops (``op`` or ``dom::op``)."""
 
 
 @flop_rule("MatMul", "MatMulInteger", "QLinearMatMul", "com.microsoft::FusedMatMul")

@@ -12,23 +12,15 @@ import math
 from collections.abc import Callable, Sequence
 
 from shardc.ir import Dim, DType, Node, TensorType
+from shardc.registry import registrar
 
 Consts = Sequence[tuple[int | float, ...] | None]
 Types = Sequence[TensorType | None]
 Rule = Callable[[Node, Types, Consts], list[TensorType | None]]
 
 RULES: dict[str, Rule] = {}
-
-
-def rule(*ops: str) -> Callable[[Rule], Rule]:
-    """Register a rule for ops, keyed as ``op`` or ``domain::op``."""
-
-    def deco(fn: Rule) -> Rule:
-        for op in ops:
-            RULES[op] = fn
-        return fn
-
-    return deco
+rule = registrar(RULES)
+"""Register a shape rule for ops, keyed as ``op`` or ``domain::op``."""
 
 
 def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
