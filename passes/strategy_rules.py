@@ -22,6 +22,7 @@ from functools import cached_property
 from typing import cast
 
 from shardc.ir import Graph, Node
+from shardc.ir.opfamilies import REDUCTIONS
 from shardc.ir.types import Dim
 from shardc.registry import registrar
 from shardc.sharding import Reshard, Strategy, TensorSharding
@@ -791,18 +792,7 @@ def _reduce_loops(
     return tuple(loops)
 
 
-@rule(
-    "ReduceSum",
-    "ReduceMean",
-    "ReduceMax",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceSumSquare",
-    "ReduceLogSum",
-    "ReduceLogSumExp",
-)
+@rule(*REDUCTIONS)
 def _reduce(ctx: Ctx) -> OpDims:
     """Kept dims split freely; a reduced dim splits only under ReduceSum (partial sums out).
     ReduceMean over a split dim would be partial too, but what follows it (RMSNorm's

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from shardc.errors import ModelError
 from shardc.ir import DType, Graph, Node, TensorType
+from shardc.ir.opfamilies import REDUCTIONS
 from shardc.registry import registrar
 
 
@@ -196,16 +197,7 @@ MOVEMENT_OPS = frozenset(
 )
 REDUCE_OPS = frozenset(
     {
-        "ReduceMean",
-        "ReduceSum",
-        "ReduceMax",
-        "ReduceMin",
-        "ReduceProd",
-        "ReduceL1",
-        "ReduceL2",
-        "ReduceSumSquare",
-        "ReduceLogSum",
-        "ReduceLogSumExp",
+        *REDUCTIONS,
         "GlobalAveragePool",
         "GlobalMaxPool",
         "AveragePool",

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from shardc.ir import Dim, DType, Node, TensorType
+from shardc.ir.opfamilies import REDUCTIONS
 from shardc.registry import registrar
 
 Consts = Sequence[tuple[int | float, ...] | None]
@@ -303,16 +304,7 @@ def _expand(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     return [None if shape is None else TensorType(t.dtype, shape)]
 
 
-@rule(
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceL2",
-    "ReduceSumSquare",
-    "ReduceLogSumExp",
-)
+@rule(*REDUCTIONS)
 def _reduce(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     t = ts[0]
     if t is None or t.shape is None:
