@@ -66,14 +66,6 @@ def inspect_cmd(
         Console().print(render_summary(summary))
 
 
-def _load_topology(path: Path | None, sets: dict[str, Any]) -> Any:
-    if path is None:
-        return None
-    from shardc.topology import load_topology
-
-    return load_topology(path, sets)
-
-
 @click.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -126,7 +118,9 @@ def compile_cmd(
     from shardc.emit.outdir import write_outdir
 
     start = time.perf_counter()
-    topology = _load_topology(topology_path, parse_sets(sets))
+    from shardc.topology import load_topology
+
+    topology = load_topology(topology_path, parse_sets(sets))
     result = analyse(
         model,
         dims=parse_dims(dims),
@@ -155,14 +149,9 @@ def compile_cmd(
         return
     console = Console()
     console.print(render_summary(summary))
-    console.print(f"topology: {topology_path} ({_topology_line(topology)})")
+    console.print(f"topology: {topology_path} ({len(topology.devices)} devices)")
     console.print(render_estimates(estimates))
     console.print(
         f"wrote {outdir}/analysis.json; passes: "
         + ", ".join(f"{t.name} {t.seconds * 1000:.1f} ms" for t in result.timings)
     )
-
-
-def _topology_line(topology: Any) -> str:
-    devices = getattr(topology, "devices", None)
-    return f"{len(devices)} devices" if devices is not None else "loaded"
