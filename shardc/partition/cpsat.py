@@ -7,11 +7,18 @@ For each stage count S (1..max, or the pinned one) we solve::
                 y_jc = n_j · x_jc                linearised: y ≤ L·x, y ≤ n, y ≥ n − L(1 − x)
     blocks      Σ_j n_j = L
     time        T_j = Σ_c y_jc·t_c + [j=0]·Σ_c x_0c·pro_c + [j=S−1]·Σ_c x_(S−1)c·epi_c
-    memory      Σ_c y_jc·(static_c + act_c·min(S−j, M)) + fixed ≤ Σ_c x_jc·cap_c   [memory]
+                      + [S>1]·Σ_c x_jc·p2p_c
+    sync        Y_j = Σ_c y_jc·sync_c + [j=0]·Σ_c x_0c·psync_c + [j=S−1]·Σ_c x_(S−1)c·esync_c
+    memory      Σ_c y_jc·(static_c + act_c·inflight_j) + fixed ≤ Σ_c x_jc·cap_c    [memory]
     devices     Σ_j Σ_{c: kind k} dp·tp_c·x_jc ≤ avail_k                           [devices]
-    pins        x_j,pinned(j) = 1                                                   [pins]
-    objective   throughput: (M + S − 1)·max_j T_j + max_j Σ_c y_jc·sync_c
+    pins        x_jc = 0 for configs the user ruled out, n_j = pinned blocks       [pins]
+    objective   throughput: (M + S − 1)·max_j T_j + max_j Y_j
                 latency:    Σ_j T_j                   (+ (S − 1)·p2p, a constant per S)
+
+Stage counts whose lower bound (every block on its fastest configuration, perfectly
+balanced) cannot beat the best plan found so far are skipped, and a plan from an
+earlier run (``hint``) is tried first and given to CP-SAT as a solution hint, so a
+warm start both finds a good incumbent at once and prunes more.
 
 Times are scaled to integers (microsecond-ish resolution relative to the whole step);
 the best S is chosen on the exact, unscaled :func:`score`. Each constraint family hangs
@@ -27,7 +34,14 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from shardc.errors import InfeasibleError, SolverTimeout
-from shardc.partition.problem import PartitionProblem, Solution, StagePlan, score, violations
+from shardc.partition.problem import (
+    PartitionProblem,
+    Solution,
+    StagePlan,
+    in_flight,
+    score,
+    violations,
+)
 
 _RESOLUTION = 1_000_000
 
@@ -40,16 +54,49 @@ class _Attempt:
     core: tuple[str, ...]
 
 
-def solve(problem: PartitionProblem, *, time_limit: float = 10.0, seed: int = 0) -> Solution:
-    """Best plan over stage counts; raises :class:`InfeasibleError` with the reason."""
+def solve(
+    problem: PartitionProblem,
+    *,
+    time_limit: float = 10.0,
+    seed: int = 0,
+    hint: tuple[StagePlan, ...] | None = None,
+    cutoff: float | None = None,
+) -> Solution:
+    """Best plan over stage counts; raises :class:`InfeasibleError` with the reason.
+
+    ``cutoff`` is the score of a plan the caller already has: stage counts that cannot
+    beat it are skipped (and if none can, :class:`InfeasibleError` says so).
+    """
     start = time.perf_counter()
     counts = (
         [problem.pinned_stages]
         if problem.pinned_stages
         else list(range(1, min(problem.max_stages, problem.blocks) + 1))
     )
+    if hint is not None and len(hint) in counts:
+        counts.remove(len(hint))
+        counts.insert(0, len(hint))
     budget = time_limit / len(counts)
-    attempts = [_solve_stages(problem, s, budget, seed) for s in counts]
+    attempts: list[_Attempt] = []
+    best_seen = cutoff
+    fewest = problem.dp * min(c.tp for c in problem.configs)
+    for s in counts:
+        if s > 1 and s * fewest > sum(problem.devices.values()):
+            attempts.append(_Attempt(s, "INFEASIBLE", None, ("devices",)))
+            continue
+        even = uniform(problem, s)
+        if even is not None and (best_seen is None or even.seconds < best_seen):
+            best_seen = even.seconds
+        if best_seen is not None and lower_bound(problem, s) >= best_seen * (1 - 1e-9):
+            attempts.append(_Attempt(s, "PRUNED", even, ()))
+            continue
+        start_from = hint if hint and len(hint) == s else (even.stages if even else None)
+        a = _solve_stages(problem, s, budget, seed, start_from)
+        if even is not None and (a.solution is None or even.seconds < a.solution.seconds):
+            a = _Attempt(s, "FEASIBLE" if a.status != "INFEASIBLE" else a.status, even, ())
+        attempts.append(a)
+        if a.solution is not None and (best_seen is None or a.solution.seconds < best_seen):
+            best_seen = a.solution.seconds
     found = [a.solution for a in attempts if a.solution is not None]
     if not found:
         if any(a.status == "UNKNOWN" for a in attempts):
@@ -57,20 +104,57 @@ def solve(problem: PartitionProblem, *, time_limit: float = 10.0, seed: int = 0)
                 f"no plan found within {time_limit:g} s of solver time",
                 hint="raise --time-limit, or pin part of the answer (--pin tp=8)",
             )
+        if any(a.status == "PRUNED" for a in attempts):
+            raise InfeasibleError("no plan beats the one already found (cutoff)")
         raise InfeasibleError(_why(problem, attempts))
     best = min(found, key=lambda s: (s.seconds, len(s.stages), [st.config for st in s.stages]))
-    proven = all(a.status in ("OPTIMAL", "INFEASIBLE") for a in attempts)
-    bound = min(
-        (a.solution.bound for a in attempts if a.solution and a.solution.bound is not None),
-        default=None,
-    )
+    proven = all(a.status in ("OPTIMAL", "INFEASIBLE", "PRUNED") for a in attempts)
+    bounds = [best.seconds]
+    for a in attempts:
+        if a.status == "OPTIMAL" and a.solution is not None:
+            bounds.append(a.solution.seconds)
+        elif a.status in ("FEASIBLE", "UNKNOWN", "PRUNED"):
+            got = a.solution.bound if a.solution is not None else None
+            bounds.append(got if got is not None else lower_bound(problem, a.stages))
     return Solution(
         best.stages,
         best.seconds,
         "OPTIMAL" if proven else "FEASIBLE",
-        best.seconds if proven else bound,
+        best.seconds if proven else min(bounds),
         time.perf_counter() - start,
     )
+
+
+def uniform(p: PartitionProblem, s: int) -> Solution | None:
+    """The best plan giving every stage the same configuration and an even share of the
+    blocks (a Megatron grid; the remainder goes to the last stages, which hold the fewest
+    micro-batches in flight), or None if none is legal. Cheap, so it seeds every CP-SAT
+    run and guarantees the answer is never worse than the best even grid.
+    """
+    if s > p.blocks:
+        return None
+    base, extra = divmod(p.blocks, s)
+    sizes = [base + (j >= s - extra) for j in range(s)]
+    best: Solution | None = None
+    for c in p.configs:
+        plan = tuple(StagePlan(c.name, n) for n in sizes)
+        if violations(p, plan):
+            continue
+        sc = score(p, plan)
+        if best is None or sc < best.seconds:
+            best = Solution(plan, sc, "FEASIBLE")
+    return best
+
+
+def lower_bound(p: PartitionProblem, s: int) -> float:
+    """A score no plan with ``s`` stages can beat: each block on its fastest allowed
+    configuration, the blocks spread perfectly evenly, boundary costs ignored.
+    """
+    fastest = min(c.block_seconds for c in p.configs)
+    work = p.blocks * fastest
+    if p.objective == "latency":
+        return work + (s - 1) * p.p2p_seconds
+    return (p.microbatches + s - 1) * work / s + (s - 1) * p.p2p_seconds
 
 
 def _scale(p: PartitionProblem) -> float:
@@ -78,13 +162,18 @@ def _scale(p: PartitionProblem) -> float:
         p.blocks * c.block_seconds
         + c.prologue_seconds
         + c.epilogue_seconds
+        + c.p2p_seconds
         + p.blocks * c.sync_seconds
+        + c.prologue_sync
+        + c.epilogue_sync
         for c in p.configs
     )
     return _RESOLUTION / worst if worst > 0 else 1.0
 
 
-def _solve_stages(p: PartitionProblem, s: int, budget: float, seed: int) -> _Attempt:
+def _solve_stages(
+    p: PartitionProblem, s: int, budget: float, seed: int, hint: tuple[StagePlan, ...] | None
+) -> _Attempt:
     m = cp_model.CpModel()
     L, cs, k = p.blocks, p.configs, _scale(p)
     n = [m.new_int_var(1, L, f"n{j}") for j in range(s)]
@@ -100,7 +189,7 @@ def _solve_stages(p: PartitionProblem, s: int, budget: float, seed: int) -> _Att
             m.add(y[j][ci] >= n[j] - L * (1 - x[j][ci]))
     _add_memory(m, p, s, x, y, lit["memory"])
     _add_devices(m, p, s, x, lit["devices"])
-    _add_pins(m, p, s, x, lit["pins"])
+    _add_pins(m, p, s, x, n, lit["pins"])
     times = [_stage_time(m, p, s, j, x, y, k) for j in range(s)]
     if p.objective == "latency":
         m.minimize(sum(times))
@@ -108,19 +197,24 @@ def _solve_stages(p: PartitionProblem, s: int, budget: float, seed: int) -> _Att
         t_max = m.new_int_var(0, 10 * _RESOLUTION, "t_max")
         sync = m.new_int_var(0, 10 * _RESOLUTION, "sync")
         m.add_max_equality(t_max, times)
-        m.add_max_equality(
-            sync,
-            [
-                sum(round(c.sync_seconds * k) * y[j][ci] for ci, c in enumerate(cs))
-                for j in range(s)
-            ],
-        )
+        m.add_max_equality(sync, [_stage_sync(p, s, j, x, y, k) for j in range(s)])
         m.minimize((p.microbatches + s - 1) * t_max + sync)
+    if hint is not None:
+        names = [c.name for c in cs]
+        for j, st in enumerate(hint):
+            m.add_hint(n[j], st.blocks)
+            for ci, name in enumerate(names):
+                m.add_hint(x[j][ci], name == st.config)
+                m.add_hint(y[j][ci], st.blocks if name == st.config else 0)
     m.add_assumptions(list(lit.values()))
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     solver.parameters.max_deterministic_time = max(budget, 0.05)
+    # Presolve computes exact domains of the byte- and time-weighted sums; with a dozen
+    # configurations over 80 blocks that alone took 17 s for one stage count. The model
+    # is small, so the search goes straight at it.
+    solver.parameters.cp_model_presolve = False
     status = solver.solve(m)
     name = solver.status_name(status)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -168,20 +262,33 @@ def _stage_time(m: cp_model.CpModel, p: PartitionProblem, s: int, j: int, x, y, 
         expr += sum(round(c.prologue_seconds * k) * x[0][ci] for ci, c in enumerate(p.configs))
     if j == s - 1:
         expr += sum(round(c.epilogue_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
+    if s > 1:
+        expr += sum(round(c.p2p_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
     t = m.new_int_var(0, 10 * _RESOLUTION, f"T{j}")
     m.add(t == expr)
     return t
 
 
+def _stage_sync(p: PartitionProblem, s: int, j: int, x, y, k: float):
+    cs = p.configs
+    expr = sum(round(c.sync_seconds * k) * y[j][ci] for ci, c in enumerate(cs))
+    if j == 0:
+        expr += sum(round(c.prologue_sync * k) * x[0][ci] for ci, c in enumerate(cs))
+    if j == s - 1:
+        expr += sum(round(c.epilogue_sync * k) * x[j][ci] for ci, c in enumerate(cs))
+    return expr
+
+
 def _add_memory(m: cp_model.CpModel, p: PartitionProblem, s: int, x, y, on) -> None:
     """[memory] every device of a stage holds its blocks, in-flight activations, ends."""
     for j in range(s):
-        inflight = min(s - j, p.microbatches)
+        inflight = in_flight(p, s, j)
         used = 0
         for ci, c in enumerate(p.configs):
             per_block = c.block_static_bytes + c.block_activation_bytes * inflight
             used += int(per_block) * y[j][ci]
             fixed = (c.prologue_bytes if j == 0 else 0) + (c.epilogue_bytes if j == s - 1 else 0)
+            fixed += c.workspace_bytes
             used += int(fixed - p.capacity[c.kind]) * x[j][ci]
         m.add(used <= 0).only_enforce_if(on)
 
@@ -198,12 +305,14 @@ def _add_devices(m: cp_model.CpModel, p: PartitionProblem, s: int, x, on) -> Non
         m.add(use <= p.devices.get(kind, 0)).only_enforce_if(on)
 
 
-def _add_pins(m: cp_model.CpModel, p: PartitionProblem, s: int, x, on) -> None:
+def _add_pins(m: cp_model.CpModel, p: PartitionProblem, s: int, x, n, on) -> None:
     """[pins] stages the user fixed to a configuration."""
-    names = [c.name for c in p.configs]
-    for j, name in sorted(p.pinned.items()):
-        if j < s:
-            m.add(x[j][names.index(name)] == 1).only_enforce_if(on)
+    for j in range(s):
+        for ci, c in enumerate(p.configs):
+            if not p.allowed(j, c.name):
+                m.add(x[j][ci] == 0).only_enforce_if(on)
+        if j in p.pinned_blocks:
+            m.add(n[j] == p.pinned_blocks[j]).only_enforce_if(on)
 
 
 def _why(p: PartitionProblem, attempts: list[_Attempt]) -> str:

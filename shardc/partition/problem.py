@@ -9,13 +9,17 @@ matter, only how many: the search is over ``(n_j, c_j)``, not over block-to-stag
 
 Scoring (the same function the solver's objective is checked against):
 
-* stage time per micro-batch ``T_j = n_j·t(c_j) + [j = 0]·pro(c_0) + [j = S−1]·epi(c_S−1)``;
-* **throughput** (training, 1F1B over M micro-batches): ``(M + S − 1)·max_j T_j +
-  (S − 1)·p2p + sync(c)`` — the bubble is ``S − 1`` slots of the slowest stage;
+* stage time per micro-batch ``T_j = n_j·t(c_j) + [j = 0]·pro(c_0) + [j = S−1]·epi(c_S−1)
+  + [S > 1]·x(c_j)``, where ``x`` is the stage's own boundary traffic per micro-batch
+  (activations out, gradients back), which sits in every 1F1B slot;
+* per-step work outside the pipeline ``sync_j = n_j·sync(c_j) + [j = 0]·pro_sync(c_0) +
+  [j = S−1]·epi_sync(c_S−1)`` (data-parallel gradient reduction, optimizer step);
+* **throughput** (1F1B or GPipe over M micro-batches): ``(M + S − 1)·max_j T_j +
+  (S − 1)·p2p + max_j sync_j`` — the bubble is ``S − 1`` slots of the slowest stage;
 * **latency** (one request through the pipeline): ``Σ_j T_j + (S − 1)·p2p``;
 * memory of a stage's devices: ``n_j·(static(c_j) + act(c_j)·inflight_j) + fixed``,
-  with ``inflight_j = min(S − j, M)`` under 1F1B (Narayanan et al. 2021), at most the
-  kind's capacity;
+  with ``inflight_j = min(S − j, M)`` under 1F1B and ``M`` under GPipe (Narayanan et
+  al. 2021), at most the kind's capacity;
 * devices: ``Σ_j dp·tp(c_j)`` per kind at most what the topology has.
 """
 
@@ -44,6 +48,14 @@ class StageConfig:
     epilogue_bytes: float = 0.0
     sync_seconds: float = 0.0
     """Per-step work outside the pipeline (DP gradient all-reduce, optimizer), per block."""
+    prologue_sync: float = 0.0
+    epilogue_sync: float = 0.0
+    p2p_seconds: float = 0.0
+    """Boundary traffic of one stage per micro-batch, charged when there are 2+ stages."""
+    recompute: str = "none"
+    workspace_bytes: float = 0.0
+    """Per device of any stage of this configuration, once (a transient, e.g. a block
+    being recomputed)."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +74,16 @@ class PartitionProblem:
     p2p_seconds: float = 0.0
     """Activation (and gradient) transfer between neighbouring stages, per micro-batch."""
     objective: str = "throughput"
+    schedule: str = "1f1b"
     pinned_stages: int | None = None
-    pinned: Mapping[int, str] = field(default_factory=dict)
-    """Stage index -> config name the user fixed."""
+    pinned: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    """Stage index -> the config names the user allows there."""
+    pinned_blocks: Mapping[int, int] = field(default_factory=dict)
+    """Stage index -> blocks the user fixed for it."""
+
+    def allowed(self, stage: int, config: str) -> bool:
+        """Whether the pins let ``stage`` run ``config``."""
+        return stage not in self.pinned or config in self.pinned[stage]
 
     def config(self, name: str) -> StageConfig:
         """Look a configuration up by name."""
@@ -108,14 +127,33 @@ def stage_seconds(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) ->
         t += c.prologue_seconds
     if j == len(stages) - 1:
         t += c.epilogue_seconds
+    if len(stages) > 1:
+        t += c.p2p_seconds
     return t
+
+
+def stage_sync(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> float:
+    """``sync_j`` of the module docstring."""
+    c = p.config(stages[j].config)
+    t = stages[j].blocks * c.sync_seconds
+    if j == 0:
+        t += c.prologue_sync
+    if j == len(stages) - 1:
+        t += c.epilogue_sync
+    return t
+
+
+def in_flight(p: PartitionProblem, stages: int, j: int) -> int:
+    """Micro-batches whose activations stage ``j`` holds at its peak."""
+    return p.microbatches if p.schedule == "gpipe" else min(stages - j, p.microbatches)
 
 
 def stage_bytes(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> float:
     """Peak memory of one device of stage ``j``."""
     c = p.config(stages[j].config)
-    inflight = min(len(stages) - j, p.microbatches)
+    inflight = in_flight(p, len(stages), j)
     mem = stages[j].blocks * (c.block_static_bytes + c.block_activation_bytes * inflight)
+    mem += c.workspace_bytes
     if j == 0:
         mem += c.prologue_bytes
     if j == len(stages) - 1:
@@ -126,6 +164,8 @@ def stage_bytes(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> f
 def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
     """Why ``stages`` is not a legal plan (empty when it is)."""
     out = []
+    if p.pinned_stages and len(stages) != p.pinned_stages:
+        out.append(f"{len(stages)} stages, pinned to {p.pinned_stages}")
     if sum(s.blocks for s in stages) != p.blocks:
         out.append(f"stages hold {sum(s.blocks for s in stages)} blocks, the model has {p.blocks}")
     if any(s.blocks < 1 for s in stages):
@@ -133,6 +173,10 @@ def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
     used: dict[str, int] = {}
     for j, s in enumerate(stages):
         c = p.config(s.config)
+        if not p.allowed(j, s.config):
+            out.append(f"stage {j} is pinned to {'/'.join(p.pinned[j])}, not {s.config}")
+        if j in p.pinned_blocks and s.blocks != p.pinned_blocks[j]:
+            out.append(f"stage {j} is pinned to {p.pinned_blocks[j]} blocks, not {s.blocks}")
         used[c.kind] = used.get(c.kind, 0) + p.dp * c.tp
         if stage_bytes(p, stages, j) > p.capacity[c.kind]:
             out.append(
@@ -151,5 +195,5 @@ def score(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
     times = [stage_seconds(p, stages, j) for j in range(s)]
     if p.objective == "latency":
         return sum(times) + (s - 1) * p.p2p_seconds
-    sync = max(st.blocks * p.config(st.config).sync_seconds for st in stages)
+    sync = max(stage_sync(p, stages, j) for j in range(s))
     return (p.microbatches + s - 1) * max(times) + (s - 1) * p.p2p_seconds + sync

@@ -23,7 +23,7 @@ def brute_force(p: PartitionProblem) -> float:
         for cuts in itertools.combinations(range(1, p.blocks), s - 1):
             sizes = [b - a for a, b in zip((0, *cuts), (*cuts, p.blocks), strict=True)]
             for cfgs in itertools.product(p.configs, repeat=s):
-                if any(p.pinned.get(j, c.name) != c.name for j, c in enumerate(cfgs)):
+                if not all(p.allowed(j, c.name) for j, c in enumerate(cfgs)):
                     continue
                 plan = tuple(StagePlan(c.name, n) for c, n in zip(cfgs, sizes, strict=True))
                 if not violations(p, plan):
@@ -112,7 +112,7 @@ def test_latency_objective_and_pins() -> None:
         capacity={"gpu": 80 * GB},
         objective="latency",
         pinned_stages=2,
-        pinned={0: "tp1", 1: "tp1"},
+        pinned={0: ("tp1",), 1: ("tp1",)},
     )
     sol = solve(pinned)
     assert [s.config for s in sol.stages] == ["tp1", "tp1"]
