@@ -1,0 +1,453 @@
+"""Price every stage configuration from the graph itself: what the solver chooses between.
+
+Why here and not in the solver: the solver sees numbers only. This module turns the
+costed, coarsened graph into those numbers, using the cost model and nothing else:
+
+* **compute** of a node set on one device of a kind, each node scaled by the strategy
+  Megatron's rule (:mod:`shardc.partition.megatron`) gives it at that tensor-parallel
+  degree (:func:`shardc.sharding.shard_scale`), forward + backward (+ recomputation) in
+  training, forward alone in inference;
+* **tensor-parallel traffic**: every collective :meth:`StrategyTable.resolve` finds for
+  that choice, charged to the block of the node that needs it, timed on the very TP
+  group :mod:`shardc.partition.place` would pick (training: the forward's and the
+  backward's conjugate, and the forward's again under full recomputation);
+* **memory** per device: the weights the shard holds (plus gradients and Adam state in
+  training, divided by ZeRO), and the activations a micro-batch leaves behind: outputs
+  of every non-view node (none), minus the attention core (selective: the nodes that
+  read or write the score matrix, found as the widest activation-by-activation MatMul
+  output), or the block's inputs alone (full, plus one block's activations as workspace
+  while it is recomputed);
+* **pipeline transfers**: a block's inputs that are activations, to the next stage's
+  first device, forward (and the gradient back in training);
+* **per-step sync**: the gradient all-reduce (reduce-scatter + all-gather with ZeRO)
+  over the data-parallel group and the Adam update.
+
+Identical blocks are priced once, from the first of their class (the chain's symmetry).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from shardc.cost import memory as mem
+from shardc.cost.compute import ShardScale, optimizer_time, sequence_time
+from shardc.cost.network import group_collective, point_to_point
+from shardc.cost.ops import NodeCost
+from shardc.cost.phases import prefill_time, training_time
+from shardc.errors import InfeasibleError
+from shardc.ir import Graph
+from shardc.partition.megatron import MegatronRule
+from shardc.partition.place import _take_groups
+from shardc.partition.problem import StageConfig
+from shardc.sharding import Strategy, TensorSharding, reshard, shard_scale
+
+if TYPE_CHECKING:
+    from shardc.passes.annotate_costs import GraphCosts
+    from shardc.passes.coarsen import BlockChain
+    from shardc.passes.strategies import StrategyTable
+    from shardc.topology import Topology
+    from shardc.topology.model import DeviceKind
+
+RECOMPUTES = ("none", "selective", "full")
+MAX_TP = 64
+"""Largest tensor-parallel degree tried: beyond it each device's matrix slices are too
+thin to run near peak, and no published large-model run goes further."""
+
+
+@dataclass(frozen=True)
+class TensorChoice:
+    """The strategy of every node at one tensor-parallel degree, and the traffic it makes."""
+
+    tp: int
+    strategies: Mapping[str, Strategy]
+    comm: Mapping[int, tuple[tuple[str, float], ...]]
+    """Block index -> (collective, bytes of the whole array) per forward pass."""
+
+
+@dataclass(frozen=True)
+class PartCost:
+    """A node set (prologue, one block, epilogue) on one device of a TP group."""
+
+    compute: float
+    comm: float
+    static: float
+    activation: float
+    workspace: float
+    params: float
+    """Parameters this device holds (after the TP split)."""
+    grad_bytes: float
+    """Bytes of this device's gradients, as reduced across data-parallel replicas."""
+
+    @property
+    def seconds(self) -> float:
+        """Time of one micro-batch: compute and its tensor-parallel traffic, exposed."""
+        return self.compute + self.comm
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user chose that changes prices."""
+
+    mode: str = "training"
+    zero: int = 1
+    recompute: tuple[str, ...] = RECOMPUTES
+
+
+class Costing:
+    """Prices for one graph on one topology; caches per (kind, tp, recompute, dp)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        costs: GraphCosts,
+        chain: BlockChain,
+        table: StrategyTable,
+        topology: Topology,
+        settings: Settings,
+    ) -> None:
+        self.graph, self.costs, self.chain, self.table = graph, costs, chain, table
+        self.topology, self.settings = topology, settings
+        self._choices: dict[int, TensorChoice] = {}
+        self._parts: dict[tuple, PartCost] = {}
+        self._comm: dict[tuple, float] = {}
+        self.kinds: dict[str, DeviceKind] = {}
+        self.pool: dict[str, list[str]] = {}
+        for dev in topology.compute_devices:
+            self.kinds.setdefault(dev.kind.name, dev.kind)
+            self.pool.setdefault(dev.kind.name, []).append(dev.name)
+
+    # -- the chain -----------------------------------------------------------------------
+    @cached_property
+    def sections(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]:
+        """(prologue nodes, one representative block's nodes, epilogue nodes, block count)."""
+        blocks = self.chain.blocks
+        rep = self.chain.repeated
+        if not rep:
+            every = tuple(n for b in blocks for n in b.nodes)
+            return (), every, (), 1
+        first, last = rep[0], rep[-1]
+        pro = tuple(n for b in blocks[:first] for n in b.nodes)
+        epi = tuple(n for b in blocks[last + 1 :] for n in b.nodes)
+        return pro, blocks[first].nodes, epi, len(rep)
+
+    @cached_property
+    def boundary_bytes(self) -> float:
+        """Activations entering a repeated block: what one pipeline transfer moves."""
+        _, block, _, count = self.sections
+        if count < 2:
+            return 0.0
+        b = self.chain.blocks[self.chain.block_of(block[0])]
+        return float(
+            sum(self._nbytes(v) for v in b.inputs if v not in self.table.free and v in self.graph.values)
+        )
+
+    def _nbytes(self, value: str) -> float:
+        t = self.graph.values[value].type
+        return float(t.nbytes) if t is not None and t.is_static else 0.0
+
+    # -- tensor-parallel choices ---------------------------------------------------------
+    @cached_property
+    def rule(self) -> MegatronRule:
+        """Megatron's pairing for this graph (its reachability computed once)."""
+        return MegatronRule(self.graph, self.table)
+
+    def choice(self, tp: int) -> TensorChoice:
+        """Megatron's rule at degree ``tp``, played through the graph (cached)."""
+        if tp not in self._choices:
+            sizes = {"tp": tp}
+            chosen = self.rule.choose(sizes)
+            done = self.table.resolve(self.graph, chosen, sizes)
+            comm: dict[int, list[tuple[str, float]]] = defaultdict(list)
+            for step in done.collectives:
+                nbytes = (
+                    self._nbytes(step.value)
+                    if step.value
+                    else sum(self._nbytes(o) for o in self.graph.node(step.consumer).outputs[:1])
+                )
+                comm[self.chain.block_of(step.consumer)].append((step.step.op, nbytes))
+            for out in self.graph.outputs:  # graph outputs are handed back whole
+                layout = done.layouts.get(out)
+                producer = self.graph.producer(out)
+                if layout is None or layout.is_replicated or producer is None:
+                    continue
+                for r in reshard(layout, TensorSharding.replicated(layout.rank)):
+                    if r.communicates:
+                        comm[self.chain.block_of(producer.name)].append((r.op, self._nbytes(out)))
+            self._choices[tp] = TensorChoice(
+                tp, dict(done.strategies), {k: tuple(v) for k, v in comm.items()}
+            )
+        return self._choices[tp]
+
+    def splits(self, tp: int) -> bool:
+        """Whether degree ``tp`` splits anything with a weight (else it only wastes devices)."""
+        ch = self.choice(tp)
+        return any(
+            s.name in ("row", "column", "vocab", "heads", "experts")
+            for n, s in ch.strategies.items()
+            if self.costs.nodes[n].param_bytes or s.name == "heads"
+        )
+
+    # -- groups on the topology ----------------------------------------------------------
+    def groups(self, kind: str, tp: int, dp: int) -> list[list[str]] | None:
+        """The ``dp`` TP groups placement would give a first stage of ``kind``, or None."""
+        pool = self.pool.get(kind, [])
+        if tp * dp > len(pool):
+            return None
+        try:
+            return _take_groups(self.topology, pool, tp, dp)[0]
+        except InfeasibleError:
+            return None
+
+    def _collective(self, op: str, nbytes: float, group: Sequence[str]) -> float:
+        key = (op, round(nbytes), tuple(group))
+        if key not in self._comm:
+            self._comm[key] = (
+                0.0
+                if len(group) < 2 or nbytes <= 0
+                else group_collective(self.topology, op, nbytes, group).seconds
+            )
+        return self._comm[key]
+
+    # -- prices --------------------------------------------------------------------------
+    def part(self, nodes: Iterable[str], kind: str, tp: int, recompute: str) -> PartCost:
+        """A node set on one device of a ``tp`` group of ``kind`` (weights and activations
+        per device; traffic timed on the group placement would use with one replica)."""
+        nodes = tuple(nodes)
+        key = (nodes[:1], len(nodes), kind, tp, recompute)
+        if key in self._parts:
+            return self._parts[key]
+        spec = self.kinds[kind]
+        ch = self.choice(tp)
+        sizes = {"tp": tp}
+        training = self.settings.mode == "training"
+        node_costs = [self.costs.nodes[n] for n in nodes]
+        scales = [shard_scale(ch.strategies[n], c, sizes) for n, c in zip(nodes, node_costs, strict=True)]
+        core = self._attention_core(nodes)
+        share = 0.0
+        if recompute == "selective" and core:
+            whole = sequence_time(node_costs, spec).seconds
+            part = sequence_time([self.costs.nodes[n] for n in core], spec).seconds
+            share = part / whole if whole else 0.0
+        groups: dict[ShardScale, list[NodeCost]] = defaultdict(list)
+        for c, s in zip(node_costs, scales, strict=True):
+            groups[s].append(c)
+        if training:
+            compute = sum(
+                training_time(g, spec, recompute=recompute, attention_share=share, shard=s).seconds
+                for s, g in groups.items()
+            )
+        else:
+            compute = sum(prefill_time(g, spec, shard=s).seconds for s, g in groups.items())
+        group = (self.groups(kind, tp, 1) or [[]])[0]
+        blocks = {self.chain.block_of(n) for n in nodes}
+        passes = (2 + (recompute == "full")) if training else 1
+        comm = passes * sum(
+            self._collective(op, nbytes, group)
+            for b in sorted(blocks)
+            for op, nbytes in ch.comm.get(b, ())
+        )
+        weight_bytes, params = self._weights(nodes, ch, sizes)
+        act_all, act_kept, inputs = self._activations(nodes, ch, sizes, core)
+        if not training:
+            activation = 0.0
+            workspace = max(
+                (sum(c.input_bytes) + sum(c.output_bytes) for c in node_costs), default=0.0
+            )
+            static = weight_bytes
+        else:
+            activation = {"none": act_all, "selective": act_kept, "full": inputs}[recompute]
+            workspace = act_all if recompute == "full" else 0.0
+            static = weight_bytes  # gradients and optimizer state are added per dp
+        grad = weight_bytes if weight_bytes else 0.0
+        out = PartCost(compute, comm, static, activation, workspace, params, grad)
+        self._parts[key] = out
+        return out
+
+    def _attention_core(self, nodes: Sequence[str]) -> tuple[str, ...]:
+        """Weight-free nodes reading or writing the widest activation-by-activation
+        product (the b·a·s² score matrix of an attention block)."""
+        widest = 0
+        for n in nodes:
+            node = self.graph.node(n)
+            if node.op_type == "MatMul" and not any(i in self.table.free for i in node.inputs):
+                widest = max(widest, sum(self.costs.nodes[n].output_bytes))
+        if not widest:
+            return ()
+        return tuple(
+            n
+            for n in nodes
+            if not self.costs.nodes[n].param_bytes
+            and widest in (*self.costs.nodes[n].input_bytes, *self.costs.nodes[n].output_bytes)
+        )
+
+    def _weights(
+        self, nodes: Sequence[str], ch: TensorChoice, sizes: Mapping[str, int]
+    ) -> tuple[float, float]:
+        """Bytes and parameters of the initializers ``nodes`` read, as one device holds them."""
+        frac: dict[str, float] = {}
+        for n in nodes:
+            node, strat = self.graph.node(n), ch.strategies[n]
+            for i, v in enumerate(node.inputs):
+                val = self.graph.values.get(v) if v else None
+                if val is None or val.weight is None:
+                    continue
+                lay = strat.inputs[i] if i < len(strat.inputs) else None
+                f = lay.local_fraction(sizes) if lay is not None else 1.0
+                frac[v] = max(frac.get(v, 0.0), f)
+        nbytes = sum(self._nbytes(v) * f for v, f in frac.items())
+        params = sum(
+            (self.graph.values[v].type.numel or 0) * f  # type: ignore[union-attr]
+            for v, f in frac.items()
+        )
+        return nbytes, params
+
+    def _activations(
+        self, nodes: Sequence[str], ch: TensorChoice, sizes: Mapping[str, int], core: Sequence[str]
+    ) -> tuple[float, float, float]:
+        """(all kept outputs, without the attention core, the inputs alone) per device."""
+        inside = set(nodes)
+        drop = set(core)
+        all_, kept = 0.0, 0.0
+        for n in nodes:
+            node, cost, strat = self.graph.node(n), self.costs.nodes[n], ch.strategies[n]
+            if cost.kind == "view":
+                continue
+            for j, out in enumerate(node.outputs):
+                if not out or out in self.table.free:
+                    continue
+                lay = strat.outputs[j] if j < len(strat.outputs) else None
+                b = self._nbytes(out) * (lay.local_fraction(sizes) if lay is not None else 1.0)
+                all_ += b
+                kept += 0.0 if n in drop else b
+        entering = {
+            v
+            for n in nodes
+            for v in self.graph.node(n).present_inputs
+            if v not in self.table.free
+            and (p := self.graph.producer(v)) is not None
+            and p.name not in inside
+        }
+        return all_, kept, sum(self._nbytes(v) for v in entering)
+
+    # -- the configurations --------------------------------------------------------------
+    def tp_degrees(self, kind: str, limit: int | None = None) -> list[int]:
+        """Powers of two that fit in the kind's fastest bandwidth domain, split some
+        weight, and stay at most :data:`MAX_TP` (and ``limit``).
+
+        A TP group leaving the fastest domain (NVLink island, UB plane) pays several
+        all-reduces per layer on the slow fabric; Megatron keeps TP inside a node for
+        that reason, and so does the search, which saves pricing hopeless degrees.
+        """
+        pool = self.pool.get(kind, [])
+        out, t, fastest = [1], 2, None
+        while t <= min(len(pool), limit or MAX_TP, MAX_TP):
+            try:
+                _, threshold = _take_groups(self.topology, pool, t, 1)
+            except InfeasibleError:
+                break
+            fastest = threshold if fastest is None else fastest
+            if threshold < fastest:
+                break
+            if self.splits(t):
+                out.append(t)
+            t *= 2
+        return out
+
+    def configs(
+        self, dp: int, tps: Mapping[str, Sequence[int]], recomputes: Sequence[str]
+    ) -> tuple[StageConfig, ...]:
+        """Every (kind, tp, recompute) that has ``dp`` groups of ``tp`` devices."""
+        pro, block, epi, _ = self.sections
+        training = self.settings.mode == "training"
+        out = []
+        for kind in sorted(tps):
+            spec = self.kinds[kind]
+            for tp in tps[kind]:
+                groups = self.groups(kind, tp, dp)
+                if groups is None:
+                    continue
+                dp_group = [g[0] for g in groups]
+                p2p = self._p2p(kind, tp, dp, groups)
+                for rc in recomputes if training else ("none",):
+                    b = self.part(block, kind, tp, rc)
+                    p = self.part(pro, kind, tp, "none") if pro else _ZERO
+                    e = self.part(epi, kind, tp, "none") if epi else _ZERO
+                    extra = (lambda part: self._state(part, dp)) if training else (lambda part: 0.0)
+                    sync = (lambda part: self._sync(part, dp, dp_group, spec)) if training else (
+                        lambda part: 0.0
+                    )
+                    out.append(
+                        StageConfig(
+                            name=f"{kind}/tp{tp}" + (f"/{rc}" if training else ""),
+                            kind=kind,
+                            tp=tp,
+                            block_seconds=b.seconds,
+                            block_static_bytes=b.static + extra(b),
+                            block_activation_bytes=b.activation,
+                            prologue_seconds=p.seconds,
+                            prologue_bytes=p.static + extra(p) + p.activation + p.workspace,
+                            epilogue_seconds=e.seconds,
+                            epilogue_bytes=e.static + extra(e) + e.activation + e.workspace,
+                            sync_seconds=sync(b),
+                            prologue_sync=sync(p),
+                            epilogue_sync=sync(e),
+                            p2p_seconds=p2p,
+                            recompute=rc,
+                            workspace_bytes=b.workspace,
+                        )
+                    )
+        return tuple(out)
+
+    def _state(self, part: PartCost, dp: int) -> float:
+        """Gradients and Adam state of a part's parameters on one device (ZeRO-sharded)."""
+        if not part.params:
+            return 0.0
+        per_weight = part.static / part.params
+        state = mem.TrainingState(
+            grad_bytes=per_weight,
+            optimizer_bytes=12.0 if per_weight < 4 else 8.0,
+            zero_stage=self.settings.zero,
+            dp=dp,
+        )
+        per = state.per_param(per_weight)
+        return part.params * (per["weights"] + per["gradients"] + per["optimizer"]) - part.static
+
+    def _sync(self, part: PartCost, dp: int, group: Sequence[str], spec: DeviceKind) -> float:
+        """Gradient reduction across replicas and the Adam step, once per step."""
+        if not part.params:
+            return 0.0
+        ops = ("reduce_scatter", "all_gather") if self.settings.zero >= 1 else ("all_reduce",)
+        comm = sum(self._collective(op, part.grad_bytes, group) for op in ops) if dp > 1 else 0.0
+        held = part.params / (dp if self.settings.zero >= 1 else 1)
+        return comm + optimizer_time(held, spec)
+
+    def _p2p(self, kind: str, tp: int, dp: int, groups: list[list[str]]) -> float:
+        """One micro-batch's boundary traffic: to the first device of the next stage."""
+        nbytes = self.boundary_bytes
+        if not nbytes:
+            return 0.0
+        used = {d for g in groups for d in g}
+        rest = [d for d in self.pool[kind] if d not in used]
+        nxt = None
+        if len(rest) >= tp * dp:
+            try:
+                nxt = _take_groups(self.topology, rest, tp, dp)[0][0][0]
+            except InfeasibleError:
+                nxt = None
+        if nxt is None:
+            others = [d for k in sorted(self.pool) if k != kind for d in self.pool[k]]
+            nxt = others[0] if others else None
+        if nxt is None:
+            return 0.0
+        try:
+            one = point_to_point(self.topology, groups[0][0], nxt, nbytes).seconds
+        except (InfeasibleError, KeyError, ValueError):
+            return 0.0
+        return one * (2 if self.settings.mode == "training" else 1)
+
+
+_ZERO = PartCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)

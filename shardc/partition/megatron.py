@@ -1,0 +1,97 @@
+"""Which strategy each op takes inside a tensor-parallel stage: Megatron's pairing.
+
+Why a rule and not a variable per op: in a transformer block the cheap choice is known
+(Shoeybi et al. 2019): a weight MatMul that feeds the attention core or the MLP's
+nonlinearity is column-parallel, the core is split by heads, the MatMul after it is
+row-parallel, so each pair costs one all-reduce in the forward pass and nothing else
+moves. The rule below finds those pairs from the graph's shape alone (no names): a
+product is *row* when everything it reads comes, through followers only, from ops
+already split by heads or columns; *column* when everything it feeds is split by heads
+or is another product. The embedding and the LM head go vocab-parallel when the degree
+divides the vocabulary. What the rule cannot split stays replicated, and
+:meth:`StrategyTable.resolve` prices every reshard the choice implies, so a graph that
+is not a transformer gets a correct (if unambitious) plan rather than a wrong one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from shardc.ir import Graph, Node
+from shardc.passes.strategies import StrategyTable
+from shardc.sharding import Strategy
+
+
+def weighted_products(graph: Graph, table: StrategyTable) -> Iterator[Node]:
+    """MatMul/Gemm nodes whose right operand is a weight (or computed from weights)."""
+    for n in graph.nodes:
+        if n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] in table.free:
+            yield n
+
+
+def reachable(graph: Graph, table: StrategyTable, node: Node, down: bool) -> set[str]:
+    """Non-follower nodes reached from ``node`` through followers only."""
+    seen: set[str] = set()
+    todo, found = [node], set()
+    while todo:
+        n = todo.pop()
+        nxt = (
+            [c for o in n.outputs if o for c in graph.consumers(o)]
+            if down
+            else [p for i in n.present_inputs if (p := graph.producer(i)) is not None]
+        )
+        for m in nxt:
+            if m.name in seen:
+                continue
+            seen.add(m.name)
+            (todo.append(m) if m.name in table.follows else found.add(m.name))
+    return found
+
+
+class MegatronRule:
+    """The rule for one graph: who feeds whom is found once, then any degree is cheap."""
+
+    def __init__(self, graph: Graph, table: StrategyTable) -> None:
+        self.graph, self.table = graph, table
+        self.products = list(weighted_products(graph, table))
+        self.names = {n.name for n in self.products}
+        self.before = {n.name: reachable(graph, table, n, down=False) for n in self.products}
+        self.after = {n.name: reachable(graph, table, n, down=True) for n in self.products}
+        self.candidates = [
+            n
+            for n in graph.nodes
+            if n.name not in table.follows
+            and any(s.name in ("heads", "vocab") for s in table.of(n.name))
+        ]
+
+    def choose(self, sizes: Mapping[str, int]) -> dict[str, Strategy]:
+        """Node name -> strategy for a tensor-parallel group of ``sizes['tp']`` devices."""
+        if sizes.get("tp", 1) <= 1:
+            return {}
+        graph, table = self.graph, self.table
+        chosen: dict[str, Strategy] = {}
+        for node in self.candidates:
+            legal = {s.name: s for s in table.legal(node, graph, sizes)}
+            if "heads" in legal:
+                chosen[node.name] = legal["heads"]
+            elif node.op_type == "Gather" and "vocab" in legal:
+                chosen[node.name] = legal["vocab"]
+        tp_region = {n for n, s in chosen.items() if s.name in ("heads", "column")}
+        for node in self.products:
+            before, after = self.before[node.name], self.after[node.name]
+            legal = {s.name: s for s in table.legal(node, graph, sizes)}
+            if before and before <= tp_region and "row" in legal:
+                chosen[node.name] = legal["row"]
+            elif after and after <= tp_region | self.names and "column" in legal:
+                chosen[node.name] = legal["column"]
+                tp_region.add(node.name)
+            elif not after and "vocab" in legal:
+                chosen[node.name] = legal["vocab"]
+        return chosen
+
+
+def megatron_choice(
+    graph: Graph, table: StrategyTable, sizes: Mapping[str, int]
+) -> dict[str, Strategy]:
+    """Node name -> strategy for a tensor-parallel group of ``sizes['tp']`` devices."""
+    return MegatronRule(graph, table).choose(sizes)
