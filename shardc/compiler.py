@@ -1,7 +1,8 @@
-"""The top-level recipe: model in, analysed (and later partitioned) state out.
+"""The top-level recipe: model in, analysed and partitioned state out.
 
 The pass order is declared here in one place; the CLI and the Python API both call
-:func:`analyse`, so a plan made from the shell and one made in a script are the same.
+:func:`analyse` or :func:`partition`, so a plan made from the shell and one made in a
+script are the same.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from shardc.frontend import ModelLike, load_model
-from shardc.passes import annotate_costs
+from shardc.partition.options import PartitionOptions
+from shardc.passes import annotate_costs, coarsen, partition, strategies
 from shardc.pipeline import CompileOptions, CompileState, Pass, Pipeline, PipelineResult
+
+
+def analysis_passes() -> list[Pass]:
+    """The passes ``shardc inspect`` runs: costs only."""
+    return [annotate_costs.PASS]
 
 
 def default_passes() -> list[Pass]:
     """The passes ``shardc compile`` runs, in order."""
-    return [annotate_costs.PASS]
+    return [annotate_costs.PASS, coarsen.PASS, strategies.PASS, partition.PASS]
 
 
 def analyse(
@@ -29,11 +36,24 @@ def analyse(
     dump_after: Sequence[str] = (),
     verify: bool = False,
     on_pass: Callable[[str, int, int], None] | None = None,
+    mode: str = "training",
+    partition: PartitionOptions | None = None,
+    passes: Sequence[Pass] | None = None,
 ) -> PipelineResult:
-    """Load ``model`` and run the default passes over it."""
-    options = CompileOptions(dims=dict(dims or {}), custom_flops=dict(custom_flops or {}))
+    """Load ``model`` and run ``passes`` (the analysis passes unless given) over it."""
+    options = CompileOptions(
+        mode=mode,
+        dims=dict(dims or {}),
+        custom_flops=dict(custom_flops or {}),
+        partition=partition or PartitionOptions(),
+    )
     loaded = load_model(model, dims=options.dims, example_inputs=example_inputs)
     state = CompileState(model=loaded, graph=loaded.graph, options=options, topology=topology)
-    return Pipeline(default_passes()).run(
+    return Pipeline(list(passes) if passes is not None else analysis_passes()).run(
         state, verify=verify, dump_after=dump_after, on_pass=on_pass
     )
+
+
+def partition_model(model: ModelLike, topology: Any, **kwargs: Any) -> PipelineResult:
+    """Load ``model`` and run every pass, partitioning included, onto ``topology``."""
+    return analyse(model, topology=topology, passes=default_passes(), **kwargs)

@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from shardc.errors import PipelineError, ShardcError
+from shardc.errors import OptionError, PipelineError, ShardcError
 from shardc.ir import Graph, Model, verify_graph
+from shardc.partition.options import PartitionOptions
 
 if TYPE_CHECKING:
     from shardc.passes.annotate_costs import GraphCosts
     from shardc.passes.coarsen import BlockChain
+    from shardc.partition.search import PartitionResult
     from shardc.passes.strategies import StrategyTable
 
 
@@ -27,10 +29,16 @@ if TYPE_CHECKING:
 class CompileOptions:
     """What the user asked for; passes read it, never change it."""
 
-    mode: str = "inference"
+    mode: str = "training"
+    """``training`` (forward + backward + optimizer per step) or ``inference``."""
     dims: Mapping[str, int] = field(default_factory=dict)
     custom_flops: Mapping[str, float] = field(default_factory=dict)
     """FLOPs per output element for custom ops shardc has no rule for (``dom::Op``)."""
+    partition: PartitionOptions = field(default_factory=PartitionOptions)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("training", "inference"):
+            raise OptionError(f"unknown mode {self.mode!r}", hint="use training or inference")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class CompileState:
     """The model folded into a chain of blocks, identical blocks marked (pass coarsen)."""
     strategies: StrategyTable | None = None
     """Legal shardings of every node and the resharding each implies (pass strategies)."""
+    partition: PartitionResult | None = None
+    """Stages, devices, strategies and the step estimate (pass partition)."""
     warnings: tuple[str, ...] = ()
 
     def with_(self, **changes: Any) -> CompileState:

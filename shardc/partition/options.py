@@ -1,0 +1,143 @@
+"""What the user asks of the partitioner, and the pins that fix part of the answer.
+
+Why its own module: the pipeline's options, the CLI and the Python API all build these,
+and none of them should import the solver to do so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardc.errors import OptionError
+
+OBJECTIVES = ("throughput", "latency")
+SCHEDULES = ("1f1b", "gpipe")
+RECOMPUTES = ("none", "selective", "full")
+_STAGE_KEYS = ("kind", "tp", "blocks")
+
+
+@dataclass(frozen=True)
+class Pins:
+    """Parts of the answer the user fixed; the solver optimises the rest.
+
+    ``tp``/``kind`` apply to every stage unless a stage pin says otherwise; ``stages``
+    maps a stage index to its own ``kind``, ``tp`` or ``blocks``.
+    """
+
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    kind: str | None = None
+    recompute: str | None = None
+    stages: Mapping[int, Mapping[str, str | int]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether nothing is left to choose (compile then evaluates the given config)."""
+        return None not in (self.tp, self.pp, self.dp) and all(
+            "blocks" in self.stages.get(j, {}) for j in range(self.pp or 0)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The pins as given, for plan.json."""
+        out: dict[str, Any] = {
+            k: getattr(self, k)
+            for k in ("tp", "pp", "dp", "kind", "recompute")
+            if getattr(self, k) is not None
+        }
+        if self.stages:
+            out["stages"] = {str(j): dict(v) for j, v in sorted(self.stages.items())}
+        return out
+
+
+def _positive(key: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise OptionError(f"--pin {key}={value}: not an integer") from None
+    if n < 1:
+        raise OptionError(f"--pin {key}={value}: must be at least 1")
+    return n
+
+
+def parse_pins(items: Iterable[str]) -> Pins:
+    """``--pin tp=8,pp=4 --pin stage0.kind=H20 --pin stage0.blocks=30`` -> :class:`Pins`."""
+    values: dict[str, Any] = {}
+    stages: dict[int, dict[str, str | int]] = {}
+    for item in items:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or not value:
+                raise OptionError(f"--pin {part!r}: expected NAME=VALUE (e.g. tp=8,pp=4)")
+            if key.startswith("stage") and "." in key:
+                idx, _, sub = key[5:].partition(".")
+                if not idx.isdigit() or sub not in _STAGE_KEYS:
+                    raise OptionError(
+                        f"--pin {key}: expected stageN.kind, stageN.tp or stageN.blocks"
+                    )
+                stages.setdefault(int(idx), {})[sub] = (
+                    value if sub == "kind" else _positive(key, value)
+                )
+            elif key in ("tp", "pp", "dp"):
+                values[key] = _positive(key, value)
+            elif key == "kind":
+                values[key] = value
+            elif key == "recompute":
+                if value not in RECOMPUTES:
+                    raise OptionError(f"--pin recompute={value}: use one of {', '.join(RECOMPUTES)}")
+                values[key] = value
+            else:
+                raise OptionError(
+                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute or stageN.(kind|tp|blocks)"
+                )
+    if values.get("pp") is not None:
+        for j in stages:
+            if j >= values["pp"]:
+                raise OptionError(f"--pin stage{j}.*: there are only pp={values['pp']} stages")
+    return Pins(stages={j: dict(v) for j, v in sorted(stages.items())}, **values)
+
+
+@dataclass(frozen=True)
+class PartitionOptions:
+    """How to search: objective, batch, schedule, pins and solver limits."""
+
+    objective: str = "throughput"
+    microbatches: int | None = None
+    """Micro-batches per pipeline per step (default 8 for training and throughput)."""
+    global_batch: int | None = None
+    """Samples per step; fixes micro-batches per replica to ``B / (dp · b)``."""
+    schedule: str = "1f1b"
+    zero: int = 1
+    """ZeRO stage of the data-parallel optimizer state (Megatron's distributed optimizer is 1)."""
+    pins: Pins = field(default_factory=Pins)
+    max_stages: int = 16
+    time_limit: float = 20.0
+    """Deterministic solver time for the whole search (CP-SAT's own clock, ~seconds)."""
+    seed: int = 0
+    warm_start: Mapping[str, Any] | None = None
+    """The ``partition`` section of an earlier plan.json: its plan seeds the search."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise OptionError(
+                f"unknown objective {self.objective!r}", hint=f"use {', '.join(OBJECTIVES)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise OptionError(
+                f"unknown schedule {self.schedule!r}", hint=f"use {', '.join(SCHEDULES)}"
+            )
+        for name in ("microbatches", "global_batch"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if self.microbatches and self.global_batch:
+            raise OptionError("give --microbatches or --global-batch, not both")
+        if self.zero not in (0, 1, 2, 3):
+            raise OptionError(f"--zero {self.zero}: use 0, 1, 2 or 3")
+        if self.time_limit <= 0:
+            raise OptionError(f"--time-limit must be positive, got {self.time_limit}")
+        if self.max_stages < 1:
+            raise OptionError(f"--max-stages must be at least 1, got {self.max_stages}")
