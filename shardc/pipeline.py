@@ -19,9 +19,9 @@ from shardc.ir import Graph, Model, verify_graph
 from shardc.partition.options import PartitionOptions
 
 if TYPE_CHECKING:
+    from shardc.partition.search import PartitionResult
     from shardc.passes.annotate_costs import GraphCosts
     from shardc.passes.coarsen import BlockChain
-    from shardc.partition.search import PartitionResult
     from shardc.passes.strategies import StrategyTable
 
 

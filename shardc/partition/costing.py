@@ -142,7 +142,11 @@ class Costing:
             return 0.0
         b = self.chain.blocks[self.chain.block_of(block[0])]
         return float(
-            sum(self._nbytes(v) for v in b.inputs if v not in self.table.free and v in self.graph.values)
+            sum(
+                self._nbytes(v)
+                for v in b.inputs
+                if v not in self.table.free and v in self.graph.values
+            )
         )
 
     def _nbytes(self, value: str) -> float:
@@ -215,7 +219,8 @@ class Costing:
     # -- prices --------------------------------------------------------------------------
     def part(self, nodes: Iterable[str], kind: str, tp: int, recompute: str) -> PartCost:
         """A node set on one device of a ``tp`` group of ``kind`` (weights and activations
-        per device; traffic timed on the group placement would use with one replica)."""
+        per device; traffic timed on the group placement would use with one replica).
+        """
         nodes = tuple(nodes)
         key = (nodes[:1], len(nodes), kind, tp, recompute)
         if key in self._parts:
@@ -225,7 +230,9 @@ class Costing:
         sizes = {"tp": tp}
         training = self.settings.mode == "training"
         node_costs = [self.costs.nodes[n] for n in nodes]
-        scales = [shard_scale(ch.strategies[n], c, sizes) for n, c in zip(nodes, node_costs, strict=True)]
+        scales = [
+            shard_scale(ch.strategies[n], c, sizes) for n, c in zip(nodes, node_costs, strict=True)
+        ]
         core = self._attention_core(nodes)
         share = 0.0
         if recompute == "selective" and core:
@@ -269,7 +276,8 @@ class Costing:
 
     def _attention_core(self, nodes: Sequence[str]) -> tuple[str, ...]:
         """Weight-free nodes reading or writing the widest activation-by-activation
-        product (the b·a·s² score matrix of an attention block)."""
+        product (the b·a·s² score matrix of an attention block).
+        """
         widest = 0
         for n in nodes:
             node = self.graph.node(n)
@@ -376,31 +384,38 @@ class Costing:
                     b = self.part(block, kind, tp, rc)
                     p = self.part(pro, kind, tp, "none") if pro else _ZERO
                     e = self.part(epi, kind, tp, "none") if epi else _ZERO
-                    extra = (lambda part: self._state(part, dp)) if training else (lambda part: 0.0)
-                    sync = (lambda part: self._sync(part, dp, dp_group, spec)) if training else (
-                        lambda part: 0.0
-                    )
+                    b_state, b_sync = self._training_terms(b, dp, dp_group, spec)
+                    p_state, p_sync = self._training_terms(p, dp, dp_group, spec)
+                    e_state, e_sync = self._training_terms(e, dp, dp_group, spec)
                     out.append(
                         StageConfig(
                             name=f"{kind}/tp{tp}" + (f"/{rc}" if training else ""),
                             kind=kind,
                             tp=tp,
                             block_seconds=b.seconds,
-                            block_static_bytes=b.static + extra(b),
+                            block_static_bytes=b.static + b_state,
                             block_activation_bytes=b.activation,
                             prologue_seconds=p.seconds,
-                            prologue_bytes=p.static + extra(p) + p.activation + p.workspace,
+                            prologue_bytes=p.static + p_state + p.activation + p.workspace,
                             epilogue_seconds=e.seconds,
-                            epilogue_bytes=e.static + extra(e) + e.activation + e.workspace,
-                            sync_seconds=sync(b),
-                            prologue_sync=sync(p),
-                            epilogue_sync=sync(e),
+                            epilogue_bytes=e.static + e_state + e.activation + e.workspace,
+                            sync_seconds=b_sync,
+                            prologue_sync=p_sync,
+                            epilogue_sync=e_sync,
                             p2p_seconds=p2p,
                             recompute=rc,
                             workspace_bytes=b.workspace,
                         )
                     )
         return tuple(out)
+
+    def _training_terms(
+        self, part: PartCost, dp: int, dp_group: Sequence[str], spec: DeviceKind
+    ) -> tuple[float, float]:
+        """Optimizer-state bytes and per-step gradient sync of a part (both nil for inference)."""
+        if self.settings.mode != "training":
+            return 0.0, 0.0
+        return self._state(part, dp), self._sync(part, dp, dp_group, spec)
 
     def _state(self, part: PartCost, dp: int) -> float:
         """Gradients and Adam state of a part's parameters on one device (ZeRO-sharded)."""

@@ -87,11 +87,14 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 values[key] = value
             elif key == "recompute":
                 if value not in RECOMPUTES:
-                    raise OptionError(f"--pin recompute={value}: use one of {', '.join(RECOMPUTES)}")
+                    raise OptionError(
+                        f"--pin recompute={value}: use one of {', '.join(RECOMPUTES)}"
+                    )
                 values[key] = value
             else:
                 raise OptionError(
-                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute or stageN.(kind|tp|blocks)"
+                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute"
+                    " or stageN.(kind|tp|blocks)"
                 )
     if values.get("pp") is not None:
         for j in stages:

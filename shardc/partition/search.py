@@ -123,7 +123,8 @@ class PartitionResult:
 
     def breakdown(self) -> dict[str, float]:
         """The step split into compute, exposed TP traffic, pipeline transfers, bubble and
-        per-step sync, read off the slowest stage (the one that sets the pace)."""
+        per-step sync, read off the slowest stage (the one that sets the pace).
+        """
         slow = max(self.stages, key=lambda s: s.seconds)
         if self.objective == "latency":
             return {
@@ -246,7 +247,9 @@ def _stage_pins(options: PartitionOptions, configs: Sequence[Any]) -> dict[int, 
     return out
 
 
-def _hint(warm: Mapping[str, Any] | None, dp: int, configs: Sequence[Any]) -> tuple[StagePlan, ...] | None:
+def _hint(
+    warm: Mapping[str, Any] | None, dp: int, configs: Sequence[Any]
+) -> tuple[StagePlan, ...] | None:
     """An earlier plan's stages as a hint, if its width and configurations still exist."""
     if not warm or warm.get("dp") != dp:
         return None
@@ -254,7 +257,8 @@ def _hint(warm: Mapping[str, Any] | None, dp: int, configs: Sequence[Any]) -> tu
     try:
         plan = tuple(
             StagePlan(
-                f"{s['kind']}/tp{s['tp']}" + (f"/{s['recompute']}" if warm.get("mode") == "training" else ""),
+                f"{s['kind']}/tp{s['tp']}"
+                + (f"/{s['recompute']}" if warm.get("mode") == "training" else ""),
                 int(s["blocks"][1]) - int(s["blocks"][0]) + 1,
             )
             for s in warm.get("stages", ())
@@ -283,9 +287,7 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
     if warm and warm.get("dp") in widths:
         widths.remove(warm["dp"])
         widths.insert(0, warm["dp"])
-    capacity = {
-        k: float(costing.kinds[k].memory_bytes or _UNLIMITED) for k in sorted(costing.pool)
-    }
+    capacity = {k: float(costing.kinds[k].memory_bytes or _UNLIMITED) for k in sorted(costing.pool)}
     budget = options.time_limit / max(len(widths), 1)
     best: tuple[float, int, int, Solution, PartitionProblem] | None = None
     tried: list[tuple[int, str, float | None]] = []
@@ -393,7 +395,9 @@ def _result(
 ) -> PartitionResult:
     stages = sol.stages
     placement = place(
-        costing.topology, [StageDemand(problem.config(s.config).kind, problem.config(s.config).tp) for s in stages], problem.dp
+        costing.topology,
+        [StageDemand(problem.config(s.config).kind, problem.config(s.config).tp) for s in stages],
+        problem.dp,
     )
     pro, block, epi, _ = costing.sections
     out: list[StageResult] = []
