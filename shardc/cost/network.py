@@ -75,6 +75,10 @@ def tier_options(topo: Topology, devices: Iterable[str]) -> list[list[Tier]]:
         if size == 1 or outer is None:
             continue
         inner = topo.collective(groups[sizes.index(size)], plane=plane)
+        if inner.bandwidth <= 0:
+            # Islands joined only through a host that does not forward (GB200's C2C:
+            # GPU-Grace-GPU) carry no device-to-device collective.
+            continue
         options.append([_tier(inner, size), _tier(outer, len(groups))])
     if not options:
         raise OptionError(

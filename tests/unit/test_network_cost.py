@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shardc.cost.network import group_collective, point_to_point, tier_options
 from shardc.topology import load_topology
+
+TOPOLOGIES = Path(__file__).parents[2] / "topologies"
 
 # DGX H100 figures from REFERENCE.md §1.1/§1.5: NVLink4 450 GB/s per direction through
 # NVSwitch (ASTRA-sim's calibrated 936.25 ns), 8x ConnectX-7 400 Gb/s rails per node.
@@ -91,3 +95,15 @@ def test_transfers_sharing_a_link_slow_each_other_on_the_real_topology(dgx) -> N
     # opposite directions of one link do not contend
     both_ways = concurrent_transfers(dgx, [(d[0], d[8], 1 << 30), (d[8], d[0], 1 << 30)])
     assert all(s.seconds == pytest.approx(alone.seconds, rel=1e-6) for s in both_ways)
+
+
+def test_islands_joined_only_through_a_host_are_not_a_tier() -> None:
+    # GB200: the two GPUs of a superchip meet on C2C only through their Grace CPU, which
+    # does not forward GPU traffic; GPUs of different superchips must still be priced
+    # (on NVLink) instead of dividing by the zero bandwidth of that path.
+    topo = load_topology(TOPOLOGIES / "gb200_nvl72.topo")
+    gpus = [d.name for d in topo.compute_devices if ".gpu" in d.name]
+    spread = gpus[:4]  # two superchips, two GPUs each
+    assert all(t.bandwidth > 0 for opt in tier_options(topo, spread) for t in opt)
+    est = group_collective(topo, "all_reduce", 1e9, spread)
+    assert est.seconds > 0 and est.algorithm
