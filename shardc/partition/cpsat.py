@@ -76,27 +76,40 @@ def solve(
     if hint is not None and len(hint) in counts:
         counts.remove(len(hint))
         counts.insert(0, len(hint))
-    budget = time_limit / len(counts)
     attempts: list[_Attempt] = []
-    best_seen = cutoff
     fewest = problem.dp * min(c.tp for c in problem.configs)
+    evens: dict[int, Solution | None] = {}
+    per_stage = _blocks_per_stage(problem)
     for s in counts:
         if s > 1 and s * fewest > sum(problem.devices.values()):
             attempts.append(_Attempt(s, "INFEASIBLE", None, ("devices",)))
-            continue
-        even = uniform(problem, s)
-        if even is not None and (best_seen is None or even.seconds < best_seen):
-            best_seen = even.seconds
+        elif not _fits_in_total(problem):
+            attempts.append(_Attempt(s, "INFEASIBLE", None, ("capacity",)))
+        elif s * per_stage < problem.blocks:
+            attempts.append(_Attempt(s, "INFEASIBLE", None, ("memory",)))
+        else:
+            evens[s] = uniform(problem, s)
+    # Every even grid is an incumbent before CP-SAT runs, so the bound prunes stage
+    # counts against the best of them rather than against the first one tried.
+    best_seen = min(
+        [e.seconds for e in evens.values() if e is not None]
+        + ([cutoff] if cutoff is not None else []),
+        default=None,
+    )
+    todo = []
+    for s, even in evens.items():
         if best_seen is not None and lower_bound(problem, s) >= best_seen * (1 - 1e-9):
             attempts.append(_Attempt(s, "PRUNED", even, ()))
-            continue
+        else:
+            todo.append(s)
+    budget = time_limit / max(len(todo), 1)
+    for s in todo:
+        even = evens[s]
         start_from = hint if hint and len(hint) == s else (even.stages if even else None)
         a = _solve_stages(problem, s, budget, seed, start_from)
         if even is not None and (a.solution is None or even.seconds < a.solution.seconds):
             a = _Attempt(s, "FEASIBLE" if a.status != "INFEASIBLE" else a.status, even, ())
         attempts.append(a)
-        if a.solution is not None and (best_seen is None or a.solution.seconds < best_seen):
-            best_seen = a.solution.seconds
     found = [a.solution for a in attempts if a.solution is not None]
     if not found:
         if any(a.status == "UNKNOWN" for a in attempts):
@@ -113,9 +126,12 @@ def solve(
     for a in attempts:
         if a.status == "OPTIMAL" and a.solution is not None:
             bounds.append(a.solution.seconds)
-        elif a.status in ("FEASIBLE", "UNKNOWN", "PRUNED"):
+        elif a.status == "PRUNED":
+            bounds.append(lower_bound(problem, a.stages))
+        elif a.status in ("FEASIBLE", "UNKNOWN"):
             got = a.solution.bound if a.solution is not None else None
-            bounds.append(got if got is not None else lower_bound(problem, a.stages))
+            floor = lower_bound(problem, a.stages)
+            bounds.append(max(got, floor) if got is not None else floor)
     return Solution(
         best.stages,
         best.seconds,
@@ -147,14 +163,54 @@ def uniform(p: PartitionProblem, s: int) -> Solution | None:
 
 
 def lower_bound(p: PartitionProblem, s: int) -> float:
-    """A score no plan with ``s`` stages can beat: each block on its fastest allowed
-    configuration, the blocks spread perfectly evenly, boundary costs ignored.
+    """A score no plan with ``s`` stages can beat.
+
+    Stage ``j`` takes at least ``n_j · b_j`` (its blocks at its configuration's block
+    time), so the blocks fit only if ``L ≤ T · Σ_j 1/b_j``. That sum is at most ``s``
+    times the fastest configuration's rate, and, because stage ``j`` occupies
+    ``dp · tp_j`` devices, at most the best blocks-per-second-per-device of each kind
+    times the devices of that kind. Boundary costs and memory are ignored, so the bound
+    is loose but never wrong.
     """
-    fastest = min(c.block_seconds for c in p.configs)
-    work = p.blocks * fastest
+    rate = max((1.0 / c.block_seconds for c in p.configs if c.block_seconds > 0), default=0.0)
+    if rate == 0.0:
+        return 0.0
+    per_device: dict[str, float] = {}
+    for c in p.configs:
+        if c.block_seconds > 0:
+            r = 1.0 / (c.block_seconds * c.tp)
+            per_device[c.kind] = max(per_device.get(c.kind, 0.0), r)
+    device_rate = sum(r * p.devices.get(k, 0) / p.dp for k, r in per_device.items())
+    t = p.blocks / min(s * rate, device_rate) if device_rate > 0 else p.blocks / (s * rate)
     if p.objective == "latency":
-        return work + (s - 1) * p.p2p_seconds
-    return (p.microbatches + s - 1) * work / s + (s - 1) * p.p2p_seconds
+        return p.blocks / rate + (s - 1) * p.p2p_seconds
+    sync = p.blocks * min(c.sync_seconds for c in p.configs) / s
+    return (p.microbatches + s - 1) * t + (s - 1) * p.p2p_seconds + sync
+
+
+def _blocks_per_stage(p: PartitionProblem) -> int:
+    """The most blocks one stage can hold on any configuration (one micro-batch in
+    flight, no prologue or epilogue): fewer stages than ``L`` over this cannot fit.
+    """
+    most = 0
+    for c in p.configs:
+        per_block = c.block_static_bytes + c.block_activation_bytes
+        room = p.capacity[c.kind] - c.workspace_bytes
+        if room >= per_block:
+            most = max(most, int(room // per_block) if per_block > 0 else p.blocks)
+    return most
+
+
+def _fits_in_total(p: PartitionProblem) -> bool:
+    """Whether the blocks fit in the pool's memory at all: stage ``j`` puts
+    ``n_j · w_j`` bytes on each of its ``dp · tp_j`` devices, so the pool must hold at
+    least ``L`` times the cheapest ``dp · tp · w`` of any configuration.
+    """
+    cheapest = min(
+        p.dp * c.tp * (c.block_static_bytes + c.block_activation_bytes) for c in p.configs
+    )
+    total = sum(p.capacity.get(k, 0.0) * n for k, n in p.devices.items())
+    return p.blocks * cheapest <= total
 
 
 def _scale(p: PartitionProblem) -> float:
@@ -318,6 +374,18 @@ def _add_pins(m: cp_model.CpModel, p: PartitionProblem, s: int, x, n, on) -> Non
 def _why(p: PartitionProblem, attempts: list[_Attempt]) -> str:
     """A user-level reason: what the cores say, with the figures behind it."""
     families = sorted({f for a in attempts for f in a.core})
+    if "capacity" in families and "memory" not in families:
+        c = min(
+            p.configs, key=lambda c: p.dp * c.tp * (c.block_static_bytes + c.block_activation_bytes)
+        )
+        need = p.blocks * p.dp * c.tp * (c.block_static_bytes + c.block_activation_bytes)
+        total = sum(p.capacity.get(k, 0.0) * n for k, n in p.devices.items())
+        return (
+            f"the model does not fit in the whole pool: its {p.blocks} blocks need "
+            f"{need / 1e9:.4g} GB across devices even as {c.name} with dp={p.dp}, and the "
+            f"{sum(p.devices.values())} devices hold {total / 1e9:.4g} GB; more devices, "
+            "fp8 weights or a smaller optimizer state would help"
+        )
     if "memory" in families:
         best = min(
             p.configs,

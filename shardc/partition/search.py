@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shardc.errors import InfeasibleError, OptionError, SolverTimeout
-from shardc.partition.cpsat import solve
+from shardc.partition.cpsat import lower_bound, solve, uniform
 from shardc.partition.options import RECOMPUTES, PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
 from shardc.partition.problem import (
@@ -284,15 +284,14 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
     widths = _widths(n, options, b)
     warm = options.warm_start
-    if warm and warm.get("dp") in widths:
-        widths.remove(warm["dp"])
-        widths.insert(0, warm["dp"])
     capacity = {k: float(costing.kinds[k].memory_bytes or _UNLIMITED) for k in sorted(costing.pool)}
-    budget = options.time_limit / max(len(widths), 1)
     best: tuple[float, int, int, Solution, PartitionProblem] | None = None
     tried: list[tuple[int, str, float | None]] = []
     reasons: list[str] = []
     timed_out = False
+    if options.pins.pp and options.pins.pp > blocks:
+        raise OptionError(f"--pin pp={options.pins.pp}: the model has only {blocks} blocks")
+    problems: list[tuple[PartitionProblem, float]] = []
     for dp in widths:
         m = _microbatches(options, dp, b)
         configs = costing.configs(dp, tps, recomputes)
@@ -300,8 +299,6 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
             tried.append((dp, "no configuration", None))
             continue
         max_stages = min(options.max_stages, blocks, max(1, n // dp))
-        if options.pins.pp and options.pins.pp > blocks:
-            raise OptionError(f"--pin pp={options.pins.pp}: the model has only {blocks} blocks")
         problem = PartitionProblem(
             blocks=blocks,
             configs=configs,
@@ -319,7 +316,31 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
             },
         )
         per = 1.0 if options.objective == "latency" else float(dp * m)
-        cutoff = best[0] * per if best else None
+        problems.append((problem, per))
+    # The even grids of every width are incumbents before any CP-SAT run: the best of
+    # them is the cutoff every width must beat, and widths are tried best grid first.
+    grids = {
+        problem.dp: min(
+            (
+                u.seconds / per
+                for s in range(1, problem.max_stages + 1)
+                if (u := uniform(problem, s)) is not None
+            ),
+            default=math.inf,
+        )
+        for problem, per in problems
+    }
+    warm_dp = warm.get("dp") if warm else None
+    problems.sort(key=lambda t: (t[0].dp != warm_dp, grids[t[0].dp], t[0].dp))
+    incumbent = min(grids.values(), default=math.inf)
+    # Budgets are CP-SAT deterministic time, never wall clock: the same input must
+    # give the same plan on a loaded laptop and on an idle CI runner.
+    budget = options.time_limit / max(len(problems), 1)
+    floors: list[float] = []  # per-sample lower bounds of the widths not proven worse
+    for problem, per in problems:
+        dp, configs = problem.dp, problem.configs
+        bar = min(incumbent, best[0] if best else math.inf)
+        cutoff = bar * per if bar < math.inf else None
         try:
             sol = solve(
                 problem,
@@ -330,6 +351,7 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
             )
         except SolverTimeout:
             timed_out = True
+            floors.append(_floor(problem) / per)
             tried.append((dp, "timeout", None))
             continue
         except InfeasibleError as exc:
@@ -338,7 +360,9 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
             if not pruned:
                 reasons.append(f"dp={dp}: {exc.message}")
             continue
-        tried.append((dp, sol.status, sol.seconds))
+        floors.append((sol.bound if sol.bound is not None else sol.seconds) / per)
+        beaten = sol.seconds / per > bar * (1 + 1e-9)
+        tried.append((dp, "no better" if beaten else sol.status, sol.seconds))
         key = (sol.seconds / per, dp, len(sol.stages))
         if best is None or key < best[:3]:
             best = (*key, sol, problem)
@@ -349,15 +373,22 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
                 hint="raise --time-limit, or pin part of the answer (--pin tp=8)",
             )
         raise InfeasibleError(_why(reasons, costing, tps), hint=_fits_hint(costing, tps))
-    _, dp, _, sol, problem = best
+    per_sample, dp, _, sol, problem = best
     status = sol.status
     if timed_out or any(o == "FEASIBLE" for _, o, _ in tried):
         status = "FEASIBLE"
-    return _result(costing, options, problem, sol, status, tried, time.perf_counter() - start, b)
+    bound = min([per_sample, *floors]) * (sol.seconds / per_sample if per_sample else 1.0)
+    wall = time.perf_counter() - start
+    return _result(costing, options, problem, sol, status, bound, tried, wall, b)
+
+
+def _floor(problem: PartitionProblem) -> float:
+    """The smallest score any stage count of ``problem`` could reach."""
+    return min(lower_bound(problem, s) for s in range(1, problem.max_stages + 1))
 
 
 def _why(reasons: list[str], costing: Costing, tps: Mapping[str, Sequence[int]]) -> str:
-    mem = [r for r in reasons if "memory" in r]
+    mem = [r for r in reasons if "whole pool" in r] or [r for r in reasons if "memory" in r]
     return (mem or reasons or ["no width and configuration fits"])[0].split(": ", 1)[-1]
 
 
@@ -371,10 +402,18 @@ def _fits_hint(costing: Costing, tps: Mapping[str, Sequence[int]]) -> str:
         while t <= len(costing.pool[kind]):
             part = costing.part(block, kind, t, "full")
             need = part.static + costing._state(part, 1) + part.activation + part.workspace
+            stages = math.ceil(blocks * need / cap)
+            if need <= cap and stages * t > len(costing.pool[kind]):
+                tips.append(
+                    f"{kind}: even at tp={t} with full recomputation the {blocks} blocks need "
+                    f"{stages * t} devices of {cap / 1e9:.3g} GB, the pool has "
+                    f"{len(costing.pool[kind])}"
+                )
+                break
             if need <= cap:
                 tips.append(
                     f"{kind}: one block needs {need / 1e9:.3g} GB at tp={t} with full "
-                    f"recomputation, so {math.ceil(blocks * need / cap)}+ stages of tp={t}"
+                    f"recomputation, so {stages}+ stages of tp={t}"
                 )
                 break
             t *= 2
@@ -389,6 +428,7 @@ def _result(
     problem: PartitionProblem,
     sol: Solution,
     status: str,
+    bound: float,
     tried: list[tuple[int, str, float | None]],
     wall: float,
     b: int,
@@ -449,7 +489,7 @@ def _result(
         step_seconds=sol.seconds,
         samples_per_step=per * b if options.objective != "latency" else b,
         status=status,
-        bound=sol.bound,
+        bound=bound if status != "OPTIMAL" else sol.seconds,
         solver_seconds=wall,
         candidates=tuple(tried),
         placement=placement,
