@@ -59,7 +59,7 @@ def _register() -> None:
 
     for module, attr in (
         ("shardc.cli.analyse", "inspect_cmd"),
-        ("shardc.cli.analyse", "compile_cmd"),
+        ("shardc.cli.compile", "compile_cmd"),
         ("shardc.cli.topo", "topo"),
         ("shardc.cli.synth", "synth"),
     ):

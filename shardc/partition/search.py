@@ -142,7 +142,10 @@ class PartitionResult:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Plain data for plan.json (what ``--warm-start`` reads back)."""
+        """Plain data for plan.json (what ``--warm-start`` reads back).
+
+        Nothing wall-clock goes in: the same inputs must give byte-identical files.
+        """
         return {
             "mode": self.mode,
             "objective": self.objective,
@@ -159,13 +162,15 @@ class PartitionResult:
                 "status": self.status,
                 "bound_seconds": self.bound,
                 "gap": self.gap,
-                "seconds": round(self.solver_seconds, 3),
                 "candidates": [
                     {"dp": d, "outcome": o, "step_seconds": s} for d, o, s in self.candidates
                 ],
             },
             "pins": dict(self.pins),
-            "stages": [s.to_json() for s in self.stages],
+            "stages": [
+                {**s.to_json(), "tp_domain_bandwidth": self.placement.domain_bandwidth[s.index]}
+                for s in self.stages
+            ],
             "strategies": dict(sorted(self.strategies.items())),
         }
 

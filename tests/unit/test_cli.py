@@ -109,7 +109,8 @@ def test_compile_writes_atomically_and_refuses_to_overwrite(
     r = run("compile", str(gpt2_path), "--topology", str(topo), "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     payload = json.loads(r.stdout)
-    assert payload["analysis"]["parameters"] > 0 and (out / "analysis.json").is_file()
+    assert payload["plan"]["partition"]["stages"] and (out / "analysis.json").is_file()
+    assert json.loads((out / "plan.json").read_text()) == payload["plan"]
     again = run("compile", str(gpt2_path), "--topology", str(topo), "-o", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
     forced = run("compile", str(gpt2_path), "--topology", str(topo), "-o", str(out), "--force")

@@ -1,0 +1,277 @@
+"""``shardc compile``: analyse, partition and write the plan.
+
+Writes ``plan.json`` (the inputs' hashes, the options and the ``partition`` section)
+and ``analysis.json`` into the output folder in one atomic step, then prints the plan.
+Nothing wall-clock goes into the files, so two runs give identical bytes; timings go to
+the terminal (and ``--json``) only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from shardc import __version__, jsonutil
+from shardc.cli.analyse import dim_option, json_option, op_cost_option, warn
+from shardc.cli.options import parse_dims, parse_op_costs, parse_sets
+from shardc.errors import OptionError
+from shardc.partition.options import (
+    OBJECTIVES,
+    RECOMPUTES,
+    SCHEDULES,
+    PartitionOptions,
+    parse_pins,
+)
+
+PLAN_FORMAT = "shardc-plan/1"
+
+
+def _sha256(path: Path) -> str:
+    """Hash of a file as given (for ONNX: the graph file, not its external weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _warm_start(path: Path | None) -> dict[str, Any] | None:
+    """The ``partition`` section of an earlier plan.json (or of a bare partition dump)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise OptionError(f"--warm-start {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--warm-start {path}: not JSON ({exc})") from None
+    section = data.get("partition", data) if isinstance(data, dict) else None
+    if not isinstance(section, dict) or "stages" not in section or "dp" not in section:
+        raise OptionError(
+            f"--warm-start {path}: no plan in it", hint="pass a plan.json written by compile"
+        )
+    return section
+
+
+@click.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Cluster description (.topo).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a `let` parameter of the topology file.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder (written atomically).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["training", "inference"]),
+    default="training",
+    show_default=True,
+    help="Plan a training step (forward, backward, optimizer) or inference.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(OBJECTIVES),
+    default="throughput",
+    show_default=True,
+    help="Samples per second, or (inference) one request's latency.",
+)
+@click.option("--microbatches", type=int, help="Micro-batches per pipeline per step (default 8).")
+@click.option(
+    "--global-batch",
+    type=int,
+    help="Samples per step; sets micro-batches per replica to B / (dp x micro-batch size).",
+)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b", show_default=True)
+@click.option(
+    "--zero",
+    type=click.IntRange(0, 3),
+    default=1,
+    show_default=True,
+    help="ZeRO stage of the data-parallel optimizer state.",
+)
+@click.option(
+    "--pin",
+    "pins",
+    multiple=True,
+    metavar="KEY=VALUE[,...]",
+    help="Fix part of the answer: tp=8, pp=4,dp=16, kind=h100, stage0.kind=h20, "
+    "stage1.blocks=30, recompute=full. With tp, pp, dp and every stage's blocks pinned, "
+    "compile evaluates that configuration.",
+)
+@click.option(
+    "--recompute",
+    type=click.Choice(RECOMPUTES),
+    help="Activation recomputation for every stage (same as --pin recompute=...).",
+)
+@click.option(
+    "--time-limit",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Solver budget for the whole search, in CP-SAT deterministic seconds.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Solver random seed.")
+@click.option("--max-stages", type=int, default=16, show_default=True)
+@click.option(
+    "--warm-start",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An earlier plan.json whose plan seeds the solver.",
+)
+@dim_option
+@op_cost_option
+@click.option(
+    "--dump-after",
+    "dump_after",
+    multiple=True,
+    metavar="PASS",
+    help="Print the IR and the pass's side table after PASS (to stderr).",
+)
+@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
+@json_option
+def compile_cmd(
+    model: Path,
+    topology_path: Path,
+    sets: tuple[str, ...],
+    outdir: Path,
+    mode: str,
+    objective: str,
+    microbatches: int | None,
+    global_batch: int | None,
+    schedule: str,
+    zero: int,
+    pins: tuple[str, ...],
+    recompute: str | None,
+    time_limit: float,
+    seed: int,
+    max_stages: int,
+    warm_start: Path | None,
+    dims: tuple[str, ...],
+    op_costs: tuple[str, ...],
+    dump_after: tuple[str, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
+    from shardc.compiler import analyse, default_passes
+    from shardc.emit.outdir import write_outdir
+    from shardc.report.plan import render_plan
+    from shardc.report.summary import graph_summary
+    from shardc.topology import load_topology
+
+    start = time.perf_counter()
+    if outdir.exists() and not force:
+        raise OptionError(f"output folder {str(outdir)!r} already exists", hint="pass --force")
+    items = list(pins) + ([f"recompute={recompute}"] if recompute else [])
+    options = PartitionOptions(
+        objective=objective,
+        microbatches=microbatches,
+        global_batch=global_batch,
+        schedule=schedule,
+        zero=zero,
+        pins=parse_pins(items),
+        max_stages=max_stages,
+        time_limit=time_limit,
+        seed=seed,
+        warm_start=_warm_start(warm_start),
+    )
+    overrides = parse_sets(sets)
+    topology = load_topology(topology_path, overrides)
+    result = analyse(
+        model,
+        dims=parse_dims(dims),
+        custom_flops=parse_op_costs(op_costs),
+        topology=topology,
+        dump_after=dump_after,
+        mode=mode,
+        partition=options,
+        passes=default_passes(),
+    )
+    state = result.state
+    assert state.costs is not None and state.partition is not None
+    for name, text in result.dumps.items():
+        click.echo(f"--- after {name} ---\n{text}", err=True)
+    warn(state.warnings)
+    part = state.partition.to_json()
+    plan = {
+        "format": PLAN_FORMAT,
+        "shardc": __version__,
+        "inputs": {
+            "model": {"path": str(model), "sha256": _sha256(model)},
+            "topology": {
+                "path": str(topology_path),
+                "sha256": _sha256(topology_path),
+                "set": dict(sorted(overrides.items())),
+            },
+            "dims": dict(sorted(state.model.dims.items())),
+        },
+        "options": {
+            "mode": mode,
+            "objective": objective,
+            "microbatches": microbatches,
+            "global_batch": global_batch,
+            "schedule": schedule,
+            "zero": zero,
+            "pins": options.pins.to_json(),
+            "time_limit": time_limit,
+            "seed": seed,
+            "max_stages": max_stages,
+            "warm_start": str(warm_start) if warm_start else None,
+        },
+        "partition": part,
+    }
+    summary = graph_summary(state.model, state.costs)
+    write_outdir(
+        outdir,
+        {
+            "plan.json": jsonutil.dumps(plan).encode(),
+            "analysis.json": jsonutil.dumps(summary).encode(),
+        },
+        force=force,
+    )
+    elapsed = time.perf_counter() - start
+    timings = {t.name: round(t.seconds, 6) for t in result.timings}
+    if as_json:
+        sys.stdout.write(
+            jsonutil.dumps(
+                {
+                    "plan": plan,
+                    "outdir": str(outdir),
+                    "passes": timings,
+                    "compile_seconds": round(elapsed, 3),
+                }
+            )
+        )
+        return
+    console = Console()
+    console.print(
+        f"[bold]{model}[/] on {topology_path} ({len(topology.compute_devices)} compute devices)"
+    )
+    console.print(render_plan(part))
+    console.print(
+        f"wrote {outdir}/plan.json and analysis.json in {elapsed:.2f} s ("
+        + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in result.timings)
+        + ")"
+    )

@@ -1,0 +1,82 @@
+"""The plan summary: stages, memory against capacity, the step and how it was found.
+
+Renders the ``partition`` section of plan.json, so the table a user reads and the file
+a script reads cannot disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+from shardc.report.summary import human
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1e3:.4g} ms" if s < 1 else f"{s:.4g} s"
+
+
+def render_plan(plan: dict[str, Any]) -> Group:
+    """Rich tables for the ``partition`` section of a plan."""
+    solver = plan["solver"]
+    head = Table(show_header=False, title="plan", title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row(
+        "shape",
+        f"dp={plan['dp']} × pp={plan['pp']} (tp per stage below), {plan['devices_used']} devices",
+    )
+    head.add_row("objective", f"{plan['mode']} {plan['objective']}")
+    if plan["objective"] == "latency":
+        head.add_row("latency", _seconds(plan["step_seconds"]))
+    else:
+        head.add_row(
+            "step",
+            f"{_seconds(plan['step_seconds'])} for {plan['samples_per_step']} samples "
+            f"({plan['microbatches']} micro-batches per replica, {plan['schedule']})",
+        )
+        if plan["step_seconds"]:
+            head.add_row(
+                "throughput", f"{plan['samples_per_step'] / plan['step_seconds']:.4g} samples/s"
+            )
+    gap = solver["gap"]
+    status = solver["status"]
+    if status != "OPTIMAL":
+        status += f" (bound {_seconds(solver['bound_seconds'])}"
+        status += f", gap {gap:.1%})" if gap is not None else ")"
+    head.add_row("solver", status)
+    if plan["pins"]:
+        head.add_row("pins", ", ".join(f"{k}={v}" for k, v in sorted(plan["pins"].items())))
+
+    stages = Table(title="stages (one replica; every replica is alike)", title_justify="left")
+    for col in ("stage", "kind", "tp", "blocks", "recompute", "µ-batch", "memory", "TP link"):
+        stages.add_column(
+            col, justify="left" if col in ("kind", "recompute") else "right", no_wrap=True
+        )
+    for st in plan["stages"]:
+        first, last = st["blocks"]
+        share = st["memory_bytes"] / st["capacity_bytes"] if st["capacity_bytes"] else 0.0
+        domain = st["tp_domain_bandwidth"]
+        stages.add_row(
+            str(st["index"]),
+            st["kind"],
+            str(st["tp"]),
+            f"{first}–{last}",
+            st["recompute"],
+            _seconds(st["seconds"]),
+            f"{human(st['memory_bytes'], 'B')} {share:.0%}",
+            f"{domain / 1e9:.4g} GB/s" if st["tp"] > 1 and domain else "-",
+        )
+
+    parts = Table(title="where the time goes", title_justify="left")
+    parts.add_column("part")
+    parts.add_column("time", justify="right")
+    parts.add_column("share", justify="right")
+    total = sum(plan["breakdown"].values()) or 1.0
+    for name, t in plan["breakdown"].items():
+        parts.add_row(name, _seconds(t), f"{t / total:.0%}")
+    return Group(head, stages, parts)
