@@ -365,7 +365,8 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
             if not pruned:
                 reasons.append(f"dp={dp}: {exc.message}")
             continue
-        floors.append((sol.bound if sol.bound is not None else sol.seconds) / per)
+        proven = sol.status == "OPTIMAL" or sol.bound is None
+        floors.append((sol.seconds if proven else sol.bound) / per)
         beaten = sol.seconds / per > bar * (1 + 1e-9)
         tried.append((dp, "no better" if beaten else sol.status, sol.seconds))
         key = (sol.seconds / per, dp, len(sol.stages))
@@ -379,10 +380,12 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
             )
         raise InfeasibleError(_why(reasons, costing, tps), hint=_fits_hint(costing, tps))
     per_sample, dp, _, sol, problem = best
-    status = sol.status
-    if timed_out or any(o == "FEASIBLE" for _, o, _ in tried):
-        status = "FEASIBLE"
-    bound = min([per_sample, *floors]) * (sol.seconds / per_sample if per_sample else 1.0)
+    # Proven optimal only if no width's lower bound leaves room below the chosen plan
+    # (a width whose own search stopped early may still hide a better plan).
+    floor = min([per_sample, *floors])
+    proven = not timed_out and floor >= per_sample * (1 - 1e-9)
+    status = "OPTIMAL" if proven else "FEASIBLE"
+    bound = floor * (sol.seconds / per_sample if per_sample else 1.0)
     wall = time.perf_counter() - start
     return _result(costing, options, problem, sol, status, bound, tried, wall, b)
 
