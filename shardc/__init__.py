@@ -6,14 +6,15 @@
 116382
 
 The API grows with the compiler; today it loads models, runs the analysis passes and
-summarises them. Errors are :class:`ShardcError` subclasses (see :mod:`shardc.errors`).
+partitions a model onto a topology (:func:`partition_model` with
+:class:`PartitionOptions`). Errors are :class:`ShardcError` subclasses (see :mod:`shardc.errors`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shardc.compiler import analyse
+from shardc.compiler import analyse, partition_model
 from shardc.errors import (
     InfeasibleError,
     ModelError,
@@ -23,6 +24,7 @@ from shardc.errors import (
     TopologyError,
 )
 from shardc.frontend import load_model
+from shardc.partition.options import PartitionOptions, Pins, parse_pins
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,8 @@ __all__ = [
     "InfeasibleError",
     "ModelError",
     "OptionError",
+    "PartitionOptions",
+    "Pins",
     "ShardcError",
     "SolverTimeout",
     "TopologyError",
@@ -37,6 +41,8 @@ __all__ = [
     "analyse",
     "load_model",
     "load_topology",
+    "parse_pins",
+    "partition_model",
 ]
 
 

@@ -11,13 +11,19 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from shardc.report.summary import human
-
 
 def _seconds(s: float | None) -> str:
     if s is None:
         return "-"
-    return f"{s * 1e3:.4g} ms" if s < 1 else f"{s:.4g} s"
+    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def _pins(pins: dict[str, Any]) -> str:
+    """Pins as the user would type them back: ``tp=8 pp=4 stage0.blocks=20``."""
+    out = [f"{k}={v}" for k, v in sorted(pins.items()) if k != "stages"]
+    for j, fields in sorted(pins.get("stages", {}).items(), key=lambda kv: int(kv[0])):
+        out += [f"stage{j}.{k}={v}" for k, v in sorted(fields.items())]
+    return " ".join(out)
 
 
 def render_plan(plan: dict[str, Any]) -> Group:
@@ -50,10 +56,10 @@ def render_plan(plan: dict[str, Any]) -> Group:
         status += f", gap {gap:.1%})" if gap is not None else ")"
     head.add_row("solver", status)
     if plan["pins"]:
-        head.add_row("pins", ", ".join(f"{k}={v}" for k, v in sorted(plan["pins"].items())))
+        head.add_row("pins", _pins(plan["pins"]))
 
     stages = Table(title="stages (one replica; every replica is alike)", title_justify="left")
-    for col in ("stage", "kind", "tp", "blocks", "recompute", "µ-batch", "memory", "TP link"):
+    for col in ("#", "kind", "tp", "blocks", "recompute", "µbatch", "memory", "TP bw"):
         stages.add_column(
             col, justify="left" if col in ("kind", "recompute") else "right", no_wrap=True
         )
@@ -68,8 +74,8 @@ def render_plan(plan: dict[str, Any]) -> Group:
             f"{first}–{last}",
             st["recompute"],
             _seconds(st["seconds"]),
-            f"{human(st['memory_bytes'], 'B')} {share:.0%}",
-            f"{domain / 1e9:.4g} GB/s" if st["tp"] > 1 and domain else "-",
+            f"{st['memory_bytes'] / 2**30:.3g} GiB {share:.0%}",
+            f"{domain / 1e9:.3g} GB/s" if st["tp"] > 1 and domain else "-",
         )
 
     parts = Table(title="where the time goes", title_justify="left")
