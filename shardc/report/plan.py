@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from shardc.report.summary import human
+
 
 def _seconds(s: float | None) -> str:
     if s is None:
@@ -74,7 +76,7 @@ def render_plan(plan: dict[str, Any]) -> Group:
             f"{first}–{last}",
             st["recompute"],
             _seconds(st["seconds"]),
-            f"{st['memory_bytes'] / 2**30:.3g} GiB {share:.0%}",
+            f"{human(st['memory_bytes'], 'B')} {share:.0%}",
             f"{domain / 1e9:.3g} GB/s" if st["tp"] > 1 and domain else "-",
         )
 
