@@ -187,10 +187,22 @@ class Topology:
     def bandwidth_domains(
         self, min_bandwidth: float = 0.0, *, plane: str | None = None, hosts: bool = False
     ) -> list[Domain]:
-        """Maximal device sets joined by links of at least ``min_bandwidth`` bytes/s."""
+        """Maximal device sets joined by links of at least ``min_bandwidth`` bytes/s.
+
+        Memoised: placement and collective pricing ask the same few thresholds tens of
+        thousands of times while a partition is searched.
+        """
         from shardc.topology.queries import bandwidth_domains
 
-        return bandwidth_domains(self, min_bandwidth, plane=plane, hosts=hosts)
+        key = (min_bandwidth, plane, hosts)
+        memo = self._domain_memo
+        if key not in memo:
+            memo[key] = tuple(bandwidth_domains(self, min_bandwidth, plane=plane, hosts=hosts))
+        return list(memo[key])
+
+    @functools.cached_property
+    def _domain_memo(self) -> dict[tuple[float, str | None, bool], tuple[Domain, ...]]:
+        return {}
 
     def domains_by_plane(self, *, hosts: bool = False) -> dict[str, list[Domain]]:
         """For each plane, the device sets it connects (NVLink islands, the UB super-node)."""
