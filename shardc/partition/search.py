@@ -192,6 +192,9 @@ def _widths(n: int, options: PartitionOptions, b: int) -> list[int]:
         return [1]
     ws = sorted({d for d in range(1, n + 1) if n % d == 0} | {2**i for i in range(n.bit_length())})
     if options.global_batch:
+        # every width the batch divides into, even one that leaves devices idle
+        # (1536 samples on 256 GPUs: dp = 96 or 192)
+        ws = sorted(set(ws) | {d for d in range(1, n + 1) if options.global_batch % (d * b) == 0})
         ws = [d for d in ws if options.global_batch % (d * b) == 0]
         if not ws:
             raise OptionError(
