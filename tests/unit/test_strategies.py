@@ -4,7 +4,6 @@ and small ONNX-text graphs, and what a choice of them costs in collectives.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from onnx import numpy_helper
 
 from shardc.frontend import load_model
 from shardc.ir import Graph, Model, Node
+from shardc.partition.megatron import megatron_choice, weighted_products
 from shardc.passes.annotate_costs import graph_costs
 from shardc.passes.strategies import PASS, StrategyTable, build_table
 from shardc.pipeline import CompileState, Pipeline
@@ -57,12 +57,6 @@ def exported(request: pytest.FixtureRequest) -> tuple[str, Graph, StrategyTable,
     return (request.param, *_table(load_model(path)))
 
 
-def _weighted_products(graph: Graph, table: StrategyTable) -> Iterator[Node]:
-    for n in graph.nodes:
-        if n.op_type in ("MatMul", "Gemm") and n.inputs[1] in table.free:
-            yield n
-
-
 # -- exported GPT-2 and Llama ------------------------------------------------------------------
 def test_every_node_has_replicate_first_and_no_warnings(exported) -> None:
     _, graph, table, warnings = exported
@@ -74,7 +68,7 @@ def test_every_node_has_replicate_first_and_no_warnings(exported) -> None:
 
 def test_weighted_products_offer_column_and_row(exported) -> None:
     _, graph, table, _ = exported
-    products = list(_weighted_products(graph, table))
+    products = list(weighted_products(graph, table))
     assert len(products) >= 9
     for node in products:
         names = _names(table, node.name)
@@ -107,64 +101,30 @@ def test_embedding_and_lm_head_are_vocab_parallel(exported) -> None:
     assert lm.inputs[1] == T("[-, tp]") and lm.outputs[0] == T("[-, -, tp]")
 
 
-def _reachable(graph: Graph, table: StrategyTable, node: Node, down: bool) -> set[str]:
-    """Non-follower nodes reached from ``node`` through followers only."""
-    seen, todo, found = set(), [node], set()
-    while todo:
-        n = todo.pop()
-        nxt = (
-            [c for o in n.outputs for c in graph.consumers(o)]
-            if down
-            else [p for i in n.present_inputs if (p := graph.producer(i)) is not None]
-        )
-        for m in nxt:
-            if m.name in seen:
-                continue
-            seen.add(m.name)
-            (todo.append(m) if m.name in table.follows else found.add(m.name))
-    return found
-
-
-def _megatron(graph: Graph, table: StrategyTable, sizes: dict[str, int]) -> dict[str, Strategy]:
-    """Column before every attention core and MLP, heads inside, row after; a column that
-    does not fit the degree (KV heads tp does not divide) stays replicated.
-    """
-    chosen: dict[str, Strategy] = {}
-    for node in graph.nodes:
-        legal = {s.name: s for s in table.legal(node, graph, sizes)}
-        if "heads" in legal and node.name not in table.follows:
-            chosen[node.name] = legal["heads"]
-    products = {n.name for n in _weighted_products(graph, table)}
-    for node in _weighted_products(graph, table):
-        before = _reachable(graph, table, node, down=False)
-        after = _reachable(graph, table, node, down=True)
-        tp_region = {n for n, s in chosen.items() if s.name in ("heads", "column")}
-        legal = {s.name: s for s in table.legal(node, graph, sizes)}
-        if before and before <= tp_region:
-            chosen[node.name] = legal["row"]
-        elif after and after <= tp_region | products and "column" in legal:
-            chosen[node.name] = legal["column"]
-    return chosen
-
-
 @pytest.mark.parametrize("tp", [2, 4])
 def test_megatron_pairs_cost_one_all_reduce_each(exported, tp: int) -> None:
     name, graph, table, _ = exported
     sizes = {"tp": tp}
-    chosen = _megatron(graph, table, sizes)
+    chosen = megatron_choice(graph, table, sizes)
     rows = [n for n, s in chosen.items() if s.name == "row"]
     assert len(rows) == 4  # attention out-projection and MLP down-projection, two layers
+    vocab = [n for n, s in chosen.items() if s.name == "vocab"]
+    assert [graph.node(n).op_type for n in vocab] == ["Gather", "MatMul"]  # embedding, LM head
     done = table.resolve(graph, chosen, sizes)
     ops = [(c.step.op, c.step.axis) for c in done.collectives]
-    assert ops == [("all_reduce", "tp")] * len(rows), done.collectives
-    for c in done.collectives:  # each reduces a row-parallel output (maybe through a view)
+    # one per row-parallel output, one for the vocab-parallel embedding's partial sums
+    assert ops == [("all_reduce", "tp")] * (len(rows) + 1), done.collectives
+    for c in done.collectives:  # each reduces a row or embedding output (maybe via a view)
         producer = graph.producer(c.value)
         assert producer is not None
-        assert producer.name in rows or graph.producer(producer.inputs[0]).name in rows  # type: ignore[union-attr]
+        sources = {producer.name} | {
+            p.name for i in producer.present_inputs if (p := graph.producer(i)) is not None
+        }
+        assert sources & (set(rows) | set(vocab[:1])), c
     if name == "llama" and tp == 4:  # 2 KV heads: K and V projections stay whole
         kv = [
             n
-            for n in _weighted_products(graph, table)
+            for n in weighted_products(graph, table)
             if n.name not in chosen and "column" in _names(table, n.name)
         ]
         assert len(kv) == 4
@@ -188,7 +148,8 @@ def test_megatron_sequence_parallel_swaps_the_all_reduce(llama_path: Path) -> No
     those followers): each row output is reduce-scattered, each column input gathered.
     """
     graph, table, _ = _table(load_model(llama_path))
-    chosen = _megatron(graph, table, {"tp": 2})
+    megatron = megatron_choice(graph, table, {"tp": 2})
+    chosen = {n: s for n, s in megatron.items() if s.name != "vocab"}  # blocks only
     rows = {n for n, s in chosen.items() if s.name == "row"}
     for node in graph.nodes:
         after_row = node.op_type == "Add" and any(
