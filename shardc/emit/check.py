@@ -1,0 +1,197 @@
+"""``shardc check-plan``: prove an emitted plan is internally consistent before it runs.
+
+Why a checker separate from the emitter: the files are what a cluster runs, and they
+may have been edited, copied partially or produced by another version. The checks read
+only the files: every device model passes ``onnx.checker``; every Send has the Recv it
+pairs with (same sender, receiver and tag); every collective's members list the same
+group and issue the same collectives in the same order; and in every replica each weight
+of the original model is present exactly once — whole on every rank of a tensor-parallel
+group that replicates it, or cut into slices that tile it without gaps or overlaps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from shardc.emit.program import DOMAIN
+from shardc.errors import ShardcError
+
+
+class PlanCheckError(ShardcError):
+    """The output folder is not a consistent plan (what and where)."""
+
+
+@dataclass
+class CheckReport:
+    """What was checked, with the figures; ``problems`` empty means consistent."""
+
+    ranks: int = 0
+    sends: int = 0
+    collectives: int = 0
+    weights: int = 0
+    weight_bytes: int = 0
+    """Bytes of the original weights one replica holds (each counted once)."""
+    emitted_bytes: dict[int, int] = field(default_factory=dict)
+    """Per replica: bytes of all its ranks' weight shards together."""
+    replicated_bytes: dict[int, int] = field(default_factory=dict)
+    """Per replica: bytes held more than once on purpose (replicated in a TP group, or a
+    weight two stages both read)."""
+    problems: list[str] = field(default_factory=list)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def check_outdir(path: str | Path) -> CheckReport:
+    """Check the plan folder ``path`` (plan.json and device_<rank>.onnx files)."""
+    root = Path(path)
+    plan_file = root / "plan.json"
+    if not plan_file.is_file():
+        raise PlanCheckError(f"{root}: no plan.json", hint="pass a folder written by compile")
+    plan = json.loads(plan_file.read_text())
+    emission = plan.get("emission")
+    if not emission:
+        raise PlanCheckError(f"{root}: plan.json has no emission section (no device files)")
+    report = CheckReport()
+    models: dict[int, onnx.ModelProto] = {}
+    for r in emission["ranks"]:
+        f = root / r["file"]
+        try:
+            model = onnx.load(str(f), load_external_data=False)
+            onnx.checker.check_model(model)
+        except Exception as exc:  # the checker's own exception types vary by version
+            report.problems.append(f"{r['file']}: {exc}".splitlines()[0])
+            continue
+        models[int(r["rank"])] = model
+    report.ranks = len(models)
+    _check_comms(models, report)
+    _check_weights(models, emission.get("weights", {}), report)
+    return report
+
+
+def _check_comms(models: dict[int, onnx.ModelProto], report: CheckReport) -> None:
+    sends: dict[tuple[int, int, int], int] = defaultdict(int)
+    recvs: dict[tuple[int, int, int], int] = defaultdict(int)
+    sequences: dict[tuple[int, tuple[int, ...]], list[tuple[str, int]]] = defaultdict(list)
+    for rank, model in sorted(models.items()):
+        for node in model.graph.node:
+            if node.domain != DOMAIN:
+                continue
+            if node.op_type == "Send":
+                sends[(rank, int(_attr(node, "peer")), int(_attr(node, "tag")))] += 1
+            elif node.op_type == "Recv":
+                recvs[(int(_attr(node, "peer")), rank, int(_attr(node, "tag")))] += 1
+            else:
+                group = tuple(int(g) for g in _attr(node, "group", []))
+                if rank not in group:
+                    report.problems.append(f"rank {rank}: {node.name} group {list(group)} lacks it")
+                sequences[(rank, group)].append((node.op_type, int(_attr(node, "axis", -1))))
+                report.collectives += 1
+    report.sends = sum(sends.values())
+    for key in sorted(set(sends) | set(recvs)):
+        if sends.get(key, 0) != recvs.get(key, 0):
+            s, r, tag = key
+            report.problems.append(
+                f"rank {s} -> rank {r} tag {tag}: {sends.get(key, 0)} Send, "
+                f"{recvs.get(key, 0)} Recv"
+            )
+    for (rank, group), ops in sorted(sequences.items()):
+        for member in group:
+            theirs = sequences.get((member, group))
+            if member in models and theirs != ops:
+                report.problems.append(
+                    f"group {list(group)}: rank {rank} issues {len(ops)} collectives "
+                    f"{ops[:3]}…, rank {member} {len(theirs or [])}"
+                )
+                break
+
+
+def _check_weights(
+    models: dict[int, onnx.ModelProto], original: dict[str, int], report: CheckReport
+) -> None:
+    """Per replica: each original weight whole on every rank of its group, or tiled."""
+    by_replica: dict[int, list[tuple[int, onnx.ModelProto]]] = defaultdict(list)
+    for rank, model in models.items():
+        meta = {p.key: p.value for p in model.metadata_props}
+        by_replica[int(meta["shardc.replica"])].append((rank, model))
+    report.weights = len(original)
+    report.weight_bytes = sum(original.values())
+    for replica, members in sorted(by_replica.items()):
+        cover: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        groups: dict[str, set[tuple[int, ...]]] = defaultdict(set)
+        emitted = 0
+        for rank, model in members:
+            meta = {p.key: p.value for p in model.metadata_props}
+            group = tuple(json.loads(meta["shardc.tp_group"]))
+            sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
+            for local, rec in json.loads(meta["shardc.slices"]).items():
+                cover[rec["source"]].append((rank, rec))
+                groups[rec["source"]].add(group)
+                emitted += sizes.get(local, 0)
+        report.emitted_bytes[replica] = emitted
+        expected = 0
+        for name, recs in cover.items():
+            whole = sum(1 for _, rec in recs if rec["dim"] < 0)
+            tiled = len(
+                {g for g in groups[name]}
+                - {g for g in groups[name] if all(rec["dim"] < 0 for r, rec in recs if r in g)}
+            )
+            copies = whole + tiled
+            expected += copies * original.get(name, 0)
+            if copies > 1:
+                report.replicated_bytes[replica] = report.replicated_bytes.get(replica, 0) + (
+                    copies - 1
+                ) * original.get(name, 0)
+        if emitted != expected:
+            report.problems.append(
+                f"replica {replica}: shards hold {emitted} B, the weights they come from "
+                f"{expected} B (counting intended copies): bytes lost or duplicated"
+            )
+        for name in sorted(original):
+            if name not in cover:
+                report.problems.append(f"replica {replica}: weight {name!r} is on no rank")
+                continue
+            for group in sorted(groups[name]):
+                recs = [rec for rank, rec in cover[name] if rank in group]
+                report.problems += _tiles(name, replica, group, recs)
+        for name in sorted(set(cover) - set(original)):
+            report.problems.append(f"replica {replica}: {name!r} is not a weight of the model")
+
+
+def _tiles(name: str, replica: int, group: tuple[int, ...], recs: list[dict]) -> list[str]:
+    where = f"replica {replica} group {list(group)}: {name!r}"
+    whole = [r for r in recs if r["dim"] < 0]
+    cut = [r for r in recs if r["dim"] >= 0]
+    out = []
+    if whole and len({r["source"] for r in whole}) and len(whole) % len(group):
+        out.append(f"{where} is whole on {len(whole)} of {len(group)} ranks")
+    by_layout: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+    for r in cut:
+        by_layout[(r["dim"], r["pieces"], r["size"])].append((r["start"], r["stop"]))
+    for (dim, pieces, size), spans in by_layout.items():
+        spans = sorted(spans)
+        edge = 0
+        for lo, hi in spans:
+            if lo != edge:
+                out.append(f"{where} dim {dim}: rows {edge}..{lo} gap or overlap")
+            edge = hi
+        if edge * pieces != size:
+            out.append(f"{where} dim {dim}: slices cover {edge * pieces} of {size}")
+    return out
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    import numpy as np
+
+    count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize

@@ -1,0 +1,1 @@
+"""Running emitted plans: in one process (tests, ``shardc verify``) or one per rank."""
