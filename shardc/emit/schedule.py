@@ -1,0 +1,572 @@
+"""schedule.json: every rank's programs laid out in time for one step.
+
+Why simulate instead of summing stage times: a pipeline's step time is set by who waits
+for whom (the bubble, a Recv waiting on a late Send, a collective waiting on its slowest
+member), and the report, the trace and ``shardc check-plan`` all need the *same* answer.
+So the timeline is computed once, here, from the ``seconds`` the cost model put on each
+:class:`~shardc.emit.program.Compute` and :class:`~shardc.emit.program.Comm` step.
+
+Format ``shardc-schedule/1`` (machine-checkable: ``schedule.schema.json`` next to this
+module, loaded by :func:`schedule_schema`). Times are seconds, as floats, never rounded.
+
+Top level: ``format``, ``mode`` (``training`` or ``inference``), ``schedule`` (``1f1b``
+or ``gpipe``), ``microbatches``, ``dp``, ``stages``, ``step_seconds`` (the end of the
+last event on any device), ``devices`` and ``links``.
+
+``devices`` holds one entry per rank, by rank: the rank's identity (``rank``, ``device``,
+``kind``, ``stage``, ``replica``, ``tp_rank``, ``tp``), ``busy_seconds`` (the sum of
+its event durations) and ``events`` in issue order, which never overlap. Every event has
+``type`` (``compute`` or ``comm``), ``phase`` (``forward``, ``backward`` or ``sync``),
+``microbatch`` (-1 for sync), ``name`` (a compute run's label, a comm event's op),
+``start``, ``duration`` and ``end``. Comm events also carry ``op``, ``value``,
+``bytes``, ``group``, ``peer``, ``tag``, ``axis``, ``algorithm`` and ``links``.
+
+``links`` summarises every link a comm event crosses, heaviest first (bytes descending,
+then name): ``bytes`` and ``transfers`` count each transfer once (a Send and its Recv
+are one transfer, credited at the Send with the links of both ends; a collective counts
+once per member, since ``Comm.nbytes`` is what that member sends), and ``busy_seconds``
+is the length of the union of those transfers' intervals, so concurrent transfers on a
+link are not counted twice and it never exceeds the step.
+
+How the timeline is built:
+
+* a forward pass of micro-batch m on a rank is its program's steps in order, each lasting
+  its ``seconds``;
+* a Recv is matched to the Send with the same sender (the Recv's peer), receiver, tag,
+  phase and micro-batch (the k-th such Recv to the k-th such Send). It starts when the
+  rank is free and the Send has started, and lasts the Send's duration, so it never ends
+  before the Send does. A Send never waits;
+* a collective starts when every member of its group has reached it, at the latest
+  member's ready time, and lasts the member's own ``seconds``. Members issue a group's
+  collectives in the same order, so the k-th collective over a group in a phase and
+  micro-batch matches across members (counting per group, not over all collectives, so a
+  rank that also talks to a sub-group still lines up);
+* training adds the backward pass of micro-batch m: the forward steps reversed, compute
+  lasting ``backward_factor`` times its forward time, comm steps the same time with Send
+  and Recv swapped (gradients flow back: a forward Send to p becomes a Recv from p with
+  the same tag, and vice versa; collectives keep their op). The per-stage order of passes
+  is 1F1B (``min(stages - stage - 1, M)`` warm-up forwards, then one forward / one
+  backward, then the remaining backwards) or GPipe (all forwards, then all backwards).
+  After its last backward each rank runs one ``sync`` event (a comm event, op
+  ``AllReduce``, named ``dp sync + optimizer``) lasting ``stage_sync_seconds[stage]``
+  over the ranks of the same stage and tensor-parallel rank in every replica;
+* inference runs forwards only, micro-batches in order.
+
+The result depends on the programs alone: no clock, no set order, so the same
+:class:`~shardc.emit.program.Programs` always gives an identical dict. Programs whose
+Recvs lack Sends, whose collective members disagree, or that deadlock raise
+:class:`~shardc.errors.ShardcError` naming the ranks and steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from shardc.emit.program import COMM_OPS, Comm, Compute, DeviceProgram, Programs
+from shardc.errors import OptionError, ShardcError
+
+FORMAT = "shardc-schedule/1"
+SYNC_NAME = "dp sync + optimizer"
+"""Name of the per-rank sync event that closes a training step."""
+
+MODES = ("training", "inference")
+SCHEDULES = ("1f1b", "gpipe")
+_P2P = ("Send", "Recv")
+_SWAP = {"Send": "Recv", "Recv": "Send"}
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One event a rank will issue, before it is placed in time."""
+
+    phase: str
+    microbatch: int
+    index: int
+    """Position in its phase, for error messages."""
+    length: int
+    """Events in its phase."""
+    name: str
+    seconds: float
+    op: str = ""
+    """Effective op ('' for compute): a backward Send/Recv is the forward one swapped."""
+    comm: Comm | None = None
+    """The forward step a comm event comes from (None for compute and sync)."""
+    group: tuple[int, ...] = ()
+    occurrence: int = 0
+    """How many earlier events of this phase and micro-batch share its matching key."""
+
+    @property
+    def is_comm(self) -> bool:
+        return bool(self.op)
+
+    def describe(self) -> str:
+        where = (
+            "the sync phase"
+            if self.phase == "sync"
+            else f"{self.phase} of micro-batch {self.microbatch}"
+        )
+        head = f"{where}, step {self.index + 1} of {self.length}"
+        if self.comm is not None and self.op in _P2P:
+            direction = "to" if self.op == "Send" else "from"
+            return (
+                f"{head} ({self.op} of {self.comm.value!r} {direction} rank {self.comm.peer}, "
+                f"tag {self.comm.tag})"
+            )
+        if self.op:
+            return f"{head} ({self.name} over ranks {list(self.group)})"
+        return f"{head} (compute {self.name!r})"
+
+
+def schedule_schema() -> dict[str, Any]:
+    """The JSON Schema of schedule.json, shipped with the package so readers can check files."""
+    return json.loads(_schema_text())
+
+
+@functools.cache
+def _schema_text() -> str:
+    return (
+        resources.files("shardc.emit").joinpath("schedule.schema.json").read_text(encoding="utf-8")
+    )
+
+
+def build_schedule(programs: Programs) -> dict[str, Any]:
+    """Lay ``programs`` out in time as the schedule.json object (see the module docstring)."""
+    by_rank = _check(programs)
+    items = {
+        r: _rank_items(programs, prog, _sync_group(by_rank, prog)) for r, prog in by_rank.items()
+    }
+    timeline = _Timeline(items)
+    timeline.run()
+
+    devices: list[dict[str, Any]] = []
+    step = 0.0
+    for r, prog in by_rank.items():
+        events = [
+            _event_json(item, start, duration)
+            for item, (start, duration) in zip(items[r], timeline.times[r], strict=True)
+        ]
+        busy = 0.0
+        for ev in events:
+            busy += ev["duration"]
+            step = max(step, ev["end"])
+        devices.append(
+            {
+                "rank": prog.rank,
+                "device": prog.device,
+                "kind": prog.kind,
+                "stage": prog.stage,
+                "replica": prog.replica,
+                "tp_rank": prog.tp_rank,
+                "tp": prog.tp,
+                "busy_seconds": busy,
+                "events": events,
+            }
+        )
+    return {
+        "format": FORMAT,
+        "mode": programs.mode,
+        "schedule": programs.schedule,
+        "microbatches": programs.microbatches,
+        "dp": programs.dp,
+        "stages": programs.stages,
+        "step_seconds": step,
+        "devices": devices,
+        "links": _link_summary(devices, timeline.recv_of),
+    }
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+def _check(programs: Programs) -> dict[int, DeviceProgram]:
+    """The programs by rank (ascending), after the checks that make the simulation sound."""
+    if programs.mode not in MODES:
+        raise OptionError(f"unknown mode {programs.mode!r}", hint=f"use one of {list(MODES)}")
+    if programs.schedule not in SCHEDULES:
+        raise OptionError(
+            f"unknown pipeline schedule {programs.schedule!r}", hint=f"use one of {list(SCHEDULES)}"
+        )
+    for field_name in ("microbatches", "dp", "stages"):
+        value = getattr(programs, field_name)
+        if not isinstance(value, int) or value < 1:
+            raise OptionError(f"{field_name} must be a positive integer, got {value!r}")
+    if not (math.isfinite(programs.backward_factor) and programs.backward_factor >= 0):
+        raise OptionError(f"backward_factor must be >= 0, got {programs.backward_factor!r}")
+
+    ranks = sorted(p.rank for p in programs.programs)
+    if ranks != list(range(len(ranks))):
+        raise ShardcError(
+            f"program ranks must be 0..{len(ranks) - 1}, each once; got {ranks}",
+            where="schedule",
+        )
+    by_rank = {p.rank: p for p in sorted(programs.programs, key=lambda p: p.rank)}
+    n = len(by_rank)
+
+    for r, prog in by_rank.items():
+        if not 0 <= prog.stage < programs.stages:
+            raise ShardcError(
+                f"stage {prog.stage} is outside 0..{programs.stages - 1}", where=f"rank {r}"
+            )
+        for i, step in enumerate(prog.steps):
+            _check_seconds(step.seconds, f"rank {r}, step {i + 1}")
+            if isinstance(step, Compute):
+                continue
+            if step.op not in COMM_OPS:
+                raise ShardcError(
+                    f"unknown communication op {step.op!r}", where=f"rank {r}, step {i + 1}"
+                )
+            if step.op in _P2P:
+                if not 0 <= step.peer < n or step.peer == r:
+                    raise ShardcError(
+                        f"{step.op} of {step.value!r} names peer rank {step.peer}, which is not "
+                        f"another rank in 0..{n - 1}",
+                        where=f"rank {r}, step {i + 1}",
+                    )
+            elif not step.group or r not in step.group:
+                raise ShardcError(
+                    f"{step.op} of {step.value!r} runs over ranks {list(step.group)}, "
+                    "which do not include this rank",
+                    where=f"rank {r}, step {i + 1}",
+                )
+            elif len(set(step.group)) != len(step.group) or not all(0 <= m < n for m in step.group):
+                raise ShardcError(
+                    f"{step.op} of {step.value!r} runs over ranks {list(step.group)}: "
+                    f"members must be distinct ranks in 0..{n - 1}",
+                    where=f"rank {r}, step {i + 1}",
+                )
+    for stage, seconds in sorted(programs.stage_sync_seconds.items()):
+        _check_seconds(seconds, f"stage {stage} sync")
+
+    _check_pairs(by_rank, training=programs.mode == "training")
+    _check_groups(by_rank)
+    return by_rank
+
+
+def _check_seconds(seconds: float, where: str) -> None:
+    if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
+        raise ShardcError(f"duration must be a finite number >= 0, got {seconds!r}", where=where)
+
+
+def _check_pairs(by_rank: dict[int, DeviceProgram], *, training: bool) -> None:
+    """Every Recv has its Send (and in training every Send its Recv: the gradient comes back)."""
+    sends: dict[tuple[int, int, int], list[Comm]] = {}
+    recvs: dict[tuple[int, int, int], list[Comm]] = {}
+    for r, prog in by_rank.items():
+        for c in prog.comms:
+            if c.op == "Send":
+                sends.setdefault((r, c.peer, c.tag), []).append(c)
+            elif c.op == "Recv":
+                recvs.setdefault((c.peer, r, c.tag), []).append(c)
+    for (src, dst, tag), rs in recvs.items():
+        have = len(sends.get((src, dst, tag), ()))
+        if len(rs) > have:
+            c = rs[have]
+            raise ShardcError(
+                f"Recv of {c.value!r} from rank {src} (tag {tag}) has no matching Send: rank "
+                f"{src} sends {have} tensor(s) to rank {dst} with tag {tag}, rank {dst} "
+                f"receives {len(rs)}",
+                where=f"rank {dst}",
+                hint="a Send and its Recv must name each other's rank and carry the same tag",
+            )
+    if not training:
+        return
+    for (src, dst, tag), ss in sends.items():
+        have = len(recvs.get((src, dst, tag), ()))
+        if len(ss) > have:
+            c = ss[have]
+            raise ShardcError(
+                f"Send of {c.value!r} to rank {dst} (tag {tag}) has no matching Recv, so its "
+                "gradient could never come back in the backward pass",
+                where=f"rank {src}",
+                hint="a Send and its Recv must name each other's rank and carry the same tag",
+            )
+
+
+def _check_groups(by_rank: dict[int, DeviceProgram]) -> None:
+    """Members of a group issue the same collectives over it, in the same order."""
+    ops: dict[int, dict[tuple[int, ...], list[str]]] = {}
+    for r, prog in by_rank.items():
+        per_group: dict[tuple[int, ...], list[str]] = {}
+        for c in prog.comms:
+            if c.op not in _P2P:
+                per_group.setdefault(c.group, []).append(c.op)
+        ops[r] = per_group
+    for r, per_group in ops.items():
+        for group, mine in per_group.items():
+            for m in group:
+                theirs = ops[m].get(group, [])
+                if theirs != mine:
+                    raise ShardcError(
+                        f"members of collective group {list(group)} disagree: rank {r} issues "
+                        f"{mine} over it per micro-batch, rank {m} issues {theirs}",
+                        where=f"rank {r}",
+                        hint="every member must issue the group's collectives in the same order",
+                    )
+
+
+# --- what each rank issues ----------------------------------------------------------------
+
+
+def _sync_group(by_rank: dict[int, DeviceProgram], prog: DeviceProgram) -> tuple[int, ...]:
+    """The data-parallel peers of ``prog``: same stage and TP rank, every replica."""
+    peers = [p for p in by_rank.values() if p.stage == prog.stage and p.tp_rank == prog.tp_rank]
+    return tuple(p.rank for p in sorted(peers, key=lambda p: (p.replica, p.rank)))
+
+
+def _pass_order(schedule: str, stages: int, stage: int, m: int) -> list[tuple[str, int]]:
+    """(phase, micro-batch) in the order ``stage`` runs them in a training step."""
+    if schedule == "gpipe":
+        return [("forward", i) for i in range(m)] + [("backward", i) for i in range(m)]
+    warmup = min(stages - stage - 1, m)
+    order = [("forward", i) for i in range(warmup)]
+    for i in range(m - warmup):
+        order += [("forward", warmup + i), ("backward", i)]
+    order += [("backward", i) for i in range(m - warmup, m)]
+    return order
+
+
+def _rank_items(
+    programs: Programs, prog: DeviceProgram, sync_group: tuple[int, ...]
+) -> list[_Item]:
+    m = programs.microbatches
+    if programs.mode == "inference":
+        order = [("forward", i) for i in range(m)]
+    else:
+        order = _pass_order(programs.schedule, programs.stages, prog.stage, m)
+    items: list[_Item] = []
+    for phase, mb in order:
+        items += _phase_items(prog.steps, phase, mb, programs.backward_factor)
+    if programs.mode == "training":
+        seconds = float(programs.stage_sync_seconds.get(prog.stage, 0.0))
+        items.append(_Item("sync", -1, 0, 1, SYNC_NAME, seconds, op="AllReduce", group=sync_group))
+    return items
+
+
+def _phase_items(
+    steps: Sequence[Compute | Comm], phase: str, mb: int, backward_factor: float
+) -> list[_Item]:
+    backward = phase == "backward"
+    ordered = list(reversed(steps)) if backward else list(steps)
+    seen: dict[tuple[Any, ...], int] = {}
+    items = []
+    for i, step in enumerate(ordered):
+        if isinstance(step, Compute):
+            seconds = step.seconds * backward_factor if backward else step.seconds
+            items.append(_Item(phase, mb, i, len(ordered), step.label, seconds))
+            continue
+        op = _SWAP.get(step.op, step.op) if backward else step.op
+        key: tuple[Any, ...] = (op, step.peer, step.tag) if op in _P2P else (step.group,)
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        items.append(
+            _Item(
+                phase,
+                mb,
+                i,
+                len(ordered),
+                op,
+                step.seconds,
+                op=op,
+                comm=step,
+                group=step.group,
+                occurrence=k,
+            )
+        )
+    return items
+
+
+# --- the simulation -----------------------------------------------------------------------
+
+
+class _Timeline:
+    """Places every rank's items in time; ranks run until they must wait, then are woken.
+
+    Start times follow from the dependencies alone (a rank's previous event, a Send, the
+    members of a collective), so the order ranks are visited in changes nothing.
+    """
+
+    def __init__(self, items: dict[int, list[_Item]]) -> None:
+        self.items = items
+        self.times: dict[int, list[tuple[float, float]]] = {r: [] for r in items}
+        self.free = dict.fromkeys(items, 0.0)
+        self.sends: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        """(sender, receiver, tag, phase, mb) -> (rank, event index) of the Sends issued."""
+        self.arrivals: dict[tuple[Any, ...], dict[int, float]] = {}
+        """(phase, mb, group, k) -> member -> time it reached the collective."""
+        self.waiting: dict[tuple[Any, ...], list[int]] = {}
+        self.recv_of: dict[tuple[int, int], tuple[int, int]] = {}
+        """(send rank, send index) -> (recv rank, recv index) for every matched pair."""
+
+    def run(self) -> None:
+        queue = deque(sorted(self.items))
+        queued = dict.fromkeys(queue, True)
+        while queue:
+            r = queue.popleft()
+            queued[r] = False
+            for woken in self._advance(r):
+                if not queued[woken]:
+                    queued[woken] = True
+                    queue.append(woken)
+        stuck = [r for r in sorted(self.items) if len(self.times[r]) < len(self.items[r])]
+        if stuck:
+            lines = [f"rank {r} at {self._blocked_on(r)}" for r in stuck]
+            raise ShardcError(
+                "the schedule deadlocks, no rank can make progress: " + "; ".join(lines),
+                where="schedule",
+                hint="a rank waits on a Recv whose Send comes after something that rank must "
+                "do first, or collective members issue them in different orders",
+            )
+
+    def _advance(self, r: int) -> list[int]:
+        """Run rank ``r`` as far as it can go; return the ranks its progress may unblock."""
+        woken: list[int] = []
+        items = self.items[r]
+        times = self.times[r]
+        while len(times) < len(items):
+            item = items[len(times)]
+            placed = self._place(r, item, woken)
+            if placed is None:
+                self.waiting.setdefault(self._wait_key(r, item), []).append(r)
+                break
+            start, duration = placed
+            times.append((start, duration))
+            self.free[r] = start + duration
+        return woken
+
+    def _place(self, r: int, item: _Item, woken: list[int]) -> tuple[float, float] | None:
+        free = self.free[r]
+        if not item.is_comm:
+            return free, item.seconds
+        if item.op == "Send":
+            self.sends.setdefault(self._p2p_key(r, item), []).append((r, len(self.times[r])))
+            woken += self.waiting.pop(self._wait_key(r, item), [])
+            return free, item.seconds
+        if item.op == "Recv":
+            issued = self.sends.get(self._p2p_key(r, item), [])
+            if len(issued) <= item.occurrence:
+                return None
+            sender, index = issued[item.occurrence]
+            self.recv_of[(sender, index)] = (r, len(self.times[r]))
+            send_start, send_seconds = self.times[sender][index]
+            return max(free, send_start), send_seconds
+        key = self._wait_key(r, item)
+        arrived = self.arrivals.setdefault(key, {})
+        arrived.setdefault(r, free)
+        if len(arrived) < len(item.group):
+            return None
+        woken += self.waiting.pop(key, [])
+        return max(arrived[m] for m in item.group), item.seconds
+
+    @staticmethod
+    def _p2p_key(r: int, item: _Item) -> tuple[Any, ...]:
+        assert item.comm is not None
+        sender, receiver = (r, item.comm.peer) if item.op == "Send" else (item.comm.peer, r)
+        return (sender, receiver, item.comm.tag, item.phase, item.microbatch)
+
+    def _wait_key(self, r: int, item: _Item) -> tuple[Any, ...]:
+        if item.op in _P2P:
+            return ("p2p", *self._p2p_key(r, item))
+        return ("group", item.phase, item.microbatch, item.group, item.occurrence)
+
+    def _blocked_on(self, r: int) -> str:
+        item = self.items[r][len(self.times[r])]
+        text = item.describe()
+        if item.op == "Recv":
+            return f"{text}, waiting for its Send"
+        if item.is_comm:
+            arrived = self.arrivals.get(self._wait_key(r, item), {})
+            missing = [m for m in item.group if m not in arrived]
+            return f"{text}, waiting for ranks {missing}"
+        return text  # pragma: no cover - compute never blocks
+
+
+def _event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "comm" if item.is_comm else "compute",
+        "phase": item.phase,
+        "microbatch": item.microbatch,
+        "name": item.name,
+        "start": start,
+        "duration": duration,
+        "end": start + duration,
+    }
+    if not item.is_comm:
+        return event
+    c = item.comm
+    event.update(
+        {
+            "op": item.op,
+            "value": c.value if c else "",
+            "bytes": float(c.nbytes) if c else 0.0,
+            "group": list(item.group),
+            "peer": c.peer if c else -1,
+            "tag": c.tag if c else 0,
+            "axis": c.axis if c else -1,
+            "algorithm": c.algorithm if c else "",
+            "links": list(c.links) if c else [],
+        }
+    )
+    return event
+
+
+@dataclass
+class _LinkLoad:
+    nbytes: float = 0.0
+    transfers: int = 0
+    spans: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _link_summary(
+    devices: list[dict[str, Any]], recv_of: dict[tuple[int, int], tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """Per link: bytes sent over it, transfers, and the time any transfer used it."""
+    by_rank = {dev["rank"]: dev["events"] for dev in devices}
+    acc: dict[str, _LinkLoad] = {}
+    for dev in devices:
+        for i, ev in enumerate(dev["events"]):
+            if ev["type"] != "comm":
+                continue
+            links = list(ev["links"])
+            counted = ev["op"] != "Recv"
+            if ev["op"] == "Send" and (dev["rank"], i) in recv_of:
+                rr, ri = recv_of[(dev["rank"], i)]
+                links += by_rank[rr][ri]["links"]
+            for link in dict.fromkeys(links):
+                load = acc.setdefault(link, _LinkLoad())
+                if counted:
+                    load.nbytes += ev["bytes"]
+                    load.transfers += 1
+                    load.spans.append((ev["start"], ev["end"]))
+    ordered = sorted(acc.items(), key=lambda item: (-item[1].nbytes, item[0]))
+    return [
+        {
+            "link": link,
+            "bytes": load.nbytes,
+            "busy_seconds": _union_length(load.spans),
+            "transfers": load.transfers,
+        }
+        for link, load in ordered
+    ]
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``spans``: time covered by at least one of them."""
+    busy = 0.0
+    ordered = sorted(spans)
+    if not ordered:
+        return busy
+    cur_start, cur_end = ordered[0]
+    for start, end in ordered[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return busy + (cur_end - cur_start)
