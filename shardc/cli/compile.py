@@ -149,6 +149,19 @@ def _warm_start(path: Path | None) -> dict[str, Any] | None:
     metavar="PASS",
     help="Print the IR and the pass's side table after PASS (to stderr).",
 )
+@click.option(
+    "--emit/--no-emit",
+    "do_emit",
+    default=None,
+    help="Write device_<rank>.onnx, schedule.json and trace.json (default: when the "
+    "model's weights are readable; a synth graph declares them only).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML report (timeline, topology, tables) here.",
+)
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
 @json_option
 def compile_cmd(
@@ -171,12 +184,15 @@ def compile_cmd(
     dims: tuple[str, ...],
     op_costs: tuple[str, ...],
     dump_after: tuple[str, ...],
+    do_emit: bool | None,
+    report_path: Path | None,
     force: bool,
     as_json: bool,
 ) -> None:
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
     from shardc.compiler import analyse, default_passes
-    from shardc.emit.outdir import write_outdir
+    from shardc.emit.outdir import write_file, write_outdir
+    from shardc.emit.outputs import plan_files, weights_available
     from shardc.report.plan import render_plan
     from shardc.report.summary import graph_summary
     from shardc.topology import load_topology
@@ -243,14 +259,29 @@ def compile_cmd(
         "partition": part,
     }
     summary = graph_summary(state.model, state.costs)
-    write_outdir(
-        outdir,
-        {
-            "plan.json": jsonutil.dumps(plan).encode(),
-            "analysis.json": jsonutil.dumps(summary).encode(),
-        },
-        force=force,
-    )
+    files: dict[str, bytes] = {"analysis.json": jsonutil.dumps(summary).encode()}
+    schedule = None
+    if do_emit is None:
+        do_emit = weights_available(state)
+        if not do_emit:
+            warn(
+                (
+                    "the model's weights are not readable (declared only): no device files; "
+                    "--emit to insist",
+                )
+            )
+    if do_emit:
+        emitted, plan["emission"], schedule = plan_files(state)
+        files.update(emitted)
+    files["plan.json"] = jsonutil.dumps(plan).encode()
+    if report_path is not None:
+        from shardc.report.html import render_html
+
+        if schedule is None:
+            raise OptionError("--report needs the emitted schedule: drop --no-emit")
+        page = render_html(part, schedule, topology)
+        write_file(report_path, page.encode(), force=True)
+    write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start
     timings = {t.name: round(t.seconds, 6) for t in result.timings}
     if as_json:
@@ -271,7 +302,13 @@ def compile_cmd(
     )
     console.print(render_plan(part))
     console.print(
-        f"wrote {outdir}/plan.json and analysis.json in {elapsed:.2f} s ("
+        f"wrote {outdir}/ ({len(files)} files: plan.json, analysis.json"
+        + (
+            f", {len(plan['emission']['ranks'])} device models, schedule.json, trace.json"
+            if "emission" in plan
+            else ""
+        )
+        + f") in {elapsed:.2f} s ("
         + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in result.timings)
         + ")"
     )

@@ -62,6 +62,7 @@ def _register() -> None:
         ("shardc.cli.compile", "compile_cmd"),
         ("shardc.cli.topo", "topo"),
         ("shardc.cli.synth", "synth"),
+        ("shardc.cli.check", "check_plan_cmd"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -55,3 +55,23 @@ def write_outdir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, *, force: bool = False) -> Path:
+    """Write one file atomically: a temporary sibling renamed into place."""
+    dest = Path(path)
+    if dest.exists() and not force:
+        raise OptionError(f"{str(dest)!r} already exists", hint="pass --force to replace it")
+    try:
+        dest.resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"cannot create {str(dest)!r}: {exc.strerror}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

@@ -1,0 +1,74 @@
+"""The files of a plan folder, as bytes, from a compiled state.
+
+Why bytes and not writes: :func:`shardc.emit.outdir.write_outdir` writes a folder all at
+once or not at all, so every file is built in memory first; and bytes are what the
+determinism tests compare.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shardc import jsonutil
+from shardc.emit.devices import Emission, emit
+
+if TYPE_CHECKING:
+    from shardc.pipeline import CompileState
+
+
+def weights_available(state: CompileState) -> bool:
+    """Whether the model's weights can be read (a synth graph declares them only)."""
+    source = state.model.weights
+    names = list(state.model.graph.initializers)
+    if not names:
+        return True
+    try:
+        source.array(names[0])
+    except Exception:
+        return False
+    return True
+
+
+def emission_section(state: CompileState, emission: Emission) -> dict[str, Any]:
+    """plan.json's ``emission``: the rank table and the original weights' sizes."""
+    graph = state.graph
+    used = {v for n in graph.nodes for v in n.present_inputs}
+    weights = {
+        name: int(graph.values[name].nbytes or 0) for name in graph.initializers if name in used
+    }
+    return {
+        "ranks": [
+            {
+                "rank": p.rank,
+                "file": f"device_{p.rank}.onnx",
+                "device": p.device,
+                "kind": p.kind,
+                "stage": p.stage,
+                "replica": p.replica,
+                "tp_rank": p.tp_rank,
+                "tp": p.tp,
+                "inputs": list(p.inputs),
+                "outputs": list(p.outputs),
+                "weight_bytes": p.weight_bytes,
+                "memory_bytes": p.memory_bytes,
+            }
+            for p in emission.programs.programs
+        ],
+        "weights": dict(sorted(weights.items())),
+    }
+
+
+def plan_files(state: CompileState) -> tuple[dict[str, bytes], dict[str, Any], Any]:
+    """(files, emission section, schedule dict) for ``state``'s plan."""
+    from shardc.emit.schedule import build_schedule
+    from shardc.emit.trace import chrome_trace
+
+    emission = emit(state)
+    files = {
+        f"device_{rank}.onnx": model.SerializeToString(deterministic=True)
+        for rank, model in sorted(emission.models.items())
+    }
+    schedule = build_schedule(emission.programs)
+    files["schedule.json"] = jsonutil.dumps(schedule).encode()
+    files["trace.json"] = jsonutil.dumps(chrome_trace(schedule), indent=None).encode()
+    return files, emission_section(state, emission), schedule
