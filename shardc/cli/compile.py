@@ -60,6 +60,39 @@ def _warm_start(path: Path | None) -> dict[str, Any] | None:
     return section
 
 
+def _load_plan(path: Path, model: Path, topology: Path) -> dict[str, Any]:
+    """An earlier plan.json, checked to be for this model and topology."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise OptionError(f"--plan {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"--plan {path}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise OptionError(f"--plan {path}: not a {PLAN_FORMAT} file")
+    for what, file in (("model", model), ("topology", topology)):
+        if data["inputs"][what]["sha256"] != _sha256(file):
+            raise OptionError(
+                f"--plan {path}: it was made for another {what} than {file}",
+                hint=f"it names {data['inputs'][what]['path']}",
+            )
+    return data
+
+
+def _complete_pins(part: dict[str, Any]) -> list[str]:
+    """Pins that leave the solver nothing to choose: the plan itself."""
+    out = [f"pp={part['pp']},dp={part['dp']}"]
+    for st in part["stages"]:
+        j = st["index"]
+        out += [
+            f"stage{j}.kind={st['kind']}",
+            f"stage{j}.tp={st['tp']}",
+            f"stage{j}.blocks={st['blocks'][1] - st['blocks'][0] + 1}",
+            f"stage{j}.recompute={st['recompute']}",
+        ]
+    return out
+
+
 @click.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -140,6 +173,13 @@ def _warm_start(path: Path | None) -> dict[str, Any] | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="An earlier plan.json whose plan seeds the solver.",
 )
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Re-emit the plan in an earlier plan.json (same model and topology) instead of "
+    "searching: the files come out identical.",
+)
 @dim_option
 @op_cost_option
 @click.option(
@@ -181,6 +221,7 @@ def compile_cmd(
     seed: int,
     max_stages: int,
     warm_start: Path | None,
+    plan_path: Path | None,
     dims: tuple[str, ...],
     op_costs: tuple[str, ...],
     dump_after: tuple[str, ...],
@@ -200,6 +241,21 @@ def compile_cmd(
     start = time.perf_counter()
     if outdir.exists() and not force:
         raise OptionError(f"output folder {str(outdir)!r} already exists", hint="pass --force")
+    loaded = _load_plan(plan_path, model, topology_path) if plan_path else None
+    if loaded is not None:
+        if pins or recompute or warm_start:
+            raise OptionError("--plan fixes the whole plan: drop --pin, --recompute, --warm-start")
+        saved = loaded["options"]
+        mode, objective, schedule, zero = (
+            saved["mode"],
+            saved["objective"],
+            saved["schedule"],
+            saved["zero"],
+        )
+        microbatches, global_batch = saved["microbatches"], saved["global_batch"]
+        time_limit, seed, max_stages = saved["time_limit"], saved["seed"], saved["max_stages"]
+        pins = tuple(_complete_pins(loaded["partition"]))
+        sets = tuple(f"{k}={v}" for k, v in loaded["inputs"]["topology"]["set"].items())
     items = list(pins) + ([f"recompute={recompute}"] if recompute else [])
     options = PartitionOptions(
         objective=objective,
@@ -258,6 +314,15 @@ def compile_cmd(
         },
         "partition": part,
     }
+    if loaded is not None:
+        # the record of how the plan was found, and what the user asked, are the original's
+        plan["options"] = loaded["options"]
+        part["solver"], part["pins"] = loaded["partition"]["solver"], loaded["partition"]["pins"]
+        if part["stages"] != loaded["partition"]["stages"]:
+            raise OptionError(
+                f"--plan {plan_path}: the plan no longer prices the same on this input "
+                "(the cost model or the topology changed)"
+            )
     summary = graph_summary(state.model, state.costs)
     files: dict[str, bytes] = {"analysis.json": jsonutil.dumps(summary).encode()}
     schedule = None

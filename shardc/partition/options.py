@@ -15,7 +15,7 @@ from shardc.errors import OptionError
 OBJECTIVES = ("throughput", "latency")
 SCHEDULES = ("1f1b", "gpipe")
 RECOMPUTES = ("none", "selective", "full")
-_STAGE_KEYS = ("kind", "tp", "blocks")
+_STAGE_KEYS = ("kind", "tp", "blocks", "recompute")
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,13 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 idx, _, sub = key[5:].partition(".")
                 if not idx.isdigit() or sub not in _STAGE_KEYS:
                     raise OptionError(
-                        f"--pin {key}: expected stageN.kind, stageN.tp or stageN.blocks"
+                        f"--pin {key}: expected stageN.kind, stageN.tp, stageN.blocks "
+                        "or stageN.recompute"
                     )
+                if sub == "recompute" and value not in RECOMPUTES:
+                    raise OptionError(f"--pin {key}={value}: use one of {', '.join(RECOMPUTES)}")
                 stages.setdefault(int(idx), {})[sub] = (
-                    value if sub == "kind" else _positive(key, value)
+                    value if sub in ("kind", "recompute") else _positive(key, value)
                 )
             elif key in ("tp", "pp", "dp"):
                 values[key] = _positive(key, value)
@@ -94,7 +97,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
             else:
                 raise OptionError(
                     f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute"
-                    " or stageN.(kind|tp|blocks)"
+                    " or stageN.(kind|tp|blocks|recompute)"
                 )
     if values.get("pp") is not None:
         for j in stages:

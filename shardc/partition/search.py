@@ -245,12 +245,15 @@ def _stage_pins(options: PartitionOptions, configs: Sequence[Any]) -> dict[int, 
         want = pins.stages.get(j, {})
         kind = want.get("kind", pins.kind)
         tp = want.get("tp", pins.tp)
-        if kind is None and tp is None:
+        rc = want.get("recompute")
+        if kind is None and tp is None and rc is None:
             continue
         out[j] = tuple(
             c.name
             for c in configs
-            if (kind is None or c.kind == kind) and (tp is None or c.tp == tp)
+            if (kind is None or c.kind == kind)
+            and (tp is None or c.tp == tp)
+            and (rc is None or c.recompute == rc)
         )
     return out
 
