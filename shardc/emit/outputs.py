@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import onnx
+
 from shardc import jsonutil
 from shardc.emit.devices import Emission, emit
 
@@ -58,16 +60,51 @@ def emission_section(state: CompileState, emission: Emission) -> dict[str, Any]:
     }
 
 
-def plan_files(state: CompileState) -> tuple[dict[str, bytes], dict[str, Any], Any]:
+EXTERNAL_THRESHOLD = 256 * 2**20
+"""Device models whose weights exceed this keep them in ``device_<rank>.weights``
+(protobuf cannot hold more than 2 GB, and Netron opens the graph without them)."""
+
+
+def device_files(rank: int, model: onnx.ModelProto, threshold: int) -> dict[str, bytes]:
+    """``device_<rank>.onnx``, plus its external weight file when the weights are large.
+
+    Tensors of 1 KiB and more move to the side file, 64-byte aligned so a runtime can
+    map them; the layout is a pure function of the model, so the bytes are deterministic.
+    """
+    name = f"device_{rank}.onnx"
+    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    if total <= threshold:
+        return {name: model.SerializeToString(deterministic=True)}
+    side = f"device_{rank}.weights"
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    blob = bytearray()
+    for t in out.graph.initializer:
+        if len(t.raw_data) < 1024:
+            continue
+        blob.extend(b"\0" * (-len(blob) % 64))
+        offset, length = len(blob), len(t.raw_data)
+        blob.extend(t.raw_data)
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        for k, v in (("location", side), ("offset", str(offset)), ("length", str(length))):
+            entry = t.external_data.add()
+            entry.key, entry.value = k, v
+    return {name: out.SerializeToString(deterministic=True), side: bytes(blob)}
+
+
+def plan_files(
+    state: CompileState, external_threshold: int = EXTERNAL_THRESHOLD
+) -> tuple[dict[str, bytes], dict[str, Any], Any]:
     """(files, emission section, schedule dict) for ``state``'s plan."""
     from shardc.emit.schedule import build_schedule
     from shardc.emit.trace import chrome_trace
 
     emission = emit(state)
-    files = {
-        f"device_{rank}.onnx": model.SerializeToString(deterministic=True)
-        for rank, model in sorted(emission.models.items())
-    }
+    files: dict[str, bytes] = {}
+    for rank, model in sorted(emission.models.items()):
+        files.update(device_files(rank, model, external_threshold))
     schedule = build_schedule(emission.programs)
     files["schedule.json"] = jsonutil.dumps(schedule).encode()
     files["trace.json"] = jsonutil.dumps(chrome_trace(schedule), indent=None).encode()

@@ -163,3 +163,66 @@ def test_compile_writes_identical_device_files_and_a_valid_schedule(
 
     jsonschema.validate(schedule, schedule_schema())
     assert [d["rank"] for d in schedule["devices"]] == list(range(4))
+
+
+def test_reloading_a_plan_re_emits_identical_files(gpt2_path: Path, tmp_path: Path) -> None:
+    def shardc(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shardc", *args], capture_output=True, text=True, timeout=300
+        )
+
+    topo = str(ROOT / "topologies/localhost.topo")
+    first = shardc(
+        "compile",
+        str(gpt2_path),
+        "--topology",
+        topo,
+        "--set",
+        "devices=4",
+        "--pin",
+        "tp=2",
+        "-o",
+        str(tmp_path / "a"),
+    )
+    assert first.returncode == 0, first.stderr
+    again = shardc(
+        "compile",
+        str(gpt2_path),
+        "--topology",
+        topo,
+        "--plan",
+        str(tmp_path / "a/plan.json"),
+        "-o",
+        str(tmp_path / "b"),
+    )
+    assert again.returncode == 0, again.stderr
+    for f in sorted((tmp_path / "a").iterdir()):
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+    other = shardc(
+        "compile",
+        str(ROOT / "examples/models/tiny_gpt2.onnx"),
+        "--topology",
+        topo,
+        "--plan",
+        str(tmp_path / "a/plan.json"),
+        "-o",
+        str(tmp_path / "c"),
+    )
+    assert other.returncode == 2 and "another model" in other.stderr
+
+
+def test_large_device_weights_go_to_a_side_file(llama_path: Path, tmp_path: Path) -> None:
+    state = _state(llama_path, 4, "tp=2,pp=2,dp=1")
+    files, section, _ = plan_files(state, external_threshold=0)
+    assert {f"device_{r}.weights" for r in range(4)} <= set(files)
+    files["plan.json"] = json.dumps({"emission": section}).encode()
+    out = write_outdir(tmp_path / "ext", files)
+    models = {r: onnx.load(str(out / f"device_{r}.onnx")) for r in range(4)}
+    for r in range(4):
+        onnx.checker.check_model(str(out / f"device_{r}.onnx"))
+    feeds, ref = _feeds(llama_path)
+    outs = run_inprocess(models, feeds)
+    for got in outs.values():
+        for name, value in got.items():
+            assert np.allclose(value, ref[name], rtol=0, atol=1e-5 * np.abs(ref[name]).max())
+    assert check_outdir(out).problems == []
