@@ -234,7 +234,7 @@ def compile_cmd(
     from shardc.compiler import analyse, default_passes
     from shardc.emit.outdir import write_file, write_outdir
     from shardc.emit.outputs import plan_files, weights_available
-    from shardc.report.plan import render_plan
+    from shardc.report.plan import render_links, render_plan
     from shardc.report.summary import graph_summary
     from shardc.topology import load_topology
 
@@ -344,7 +344,7 @@ def compile_cmd(
 
         if schedule is None:
             raise OptionError("--report needs the emitted schedule: drop --no-emit")
-        page = render_html(part, schedule, topology)
+        page = render_html(part, schedule, topology, model=str(model))
         write_file(report_path, page.encode(), force=True)
     write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start
@@ -366,6 +366,8 @@ def compile_cmd(
         f"[bold]{model}[/] on {topology_path} ({len(topology.compute_devices)} compute devices)"
     )
     console.print(render_plan(part))
+    if schedule is not None:
+        console.print(render_links(schedule, top=5))
     console.print(
         f"wrote {outdir}/ ({len(files)} files: plan.json, analysis.json"
         + (

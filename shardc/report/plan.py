@@ -88,3 +88,18 @@ def render_plan(plan: dict[str, Any]) -> Group:
     for name, t in plan["breakdown"].items():
         parts.add_row(name, _seconds(t), f"{t / total:.0%}")
     return Group(head, stages, parts)
+
+
+def render_links(schedule: dict[str, Any], top: int = 5) -> Table:
+    """The busiest links of the simulated step (schedule.json's ``links``)."""
+    table = Table(title=f"busiest links (top {top})", title_justify="left")
+    for col in ("link", "bytes", "transfers", "busy"):
+        table.add_column(col, justify="left" if col == "link" else "right", no_wrap=True)
+    for link in schedule.get("links", [])[:top]:
+        table.add_row(
+            link["link"],
+            human(link["bytes"], "B"),
+            str(link["transfers"]),
+            _seconds(link["busy_seconds"]),
+        )
+    return table
