@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/shardc compile examples/models/tiny_gpt2.onnx --topology topologies/localhost.topo --set devices=2 -o out/demo --force
+	$(BIN)/shardc compile examples/models/tiny_gpt2.onnx --topology topologies/localhost.topo --set devices=4 -o out/demo --force --report out/demo.html
+	$(BIN)/shardc check-plan out/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
