@@ -345,7 +345,7 @@ def compile_cmd(
         if schedule is None:
             raise OptionError("--report needs the emitted schedule: drop --no-emit")
         page = render_html(part, schedule, topology, model=str(model))
-        write_file(report_path, page.encode(), force=True)
+        write_file(report_path, page.encode(), force=force)
     write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start
     timings = {t.name: round(t.seconds, 6) for t in result.timings}
