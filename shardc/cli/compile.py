@@ -42,16 +42,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _read_json(path: Path, flag: str) -> Any:
+    """A JSON file named by ``flag``, or a one-line error saying what is wrong with it."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise OptionError(f"{flag} {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"{flag} {path}: not JSON ({exc})") from None
+
+
 def _warm_start(path: Path | None) -> dict[str, Any] | None:
     """The ``partition`` section of an earlier plan.json (or of a bare partition dump)."""
     if path is None:
         return None
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise OptionError(f"--warm-start {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--warm-start {path}: not JSON ({exc})") from None
+    data = _read_json(path, "--warm-start")
     section = data.get("partition", data) if isinstance(data, dict) else None
     if not isinstance(section, dict) or "stages" not in section or "dp" not in section:
         raise OptionError(
@@ -62,12 +67,7 @@ def _warm_start(path: Path | None) -> dict[str, Any] | None:
 
 def _load_plan(path: Path, model: Path, topology: Path) -> dict[str, Any]:
     """An earlier plan.json, checked to be for this model and topology."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise OptionError(f"--plan {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--plan {path}: not JSON ({exc})") from None
+    data = _read_json(path, "--plan")
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise OptionError(f"--plan {path}: not a {PLAN_FORMAT} file")
     for what, file in (("model", model), ("topology", topology)):
