@@ -7,9 +7,9 @@ builds a template per (stage, tp rank) and each replica instantiates it with its
 The walk replays, on one device, what :meth:`StrategyTable.resolve` decided for the
 stage's tensor-parallel degree: each node reads its inputs in the layout its strategy
 wants, and whatever layout is missing is made from a copy on hand with the steps of
-:func:`shardc.sharding.reshard` — a collective becomes a ``shardc`` node, a slice a
-standard ``Slice``/``Gather``-free static cut of a weight or a ``Split`` of an
-activation, a scale a ``Mul``. Values cross stages whole: the sender makes a replicated
+:func:`shardc.sharding.reshard` — a collective becomes a ``shardc`` node; a slice is
+cut from a weight at emission time or taken from an activation with a ``Slice``; a
+scale is a ``Mul``. Values cross stages whole: the sender makes a replicated
 copy, every receiving tp rank gets one from the sender of the same index modulo the
 sender's degree.
 
