@@ -142,9 +142,8 @@ def _check_weights(
         expected = 0
         for name, recs in cover.items():
             whole = sum(1 for _, rec in recs if rec["dim"] < 0)
-            tiled = len(
-                {g for g in groups[name]}
-                - {g for g in groups[name] if all(rec["dim"] < 0 for r, rec in recs if r in g)}
+            tiled = sum(
+                1 for g in groups[name] if any(rec["dim"] >= 0 for r, rec in recs if r in g)
             )
             copies = whole + tiled
             expected += copies * original.get(name, 0)
@@ -173,7 +172,7 @@ def _tiles(name: str, replica: int, group: tuple[int, ...], recs: list[dict]) ->
     whole = [r for r in recs if r["dim"] < 0]
     cut = [r for r in recs if r["dim"] >= 0]
     out = []
-    if whole and len({r["source"] for r in whole}) and len(whole) % len(group):
+    if whole and len(whole) % len(group):
         out.append(f"{where} is whole on {len(whole)} of {len(group)} ranks")
     by_layout: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
     for r in cut:

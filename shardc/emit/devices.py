@@ -57,6 +57,8 @@ _COLLECTIVE = {
     "reduce_scatter": "ReduceScatter",
     "all_to_all": "AllToAll",
 }
+_COST_OP = {v: k for k, v in _COLLECTIVE.items()}
+"""Node type -> the cost model's name for the collective."""
 _SHAPE_ARGS = {"Reshape": 1, "Expand": 1}
 """Ops whose shape argument must shrink when their output is split."""
 
@@ -691,7 +693,7 @@ def _instantiate(
             node.attribute.extend(
                 [helper.make_attribute("group", list(group)), helper.make_attribute("tag", p.tag)]
             )
-            op = {v: k for k, v in _COLLECTIVE.items()}[p.op]
+            op = _COST_OP[p.op]
             est = group_collective(topo, op, p.nbytes, members)
             node.attribute.append(helper.make_attribute("algorithm", est.algorithm))
             if p.axis >= 0:
