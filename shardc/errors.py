@@ -72,5 +72,12 @@ class SolverTimeout(ShardcError):
     """The solver found no plan within the time limit."""
 
 
+class ExecutionError(ShardcError):
+    """Running a plan failed: a rank died, hung, or produced a value of the wrong shape.
+
+    The message names the rank and the op (``rank 2: AllReduce 'x' on group [2, 3]``).
+    """
+
+
 class PipelineError(Exception):
     """A pass failed or broke the pipeline contract: an internal error, not a user one."""
