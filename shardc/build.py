@@ -1,0 +1,304 @@
+"""From a model, a topology and options to the bytes of a plan folder.
+
+Why one module: ``shardc compile`` and :func:`shardc.compile` must write the same
+folder for the same inputs, byte for byte. Both normalise their inputs into
+:class:`Inputs` and :class:`PlanOptions` and call :func:`build`; only the reading of
+arguments (click or keywords) and what happens to the result (print and write, or a
+:class:`shardc.plan.Plan`) differ.
+
+plan.json records *what* was compiled: each input's path as given (or ``<ModelProto>``,
+``<text>``...) with a SHA-256 of its bytes, the topology's ``--set`` overrides, the bound
+dims, the options, then the partitioner's answer and the emission's rank table. Nothing
+wall-clock goes into any file, so two runs give identical bytes; timings travel beside
+the files in :class:`Built`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardc import __version__, jsonutil
+from shardc.errors import OptionError
+from shardc.partition.options import PartitionOptions, parse_pins
+from shardc.progress import Progress
+
+PLAN_FORMAT = "shardc-plan/1"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hash of a file as given (for ONNX: the graph file, not its external weights)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise OptionError(f"{path}: {exc.strerror}") from None
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hash of in-memory input (a serialised ModelProto, topology text)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_json(path: Path, flag: str) -> Any:
+    """A JSON file named by ``flag``, or a one-line error saying what is wrong with it."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise OptionError(f"{flag} {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"{flag} {path}: not JSON ({exc})") from None
+
+
+def warm_start_section(path: Path | None) -> dict[str, Any] | None:
+    """The ``partition`` section of an earlier plan.json (or of a bare partition dump)."""
+    if path is None:
+        return None
+    data = read_json(path, "--warm-start")
+    section = data.get("partition", data) if isinstance(data, dict) else None
+    if not isinstance(section, dict) or "stages" not in section or "dp" not in section:
+        raise OptionError(
+            f"--warm-start {path}: no plan in it", hint="pass a plan.json written by compile"
+        )
+    return section
+
+
+def read_plan(path: Path, records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """An earlier plan.json, checked to be for the inputs in ``records``
+    (``{"model": {"path", "sha256"}, "topology": {...}}``).
+    """
+    data = read_json(path, "--plan")
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise OptionError(f"--plan {path}: not a {PLAN_FORMAT} file")
+    for what, record in records.items():
+        if data["inputs"][what]["sha256"] != record["sha256"]:
+            raise OptionError(
+                f"--plan {path}: it was made for another {what} than {record['path']}",
+                hint=f"it names {data['inputs'][what]['path']}",
+            )
+    return data
+
+
+def complete_pins(part: Mapping[str, Any]) -> list[str]:
+    """Pins that leave the solver nothing to choose: the plan itself."""
+    out = [f"pp={part['pp']},dp={part['dp']}"]
+    for st in part["stages"]:
+        j = st["index"]
+        out += [
+            f"stage{j}.kind={st['kind']}",
+            f"stage{j}.tp={st['tp']}",
+            f"stage{j}.blocks={st['blocks'][1] - st['blocks'][0] + 1}",
+            f"stage{j}.recompute={st['recompute']}",
+        ]
+    return out
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the user asked of the compiler, as plan.json's ``options`` records it."""
+
+    mode: str = "training"
+    objective: str = "throughput"
+    microbatches: int | None = None
+    global_batch: int | None = None
+    schedule: str = "1f1b"
+    zero: int = 1
+    pins: tuple[str, ...] = ()
+    """``KEY=VALUE[,...]`` items as ``--pin`` takes them."""
+    recompute: str | None = None
+    time_limit: float = 20.0
+    seed: int = 0
+    max_stages: int = 16
+    warm_start: str | None = None
+    """Path of an earlier plan.json that seeds the solver."""
+
+    def partition_options(self) -> PartitionOptions:
+        """The partitioner's options (validates every value)."""
+        items = list(self.pins) + ([f"recompute={self.recompute}"] if self.recompute else [])
+        return PartitionOptions(
+            objective=self.objective,
+            microbatches=self.microbatches,
+            global_batch=self.global_batch,
+            schedule=self.schedule,
+            zero=self.zero,
+            pins=parse_pins(items),
+            max_stages=self.max_stages,
+            time_limit=self.time_limit,
+            seed=self.seed,
+            warm_start=warm_start_section(Path(self.warm_start) if self.warm_start else None),
+        )
+
+    def to_json(self, partition: PartitionOptions) -> dict[str, Any]:
+        """plan.json's ``options`` (pins as parsed, so equal pins read equal)."""
+        return {
+            "mode": self.mode,
+            "objective": self.objective,
+            "microbatches": self.microbatches,
+            "global_batch": self.global_batch,
+            "schedule": self.schedule,
+            "zero": self.zero,
+            "pins": partition.pins.to_json(),
+            "time_limit": self.time_limit,
+            "seed": self.seed,
+            "max_stages": self.max_stages,
+            "warm_start": self.warm_start,
+        }
+
+    @classmethod
+    def replaying(cls, plan: Mapping[str, Any]) -> PlanOptions:
+        """Options that make the solver re-find ``plan`` exactly (every choice pinned)."""
+        saved = plan["options"]
+        return cls(
+            mode=saved["mode"],
+            objective=saved["objective"],
+            microbatches=saved["microbatches"],
+            global_batch=saved["global_batch"],
+            schedule=saved["schedule"],
+            zero=saved["zero"],
+            pins=tuple(complete_pins(plan["partition"])),
+            time_limit=saved["time_limit"],
+            seed=saved["seed"],
+            max_stages=saved["max_stages"],
+        )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A model and a topology, loaded or loadable, with how plan.json names them."""
+
+    model: Any
+    """A path or an ``onnx.ModelProto`` (a torch module is exported before it gets here)."""
+    model_record: Mapping[str, Any]
+    """``{"path": ..., "sha256": ...}``; without ``sha256`` the file at ``model`` is hashed
+    once it has loaded (so a missing or broken file is reported by the frontend)."""
+    topology: Any
+    """The built :class:`shardc.topology.Topology`."""
+    topology_record: Mapping[str, Any]
+    """``{"path": ..., "sha256": ..., "set": {...}}``."""
+    dims: Mapping[str, int] = field(default_factory=dict)
+    custom_flops: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Built:
+    """A compiled plan: the folder's files as bytes, plus what the caller may print."""
+
+    files: dict[str, bytes]
+    plan: dict[str, Any]
+    """plan.json as data (the same content as ``files["plan.json"]``)."""
+    schedule: dict[str, Any] | None
+    """schedule.json as data, or None when no device files were emitted."""
+    result: Any
+    """The :class:`shardc.pipeline.PipelineResult` (state, pass timings, dumps)."""
+    warnings: tuple[str, ...]
+    seconds: float
+    """Wall time of the whole build."""
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per pass, in run order."""
+        return {t.name: round(t.seconds, 6) for t in self.result.timings}
+
+
+def build(
+    inputs: Inputs,
+    options: PlanOptions,
+    *,
+    replay: Mapping[str, Any] | None = None,
+    replay_label: str = "--plan",
+    emit: bool | None = None,
+    dump_after: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> Built:
+    """Compile ``inputs`` under ``options`` into the files of a plan folder.
+
+    ``replay`` is an earlier plan.json whose plan ``options`` pins completely (see
+    :meth:`PlanOptions.replaying`): its record of the options and the solver is kept,
+    and a plan that no longer prices the same is an error (named by ``replay_label``,
+    e.g. ``--plan old/plan.json``). ``emit`` writes the device
+    files, schedule.json and trace.json (None: when the model's weights are readable).
+    """
+    from shardc.compiler import analyse, default_passes
+    from shardc.emit.outputs import plan_files, weights_available
+    from shardc.report.summary import graph_summary
+
+    start = time.perf_counter()
+    passes = default_passes()
+    total = len(passes) + 2
+    report = progress or (lambda step, done, total: None)
+    partition = options.partition_options()
+    report("load model", 0, total)
+    result = analyse(
+        inputs.model,
+        dims=inputs.dims,
+        custom_flops=inputs.custom_flops,
+        topology=inputs.topology,
+        dump_after=dump_after,
+        mode=options.mode,
+        partition=partition,
+        passes=passes,
+        on_pass=lambda name, index, _n: report(name, index + 1, total),
+    )
+    state = result.state
+    assert state.costs is not None and state.partition is not None
+    warnings = list(state.warnings)
+    part = state.partition.to_json()
+    model_record = dict(inputs.model_record)
+    model_record.setdefault("sha256", sha256_file(inputs.model))
+    plan: dict[str, Any] = {
+        "format": PLAN_FORMAT,
+        "shardc": __version__,
+        "inputs": {
+            "model": model_record,
+            "topology": {
+                **inputs.topology_record,
+                "set": dict(sorted(inputs.topology_record.get("set", {}).items())),
+            },
+            "dims": dict(sorted(state.model.dims.items())),
+        },
+        "options": options.to_json(partition),
+        "partition": part,
+    }
+    if replay is not None:
+        # the record of how the plan was found, and what the user asked, are the original's
+        plan["options"] = replay["options"]
+        part["solver"], part["pins"] = replay["partition"]["solver"], replay["partition"]["pins"]
+        if part["stages"] != replay["partition"]["stages"]:
+            raise OptionError(
+                f"{replay_label}: the plan no longer prices the same on this input "
+                "(the cost model or the topology changed)"
+            )
+    files: dict[str, bytes] = {
+        "analysis.json": jsonutil.dumps(graph_summary(state.model, state.costs)).encode()
+    }
+    schedule = None
+    report("emit", total - 1, total)
+    if emit is None:
+        emit = weights_available(state)
+        if not emit:
+            warnings.append(
+                "the model's weights are not readable (declared only): no device files; "
+                "--emit to insist"
+            )
+    if emit:
+        emitted, plan["emission"], schedule = plan_files(state)
+        files.update(emitted)
+    files["plan.json"] = jsonutil.dumps(plan).encode()
+    report("done", total, total)
+    return Built(
+        files=files,
+        plan=plan,
+        schedule=schedule,
+        result=result,
+        warnings=tuple(warnings),
+        seconds=time.perf_counter() - start,
+    )
