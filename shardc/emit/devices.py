@@ -186,8 +186,9 @@ class _Walk:
             if node.op_type != "Split":
                 continue
             layouts = [self.res.layouts.get(o) for o in node.outputs if o]
-            if not layouts or any(x is None or x.dim_of("tp") is None for x in layouts):
-                continue
+            axis = self._split_axis(node)
+            if not layouts or any(x is None or x.dim_of("tp") != axis for x in layouts):
+                continue  # a Split along another dim than tp's cuts no fused weight
             k, chain, v = len(layouts), [], node.inputs[0]
             for _ in range(6):  # back through followers to the split producer
                 chain.append(v)
@@ -464,7 +465,7 @@ class _Walk:
             )
             ins = list(ins)
             ins[_SHAPE_ARGS[node.op_type]] = cname
-        if node.op_type == "Split" and len(ins) > 1 and ins[1] and split_out:
+        if node.op_type == "Split" and len(ins) > 1 and ins[1] and self._splits_axis(node, strat):
             sizes = [
                 int(graph.values[o].type.shape[self._split_axis(node)]) // self.tp  # type: ignore[index,union-attr]
                 for o in node.outputs
@@ -484,6 +485,13 @@ class _Walk:
         proto.output.extend(outs)
         proto.attribute.extend(attribute_proto(a) for a in node.attributes)
         self._emit(proto)
+
+    def _splits_axis(self, node: Node, strat: Strategy) -> bool:
+        """True when tp splits the dim ``node`` cuts along (its ``split`` sizes shrink);
+        a Split along another dim (MLA's rope/nope cut of heads-split tensors) keeps them.
+        """
+        axis = self._split_axis(node)
+        return any(s is not None and s.dim_of("tp") == axis for s in strat.outputs)
 
     def _split_axis(self, node: Node) -> int:
         axis = int(node.attr("axis", 0) or 0)  # type: ignore[arg-type]
