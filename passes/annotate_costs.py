@@ -15,8 +15,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shardc.cost.ops import NodeCost, node_cost
-from shardc.ir import Graph, Node
+from shardc.cost.ops import NodeCost, bindable_dims, node_cost
+from shardc.errors import ModelError
+from shardc.ir import DType, Graph, Node
 from shardc.pipeline import CompileState, Pass
 
 
@@ -30,6 +31,8 @@ class GraphCosts:
     param_count: int
     bytes_only_ops: tuple[str, ...]
     """Op types that got no FLOP rule (``domain::op`` for custom domains)."""
+    estimated: tuple[str, ...] = ()
+    """Nodes costed with a data-dependent size counted as 1 (their costs are lower bounds)."""
 
     @property
     def flops(self) -> int:
@@ -56,8 +59,15 @@ class GraphCosts:
 
 
 def _body_flops(node: Node, graph: Graph, where: str, custom: Mapping[str, float]) -> int:
-    """FLOPs of an opaque node's subgraphs, scaled by trip count where one is known."""
-    per_body = [graph_costs(g, where=where, custom_flops=custom).flops for g in node.subgraphs]
+    """FLOPs of an opaque node's subgraphs, scaled by trip count where one is known.
+
+    Bodies are costed leniently: their values often change shape from one iteration to
+    the next, so what cannot be sized is an estimate, never an error.
+    """
+    per_body = [
+        graph_costs(g, where=where, custom_flops=custom, lenient=True).flops
+        for g in node.subgraphs
+    ]
     if node.op_type == "If":
         return max(per_body, default=0)
     total = sum(per_body)
@@ -77,20 +87,35 @@ def _body_flops(node: Node, graph: Graph, where: str, custom: Mapping[str, float
 
 
 def graph_costs(
-    graph: Graph, *, where: str, custom_flops: Mapping[str, float] | None = None
+    graph: Graph,
+    *,
+    where: str,
+    custom_flops: Mapping[str, float] | None = None,
+    lenient: bool = False,
 ) -> GraphCosts:
-    """Cost every node of ``graph`` (recursing into opaque bodies)."""
+    """Cost every node of ``graph`` (recursing into opaque bodies).
+
+    ``lenient`` (for control-flow bodies): a node whose values cannot be sized at all
+    costs nothing and is marked estimated, instead of stopping the compile.
+    """
     custom = dict(custom_flops or {})
     costs: dict[str, NodeCost] = {}
     bytes_only: dict[str, None] = {}
+    bindable = frozenset() if lenient else bindable_dims(graph)
     for node in graph.nodes:
-        c = node_cost(
-            node,
-            graph,
-            where=where,
-            custom_flops=custom,
-            body_cost=lambda n: _body_flops(n, graph, where, custom),
-        )
+        try:
+            c = node_cost(
+                node,
+                graph,
+                where=where,
+                custom_flops=custom,
+                body_cost=lambda n: _body_flops(n, graph, where, custom),
+                bindable=bindable,
+            )
+        except ModelError:
+            if not lenient:
+                raise
+            c = NodeCost(0, 0, 0, 0, DType.FLOAT, "bytes-only", estimated=True)
         costs[node.name] = c
         if not c.exact:
             bytes_only[node.qualified_op] = None
@@ -100,6 +125,7 @@ def graph_costs(
         param_bytes=sum(v.nbytes or 0 for v in weights),
         param_count=sum(v.type.numel or 0 for v in weights if v.type is not None),
         bytes_only_ops=tuple(sorted(bytes_only)),
+        estimated=tuple(n for n, c in costs.items() if c.estimated),
     )
 
 
@@ -112,6 +138,12 @@ def run(state: CompileState) -> CompileState:
         f"no FLOP rule for {op}: costed by bytes only (give one with --op-cost {op}=F)"
         for op in costs.bytes_only_ops
     ]
+    if costs.estimated:
+        shown = ", ".join(costs.estimated[:3]) + (", …" if len(costs.estimated) > 3 else "")
+        warnings.append(
+            f"data-dependent shapes in {len(costs.estimated)} node(s) ({shown}): unknown sizes "
+            "costed as 1, so their time is a lower bound"
+        )
     return state.with_(costs=costs).warn(*warnings)
 
 

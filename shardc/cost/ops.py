@@ -42,6 +42,9 @@ class NodeCost:
     ``movement``, ``view``, ``control`` (opaque bodies), ``custom`` or ``bytes-only``."""
     exact: bool = True
     """False when only bytes are known (unknown op): its FLOPs are a lower bound (0)."""
+    estimated: bool = False
+    """True when a data-dependent size (NonZero's count, a shape computed at run time) was
+    unknown and counted as 1: FLOPs and bytes are then lower bounds."""
     input_bytes: tuple[int, ...] = ()
     """Bytes read from each input position (0 for omitted ones), so a shard can scale
     each operand by what it actually reads: a column-split MatMul reads all of X but an
@@ -207,30 +210,59 @@ REDUCE_OPS = frozenset(
 )
 
 
-class Need:
-    """Fetches static types of a node's values, raising a user error naming the node."""
+def bindable_dims(graph: Graph) -> frozenset[str]:
+    """Symbolic dims of the graph's inputs: the ones the user can bind with ``--dim``."""
+    return frozenset(
+        d
+        for name in graph.inputs
+        if (v := graph.values.get(name)) is not None and v.type is not None
+        for d in v.type.shape or ()
+        if isinstance(d, str)
+    )
 
-    def __init__(self, node: Node, graph: Graph, where: str):
+
+class Need:
+    """Fetches static types of a node's values, raising a user error naming the node.
+
+    A size the user cannot give is estimated, not refused: a dim ONNX left anonymous or
+    named ``unk__N`` because it depends on data (NonZero's count, an Expand to a shape
+    computed at run time) counts as 1, a value of unknown rank (an If whose branches
+    differ) as a scalar, and the cost is marked :attr:`estimated`. A symbolic dim of a
+    graph input must still be bound (``--dim``), and a value with no type is an error.
+    """
+
+    def __init__(
+        self, node: Node, graph: Graph, where: str, bindable: frozenset[str] | None = None
+    ):
         self.node, self.graph, self.where = node, graph, where
+        self.bindable = bindable_dims(graph) if bindable is None else bindable
+        self.estimated = False
 
     def type(self, name: str) -> TensorType:
-        """Static type of ``name`` or a ModelError telling which dim to bind."""
+        """Static type of ``name`` (estimated, see above) or a ModelError saying why not."""
         v = self.graph.values.get(name)
         t = v.type if v else None
-        if t is None or not t.is_static:
-            missing = ", ".join(t.unknown_dims()) if t else "type"
-            symbolic = [d for d in (t.shape or ()) if isinstance(d, str)] if t else []
-            hint = (
-                f"bind it with --dim {symbolic[0]}=N"
-                if symbolic
-                else "the shape could not be inferred; check the exporter's output"
-            )
-            raise ModelError(
-                f"cannot cost {self.node.qualified_op}: value {name!r} has unknown {missing}",
-                where=f"{self.where}: node {self.node.name!r}",
-                hint=hint,
-            )
-        return t
+        if t is not None and t.is_static:
+            return t
+        if t is not None and t.shape is None:
+            self.estimated = True
+            return TensorType(t.dtype, ())
+        if t is not None and not any(isinstance(d, str) and d in self.bindable for d in t.shape):
+            self.estimated = True
+            return TensorType(t.dtype, tuple(d if isinstance(d, int) else 1 for d in t.shape))
+        missing = ", ".join(t.unknown_dims()) if t else "type"
+        shape = t.shape or () if t else ()
+        user = [d for d in shape if isinstance(d, str) and d in self.bindable]
+        hint = (
+            f"bind it with --dim {user[0]}=N"
+            if user
+            else "the shape could not be inferred; check the exporter's output"
+        )
+        raise ModelError(
+            f"cannot cost {self.node.qualified_op}: value {name!r} has unknown {missing}",
+            where=f"{self.where}: node {self.node.name!r}",
+            hint=hint,
+        )
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Static shape of ``name``."""
@@ -365,19 +397,26 @@ def node_cost(
     where: str,
     custom_flops: Mapping[str, float] | None = None,
     body_cost: Callable[[Node], int] | None = None,
+    bindable: frozenset[str] | None = None,
 ) -> NodeCost:
     """Cost of ``node``; unknown ops get a bytes-only cost with ``exact=False``.
 
     ``custom_flops`` maps ``domain::op`` to FLOPs per output element for ops shardc has
-    no rule for; ``body_cost`` sums the FLOPs of an opaque node's subgraphs.
+    no rule for; ``body_cost`` sums the FLOPs of an opaque node's subgraphs;
+    ``bindable`` are the dims the user can bind (default: the graph inputs' symbolic dims).
     """
-    need = Need(node, graph, where)
+    need = Need(node, graph, where, bindable)
     key = node.qualified_op
     exact = True
     if node.subgraphs and body_cost is not None:
         flops, kind = body_cost(node), "control"
     elif key in _FLOP_RULES:
-        flops, kind = _FLOP_RULES[key](node, need)
+        try:
+            flops, kind = _FLOP_RULES[key](node, need)
+        except (IndexError, ValueError):
+            if not need.estimated:
+                raise
+            flops, kind = 0, "bytes-only"  # the rule needs a dim a run-time shape hides
     elif (node.domain == "" and node.op_type in ELEMENTWISE_FLOPS) or (
         key.startswith("com.microsoft::") and node.op_type in ELEMENTWISE_FLOPS
     ):
@@ -404,6 +443,7 @@ def node_cost(
         dtype=_compute_dtype(node, graph),
         kind=kind,
         exact=exact,
+        estimated=need.estimated,
         input_bytes=tuple(reads),
         output_bytes=writes,
     )

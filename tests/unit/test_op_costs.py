@@ -151,3 +151,17 @@ def test_fused_norms_cost_what_their_exported_patterns_cost() -> None:
     _, fused_rms = _costs('<ir_version: 10, opset_import: ["" : 23]>\n' + f"g (float[{rows},{h}] X, float[{h}] w) => (float[{rows},{h}] Y) {{ Y = RMSNormalization(X, w) }}")
     per_row = 5  # the per-row scalar ops (add eps, sqrt, reciprocal) of both patterns
     assert pattern.flops == pytest.approx(fused_ln.flops + fused_rms.flops, rel=per_row / h)
+
+
+def test_data_dependent_sizes_are_estimated_not_refused() -> None:
+    """NonZero's count is known only at run time: no --dim can bind it, so what reads it
+    is costed with the count as 1 and marked estimated; the input's dims stay exact.
+    """
+    (nz, cast, relu), c = _costs(
+        HEAD
+        + """g (float[4,8] X) => (float[2,?] Z) {
+            N = NonZero(X)  F = Cast<to=1>(N)  Z = Relu(F) }"""
+    )
+    assert nz.bytes_read == 4 * 8 * 4 and nz.bytes_written == 2 * 1 * 8
+    assert relu.flops == 2 and relu.exact
+    assert c.estimated == ("NonZero_0", "Cast_1", "Relu_2")
