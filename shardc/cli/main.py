@@ -63,6 +63,7 @@ def _register() -> None:
         ("shardc.cli.topo", "topo"),
         ("shardc.cli.synth", "synth"),
         ("shardc.cli.check", "check_plan_cmd"),
+        ("shardc.cli.verify", "verify_cmd"),
     ):
         try:
             mod = importlib.import_module(module)

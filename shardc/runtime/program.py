@@ -16,7 +16,7 @@ every later micro-batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +114,21 @@ class RankProgram:
         self.keep_all = keep_all
         self.items = self._split(model.graph)
         self.timings = Timings()
-        self.position = "start"
+        self.publish: Callable[[str], None] | None = None
+        """Told every new position at once (a worker mirrors it where its launcher
+        reads it even after a crash)."""
+        self._position = "start"
+
+    @property
+    def position(self) -> str:
+        """Where the rank is: the op it runs or waits in, for messages about hangs."""
+        return self._position
+
+    @position.setter
+    def position(self, value: str) -> None:
+        self._position = value
+        if self.publish is not None:
+            self.publish(value)
 
     def _split(self, graph: onnx.GraphProto) -> list[_Run | onnx.NodeProto]:
         items: list[_Run | onnx.NodeProto] = []
@@ -198,9 +212,9 @@ class RankProgram:
         for item in self.items:
             if isinstance(item, _Run):
                 self.position = f"the node run starting {item.nodes[0].name!r}"
-                start = time.perf_counter()
-                if item.session is None:
+                if item.session is None:  # built once, outside the timed part
                     item.session = self._session(item, env)
+                start = time.perf_counter()
                 try:
                     got = item.session.run(item.outputs, {v: env[v] for v in item.inputs})
                 except Exception as exc:

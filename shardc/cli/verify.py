@@ -1,0 +1,83 @@
+"""``shardc verify OUTDIR``: the plan computes what the original model computes.
+
+Exit status: 0 when every output is within tolerance, 3 when one is not (the tables say
+which, where and by how much), 2 for a user mistake or a rank that failed (one line
+naming the rank and the op), 1 for a bug in shardc.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from shardc import jsonutil
+from shardc.cli.analyse import json_option
+
+MISMATCH_EXIT = 3
+
+
+@click.command("verify")
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--inputs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An .npz of the model's inputs: one micro-batch, or several stacked along the "
+    "first dimension. Default: seeded random inputs per (replica, micro-batch).",
+)
+@click.option(
+    "--procs",
+    is_flag=True,
+    help="One process per rank over torch.distributed (gloo on CPU, nccl/hccl next to "
+    "GPUs/NPUs) instead of all ranks in this process.",
+)
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The original model, if not at the path plan.json records.",
+)
+@click.option(
+    "--rtol",
+    type=float,
+    help="Tolerance relative to each output's largest magnitude "
+    "(default by dtype: fp32 1e-5, fp16 1e-2, fp64 1e-9; integers exact).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds before a multi-process run is declared hung (with --procs).",
+)
+@json_option
+def verify_cmd(
+    outdir: Path,
+    inputs: Path | None,
+    procs: bool,
+    model: Path | None,
+    rtol: float | None,
+    seed: int,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Run the plan in OUTDIR and the original model on the same inputs; compare outputs."""
+    from rich.console import Console
+
+    from shardc.runtime.verify import verify
+
+    report = verify(outdir, inputs, procs=procs, model=model, rtol=rtol, seed=seed, timeout=timeout)
+    if as_json:
+        sys.stdout.write(jsonutil.dumps(report.to_json()))
+    else:
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+        for table in report.tables():
+            console.print(table)
+        verdict = "[green]ok[/]" if report.ok else "[red]MISMATCH[/]"
+        console.print(f"{verdict}: {report.runner}, {report.wall_seconds:.2f} s")
+    if not report.ok:
+        bad = [o.name for o in report.outputs if not o.ok]
+        if not as_json:
+            click.echo(f"shardc: verification failed for {bad}", err=True)
+        sys.exit(MISMATCH_EXIT)

@@ -1,0 +1,186 @@
+"""Start one process per rank on this machine and bring back their results, or say
+clearly which rank failed, where, and why, leaving no process behind.
+
+Why the launcher and not ``torchrun`` for ``shardc verify --procs``: verification must
+turn every failure into one message naming the rank and the op. A rank killed by a
+signal leaves no message of its own; its peers then fail with "connection closed", and
+a hung rank fails nobody until timeouts fire. The launcher watches every process, reads
+where each one was (the workers publish their position), and ends all of them: each
+worker runs in its own session so its whole process group is killed, and workers exit
+on their own if the launcher disappears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shardc.errors import ExecutionError
+from shardc.runtime.plandir import PlanDir
+
+GRACE_SECONDS = 2.0
+"""After the first failure, how long peers get to report their own view of it."""
+
+
+@dataclass
+class ProcessResult:
+    """Each rank's outputs by micro-batch, and its measured seconds per micro-batch."""
+
+    outputs: dict[int, dict[int, dict[str, np.ndarray]]] = field(default_factory=dict)
+    compute: dict[int, list[float]] = field(default_factory=dict)
+    comm: dict[int, list[float]] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_processes(
+    plan: PlanDir,
+    feeds: Mapping[tuple[int, int], Mapping[str, np.ndarray]],
+    *,
+    timeout: float = 120.0,
+    check_shapes: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> ProcessResult:
+    """Run the plan's step with one process per rank over torch.distributed.
+
+    ``feeds[(replica, microbatch)]`` is what that replica's first stage reads for that
+    micro-batch. Raises :class:`ExecutionError` naming the failing rank and op.
+    """
+    world = plan.world_size
+    with tempfile.TemporaryDirectory(prefix="shardc-run-") as tmp:
+        work = Path(tmp)
+        np.savez(
+            work / "feeds.npz",
+            **{f"r{r}/m{m}/{k}": v for (r, m), f in sorted(feeds.items()) for k, v in f.items()},
+        )
+        base = dict(os.environ)
+        base.update(env or {})
+        base.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+            WORLD_SIZE=str(world),
+            OMP_NUM_THREADS=base.get("OMP_NUM_THREADS", "1"),
+        )
+        cmd = [sys.executable, "-m", "shardc.runtime.worker", str(plan.path), str(work)]
+        cmd += ["--timeout", str(timeout)] + (["--check-shapes"] if check_shapes else [])
+        procs: dict[int, subprocess.Popen] = {}
+        try:
+            for rank in range(world):
+                log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 (closed with the proc)
+                procs[rank] = subprocess.Popen(
+                    cmd,
+                    env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                log.close()
+            _wait(procs, work, timeout)
+            return _collect(work, world)
+        finally:
+            _kill_all(procs)
+
+
+def _wait(procs: Mapping[int, subprocess.Popen], work: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    failed_at: float | None = None
+    while True:
+        codes = {r: p.poll() for r, p in procs.items()}
+        if all(c == 0 for c in codes.values()):
+            return
+        bad = {r: c for r, c in codes.items() if c not in (None, 0)}
+        now = time.monotonic()
+        if bad and failed_at is None:
+            failed_at = now
+        running = [r for r, c in codes.items() if c is None]
+        if failed_at is not None and (not running or now - failed_at > GRACE_SECONDS):
+            raise ExecutionError(_failure(work, bad, running))
+        if now > deadline:
+            where = "; ".join(f"rank {r} at {_position(work, r)}" for r in running)
+            raise ExecutionError(
+                f"{len(running)} of {len(procs)} ranks did not finish within {timeout:g} s: "
+                f"{where}",
+                hint="a rank waits on a peer that never sends, or is far slower than "
+                "expected; raise --timeout if it is only slow",
+            )
+        time.sleep(0.02)
+
+
+def _failure(work: Path, bad: Mapping[int, int], running: list[int]) -> str:
+    """One message: the rank that failed first in cause, not in time."""
+    reports = {r: _report(work, r) for r in bad}
+    # A rank killed by a signal, or gone without a word, caused its peers' errors;
+    # else prefer a rank whose own check failed over one that lost its peer.
+    silent = [r for r in sorted(bad) if reports[r] is None]
+    if silent:
+        r = silent[0]
+        code = bad[r]
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
+        others = sorted(set(bad) - {r}) + running
+        tail = f"; ranks {others} were stopped" if others else ""
+        return f"rank {r} {how} at {_position(work, r)}{tail}"
+    own = [r for r in sorted(bad) if not _peer_loss(reports[r] or "")]
+    r = (own or sorted(bad))[0]
+    return reports[r] or f"rank {r} failed"
+
+
+def _peer_loss(message: str) -> bool:
+    text = message.lower()
+    return any(s in text for s in ("connection closed", "connection reset", "broken pipe"))
+
+
+def _report(work: Path, rank: int) -> str | None:
+    f = work / f"rank{rank}.err"
+    if not f.is_file():
+        return None
+    return str(json.loads(f.read_text())["message"])
+
+
+def _position(work: Path, rank: int) -> str:
+    f = work / f"rank{rank}.at"
+    if not f.is_file():
+        return "start-up"
+    return f.read_bytes().split(b"\0", 1)[0].decode(errors="replace") or "start-up"
+
+
+def _collect(work: Path, world: int) -> ProcessResult:
+    result = ProcessResult()
+    for rank in range(world):
+        timings = json.loads((work / f"rank{rank}.json").read_text())
+        result.compute[rank] = timings["compute"]
+        result.comm[rank] = timings["comm"]
+        outs: dict[int, dict[str, np.ndarray]] = {}
+        with np.load(work / f"out{rank}.npz") as data:
+            for key in data.files:
+                m, name = key.split("/", 1)
+                outs.setdefault(int(m[1:]), {})[name] = data[key]
+        result.outputs[rank] = outs
+    return result
+
+
+def _kill_all(procs: Mapping[int, subprocess.Popen]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+    for p in procs.values():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - the kernel owes us this
+            p.kill()

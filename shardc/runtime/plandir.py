@@ -1,0 +1,167 @@
+"""A plan folder as the runtime sees it: ranks, their files, the micro-batch order the
+schedule gives each rank, and the estimates to compare measured times with.
+
+Why separate from the runners: the in-process runner, the worker processes and a user's
+``torchrun`` script all read the same folder the same way, and only what they need (a
+worker loads its own ``device_<rank>.onnx``, never the others').
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from shardc.errors import ShardcError
+
+PLAN_FORMAT = "shardc-plan/1"
+
+
+class PlanFolderError(ShardcError):
+    """The folder is not an emitted plan shardc can run."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input of the plan's first stage: what one micro-batch looks like."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What the schedule predicts for one rank's forward passes in one step."""
+
+    compute_seconds: float
+    comm_seconds: float
+    microbatches: int
+
+
+class PlanDir:
+    """Read-only view of a folder written by ``shardc compile``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        plan_file = self.path / "plan.json"
+        if not plan_file.is_file():
+            raise PlanFolderError(
+                f"{self.path}: no plan.json", hint="pass a folder written by shardc compile"
+            )
+        try:
+            self.plan: dict[str, Any] = json.loads(plan_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise PlanFolderError(f"{plan_file}: not readable JSON ({exc})") from None
+        if self.plan.get("format") != PLAN_FORMAT:
+            raise PlanFolderError(
+                f"{plan_file}: format {self.plan.get('format')!r}, expected {PLAN_FORMAT!r}"
+            )
+        emission = self.plan.get("emission")
+        if not emission or not emission.get("ranks"):
+            raise PlanFolderError(
+                f"{plan_file}: no emission section, so no device programs to run",
+                hint="compile without --no-emit",
+            )
+        self.ranks: dict[int, dict[str, Any]] = {int(r["rank"]): r for r in emission["ranks"]}
+        if sorted(self.ranks) != list(range(len(self.ranks))):
+            raise PlanFolderError(f"{plan_file}: ranks are not 0..{len(self.ranks) - 1}")
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def dp(self) -> int:
+        return int(self.plan["partition"].get("dp", 1))
+
+    @property
+    def microbatches(self) -> int:
+        return int(self.plan["partition"].get("microbatches") or 1)
+
+    def device_model(self, rank: int) -> onnx.ModelProto:
+        """Rank ``rank``'s program, its side weight file (if any) read from the folder."""
+        if rank not in self.ranks:
+            raise PlanFolderError(f"{self.path}: no rank {rank} (ranks 0..{self.world_size - 1})")
+        f = self.path / self.ranks[rank]["file"]
+        try:
+            return onnx.load(str(f))
+        except Exception as exc:  # protobuf and file errors have no common base
+            raise PlanFolderError(f"{f}: cannot load ({str(exc).splitlines()[0]})") from None
+
+    def feeding_ranks(self) -> list[int]:
+        """Ranks that read graph inputs: every rank of the first stage of each replica."""
+        return [r for r, info in sorted(self.ranks.items()) if info.get("inputs")]
+
+    def output_ranks(self) -> list[int]:
+        return [r for r, info in sorted(self.ranks.items()) if info.get("outputs")]
+
+    @cached_property
+    def input_specs(self) -> list[InputSpec]:
+        """Shapes and dtypes of one micro-batch, read from a first-stage device model."""
+        feeding = self.feeding_ranks()
+        if not feeding:
+            return []
+        model = onnx.load(str(self.path / self.ranks[feeding[0]]["file"]), load_external_data=False)
+        weights = {t.name for t in model.graph.initializer}
+        specs = []
+        for i in model.graph.input:
+            if i.name in weights:
+                continue
+            t = i.type.tensor_type
+            dims = tuple(d.dim_value for d in t.shape.dim)
+            if any(d.dim_param or not d.HasField("dim_value") for d in t.shape.dim):
+                raise PlanFolderError(f"{self.path}: input {i.name!r} has a symbolic shape")
+            specs.append(
+                InputSpec(i.name, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
+            )
+        return specs
+
+    @cached_property
+    def schedule(self) -> dict[str, Any] | None:
+        f = self.path / "schedule.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def _events(self, rank: int) -> list[dict[str, Any]]:
+        if self.schedule is None:
+            return []
+        device = self.ranks[rank]["device"]
+        for d in self.schedule["devices"]:
+            if d["device"] == device:
+                return [e for e in d["events"] if e.get("phase") == "forward"]
+        return []
+
+    def microbatch_order(self, rank: int) -> list[int]:
+        """The micro-batches rank ``rank`` runs forward, in the schedule's order."""
+        order: list[int] = []
+        for e in self._events(rank):
+            m = int(e.get("microbatch", -1))
+            if m >= 0 and m not in order:
+                order.append(m)
+        return order or list(range(self.microbatches))
+
+    def estimate(self, rank: int) -> Estimate:
+        """Forward compute and comm seconds the schedule gives ``rank`` in one step."""
+        events = self._events(rank)
+        compute = sum(e["duration"] for e in events if e.get("type") == "compute")
+        comm = sum(e["duration"] for e in events if e.get("type") == "comm")
+        return Estimate(compute, comm, len(self.microbatch_order(rank)))
+
+    def model_path(self) -> Path | None:
+        """The original model, as recorded at compile time (None if it is not on disk)."""
+        recorded = self.plan.get("inputs", {}).get("model", {}).get("path")
+        if not recorded:
+            return None
+        for candidate in (Path(recorded), self.path.parent / recorded):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def model_sha256(self) -> str | None:
+        return self.plan.get("inputs", {}).get("model", {}).get("sha256")

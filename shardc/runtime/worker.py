@@ -1,0 +1,119 @@
+"""``python -m shardc.runtime.worker``: one rank started by :mod:`shardc.runtime.launch`.
+
+Why files, not pipes, between the launcher and its workers: a rank that dies or hangs
+must still leave behind where it was (``rank<R>.at``, a memory-mapped record of its
+current op), and a
+rank that fails cleanly what went wrong (``rank<R>.err``), for the launcher's message.
+Results (``out<R>.npz``) and timings (``rank<R>.json``) are written only on success.
+
+``SHARDC_FAULT=die@R`` or ``hang@R`` makes rank R die (SIGKILL) or hang at its first
+communication op: a test hook for the launcher's fault handling, nothing else reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _watch(parent: int) -> None:
+    """Leave if the launcher is gone, so no rank outlives it."""
+    while os.getppid() == parent:
+        time.sleep(0.1)
+    os._exit(70)
+
+
+class _Position:
+    """The rank's position in a small memory-mapped file: written at every op with no
+    system call, and still there for the launcher if the process is killed.
+    """
+
+    SIZE = 1024
+
+    def __init__(self, path: Path):
+        with path.open("wb") as f:
+            f.write(b"\0" * self.SIZE)
+        self._file = path.open("r+b")
+        self._map = mmap.mmap(self._file.fileno(), self.SIZE)
+        self("starting")
+
+    def __call__(self, text: str) -> None:
+        data = text.encode()[: self.SIZE - 1]
+        self._map[: len(data) + 1] = data + b"\0"
+
+
+def _inject(runner, rank: int) -> None:
+    fault = os.environ.get("SHARDC_FAULT", "")
+    kind, _, who = fault.partition("@")
+    if not fault or int(who or -1) != rank:
+        return
+    answer = runner.comm.answer
+
+    def faulty(request):
+        if kind == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "hang":
+            time.sleep(10**6)
+        return answer(request)
+
+    runner.comm.answer = faulty
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shardc.runtime.worker")
+    p.add_argument("plan")
+    p.add_argument("workdir")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--check-shapes", action="store_true")
+    args = p.parse_args(argv)
+    rank = int(os.environ["RANK"])
+    work = Path(args.workdir)
+    threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()
+    publish = _Position(work / f"rank{rank}.at")
+    from shardc.errors import ShardcError
+    from shardc.runtime.distributed import RankRunner
+
+    try:
+        publish("joining the process group")
+        runner = RankRunner(args.plan, timeout=args.timeout, check_shapes=args.check_shapes)
+        runner.program.publish = publish
+        _inject(runner, rank)
+        feeds_file = np.load(work / "feeds.npz")
+        prefix = f"r{runner.replica}/"
+        feeds: dict[int, dict[str, np.ndarray]] = {}
+        for key in feeds_file.files:
+            if key.startswith(prefix):
+                m, name = key[len(prefix) :].split("/", 1)
+                feeds.setdefault(int(m[1:]), {})[name] = feeds_file[key]
+        outputs = runner.run_step(feeds)
+        np.savez(
+            work / f"out{rank}.npz",
+            **{f"m{m}/{k}": v for m, outs in outputs.items() for k, v in outs.items()},
+        )
+        timings = runner.program.timings
+        (work / f"rank{rank}.json").write_text(
+            json.dumps({"compute": timings.compute, "comm": timings.comm, "order": list(outputs)})
+        )
+        runner.close()
+        return 0
+    except ShardcError as exc:
+        (work / f"rank{rank}.err").write_text(json.dumps({"message": exc.render()}))
+        return 3
+    except Exception as exc:  # reported by the launcher as an internal error of this rank
+        (work / f"rank{rank}.err").write_text(
+            json.dumps({"message": f"rank {rank}: internal error: {type(exc).__name__}: {exc}"})
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
