@@ -1,0 +1,480 @@
+"""Why a node or a value of the model ended up where it did in a plan.
+
+Read from the plan folder only — plan.json (stages, chosen strategies), the device models
+(which ranks hold the node, which ``shardc``-domain ops touch its values, how each weight
+was sliced: the ``shardc.slices`` metadata) and schedule.json (what each transfer costs
+and which links it crosses) — so a plan loaded from disk explains itself exactly as one
+compiled in this process. When the compiler's state is at hand, the node's block is
+named too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import onnx
+from onnx import helper
+
+from shardc.errors import OptionError
+
+if TYPE_CHECKING:
+    from shardc.plan import Plan
+
+DOMAIN = "shardc"
+
+STRATEGY_WHY = {
+    "column": "its weight is split along the output features (column-parallel): each TP "
+    "rank computes a slice of the output, and nothing moves until a row-parallel consumer",
+    "row": "its weight is split along the input features (row-parallel): each TP rank "
+    "holds a partial sum of the whole output, summed by an AllReduce",
+    "heads": "the attention heads are split across the TP group: each rank runs its own "
+    "heads, with no communication inside the attention core",
+    "vocab": "the vocabulary is split across the TP group: embedding rows (lookups masked "
+    "and summed by an AllReduce) or LM-head columns (logits gathered by an AllGather)",
+    "channels": "the channels are split across the TP group",
+    "experts": "the experts are split across the group (expert parallelism, AllToAll)",
+    "batch": "the batch is split across the group",
+    "seq": "the sequence is split across the group",
+}
+"""What each strategy name in plan.json's ``strategies`` means, in words."""
+
+
+@dataclass(frozen=True)
+class CommStep:
+    """A communication op that reads or writes the explained value, on some ranks."""
+
+    op: str
+    node: str
+    """The ``shardc``-domain node's name in the device models."""
+    value: str
+    where: str
+    """``before`` (it produces an input of the node) or ``after`` (it reads an output)."""
+    ranks: tuple[int, ...]
+    groups: tuple[tuple[int, ...], ...] = ()
+    """The collective's groups, one per TP group or replica that runs it."""
+    peers: tuple[int, ...] = ()
+    bytes: float = 0.0
+    seconds: float = 0.0
+    algorithm: str = ""
+    links: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line: ``AllReduce of 'add_1' on ranks [0, 1] (8.00 KiB, 22 µs, direct)``."""
+        from shardc.report.summary import human
+
+        if self.groups:
+            who = "group" + ("s " if len(self.groups) > 1 else " ")
+            who += ", ".join(str(list(g)) for g in self.groups)
+        else:
+            who = f"peers {sorted(set(self.peers))}"
+        cost = f"{human(self.bytes, 'B')}, {self.seconds * 1e6:.3g} µs"
+        if self.algorithm:
+            cost += f", {self.algorithm}"
+        return f"{self.op} of {self.value!r} on {who} ({cost})"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Where ``name`` went: ranks, stage, sharding, communication, and the reasons."""
+
+    name: str
+    what: str
+    """``node``, ``value`` (an activation) or ``weight``."""
+    op: str | None
+    ranks: tuple[int, ...]
+    devices: tuple[str, ...]
+    stages: tuple[int, ...]
+    strategy: str | None
+    """The chosen strategy (``column``, ``row``, ``heads``...), ``replicated`` when the
+    stage is tensor-parallel but this node is not split, None for tp=1 or a value."""
+    shards: tuple[str, ...] = ()
+    """For a weight: the slice each rank holds."""
+    comms: tuple[CommStep, ...] = ()
+    reasons: tuple[str, ...] = field(default=())
+
+    def __str__(self) -> str:
+        head = f"{self.what} {self.name!r}" + (f" ({self.op})" if self.op else "")
+        lines = [
+            head,
+            f"  stage {', '.join(map(str, self.stages))}; ranks {list(self.ranks)} "
+            f"on {', '.join(self.devices)}",
+        ]
+        if self.strategy:
+            lines.append(f"  sharding: {self.strategy}")
+        lines += [f"  slice: {s}" for s in self.shards]
+        lines += [f"  {c.where}: {c.describe()}" for c in self.comms]
+        lines += [f"  why: {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+    def __rich__(self) -> str:
+        from rich.markup import escape
+
+        return escape(str(self))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (``shardc explain --json``)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "comms"}
+        out["comms"] = [c.__dict__ for c in self.comms]
+        return out
+
+
+@dataclass(frozen=True)
+class _Rank:
+    rank: int
+    device: str
+    stage: int
+    tp: int
+    nodes: dict[str, onnx.NodeProto]
+    producers: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]]
+    weights: frozenset[str]
+    inputs: frozenset[str]
+    slices: dict[str, dict[str, Any]]
+
+
+def _index(plan: Plan) -> dict[int, _Rank]:
+    """Every rank's model, indexed by node and value name (cached per plan)."""
+    cached = getattr(plan, "_explain_index", None)
+    if cached is not None:
+        return cached
+    out: dict[int, _Rank] = {}
+    for r in plan.data.get("emission", {}).get("ranks", []):
+        model = onnx.load_from_string(plan._read(r["file"]))
+        meta = {p.key: p.value for p in model.metadata_props}
+        producers, consumers = {}, defaultdict(list)
+        for n in model.graph.node:
+            for o in n.output:
+                producers[o] = n
+            for i in n.input:
+                consumers[i].append(n)
+        out[r["rank"]] = _Rank(
+            rank=r["rank"],
+            device=r["device"],
+            stage=r["stage"],
+            tp=r["tp"],
+            nodes={n.name: n for n in model.graph.node},
+            producers=producers,
+            consumers=dict(consumers),
+            weights=frozenset(t.name for t in model.graph.initializer),
+            inputs=frozenset(i.name for i in model.graph.input),
+            slices=json.loads(meta.get("shardc.slices", "{}")),
+        )
+    plan._explain_index = out  # type: ignore[attr-defined]
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            v = helper.get_attribute_value(a)
+            return v.decode() if isinstance(v, bytes) else v
+    return default
+
+
+def _events(plan: Plan) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """(rank, op, value) -> the first forward comm event of micro-batch 0."""
+    out: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for d in (plan.schedule or {}).get("devices", []):
+        for e in d["events"]:
+            if e["type"] == "comm" and e["phase"] == "forward" and e["microbatch"] == 0:
+                out.setdefault((d["rank"], e["op"], e["value"]), e)
+    return out
+
+
+def _comms(plan: Plan, index: dict[int, _Rank], ranks: list[int], node_of: Any) -> list[CommStep]:
+    """Comm ops next to the explained node/value on ``ranks``, one entry per comm node."""
+    events = _events(plan)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in ranks:
+        st = index[r]
+        for where, comm in node_of(st):
+            value = comm.output[0] if comm.op_type == "Recv" else comm.input[0]
+            entry = found.setdefault(
+                (comm.name, where),
+                {
+                    "op": comm.op_type,
+                    "value": value,
+                    "ranks": [],
+                    "peers": [],
+                    "groups": [],
+                    "event": None,
+                },
+            )
+            entry["ranks"].append(r)
+            peer = _attr(comm, "peer")
+            if peer is not None:
+                entry["peers"].append(int(peer))
+            group = tuple(int(g) for g in _attr(comm, "group", []))
+            if group and group not in entry["groups"]:
+                entry["groups"].append(group)
+            entry["event"] = entry["event"] or events.get((r, comm.op_type, value))
+    out = []
+    for (node, where), e in sorted(found.items(), key=lambda kv: (kv[0][1] != "before", kv[0])):
+        ev = e["event"] or {}
+        out.append(
+            CommStep(
+                op=e["op"],
+                node=node,
+                value=e["value"],
+                where=where,
+                ranks=tuple(e["ranks"]),
+                groups=tuple(e["groups"]),
+                peers=tuple(e["peers"]),
+                bytes=float(ev.get("bytes", 0.0)),
+                seconds=float(ev.get("duration", 0.0)),
+                algorithm=str(ev.get("algorithm", "")),
+                links=tuple(ev.get("links", ())),
+            )
+        )
+    return out
+
+
+def _follow(st: _Rank, values: list[str], hops: int = 6) -> list[tuple[str, onnx.NodeProto]]:
+    """Comm nodes downstream of ``values`` on this rank: those nearest (within ``hops``
+    standard nodes: a row-split product's partial sum passes a reshape and a bias add
+    before its AllReduce), and the comms those feed in turn.
+    """
+    out: list[tuple[str, onnx.NodeProto]] = []
+    frontier, seen, depth = list(values), set(), 0
+    while frontier and depth <= hops:
+        nxt = []
+        for v in frontier:
+            for c in st.consumers.get(v, []):
+                if c.name in seen:
+                    continue
+                seen.add(c.name)
+                if c.domain == DOMAIN:
+                    out.append(("after", c))
+                else:
+                    nxt += [o for o in c.output if o]
+        if out:
+            break
+        frontier, depth = nxt, depth + 1
+    chained = [o for _, c in out for o in c.output if o]
+    while chained:
+        v = chained.pop(0)
+        for c in st.consumers.get(v, []):
+            if c.domain == DOMAIN and c.name not in seen:
+                seen.add(c.name)
+                out.append(("after", c))
+                chained += [o for o in c.output if o]
+    return out
+
+
+def _upstream(st: _Rank, values: list[str], hops: int = 3) -> list[tuple[str, onnx.NodeProto]]:
+    """Comm nodes that produce ``values``, through at most ``hops`` renames (Identity,
+    Cast, Reshape) on the way: an output gathered by an AllGather, a boundary Recv.
+    """
+    out: list[tuple[str, onnx.NodeProto]] = []
+    for v in values:
+        node, depth = st.producers.get(v), 0
+        while node is not None and node.domain != DOMAIN and depth < hops:
+            if node.op_type not in ("Identity", "Cast", "Reshape"):
+                node = None
+                break
+            node, depth = st.producers.get(node.input[0]), depth + 1
+        if node is not None and node.domain == DOMAIN:
+            out.append(("before", node))
+    return out
+
+
+def _stage_reasons(plan: Plan, stages: list[int], node: str | None) -> list[str]:
+    out = []
+    state = plan.state
+    for j in stages:
+        st = plan.stages[j]
+        first, last = st.blocks
+        held = f"block {first}" if first == last else f"blocks {first}–{last}"
+        where = f"stage {j} holds repeated {held}"
+        if j == 0:
+            where += " and the model's start"
+        if j == plan.pp - 1:
+            where += " and its end"
+        if node and state is not None and state.blocks is not None:
+            try:
+                block = state.blocks.blocks[state.blocks.block_of(node)]
+            except KeyError:
+                block = None
+            if block is not None and block.role == "repeated":
+                k = state.blocks.repeated.index(block.index)
+                where = f"the node is in repeated block {k}; " + where
+            elif block is not None:
+                where = f"the node is in the model's {block.role}; " + where
+        out.append(
+            f"{where}: the partitioner's split, {st.seconds * 1e3:.3g} ms per micro-batch on "
+            f"{st.kind} with tp={st.tp}"
+        )
+    if plan.dp > 1:
+        out.append(
+            f"dp={plan.dp}: every replica holds the same copy and runs its own micro-batches; "
+            "gradients are summed once per step"
+            if plan.estimate.mode == "training"
+            else f"dp={plan.dp}: every replica holds the same copy and serves its own requests"
+        )
+    return out
+
+
+def explain(plan: Plan, name: str) -> Explanation:
+    """Explain node or value ``name`` of ``plan`` (see :meth:`shardc.plan.Plan.explain`)."""
+    index = _index(plan)
+    if not index:
+        raise OptionError(
+            "explain needs the device files, and this plan has none",
+            hint="compile a model whose weights are readable",
+        )
+    holding = sorted(r for r, st in index.items() if name in st.nodes)
+    if holding:
+        return _explain_node(plan, index, name, holding)
+    slices = {
+        r: {k: v for k, v in st.slices.items() if v.get("source") == name}
+        for r, st in index.items()
+    }
+    weight_ranks = sorted(r for r, s in slices.items() if s or name in index[r].weights)
+    if weight_ranks:
+        return _explain_weight(plan, index, name, weight_ranks, slices)
+    made = sorted(r for r, st in index.items() if name in st.producers or name in st.inputs)
+    if made:
+        return _explain_value(plan, index, name, made)
+    from shardc.topology.diagnostics import did_you_mean
+
+    names = {n for st in index.values() for n in (*st.nodes, *st.producers)}
+    raise OptionError(
+        f"no node or value named {name!r} in the plan", hint=did_you_mean(name, names)
+    )
+
+
+def _placement(index: dict[int, _Rank], ranks: list[int]) -> tuple[tuple[str, ...], list[int]]:
+    devices = tuple(index[r].device for r in ranks)
+    stages = sorted({index[r].stage for r in ranks})
+    return devices, stages
+
+
+def _explain_node(plan: Plan, index: dict[int, _Rank], name: str, ranks: list[int]) -> Explanation:
+    node = index[ranks[0]].nodes[name]
+    devices, stages = _placement(index, ranks)
+    tp = max(index[r].tp for r in ranks)
+    chosen = plan.data["partition"].get("strategies", {}).get(name)
+    reasons = _stage_reasons(plan, stages, name)
+    if tp == 1:
+        strategy = None
+        reasons.append("its stage has tp=1: the node runs whole on one device per replica")
+    elif chosen:
+        strategy = chosen
+        base = chosen.split("+")[-1]
+        reasons.append(STRATEGY_WHY.get(base, f"strategy {chosen}"))
+    else:
+        strategy = "replicated"
+        reasons.append(
+            f"its stage has tp={tp}, but the node is not split: it is cheap or follows its "
+            "inputs' layout, so every TP rank runs it whole (Megatron's pairing splits the "
+            "weight products, the attention core, the embedding and the LM head)"
+        )
+
+    def near(st: _Rank) -> list[tuple[str, onnx.NodeProto]]:
+        n = st.nodes[name]
+        return _upstream(st, [i for i in n.input if i], hops=0) + _follow(
+            st, [o for o in n.output if o]
+        )
+
+    return Explanation(
+        name=name,
+        what="node",
+        op=node.op_type if not node.domain else f"{node.domain}::{node.op_type}",
+        ranks=tuple(ranks),
+        devices=devices,
+        stages=tuple(stages),
+        strategy=strategy,
+        comms=tuple(_comms(plan, index, ranks, near)),
+        reasons=tuple(reasons),
+    )
+
+
+def _explain_weight(
+    plan: Plan,
+    index: dict[int, _Rank],
+    name: str,
+    ranks: list[int],
+    slices: dict[int, dict[str, dict[str, Any]]],
+) -> Explanation:
+    devices, stages = _placement(index, ranks)
+    pieces: dict[str, list[int]] = {}
+    split = False
+    for r in ranks:
+        for local, s in sorted(slices[r].items()):
+            if s["dim"] < 0:
+                text = f"whole, as {local!r}"
+            else:
+                split = True
+                parts = f" (in each of {s['pieces']} parts)" if s["pieces"] > 1 else ""
+                text = (
+                    f"[{s['start']}:{s['stop']}] of dim {s['dim']} (length {s['size']}){parts}, "
+                    f"as {local!r}"
+                )
+            pieces.setdefault(text, []).append(r)
+        if not slices[r]:
+            pieces.setdefault("whole", []).append(r)
+    shards = [f"ranks {rs}: {text}" for text, rs in pieces.items()]
+    reasons = _stage_reasons(plan, stages, None)
+    users = sorted(
+        {
+            c.name
+            for r in ranks
+            for local in (name, *slices[r])
+            for c in index[r].consumers.get(local, [])
+        }
+    )
+    strategies = plan.data["partition"].get("strategies", {})
+    for u in users:
+        if u in strategies:
+            reasons.append(f"read by {u!r}, which is {strategies[u]}-split: so is this weight")
+    if not split:
+        reasons.append("no rank holds a slice: every rank that reads it holds it whole")
+    return Explanation(
+        name=name,
+        what="weight",
+        op=None,
+        ranks=tuple(ranks),
+        devices=devices,
+        stages=tuple(stages),
+        strategy="split" if split else "whole",
+        shards=tuple(shards),
+        comms=(),
+        reasons=tuple(reasons),
+    )
+
+
+def _explain_value(plan: Plan, index: dict[int, _Rank], name: str, ranks: list[int]) -> Explanation:
+    devices, stages = _placement(index, ranks)
+    reasons = _stage_reasons(plan, stages, None)
+    producer = index[ranks[0]].producers.get(name)
+    if producer is not None and producer.domain != DOMAIN:
+        reasons.append(f"made by node {producer.name!r} ({producer.op_type})")
+    elif producer is not None:
+        reasons.append(f"made by the {producer.op_type} {producer.name!r}")
+    else:
+        reasons.append("a graph input of these ranks")
+
+    def near(st: _Rank) -> list[tuple[str, onnx.NodeProto]]:
+        return _upstream(st, [name]) + _follow(st, [name], hops=0)
+
+    comms = _comms(plan, index, ranks, near)
+    if any(c.op == "AllReduce" for c in comms):
+        reasons.append("it leaves its node as partial sums on each TP rank, so it is summed")
+    if any(c.op == "AllGather" for c in comms):
+        reasons.append("it leaves its node split across the TP group, so it is gathered")
+    if any(c.op in ("Send", "Recv") for c in comms):
+        reasons.append("it crosses a pipeline stage boundary")
+    return Explanation(
+        name=name,
+        what="value",
+        op=None,
+        ranks=tuple(ranks),
+        devices=devices,
+        stages=tuple(stages),
+        strategy=None,
+        comms=tuple(comms),
+        reasons=tuple(reasons),
+    )

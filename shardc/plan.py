@@ -1,0 +1,461 @@
+"""A compiled plan as a Python object: what :func:`shardc.compile` returns.
+
+Why a wrapper over the plan folder and not over the compiler's state: a plan made in this
+process and one loaded from disk must answer the same questions the same way, so every
+property reads the folder's files (plan.json, schedule.json, the device models), and
+:meth:`Plan.save` writes exactly those bytes — the folder ``shardc compile`` writes for
+the same inputs. The compiler's state rides along when there is one (``plan.state``),
+for those who want the IR; nothing here depends on it.
+
+>>> import shardc
+>>> plan = shardc.compile("examples/models/tiny_gpt2.onnx", "topologies/localhost.topo",
+...                       devices=2, pins="tp=2")
+>>> plan.world_size, plan.dp, plan.pp, [s.tp for s in plan.stages]
+(2, 1, 1, [2])
+>>> plan.devices[1].device, plan.devices[1].tp_rank
+('cpu1', 1)
+>>> sorted(plan.estimate.breakdown)[:2]
+['compute', 'dp sync + optimizer']
+>>> plan.device_model(0).graph.input[0].name
+'input_ids'
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from shardc.errors import OptionError, ShardcError
+
+if TYPE_CHECKING:
+    from shardc.build import Built
+    from shardc.explain import Explanation
+    from shardc.pipeline import CompileState
+
+_FIXED = ("plan.json", "analysis.json", "schedule.json", "trace.json")
+
+
+class PlanError(ShardcError):
+    """A plan folder is missing, unreadable, or lacks what was asked of it."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage, as plan.json's ``partition.stages`` describes it."""
+
+    index: int
+    kind: str
+    """Device kind every rank of the stage is (from the topology)."""
+    tp: int
+    """Tensor-parallel degree: devices that share each replica's copy of the stage."""
+    blocks: tuple[int, int]
+    """First and last repeated block held (0-based, inclusive); the model's ends ride on
+    the first and last stage."""
+    recompute: str
+    seconds: float
+    """One micro-batch through the stage: compute, TP traffic and boundary transfers."""
+    memory_bytes: float
+    capacity_bytes: float
+    groups: tuple[tuple[str, ...], ...]
+    """Per replica, the devices of the stage's TP group in tp-rank order."""
+    ranks: tuple[int, ...]
+    """Global ranks of the stage, replica by replica."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """What one rank is: where it runs and which part of the plan it holds."""
+
+    rank: int
+    device: str
+    """Physical device name from the topology (``node3.gpu5``)."""
+    kind: str
+    stage: int
+    replica: int
+    """Data-parallel replica (0 .. dp-1)."""
+    tp_rank: int
+    tp: int
+    memory_bytes: float
+    """Estimated peak memory of the rank (weights, gradients, optimizer, activations)."""
+    capacity_bytes: float
+    weight_bytes: int | None
+    """Bytes of weight shards in ``device_<rank>.onnx`` (None when not emitted)."""
+
+    @property
+    def memory_fraction(self) -> float:
+        """Peak memory over capacity (0 when the kind declares no capacity)."""
+        return self.memory_bytes / self.capacity_bytes if self.capacity_bytes else 0.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The step estimate and where its time goes."""
+
+    mode: str
+    objective: str
+    step_seconds: float
+    """A training/throughput step, or (latency) one request through the pipeline."""
+    breakdown: Mapping[str, float]
+    """The step split into compute, exposed TP traffic, pipeline transfers, bubble and
+    gradient sync (latency: compute, TP traffic and transfers), read off the slowest stage."""
+    samples_per_step: int
+    microbatches: int
+    status: str
+    """Solver status: ``OPTIMAL`` (proven) or ``FEASIBLE`` (stopped at its limit)."""
+    bound_seconds: float | None
+    gap: float | None
+    simulated_step_seconds: float | None
+    """The step as schedule.json's timeline simulates it (None when not emitted)."""
+
+    @property
+    def samples_per_second(self) -> float:
+        """Throughput (latency objective: 1 / latency)."""
+        return self.samples_per_step / self.step_seconds if self.step_seconds else 0.0
+
+
+class Summary:
+    """The plan's tables: rich-renderable (``rich.print(s)``) and plain text (``str(s)``)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+
+        from shardc.report.plan import render_links, render_plan
+
+        p = self._plan
+        model = p.inputs["model"]["path"]
+        topology = p.inputs["topology"]["path"]
+        parts: list[Any] = [
+            f"[bold]{model}[/] on {topology} ({p.world_size} ranks)",
+            render_plan(p.data["partition"]),
+        ]
+        if p.schedule is not None:
+            parts.append(render_links(p.schedule, top=5))
+        return Group(*parts)
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        out = io.StringIO()
+        Console(file=out, width=100, color_system=None).print(self)
+        return out.getvalue()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class Plan:
+    """A compiled sharding plan: stages, devices, estimates, device programs.
+
+    Get one from :func:`shardc.compile` or :meth:`Plan.load`. Every property is read from
+    the plan folder's contents (in memory, or on disk for a loaded plan), so both kinds
+    answer alike; ``state`` (the compiler's :class:`~shardc.pipeline.CompileState`),
+    ``warnings``, ``timings`` and ``compile_seconds`` are filled only for a plan compiled
+    in this process.
+    """
+
+    def __init__(
+        self,
+        files: Mapping[str, bytes] | None = None,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        state: CompileState | None = None,
+        topology: Any = None,
+        warnings: tuple[str, ...] = (),
+        timings: Mapping[str, float] | None = None,
+        compile_seconds: float | None = None,
+    ) -> None:
+        if files is None and root is None:
+            raise PlanError("a Plan needs its files or a folder", hint="use shardc.compile")
+        self._files = dict(files) if files is not None else None
+        self.path: Path | None = Path(root) if root is not None else None
+        """The folder the plan was loaded from or last saved to (None if never on disk)."""
+        self.state = state
+        self.topology = topology
+        self.warnings = tuple(warnings)
+        self.timings = dict(timings or {})
+        self.compile_seconds = compile_seconds
+        self.data: dict[str, Any] = json.loads(self._read("plan.json"))
+        """plan.json as data (``to_json()`` gives a copy)."""
+
+    # ------------------------------------------------------------------ making and saving
+    @classmethod
+    def _from_built(cls, built: Built, topology: Any) -> Plan:
+        return cls(
+            built.files,
+            state=built.result.state,
+            topology=topology,
+            warnings=built.warnings,
+            timings=built.timings,
+            compile_seconds=built.seconds,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        """The plan in folder ``path`` (written by :meth:`save` or ``shardc compile``).
+
+        Files are read when first needed, so loading a large plan is cheap.
+        """
+        root = Path(path)
+        if not (root / "plan.json").is_file():
+            raise PlanError(
+                f"{root}: no plan.json", hint="pass a folder written by shardc compile or save"
+            )
+        try:
+            return cls(root=root)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{root / 'plan.json'}: not JSON ({exc})") from None
+
+    def save(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write the plan folder to ``path`` atomically (all files or none).
+
+        The bytes are those ``shardc compile`` writes for the same inputs and options, so
+        ``shardc check-plan``, ``shardc verify`` and :meth:`Plan.load` read it. An existing
+        folder is replaced only with ``force=True``.
+        """
+        from shardc.emit.outdir import write_outdir
+
+        files = {name: self._read(name) for name in self.file_names}
+        dest = write_outdir(path, files, force=force)
+        self.path = dest
+        return dest
+
+    @property
+    def file_names(self) -> list[str]:
+        """The plan folder's files, sorted."""
+        if self._files is not None:
+            return sorted(self._files)
+        assert self.path is not None
+        names = [n for n in _FIXED if (self.path / n).is_file()]
+        for r in self.data.get("emission", {}).get("ranks", []):
+            names.append(r["file"])
+            side = Path(r["file"]).with_suffix(".weights").name
+            if (self.path / side).is_file():
+                names.append(side)
+        return sorted(names)
+
+    def _read(self, name: str) -> bytes:
+        if self._files is not None:
+            if name not in self._files:
+                raise PlanError(f"the plan has no {name}")
+            return self._files[name]
+        assert self.path is not None
+        try:
+            return (self.path / name).read_bytes()
+        except OSError as exc:
+            raise PlanError(f"{self.path / name}: {exc.strerror}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        """plan.json as plain data (a copy; see docs/plan-format.md for every field)."""
+        return copy.deepcopy(self.data)
+
+    # ------------------------------------------------------------------ what the plan says
+    @property
+    def inputs(self) -> Mapping[str, Any]:
+        """What was compiled: model and topology (path as given, SHA-256), ``set``, dims."""
+        return self.data["inputs"]
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The options the plan was compiled with (plan.json ``options``)."""
+        return self.data["options"]
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel replicas."""
+        return int(self.data["partition"]["dp"])
+
+    @property
+    def pp(self) -> int:
+        """Pipeline stages."""
+        return int(self.data["partition"]["pp"])
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the plan runs on (one per device used)."""
+        return int(self.data["partition"]["devices_used"])
+
+    @cached_property
+    def stages(self) -> tuple[Stage, ...]:
+        """The pipeline stages in order."""
+        out, offset = [], 0
+        for st in self.data["partition"]["stages"]:
+            n = self.dp * st["tp"]
+            out.append(
+                Stage(
+                    index=st["index"],
+                    kind=st["kind"],
+                    tp=st["tp"],
+                    blocks=(st["blocks"][0], st["blocks"][1]),
+                    recompute=st["recompute"],
+                    seconds=st["seconds"],
+                    memory_bytes=st["memory_bytes"],
+                    capacity_bytes=st["capacity_bytes"],
+                    groups=tuple(tuple(g) for g in st["groups"]),
+                    ranks=tuple(range(offset, offset + n)),
+                )
+            )
+            offset += n
+        return tuple(out)
+
+    @cached_property
+    def devices(self) -> tuple[Device, ...]:
+        """Every rank, by rank: device, stage, replica, TP rank, memory.
+
+        Ranks are numbered stage outermost, then replica, then TP rank (Megatron's order,
+        and the order of ``device_<rank>.onnx``), whether or not device files were emitted.
+        """
+        emitted = {r["rank"]: r for r in self.data.get("emission", {}).get("ranks", [])}
+        out = []
+        for st in self.stages:
+            for replica, group in enumerate(st.groups):
+                for t, name in enumerate(group):
+                    rank = st.ranks[replica * st.tp + t]
+                    out.append(
+                        Device(
+                            rank=rank,
+                            device=name,
+                            kind=st.kind,
+                            stage=st.index,
+                            replica=replica,
+                            tp_rank=t,
+                            tp=st.tp,
+                            memory_bytes=st.memory_bytes,
+                            capacity_bytes=st.capacity_bytes,
+                            weight_bytes=emitted[rank]["weight_bytes"] if rank in emitted else None,
+                        )
+                    )
+        return tuple(sorted(out, key=lambda d: d.rank))
+
+    @property
+    def memory(self) -> dict[str, Device]:
+        """Peak memory by device name: ``plan.memory["cpu0"].memory_fraction``."""
+        return {d.device: d for d in self.devices}
+
+    @cached_property
+    def estimate(self) -> Estimate:
+        """Step time, its breakdown, throughput and how sure the solver is."""
+        part = self.data["partition"]
+        solver = part["solver"]
+        sched = self.schedule
+        return Estimate(
+            mode=part["mode"],
+            objective=part["objective"],
+            step_seconds=part["step_seconds"],
+            breakdown=dict(part["breakdown"]),
+            samples_per_step=part["samples_per_step"],
+            microbatches=part["microbatches"],
+            status=solver["status"],
+            bound_seconds=solver["bound_seconds"],
+            gap=solver["gap"],
+            simulated_step_seconds=sched["step_seconds"] if sched else None,
+        )
+
+    @cached_property
+    def schedule(self) -> dict[str, Any] | None:
+        """schedule.json as data: every rank's events in time (None when not emitted)."""
+        if "schedule.json" not in self.file_names:
+            return None
+        return json.loads(self._read("schedule.json"))
+
+    @cached_property
+    def analysis(self) -> dict[str, Any]:
+        """analysis.json: what ``shardc inspect`` reports about the model."""
+        return json.loads(self._read("analysis.json"))
+
+    def summary(self) -> Summary:
+        """The plan's tables; ``print(plan.summary())`` or ``rich.print(plan.summary())``."""
+        return Summary(self)
+
+    def __rich__(self) -> Any:
+        return self.summary().__rich__()
+
+    def __repr__(self) -> str:
+        tps = [s.tp for s in self.stages]
+        return (
+            f"<Plan dp={self.dp} pp={self.pp} tp={tps} ranks={self.world_size} "
+            f"step={self.estimate.step_seconds:.4g}s {self.estimate.status}>"
+        )
+
+    def explain(self, name: str) -> Explanation:
+        """Where node or value ``name`` went and why: stage, ranks, sharding, communication.
+
+        Raises :class:`OptionError` (with close matches) when no rank has ``name``.
+        """
+        from shardc.explain import explain
+
+        return explain(self, name)
+
+    # ------------------------------------------------------------------ device programs
+    def device_model(self, rank: int) -> onnx.ModelProto:
+        """Rank ``rank``'s program (``device_<rank>.onnx``), its weights loaded."""
+        ranks = {r["rank"]: r for r in self.data.get("emission", {}).get("ranks", [])}
+        if not ranks:
+            raise PlanError(
+                "the plan has no device files (the model's weights were not readable)",
+                hint="compile a model with its weights, or pass emit=True",
+            )
+        if rank not in ranks:
+            raise OptionError(f"no rank {rank}: the plan has ranks 0..{len(ranks) - 1}")
+        name = ranks[rank]["file"]
+        model = onnx.load_from_string(self._read(name))
+        side = Path(name).with_suffix(".weights").name
+        if side in self.file_names:
+            _inline_external(model, self._read(side))
+        return model
+
+    def verify(self, inputs: Any = None, *, procs: bool = False, **options: Any) -> Any:
+        """Run the plan and the original model on ``inputs`` and compare every output.
+
+        ``inputs`` maps graph input names to arrays (random ones of the right shape when
+        None); ``procs=True`` runs one process per rank over torch.distributed (gloo),
+        otherwise all ranks run in this process. Returns the runtime's report (per-output
+        errors, ``.ok``); see :func:`shardc.runtime.verify.verify` for ``options``.
+        """
+        from shardc.runtime.verify import verify
+
+        return verify(self, inputs, procs=procs, **options)
+
+    def runner(self) -> Any:
+        """The rank of the plan this process runs, in a script launched by ``torchrun``.
+
+        Reads ``RANK`` and ``WORLD_SIZE`` from the environment and joins the process
+        group; ``runner.run(feeds)`` runs the rank's device program and returns the
+        graph outputs it produces. Every rank of the job calls this with the same plan.
+        """
+        from shardc.runtime.distributed import runner_from_env
+
+        return runner_from_env(self.folder())
+
+    def folder(self) -> Path:
+        """A folder holding this plan: where it was loaded or saved, else a fresh temporary
+        copy (same bytes on every process, so each rank of a job may make its own).
+        """
+        if self.path is None:
+            self.save(Path(tempfile.mkdtemp(prefix="shardc-plan-")) / "plan", force=True)
+        assert self.path is not None
+        return self.path
+
+
+def _inline_external(model: onnx.ModelProto, blob: bytes) -> None:
+    """Fill tensors stored in the side weight file with their bytes from ``blob``."""
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        offset, length = int(info.get("offset", 0)), int(info["length"])
+        t.raw_data = blob[offset : offset + length]
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
