@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardc import __version__, jsonutil
+from shardc import jsonutil
 from shardc.errors import OptionError
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.progress import Progress
@@ -227,6 +227,7 @@ def build(
     e.g. ``--plan old/plan.json``). ``emit`` writes the device
     files, schedule.json and trace.json (None: when the model's weights are readable).
     """
+    from shardc import __version__
     from shardc.compiler import analyse, default_passes
     from shardc.emit.outputs import plan_files, weights_available
     from shardc.report.summary import graph_summary
