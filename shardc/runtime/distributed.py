@@ -265,6 +265,7 @@ class RankRunner:
         self.program = RankProgram(
             self.plan.device_model(self.rank), self.rank, providers=_providers(self.backend)
         )
+        self.plan.check_order(self.rank, self.program.comm_nodes)
         self.comm = TorchComm(_device_for(self.backend, local), check_shapes=check_shapes)
         self.comm.make_groups(_groups_of(self.program))
         info = self.plan.ranks[self.rank]

@@ -146,6 +146,36 @@ class PlanDir:
                 order.append(m)
         return order or list(range(self.microbatches))
 
+    def check_order(self, rank: int, comm_nodes: list[onnx.NodeProto]) -> None:
+        """The device program issues its comm ops in the order the schedule lists them,
+        for every micro-batch; a runner that followed one while the other was edited
+        would pair the wrong messages, so a disagreement stops the run first.
+        """
+        events = self._events(rank)
+        if not events:
+            return
+        program = [
+            (n.op_type, n.output[0] if n.op_type == "Recv" else n.input[0]) for n in comm_nodes
+        ]
+        for m in self.microbatch_order(rank):
+            listed = [
+                (e["op"], e.get("value"))
+                for e in events
+                if e.get("type") == "comm" and e.get("microbatch") == m
+            ]
+            if listed != program:
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(listed, program, strict=False)) if a != b),
+                    min(len(listed), len(program)),
+                )
+                raise PlanFolderError(
+                    f"rank {rank}: schedule.json lists {len(listed)} comm ops for micro-batch "
+                    f"{m}, device_{rank}.onnx has {len(program)}; they part at op {at} "
+                    f"({listed[at] if at < len(listed) else None} vs "
+                    f"{program[at] if at < len(program) else None})",
+                    hint="the folder was edited after compile; recompile or re-emit with --plan",
+                )
+
     def estimate(self, rank: int) -> Estimate:
         """Forward compute and comm seconds the schedule gives ``rank`` in one step."""
         events = self._events(rank)

@@ -159,6 +159,11 @@ class RankProgram:
                 later |= {i for i in item.input if i}
         return items
 
+    @property
+    def comm_nodes(self) -> list[onnx.NodeProto]:
+        """The comm nodes in the order the program issues them."""
+        return [item for item in self.items if isinstance(item, onnx.NodeProto)]
+
     def _where(self, node: onnx.NodeProto) -> str:
         return f"rank {self.rank}: {node.op_type} {node.name!r}"
 

@@ -353,6 +353,8 @@ def _inprocess(
     folder: PlanDir, feeds: Mapping[tuple[int, int], Mapping[str, np.ndarray]]
 ) -> tuple[dict[int, dict[int, dict[str, np.ndarray]]], dict[int, list[float]]]:
     programs = {r: RankProgram(folder.device_model(r), r) for r in range(folder.world_size)}
+    for r, program in programs.items():
+        folder.check_order(r, program.comm_nodes)
     replica = {r: int(info["replica"]) for r, info in folder.ranks.items()}
     outputs: dict[int, dict[int, dict[str, np.ndarray]]] = {r: {} for r in programs}
     for m in folder.microbatch_order(0):

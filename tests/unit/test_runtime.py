@@ -259,3 +259,25 @@ def test_torch_collectives_agree_with_the_array_semantics(tmp_path: Path, group)
         want = combine(op, parts, axis=1, concat_axis=0)
         for position, member in enumerate(group):
             np.testing.assert_allclose(np.array(got[member][op]), want[position], err_msg=op)
+
+
+def test_a_program_that_parts_from_the_schedule_is_refused(tp2_plan: Path, tmp_path: Path):
+    import shutil
+
+    from shardc.runtime.plandir import PlanFolderError
+
+    plan = Path(shutil.copytree(tp2_plan, tmp_path / "plan"))
+    f = plan / "device_1.onnx"
+    model = onnx.load(str(f))
+    comm = [n for n in model.graph.node if n.domain == "shardc"]
+    model.graph.node.remove(comm[-1])
+    for n in model.graph.node:  # keep the graph connected: read the comm's input instead
+        for k, name in enumerate(n.input):
+            if name == comm[-1].output[0]:
+                n.input[k] = comm[-1].input[0]
+    for o in model.graph.output:
+        if o.name == comm[-1].output[0]:
+            o.name = comm[-1].input[0]
+    onnx.save(model, str(f))
+    with pytest.raises(PlanFolderError, match=r"rank 1: schedule.json lists \d+ comm ops"):
+        verify(plan)
