@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/shardc compile examples/models/tiny_gpt2.onnx --topology topologies/localhost.topo --set devices=4 -o out/demo --force --report out/demo.html
 	$(BIN)/shardc check-plan out/demo
+	$(BIN)/shardc verify out/demo --procs
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -51,17 +51,20 @@ def _workers() -> list[str]:
     return found
 
 
+def _case(fixture: str, devices: int, pins: str, mode: str, *marks):
+    return pytest.param(fixture, devices, pins, mode, marks=marks, id=f"{fixture[:-5]}-{pins}")
+
+
 PROCS = [
-    ("gpt2_path", 2, "tp=1,pp=2,dp=1", "inference"),
-    ("llama_path", 2, "tp=2,pp=1,dp=1", "inference"),
-    ("gpt2_path", 4, "tp=2,pp=2,dp=1", "training"),
-    ("llama_path", 4, "tp=1,pp=2,dp=2", "training"),
+    _case("gpt2_path", 2, "tp=1,pp=2,dp=1", "inference"),
+    _case("llama_path", 2, "tp=2,pp=1,dp=1", "inference"),
+    _case("gpt2_path", 4, "tp=2,pp=2,dp=1", "training"),
+    _case("llama_path", 4, "tp=1,pp=2,dp=2", "training"),
+    _case("llama_path", 8, "tp=2,pp=2,dp=2", "training", pytest.mark.slow),  # 8 processes
 ]
 
 
-@pytest.mark.parametrize(
-    "fixture, devices, pins, mode", PROCS, ids=[f"{f[:-5]}-{p}" for f, _, p, _ in PROCS]
-)
+@pytest.mark.parametrize("fixture, devices, pins, mode", PROCS)
 def test_processes_over_gloo_match_the_model(
     request, tmp_path: Path, fixture: str, devices: int, pins: str, mode: str
 ) -> None:
