@@ -178,7 +178,7 @@ def compile(
     if not quiet:
         for w in built.warnings:
             warnings.warn(w, ShardcWarning, stacklevel=2)
-    return Plan._from_built(built, topo)
+    return Plan._from_built(built, topo, source=proto)
 
 
 def _model(model: Any, example_inputs: Any) -> tuple[Any, dict[str, Any]]:

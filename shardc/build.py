@@ -254,7 +254,8 @@ def build(
     warnings = list(state.warnings)
     part = state.partition.to_json()
     model_record = dict(inputs.model_record)
-    model_record.setdefault("sha256", sha256_file(inputs.model))
+    if "sha256" not in model_record:
+        model_record["sha256"] = sha256_file(inputs.model)
     plan: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "shardc": __version__,

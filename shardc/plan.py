@@ -176,6 +176,7 @@ class Plan:
         warnings: tuple[str, ...] = (),
         timings: Mapping[str, float] | None = None,
         compile_seconds: float | None = None,
+        source: onnx.ModelProto | None = None,
     ) -> None:
         if files is None and root is None:
             raise PlanError("a Plan needs its files or a folder", hint="use shardc.compile")
@@ -187,12 +188,15 @@ class Plan:
         self.warnings = tuple(warnings)
         self.timings = dict(timings or {})
         self.compile_seconds = compile_seconds
+        self.source = source
+        """The model compiled, when it was a ModelProto or an exported torch module (the
+        reference :meth:`verify` compares with; a file is found by its recorded path)."""
         self.data: dict[str, Any] = json.loads(self._read("plan.json"))
         """plan.json as data (``to_json()`` gives a copy)."""
 
     # ------------------------------------------------------------------ making and saving
     @classmethod
-    def _from_built(cls, built: Built, topology: Any) -> Plan:
+    def _from_built(cls, built: Built, topology: Any, source: Any = None) -> Plan:
         return cls(
             built.files,
             state=built.result.state,
@@ -200,6 +204,7 @@ class Plan:
             warnings=built.warnings,
             timings=built.timings,
             compile_seconds=built.seconds,
+            source=source if isinstance(source, onnx.ModelProto) else None,
         )
 
     @classmethod
@@ -421,12 +426,17 @@ class Plan:
 
         ``inputs`` maps graph input names to arrays (random ones of the right shape when
         None); ``procs=True`` runs one process per rank over torch.distributed (gloo),
-        otherwise all ranks run in this process. Returns the runtime's report (per-output
-        errors, ``.ok``); see :func:`shardc.runtime.verify.verify` for ``options``.
+        otherwise all ranks run in this process. Returns the runtime's
+        :class:`~shardc.runtime.verify.VerifyReport` (per-output errors, ``.ok``, per-rank
+        times; rich-renderable); ``options`` go to :func:`shardc.runtime.verify.verify`
+        (``rtol``, ``seed``, ``timeout``, ``model``). The reference is the model compiled:
+        a file by the path plan.json records, a ModelProto or torch module as exported.
         """
         from shardc.runtime.verify import verify
 
-        return verify(self, inputs, procs=procs, **options)
+        if self.source is not None:
+            options.setdefault("model", self.source)
+        return verify(self.folder(), inputs, procs=procs, **options)
 
     def runner(self) -> Any:
         """The rank of the plan this process runs, in a script launched by ``torchrun``.
