@@ -194,14 +194,28 @@ def test_progress_callback_and_warnings(tmp_path: Path) -> None:
     calls: list[tuple[str, int, int]] = []
     shardc.compile(GPT2, LOCAL, progress=lambda *a: calls.append(a), quiet=True)
     steps = [c[0] for c in calls]
-    assert steps == ["load model", "annotate_costs", "coarsen", "strategies", "partition", "emit", "done"]
+    assert steps == [
+        "load model",
+        "annotate_costs",
+        "coarsen",
+        "strategies",
+        "partition",
+        "emit",
+        "done",
+    ]
     assert [c[1] for c in calls] == list(range(len(calls)))
     assert {c[2] for c in calls} == {len(calls) - 1}
 
     from shardc.synth import SynthConfig, build, save  # a graph whose weights are declared only
 
     path = tmp_path / "g.onnx"
-    save(build("gpt", SynthConfig(layers=2, hidden=64, heads=4, vocab=128, seq=16, batch=2, dtype="fp32")), path)
+    save(
+        build(
+            "gpt",
+            SynthConfig(layers=2, hidden=64, heads=4, vocab=128, seq=16, batch=2, dtype="fp32"),
+        ),
+        path,
+    )
     with pytest.warns(ShardcWarning, match="weights are not readable"):
         synthetic = shardc.compile(path, LOCAL)
     assert synthetic.schedule is None and "weights are not readable" in synthetic.warnings[0]
