@@ -25,6 +25,21 @@ def llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return models.export(models.llama(), tmp_path_factory.mktemp("llama") / "llama.onnx")
 
 
+@pytest.fixture(scope="session")
+def mixtral_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny Mixtral (2 MoE layers, 8 experts top-2, batched_mm experts) exported with dynamo."""
+    return models.export(models.mixtral(), tmp_path_factory.mktemp("mixtral") / "mixtral.onnx")
+
+
+@pytest.fixture(scope="session")
+def deepseek_v3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny DeepSeek-V3 (a dense layer, then an MoE layer of 8 routed experts top-2 and one
+    shared expert; MLA attention) exported with dynamo.
+    """
+    path = tmp_path_factory.mktemp("deepseek_v3") / "deepseek_v3.onnx"
+    return models.export(models.deepseek_v3(), path)
+
+
 def parse(text: str) -> onnx.ModelProto:
     """A model from ONNX text, checked, the way the rewriter tests write theirs."""
     model = onnx.parser.parse_model(text)
