@@ -34,6 +34,7 @@ from onnx import helper, numpy_helper
 from shardc.cost.compute import ShardScale
 from shardc.cost.network import group_collective, point_to_point
 from shardc.cost.phases import prefill_time
+from shardc.emit.experts import ExpertEmitter
 from shardc.emit.onnx_model import attribute_proto
 from shardc.emit.program import (
     DOMAIN,
@@ -175,6 +176,7 @@ class _Walk:
         self.fresh = 0
         self.initializers = set(state.model.graph.initializers)
         self.pieces = self._fused()
+        self.experts = ExpertEmitter(self)
 
     def _fused(self) -> dict[str, int]:
         """Values on the way from a split producer to a ``Split`` cutting the split dim into
@@ -380,16 +382,21 @@ class _Walk:
             node = graph.node(name)
             strat: Strategy = self.res.strategies[name]
             k = max((self.pieces.get(o, 1) for o in node.outputs if o), default=1)
-            ins = [
-                self.get(v, strat.inputs[i] if i < len(strat.inputs) else None, k) if v else ""
-                for i, v in enumerate(node.inputs)
-            ]
-            outs = list(node.outputs)
-            for k, out in enumerate(outs):
-                layout = self.res.layouts.get(out) if out else None
-                if out in graph.outputs and layout is not None and not layout.is_replicated:
-                    outs[k] = f"{out}__local"
-            self._node(node, strat, ins, outs)
+            if self.experts.owns(name):  # rows chosen by routing: no Slice may cut them
+                outs = self.experts.node(node)
+            else:
+                ins = [
+                    self.get(v, strat.inputs[i] if i < len(strat.inputs) else None, k)
+                    if v
+                    else ""
+                    for i, v in enumerate(node.inputs)
+                ]
+                outs = list(node.outputs)
+                for k, out in enumerate(outs):
+                    layout = self.res.layouts.get(out) if out else None
+                    if out in graph.outputs and layout is not None and not layout.is_replicated:
+                        outs[k] = f"{out}__local"
+                self._node(node, strat, ins, outs)
             self.t.steps.append(("node", name))
             for out, local in zip(node.outputs, outs, strict=True):
                 if not out:

@@ -8,7 +8,8 @@ moves. The rule below finds those pairs from the graph's shape alone (no names):
 product is *row* when everything it reads comes, through followers only, from ops
 already split by heads or columns; *column* when everything it feeds is split by heads
 or is another product. The embedding and the LM head go vocab-parallel when the degree
-divides the vocabulary. What the rule cannot split stays replicated, and
+divides the vocabulary. Mixture-of-experts layers go expert parallel over the same group
+(:mod:`shardc.partition.experts`). What the rule cannot split stays replicated, and
 :meth:`StrategyTable.resolve` prices every reshard the choice implies, so a graph that
 is not a transformer gets a correct (if unambitious) plan rather than a wrong one.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from shardc.ir import Graph, Node
+from shardc.partition.experts import ExpertRule
 from shardc.passes.strategies import StrategyTable
 from shardc.sharding import Strategy
 
@@ -63,6 +65,7 @@ class MegatronRule:
             if n.name not in table.follows
             and any(s.name in ("heads", "vocab") for s in table.of(n.name))
         ]
+        self.experts = ExpertRule(graph, table.free)
 
     def choose(self, sizes: Mapping[str, int]) -> dict[str, Strategy]:
         """Node name -> strategy for a tensor-parallel group of ``sizes['tp']`` devices."""
@@ -87,6 +90,7 @@ class MegatronRule:
                 tp_region.add(node.name)
             elif not after and "vocab" in legal:
                 chosen[node.name] = legal["vocab"]
+        chosen.update(self.experts.choose(sizes))
         return chosen
 
 
