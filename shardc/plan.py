@@ -22,10 +22,12 @@ for those who want the IR; nothing here depends on it.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -451,10 +453,13 @@ class Plan:
 
     def folder(self) -> Path:
         """A folder holding this plan: where it was loaded or saved, else a fresh temporary
-        copy (same bytes on every process, so each rank of a job may make its own).
+        copy (same bytes on every process, so each rank of a job may make its own),
+        removed when the process exits.
         """
         if self.path is None:
-            self.save(Path(tempfile.mkdtemp(prefix="shardc-plan-")) / "plan", force=True)
+            tmp = tempfile.mkdtemp(prefix="shardc-plan-")
+            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+            self.save(Path(tmp) / "plan", force=True)
         assert self.path is not None
         return self.path
 

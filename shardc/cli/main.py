@@ -64,6 +64,7 @@ def _register() -> None:
         ("shardc.cli.synth", "synth"),
         ("shardc.cli.check", "check_plan_cmd"),
         ("shardc.cli.verify", "verify_cmd"),
+        ("shardc.cli.explain", "explain_cmd"),
     ):
         try:
             mod = importlib.import_module(module)

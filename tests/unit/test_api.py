@@ -252,3 +252,15 @@ def test_help_of_compile_is_complete() -> None:
         assert section in doc
     for err in ("ModelError", "TopologyError", "OptionError", "InfeasibleError", "SolverTimeout"):
         assert err in doc
+
+
+def test_explain_command_reads_a_plan_folder(plan: shardc.Plan, tmp_path: Path) -> None:
+    folder = plan.save(tmp_path / "p")
+    r = CliRunner().invoke(cli, ["explain", str(folder), "node_Gemm_280"])
+    assert r.exit_code == 0 and "sharding: row" in r.output and "AllReduce" in r.output
+    j = CliRunner().invoke(cli, ["explain", str(folder), "node_Gemm_280", "--json"])
+    assert json.loads(j.output)["strategy"] == "row"
+    whole = CliRunner().invoke(cli, ["explain", str(folder)])
+    assert whole.exit_code == 0 and "where the time goes" in whole.output
+    bad = CliRunner().invoke(cli, ["explain", str(folder), "nope"])
+    assert bad.exit_code == 2 and "no node or value named 'nope'" in bad.output
