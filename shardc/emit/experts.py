@@ -48,6 +48,11 @@ class ExpertEmitter:
             for r in rule.regions
             if r.gathers[0] in mine and res.strategies[r.gathers[0]].name == "experts"
         ]
+        for r in chosen:
+            if not set(r.nodes) <= mine:
+                from shardc.emit.devices import EmitError  # devices imports this module
+
+                raise EmitError(f"expert region of {r.exit!r} spans two pipeline stages")
         self.region_of: dict[str, ExpertRegion] = {n: r for r in chosen for n in r.nodes}
         self.rows: dict[str, str] = {}
         """Original value -> its local rows (entries gathered at ``pos``, region values)."""
