@@ -240,23 +240,24 @@ def _region(
         tuple(order),
         exit_.name,
         tuple(entries),
-        _combine(graph, free, exit_.outputs[0]),
+        _combine(graph, exit_.outputs[0]),
     )
 
 
-def _combine(graph: Graph, free: frozenset[str], value: str, depth: int = 8) -> tuple[str, ...]:
-    """ReduceSum nodes the exit's partial rows reach through views and scalings."""
+def _combine(graph: Graph, value: str, depth: int = 8) -> tuple[str, ...]:
+    """ReduceSum nodes the exit's partial rows reach through views and scalings (by the
+    routing weights): sums of partial sums, which stay partial.
+    """
     found: list[str] = []
     for _ in range(depth):
         users = graph.consumers(value)
-        if len(users) != 1:
+        if len(users) != 1 or users[0].present_inputs.count(value) != 1:
             break
         node = users[0]
-        others = [v for v in node.present_inputs if v != value]
         scaled = node.op_type == "Mul" or (node.op_type == "Div" and node.inputs[0] == value)
-        if node.op_type == "ReduceSum":
+        if node.op_type == "ReduceSum" and node.inputs[0] == value:
             found.append(node.name)
-        elif not (node.op_type in _VIEWS or scaled) or value in others:
+        elif not (node.op_type in _VIEWS or scaled):
             break
         value = node.outputs[0]
     return tuple(found)
@@ -280,7 +281,10 @@ def find_regions(
         if not any(len(_static(graph, g.inputs[0]) or ()) >= 3 for g in gathers):
             continue  # an embedding lookup, not stacked expert matrices
         found = _region(graph, consts, ids, gathers)
-        (regions.append if isinstance(found, ExpertRegion) else reasons.append)(found)  # type: ignore[arg-type]
+        if isinstance(found, ExpertRegion):
+            regions.append(found)
+        else:
+            reasons.append(found)
     return tuple(regions), tuple(reasons)
 
 
