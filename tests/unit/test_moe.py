@@ -145,3 +145,48 @@ def test_check_plan_accepts_an_expert_parallel_folder(deepseek_v3_path: Path, tm
     assert report.emitted_bytes[0] == report.weight_bytes + report.replicated_bytes.get(0, 0)
     ops = {n.op_type for n in onnx.load(str(out / "device_0.onnx")).graph.node}
     assert {"NonZero", "ScatterND"} <= ops and "AllToAll" not in ops
+
+
+def _tiny_moe(leak: bool) -> onnx.ModelProto:
+    """Rows ``x [4, 8]`` and expert ids ``[4, 1]``: each row times its expert's [8, 8] matrix;
+    ``leak`` also returns the gathered matrices (a region value read outside).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    nodes = [
+        helper.make_node("GatherND", ["w", "ids"], ["gw"]),
+        helper.make_node("Unsqueeze", ["x", "two"], ["xu"]),
+        helper.make_node("MatMul", ["gw", "xu"], ["h"]),
+        helper.make_node("Squeeze", ["h", "two"], ["y"]),
+    ]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])]
+    if leak:
+        outs.append(helper.make_tensor_value_info("gw", TensorProto.FLOAT, [4, 8, 8]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny_moe",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [4, 1]),
+        ],
+        outs,
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([2]), "two")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_region_value_read_outside_keeps_the_experts_whole() -> None:
+    from shardc.compiler import analyse
+    from shardc.passes import annotate_costs, strategies
+
+    def regions(leak: bool):
+        state = analyse(_tiny_moe(leak), passes=[annotate_costs.PASS, strategies.PASS]).state
+        return find_regions(state.graph, state.strategies.free)
+
+    found, reasons = regions(False)
+    assert [(r.experts, r.pairs, r.entries) for r in found] == [(2, 4, ("xu",))] and not reasons
+    found, reasons = regions(True)
+    assert found == () and reasons == (
+        "experts indexed by 'ids': 'gw' is read outside the expert computation",
+    )
