@@ -47,19 +47,27 @@ class CommStep:
     """A communication op that reads or writes the explained value, on some ranks."""
 
     op: str
+    """``AllReduce``, ``AllGather``, ``ReduceScatter``, ``AllToAll``, ``Send`` or ``Recv``."""
     node: str
     """The ``shardc``-domain node's name in the device models."""
     value: str
+    """The tensor it sends (for ``Recv``: the tensor it receives)."""
     where: str
     """``before`` (it produces an input of the node) or ``after`` (it reads an output)."""
     ranks: tuple[int, ...]
+    """Ranks that issue it."""
     groups: tuple[tuple[int, ...], ...] = ()
     """The collective's groups, one per TP group or replica that runs it."""
     peers: tuple[int, ...] = ()
+    """For ``Send``/``Recv``: the other side's ranks."""
     bytes: float = 0.0
+    """Bytes each rank sends, from schedule.json."""
     seconds: float = 0.0
+    """Its estimated duration in schedule.json (first micro-batch)."""
     algorithm: str = ""
+    """The collective algorithm the cost model priced (``ring``, ``direct``...)."""
     links: tuple[str, ...] = ()
+    """Links it crosses (``a<->b``)."""
 
     def describe(self) -> str:
         """One line: ``AllReduce of 'add_1' on ranks [0, 1] (8.00 KiB, 22 µs, direct)``."""
@@ -81,19 +89,27 @@ class Explanation:
     """Where ``name`` went: ranks, stage, sharding, communication, and the reasons."""
 
     name: str
+    """The node or value asked about."""
     what: str
     """``node``, ``value`` (an activation) or ``weight``."""
     op: str | None
+    """The node's op in the device programs (None for values and weights)."""
     ranks: tuple[int, ...]
+    """Ranks that hold it."""
     devices: tuple[str, ...]
+    """Their devices, in the same order."""
     stages: tuple[int, ...]
+    """Pipeline stages it appears in (a value crossing a boundary: two)."""
     strategy: str | None
-    """The chosen strategy (``column``, ``row``, ``heads``...), ``replicated`` when the
-    stage is tensor-parallel but this node is not split, None for tp=1 or a value."""
+    """For a node: the chosen strategy (``column``, ``row``, ``heads``...), ``replicated``
+    when its stage is tensor-parallel but the node is not split, None at tp=1. For a
+    weight: ``split`` or ``whole``. None for an activation."""
     shards: tuple[str, ...] = ()
     """For a weight: the slice each rank holds."""
     comms: tuple[CommStep, ...] = ()
+    """Communication around it, from the device programs and schedule.json."""
     reasons: tuple[str, ...] = field(default=())
+    """Why, in words: the stage split, the replicas, the sharding, the traffic."""
 
     def __str__(self) -> str:
         head = f"{self.what} {self.name!r}" + (f" ({self.op})" if self.op else "")

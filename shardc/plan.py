@@ -56,6 +56,7 @@ class Stage:
     """One pipeline stage, as plan.json's ``partition.stages`` describes it."""
 
     index: int
+    """Position in the pipeline; stage 0 takes the model's inputs."""
     kind: str
     """Device kind every rank of the stage is (from the topology)."""
     tp: int
@@ -64,10 +65,13 @@ class Stage:
     """First and last repeated block held (0-based, inclusive); the model's ends ride on
     the first and last stage."""
     recompute: str
+    """Activation recomputation: ``none``, ``selective`` or ``full``."""
     seconds: float
     """One micro-batch through the stage: compute, TP traffic and boundary transfers."""
     memory_bytes: float
+    """Estimated peak memory of each rank of the stage."""
     capacity_bytes: float
+    """Memory of one device of ``kind``."""
     groups: tuple[tuple[str, ...], ...]
     """Per replica, the devices of the stage's TP group in tp-rank order."""
     ranks: tuple[int, ...]
@@ -79,17 +83,23 @@ class Device:
     """What one rank is: where it runs and which part of the plan it holds."""
 
     rank: int
+    """Global rank: the ``N`` of ``device_N.onnx`` and of torch.distributed."""
     device: str
     """Physical device name from the topology (``node3.gpu5``)."""
     kind: str
+    """Device kind (from the topology)."""
     stage: int
+    """Pipeline stage the rank belongs to."""
     replica: int
     """Data-parallel replica (0 .. dp-1)."""
     tp_rank: int
+    """Position in its tensor-parallel group (0 .. tp-1)."""
     tp: int
+    """Size of its tensor-parallel group."""
     memory_bytes: float
     """Estimated peak memory of the rank (weights, gradients, optimizer, activations)."""
     capacity_bytes: float
+    """Memory of the device."""
     weight_bytes: int | None
     """Bytes of weight shards in ``device_<rank>.onnx`` (None when not emitted)."""
 
@@ -104,18 +114,24 @@ class Estimate:
     """The step estimate and where its time goes."""
 
     mode: str
+    """``training`` or ``inference``."""
     objective: str
+    """``throughput`` or ``latency``."""
     step_seconds: float
     """A training/throughput step, or (latency) one request through the pipeline."""
     breakdown: Mapping[str, float]
     """The step split into compute, exposed TP traffic, pipeline transfers, bubble and
     gradient sync (latency: compute, TP traffic and transfers), read off the slowest stage."""
     samples_per_step: int
+    """Samples one step processes across all replicas."""
     microbatches: int
+    """Micro-batches per replica per step."""
     status: str
     """Solver status: ``OPTIMAL`` (proven) or ``FEASIBLE`` (stopped at its limit)."""
     bound_seconds: float | None
+    """The solver's lower bound on the step (equal to it when optimal)."""
     gap: float | None
+    """Relative distance between the step and the bound (0 when optimal)."""
     simulated_step_seconds: float | None
     """The step as schedule.json's timeline simulates it (None when not emitted)."""
 
@@ -163,9 +179,18 @@ class Plan:
 
     Get one from :func:`shardc.compile` or :meth:`Plan.load`. Every property is read from
     the plan folder's contents (in memory, or on disk for a loaded plan), so both kinds
-    answer alike; ``state`` (the compiler's :class:`~shardc.pipeline.CompileState`),
-    ``warnings``, ``timings`` and ``compile_seconds`` are filled only for a plan compiled
-    in this process.
+    answer alike.
+
+    Attributes:
+        data: plan.json as data (read-only by convention; :meth:`to_json` gives a copy).
+        path: the folder the plan was loaded from or last saved to (None if never on disk).
+        state: the compiler's :class:`~shardc.pipeline.CompileState` (IR, costs, blocks,
+            strategies), for a plan compiled in this process; None when loaded.
+        topology: the :class:`~shardc.topology.Topology` compiled onto (None when loaded).
+        warnings: what the passes warned about (compiled in this process only).
+        timings: seconds per pass (compiled in this process only).
+        compile_seconds: wall time of the compile (compiled in this process only).
+        source: the ModelProto compiled, when the model was a proto or a torch module.
     """
 
     def __init__(
@@ -184,17 +209,13 @@ class Plan:
             raise PlanError("a Plan needs its files or a folder", hint="use shardc.compile")
         self._files = dict(files) if files is not None else None
         self.path: Path | None = Path(root) if root is not None else None
-        """The folder the plan was loaded from or last saved to (None if never on disk)."""
         self.state = state
         self.topology = topology
         self.warnings = tuple(warnings)
         self.timings = dict(timings or {})
         self.compile_seconds = compile_seconds
         self.source = source
-        """The model compiled, when it was a ModelProto or an exported torch module (the
-        reference :meth:`verify` compares with; a file is found by its recorded path)."""
         self.data: dict[str, Any] = json.loads(self._read("plan.json"))
-        """plan.json as data (``to_json()`` gives a copy)."""
 
     # ------------------------------------------------------------------ making and saving
     @classmethod
