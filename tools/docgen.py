@@ -54,7 +54,8 @@ def render_cli() -> str:
         "",
         "Every command that fails because of its input prints one line on stderr and exits 2",
         "(`shardc --debug ...` shows the traceback); internal errors exit 1. `--json` prints",
-        "exactly one JSON object on stdout. The user guide (guide.md) walks through them.",
+        "exactly one JSON object on stdout. Every command takes `-h`/`--help`. The user guide",
+        "(guide.md) walks through them.",
         "",
     ]
     out += _command("shardc", cli, root)
@@ -77,8 +78,8 @@ def _command(title: str, cmd: click.Command, ctx: click.Context) -> list[str]:
         lines += ["Commands: " + ", ".join(f"`{s}`" for s in subs) + ".", ""]
     rows = []
     for param in cmd.get_params(ctx):
-        if isinstance(param, click.Argument) or param.name == "help":
-            continue
+        if isinstance(param, click.Argument) or "--help" in getattr(param, "opts", ()):
+            continue  # arguments are in the usage line; every command takes -h/--help
         record = param.get_help_record(ctx)
         if record is None:
             continue
