@@ -154,12 +154,10 @@ class PlanDir:
         events = self._events(rank)
         if not events:
             return
-        program = [
-            (n.op_type, n.output[0] if n.op_type == "Recv" else n.input[0]) for n in comm_nodes
-        ]
+        program = [_comm_key(n) for n in comm_nodes]
         for m in self.microbatch_order(rank):
             listed = [
-                (e["op"], e.get("value"))
+                (e["op"], tuple(e.get("group") or ()), int(e.get("peer", -1)))
                 for e in events
                 if e.get("type") == "comm" and e.get("microbatch") == m
             ]
@@ -195,3 +193,15 @@ class PlanDir:
 
     def model_sha256(self) -> str | None:
         return self.plan.get("inputs", {}).get("model", {}).get("sha256")
+
+
+def _comm_key(node: onnx.NodeProto) -> tuple[str, tuple[int, ...], int]:
+    """What pairs a comm op with its partners: the op, its group or its peer."""
+    group: tuple[int, ...] = ()
+    peer = -1
+    for a in node.attribute:
+        if a.name == "group":
+            group = tuple(int(g) for g in a.ints)
+        elif a.name == "peer":
+            peer = int(a.i)
+    return node.op_type, group, peer

@@ -37,8 +37,8 @@ def _compile(model: Path, out: Path, devices: int, pins: str, mode: str = "infer
     return out
 
 
-def _workers() -> list[str]:
-    """Worker processes still alive (none may outlive a run)."""
+def _workers(plan: Path) -> list[str]:
+    """Worker processes of ``plan`` still alive (none may outlive a run)."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -46,7 +46,7 @@ def _workers() -> list[str]:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "shardc.runtime.worker" in cmd:
+            if "shardc.runtime.worker" in cmd and str(plan) in cmd:
                 found.append(cmd)
     return found
 
@@ -79,7 +79,7 @@ def test_processes_over_gloo_match_the_model(
     assert out.compared == report.slots * last_tp
     assert out.max_rel <= 1e-5
     assert all(t.compute > 0 and t.comm is not None for t in report.timings)
-    assert not _workers()
+    assert not _workers(plan)
 
 
 @pytest.mark.parametrize("fixture", ["gpt2_path", "llama_path"])
@@ -159,14 +159,14 @@ def test_a_rank_that_dies_is_named_with_its_op(tp2_plan: Path, monkeypatch) -> N
     monkeypatch.setenv("SHARDC_FAULT", "die@1")
     with pytest.raises(ExecutionError, match=r"rank 1 was killed by SIGKILL at AllReduce '"):
         verify(tp2_plan, procs=True)
-    assert not _workers()
+    assert not _workers(tp2_plan)
 
 
 def test_a_hung_rank_times_out_naming_where_ranks_wait(tp2_plan: Path, monkeypatch) -> None:
     monkeypatch.setenv("SHARDC_FAULT", "hang@0")
     with pytest.raises(ExecutionError, match=r"did not finish within 6 s: rank 0 at AllReduce"):
         verify(tp2_plan, procs=True, timeout=6)
-    assert not _workers()
+    assert not _workers(tp2_plan)
 
 
 def _narrow_first_comm_input(plan: Path, rank: int) -> str:
@@ -196,7 +196,7 @@ def test_a_wrong_shape_is_named_with_the_rank_and_op(
     with pytest.raises(ExecutionError, match=rf"AllReduce '{op}'.*disagree on the shape") as e:
         verify(plan, procs=procs)
     assert "1: [1, " in str(e.value) and "0: [2, " in str(e.value)
-    assert not _workers()
+    assert not _workers(plan)
 
 
 def test_a_recv_of_the_wrong_shape_names_both_ranks(gpt2_path: Path, tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_a_recv_of_the_wrong_shape_names_both_ranks(gpt2_path: Path, tmp_path: P
         verify(plan, procs=True)
     with pytest.raises(ExecutionError, match="expected shape"):
         verify(plan)
-    assert op and not _workers()
+    assert op and not _workers(plan)
 
 
 # ---- the torch.distributed collectives mean what the array ones mean ----
