@@ -42,14 +42,14 @@ class NodeCost:
     ``movement``, ``view``, ``control`` (opaque bodies), ``custom`` or ``bytes-only``."""
     exact: bool = True
     """False when only bytes are known (unknown op): its FLOPs are a lower bound (0)."""
-    estimated: bool = False
-    """True when a data-dependent size (NonZero's count, a shape computed at run time) was
-    unknown and counted as 1: FLOPs and bytes are then lower bounds."""
     input_bytes: tuple[int, ...] = ()
     """Bytes read from each input position (0 for omitted ones), so a shard can scale
     each operand by what it actually reads: a column-split MatMul reads all of X but an
     eighth of W."""
     output_bytes: tuple[int, ...] = ()
+    estimated: bool = False
+    """True when a data-dependent size (NonZero's count, a shape computed at run time) was
+    unknown and counted as 1: FLOPs and bytes are then lower bounds."""
 
     @property
     def bytes_total(self) -> int:
