@@ -311,8 +311,11 @@ def _reduce(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
         return [None]
     axes = _axes(node, cs, 1)
     keep = bool(node.attr("keepdims", 1))
+    given = len(node.inputs) > 1 and bool(node.inputs[1])
+    if axes is None and given:  # axes computed at run time: which dims shrink is unknown
+        return [TensorType(t.dtype, (None,) * len(t.shape) if keep else None)]
     if axes is None or not axes:
-        if node.attr("noop_with_empty_axes", 0) and (len(node.inputs) < 2 or not node.inputs[1]):
+        if node.attr("noop_with_empty_axes", 0):  # axes absent or empty
             return [t]
         axes = tuple(range(len(t.shape)))
     drop = {_norm_axis(a, len(t.shape)) for a in axes}
