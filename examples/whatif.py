@@ -5,10 +5,11 @@
 Plans the same Llama-shaped model (16 layers at Llama-2-70B widths, ~14 B parameters;
 the graph only, from shardc.synth, so no weights are ever written) for training with a
 global batch of 512 sequences of 4,096 tokens on a slice of three systems described in
-topologies/: a DGX H100 SuperPOD (4 nodes, 32 GPUs), a GB200 NVL72 rack (72 GPUs), and a
-Huawei CloudMatrix384 (4 nodes, 32 NPUs). Prints step time, throughput (also per
+topologies/: a DGX H100 SuperPOD (2 nodes, 16 GPUs), a GB200 NVL72 rack (72 GPUs), and a
+Huawei CloudMatrix384 (2 nodes, 16 NPUs). Prints step time, throughput (also per
 device, since the slices differ in size), the parallel shape the solver chose, and peak
-memory. Each plan takes a few seconds; raise --time-limit for tighter plans.
+memory. Each plan takes a few seconds; raise --time-limit for tighter plans, and the
+``nodes`` below for bigger slices.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from shardc.synth import SynthConfig, build
 
 TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
 SYSTEMS = {
-    "DGX H100 SuperPOD": ("dgx_h100_superpod.topo", {"nodes": 4}),
+    "DGX H100 SuperPOD": ("dgx_h100_superpod.topo", {"nodes": 2}),
     "GB200 NVL72": ("gb200_nvl72.topo", {}),
-    "CloudMatrix384": ("cloudmatrix384.topo", {"nodes": 4}),
+    "CloudMatrix384": ("cloudmatrix384.topo", {"nodes": 2}),
 }
 
 
