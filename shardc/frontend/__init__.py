@@ -76,7 +76,7 @@ def load_model(
         fn = functions.get((node.domain, node.op_type))
         return None if fn is None else _function_body(node, fn, functions, opsets, scope)
 
-    graph = convert_graph(inferred.graph, function_body=function_body, source=skel.graph)
+    graph = convert_graph(inferred.graph, function_body=function_body)
     refs = {t.name: weight_ref(t) for t in proto.graph.initializer}
     values = dict(graph.values)
     for name, ref in refs.items():

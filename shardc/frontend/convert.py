@@ -18,7 +18,6 @@ from shardc.ir import Attribute, AttrValue, DType, Graph, Node, TensorType, Valu
 SMALL_CONST_ELEMENTS = 64
 """Integer constants up to this many elements are kept in the IR (shapes, axes, pads)."""
 
-_BODIES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _INLINE_KINDS = {
     onnx.AttributeProto.FLOAT: "FLOAT",
     onnx.AttributeProto.INT: "INT",
@@ -142,15 +141,11 @@ def convert_graph(
     outer_types: Mapping[str, TensorType | None] | None = None,
     function_body: FunctionBody | None = None,
     prefix: str = "",
-    source: onnx.GraphProto | None = None,
 ) -> Graph:
     """Convert one (shape-inferred) GraphProto, recursing into control-flow bodies.
 
     ``function_body(node, types)`` returns the IR body of a call to a model-local
     function (or None); it is supplied by the frontend, which owns the function table.
-    ``source`` is the same graph before inference: control-flow bodies are kept as the
-    user wrote them, since inference leaves body outputs typed but shapeless, which
-    onnxruntime refuses to run (a Scan's outputs must then have a shape).
     """
     outer_types = dict(outer_types or {})
     types: dict[str, TensorType | None] = {}
@@ -170,10 +165,7 @@ def convert_graph(
     defined = set(values)
     outer: list[str] = []
     nodes: list[Node] = []
-    originals = list(source.node) if source is not None else list(g.node)
-    for proto, name, original in zip(
-        g.node, unique_node_names(g.node, prefix), originals, strict=True
-    ):
+    for proto, name in zip(g.node, unique_node_names(g.node, prefix), strict=True):
         for i in proto.input:
             if i and i not in defined and i not in outer:
                 outer.append(i)
@@ -207,10 +199,7 @@ def convert_graph(
                 domain="" if proto.domain == "ai.onnx" else proto.domain,
                 inputs=tuple(proto.input),
                 outputs=tuple(proto.output),
-                attributes=tuple(
-                    convert_attribute(b if b.type in _BODIES else a)
-                    for a, b in zip(proto.attribute, original.attribute, strict=True)
-                ),
+                attributes=tuple(convert_attribute(a) for a in proto.attribute),
                 subgraphs=tuple(subgraphs),
                 doc=proto.doc_string,
             )
