@@ -62,7 +62,9 @@ def render_cli() -> str:
     for name, cmd in _commands(cli, root):
         parent = root
         for part in name.split()[:-1]:
-            parent = click.Context(cli.get_command(root, part), info_name=part, parent=parent)
+            group = cli.get_command(root, part)
+            assert group is not None
+            parent = click.Context(group, info_name=part, parent=parent)
         ctx = click.Context(cmd, info_name=name.split()[-1], parent=parent)
         out += _command(f"shardc {name}", cmd, ctx)
     return "\n".join(out).rstrip() + "\n"
@@ -248,7 +250,7 @@ def _class(cls: type, heading: str = "###") -> list[str]:
         else:
             continue
         doc = _doc(target)
-        if not doc:
+        if not doc or target is None:
             continue
         if kind == "property":
             lines += [f"#### `{cls.__name__}.{name}` *(property)*", "", doc, ""]
@@ -284,7 +286,8 @@ def render_api() -> str:
         out += [f"### `shardc.{name}()`", "", *_code(_signature(f"shardc.{name}", fn))]
         out += [_doc(fn), ""]
     out += ["## The plan", "", _doc(plan), ""]
-    for cls in (plan.Plan, plan.Summary, plan.Stage, plan.Device, plan.Estimate):
+    classes: tuple[type, ...] = (plan.Plan, plan.Summary, plan.Stage, plan.Device, plan.Estimate)
+    for cls in classes:
         out += _class(cls)
     out += ["## Explanations", "", _doc(explain), ""]
     for cls in (explain.Explanation, explain.CommStep):

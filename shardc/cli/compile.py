@@ -227,14 +227,14 @@ def compile_cmd(
     for name, text in built.result.dumps.items():
         click.echo(f"--- after {name} ---\n{text}", err=True)
     warn(built.warnings)
-    plan, files, schedule = built.plan, built.files, built.schedule
+    plan, files, timeline = built.plan, built.files, built.schedule
     part = plan["partition"]
     if report_path is not None:
         from shardc.report.html import render_html
 
-        if schedule is None:
+        if timeline is None:
             raise OptionError("--report needs the emitted schedule: drop --no-emit")
-        page = render_html(part, schedule, topology, model=str(model))
+        page = render_html(part, timeline, topology, model=str(model))
         write_file(report_path, page.encode(), force=force)
     write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start
@@ -258,8 +258,8 @@ def compile_cmd(
         f"[bold]{model}[/] on {topology_path} ({len(topology.compute_devices)} compute devices)"
     )
     console.print(render_plan(part))
-    if schedule is not None:
-        console.print(render_links(schedule, top=5))
+    if timeline is not None:
+        console.print(render_links(timeline, top=5))
     console.print(
         f"wrote {outdir}/ ({len(files)} files: plan.json, analysis.json"
         + (
