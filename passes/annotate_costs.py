@@ -65,8 +65,7 @@ def _body_flops(node: Node, graph: Graph, where: str, custom: Mapping[str, float
     the next, so what cannot be sized is an estimate, never an error.
     """
     per_body = [
-        graph_costs(g, where=where, custom_flops=custom, lenient=True).flops
-        for g in node.subgraphs
+        graph_costs(g, where=where, custom_flops=custom, lenient=True).flops for g in node.subgraphs
     ]
     if node.op_type == "If":
         return max(per_body, default=0)

@@ -157,7 +157,7 @@ def test_data_dependent_sizes_are_estimated_not_refused() -> None:
     """NonZero's count is known only at run time: no --dim can bind it, so what reads it
     is costed with the count as 1 and marked estimated; the input's dims stay exact.
     """
-    (nz, cast, relu), c = _costs(
+    (nz, _, relu), c = _costs(
         HEAD
         + """g (float[4,8] X) => (float[2,?] Z) {
             N = NonZero(X)  F = Cast<to=1>(N)  Z = Relu(F) }"""
