@@ -384,7 +384,7 @@ _UNARY = (
     "Cos", "Cosh", "Elu", "Erf", "Exp", "FastGelu", "Floor", "Gelu", "HardSigmoid", "HardSwish",
     "IsInf", "IsNaN", "LeakyRelu", "Log", "Mish", "Not", "QuickGelu", "Reciprocal", "Relu",
     "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign",
-    "Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Cast", "CastLike", "Clip",
+    "Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Cast", "Clip",
 )
 _BINARY = (
     "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Equal", "Greater",
@@ -420,6 +420,8 @@ for _lin, _ops in (
     ("none", (*_UNARY, *_BINARY, "com.microsoft::BiasGelu")),
 ):
     rule(*_ops)(_follower(_lin)(_elementwise))
+# CastLike reads only the dtype of its second input: an argument, never split with the data
+rule("CastLike")(_follower("none", args=(1,))(lambda ctx: OpDims(broadcast_loops(ctx, (1,)))))
 
 
 @rule("DequantizeLinear", "QuantizeLinear")
@@ -432,12 +434,19 @@ def _quantize(ctx: Ctx) -> OpDims:
 @rule("BatchNormalization")
 @_follower("none", args=())
 def _batch_norm(ctx: Ctx) -> OpDims:
-    """Inference BatchNorm is per channel: statistics and scale split with channel dim 1."""
+    """Inference BatchNorm is per channel: statistics and scale split with channel dim 1.
+    In training mode (``training_mode=1``, or running stats as outputs before opset 14)
+    the statistics are taken over the batch and spatial dims, so only channels split.
+    """
     out = ctx.out_shape(0)
     loops = list(broadcast_loops(ctx, args=range(1, ctx.n_in)))
+    training = bool(ctx.attr_int("training_mode", 0)) or sum(map(bool, ctx.node.outputs)) > 1
+    if training:
+        loops = [Loop(lp.name, lp.ins, lp.outs, kind="fixed") for lp in loops]
     if out is not None and len(out) > 1:
         chan = {i: 0 for i in range(1, ctx.n_in) if ctx.node.inputs[i]}
-        loops[1] = ctx.loop("channels", {**chan, 0: 1}, {0: 1})
+        stats = {j: 0 for j in range(1, len(ctx.node.outputs)) if ctx.node.outputs[j]}
+        loops[1] = ctx.loop("channels", {**chan, 0: 1}, {**stats, 0: 1})
     return OpDims(tuple(loops))
 
 
@@ -666,6 +675,46 @@ def _conv(ctx: Ctx) -> OpDims:
     return OpDims(tuple(loops))
 
 
+@rule(
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "LRN",
+)
+def _pool(ctx: Ctx) -> OpDims:
+    """Windows slide over the spatial dims (fixed); batch and channels are independent,
+    except that LRN's window runs across channels. MaxPool's Indices count positions in
+    the whole input, so a MaxPool that returns them is not split.
+    """
+    x, y = ctx.in_shape(0), ctx.out_shape(0)
+    if x is None or y is None or len(x) != len(y) or len(x) < 2:
+        return OpDims()
+    if len(ctx.node.outputs) > 1 and ctx.node.outputs[1]:
+        return OpDims()
+    lrn = ctx.node.op_type == "LRN"
+    loops = [
+        ctx.loop("batch", {0: 0}, {0: 0}),
+        ctx.loop("channels", {0: 1}, {0: 1}, kind="fixed" if lrn else "parallel", unlabeled="tp"),
+    ]
+    loops += [
+        ctx.loop(f"d{d}", {0: d}, {0: d}, kind="parallel" if lrn else "fixed", unlabeled="tp")
+        for d in range(2, len(y))
+    ]
+    return OpDims(tuple(loops))
+
+
+def _mask_dim(ctx: Ctx, dim: int) -> dict[int, int]:
+    """``{3: d}``: the dim of Attention's mask lined up with ``dim`` of [B, H, S_q, S_kv]
+    under broadcasting, unless the mask is absent, shorter, or broadcasts there.
+    """
+    mask = ctx.in_shape(3) if ctx.n_in > 3 and ctx.node.inputs[3] else None
+    d = dim - (4 - len(mask)) if mask is not None else -1
+    return {3: d} if mask is not None and d >= 0 and mask[d] != 1 else {}
+
+
 @rule("Attention")
 def _attention(ctx: Ctx) -> OpDims:
     """ONNX Attention (opset 23): by batch, or by heads; with grouped KV heads a second
@@ -678,18 +727,27 @@ def _attention(ctx: Ctx) -> OpDims:
     hq = q[1] if four else ctx.attr_int("q_num_heads", 0)
     hkv = k[1] if len(k) == 4 else ctx.attr_int("kv_num_heads", 0)
     hd = 1 if four else 2
-    kv_outs = {j: hd for j in (1, 2) if j < len(ctx.node.outputs) and ctx.node.outputs[j]}
+    # past_key/value (inputs 4, 5) and present_key/value (outputs 1, 2) are always
+    # [B, H_kv, S, D]; the mask (input 3) broadcasts to [B, H_q, S_q, S_kv]
+    kv_outs = {j: 1 for j in (1, 2) if j < len(ctx.node.outputs) and ctx.node.outputs[j]}
+    past = {i: 1 for i in (4, 5) if i < ctx.n_in and ctx.node.inputs[i]}
     divides = () if four else tuple(("tp", h) for h in (hq, hkv) if isinstance(h, int) and h)
     heads = ctx.loop(
         "heads",
-        {0: hd, 1: hd, 2: hd},
+        {0: hd, 1: hd, 2: hd, **past, **_mask_dim(ctx, 1)},
         {0: hd, **kv_outs, 3: 1},
         axis="tp",
         divides=divides,
         notes=(f"{hq} query heads, {hkv} KV heads",),
     )
-    batch = ctx.loop("batch", {0: 0, 1: 0, 2: 0}, {0: 0, **{j: 0 for j in kv_outs}, 3: 0})
-    built = Built(ctx, ins={0: {hd: "tp"}}, outs={0: {hd: "tp"}, 3: {1: "tp"}})
+    lengths = {6: 0} if ctx.n_in > 6 and ctx.node.inputs[6] else {}
+    batch = ctx.loop(
+        "batch",
+        {0: 0, 1: 0, 2: 0, **dict.fromkeys(past, 0), **_mask_dim(ctx, 0), **lengths},
+        {0: 0, **dict.fromkeys(kv_outs, 0), 3: 0},
+    )
+    mask_heads = {i: {d: "tp"} for i, d in _mask_dim(ctx, 1).items()}
+    built = Built(ctx, ins={0: {hd: "tp"}, **mask_heads}, outs={0: {hd: "tp"}, 3: {1: "tp"}})
     extra: tuple[Strategy, ...] = ()
     if hq != hkv:
         extra = (
@@ -753,18 +811,19 @@ def _along_axis(ctx: Ctx) -> OpDims:
     if x is None:
         return OpDims()
     old_softmax = ctx.node.op_type in ("Softmax", "LogSoftmax", "Hardmax") and ctx.opset < 13
-    axis = norm_axis(ctx.attr_int("axis", 1 if old_softmax else -1), len(x))
+    arg = ctx.node.op_type in ("ArgMax", "ArgMin")  # whose axis defaults to 0
+    axis = norm_axis(ctx.attr_int("axis", 1 if old_softmax else 0 if arg else -1), len(x))
     fixed = set(range(axis, len(x))) if old_softmax else {axis}
-    if ctx.node.op_type in ("ArgMax", "ArgMin"):
+    if arg:
         return OpDims(
             _reduce_loops(ctx, x, fixed, keep=bool(ctx.attr_int("keepdims", 1)), summed=False)
         )
     return OpDims(axis_loops(ctx, fixed, args=(1,)))
 
 
-@rule("CumSum")
+@rule("CumSum", "CumProd")
 def _cumsum(ctx: Ctx) -> OpDims:
-    """A running sum mixes its axis (a constant input)."""
+    """A running sum (or product) mixes its axis (a constant input)."""
     x, axis = ctx.in_shape(0), ctx.ints(1)
     if x is None or not axis:
         return OpDims()
