@@ -26,7 +26,7 @@ def costing_for(state: CompileState) -> Costing:
         state.blocks,
         state.strategies,
         state.topology,
-        Settings(mode=opts.mode, zero=opts.partition.zero),
+        Settings(mode=opts.mode, zero=opts.partition.zero, tp_rule=opts.partition.pins.rule),
     )
 
 

@@ -46,7 +46,7 @@ from shardc.emit.program import (
 )
 from shardc.errors import ShardcError
 from shardc.ir import Graph, Node
-from shardc.partition.megatron import MegatronRule
+from shardc.partition.split import tp_rule
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard, shard_scale
 
 if TYPE_CHECKING:
@@ -325,6 +325,11 @@ class _Walk:
         size = t.shape[dim]
         step = size // self.tp
         out = self._name(v, "slice")
+        if (self.state.model.opset() or 18) < 10:  # Slice-1: bounds are attributes
+            lo, hi = self.rank * step, (self.rank + 1) * step
+            bounds = {"starts": [lo], "ends": [hi], "axes": [dim]}
+            self._emit(helper.make_node("Slice", [name], [out], name=out, **bounds))
+            return out
         consts = {}
         for key, val in (
             ("starts", self.rank * step),
@@ -596,7 +601,7 @@ def emit(state: CompileState) -> Emission:
     stages = stage_nodes(state)
     cross, tags = _cross_stage(graph, stages)
     tps = [s.tp for s in part.stages]
-    rule = MegatronRule(graph, table)
+    rule = tp_rule(graph, table, state.options.partition.pins.rule)
     offsets, acc = [], 0
     for s in part.stages:
         offsets.append(acc)

@@ -43,6 +43,7 @@ from shardc.ir import Graph
 from shardc.partition.megatron import MegatronRule
 from shardc.partition.place import _take_groups
 from shardc.partition.problem import StageConfig
+from shardc.partition.split import SplitRule, tp_rule
 from shardc.sharding import Strategy, TensorSharding, reshard, shard_scale
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class Settings:
     mode: str = "training"
     zero: int = 1
     recompute: tuple[str, ...] = RECOMPUTES
+    tp_rule: str | None = None
+    """How tensor-parallel stages shard their ops (None: Megatron's pairing)."""
 
 
 class Costing:
@@ -155,12 +158,12 @@ class Costing:
 
     # -- tensor-parallel choices ---------------------------------------------------------
     @cached_property
-    def rule(self) -> MegatronRule:
-        """Megatron's pairing for this graph (its reachability computed once)."""
-        return MegatronRule(self.graph, self.table)
+    def rule(self) -> MegatronRule | SplitRule:
+        """The tensor-parallel rule for this graph (its analysis done once)."""
+        return tp_rule(self.graph, self.table, self.settings.tp_rule)
 
     def choice(self, tp: int) -> TensorChoice:
-        """Megatron's rule at degree ``tp``, played through the graph (cached)."""
+        """The tensor-parallel rule at degree ``tp``, played through the graph (cached)."""
         if tp not in self._choices:
             sizes = {"tp": tp}
             chosen = self.rule.choose(sizes)
@@ -187,8 +190,12 @@ class Costing:
         return self._choices[tp]
 
     def splits(self, tp: int) -> bool:
-        """Whether degree ``tp`` splits anything with a weight (else it only wastes devices)."""
+        """Whether degree ``tp`` splits anything with a weight (else it only wastes devices);
+        under the split rule, whether it divides any op's work at all.
+        """
         ch = self.choice(tp)
+        if self.settings.tp_rule == "split":
+            return any(not s.is_replicated for s in ch.strategies.values())
         return any(
             s.name in ("row", "column", "vocab", "heads", "experts")
             for n, s in ch.strategies.items()

@@ -15,6 +15,9 @@ from shardc.errors import OptionError
 OBJECTIVES = ("throughput", "latency")
 SCHEDULES = ("1f1b", "gpipe")
 RECOMPUTES = ("none", "selective", "full")
+TP_RULES = ("megatron", "split")
+"""How a tensor-parallel stage shards its ops: Megatron's pairing of weight products, or
+every op split where it legally can (:mod:`shardc.partition.split`)."""
 _STAGE_KEYS = ("kind", "tp", "blocks", "recompute")
 
 
@@ -31,6 +34,8 @@ class Pins:
     dp: int | None = None
     kind: str | None = None
     recompute: str | None = None
+    rule: str | None = None
+    """The tensor-parallel rule (:data:`TP_RULES`); None is Megatron's."""
     stages: Mapping[int, Mapping[str, str | int]] = field(default_factory=dict)
 
     @property
@@ -44,7 +49,7 @@ class Pins:
         """The pins as given, for plan.json."""
         out: dict[str, Any] = {
             k: getattr(self, k)
-            for k in ("tp", "pp", "dp", "kind", "recompute")
+            for k in ("tp", "pp", "dp", "kind", "recompute", "rule")
             if getattr(self, k) is not None
         }
         if self.stages:
@@ -63,7 +68,11 @@ def _positive(key: str, value: str) -> int:
 
 
 def parse_pins(items: Iterable[str]) -> Pins:
-    """``--pin tp=8,pp=4 --pin stage0.kind=H20 --pin stage0.blocks=30`` -> :class:`Pins`."""
+    """``--pin tp=8,pp=4 --pin stage0.kind=H20 --pin stage0.blocks=30`` -> :class:`Pins`.
+
+    ``rule=split`` makes tensor-parallel stages split every op they can (batch first),
+    not only Megatron's weight products: for graphs that are not transformers.
+    """
     values: dict[str, Any] = {}
     stages: dict[int, dict[str, str | int]] = {}
     for item in items:
@@ -94,9 +103,13 @@ def parse_pins(items: Iterable[str]) -> Pins:
                         f"--pin recompute={value}: use one of {', '.join(RECOMPUTES)}"
                     )
                 values[key] = value
+            elif key == "rule":
+                if value not in TP_RULES:
+                    raise OptionError(f"--pin rule={value}: use one of {', '.join(TP_RULES)}")
+                values[key] = value
             else:
                 raise OptionError(
-                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute"
+                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute, rule"
                     " or stageN.(kind|tp|blocks|recompute)"
                 )
     if values.get("pp") is not None:
