@@ -461,16 +461,22 @@ class Plan:
             options.setdefault("model", self.source)
         return verify(self.folder(), inputs, procs=procs, **options)
 
-    def runner(self) -> Any:
+    def runner(self, **options: Any) -> Any:
         """The rank of the plan this process runs, in a script launched by ``torchrun``.
 
         Reads ``RANK`` and ``WORLD_SIZE`` from the environment and joins the process
-        group; ``runner.run(feeds)`` runs the rank's device program and returns the
-        graph outputs it produces. Every rank of the job calls this with the same plan.
+        group (NCCL next to a GPU, HCCL next to an Ascend NPU, gloo otherwise) unless the
+        script already did; ``runner.run(feeds)`` runs one micro-batch of the rank's
+        device program and returns the graph outputs it produces (``{}`` before the last
+        stage), ``runner.run_step(feeds_by_microbatch)`` a whole step in the schedule's
+        order. Every rank of the job calls this with the same plan. ``options`` go to
+        :class:`~shardc.runtime.distributed.RankRunner`: ``backend``, ``timeout``
+        (seconds before a hung collective fails) and ``check_shapes`` (exchange a small
+        shape header before each comm op, so a wrong shape names its rank and op).
         """
         from shardc.runtime.distributed import runner_from_env
 
-        return runner_from_env(self.folder())
+        return runner_from_env(self.folder(), **options)
 
     def folder(self) -> Path:
         """A folder holding this plan: where it was loaded or saved, else a fresh temporary
