@@ -37,6 +37,7 @@ from shardc.partition.options import PartitionOptions, Pins, parse_pins
 from shardc.plan import Device, Estimate, Plan, Stage
 
 if TYPE_CHECKING:
+    from shardc.runtime.verify import VerifyReport
     from shardc.topology import Topology
 
 __version__ = "0.1.0"
@@ -63,6 +64,7 @@ __all__ = [
     "load_topology",
     "parse_pins",
     "partition_model",
+    "verify",
 ]
 
 
@@ -83,3 +85,33 @@ def load_topology(
     from shardc.topology import load_topology as _load
 
     return _load(path_or_text, overrides)
+
+
+def verify(
+    plan: Plan | str | os.PathLike[str],
+    inputs: str | os.PathLike[str] | Mapping[str, object] | None = None,
+    *,
+    procs: bool = False,
+    **options: object,
+) -> VerifyReport:
+    """Run a plan and the original model on the same inputs; compare every output.
+
+    ``plan`` is a :class:`Plan` or a plan folder. ``inputs`` is an ``.npz`` file or a
+    dict of arrays holding one micro-batch or several stacked along the first dimension
+    (seeded random ones when None). ``procs=True`` runs one process per rank over
+    torch.distributed, else all ranks run in this process. ``options``: ``model`` (the
+    original, if not where plan.json says), ``rtol``, ``seed``, ``timeout``. The report
+    has ``.ok``, per-output errors and per-rank times beside the schedule's estimates;
+    a failed rank raises :class:`ExecutionError` naming the rank and the op.
+
+    >>> plan = compile("examples/models/tiny_gpt2.onnx", "topologies/localhost.topo",
+    ...                devices=2, pins="tp=2", mode="inference", quiet=True)
+    >>> report = verify(plan)
+    >>> report.ok, report.outputs[0].max_rel < 1e-5
+    (True, True)
+    """
+    if isinstance(plan, Plan):
+        return plan.verify(inputs, procs=procs, **options)
+    from shardc.runtime.verify import verify as _verify
+
+    return _verify(plan, inputs, procs=procs, **options)  # type: ignore[arg-type]

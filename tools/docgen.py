@@ -280,7 +280,7 @@ def render_api() -> str:
         "## Functions",
         "",
     ]
-    functions = ("compile", "load_topology", "analyse", "partition_model", "load_model")
+    functions = ("compile", "load_topology", "analyse", "partition_model", "load_model", "verify")
     for name in (*functions, "parse_pins"):
         fn = getattr(shardc, name)
         out += [f"### `shardc.{name}()`", "", *_code(_signature(f"shardc.{name}", fn))]
@@ -291,6 +291,17 @@ def render_api() -> str:
         out += _class(cls)
     out += ["## Explanations", "", _doc(explain), ""]
     for cls in (explain.Explanation, explain.CommStep):
+        out += _class(cls)
+    from shardc.runtime import distributed, verify
+
+    out += ["## Running a plan", "", _doc(verify), ""]
+    runtime: tuple[type, ...] = (
+        verify.VerifyReport,
+        verify.OutputCheck,
+        verify.RankTiming,
+        distributed.RankRunner,
+    )
+    for cls in runtime:
         out += _class(cls)
     out += ["## Progress", "", _doc(progress), "", "### `shardc.progress.Progress`", ""]
     out += [

@@ -43,13 +43,19 @@ class OutputCheck:
     """The worst error of one output over every rank and micro-batch that holds it."""
 
     name: str
+    """The graph output's name (the same in the model and the device programs)."""
     dtype: str
     shape: tuple[int, ...]
     compared: int
+    """How many (rank, micro-batch) copies of the output were compared."""
     max_abs: float
+    """Largest absolute difference from the reference, over all copies."""
     max_rel: float
+    """``max_abs`` over the reference's largest magnitude (what ``rtol`` bounds)."""
     rtol: float
+    """The tolerance applied (0: must be equal)."""
     worst: str
+    """Where the largest error is: ``rank R, micro-batch M``."""
     ok: bool
 
 
@@ -59,13 +65,19 @@ class RankTiming:
 
     rank: int
     device: str
+    """The topology device the rank stands for."""
     stage: int
     replica: int
     microbatches: int
+    """Forward passes the rank ran in the step."""
     compute: float
+    """Seconds in onnxruntime (sessions built before timing)."""
     comm: float | None
+    """Seconds in communication, waits included (None in-process: ranks take turns)."""
     est_compute: float
+    """The schedule's forward compute seconds for the rank's step."""
     est_comm: float
+    """The schedule's forward communication seconds for the rank's step."""
 
 
 @dataclass
@@ -73,11 +85,15 @@ class VerifyReport:
     """What ``verify`` compared and measured; ``ok`` says whether the plan is right."""
 
     plan: str
+    """The plan folder."""
     runner: str
+    """``in-process`` or ``N processes, torch.distributed``."""
     slots: int
+    """(replica, micro-batch) pairs run: ``dp × microbatches``."""
     outputs: list[OutputCheck] = field(default_factory=list)
     timings: list[RankTiming] = field(default_factory=list)
     wall_seconds: float = 0.0
+    """Wall time of the plan's run (not the reference's)."""
 
     @property
     def ok(self) -> bool:
