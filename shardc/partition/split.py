@@ -125,7 +125,29 @@ def read_whole(graph: Graph, table: StrategyTable) -> frozenset[str]:
         out.update(v for i, v in enumerate(node.inputs) if v and i in args)
         for body in node.subgraphs:
             out.update(_captured(body))
+        if node.op_type == "Scan":
+            out |= _upstream(graph, node)
     return frozenset(out)
+
+
+def _upstream(graph: Graph, node: Node) -> set[str]:
+    """Every value a node depends on, captures included. A Scan needs all of them whole
+    and in its own onnxruntime run (no collective before it): the runtime cuts runs at
+    collectives, and onnxruntime must infer the body's per-iteration output shapes,
+    which it cannot when they come from values that arrive as plain run inputs.
+    """
+    seen: set[str] = set()
+    todo = [*node.present_inputs, *(v for b in node.subgraphs for v in _captured(b))]
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        producer = graph.producer(v)
+        if producer is not None:
+            todo += [*producer.present_inputs]
+            todo += [c for b in producer.subgraphs for c in _captured(b)]
+    return seen
 
 
 def _captured(body: Graph) -> set[str]:

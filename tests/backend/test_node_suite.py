@@ -1,0 +1,64 @@
+"""The ONNX backend node suite through shardc plans on two devices (see node_suite.py).
+
+Every case onnxruntime passes unsharded must pass as a plan: the fixed sample runs by
+default, the whole suite with ``pytest -m slow``. A case the compiler refuses with a
+clear error, or whose inputs are sequences, is skipped with that reason.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import node_suite as ns
+import pytest
+
+SAMPLE = 400
+"""Cases in the default run (about 10 s on two cores; the suite has ~1,900)."""
+
+KNOWN_FAILURES: dict[str, str] = {
+    # The split plan runs this fp16 attention in several onnxruntime sessions (cut at the
+    # gathers), which round some fp16 intermediates differently from the one unsharded
+    # session: 4 of 192 outputs land 2 fp16 ulps from the reference (unsharded ORT: 1),
+    # just past rtol 1e-3. The same plan without splits matches ORT exactly.
+    "test_attention_4d_causal_fp16_expanded": "fp16 rounding differs across sessions",
+}
+
+
+@cache
+def outcome(name: str) -> ns.Outcome:
+    """Each case runs once per session, however many tests ask."""
+    return ns.sweep([name])[0]
+
+
+def check(name: str) -> None:
+    o = outcome(name)
+    if o.status == ns.SKIPPED:
+        pytest.skip(o.reason)
+    if o.status == ns.FAILED:
+        if name in KNOWN_FAILURES:
+            pytest.xfail(KNOWN_FAILURES[name])
+        pytest.fail(f"{o.reason}: {o.detail}", pytrace=False)
+    assert name not in KNOWN_FAILURES, f"{name} passes now: drop it from KNOWN_FAILURES"
+
+
+@pytest.mark.parametrize("name", ns.sample(SAMPLE))
+def test_sampled_case(name: str) -> None:
+    check(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ns.cases()))
+def test_every_case(name: str) -> None:
+    check(name)
+
+
+def test_the_sample_really_divides_work() -> None:
+    """Forced sharding is not a no-op: a good share of the sample runs split, and every
+    skip has a reason the table can group.
+    """
+    done = [outcome(n) for n in ns.sample(SAMPLE)]
+    passed = [o for o in done if o.status == ns.PASSED]
+    assert len(passed) >= 0.75 * len(done)
+    assert sum(1 for o in passed if o.split) >= 0.4 * len(passed)
+    assert all(o.reason for o in done if o.status != ns.PASSED)
+    assert "passed" in ns.table(done)
