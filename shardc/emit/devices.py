@@ -47,6 +47,7 @@ from shardc.emit.program import (
 from shardc.errors import ShardcError
 from shardc.ir import Graph, Node
 from shardc.partition.split import tp_rule
+from shardc.passes.precision import priced_graph
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard, shard_scale
 
 if TYPE_CHECKING:
@@ -417,7 +418,10 @@ class _Walk:
         return self.t
 
     def _bytes(self, v: str) -> float:
-        return float(self.graph.values[v].nbytes or 0)
+        """Size of ``v`` as the plan prices it (``--dtype``): for the timeline's transfer
+        times only; the types written into the program are the model's (``self.graph``).
+        """
+        return float(priced_graph(self.state).values[v].nbytes or 0)
 
     def _send(self, v: str) -> None:
         """The replicated value to every receiving rank whose index maps onto this one."""
@@ -444,7 +448,7 @@ class _Walk:
             t = self.graph.values[recv_of].type
             if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
                 raise EmitError(f"{recv_of!r} crosses stages with an unknown shape")
-            attrs["dtype"] = int(t.dtype.value)
+            attrs["dtype"] = int(t.dtype.value)  # the model's own, whatever --dtype priced
             attrs["shape"] = [int(d) for d in t.shape]
         if pending.axis >= 0:
             attrs["axis"] = pending.axis
@@ -496,6 +500,11 @@ class _Walk:
         proto.input.extend(ins)
         proto.output.extend(outs)
         proto.attribute.extend(attribute_proto(a) for a in node.attributes)
+        group = int(node.attr("group", 1) or 1)  # type: ignore[arg-type]
+        if node.op_type in ("Conv", "ConvInteger") and group > 1 and _tp_dim(strat) == 1:
+            for a in proto.attribute:  # a grouped conv split by channels: tp-th of the groups
+                if a.name == "group":
+                    a.i = group // self.tp
         self._emit(proto)
 
     def _splits_axis(self, node: Node, strat: Strategy) -> bool:
@@ -547,6 +556,12 @@ class _Walk:
             helper.make_node("Mul", [got, maskf], [out], name=node.name),
         ):
             self._emit(proto)
+
+
+def _tp_dim(strat: Strategy) -> int | None:
+    """The dim of the first output that tp splits."""
+    out = strat.outputs[0] if strat.outputs else None
+    return out.dim_of("tp") if out is not None else None
 
 
 def _after(layout: TensorSharding, step: Reshard) -> TensorSharding:
@@ -745,7 +760,8 @@ def _instantiate(
         g,
         opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
         producer_name="shardc",
-        ir_version=state.model.ir_version,
+        # IR 4 let initializers be more than graph inputs; device models rely on it
+        ir_version=max(state.model.ir_version, 4),
     )
     meta = {
         "shardc.rank": str(rank),
