@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shardc.cost.ops import NodeCost, bindable_dims, node_cost
 from shardc.errors import ModelError
@@ -91,11 +91,14 @@ def graph_costs(
     where: str,
     custom_flops: Mapping[str, float] | None = None,
     lenient: bool = False,
+    compute: Mapping[str, DType] | None = None,
 ) -> GraphCosts:
     """Cost every node of ``graph`` (recursing into opaque bodies).
 
     ``lenient`` (for control-flow bodies): a node whose values cannot be sized at all
-    costs nothing and is marked estimated, instead of stopping the compile.
+    costs nothing and is marked estimated, instead of stopping the compile. ``compute``
+    names nodes whose arithmetic runs in another type than their inputs say (``--dtype
+    fp8``'s GEMMs, see :mod:`shardc.cost.precision`).
     """
     custom = dict(custom_flops or {})
     costs: dict[str, NodeCost] = {}
@@ -115,6 +118,8 @@ def graph_costs(
             if not lenient:
                 raise
             c = NodeCost(0, 0, 0, 0, DType.FLOAT, "bytes-only", estimated=True)
+        if compute and node.name in compute:
+            c = replace(c, dtype=compute[node.name])
         costs[node.name] = c
         if not c.exact:
             bytes_only[node.qualified_op] = None
@@ -129,9 +134,17 @@ def graph_costs(
 
 
 def run(state: CompileState) -> CompileState:
-    """Annotate ``state.graph`` and warn once per op type that has no FLOP rule."""
+    """Annotate ``state.graph`` and warn once per op type that has no FLOP rule.
+
+    Prices are in the plan's precision when the ``precision`` pass ran before
+    (``--dtype``), else in the model's own types.
+    """
+    precision = state.precision
     costs = graph_costs(
-        state.graph, where=state.model.source, custom_flops=state.options.custom_flops
+        precision.graph if precision is not None else state.graph,
+        where=state.model.source,
+        custom_flops=state.options.custom_flops,
+        compute=precision.compute if precision is not None else None,
     )
     warnings = [
         f"no FLOP rule for {op}: costed by bytes only (give one with --op-cost {op}=F)"

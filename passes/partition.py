@@ -11,6 +11,7 @@ from __future__ import annotations
 from shardc.errors import OptionError
 from shardc.partition.costing import Costing, Settings
 from shardc.partition.search import search
+from shardc.passes.precision import priced_graph
 from shardc.pipeline import CompileState, Pass
 
 
@@ -21,7 +22,7 @@ def costing_for(state: CompileState) -> Costing:
         raise OptionError("partitioning needs a topology (--topology FILE)")
     opts = state.options
     return Costing(
-        state.graph,
+        priced_graph(state),  # every price in the plan's --dtype
         state.costs,
         state.blocks,
         state.strategies,

@@ -44,6 +44,7 @@ def compile(
     zero: int = 1,
     pins: str | Sequence[str] | Mapping[str, Param] | None = None,
     recompute: str | None = None,
+    dtype: str | None = None,
     time_limit: float = 20.0,
     seed: int = 0,
     max_stages: int = 16,
@@ -89,6 +90,11 @@ def compile(
             ``stageN.tp``, ``stageN.blocks``, ``stageN.recompute``.
         recompute: activation recomputation for every stage, ``"none"``,
             ``"selective"`` or ``"full"`` (default: the solver chooses per stage).
+        dtype: the precision the plan is priced and sized in, as mixed-precision training
+            runs an fp32 export: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for every float
+            value, weight and transfer; ``"fp8"`` for the weights and arithmetic of
+            GEMMs that read a weight (Transformer Engine's recipe), bf16 elsewhere. The
+            device programs keep the model's own types. Default: the model's own.
         time_limit: solver budget for the whole search, in CP-SAT deterministic seconds
             (not wall time, so the same input gives the same plan on any machine).
         seed: solver random seed.
@@ -160,6 +166,7 @@ def compile(
         seed=seed,
         max_stages=max_stages,
         warm_start=_warm_start(warm_start),
+        dtype=dtype,
     )
     inputs = Inputs(
         model=proto,

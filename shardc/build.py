@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,9 @@ class PlanOptions:
     max_stages: int = 16
     warm_start: str | None = None
     """Path of an earlier plan.json that seeds the solver."""
+    dtype: str | None = None
+    """The precision the plan is priced in (``fp32``, ``bf16``, ``fp16``, ``fp8``), or None
+    for the model's own types (:mod:`shardc.cost.precision`)."""
 
     def partition_options(self) -> PartitionOptions:
         """The partitioner's options (validates every value)."""
@@ -153,6 +156,7 @@ class PlanOptions:
             "seed": self.seed,
             "max_stages": self.max_stages,
             "warm_start": self.warm_start,
+            "dtype": self.dtype,
         }
 
     @classmethod
@@ -170,6 +174,7 @@ class PlanOptions:
             time_limit=saved["time_limit"],
             seed=saved["seed"],
             max_stages=saved["max_stages"],
+            dtype=saved.get("dtype"),  # plans from before --dtype priced the model's own
         )
 
 
@@ -232,6 +237,7 @@ def build(
     from shardc import __version__
     from shardc.compiler import analyse, default_passes
     from shardc.emit.outputs import plan_files, weights_available
+    from shardc.passes.precision import priced_graph
     from shardc.report.summary import graph_summary
 
     start = time.perf_counter()
@@ -247,6 +253,7 @@ def build(
         topology=inputs.topology,
         dump_after=dump_after,
         mode=options.mode,
+        dtype=options.dtype,
         partition=partition,
         passes=passes,
         on_pass=lambda name, index, _n: report(name, index + 1, total),
@@ -281,8 +288,9 @@ def build(
                 f"{replay_label}: the plan no longer prices the same on this input "
                 "(the cost model or the topology changed)"
             )
+    priced = replace(state.model, graph=priced_graph(state))  # analysis.json in --dtype
     files: dict[str, bytes] = {
-        "analysis.json": jsonutil.dumps(graph_summary(state.model, state.costs)).encode()
+        "analysis.json": jsonutil.dumps(graph_summary(priced, state.costs)).encode()
     }
     schedule = None
     report("emit", total - 1, total)

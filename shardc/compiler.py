@@ -12,7 +12,7 @@ from typing import Any
 
 from shardc.frontend import ModelLike, load_model
 from shardc.partition.options import PartitionOptions
-from shardc.passes import annotate_costs, coarsen, partition, strategies
+from shardc.passes import annotate_costs, coarsen, partition, precision, strategies
 from shardc.pipeline import CompileOptions, CompileState, Pass, Pipeline, PipelineResult
 
 
@@ -22,8 +22,10 @@ def analysis_passes() -> list[Pass]:
 
 
 def default_passes() -> list[Pass]:
-    """The passes ``shardc compile`` runs, in order."""
-    return [annotate_costs.PASS, coarsen.PASS, strategies.PASS, partition.PASS]
+    """The passes ``shardc compile`` runs, in order (precision first: every price after
+    it is in the plan's ``--dtype``).
+    """
+    return [precision.PASS, annotate_costs.PASS, coarsen.PASS, strategies.PASS, partition.PASS]
 
 
 def analyse(
@@ -39,10 +41,16 @@ def analyse(
     mode: str = "training",
     partition: PartitionOptions | None = None,
     passes: Sequence[Pass] | None = None,
+    dtype: str | None = None,
 ) -> PipelineResult:
-    """Load ``model`` and run ``passes`` (the analysis passes unless given) over it."""
+    """Load ``model`` and run ``passes`` (the analysis passes unless given) over it.
+
+    ``dtype`` is the precision prices are in (see :mod:`shardc.cost.precision`); it takes
+    effect where ``passes`` hold the precision pass.
+    """
     options = CompileOptions(
         mode=mode,
+        dtype=dtype,
         dims=dict(dims or {}),
         custom_flops=dict(custom_flops or {}),
         partition=partition or PartitionOptions(),

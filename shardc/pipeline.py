@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from shardc.cost.precision import policy
 from shardc.errors import OptionError, PipelineError, ShardcError
 from shardc.ir import Graph, Model, verify_graph
 from shardc.partition.options import PartitionOptions
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from shardc.partition.search import PartitionResult
     from shardc.passes.annotate_costs import GraphCosts
     from shardc.passes.coarsen import BlockChain
+    from shardc.passes.precision import Precision
     from shardc.passes.strategies import StrategyTable
 
 
@@ -35,10 +37,15 @@ class CompileOptions:
     custom_flops: Mapping[str, float] = field(default_factory=dict)
     """FLOPs per output element for custom ops shardc has no rule for (``dom::Op``)."""
     partition: PartitionOptions = field(default_factory=PartitionOptions)
+    dtype: str | None = None
+    """The precision the plan is priced in (``fp32``, ``bf16``, ``fp16``, ``fp8``; None:
+    the model's own types); see :mod:`shardc.cost.precision`."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("training", "inference"):
             raise OptionError(f"unknown mode {self.mode!r}", hint="use training or inference")
+        if self.dtype is not None:
+            policy(self.dtype)  # an unknown name is an OptionError before any work
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class CompileState:
     graph: Graph
     options: CompileOptions = field(default_factory=CompileOptions)
     topology: Any = None
+    precision: Precision | None = None
+    """The graph as prices see it, float types re-typed by ``--dtype`` (pass precision)."""
     costs: GraphCosts | None = None
     blocks: BlockChain | None = None
     """The model folded into a chain of blocks, identical blocks marked (pass coarsen)."""

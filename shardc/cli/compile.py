@@ -93,6 +93,14 @@ __all__ = ["compile_cmd"]
     help="Activation recomputation for every stage (same as --pin recompute=...).",
 )
 @click.option(
+    "--dtype",
+    metavar="[fp32|bf16|fp16|fp8]",
+    help="Price and size the plan in this precision, as mixed-precision training runs an "
+    "fp32 export: fp32, bf16 or fp16 for every float value, weight and transfer; fp8 for "
+    "the weights and arithmetic of GEMMs that read a weight, bf16 elsewhere. Device "
+    "programs keep the model's types. Default: the model's own.",
+)
+@click.option(
     "--time-limit",
     type=float,
     default=20.0,
@@ -156,6 +164,7 @@ def compile_cmd(
     zero: int,
     pins: tuple[str, ...],
     recompute: str | None,
+    dtype: str | None,
     time_limit: float,
     seed: int,
     max_stages: int,
@@ -193,14 +202,17 @@ def compile_cmd(
         seed=seed,
         max_stages=max_stages,
         warm_start=str(warm_start) if warm_start else None,
+        dtype=dtype,
     )
     loaded = None
     if plan_path is not None:
         model_record["sha256"] = sha256_file(model)
         topology_record["sha256"] = sha256_file(topology_path)
         loaded = read_plan(plan_path, {"model": model_record, "topology": topology_record})
-        if pins or recompute or warm_start:
-            raise OptionError("--plan fixes the whole plan: drop --pin, --recompute, --warm-start")
+        if pins or recompute or warm_start or dtype:
+            raise OptionError(
+                "--plan fixes the whole plan: drop --pin, --recompute, --warm-start, --dtype"
+            )
         options = PlanOptions.replaying(loaded)
         sets = tuple(f"{k}={v}" for k, v in loaded["inputs"]["topology"]["set"].items())
     overrides = parse_sets(sets)

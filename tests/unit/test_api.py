@@ -196,6 +196,7 @@ def test_progress_callback_and_warnings(tmp_path: Path) -> None:
     steps = [c[0] for c in calls]
     assert steps == [
         "load model",
+        "precision",
         "annotate_costs",
         "coarsen",
         "strategies",
