@@ -384,7 +384,7 @@ _UNARY = (
     "Cos", "Cosh", "Elu", "Erf", "Exp", "FastGelu", "Floor", "Gelu", "HardSigmoid", "HardSwish",
     "IsInf", "IsNaN", "LeakyRelu", "Log", "Mish", "Not", "QuickGelu", "Reciprocal", "Relu",
     "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign",
-    "Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Cast", "Clip",
+    "Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Cast", "Clip", "Swish",
 )
 _BINARY = (
     "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Equal", "Greater",
@@ -704,6 +704,22 @@ def _pool(ctx: Ctx) -> OpDims:
         for d in range(2, len(y))
     ]
     return OpDims(tuple(loops))
+
+
+@rule("ConvTranspose", "DepthToSpace", "SpaceToDepth", "GridSample", "Trilu", "Det")
+def _per_item(ctx: Ctx) -> OpDims:
+    """Ops that treat each item of the batch alone and mix the rest: split by batch only
+    (GridSample also by channels, Trilu and Det by every dim before their matrices).
+    """
+    x, y = ctx.in_shape(0), ctx.out_shape(0)
+    if x is None or y is None or not x or not y:
+        return OpDims()
+    op = ctx.node.op_type
+    free = len(x) - 2 if op in ("Trilu", "Det") else 2 if op == "GridSample" else 1
+    grid = {1: 0} if op == "GridSample" else {}
+    loops = [ctx.loop(f"d{d}", {0: d, **(grid if d == 0 else {})}, {0: d}) for d in range(free)]
+    loops += [ctx.loop(f"d{d}", {0: d}, {}, kind="fixed") for d in range(free, len(x))]
+    return OpDims(tuple(loops), args=frozenset(range(1, ctx.n_in)) - set(grid))
 
 
 def _mask_dim(ctx: Ctx, dim: int) -> dict[int, int]:
