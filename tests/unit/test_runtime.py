@@ -82,18 +82,31 @@ def test_processes_over_gloo_match_the_model(
     assert not _workers(plan)
 
 
+MATRIX = [
+    (2, "tp=1,pp=2,dp=1"),  # pure pipeline
+    (2, "tp=2,pp=1,dp=1"),  # pure tensor parallel
+    (2, "tp=1,pp=1,dp=2"),  # pure data parallel
+    (4, "tp=2,pp=2,dp=1"),
+    (4, "tp=4,pp=1,dp=1"),
+    (4, "tp=1,pp=2,dp=2"),
+    (8, "tp=2,pp=2,dp=2"),
+    (8, "tp=4,pp=2,dp=1"),
+]
+
+
+@pytest.mark.parametrize("devices, pins", MATRIX, ids=[p for _, p in MATRIX])
 @pytest.mark.parametrize("fixture", ["gpt2_path", "llama_path"])
-def test_eight_ranks_in_process_match_the_model(request, tmp_path: Path, fixture: str) -> None:
-    plan = _compile(
-        request.getfixturevalue(fixture), tmp_path / "plan", 8, "tp=2,pp=2,dp=2", "training"
-    )
+def test_every_plan_shape_matches_in_process(
+    request, tmp_path: Path, fixture: str, devices: int, pins: str
+) -> None:
+    """A whole training step's forward passes: every replica, every micro-batch."""
+    path = request.getfixturevalue(fixture)
+    plan = _compile(path, tmp_path / "plan", devices, pins, "training")
     report = verify(plan)
-    assert report.ok and report.runner == "in-process"
-    assert (
-        report.slots
-        == 2 * json.loads((plan / "plan.json").read_text())["partition"]["microbatches"]
-    )
+    assert report.ok, report.to_json()
     assert max(o.max_rel for o in report.outputs) <= 1e-5
+    partition = json.loads((plan / "plan.json").read_text())["partition"]
+    assert report.slots == partition["dp"] * partition["microbatches"] > 1
 
 
 def test_the_cli_prints_tables_and_json_and_fails_on_a_mismatch(
