@@ -138,6 +138,8 @@ def stage_nodes(state: CompileState) -> list[tuple[str, ...]]:
     part, chain = state.partition, state.blocks
     assert part is not None and chain is not None
     repeated = chain.repeated or tuple(b.index for b in chain.blocks)
+    if not repeated:  # no nodes at all: every output is an input or a weight
+        return [() for _ in part.stages]
     first_rep, last_rep = repeated[0], repeated[-1]
     out: list[tuple[str, ...]] = []
     for j, st in enumerate(part.stages):
@@ -415,6 +417,14 @@ class _Walk:
                     self.t.outputs.append(out)
                 if out in self.cross and self.cross[out][0] == self.t.stage:
                     self._send(out)
+        if self.t.stage == len(self.tps) - 1:  # outputs no node makes: inputs, weights
+            made = {o for n in graph.nodes for o in n.outputs if o}
+            for out in (o for o in graph.outputs if o not in made):
+                if out in initializers:
+                    self._initializer(out, None)
+                elif out not in self.t.inputs:
+                    self.t.inputs.append(out)
+                self.t.outputs.append(out)
         return self.t
 
     def _bytes(self, v: str) -> float:
