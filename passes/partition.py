@@ -13,6 +13,7 @@ from shardc.partition.costing import Costing, Settings
 from shardc.partition.search import search
 from shardc.passes.precision import priced_graph
 from shardc.pipeline import CompileState, Pass
+from shardc.progress import Progress
 
 
 def costing_for(state: CompileState) -> Costing:
@@ -31,9 +32,11 @@ def costing_for(state: CompileState) -> Costing:
     )
 
 
-def run(state: CompileState) -> CompileState:
-    """Fill ``state.partition`` with the best plan under the user's options and pins."""
-    result = search(costing_for(state), state.options.partition)
+def run(state: CompileState, progress: Progress | None = None) -> CompileState:
+    """Fill ``state.partition`` with the best plan under the user's options and pins;
+    ``progress`` advances per (data-parallel width, stage count) the search settles.
+    """
+    result = search(costing_for(state), state.options.partition, progress)
     out = state.with_(partition=result)
     if result.status != "OPTIMAL":
         gap = f"{result.gap:.1%}" if result.gap is not None else "unknown"
@@ -60,4 +63,5 @@ PASS = Pass(
     description="pipeline stages, tensor/data parallel degrees, recomputation and device "
     "placement chosen by CP-SAT under each device's memory",
     dump=dump,
+    reports_progress=True,
 )

@@ -27,7 +27,7 @@ from typing import Any
 from shardc import jsonutil
 from shardc.errors import OptionError
 from shardc.partition.options import PartitionOptions, parse_pins
-from shardc.progress import Progress
+from shardc.progress import Progress, Steps
 
 PLAN_FORMAT = "shardc-plan/1"
 
@@ -242,10 +242,9 @@ def build(
 
     start = time.perf_counter()
     passes = default_passes()
-    total = len(passes) + 2
-    report = progress or (lambda step, done, total: None)
+    steps = Steps(progress, len(passes) + 2)  # load, the passes, emit
     partition = options.partition_options()
-    report("load model", 0, total)
+    steps.start("load model")
     result = analyse(
         inputs.model,
         dims=inputs.dims,
@@ -256,7 +255,8 @@ def build(
         dtype=options.dtype,
         partition=partition,
         passes=passes,
-        on_pass=lambda name, index, _n: report(name, index + 1, total),
+        on_pass=lambda name, _index, _n: steps.start(name),
+        on_step=lambda name, step, done, n: steps.within(f"{name} {step}", done, n),
     )
     state = result.state
     assert state.costs is not None and state.partition is not None
@@ -293,7 +293,7 @@ def build(
         "analysis.json": jsonutil.dumps(graph_summary(priced, state.costs)).encode()
     }
     schedule = None
-    report("emit", total - 1, total)
+    steps.start("emit")
     if emit is None:
         emit = weights_available(state)
         if not emit:
@@ -305,7 +305,7 @@ def build(
         emitted, plan["emission"], schedule = plan_files(state)
         files.update(emitted)
     files["plan.json"] = jsonutil.dumps(plan).encode()
-    report("done", total, total)
+    steps.finish()
     return Built(
         files=files,
         plan=plan,

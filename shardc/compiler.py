@@ -38,6 +38,7 @@ def analyse(
     dump_after: Sequence[str] = (),
     verify: bool = False,
     on_pass: Callable[[str, int, int], None] | None = None,
+    on_step: Callable[[str, str, int, int], None] | None = None,
     mode: str = "training",
     partition: PartitionOptions | None = None,
     passes: Sequence[Pass] | None = None,
@@ -46,7 +47,9 @@ def analyse(
     """Load ``model`` and run ``passes`` (the analysis passes unless given) over it.
 
     ``dtype`` is the precision prices are in (see :mod:`shardc.cost.precision`); it takes
-    effect where ``passes`` hold the precision pass.
+    effect where ``passes`` hold the precision pass. ``on_pass(name, index, total)`` is
+    called as each pass starts, ``on_step(name, step, done, total)`` as a pass that
+    reports its own progress (partition: per solve) advances.
     """
     options = CompileOptions(
         mode=mode,
@@ -58,7 +61,7 @@ def analyse(
     loaded = load_model(model, dims=options.dims, example_inputs=example_inputs)
     state = CompileState(model=loaded, graph=loaded.graph, options=options, topology=topology)
     return Pipeline(list(passes) if passes is not None else analysis_passes()).run(
-        state, verify=verify, dump_after=dump_after, on_pass=on_pass
+        state, verify=verify, dump_after=dump_after, on_pass=on_pass, on_step=on_step
     )
 
 

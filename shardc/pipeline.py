@@ -1,7 +1,8 @@
 """The pass contract and the runner that checks it.
 
 A pass is a plain function from :class:`CompileState` to :class:`CompileState`, declared
-with :class:`Pass`: its name, the state fields it *requires* and the ones it *provides*.
+with :class:`Pass`: its name, the state fields it *requires* and the ones it *provides*
+(and, for a long one, that it reports its own progress).
 The runner checks both sides of that contract, verifies the IR after each pass when asked
 (always in tests), times every pass, can dump the state after any pass
 (``--dump-after``), and names the failing pass and the ones that ran before it.
@@ -92,12 +93,16 @@ class Pass:
     """A named step of the compiler with its declared inputs and outputs."""
 
     name: str
-    run: Callable[[CompileState], CompileState]
+    run: Callable[..., CompileState]
+    """``run(state)``, or ``run(state, progress)`` when :attr:`reports_progress`."""
     requires: tuple[str, ...] = ("graph",)
     provides: tuple[str, ...] = ()
     description: str = ""
     dump: Callable[[CompileState], str] | None = None
     """Renders what this pass added, for ``--dump-after``."""
+    reports_progress: bool = False
+    """``run`` takes a second argument, ``progress(step, done, total)`` or None, and calls
+    it as its own work advances (the partition search: per solve)."""
 
     def __post_init__(self) -> None:
         unknown = (set(self.requires) | set(self.provides)) - STATE_FIELDS
@@ -157,8 +162,11 @@ class Pipeline:
         verify: bool = False,
         dump_after: Sequence[str] = (),
         on_pass: Callable[[str, int, int], None] | None = None,
+        on_step: Callable[[str, str, int, int], None] | None = None,
     ) -> PipelineResult:
-        """Run every pass; ``on_pass(name, index, total)`` reports progress."""
+        """Run every pass; ``on_pass(name, index, total)`` reports progress, and
+        ``on_step(name, step, done, total)`` the progress inside passes that report it.
+        """
         unknown = [d for d in dump_after if d not in self.names]
         if unknown:
             raise ShardcError(
@@ -176,7 +184,10 @@ class Pipeline:
                     raise PipelineError(f"pass {p.name!r} needs {r!r}, which is not filled")
             start = time.perf_counter()
             try:
-                state = p.run(state)
+                if p.reports_progress:
+                    state = p.run(state, _inside(p.name, on_step))
+                else:
+                    state = p.run(state)
             except ShardcError:
                 raise
             except Exception as exc:
@@ -196,6 +207,15 @@ class Pipeline:
             if p.name in dump_after:
                 dumps[p.name] = dump_state(state, p)
         return PipelineResult(state, timings, dumps)
+
+
+def _inside(
+    name: str, on_step: Callable[[str, str, int, int], None] | None
+) -> Callable[[str, int, int], None] | None:
+    """Pass ``name``'s own progress callback, forwarding to ``on_step``."""
+    if on_step is None:
+        return None
+    return lambda step, done, total: on_step(name, step, done, total)
 
 
 def dump_state(state: CompileState, after: Pass) -> str:

@@ -15,9 +15,50 @@ from contextlib import contextmanager
 
 Progress = Callable[[str, int, int], None]
 """``progress(step, done, total)``: ``done`` of ``total`` steps are finished and ``step``
-is the one starting now; the last call is ``("done", total, total)``. The steps are
-``load model``, each pass by name (``annotate_costs``, ``coarsen``, ``strategies``,
-``partition``), then ``emit``; the partition pass takes most of the time."""
+is the one under way; ``done`` never decreases and the last call is
+``("done", total, total)``. The steps are ``load model``, each pass by name
+(``precision``, ``annotate_costs``, ``coarsen``, ``strategies``, ``partition``), then
+``emit``. The partition pass, which takes most of the time, counts one step per
+(data-parallel width, stage count) its search settles (``partition dp=4``): once it has
+listed them, before its first solve, ``total`` grows by their number less one, and stays
+fixed from then on."""
+
+
+class Steps:
+    """Turns a compile's steps, and the units of a step that reports its own progress,
+    into one :data:`Progress` count.
+
+    Each step counts one until it reports units of its own (``within``): then it counts
+    that many, and the total grows to match, once.
+    """
+
+    def __init__(self, report: Progress | None, total: int) -> None:
+        self.report = report
+        self.total, self.done = total, 0
+        self._width = 0  # units of the step under way (0 before the first)
+
+    def start(self, step: str) -> None:
+        """The previous step is finished and ``step`` begins."""
+        self.done += self._width
+        self._width = 1
+        self._emit(step, self.done)
+
+    def within(self, step: str, done: int, total: int) -> None:
+        """``done`` of ``total`` units of the step under way are finished."""
+        if total != self._width:
+            self.total += total - self._width
+            self._width = total
+        self._emit(step, self.done + done)
+
+    def finish(self) -> None:
+        """The last step is finished: ``("done", total, total)``."""
+        self.done += self._width
+        self._width = 0
+        self._emit("done", self.done)
+
+    def _emit(self, step: str, done: int) -> None:
+        if self.report is not None:
+            self.report(step, done, self.total)
 
 
 @contextmanager

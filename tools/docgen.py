@@ -9,6 +9,7 @@ flag; these pages are the parser's and the docstrings' own words, so they cannot
 
 from __future__ import annotations
 
+import ast
 import inspect
 import itertools
 import re
@@ -101,9 +102,24 @@ def _inline(line: str) -> str:
     return ROLE.sub(r"`\1`", line).replace("``", "`")
 
 
-def _doc(obj: Any) -> str:
-    """A docstring as Markdown: doctest and ``::`` blocks fenced, Google sections as lists."""
-    text = inspect.getdoc(obj) or ""
+def _attribute_doc(module: Any, name: str) -> str:
+    """The string literal after ``name = ...`` in ``module``'s source (an attribute
+    docstring, which Python itself does not keep).
+    """
+    body = ast.parse(inspect.getsource(module)).body
+    for stmt, after in itertools.pairwise(body):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+        named = any(isinstance(t, ast.Name) and t.id == name for t in targets)
+        if named and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            return str(after.value.value)
+    raise LookupError(f"{module.__name__}.{name} has no docstring")
+
+
+def _doc(obj: Any, text: str | None = None) -> str:
+    """A docstring (``obj``'s, or ``text``) as Markdown: doctest and ``::`` blocks fenced,
+    Google sections as lists.
+    """
+    text = (inspect.getdoc(obj) or "") if text is None else inspect.cleandoc(text)
     out: list[str] = []
     code: str | None = None  # "doctest" or "literal" while inside a fenced block
     section = False
@@ -309,10 +325,7 @@ def render_api() -> str:
         "Progress = Callable[[str, int, int], None]",
         "```",
         "",
-        "`progress(step, done, total)`: `done` of `total` steps are finished and `step` is the",
-        'one starting now; the last call is `("done", total, total)`. The steps are `load',
-        "model`, each pass by name (`annotate_costs`, `coarsen`, `strategies`, `partition`), then",
-        "`emit`; the partition pass takes most of the time.",
+        _doc(None, _attribute_doc(progress, "Progress")),
         "",
         "## Errors",
         "",

@@ -29,6 +29,7 @@ The search is deterministic: one worker, a fixed seed and a *deterministic* time
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -54,6 +55,13 @@ class _Attempt:
     core: tuple[str, ...]
 
 
+def stage_counts(problem: PartitionProblem) -> list[int]:
+    """The stage counts :func:`solve` settles, one CP-SAT model each (unless skipped)."""
+    if problem.pinned_stages:
+        return [problem.pinned_stages]
+    return list(range(1, min(problem.max_stages, problem.blocks) + 1))
+
+
 def solve(
     problem: PartitionProblem,
     *,
@@ -61,18 +69,18 @@ def solve(
     seed: int = 0,
     hint: tuple[StagePlan, ...] | None = None,
     cutoff: float | None = None,
+    on_count: Callable[[int], None] | None = None,
 ) -> Solution:
     """Best plan over stage counts; raises :class:`InfeasibleError` with the reason.
 
     ``cutoff`` is the score of a plan the caller already has: stage counts that cannot
     beat it are skipped (and if none can, :class:`InfeasibleError` says so).
+    ``on_count(s)`` is called once for each of :func:`stage_counts` as it is settled:
+    solved, or skipped (too few devices, pruned by the bound), before any error is raised.
     """
     start = time.perf_counter()
-    counts = (
-        [problem.pinned_stages]
-        if problem.pinned_stages
-        else list(range(1, min(problem.max_stages, problem.blocks) + 1))
-    )
+    settled = on_count or (lambda s: None)
+    counts = stage_counts(problem)
     if hint is not None and len(hint) in counts:
         counts.remove(len(hint))
         counts.insert(0, len(hint))
@@ -89,6 +97,8 @@ def solve(
             attempts.append(_Attempt(s, "INFEASIBLE", None, ("memory",)))
         else:
             evens[s] = uniform(problem, s)
+            continue
+        settled(s)
     # Every even grid is an incumbent before CP-SAT runs, so the bound prunes stage
     # counts against the best of them rather than against the first one tried.
     best_seen = min(
@@ -100,6 +110,7 @@ def solve(
     for s, even in evens.items():
         if best_seen is not None and lower_bound(problem, s) >= best_seen * (1 - 1e-9):
             attempts.append(_Attempt(s, "PRUNED", even, ()))
+            settled(s)
         else:
             todo.append(s)
     budget = time_limit / max(len(todo), 1)
@@ -110,6 +121,7 @@ def solve(
         if even is not None and (a.solution is None or even.seconds < a.solution.seconds):
             a = _Attempt(s, "FEASIBLE" if a.status != "INFEASIBLE" else a.status, even, ())
         attempts.append(a)
+        settled(s)
     found = [a.solution for a in attempts if a.solution is not None]
     if not found:
         if any(a.status == "UNKNOWN" for a in attempts):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shardc.errors import InfeasibleError, OptionError, SolverTimeout
-from shardc.partition.cpsat import lower_bound, solve, uniform
+from shardc.partition.cpsat import lower_bound, solve, stage_counts, uniform
 from shardc.partition.options import RECOMPUTES, PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
 from shardc.partition.problem import (
@@ -30,6 +30,7 @@ from shardc.partition.problem import (
     stage_seconds,
     stage_sync,
 )
+from shardc.progress import Progress
 
 if TYPE_CHECKING:
     from shardc.partition.costing import Costing
@@ -279,8 +280,34 @@ def _hint(
     return plan if plan and all(p.config in names for p in plan) else None
 
 
-def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
-    """The best plan for ``costing``'s graph on its topology under ``options``."""
+class _Ticks:
+    """The search's progress: one tick per (width, stage count) settled, out of all the
+    pairs listed before the first solve (so the total is known up front).
+    """
+
+    def __init__(self, report: Progress | None, total: int) -> None:
+        self.report = report or (lambda step, done, total: None)
+        self.total, self.done, self.step = total, 0, ""
+
+    def width(self, dp: int) -> None:
+        """The search moves on to data-parallel width ``dp``."""
+        self.step = f"dp={dp}"
+        self.report(self.step, self.done, self.total)
+
+    def count(self, stages: int) -> None:
+        """One stage count of the current width is settled (solved or skipped)."""
+        self.done += 1
+        self.report(self.step, self.done, self.total)
+
+
+def search(
+    costing: Costing, options: PartitionOptions, progress: Progress | None = None
+) -> PartitionResult:
+    """The best plan for ``costing``'s graph on its topology under ``options``.
+
+    ``progress(step, done, total)`` advances once per (data-parallel width, stage count)
+    pair settled, ``step`` naming the width (``dp=4``); it never changes the answer.
+    """
     start = time.perf_counter()
     mode = costing.settings.mode
     if mode == "training" and options.objective == "latency":
@@ -348,8 +375,10 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
     # give the same plan on a loaded laptop and on an idle CI runner.
     budget = options.time_limit / max(len(problems), 1)
     floors: list[float] = []  # per-sample lower bounds of the widths not proven worse
+    ticks = _Ticks(progress, sum(len(stage_counts(p)) for p, _ in problems))
     for problem, per in problems:
         dp, configs = problem.dp, problem.configs
+        ticks.width(dp)
         bar = min(incumbent, best[0] if best else math.inf)
         cutoff = bar * per if bar < math.inf else None
         try:
@@ -359,6 +388,7 @@ def search(costing: Costing, options: PartitionOptions) -> PartitionResult:
                 seed=options.seed,
                 hint=_hint(warm, dp, configs),
                 cutoff=cutoff,
+                on_count=ticks.count,
             )
         except SolverTimeout:
             timed_out = True
