@@ -45,3 +45,17 @@ def parse(text: str) -> onnx.ModelProto:
     model = onnx.parser.parse_model(text)
     onnx.checker.check_model(model)
     return model
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``slow`` tests unless the ``-m`` expression names ``slow``: the full
+    sweeps (the ONNX node suite, the light models, 8 processes) are opt-in, and the
+    default run does not list them as skips.
+    """
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    slow = [i for i in items if "slow" in i.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        chosen = set(map(id, slow))
+        items[:] = [i for i in items if id(i) not in chosen]
