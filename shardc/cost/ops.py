@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shardc.errors import ModelError
-from shardc.ir import DType, Graph, Node, TensorType
+from shardc.ir import Dim, DType, Graph, Node, TensorType
 from shardc.ir.opfamilies import REDUCTIONS
 from shardc.registry import registrar
 
@@ -244,15 +244,15 @@ class Need:
         t = v.type if v else None
         if t is not None and t.is_static:
             return t
-        if t is not None and t.shape is None:
+        shape = t.shape if t is not None else None
+        if t is not None and shape is None:
             self.estimated = True
             return TensorType(t.dtype, ())
-        if t is not None and not any(isinstance(d, str) and d in self.bindable for d in t.shape):
+        if t is not None and shape is not None and not self._user_dims(shape):
             self.estimated = True
-            return TensorType(t.dtype, tuple(d if isinstance(d, int) else 1 for d in t.shape))
+            return TensorType(t.dtype, tuple(d if isinstance(d, int) else 1 for d in shape))
         missing = ", ".join(t.unknown_dims()) if t else "type"
-        shape = t.shape or () if t else ()
-        user = [d for d in shape if isinstance(d, str) and d in self.bindable]
+        user = self._user_dims(shape or ())
         hint = (
             f"bind it with --dim {user[0]}=N"
             if user
@@ -263,6 +263,10 @@ class Need:
             where=f"{self.where}: node {self.node.name!r}",
             hint=hint,
         )
+
+    def _user_dims(self, shape: tuple[Dim, ...]) -> list[str]:
+        """The dims of ``shape`` the user can bind with ``--dim``."""
+        return [d for d in shape if isinstance(d, str) and d in self.bindable]
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Static shape of ``name``."""

@@ -330,8 +330,9 @@ class _Walk:
         out = self._name(v, "slice")
         if (self.state.model.opset() or 18) < 10:  # Slice-1: bounds are attributes
             lo, hi = self.rank * step, (self.rank + 1) * step
-            bounds = {"starts": [lo], "ends": [hi], "axes": [dim]}
-            self._emit(helper.make_node("Slice", [name], [out], name=out, **bounds))
+            slice1 = helper.make_node("Slice", [name], [out], name=out, starts=[lo], ends=[hi])
+            slice1.attribute.append(helper.make_attribute("axes", [dim]))
+            self._emit(slice1)
             return out
         consts = {}
         for key, val in (
