@@ -361,7 +361,7 @@ class _Walk:
         produced = {o for n in self.nodes for o in graph.node(n).outputs if o}
         needed: list[str] = []
         for n in self.nodes:
-            for v in graph.node(n).present_inputs:
+            for v in _reads(graph.node(n), graph):
                 if v not in produced and v not in initializers and v not in needed:
                     needed.append(v)
         order = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
@@ -611,7 +611,7 @@ def _cross_stage(
         for o in n.outputs:
             if o:
                 made[o] = home[n.name]
-        for v in n.present_inputs:
+        for v in _reads(n, graph):
             if v in made and made[v] != home[n.name]:
                 readers[v].add(home[n.name])
     order = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
@@ -761,8 +761,8 @@ def _instantiate(
         steps.append(comm)
     flush()
     values = graph.values
-    inputs = [_value_info(values[v]) for v in tmpl.inputs]
-    outputs = [_value_info(values[v]) for v in tmpl.outputs]
+    inputs = [_value_info(values[v], graph.extra) for v in tmpl.inputs]
+    outputs = [_value_info(values[v], graph.extra) for v in tmpl.outputs]
     initializers = [tmpl.initializers[k] for k in sorted(tmpl.initializers)]
     g = helper.make_graph(nodes, f"{graph.name}_rank{rank}", inputs, outputs, initializers)
     opsets = dict(state.model.opset_imports)
@@ -827,10 +827,29 @@ def _set_int(node: onnx.NodeProto, name: str, value: int) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def _value_info(v: Any) -> onnx.ValueInfoProto:
+def _reads(node: Any, graph: Any) -> list[str]:
+    """The node's inputs, then the values of ``graph`` its bodies (If/Loop/Scan) capture:
+    a rank must hold those too, though no edge of the outer graph says so.
+    """
+    names = list(node.present_inputs)
+    stack = list(node.subgraphs)
+    while stack:
+        body = stack.pop(0)
+        names += [v for v in body.outer if v in graph.values and v not in names]
+        for inner in body.nodes:
+            stack.extend(inner.subgraphs)
+    return names
+
+
+def _value_info(v: Any, extra: Mapping[str, bytes]) -> onnx.ValueInfoProto:
     t = v.type
     if t is None:
-        return helper.make_empty_tensor_value_info(v.name)
+        kept = extra.get(f"type/{v.name}")
+        if kept is None:
+            return helper.make_empty_tensor_value_info(v.name)
+        info = onnx.ValueInfoProto(name=v.name)
+        info.type.ParseFromString(kept)  # a sequence or optional, as the model declared it
+        return info
     return helper.make_tensor_value_info(
         v.name, t.dtype.value, None if t.shape is None else list(t.shape)
     )

@@ -229,4 +229,8 @@ def _graph_extras(g: onnx.GraphProto) -> dict[str, bytes]:
     inputs_that_are_weights = [i for i in g.input if i.name in {t.name for t in g.initializer}]
     for i, vi in enumerate(inputs_that_are_weights):
         extras[f"weight_input/{i}"] = vi.SerializeToString(deterministic=True)
+    # Sequences and optionals have no IR type; emission writes them back from here.
+    for vi in (*g.input, *g.output):
+        if vi.type.WhichOneof("value") not in (None, "tensor_type"):
+            extras[f"type/{vi.name}"] = vi.type.SerializeToString(deterministic=True)
     return extras

@@ -170,12 +170,7 @@ class RankProgram:
     def _session(self, run: _Run, env: Mapping[str, np.ndarray]) -> Any:
         import onnxruntime as ort
 
-        inputs = [
-            helper.make_tensor_value_info(
-                v, helper.np_dtype_to_tensor_dtype(env[v].dtype), list(env[v].shape)
-            )
-            for v in run.inputs
-        ]
+        inputs = [self._type_of(v, env[v]) for v in run.inputs]
         outputs = [helper.make_empty_tensor_value_info(v) for v in run.outputs]
         graph = helper.make_graph(run.nodes, f"rank{self.rank}", inputs, outputs)
         model = helper.make_model(graph, opset_imports=self.opsets)
@@ -191,14 +186,34 @@ class RankProgram:
                 where=f"rank {self.rank}",
             ) from None
 
+    def _type_of(self, name: str, value: Any) -> onnx.ValueInfoProto:
+        """A run input's type: sequences and optionals as the device model declares
+        them (a value cannot say what an empty sequence holds), tensors as they are.
+        """
+        declared = self.input_types.get(name)
+        if declared is not None and declared.WhichOneof("value") not in (None, "tensor_type"):
+            info = onnx.ValueInfoProto(name=name)
+            info.type.CopyFrom(declared)
+            return info
+        if isinstance(value, list):
+            first = next((np.asarray(e) for e in value), np.zeros(0, np.float32))
+            return helper.make_tensor_sequence_value_info(
+                name, helper.np_dtype_to_tensor_dtype(first.dtype), None
+            )
+        return helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)
+        )
+
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Every graph input is fed with the shape the plan was compiled for."""
         for name in self.inputs:
             if name not in feeds:
                 raise ExecutionError(f"no value fed for input {name!r}", where=f"rank {self.rank}")
             want = _shape(self.input_types[name])
+            if want is None:
+                continue
             got = list(np.shape(feeds[name]))
-            if want is not None and not _matches(want, got):
+            if not _matches(want, got):
                 raise ExecutionError(
                     f"input {name!r} has shape {got}, the plan was compiled for {want}",
                     where=f"rank {self.rank}",
@@ -212,7 +227,7 @@ class RankProgram:
         """
         self.check_feeds(feeds)
         env: dict[str, np.ndarray] = dict(self.weights)
-        env.update({k: np.asarray(feeds[k]) for k in self.inputs})
+        env.update({k: _fed(feeds[k]) for k in self.inputs})
         compute = comm = 0.0
         for item in self.items:
             if isinstance(item, _Run):
@@ -250,8 +265,10 @@ class RankProgram:
             return env
         for name in self.outputs:
             want = _shape(self.output_types[name])
-            got = list(env[name].shape)
-            if want is not None and not _matches(want, got):
+            if want is None:  # sequences, optionals, or a tensor of unknown rank
+                continue
+            got = list(np.shape(env[name]))
+            if not _matches(want, got):
                 raise ExecutionError(
                     f"output {name!r} has shape {got}, the plan says {want} "
                     f"(micro-batch {microbatch})",
@@ -280,6 +297,15 @@ def _check_recv(request: CommRequest, value: np.ndarray | None) -> None:
             f"{request.describe()} expected shape {want}, got {got} from rank {request.peer}",
             where=f"rank {request.rank}",
         )
+
+
+def _fed(value: Any) -> Any:
+    """Tensors as arrays; sequences (lists) and absent optionals (None) as they are."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return [np.asarray(e) for e in value]
+    return np.asarray(value)
 
 
 def _reads(node: onnx.NodeProto) -> list[str]:

@@ -48,7 +48,6 @@ DEVICES = 2
 
 PASSED, SKIPPED, FAILED = "passed", "skipped", "failed"
 ORT_FAILS = "onnxruntime fails unsharded"
-NOT_TENSORS = "sequence or optional graph input/output: the runtime exchanges tensors only"
 
 KNOWN_FAILURES: dict[str, str] = {
     # The split plan runs this fp16 attention in several onnxruntime sessions (cut at the
@@ -139,10 +138,6 @@ def onnxruntime_fails(case: Any) -> str | None:
     return None
 
 
-def _tensors_only(model: onnx.ModelProto) -> bool:
-    return all(v.type.HasField("tensor_type") for v in (*model.graph.input, *model.graph.output))
-
-
 def bound_dims(model: onnx.ModelProto, feeds: dict[str, Any]) -> dict[str, int]:
     """Symbolic input dims set to the sizes of the reference inputs (``--dim``)."""
     dims: dict[str, int] = {}
@@ -168,8 +163,6 @@ def run_case(name: str) -> Outcome:
     why = onnxruntime_fails(case)
     if why is not None:
         return done(SKIPPED, ORT_FAILS, why)
-    if not _tensors_only(case.model):
-        return done(SKIPPED, NOT_TENSORS)
     feeds, want = _data(case)
     try:
         state, split = compile_case(case.model, bound_dims(case.model, feeds))

@@ -1,9 +1,9 @@
 """The ONNX backend node suite through shardc plans on two devices (see node_suite.py).
 
 Every case onnxruntime passes unsharded must pass as a plan: the fixed sample runs by
-default, the whole suite with ``pytest -m slow``. A case the compiler refuses with a
-clear error, or whose inputs are sequences, is skipped with that reason; the few
-accepted failures are listed, each with its cause, in ``node_suite.KNOWN_FAILURES``.
+default, the whole suite with ``pytest -m slow``. Sequences and optionals run too (as
+lists and None). A case the compiler refuses with a clear error is skipped with that
+reason; the few accepted failures are listed, each with its cause, in ``node_suite.KNOWN_FAILURES``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ def check(name: str) -> None:
 @pytest.mark.parametrize("name", ns.sample(SAMPLE))
 def test_sampled_case(name: str) -> None:
     check(name)
+
+
+NOT_TENSORS = [
+    "test_identity_opt",  # optional(sequence) in and out
+    "test_if_seq",  # a sequence made inside a branch
+    "test_loop13_seq",  # an empty sequence fed to a Loop
+    "test_sequence_insert_at_back",
+    "test_sequence_map_add_1_sequence_1_tensor_expanded",  # a body captures a graph input
+    "test_split_to_sequence_1",
+]
+
+
+@pytest.mark.parametrize("name", NOT_TENSORS)
+def test_sequences_and_optionals_run(name: str) -> None:
+    """Values that are lists or None cross the runtime as they are, typed as declared."""
+    assert ns.sweep([name])[0].status == ns.PASSED
 
 
 @pytest.mark.slow
