@@ -87,7 +87,9 @@ def compile(
         pins: parts of the answer to fix, as ``--pin`` takes them: ``"tp=2,pp=2"``, a
             list of such strings, or a mapping ``{"tp": 2, "stage0.blocks": 3}``. Keys:
             ``tp``, ``pp``, ``dp``, ``kind``, ``recompute``, ``stageN.kind``,
-            ``stageN.tp``, ``stageN.blocks``, ``stageN.recompute``.
+            ``stageN.tp``, ``stageN.blocks``, ``stageN.recompute``, and ``rule``
+            (``"megatron"``, the default, or ``"split"``: tensor-parallel stages split
+            every op they can, batch first, for graphs that are not transformers).
         recompute: activation recomputation for every stage, ``"none"``,
             ``"selective"`` or ``"full"`` (default: the solver chooses per stage).
         dtype: the precision the plan is priced and sized in, as mixed-precision training

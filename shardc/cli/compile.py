@@ -84,8 +84,10 @@ __all__ = ["compile_cmd"]
     multiple=True,
     metavar="KEY=VALUE[,...]",
     help="Fix part of the answer: tp=8, pp=4,dp=16, kind=h100, stage0.kind=h20, "
-    "stage1.blocks=30, recompute=full. With tp, pp, dp and every stage's blocks pinned, "
-    "compile evaluates that configuration.",
+    "stage1.blocks=30, recompute=full, rule=split (tensor parallel splits every op it "
+    "can, batch first, not only Megatron's weight products: for graphs that are not "
+    "transformers). With tp, pp, dp and every stage's blocks pinned, compile evaluates "
+    "that configuration.",
 )
 @click.option(
     "--recompute",
