@@ -190,3 +190,25 @@ def test_a_region_value_read_outside_keeps_the_experts_whole() -> None:
     assert found == () and reasons == (
         "experts indexed by 'ids': 'gw' is read outside the expert computation",
     )
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    ["mixtral_path", pytest.param("deepseek_v3_path", marks=pytest.mark.slow)],
+)
+def test_expert_parallel_runs_over_gloo_processes(request, fixture: str, tmp_path: Path) -> None:
+    """Four processes, experts spread over the group, a whole training step's forwards."""
+    from click.testing import CliRunner
+
+    from shardc.cli.main import cli
+    from shardc.runtime.verify import verify
+
+    out = tmp_path / "plan"
+    args = ["compile", str(request.getfixturevalue(fixture)), "--topology"]
+    args += [str(ROOT / "topologies/localhost.topo"), "--set", "devices=4"]
+    args += ["--pin", "tp=4,pp=1,dp=1", "--mode", "inference", "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = verify(out, procs=True)
+    assert report.ok and report.runner.startswith("4 processes"), report.to_json()
+    assert max(o.max_rel for o in report.outputs) <= 1e-5
