@@ -5,7 +5,8 @@ onnxruntime and answers the ``shardc`` comm nodes with the matching torch.distri
 call (``send``/``recv``, ``all_reduce``, ``all_gather``, ``reduce_scatter``,
 ``all_to_all``). The backend follows the device the process runs on: NCCL next to a CUDA
 GPU, HCCL next to an Ascend NPU (``torch_npu``), gloo on CPU; ``SHARDC_DIST_BACKEND``
-overrides. The meaning of each comm node is the one in :mod:`shardc.runtime.collectives`.
+overrides. ``SHARDC_ORT_THREADS`` caps onnxruntime's threads per rank (the launcher sets
+each rank's share of this machine's cores, so ranks do not spin against each other). The meaning of each comm node is the one in :mod:`shardc.runtime.collectives`.
 
 Why the groups are agreed first: ``torch.distributed.new_group`` must be called by every
 process, in the same order, for every group, even by processes outside it. Each rank
@@ -262,8 +263,12 @@ class RankRunner:
                 timeout=_dt.timedelta(seconds=timeout),
             )
         local = int(os.environ.get("LOCAL_RANK", self.rank))
+        threads = os.environ.get("SHARDC_ORT_THREADS")
         self.program = RankProgram(
-            self.plan.device_model(self.rank), self.rank, providers=_providers(self.backend)
+            self.plan.device_model(self.rank),
+            self.rank,
+            providers=_providers(self.backend),
+            threads=int(threads) if threads else None,
         )
         self.plan.check_order(self.rank, self.program.comm_nodes)
         self.comm = TorchComm(_device_for(self.backend, local), check_shapes=check_shapes)

@@ -76,6 +76,10 @@ def run_processes(
             MASTER_PORT=str(_free_port()),
             WORLD_SIZE=str(world),
             OMP_NUM_THREADS=base.get("OMP_NUM_THREADS", "1"),
+            # every rank runs on this machine: each gets its share of the cores
+            SHARDC_ORT_THREADS=base.get(
+                "SHARDC_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // world))
+            ),
         )
         cmd = [sys.executable, "-m", "shardc.runtime.worker", str(plan.path), str(work)]
         cmd += ["--timeout", str(timeout)] + (["--check-shapes"] if check_shapes else [])

@@ -102,9 +102,11 @@ class RankProgram:
         *,
         keep_all: bool = False,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        threads: int | None = None,
     ):
         self.rank = rank
         self.providers = providers
+        self.threads = threads
         self.weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.inputs = [i.name for i in model.graph.input if i.name not in self.weights]
         self.input_types = {i.name: i.type for i in model.graph.input}
@@ -176,6 +178,11 @@ class RankProgram:
         model = helper.make_model(graph, opset_imports=self.opsets)
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if self.threads:
+            # Ranks sharing a machine share its cores: a fixed share each, and no
+            # spinning while a rank waits on its peers.
+            options.intra_op_num_threads = self.threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(
                 model.SerializeToString(), options, providers=list(self.providers)
