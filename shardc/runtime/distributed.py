@@ -6,7 +6,8 @@ call (``send``/``recv``, ``all_reduce``, ``all_gather``, ``reduce_scatter``,
 ``all_to_all``). The backend follows the device the process runs on: NCCL next to a CUDA
 GPU, HCCL next to an Ascend NPU (``torch_npu``), gloo on CPU; ``SHARDC_DIST_BACKEND``
 overrides. ``SHARDC_ORT_THREADS`` caps onnxruntime's threads per rank (the launcher sets
-each rank's share of this machine's cores, so ranks do not spin against each other). The meaning of each comm node is the one in :mod:`shardc.runtime.collectives`.
+each rank's share of this machine's cores, so ranks do not spin against each other).
+The meaning of each comm node is the one in :mod:`shardc.runtime.collectives`.
 
 Why the groups are agreed first: ``torch.distributed.new_group`` must be called by every
 process, in the same order, for every group, even by processes outside it. Each rank
@@ -271,7 +272,13 @@ class RankRunner:
             threads=int(threads) if threads else None,
         )
         self.plan.check_order(self.rank, self.program.comm_nodes)
-        self.comm = TorchComm(_device_for(self.backend, local), check_shapes=check_shapes)
+        device = _device_for(self.backend, local)
+        if device.type in ("cuda", "npu"):
+            # NCCL and HCCL object collectives (the group exchange) use the current device
+            import torch
+
+            getattr(torch, device.type).set_device(device)
+        self.comm = TorchComm(device, check_shapes=check_shapes)
         self.comm.make_groups(_groups_of(self.program))
         info = self.plan.ranks[self.rank]
         self.stage = int(info["stage"])
