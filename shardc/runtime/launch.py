@@ -67,7 +67,7 @@ def run_processes(
         work = Path(tmp)
         np.savez(
             work / "feeds.npz",
-            **{f"r{r}/m{m}/{k}": v for (r, m), f in sorted(feeds.items()) for k, v in f.items()},
+            **{f"r{r}/m{m}/{k}": v for (r, m), f in sorted(feeds.items()) for k, v in f.items()},  # type: ignore[arg-type]
         )
         base = dict(os.environ)
         base.update(env or {})

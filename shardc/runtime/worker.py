@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = runner.run_step(feeds)
         np.savez(
             work / f"out{rank}.npz",
-            **{f"m{m}/{k}": v for m, outs in outputs.items() for k, v in outs.items()},
+            **{f"m{m}/{k}": v for m, outs in outputs.items() for k, v in outs.items()},  # type: ignore[arg-type]
         )
         timings = runner.program.timings
         (work / f"rank{rank}.json").write_text(
