@@ -161,8 +161,8 @@ def _check_weights(
                 report.problems.append(f"replica {replica}: weight {name!r} is on no rank")
                 continue
             for group in sorted(groups[name]):
-                recs = [rec for rank, rec in cover[name] if rank in group]
-                report.problems += _tiles(name, replica, group, recs)
+                group_recs = [rec for rank, rec in cover[name] if rank in group]
+                report.problems += _tiles(name, replica, group, group_recs)
         for name in sorted(set(cover) - set(original)):
             report.problems.append(f"replica {replica}: {name!r} is not a weight of the model")
 

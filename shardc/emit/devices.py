@@ -25,7 +25,7 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -45,7 +45,7 @@ from shardc.emit.program import (
     Programs,
 )
 from shardc.errors import ShardcError
-from shardc.ir import Graph, Node
+from shardc.ir import Graph, Node, TensorType
 from shardc.partition.split import tp_rule
 from shardc.passes.precision import priced_graph
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard, shard_scale
@@ -153,6 +153,23 @@ def stage_nodes(state: CompileState) -> list[tuple[str, ...]]:
     return out
 
 
+@runtime_checkable
+class _ProtoWeights(Protocol):
+    """A weight source that also hands out TensorProtos (the frontend's OnnxWeightSource)."""
+
+    def tensor_proto(self, name: str, *, with_data: bool = True) -> onnx.TensorProto: ...
+
+    def array(self, name: str) -> np.ndarray: ...
+
+
+def _static_shape(t: TensorType | None) -> list[int] | None:
+    """The dims of ``t`` when every one is a known integer, else None."""
+    if t is None or t.shape is None:
+        return None
+    dims = [int(d) for d in t.shape if isinstance(d, int)]
+    return dims if len(dims) == len(t.shape) else None
+
+
 class _Walk:
     """Builds the template of one (stage, tp rank)."""
 
@@ -169,6 +186,7 @@ class _Walk:
         tps: Sequence[int],
     ) -> None:
         self.state, self.graph = state, state.graph
+        assert state.strategies is not None, "emission runs after the strategy table is built"
         self.table = state.strategies
         self.t = _Template(stage, tp_rank, tp)
         self.rank, self.tp = tp_rank, tp
@@ -233,6 +251,8 @@ class _Walk:
         if name in self.t.initializers:
             return name
         weights = self.state.model.weights
+        if not isinstance(weights, _ProtoWeights):
+            raise EmitError(f"weight {v!r}: the model has no weight source to cut shards from")
         if dim is None:
             proto = weights.tensor_proto(v, with_data=True)
             self.t.slices[name] = SliceRecord(v, -1, 0, 0)
@@ -257,8 +277,8 @@ class _Walk:
         """The local name of value ``v`` in layout ``want`` (None: as it is on hand)."""
         if v in self.initializers:
             if want is not None and want.partial:
-                base = self._initializer(v, TensorSharding(want.dims), pieces)
-                return self._scale(base)
+                unscaled = self._initializer(v, TensorSharding(want.dims), pieces)
+                return self._scale(unscaled)
             return self._initializer(v, want, pieces)
         have = self.copies.get(v)
         if not have:
@@ -323,9 +343,9 @@ class _Walk:
         """Replicated → this rank's piece along ``dim`` (a local Slice, no traffic)."""
         assert dim is not None
         t = self.graph.values[v].type
-        if t is None or t.shape is None or not isinstance(t.shape[dim], int):
+        size = t.shape[dim] if t is not None and t.shape is not None else None
+        if not isinstance(size, int):
             raise EmitError(f"value {v!r}: cannot slice a dim of unknown size")
-        size = t.shape[dim]
         step = size // self.tp
         out = self._name(v, "slice")
         if (self.state.model.opset() or 18) < 10:  # Slice-1: bounds are attributes
@@ -457,10 +477,11 @@ class _Walk:
             attrs["group"] = [-1]
         if recv_of:
             t = self.graph.values[recv_of].type
-            if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+            shape = _static_shape(t)
+            if t is None or shape is None:
                 raise EmitError(f"{recv_of!r} crosses stages with an unknown shape")
             attrs["dtype"] = int(t.dtype.value)  # the model's own, whatever --dtype priced
-            attrs["shape"] = [int(d) for d in t.shape]
+            attrs["shape"] = shape
         if pending.axis >= 0:
             attrs["axis"] = pending.axis
         name = self._name(pending.value or (outs[0] if outs else op), op.lower())
@@ -473,16 +494,11 @@ class _Walk:
             s is not None and s.dim_of("tp") is not None for s in strat.outputs[: len(outs)]
         )
         if node.op_type in _SHAPE_ARGS and split_out:
-            out_t = graph.values[node.outputs[0]].type
+            shape = _static_shape(graph.values[node.outputs[0]].type)
             layout = strat.outputs[0]
             assert layout is not None
-            if (
-                out_t is None
-                or out_t.shape is None
-                or not all(isinstance(d, int) for d in out_t.shape)
-            ):
+            if shape is None:
                 raise EmitError(f"{node.name}: a split {node.op_type} needs a static output shape")
-            shape = [int(d) for d in out_t.shape]  # type: ignore[arg-type]
             d = layout.dim_of("tp")
             assert d is not None
             shape[d] //= self.tp
@@ -493,10 +509,7 @@ class _Walk:
             ins = list(ins)
             ins[_SHAPE_ARGS[node.op_type]] = cname
         if node.op_type == "Split" and len(ins) > 1 and ins[1] and self._splits_axis(node, strat):
-            sizes = [
-                int(graph.values[o].type.shape[self._split_axis(node)]) // self.tp  # type: ignore[index,union-attr]
-                for o in node.outputs
-            ]
+            sizes = [self._dim(o, self._split_axis(node)) // self.tp for o in node.outputs]
             cname = self._name(node.name, "split")
             self.t.initializers[cname] = numpy_helper.from_array(
                 np.array(sizes, dtype=np.int64), cname
@@ -524,6 +537,14 @@ class _Walk:
         """
         axis = self._split_axis(node)
         return any(s is not None and s.dim_of("tp") == axis for s in strat.outputs)
+
+    def _dim(self, v: str, axis: int) -> int:
+        """The known size of dim ``axis`` of value ``v``."""
+        t = self.graph.values[v].type
+        size = t.shape[axis] if t is not None and t.shape is not None else None
+        if not isinstance(size, int):
+            raise EmitError(f"value {v!r}: dim {axis} has an unknown size")
+        return size
 
     def _split_axis(self, node: Node) -> int:
         axis = int(node.attr("axis", 0) or 0)  # type: ignore[arg-type]
@@ -721,12 +742,15 @@ def _instantiate(
             run.append(item)
             continue
         flush()
+        index: int
+        p: _Pending
         index, p = item
         node = nodes[index]
         peer = rank_of(p.peer[0], replica, p.peer[1]) if p.peer is not None else -1
         if p.op in ("Send", "Recv"):
+            assert p.peer is not None, f"{p.op} of {p.value!r} has no peer"
             _set_int(node, "peer", peer)
-            other = part.placement.devices[(replica, p.peer[0], p.peer[1])]  # type: ignore[index]
+            other = part.placement.devices[(replica, p.peer[0], p.peer[1])]
             a, b = (device, other) if p.op == "Send" else (other, device)
             est = point_to_point(topo, a, b, p.nbytes)
             route = topo.route(a, b)

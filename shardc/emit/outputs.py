@@ -24,6 +24,8 @@ def weights_available(state: CompileState) -> bool:
     names = list(state.model.graph.initializers)
     if not names:
         return True
+    if source is None:
+        return False
     try:
         source.array(names[0])
     except Exception:

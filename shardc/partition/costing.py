@@ -153,8 +153,14 @@ class Costing:
         )
 
     def _nbytes(self, value: str) -> float:
+        n = self.graph.values[value].nbytes  # None unless the shape is static
+        return float(n) if n is not None else 0.0
+
+    def _numel(self, value: str) -> int:
+        """Element count of an initializer (0 unless its shape is static)."""
         t = self.graph.values[value].type
-        return float(t.nbytes) if t is not None and t.is_static else 0.0
+        assert t is not None, f"initializer {value!r} has no tensor type"
+        return t.numel or 0
 
     # -- tensor-parallel choices ---------------------------------------------------------
     @cached_property
@@ -314,10 +320,7 @@ class Costing:
                 f = lay.local_fraction(sizes) if lay is not None else 1.0
                 frac[v] = max(frac.get(v, 0.0), f)
         nbytes = sum(self._nbytes(v) * f for v, f in frac.items())
-        params = sum(
-            (self.graph.values[v].type.numel or 0) * f  # type: ignore[union-attr]
-            for v, f in frac.items()
-        )
+        params = sum(self._numel(v) * f for v, f in frac.items())
         return nbytes, params
 
     def _activations(

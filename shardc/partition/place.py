@@ -127,6 +127,6 @@ def place(topo: Topology, stages: Sequence[StageDemand], dp: int) -> Placement:
         used = {d for g in groups for d in g}
         free[demand.kind] = [d for d in pool if d not in used]
         for r, group in enumerate(groups):
-            for t, dev in enumerate(group):
-                devices[(r, j, t)] = dev
+            for t, dev_name in enumerate(group):
+                devices[(r, j, t)] = dev_name
     return Placement(devices, tuple(bandwidth))

@@ -401,8 +401,9 @@ def search(
             if not pruned:
                 reasons.append(f"dp={dp}: {exc.message}")
             continue
-        proven = sol.status == "OPTIMAL" or sol.bound is None
-        floors.append((sol.seconds if proven else sol.bound) / per)
+        # the solver's bound, unless the width was solved to optimality (or has no bound)
+        floor_s = sol.seconds if sol.status == "OPTIMAL" or sol.bound is None else sol.bound
+        floors.append(floor_s / per)
         beaten = sol.seconds / per > bar * (1 + 1e-9)
         tried.append((dp, "no better" if beaten else sol.status, sol.seconds))
         key = (sol.seconds / per, dp, len(sol.stages))
