@@ -105,7 +105,8 @@ class DeviceProgram:
     tp: int
     steps: tuple[Step, ...]
     inputs: tuple[str, ...]
-    """Graph inputs this rank is fed (the runtime gives every rank the same micro-batch)."""
+    """Graph inputs this rank is fed: every first-stage rank of a replica reads that
+    replica's micro-batch, whole."""
     outputs: tuple[str, ...]
     """Graph outputs this rank produces, whole (sharded outputs are gathered first)."""
     memory_bytes: float = 0.0
