@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy shardc
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
