@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from shardc.errors import ShardcError
+from shardc.runtime.program import attr
 
 PLAN_FORMAT = "shardc-plan/1"
 
@@ -197,11 +198,5 @@ class PlanDir:
 
 def _comm_key(node: onnx.NodeProto) -> tuple[str, tuple[int, ...], int]:
     """What pairs a comm op with its partners: the op, its group or its peer."""
-    group: tuple[int, ...] = ()
-    peer = -1
-    for a in node.attribute:
-        if a.name == "group":
-            group = tuple(int(g) for g in a.ints)
-        elif a.name == "peer":
-            peer = int(a.i)
-    return node.op_type, group, peer
+    group = tuple(int(g) for g in attr(node, "group", ()))
+    return node.op_type, group, int(attr(node, "peer", -1))
