@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import onnx
-from onnx import helper
 
+from shardc.emit.program import DOMAIN, node_attr
 from shardc.errors import OptionError
 
 if TYPE_CHECKING:
     from shardc.plan import Plan
-
-DOMAIN = "shardc"
 
 STRATEGY_WHY = {
     "column": "its weight is split along the output features (column-parallel): each TP "
@@ -182,14 +180,6 @@ def _index(plan: Plan) -> dict[int, _Rank]:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            v = helper.get_attribute_value(a)
-            return v.decode() if isinstance(v, bytes) else v
-    return default
-
-
 def _events(plan: Plan) -> dict[tuple[int, str, str], dict[str, Any]]:
     """(rank, op, value) -> the first forward comm event of micro-batch 0."""
     out: dict[tuple[int, str, str], dict[str, Any]] = {}
@@ -220,10 +210,10 @@ def _comms(plan: Plan, index: dict[int, _Rank], ranks: list[int], node_of: Any) 
                 },
             )
             entry["ranks"].append(r)
-            peer = _attr(comm, "peer")
+            peer = node_attr(comm, "peer")
             if peer is not None:
                 entry["peers"].append(int(peer))
-            group = tuple(int(g) for g in _attr(comm, "group", []))
+            group = tuple(int(g) for g in node_attr(comm, "group", []))
             if group and group not in entry["groups"]:
                 entry["groups"].append(group)
             entry["event"] = entry["event"] or events.get((r, comm.op_type, value))

@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from shardc.emit.program import DOMAIN
+from shardc.emit.program import DOMAIN, node_attr
 from shardc.errors import ShardcError
 
 
@@ -43,13 +43,6 @@ class CheckReport:
     """Per replica: bytes held more than once on purpose (replicated in a TP group, or a
     weight two stages both read)."""
     problems: list[str] = field(default_factory=list)
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def check_outdir(path: str | Path) -> CheckReport:
@@ -88,14 +81,14 @@ def _check_comms(models: dict[int, onnx.ModelProto], report: CheckReport) -> Non
             if node.domain != DOMAIN:
                 continue
             if node.op_type == "Send":
-                sends[(rank, int(_attr(node, "peer")), int(_attr(node, "tag")))] += 1
+                sends[(rank, int(node_attr(node, "peer")), int(node_attr(node, "tag")))] += 1
             elif node.op_type == "Recv":
-                recvs[(int(_attr(node, "peer")), rank, int(_attr(node, "tag")))] += 1
+                recvs[(int(node_attr(node, "peer")), rank, int(node_attr(node, "tag")))] += 1
             else:
-                group = tuple(int(g) for g in _attr(node, "group", []))
+                group = tuple(int(g) for g in node_attr(node, "group", []))
                 if rank not in group:
                     report.problems.append(f"rank {rank}: {node.name} group {list(group)} lacks it")
-                sequences[(rank, group)].append((node.op_type, int(_attr(node, "axis", -1))))
+                sequences[(rank, group)].append((node.op_type, int(node_attr(node, "axis", -1))))
                 report.collectives += 1
     report.sends = sum(sends.values())
     for key in sorted(set(sends) | set(recvs)):

@@ -29,6 +29,19 @@ DOMAIN = "shardc"
 DOMAIN_VERSION = 1
 
 
+def node_attr(node: Any, name: str, default: Any = None) -> Any:
+    """An ONNX node attribute's Python value (strings decoded), or ``default``: how the
+    checker, the runtime and ``explain`` read comm nodes' ``group``/``peer``/``tag``/``axis``.
+    """
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
 @dataclass(frozen=True)
 class Comm:
     """One communication op on one device.

@@ -25,18 +25,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from shardc.emit.program import DOMAIN
+from shardc.emit.program import node_attr as attr
 from shardc.errors import ExecutionError
 
 COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "AllToAll", "Send", "Recv")
-
-
-def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    """A node attribute's Python value, or ``default`` when it is absent."""
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 @dataclass(frozen=True)
