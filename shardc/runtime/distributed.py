@@ -125,7 +125,7 @@ class TorchComm:
                 if shape != want or code != _code(dtype):
                     raise ExecutionError(
                         f"{req.describe()} expected {dtype}{want}, rank {req.peer} sent "
-                        f"{np.dtype(_dtypes()[code]) if code in _dtypes() else code}{shape}",
+                        f"{_DTYPES[code] if code < len(_DTYPES) else code}{shape}",
                         where=f"rank {req.rank}",
                     )
             buf = self._tensor(np.empty(want, dtype=dtype))
@@ -158,14 +158,14 @@ class TorchComm:
         assert value is not None
         if len(group) < 2:
             return value
-        pg = self.groups.get(tuple(sorted(group)))
-        if tuple(sorted(group)) not in self.groups:
-            raise ExecutionError(
-                f"{req.describe()}: group was never created", where=f"rank {req.rank}"
-            )
         # torch numbers a group's members in ascending rank order; the node lists them
         # in its own order, so pieces are permuted between the two.
         by_rank = sorted(group)
+        if tuple(by_rank) not in self.groups:
+            raise ExecutionError(
+                f"{req.describe()}: group was never created", where=f"rank {req.rank}"
+            )
+        pg = self.groups[tuple(by_rank)]
         if self.check_shapes:
             heads = [self._tensor(np.zeros(_HEADER, dtype=np.int64)) for _ in group]
             dist.all_gather(heads, self._header(value), group=pg)
@@ -203,20 +203,15 @@ class TorchComm:
         raise ExecutionError(f"unknown collective {req.op!r}", where=f"rank {req.rank}")
 
 
-def _dtypes() -> dict[int, np.dtype]:
-    return {
-        i: np.dtype(t)
-        for i, t in enumerate(
-            ["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
-        )
-    }
+_DTYPES = tuple(
+    np.dtype(t)
+    for t in ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+)
+"""The dtypes a shape header can name, by code (99: any other)."""
 
 
 def _code(dtype: np.dtype) -> int:
-    for code, d in _dtypes().items():
-        if d == np.dtype(dtype):
-            return code
-    return 99
+    return _DTYPES.index(np.dtype(dtype)) if np.dtype(dtype) in _DTYPES else 99
 
 
 def _unpack(head: np.ndarray) -> tuple[list[int], int]:

@@ -23,9 +23,6 @@ from shardc.errors import ExecutionError
 from shardc.runtime.collectives import combine
 from shardc.runtime.program import CommRequest, RankProgram, attr
 
-# Kept for code written against the first in-process runner.
-RuntimeError_ = ExecutionError
-
 
 class _Driver:
     """Pairs the comm requests of every rank's generator and answers them."""
