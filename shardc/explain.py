@@ -124,9 +124,9 @@ class Explanation:
         return "\n".join(lines)
 
     def __rich__(self) -> str:
-        from rich.markup import escape
+        from shardc.report.text import markup_safe
 
-        return escape(str(self))
+        return "\n".join(markup_safe(line) for line in str(self).split("\n"))
 
     def to_json(self) -> dict[str, Any]:
         """Plain data (``shardc explain --json``)."""

@@ -15,6 +15,7 @@ from shardc import jsonutil
 from shardc.cli.options import parse_dims, parse_op_costs
 from shardc.compiler import analyse
 from shardc.report.summary import graph_summary, render_summary
+from shardc.report.text import plain_safe
 
 dim_option = click.option(
     "--dim",
@@ -39,7 +40,7 @@ def warn(warnings: tuple[str, ...]) -> None:
     """Print the passes' warnings on stderr, after what is already on stdout."""
     sys.stdout.flush()
     for w in warnings:
-        click.echo(f"shardc: warning: {w}", err=True)
+        click.echo(f"shardc: warning: {plain_safe(w)}", err=True)
 
 
 @click.command("inspect")

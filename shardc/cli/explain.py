@@ -13,6 +13,7 @@ import click
 
 from shardc import jsonutil
 from shardc.cli.analyse import json_option
+from shardc.report.text import plain_safe
 
 
 @click.command("explain")
@@ -38,4 +39,4 @@ def explain_cmd(outdir: Path, name: str | None, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(jsonutil.dumps(explanation.to_json()))
     else:
-        click.echo(str(explanation))
+        click.echo(plain_safe(explanation, keep_newlines=True))

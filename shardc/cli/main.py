@@ -13,6 +13,7 @@ import click
 
 from shardc import __version__
 from shardc.errors import ShardcError
+from shardc.report.text import plain_safe
 
 
 class _Group(click.Group):
@@ -25,10 +26,10 @@ class _Group(click.Group):
         except ShardcError as exc:
             if debug:
                 raise
-            click.echo(f"shardc: error: {exc.render()}", err=True)
+            click.echo(f"shardc: error: {plain_safe(exc.render())}", err=True)
             context = getattr(exc, "context", None)
             if context:
-                click.echo(context, err=True)
+                click.echo(plain_safe(context, keep_newlines=True), err=True)
             ctx.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -39,7 +40,7 @@ class _Group(click.Group):
             if debug:
                 raise
             click.echo(
-                f"shardc: internal error: {type(exc).__name__}: {exc} "
+                f"shardc: internal error: {type(exc).__name__}: {plain_safe(exc)} "
                 "(this is a bug in shardc; rerun with --debug for the traceback)",
                 err=True,
             )

@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from shardc.errors import OptionError
+from shardc.report.text import markup_safe
 from shardc.synth import (
     ARCHS,
     DTYPES,
@@ -107,7 +108,8 @@ def synth(arch: str, output: Path, with_weights: bool, seed: int, as_json: bool,
 def _print(r: dict[str, Any], seq: int | None) -> None:
     console = Console(highlight=False, soft_wrap=True)
     cfg = r["config"]
-    console.print(f"wrote [bold]{r['model']}[/] ({_size(r['model_bytes'])}, {r['nodes']} nodes, "
+    console.print(f"wrote [bold]{markup_safe(r['model'])}[/] ({_size(r['model_bytes'])}, "
+                  f"{r['nodes']} nodes, "
                   f"opset {r['opset']}) in {r['seconds']:.2f} s")
     shape = f"{cfg['layers']} layers, hidden {cfg['hidden']}, {cfg['heads']} heads"
     if cfg["kv_heads"] != cfg["heads"]:
@@ -121,6 +123,6 @@ def _print(r: dict[str, Any], seq: int | None) -> None:
     extra = f" ({_size(active, '')} active per token)" if active != r["parameters"] else ""
     console.print(f"  parameters {_size(r['parameters'], '')}{extra}")
     state = "written" if r["weights_written"] else "declared, not written"
-    console.print(f"  weights {_size(r['weight_bytes'])} in {r['weights']} ({state})")
+    console.print(f"  weights {_size(r['weight_bytes'])} in {markup_safe(r['weights'])} ({state})")
     if r["forward_flops_per_token"] is not None:
         console.print(f"  forward {_size(r['forward_flops_per_token'], 'FLOP')}/token at seq {seq}")

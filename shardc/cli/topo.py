@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shardc.errors import OptionError
+from shardc.report.text import markup_safe
 from shardc.topology import Topology, load_topology, units
 from shardc.topology.hierarchy import fold, walk
 from shardc.topology.model import INT_DTYPES
@@ -69,18 +70,19 @@ def check(file: str, sets: tuple[str, ...], as_json: bool) -> None:
 def _print_summary(console: Console, s: dict) -> None:
     params = ", ".join(f"{k}={v}" for k, v in s["params"].items())
     console.print(
-        f"[bold]{s['name']}[/] ({s['file']}): OK: {s['devices']} devices "
+        f"[bold]{markup_safe(s['name'])}[/] ({markup_safe(s['file'])}): OK: {s['devices']} devices "
         f"({s['compute_devices']} compute), {s['switches']} switches, {s['links']} links"
     )
     if params:
-        console.print(f"parameters: {params}")
+        console.print(f"parameters: {markup_safe(params)}")
     dtypes = list(s["aggregate"]["peak_flops"])
     kinds = Table(title="Devices", title_justify="left")
     for column in ("kind", "role", "count", *dtypes, "memory", "mem bw"):
         kinds.add_column(column, justify="left" if column in ("kind", "role") else "right")
     for k in s["kinds"]:
         flops = [_rate(k["peak_flops"].get(d), d) for d in dtypes]
-        kinds.add_row(k["kind"], k["role"] or "-", str(k["count"]), *flops,
+        kinds.add_row(markup_safe(k["kind"]), markup_safe(k["role"] or "-"), str(k["count"]),
+                      *flops,
                       units.human(k["memory_bytes"], units.SIZE),
                       units.human(k["memory_bandwidth"], units.BANDWIDTH))
     console.print(kinds)
@@ -98,8 +100,9 @@ def _print_summary(console: Console, s: dict) -> None:
         ports = p["port_bandwidth"]
         port_text = "-" if not ports else " – ".join(
             dict.fromkeys(units.human(x, units.BANDWIDTH) for x in ports))
-        planes.add_row(p["plane"], ", ".join(p["kinds"]), str(p["links"]), str(p["switches"]),
-                       port_text, _domains_text(p))
+        planes.add_row(markup_safe(p["plane"]), markup_safe(", ".join(p["kinds"])),
+                       str(p["links"]), str(p["switches"]), port_text,
+                       markup_safe(_domains_text(p)))
     console.print(planes)
 
 
@@ -140,21 +143,22 @@ def show(file: str, sets: tuple[str, ...], svg_out: str | None) -> None:
                 ports.setdefault(end, [])
                 if text not in ports[end]:
                     ports[end].append(text)
-    table = Table(title=f"{topology.name}: {len(topology.devices)} devices", title_justify="left")
+    table = Table(title=f"{markup_safe(topology.name)}: {len(topology.devices)} devices",
+                  title_justify="left")
     for column in ("name", "count", "what", "links of one (plane, bandwidth)"):
         table.add_column(column)
     for depth, entry in walk(fold(topology)):
         what = {"group": "group", "device": entry.kind, "switch": f"switch ({entry.kind})"}
         label = what[entry.what] + (" [host]" if entry.host else "")
-        table.add_row("  " * depth + entry.label, str(entry.count), label,
-                      ", ".join(ports.get(entry.first, [])))
+        table.add_row(markup_safe("  " * depth + entry.label), str(entry.count),
+                      markup_safe(label), markup_safe(", ".join(ports.get(entry.first, []))))
     console.print(table)
     if svg_out:
         try:
             Path(svg_out).write_text(render_svg(topology), encoding="utf-8")
         except OSError as exc:
             raise OptionError(f"cannot write {svg_out}: {exc.strerror or exc}") from None
-        console.print(f"wrote {svg_out}")
+        console.print(f"wrote {markup_safe(svg_out)}")
 
 
 @topo.command("export")

@@ -14,6 +14,7 @@ import click
 
 from shardc import jsonutil
 from shardc.cli.analyse import json_option
+from shardc.report.text import plain_safe
 
 MISMATCH_EXIT = 3
 
@@ -79,5 +80,5 @@ def verify_cmd(
     if not report.ok:
         bad = [o.name for o in report.outputs if not o.ok]
         if not as_json:
-            click.echo(f"shardc: verification failed for {bad}", err=True)
+            click.echo(f"shardc: verification failed for {plain_safe(bad)}", err=True)
         sys.exit(MISMATCH_EXIT)

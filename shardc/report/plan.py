@@ -12,6 +12,7 @@ from rich.console import Group
 from rich.table import Table
 
 from shardc.report.summary import human
+from shardc.report.text import markup_safe
 
 
 def _seconds(s: float | None) -> str:
@@ -38,14 +39,15 @@ def render_plan(plan: dict[str, Any]) -> Group:
         "shape",
         f"dp={plan['dp']} × pp={plan['pp']} (tp per stage below), {plan['devices_used']} devices",
     )
-    head.add_row("objective", f"{plan['mode']} {plan['objective']}")
+    head.add_row("objective", markup_safe(f"{plan['mode']} {plan['objective']}"))
     if plan["objective"] == "latency":
         head.add_row("latency", _seconds(plan["step_seconds"]))
     else:
         head.add_row(
             "step",
             f"{_seconds(plan['step_seconds'])} for {plan['samples_per_step']} samples "
-            f"({plan['microbatches']} micro-batches per replica, {plan['schedule']})",
+            f"({plan['microbatches']} micro-batches per replica, "
+            f"{markup_safe(plan['schedule'])})",
         )
         if plan["step_seconds"]:
             head.add_row(
@@ -56,9 +58,9 @@ def render_plan(plan: dict[str, Any]) -> Group:
     if status != "OPTIMAL":
         status += f" (bound {_seconds(solver['bound_seconds'])}"
         status += f", gap {gap:.1%})" if gap is not None else ")"
-    head.add_row("solver", status)
+    head.add_row("solver", markup_safe(status))
     if plan["pins"]:
-        head.add_row("pins", _pins(plan["pins"]))
+        head.add_row("pins", markup_safe(_pins(plan["pins"])))
 
     stages = Table(title="stages (one replica; every replica is alike)", title_justify="left")
     for col in ("#", "kind", "tp", "blocks", "recompute", "µbatch", "memory", "TP bw"):
@@ -71,10 +73,10 @@ def render_plan(plan: dict[str, Any]) -> Group:
         domain = st["tp_domain_bandwidth"]
         stages.add_row(
             str(st["index"]),
-            st["kind"],
+            markup_safe(st["kind"]),
             str(st["tp"]),
             f"{first}–{last}",
-            st["recompute"],
+            markup_safe(st["recompute"]),
             _seconds(st["seconds"]),
             f"{human(st['memory_bytes'], 'B')} {share:.0%}",
             f"{domain / 1e9:.3g} GB/s" if st["tp"] > 1 and domain else "-",
@@ -86,7 +88,7 @@ def render_plan(plan: dict[str, Any]) -> Group:
     parts.add_column("share", justify="right")
     total = sum(plan["breakdown"].values()) or 1.0
     for name, t in plan["breakdown"].items():
-        parts.add_row(name, _seconds(t), f"{t / total:.0%}")
+        parts.add_row(markup_safe(name), _seconds(t), f"{t / total:.0%}")
     return Group(head, stages, parts)
 
 
@@ -97,7 +99,7 @@ def render_links(schedule: dict[str, Any], top: int = 5) -> Table:
         table.add_column(col, justify="left" if col == "link" else "right", no_wrap=True)
     for link in schedule.get("links", [])[:top]:
         table.add_row(
-            link["link"],
+            markup_safe(link["link"]),
             human(link["bytes"], "B"),
             str(link["transfers"]),
             _seconds(link["busy_seconds"]),

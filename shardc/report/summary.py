@@ -14,6 +14,7 @@ from rich.table import Table
 
 from shardc.ir import DType, Graph, Model
 from shardc.passes.annotate_costs import GraphCosts
+from shardc.report.text import markup_safe
 
 
 def tokens_and_samples(graph: Graph) -> tuple[int | None, int | None]:
@@ -138,7 +139,7 @@ def render_estimates(rows: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="right" if col in ("devices", "forward") else "left")
     for r in rows:
         table.add_row(
-            r["kind"],
+            markup_safe(r["kind"]),
             str(r["devices"]),
             f"{r['forward_seconds'] * 1e3:.4g} ms",
             r["bound"],
@@ -166,11 +167,15 @@ def human(n: float | int | None, unit: str = "") -> str:
 
 def render_summary(s: dict[str, Any]) -> Group:
     """Rich tables for a summary dict."""
-    overview = Table(title=f"{s['model']}", show_header=False, title_justify="left")
+    overview = Table(title=markup_safe(s["model"]), show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
-    overview.add_row("inputs", ", ".join(f"{k}: {v}" for k, v in s["inputs"].items()))
-    overview.add_row("outputs", ", ".join(f"{k}: {v}" for k, v in s["outputs"].items()))
+    overview.add_row(
+        "inputs", markup_safe(", ".join(f"{k}: {v}" for k, v in s["inputs"].items()))
+    )
+    overview.add_row(
+        "outputs", markup_safe(", ".join(f"{k}: {v}" for k, v in s["outputs"].items()))
+    )
     overview.add_row("nodes", str(s["nodes"]))
     overview.add_row("parameters", f"{human(s['parameters'])} ({human(s['parameter_bytes'], 'B')})")
     overview.add_row("FLOPs / run", human(s["flops"], "FLOP"))
@@ -179,7 +184,8 @@ def render_summary(s: dict[str, Any]) -> Group:
     if s["flops_per_sample"] is not None:
         overview.add_row("FLOPs / sample", human(s["flops_per_sample"], "FLOP"))
     overview.add_row(
-        "FLOPs by dtype", ", ".join(f"{k} {human(v)}" for k, v in s["flops_by_dtype"].items() if v)
+        "FLOPs by dtype",
+        markup_safe(", ".join(f"{k} {human(v)}" for k, v in s["flops_by_dtype"].items() if v)),
     )
     overview.add_row(
         "FLOPs by kind", ", ".join(f"{k} {human(v)}" for k, v in s["flops_by_kind"].items() if v)
@@ -190,13 +196,13 @@ def render_summary(s: dict[str, Any]) -> Group:
         f"{human(s['activation_peak_bytes'], 'B')} peak live",
     )
     if s["bytes_only_ops"]:
-        overview.add_row("bytes-only ops", ", ".join(s["bytes_only_ops"]))
+        overview.add_row("bytes-only ops", markup_safe(", ".join(s["bytes_only_ops"])))
 
     ops = Table(title="op counts", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, n in s["op_counts"].items():
-        ops.add_row(op, str(n))
+        ops.add_row(markup_safe(op), str(n))
 
     heavy = Table(title="heaviest nodes", title_justify="left")
     for col, just in (
@@ -209,6 +215,10 @@ def render_summary(s: dict[str, Any]) -> Group:
         heavy.add_column(col, justify=just)  # type: ignore[arg-type]
     for h in s["heaviest_nodes"]:
         heavy.add_row(
-            h["node"], h["op"], h["output"], human(h["flops"]), f"{100 * h['share']:.1f}%"
+            markup_safe(h["node"]),
+            markup_safe(h["op"]),
+            markup_safe(h["output"]),
+            human(h["flops"]),
+            f"{100 * h['share']:.1f}%",
         )
     return Group(overview, ops, heavy)

@@ -119,6 +119,8 @@ class VerifyReport:
         """The per-output error table and the per-rank timing table (rich)."""
         from rich.table import Table
 
+        from shardc.report.text import markup_safe
+
         out = Table(title=f"outputs ({self.slots} micro-batch slots, {self.runner})")
         for col in ("output", "dtype", "shape", "compared", "max abs", "max rel"):
             out.add_column(col, justify="left" if col in ("output", "dtype") else "right")
@@ -126,14 +128,14 @@ class VerifyReport:
         out.add_column("", justify="left")
         for o in self.outputs:
             out.add_row(
-                o.name,
+                markup_safe(o.name),
                 o.dtype,
                 "×".join(map(str, o.shape)),
                 str(o.compared),
                 f"{o.max_abs:.3g}",
                 f"{o.max_rel:.3g}",
                 f"{o.rtol:.0e}" if o.rtol else "exact",
-                "[green]ok[/]" if o.ok else f"[red]MISMATCH[/] ({o.worst})",
+                "[green]ok[/]" if o.ok else f"[red]MISMATCH[/] ({markup_safe(o.worst)})",
             )
         ranks = Table(title="ranks: measured ms per step vs the schedule's estimate (forward)")
         for col in ("rank", "device", "stage", "replica", "µb"):
@@ -143,7 +145,7 @@ class VerifyReport:
         for t in self.timings:
             ranks.add_row(
                 str(t.rank),
-                t.device,
+                markup_safe(t.device),
                 str(t.stage),
                 str(t.replica),
                 str(t.microbatches),
