@@ -153,8 +153,10 @@ class Summary:
         from shardc.report.plan import render_links, render_plan
 
         p = self._plan
-        model = p.inputs["model"]["path"]
-        topology = p.inputs["topology"]["path"]
+        from shardc.report.text import markup_safe
+
+        model = markup_safe(p.inputs["model"]["path"])
+        topology = markup_safe(p.inputs["topology"]["path"])
         parts: list[Any] = [
             f"[bold]{model}[/] on {topology} ({p.world_size} ranks)",
             render_plan(p.data["partition"]),
@@ -215,7 +217,13 @@ class Plan:
         self.timings = dict(timings or {})
         self.compile_seconds = compile_seconds
         self.source = source
-        self.data: dict[str, Any] = json.loads(self._read("plan.json"))
+        from shardc.emit.planfolder import parse_plan, read_plan_folder
+
+        # validated before any other file is read: every property may then trust it
+        self._folder = read_plan_folder(root) if self._files is None and root else None
+        self.data: dict[str, Any] = (
+            self._folder.plan if self._folder is not None else parse_plan(self._read("plan.json"))
+        )
 
     # ------------------------------------------------------------------ making and saving
     @classmethod
@@ -236,15 +244,7 @@ class Plan:
 
         Files are read when first needed, so loading a large plan is cheap.
         """
-        root = Path(path)
-        if not (root / "plan.json").is_file():
-            raise PlanError(
-                f"{root}: no plan.json", hint="pass a folder written by shardc compile or save"
-            )
-        try:
-            return cls(root=root)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{root / 'plan.json'}: not JSON ({exc})") from None
+        return cls(root=Path(path))
 
     def save(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the plan folder to ``path`` atomically (all files or none).
@@ -254,9 +254,15 @@ class Plan:
         folder is replaced only with ``force=True``.
         """
         from shardc.emit.outdir import write_outdir
+        from shardc.emit.planfolder import anchor_paths
 
         files = {name: self._read(name) for name in self.file_names}
+        # recorded paths are relative to where compile ran, or to the folder loaded from
+        files["plan.json"] = anchor_paths(files["plan.json"], path, origin=self.path)
         dest = write_outdir(path, files, force=force)
+        if self._files is not None:
+            self._files["plan.json"] = files["plan.json"]
+            self.data = json.loads(files["plan.json"])
         self.path = dest
         return dest
 
@@ -265,12 +271,12 @@ class Plan:
         """The plan folder's files, sorted."""
         if self._files is not None:
             return sorted(self._files)
-        assert self.path is not None
-        names = [n for n in _FIXED if (self.path / n).is_file()]
+        assert self._folder is not None
+        names = [n for n in _FIXED if self._folder.has(n)]
         for r in self.data.get("emission", {}).get("ranks", []):
             names.append(r["file"])
             side = Path(r["file"]).with_suffix(".weights").name
-            if (self.path / side).is_file():
+            if self._folder.has(side):
                 names.append(side)
         return sorted(names)
 
@@ -279,11 +285,11 @@ class Plan:
             if name not in self._files:
                 raise PlanError(f"the plan has no {name}")
             return self._files[name]
-        assert self.path is not None
-        try:
-            return (self.path / name).read_bytes()
-        except OSError as exc:
-            raise PlanError(f"{self.path / name}: {exc.strerror}") from None
+        assert self._folder is not None
+        from shardc.emit.planfolder import MAX_JSON_BYTES, MAX_MODEL_BYTES, MAX_SIDE_BYTES
+
+        limit = MAX_JSON_BYTES.get(name, MAX_SIDE_BYTES if name.endswith(".weights") else 0)
+        return self._folder.read(name, limit=limit or MAX_MODEL_BYTES)
 
     def to_json(self) -> dict[str, Any]:
         """plan.json as plain data (a copy; see docs/plan-format.md for every field)."""
@@ -396,12 +402,16 @@ class Plan:
         """schedule.json as data: every rank's events in time (None when not emitted)."""
         if "schedule.json" not in self.file_names:
             return None
-        return json.loads(self._read("schedule.json"))
+        from shardc.emit.planfolder import check_schedule, loads
+
+        return check_schedule(loads(self._read("schedule.json"), "schedule.json"), self.data)
 
     @cached_property
     def analysis(self) -> dict[str, Any]:
         """analysis.json: what ``shardc inspect`` reports about the model."""
-        return json.loads(self._read("analysis.json"))
+        from shardc.emit.planfolder import loads
+
+        return dict(loads(self._read("analysis.json"), "analysis.json"))
 
     def summary(self) -> Summary:
         """The plan's tables; ``print(plan.summary())`` or ``rich.print(plan.summary())``."""
@@ -438,10 +448,15 @@ class Plan:
         if rank not in ranks:
             raise OptionError(f"no rank {rank}: the plan has ranks 0..{len(ranks) - 1}")
         name = ranks[rank]["file"]
-        model = onnx.load_from_string(self._read(name))
-        side = Path(name).with_suffix(".weights").name
-        if side in self.file_names:
-            _inline_external(model, self._read(side))
+        try:
+            model = onnx.load_from_string(self._read(name))
+            side = Path(name).with_suffix(".weights").name
+            if side in self.file_names:
+                _inline_external(model, self._read(side))
+        except ShardcError:
+            raise
+        except Exception as exc:  # protobuf decode errors have no common base
+            raise PlanError(f"{name}: cannot load ({type(exc).__name__}: {exc})") from None
         return model
 
     def verify(self, inputs: Any = None, *, procs: bool = False, **options: Any) -> Any:

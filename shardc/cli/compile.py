@@ -8,6 +8,7 @@ the terminal (and ``--json``) only.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from shardc.cli.options import parse_dims, parse_op_costs, parse_sets
 from shardc.errors import OptionError
 from shardc.partition.options import OBJECTIVES, RECOMPUTES, SCHEDULES
 from shardc.progress import progress_for
+from shardc.report.text import markup_safe, plain_safe
 
 __all__ = ["compile_cmd"]
 
@@ -182,13 +184,12 @@ def compile_cmd(
     as_json: bool,
 ) -> None:
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
-    from shardc.emit.outdir import write_file, write_outdir
+    from shardc.emit.outdir import check_target, write_file, write_outdir
     from shardc.report.plan import render_links, render_plan
     from shardc.topology import load_topology
 
     start = time.perf_counter()
-    if outdir.exists() and not force:
-        raise OptionError(f"output folder {str(outdir)!r} already exists", hint="pass --force")
+    check_target(outdir, force=force)
     model_record = {"path": str(model)}
     topology_record = {"path": str(topology_path)}
     options = PlanOptions(
@@ -239,7 +240,7 @@ def compile_cmd(
             progress=progress,
         )
     for name, text in built.result.dumps.items():
-        click.echo(f"--- after {name} ---\n{text}", err=True)
+        click.echo(plain_safe(f"--- after {name} ---\n{text}", keep_newlines=True), err=True)
     warn(built.warnings)
     plan, files, timeline = built.plan, built.files, built.schedule
     part = plan["partition"]
@@ -250,6 +251,11 @@ def compile_cmd(
             raise OptionError("--report needs the emitted schedule: drop --no-emit")
         page = render_html(part, timeline, topology, model=str(model))
         write_file(report_path, page.encode(), force=force)
+    from shardc.emit.planfolder import anchor_paths
+
+    # plan.json names the model and topology relative to the plan folder: verify runs anywhere
+    files = {**files, "plan.json": anchor_paths(files["plan.json"], outdir)}
+    plan = json.loads(files["plan.json"])  # --json prints what the folder holds
     write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start
     timings = built.timings
@@ -269,13 +275,14 @@ def compile_cmd(
         return
     console = Console()
     console.print(
-        f"[bold]{model}[/] on {topology_path} ({len(topology.compute_devices)} compute devices)"
+        f"[bold]{markup_safe(model)}[/] on {markup_safe(topology_path)} "
+        f"({len(topology.compute_devices)} compute devices)"
     )
     console.print(render_plan(part))
     if timeline is not None:
         console.print(render_links(timeline, top=5))
     console.print(
-        f"wrote {outdir}/ ({len(files)} files: plan.json, analysis.json"
+        f"wrote {markup_safe(outdir)}/ ({len(files)} files: plan.json, analysis.json"
         + (
             f", {len(plan['emission']['ranks'])} device models, schedule.json, trace.json"
             if "emission" in plan

@@ -19,6 +19,7 @@ from typing import Any
 
 import onnx
 
+from shardc.emit.planfolder import MAX_SIDE_BYTES, PlanFolderError, read_plan_folder
 from shardc.emit.program import DOMAIN, node_attr
 from shardc.errors import ShardcError
 
@@ -48,20 +49,23 @@ class CheckReport:
 def check_outdir(path: str | Path) -> CheckReport:
     """Check the plan folder ``path`` (plan.json and device_<rank>.onnx files)."""
     root = Path(path)
-    plan_file = root / "plan.json"
-    if not plan_file.is_file():
-        raise PlanCheckError(f"{root}: no plan.json", hint="pass a folder written by compile")
-    plan = json.loads(plan_file.read_text())
-    emission = plan.get("emission")
+    folder = read_plan_folder(root)  # plan.json validated before any other file is opened
+    emission = folder.plan.get("emission")
     if not emission:
         raise PlanCheckError(f"{root}: plan.json has no emission section (no device files)")
+    folder.schedule()  # validated against its schema and plan.json, when present
     report = CheckReport()
     models: dict[int, onnx.ModelProto] = {}
     for r in emission["ranks"]:
-        f = root / r["file"]
         try:
+            f = folder.member(r["file"])
             model = onnx.load(str(f), load_external_data=False)
+            for side in _side_files(model):
+                folder.member(side, limit=MAX_SIDE_BYTES)
             onnx.checker.check_model(str(f))  # by path: side weight files are found
+        except PlanFolderError as exc:
+            report.problems.append(exc.render())
+            continue
         except Exception as exc:  # the checker's own exception types vary by version
             report.problems.append(f"{r['file']}: {exc}".splitlines()[0])
             continue
@@ -70,6 +74,17 @@ def check_outdir(path: str | Path) -> CheckReport:
     _check_comms(models, report)
     _check_weights(models, emission.get("weights", {}), report)
     return report
+
+
+def _side_files(model: onnx.ModelProto) -> set[str]:
+    """Side weight files the model's initializers name (checked confined before reading)."""
+    return {
+        e.value
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
 
 
 def _check_comms(models: dict[int, onnx.ModelProto], report: CheckReport) -> None:
@@ -114,8 +129,17 @@ def _check_weights(
 ) -> None:
     """Per replica: each original weight whole on every rank of its group, or tiled."""
     by_replica: dict[int, list[tuple[int, onnx.ModelProto]]] = defaultdict(list)
-    for rank, model in models.items():
+    for rank, model in sorted(models.items()):
         meta = {p.key: p.value for p in model.metadata_props}
+        try:
+            int(meta["shardc.replica"])
+            json.loads(meta["shardc.tp_group"])
+            slices = json.loads(meta["shardc.slices"])
+            if not isinstance(slices, dict):
+                raise ValueError("shardc.slices is not an object")
+        except (KeyError, ValueError) as exc:
+            report.problems.append(f"rank {rank}: no readable shardc metadata ({exc})")
+            continue
         by_replica[int(meta["shardc.replica"])].append((rank, model))
     report.weights = len(original)
     report.weight_bytes = sum(original.values())

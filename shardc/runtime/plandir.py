@@ -8,7 +8,6 @@ worker loads its own ``device_<rank>.onnx``, never the others').
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,14 +17,16 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from shardc.errors import ShardcError
+from shardc.emit.planfolder import (
+    MAX_SIDE_BYTES,
+    PLAN_FORMAT,
+    PlanFolderError,
+    read_plan_folder,
+    resolve_input,
+)
 from shardc.runtime.program import attr
 
-PLAN_FORMAT = "shardc-plan/1"
-
-
-class PlanFolderError(ShardcError):
-    """The folder is not an emitted plan shardc can run."""
+__all__ = ["PLAN_FORMAT", "Estimate", "InputSpec", "PlanDir", "PlanFolderError"]
 
 
 @dataclass(frozen=True)
@@ -51,28 +52,16 @@ class PlanDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        plan_file = self.path / "plan.json"
-        if not plan_file.is_file():
+        self.folder = read_plan_folder(self.path)  # validated before anything else is read
+        self.plan: dict[str, Any] = self.folder.plan
+        if not self.plan.get("emission"):
             raise PlanFolderError(
-                f"{self.path}: no plan.json", hint="pass a folder written by shardc compile"
-            )
-        try:
-            self.plan: dict[str, Any] = json.loads(plan_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise PlanFolderError(f"{plan_file}: not readable JSON ({exc})") from None
-        if self.plan.get("format") != PLAN_FORMAT:
-            raise PlanFolderError(
-                f"{plan_file}: format {self.plan.get('format')!r}, expected {PLAN_FORMAT!r}"
-            )
-        emission = self.plan.get("emission")
-        if not emission or not emission.get("ranks"):
-            raise PlanFolderError(
-                f"{plan_file}: no emission section, so no device programs to run",
+                "no emission section, so no device programs to run",
+                where=str(self.path / "plan.json"),
                 hint="compile without --no-emit",
             )
-        self.ranks: dict[int, dict[str, Any]] = {int(r["rank"]): r for r in emission["ranks"]}
-        if sorted(self.ranks) != list(range(len(self.ranks))):
-            raise PlanFolderError(f"{plan_file}: ranks are not 0..{len(self.ranks) - 1}")
+        self.ranks: dict[int, dict[str, Any]] = self.folder.ranks()
+        _ = self.schedule  # validated now: the runners read it in every rank's loop
 
     @property
     def world_size(self) -> int:
@@ -90,9 +79,16 @@ class PlanDir:
         """Rank ``rank``'s program, its side weight file (if any) read from the folder."""
         if rank not in self.ranks:
             raise PlanFolderError(f"{self.path}: no rank {rank} (ranks 0..{self.world_size - 1})")
-        f = self.path / self.ranks[rank]["file"]
+        f = self._member(rank)
         try:
-            return onnx.load(str(f))
+            model = onnx.load(str(f), load_external_data=False)
+            side = _side_file(model)
+            if side is not None:
+                self.folder.member(side, limit=MAX_SIDE_BYTES)
+                onnx.load_external_data_for_model(model, str(self.path.resolve()))
+            return model
+        except PlanFolderError:
+            raise
         except Exception as exc:  # protobuf and file errors have no common base
             raise PlanFolderError(f"{f}: cannot load ({str(exc).splitlines()[0]})") from None
 
@@ -109,7 +105,15 @@ class PlanDir:
         feeding = self.feeding_ranks()
         if not feeding:
             return []
-        model = onnx.load(str(self.path / self.ranks[feeding[0]]["file"]), load_external_data=False)
+        try:
+            model = onnx.load(str(self._member(feeding[0])), load_external_data=False)
+        except Exception as exc:  # protobuf decode errors have no common base
+            if isinstance(exc, PlanFolderError):
+                raise
+            raise PlanFolderError(
+                f"cannot load ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                where=str(self.path / self.ranks[feeding[0]]["file"]),
+            ) from None
         weights = {t.name for t in model.graph.initializer}
         specs = []
         for i in model.graph.input:
@@ -124,10 +128,13 @@ class PlanDir:
             )
         return specs
 
+    def _member(self, rank: int) -> Path:
+        return self.folder.member(self.ranks[rank]["file"])
+
     @cached_property
     def schedule(self) -> dict[str, Any] | None:
-        f = self.path / "schedule.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        """schedule.json, validated against its schema and plan.json (None if absent)."""
+        return self.folder.schedule()
 
     def _events(self, rank: int) -> list[dict[str, Any]]:
         if self.schedule is None:
@@ -184,16 +191,24 @@ class PlanDir:
 
     def model_path(self) -> Path | None:
         """The original model, as recorded at compile time (None if it is not on disk)."""
-        recorded = self.plan.get("inputs", {}).get("model", {}).get("path")
-        if not recorded:
-            return None
-        for candidate in (Path(recorded), self.path.parent / recorded):
-            if candidate.is_file():
-                return candidate
-        return None
+        return resolve_input(self.folder, "model")
 
     def model_sha256(self) -> str | None:
         return self.plan.get("inputs", {}).get("model", {}).get("sha256")
+
+
+def _side_file(model: onnx.ModelProto) -> str | None:
+    """The one side weight file the model's initializers name (None when inline)."""
+    names = {
+        e.value
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
+    if len(names) > 1:
+        raise PlanFolderError(f"weights in {len(names)} side files; a plan writes one")
+    return names.pop() if names else None
 
 
 def _comm_key(node: onnx.NodeProto) -> tuple[str, tuple[int, ...], int]:

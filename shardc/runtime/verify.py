@@ -263,7 +263,25 @@ def _slot_feeds(
         return {slot: {s.name: _random(rng, s, highs.get(s.name)) for s in specs} for slot in slots}
     given = _load_inputs(inputs)
     batches = _microbatches(specs, given)
+    _check_indices(batches, _input_index_bounds(original))
     return {slot: batches[i % len(batches)] for i, slot in enumerate(slots)}
+
+
+def _check_indices(batches: list[dict[str, np.ndarray]], bounds: Mapping[str, int]) -> None:
+    """Token ids outside the table they index would fail inside onnxruntime, as a crash
+    of the run rather than a mistake in the inputs: say which input and which bound.
+    """
+    for batch in batches:
+        for name, rows in sorted(bounds.items()):
+            a = batch.get(name)
+            if a is None or a.size == 0 or a.dtype.kind not in "iu":
+                continue
+            lo, hi = int(a.min()), int(a.max())
+            if lo < -rows or hi >= rows:
+                raise OptionError(
+                    f"input {name!r} holds ids {lo}..{hi}; it indexes {rows} rows",
+                    hint=f"use ids in 0..{rows - 1}",
+                )
 
 
 def _load_inputs(inputs: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -271,10 +289,29 @@ def _load_inputs(inputs: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.
         return {k: np.asarray(v) for k, v in inputs.items()}
     path = Path(inputs)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise OptionError(f"cannot read inputs ({exc.strerror or exc})", where=str(path)) from None
+    except Exception as exc:  # numpy raises ValueError, EOFError, zip errors…
+        raise OptionError(
+            f"cannot read inputs: not an .npz archive of arrays "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            where=str(path),
+        ) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise OptionError(
+            "cannot read inputs: a single array, not an .npz archive naming the inputs",
+            where=str(path),
+            hint="save with numpy.savez(path, input_ids=...)",
+        )
+    try:
+        with data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise OptionError(f"cannot read inputs ({exc})", where=str(path)) from None
+    except Exception as exc:  # a member that is not an array, a truncated archive…
+        raise OptionError(
+            f"cannot read inputs: bad arrays in it ({type(exc).__name__}: {str(exc)[:200]})",
+            where=str(path),
+        ) from None
 
 
 def _microbatches(
@@ -314,7 +351,12 @@ def _microbatches(
             a = given[s.name]
             b = s.shape[0] if s.shape else 1
             part = a if k == 1 else a[i * b : (i + 1) * b]
-            batch[s.name] = np.ascontiguousarray(part.astype(s.dtype, copy=False))
+            try:
+                batch[s.name] = np.ascontiguousarray(part.astype(s.dtype, copy=False))
+            except (TypeError, ValueError) as exc:
+                raise OptionError(
+                    f"input {s.name!r} of dtype {a.dtype} cannot be read as {s.dtype} ({exc})"
+                ) from None
         out.append(batch)
     return out
 
@@ -328,6 +370,28 @@ def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             rows = dims[node.input[0]][axis]
             name = node.input[1]
+            bounds[name] = min(bounds.get(name, rows), rows)
+    return bounds
+
+
+_RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Expand"})
+
+
+def _input_index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """:func:`_index_bounds` traced back to the graph inputs through ops that only
+    reshape (``input_ids`` reshaped into ``view``, then gathered).
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    inputs = {i.name for i in model.graph.input}
+    bounds: dict[str, int] = {}
+    for name, rows in _index_bounds(model).items():
+        seen = 0
+        while name not in inputs and name in producer and seen < 64:
+            node = producer[name]
+            if node.op_type not in _RESHAPING or not node.input:
+                break
+            name, seen = node.input[0], seen + 1
+        if name in inputs:
             bounds[name] = min(bounds.get(name, rows), rows)
     return bounds
 

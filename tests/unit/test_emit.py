@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from planfolders import plan_json
 
 from shardc.compiler import partition_model
 from shardc.emit.check import check_outdir
@@ -83,7 +84,7 @@ def test_check_plan_accepts_emitted_folders_and_catches_tampering(
 ) -> None:
     state = _state(gpt2_path, devices, pins)
     files, section, _ = plan_files(state)
-    files["plan.json"] = json.dumps({"emission": section}).encode()
+    files["plan.json"] = plan_json(state, section)
     out = write_outdir(tmp_path / "plan", files)
     report = check_outdir(out)
     assert report.problems == [] and report.ranks == devices
@@ -215,7 +216,7 @@ def test_large_device_weights_go_to_a_side_file(llama_path: Path, tmp_path: Path
     state = _state(llama_path, 4, "tp=2,pp=2,dp=1")
     files, section, _ = plan_files(state, external_threshold=0)
     assert {f"device_{r}.weights" for r in range(4)} <= set(files)
-    files["plan.json"] = json.dumps({"emission": section}).encode()
+    files["plan.json"] = plan_json(state, section)
     out = write_outdir(tmp_path / "ext", files)
     models = {r: onnx.load(str(out / f"device_{r}.onnx")) for r in range(4)}
     for r in range(4):

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from planfolders import plan_json
 
 from shardc.compiler import partition_model
 from shardc.emit.check import check_outdir
@@ -138,7 +139,7 @@ def test_plan_prices_the_collectives_emission_writes(mixtral_path: Path) -> None
 def test_check_plan_accepts_an_expert_parallel_folder(deepseek_v3_path: Path, tmp_path: Path):
     state = _state(deepseek_v3_path, 4, "tp=4,pp=1,dp=1")
     files, section, _ = plan_files(state)
-    files["plan.json"] = json.dumps({"emission": section}).encode()
+    files["plan.json"] = plan_json(state, section)
     out = write_outdir(tmp_path / "plan", files)
     report = check_outdir(out)
     assert report.problems == [] and report.ranks == 4
