@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from shardc.errors import OptionError
+from shardc.owner import is_alive, owner_tag
 
 PLAN_FORMAT = "shardc-plan/1"
 """The ``format`` plan.json carries: what marks a folder as a shardc plan."""
@@ -132,7 +133,7 @@ def write_file(path: str | os.PathLike[str], data: bytes, *, force: bool = False
         parent = dest.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
         recover_stale(dest)
-        tmp = parent / f".{dest.name}.shardc-tmp-{_owner_tag()}-{secrets.token_hex(4)}"
+        tmp = parent / f".{dest.name}.shardc-tmp-{owner_tag()}-{secrets.token_hex(4)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with os.fdopen(fd, "wb") as f:
@@ -243,7 +244,7 @@ def recover_stale(dest: Path) -> list[Path]:
     done: list[Path] = []
     for entry in entries:
         m = _OWN.match(entry.name)
-        if not m or m["name"] != dest.name or _alive(int(m["pid"]), int(m["start"])):
+        if not m or m["name"] != dest.name or is_alive(int(m["pid"]), int(m["start"])):
             continue
         if m["kind"] == "old" and not os.path.lexists(dest):
             with contextlib.suppress(OSError):
@@ -266,33 +267,7 @@ def _make_own(parent: Path, name: str, kind: str) -> Path:
 
 
 def _own_name(parent: Path, name: str, kind: str) -> Path:
-    return parent / f".{name}.shardc-{kind}-{_owner_tag()}-{secrets.token_hex(4)}"
-
-
-def _owner_tag() -> str:
-    return f"{os.getpid()}-{_start_time(os.getpid())}"
-
-
-def _start_time(pid: int) -> int:
-    """The process's start time in clock ticks since boot (0 where /proc is missing):
-    with the pid it names one process, even after the pid is reused.
-    """
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return 0
-    fields = stat_line.rsplit(b")", 1)[-1].split()
-    return int(fields[19]) if len(fields) > 19 else 0
-
-
-def _alive(pid: int, start: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process: alive
-    return not start or _start_time(pid) in (0, start)
+    return parent / f".{name}.shardc-{kind}-{owner_tag()}-{secrets.token_hex(4)}"
 
 
 def _umask() -> int:

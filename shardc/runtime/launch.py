@@ -6,28 +6,43 @@ turn every failure into one message naming the rank and the op. A rank killed by
 signal leaves no message of its own; its peers then fail with "connection closed", and
 a hung rank fails nobody until timeouts fire. The launcher watches every process, reads
 where each one was (the workers publish their position), and ends all of them: each
-worker runs in its own session so its whole process group is killed, and workers exit
-on their own if the launcher disappears.
+worker runs in its own session so its whole process group is killed.
+
+Why workers are tied to the launcher before they run a single instruction of their own:
+a launcher killed during the seconds a worker spends importing used to leave every worker
+running (and, with a hanging rank, for minutes). Each worker is started with
+``PR_SET_PDEATHSIG`` = SIGKILL set between fork and exec (Linux), and holds the read end
+of a pipe whose write end only the launcher has: when the launcher is gone the pipe reads
+EOF and the worker leaves (any platform). The run folder is removed when the launcher ends,
+by SIGTERM or SIGHUP too; one left by a launcher killed with SIGKILL is named after it
+(``shardc-run-<pid>-<start>-*``) and removed by the next run once that launcher is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import numpy as np
 
 from shardc.errors import ExecutionError
+from shardc.owner import is_alive, owner_tag
 from shardc.runtime.plandir import PlanDir
 
 GRACE_SECONDS = 2.0
@@ -63,8 +78,8 @@ def run_processes(
     micro-batch. Raises :class:`ExecutionError` naming the failing rank and op.
     """
     world = plan.world_size
-    with tempfile.TemporaryDirectory(prefix="shardc-run-") as tmp:
-        work = Path(tmp)
+    remove_stale_runs()
+    with _signals_end_the_run(), _run_folder() as work:
         np.savez(
             work / "feeds.npz",
             **{f"r{r}/m{m}/{k}": v for (r, m), f in sorted(feeds.items()) for k, v in f.items()},  # type: ignore[arg-type]
@@ -84,7 +99,9 @@ def run_processes(
         cmd = [sys.executable, "-m", "shardc.runtime.worker", str(plan.path), str(work)]
         cmd += ["--timeout", str(timeout)] + (["--check-shapes"] if check_shapes else [])
         procs: dict[int, subprocess.Popen] = {}
+        lifeline, keep = os.pipe()  # workers hold the read end; EOF: the launcher is gone
         try:
+            cmd += ["--lifeline", str(lifeline)]
             for rank in range(world):
                 log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 (closed with the proc)
                 procs[rank] = subprocess.Popen(
@@ -93,12 +110,107 @@ def run_processes(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    pass_fds=(lifeline,),
+                    preexec_fn=_die_with(os.getpid()),
                 )
                 log.close()
             _wait(procs, work, timeout)
             return _collect(work, world)
         finally:
             _kill_all(procs)
+            os.close(lifeline)
+            os.close(keep)
+
+
+_RUN_PREFIX = "shardc-run-"
+_RUN_NAME = re.compile(rf"^{_RUN_PREFIX}(?P<pid>\d+)-(?P<start>\d+)-[A-Za-z0-9_]+$")
+
+
+@contextlib.contextmanager
+def _run_folder() -> Iterator[Path]:
+    """A private folder for the workers' files, named after this launcher, removed after."""
+    work = Path(tempfile.mkdtemp(prefix=f"{_RUN_PREFIX}{owner_tag()}-"))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_stale_runs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove run folders whose launcher is gone (killed with SIGKILL mid-run)."""
+    base = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = sorted(base.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        m = _RUN_NAME.match(entry.name)
+        if m is None or is_alive(int(m["pid"]), int(m["start"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run like an error: workers stopped, run folder removed,
+    then the launcher exits with the usual 128 + signal status.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may install handlers; the default action stays
+        return
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise _Terminated(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except _Terminated as exc:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        raise SystemExit(128 + exc.signum) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _Terminated(BaseException):
+    """Raised by the signal handler so that every ``finally`` on the way out runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    except OSError:  # pragma: no cover - a Linux without a C library
+        return None
+
+
+_LIBC = _libc()
+
+
+def _die_with(launcher: int) -> Callable[[], None]:
+    """What runs in the worker between fork and exec: ask the kernel to SIGKILL it when
+    the launcher goes, then make sure the launcher had not gone already.
+    """
+
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != launcher:
+            os._exit(70)
+
+    return preexec
 
 
 def _wait(procs: Mapping[int, subprocess.Popen], work: Path, timeout: float) -> None:

@@ -13,6 +13,7 @@ communication op: a test hook for the launcher's fault handling, nothing else re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -25,10 +26,17 @@ from pathlib import Path
 import numpy as np
 
 
-def _watch(parent: int) -> None:
-    """Leave if the launcher is gone, so no rank outlives it."""
-    while os.getppid() == parent:
-        time.sleep(0.1)
+def _watch(lifeline: int | None, parent: int) -> None:
+    """Leave when the launcher is gone, so no rank outlives it: the lifeline pipe reads
+    EOF once the launcher's end is closed (however it died); without one, poll the parent.
+    """
+    if lifeline is not None:
+        with contextlib.suppress(OSError):
+            while os.read(lifeline, 1):
+                pass
+    else:
+        while os.getppid() == parent:
+            time.sleep(0.1)
     os._exit(70)
 
 
@@ -74,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workdir")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--check-shapes", action="store_true")
+    p.add_argument("--lifeline", type=int, help="fd whose EOF means the launcher is gone")
     args = p.parse_args(argv)
+    threading.Thread(target=_watch, args=(args.lifeline, os.getppid()), daemon=True).start()
     rank = int(os.environ["RANK"])
     work = Path(args.workdir)
-    threading.Thread(target=_watch, args=(os.getppid(),), daemon=True).start()
     publish = _Position(work / f"rank{rank}.at")
     from shardc.errors import ShardcError
     from shardc.runtime.distributed import RankRunner
