@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# tp=2 x pp=2 on four local devices: the plan has collectives and Send/Recv, so the demo
+# shows sharding, and SHARDC_FAULT=die@1 make demo shows a rank failing in communication.
 demo: $(STAMP)
-	$(BIN)/shardc compile examples/models/tiny_gpt2.onnx --topology topologies/localhost.topo --set devices=4 -o out/demo --force --report out/demo.html
+	$(BIN)/shardc compile examples/models/tiny_gpt2.onnx --topology topologies/localhost.topo --set devices=4 --pin tp=2,pp=2 -o out/demo --force --report out/demo.html
 	$(BIN)/shardc check-plan out/demo
 	$(BIN)/shardc verify out/demo --procs
 
