@@ -298,7 +298,9 @@ class Plan:
     # ------------------------------------------------------------------ what the plan says
     @property
     def inputs(self) -> Mapping[str, Any]:
-        """What was compiled: model and topology (path as given, SHA-256), ``set``, dims."""
+        """What was compiled: model and topology (path relative to the plan folder once
+        saved, as given before; SHA-256), ``set``, dims.
+        """
         return self.data["inputs"]
 
     @property
