@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import json
 import os
 import re
 import secrets
@@ -36,14 +35,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from shardc.emit.planfolder import MAX_JSON_BYTES, PLAN_FORMAT, PlanFolderError, loads
 from shardc.errors import OptionError
 from shardc.owner import is_alive, owner_tag
-
-PLAN_FORMAT = "shardc-plan/1"
-"""The ``format`` plan.json carries: what marks a folder as a shardc plan."""
-
-_MARKER_BYTES = 1 << 20
-"""How much of an existing plan.json is read to recognise it (a plan is much smaller)."""
 
 _FAULT_ENV = "SHARDC_OUTDIR_FAULT"
 """Test hook: ``write``, ``exchange``, ``swapped`` or ``aside`` kills this process with
@@ -153,12 +147,13 @@ def is_plan_folder(path: Path) -> bool:
     try:
         if not stat.S_ISREG(os.stat(plan, follow_symlinks=False).st_mode):
             return False
+        limit = MAX_JSON_BYTES["plan.json"]
         with plan.open("rb") as f:
-            head = f.read(_MARKER_BYTES + 1)
-        if len(head) > _MARKER_BYTES:
+            head = f.read(limit + 1)
+        if len(head) > limit:
             return False
-        data = json.loads(head)
-    except (OSError, ValueError, RecursionError):
+        data = loads(head, str(plan))
+    except (OSError, PlanFolderError):
         return False
     return isinstance(data, dict) and data.get("format") == PLAN_FORMAT
 

@@ -107,6 +107,15 @@ def test_force_refuses_a_folder_that_is_not_a_plan(tmp_path: Path) -> None:
     assert is_plan_folder(write_outdir(tmp_path / "empty-ok", _files("a")))
 
 
+def test_force_recognises_a_large_plan(tmp_path: Path) -> None:
+    """A big model's plan.json runs to megabytes (a strategy per node); still a plan."""
+    dest = tmp_path / "out"
+    big = json.dumps({"emission": {"pad": "x" * (3 << 20)}, "format": "shardc-plan/1"})
+    write_outdir(dest, {"plan.json": big.encode()})
+    write_outdir(dest, _files("b"), force=True)
+    assert (dest / "device_0.onnx").read_bytes()[:1] == b"b"
+
+
 def test_modes_follow_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
