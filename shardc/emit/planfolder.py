@@ -215,10 +215,24 @@ def check_schedule(data: Any, plan: dict[str, Any], where: str = "schedule.json"
 
 _PHASES = {"compute": ("forward", "backward"), "comm": ("forward", "backward", "sync")}
 _COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "AllToAll", "Send", "Recv")
+_COMPUTE_FIELDS = {"name": "str", "start": "seconds", "duration": "seconds", "end": "seconds"}
+_COMM_FIELDS = {
+    **_COMPUTE_FIELDS,
+    "value": "str",
+    "bytes": "seconds",  # a non-negative number
+    "peer": "int",
+    "tag": "int",
+    "axis": "int",
+    "algorithm": "str",
+    "group": "ints",
+    "links": "strs",
+}
 
 
 def _event_problem(event: Any, microbatches: int) -> str | None:
-    """What is wrong with one schedule event (None when fine): the fields readers use."""
+    """What is wrong with one schedule event (None when fine): the schema's event types,
+    checked by hand (see :func:`_validator`), plus micro-batches within the plan's.
+    """
     if not isinstance(event, dict):
         return "not an object"
     kind = event.get("type")
@@ -234,19 +248,26 @@ def _event_problem(event: Any, microbatches: int) -> str | None:
         or (m == -1) != (event["phase"] == "sync")
     ):
         return f"microbatch {m!r} is not in 0..{microbatches - 1} (-1 for sync)"
-    for key in ("start", "duration", "end"):
-        value = event.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            return f"{key} {value!r} is not a number of seconds"
-    if kind == "comm":
-        if event.get("op") not in _COMM_OPS:
-            return f"op {event.get('op')!r} is not a comm op"
-        group = event.get("group")
-        if not isinstance(group, list) or not all(_is_int(g) and g >= 0 for g in group):
-            return "group is not a list of ranks"
-        if not _is_int(event.get("peer")) or event["peer"] < -1:
-            return f"peer {event.get('peer')!r} is not a rank or -1"
+    if kind == "comm" and event.get("op") not in _COMM_OPS:
+        return f"op {event.get('op')!r} is not a comm op"
+    for key, kind_of in (_COMM_FIELDS if kind == "comm" else _COMPUTE_FIELDS).items():
+        if not _is(event.get(key), kind_of):
+            return f"{key} {str(event.get(key))[:40]!r} is not {kind_of}"
+    if kind == "comm" and event["peer"] < -1:
+        return f"peer {event['peer']} is not a rank or -1"
     return None
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return _is_int(value)
+    if kind == "seconds":
+        return not isinstance(value, bool) and isinstance(value, int | float) and value >= 0
+    if kind == "ints":
+        return isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _is_int(x: Any) -> bool:

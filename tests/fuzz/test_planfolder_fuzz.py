@@ -127,10 +127,14 @@ def exercise(folder: Path, *, run: bool = False) -> None:
         plan_dir.microbatch_order(rank)
         plan_dir.estimate(rank)
     plan_dir.model_path()
+    plan_dir.device_model(0)
     plan = shardc.Plan.load(folder)
     repr(plan)
     _ = (plan.devices, plan.memory, plan.schedule, plan.analysis, plan.file_names)
     str(plan.summary())
+    plan.device_model(plan.world_size - 1)
+    for name in [*sorted(plan.data["partition"].get("strategies", {}))[:1], "embedding_1"]:
+        str(plan.explain(name))
     if run:
         from shardc.runtime.verify import verify
 
@@ -279,7 +283,7 @@ def _paths_cached(base: Path, name: str) -> list[tuple[Any, ...]]:
 
 def test_mutated_plan_folders_load_or_fail_cleanly(base: Path, tmp_path: Path) -> None:
     """Default run: 200 deterministic mutations through every reader, in this process."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
 
     from shardc.errors import ShardcError
 
@@ -292,6 +296,7 @@ def test_mutated_plan_folders_load_or_fail_cleanly(base: Path, tmp_path: Path) -
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate),  # no shrinking: a failure stays seconds
     )
     @given(_cases())
     def one(case: tuple[str, str, int, Any, float]) -> None:
@@ -312,7 +317,7 @@ def test_mutated_plan_folders_load_or_fail_cleanly(base: Path, tmp_path: Path) -
 @pytest.mark.slow
 def test_long_bounded_fuzz(base: Path, tmp_path: Path) -> None:
     """At least 1,000 mutations, each in a child bounded in memory and time."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
 
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(base), str(tmp_path / "work")],
@@ -332,6 +337,7 @@ def test_long_bounded_fuzz(base: Path, tmp_path: Path) -> None:
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate),  # no shrinking: a failure stays seconds
     )
     @given(_cases())
     def one(case: tuple[str, str, int, Any, float]) -> None:
