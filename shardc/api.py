@@ -244,7 +244,8 @@ def _topology(
     if is_text:
         record = {"path": "<text>", "sha256": sha256_bytes(str(topology).encode())}
     else:
-        record = {"path": str(Path(topology)), "sha256": sha256_file(topology)}
+        # a stock name ("gb200_nvl72") is recorded as given, hashed as the file it named
+        record = {"path": str(Path(topology)), "sha256": sha256_file(topo.source or topology)}
     return topo, {**record, "set": overrides}
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from shardc import jsonutil
 from shardc.build import Inputs, PlanOptions, build, read_plan, sha256_file
 from shardc.cli.analyse import dim_option, json_option, op_cost_option, warn
-from shardc.cli.options import parse_dims, parse_op_costs, parse_sets
+from shardc.cli.options import include_path_option, parse_dims, parse_op_costs, parse_sets
 from shardc.errors import OptionError
 from shardc.partition.options import OBJECTIVES, RECOMPUTES, SCHEDULES
 from shardc.progress import progress_for
@@ -33,8 +33,10 @@ __all__ = ["compile_cmd"]
     "topology_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Cluster description (.topo).",
+    help="Cluster description: a .topo file, or the name of a stock topology "
+    "(`shardc topo list`, e.g. cloudmatrix384).",
 )
+@include_path_option
 @click.option(
     "--set",
     "sets",
@@ -156,6 +158,7 @@ __all__ = ["compile_cmd"]
 def compile_cmd(
     model: Path,
     topology_path: Path,
+    include_path: tuple[Path, ...],
     sets: tuple[str, ...],
     outdir: Path,
     mode: str,
@@ -185,11 +188,13 @@ def compile_cmd(
     from shardc.emit.outdir import write_file, write_outdir
     from shardc.report.plan import render_links, render_plan
     from shardc.topology import load_topology
+    from shardc.topology.loader import find_topology
 
     start = time.perf_counter()
     if outdir.exists() and not force:
         raise OptionError(f"output folder {str(outdir)!r} already exists", hint="pass --force")
     model_record = {"path": str(model)}
+    topology_file = find_topology(topology_path, include_path)  # a path, or a stock name
     topology_record = {"path": str(topology_path)}
     options = PlanOptions(
         mode=mode,
@@ -209,7 +214,7 @@ def compile_cmd(
     loaded = None
     if plan_path is not None:
         model_record["sha256"] = sha256_file(model)
-        topology_record["sha256"] = sha256_file(topology_path)
+        topology_record["sha256"] = sha256_file(topology_file)
         loaded = read_plan(plan_path, {"model": model_record, "topology": topology_record})
         if pins or recompute or warm_start or dtype:
             raise OptionError(
@@ -218,8 +223,8 @@ def compile_cmd(
         options = PlanOptions.replaying(loaded)
         sets = tuple(f"{k}={v}" for k, v in loaded["inputs"]["topology"]["set"].items())
     overrides = parse_sets(sets)
-    topology = load_topology(topology_path, overrides)
-    topology_record["sha256"] = sha256_file(topology_path)
+    topology = load_topology(topology_file, overrides, include_path=include_path)
+    topology_record["sha256"] = sha256_file(topology_file)
     inputs = Inputs(
         model=model,
         model_record=model_record,
