@@ -485,7 +485,17 @@ class _Walk:
         if pending.axis >= 0:
             attrs["axis"] = pending.axis
         name = self._name(pending.value or (outs[0] if outs else op), op.lower())
-        self._emit(helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs))
+        # a scalar's shape is [], whose attribute type make_node cannot infer: typed here
+        scalar = "shape" in attrs and not attrs["shape"]
+        if scalar:
+            del attrs["shape"]
+        node = helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs)
+        if scalar:
+            node.attribute.append(
+                helper.make_attribute("shape", [], attr_type=onnx.AttributeProto.INTS)
+            )
+            node.attribute.sort(key=lambda a: a.name)
+        self._emit(node)
         self.t.steps.append(("comm", (len(self.t.nodes) - 1, pending)))
 
     def _node(self, node: Node, strat: Strategy, ins: list[str], outs: list[str]) -> None:
