@@ -264,9 +264,18 @@ class _Walk:
             part = size // pieces
             step = part // self.tp
             lo, hi = self.rank * step, (self.rank + 1) * step
-            rows = np.concatenate([np.arange(k * part + lo, k * part + hi) for k in range(pieces)])
-            piece = np.ascontiguousarray(np.take(array, rows, axis=dim))
-            proto = numpy_helper.from_array(piece, name)
+            if getattr(weights, "declared_only", False):
+                # no bytes to cut (schedule only): the shard's type and dims, never its data
+                proto = weights.tensor_proto(v, with_data=False)
+                proto = onnx.TensorProto(name=name, data_type=proto.data_type,
+                                         dims=[*array.shape[:dim], size // self.tp,
+                                               *array.shape[dim + 1:]])
+            else:
+                rows = np.concatenate(
+                    [np.arange(k * part + lo, k * part + hi) for k in range(pieces)]
+                )
+                piece = np.ascontiguousarray(np.take(array, rows, axis=dim))
+                proto = numpy_helper.from_array(piece, name)
             self.t.slices[name] = SliceRecord(v, dim, lo, hi, pieces, size)
         proto.name = name
         self.t.initializers[name] = proto
