@@ -146,8 +146,10 @@ __all__ = ["compile_cmd"]
     "--emit/--no-emit",
     "do_emit",
     default=None,
-    help="Write device_<rank>.onnx, schedule.json and trace.json (default: when the "
-    "model's weights are readable; a synth graph declares them only).",
+    help="Write schedule.json, trace.json and (when the model's weights are readable) "
+    "device_<rank>.onnx. Default: the same, except that a model whose weights are declared "
+    "only (a synth graph) gets the schedule only while it is quick to lay out (graph nodes "
+    "x replicas up to 50,000); --no-emit writes none of them.",
 )
 @click.option(
     "--report",
@@ -267,7 +269,7 @@ def compile_cmd(
         from shardc.report.html import render_html
 
         if timeline is None:
-            raise OptionError("--report needs the emitted schedule: drop --no-emit")
+            raise OptionError("--report needs the emitted schedule", hint="pass --emit")
         page = render_html(part, timeline, topology, model=str(model))
         write_file(report_path, page.encode(), force=force)
     write_outdir(outdir, files, force=force)
@@ -289,11 +291,10 @@ def compile_cmd(
         term.print(render_links(timeline, top=5))
     term.print(
         f"wrote {outdir}/ ({len(files)} files: plan.json, analysis.json"
-        + (
-            f", {len(plan['emission']['ranks'])} device models, schedule.json, trace.json"
-            if "emission" in plan
-            else ""
-        )
+        + (f", {len(plan['emission']['ranks'])} device models" if "emission" in plan else "")
+        + (", schedule.json, trace.json" if timeline is not None else "")
+        + ("" if "emission" in plan or timeline is None else "; no device models: the "
+           "weights are declared only")
         + f") in {elapsed:.2f} s ("
         + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in built.result.timings)
         + ")"

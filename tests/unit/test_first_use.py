@@ -37,3 +37,24 @@ def test_synth_with_weights_runs_as_a_pipeline(tmp_path: Path) -> None:
            "--pin", "pp=2", "-o", str(plan), "-q")
     shardc("check-plan", str(plan))
     assert json.loads(shardc("verify", str(plan), "--json"))["ok"] is True
+
+
+def test_declared_weights_still_get_schedule_trace_and_report(tmp_path: Path) -> None:
+    """None of schedule.json, trace.json or the report needs weights; only device models do."""
+    model = synth(tmp_path)  # weights declared, never written
+    plan, page = tmp_path / "plan", tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["compile", str(model), "--topology", "localhost",
+                                      "--set", "devices=2", "--pin", "pp=2", "-o", str(plan),
+                                      "--report", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "no device models" in result.output
+    names = sorted(p.name for p in plan.iterdir())
+    assert names == ["analysis.json", "plan.json", "schedule.json", "trace.json"]
+    schedule = json.loads((plan / "schedule.json").read_text())
+    assert len(schedule["devices"]) == 2 and schedule["step_seconds"] > 0
+    assert "emission" not in json.loads((plan / "plan.json").read_text())
+    assert page.stat().st_size > 0
+    none = tmp_path / "none"
+    shardc("compile", str(model), "--topology", "localhost", "--set", "devices=2", "-o",
+           str(none), "--no-emit", "-q")
+    assert sorted(p.name for p in none.iterdir()) == ["analysis.json", "plan.json"]
