@@ -58,3 +58,23 @@ def test_declared_weights_still_get_schedule_trace_and_report(tmp_path: Path) ->
     shardc("compile", str(model), "--topology", "localhost", "--set", "devices=2", "-o",
            str(none), "--no-emit", "-q")
     assert sorted(p.name for p in none.iterdir()) == ["analysis.json", "plan.json"]
+
+
+def test_link_bytes_and_busy_time_agree_with_the_bandwidth(tmp_path: Path) -> None:
+    """A tp=8 all-reduce was credited once per member on every ring link: 8x the bytes."""
+    from shardc.topology import load_topology
+
+    model = tmp_path / "m.onnx"
+    shardc("synth", "llama", "--layers", "1", "--hidden", "512", "--heads", "8", "--kv-heads",
+           "8", "--vocab", "1024", "--seq", "256", "--batch", "8", "-o", str(model))
+    plan = tmp_path / "plan"
+    shardc("compile", str(model), "--topology", "dgx_h100", "--pin", "tp=8", "--mode",
+           "inference", "-o", str(plan), "-q")
+    bandwidth = {}
+    for link in load_topology("dgx_h100").links:
+        bandwidth[f"{link.a}<->{link.b}"] = bandwidth[f"{link.b}<->{link.a}"] = link.bandwidth
+    schedule = json.loads((plan / "schedule.json").read_text())
+    assert schedule["links"]
+    for entry in schedule["links"]:
+        assert entry["busy_seconds"] <= schedule["step_seconds"]
+        assert entry["bytes"] / entry["busy_seconds"] <= bandwidth[entry["link"]] * (1 + 1e-9)
