@@ -141,8 +141,7 @@ def _transfers(
         del args["rank"]
         args["ranks"] = [rank for rank, _ in members]
         title = f"{first['op']} {list(first['group'])}"
-        links = dict.fromkeys(link for _, ev in members for link in ev.get("links", ()))
-        for link in links:
+        for link in dict.fromkeys(link for _, ev in members for link in ev.get("links", ())):
             out.setdefault(link, []).append((start, end, title, first, args))
     return out
 
