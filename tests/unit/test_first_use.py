@@ -78,3 +78,12 @@ def test_link_bytes_and_busy_time_agree_with_the_bandwidth(tmp_path: Path) -> No
     for entry in schedule["links"]:
         assert entry["busy_seconds"] <= schedule["step_seconds"]
         assert entry["bytes"] / entry["busy_seconds"] <= bandwidth[entry["link"]] * (1 + 1e-9)
+
+
+def test_a_tp_degree_that_splits_nothing_is_refused(tmp_path: Path) -> None:
+    """4 heads, widths 64/256, vocabulary 128: tp=3 split nothing yet was priced as tp=3."""
+    model = synth(tmp_path)
+    err = shardc("compile", str(model), "--topology", "localhost", "--set", "devices=3",
+                 "--pin", "tp=3", "-o", str(tmp_path / "plan"), code=2)
+    assert err.count("\n") == 1 and "--pin tp=3 splits nothing" in err and "tp=2" in err
+    assert not (tmp_path / "plan").exists()
