@@ -297,5 +297,6 @@ def compile_cmd(
            "weights are declared only")
         + f") in {elapsed:.2f} s ("
         + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in built.result.timings)
-        + ")"
+        + ")",
+        soft_wrap=True,  # one line, whatever the width: logs grep for it
     )

@@ -87,3 +87,21 @@ def test_a_tp_degree_that_splits_nothing_is_refused(tmp_path: Path) -> None:
                  "--pin", "tp=3", "-o", str(tmp_path / "plan"), code=2)
     assert err.count("\n") == 1 and "--pin tp=3 splits nothing" in err and "tp=2" in err
     assert not (tmp_path / "plan").exists()
+
+
+def test_compile_json_is_byte_identical_and_tables_are_wide_in_logs(tmp_path: Path) -> None:
+    """--json carried wall-clock timings; a pipe got 80 columns, cutting long lines."""
+    out = tmp_path / "a-folder-name-long-enough-to-push-the-first-line-past-eighty-columns"
+    out.mkdir()
+    model = out / "model.onnx"
+    model.write_bytes(EXAMPLE.read_bytes())
+    run = ["compile", str(model), "--topology", "localhost", "--set", "devices=2", "-o",
+           str(out / "plan"), "--force"]
+    first, second = shardc(*run, "--json"), shardc(*run, "--json")
+    assert first == second and "timings" not in json.loads(first)
+    timed = json.loads(shardc(*run, "--json", "--timings"))["timings"]
+    assert timed["compile_seconds"] > 0 and "partition" in timed["passes"]
+    lines = shardc(*run).splitlines()  # stdout is not a terminal here
+    assert lines[0].startswith(str(model)) and lines[0].endswith("(2 compute devices)")
+    assert any(line.startswith("wrote ") and "partition" in line for line in lines)
+    assert not any("…" in line for line in lines)
