@@ -105,3 +105,40 @@ def test_compile_json_is_byte_identical_and_tables_are_wide_in_logs(tmp_path: Pa
     assert lines[0].startswith(str(model)) and lines[0].endswith("(2 compute devices)")
     assert any(line.startswith("wrote ") and "partition" in line for line in lines)
     assert not any("…" in line for line in lines)
+
+
+def _uneven_mlp(path: Path) -> Path:
+    """Three residual MLP layers of different widths (32, 96, 64): nothing repeats."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, width in enumerate((32, 96, 64)):
+        w1 = numpy_helper.from_array(rng.standard_normal((16, width), np.float32) * 0.1, f"w{i}a")
+        w2 = numpy_helper.from_array(rng.standard_normal((width, 16), np.float32) * 0.1, f"w{i}b")
+        inits += [w1, w2]
+        nodes += [helper.make_node("MatMul", [x, f"w{i}a"], [f"h{i}"]),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"]),
+                  helper.make_node("MatMul", [f"r{i}", f"w{i}b"], [f"m{i}"]),
+                  helper.make_node("Add", [x, f"m{i}"], [f"y{i}"])]
+        x = f"y{i}"
+    graph = helper.make_graph(
+        nodes, "uneven", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [8, 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_layers_that_differ_still_pipeline(tmp_path: Path) -> None:
+    """Stages could only be cut between identical blocks: 'the model has only 1 blocks'."""
+    model = _uneven_mlp(tmp_path / "uneven.onnx")
+    plan = tmp_path / "plan"
+    data = json.loads(shardc("compile", str(model), "--topology", "localhost", "--set",
+                             "devices=2", "--pin", "pp=2", "--mode", "inference", "-o",
+                             str(plan), "--json"))
+    stages = data["plan"]["partition"]["stages"]
+    assert len(stages) == 2
+    shardc("check-plan", str(plan))
+    assert json.loads(shardc("verify", str(plan), "--json"))["ok"] is True
