@@ -241,8 +241,12 @@ def _tp_degrees(costing: Costing, options: PartitionOptions) -> dict[str, list[i
 
 
 def _refuse_idle_tp(costing: Costing, tp: int) -> None:
-    """A pinned tensor-parallel degree that splits no weight would be priced as if it did."""
-    if tp <= 1 or costing.splits(tp):
+    """A pinned tensor-parallel degree that splits no weight would be priced as if it did.
+
+    Not under ``rule=split``, which asks for every op that can split and runs the rest
+    whole on every rank (how single-op graphs are tested on two devices).
+    """
+    if tp <= 1 or costing.settings.tp_rule == "split" or costing.splits(tp):
         return
     fits = [t for t in range(2, 2 * tp + 1) if t != tp and costing.splits(t)][:3]
     raise OptionError(
