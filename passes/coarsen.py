@@ -38,11 +38,21 @@ The algorithm, in linear sweeps over the topological node order (nothing is reor
 Limits: a value read over less than half the graph counts as a normal activation, so a
 long skip connection hides the cuts it spans; only the run covering most nodes is folded
 (an encoder-decoder folds one stack); ``TENSOR`` attributes are hashed as raw bytes.
+
+**Layers that differ.** A model whose layers are not identical (DeepSeek-V3's dense then
+MoE layers, a ResNet's stages, hybrid stacks) folds into fewer repeated blocks than a
+pinned pipeline depth needs, or none. Then (``--pin pp=P`` with ``P`` above the repeated
+count) :func:`balanced` cuts the whole graph at its cheap cuts (step 4) into ``P``
+contiguous blocks of about equal FLOPs instead, every one marked ``repeated`` so each
+stage can take one. The partitioner prices a stage as whole copies of the first block,
+so balancing the work is what keeps the step estimate honest; memory per stage is
+estimated the same way (the device programs, schedule and check-plan use the real nodes).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -364,9 +374,52 @@ def coarsen(graph: Graph) -> BlockChain:
     return BlockChain(blocks, {s: tuple(ix) for s, ix in classes.items()}, period)
 
 
+def balanced(graph: Graph, parts: int, weight: Callable[[Node], float]) -> BlockChain | None:
+    """The graph cut at cheap cuts into ``parts`` blocks of about equal ``weight``.
+
+    Each cut is the segment boundary nearest its share of the total (``i / parts``),
+    kept strictly increasing so no block is empty. None when the graph has fewer cheap
+    cuts than that.
+    """
+    facts = _analyse(graph)
+    segments = _segments(facts)
+    if parts < 2 or len(segments) < parts:
+        return None
+    sizes = [sum(weight(graph.nodes[i]) for i in range(s, e)) + 1e-9 for s, e in segments]
+    cum = np.concatenate(([0.0], np.cumsum(sizes)))
+    cuts = [0]
+    for i in range(1, parts):
+        lo, hi = cuts[-1] + 1, len(segments) - (parts - i)  # leave a segment per block left
+        target = cum[-1] * i / parts
+        cuts.append(lo + int(np.argmin(np.abs(cum[lo : hi + 1] - target))))
+    cuts.append(len(segments))
+    spans = [(segments[a][0], segments[b - 1][1]) for a, b in itertools.pairwise(cuts)]
+    blocks = tuple(_block(facts, k, s, e, "repeated") for k, (s, e) in enumerate(spans))
+    classes: dict[str, list[int]] = {}
+    for b in blocks:
+        classes.setdefault(b.signature, []).append(b.index)
+    return BlockChain(blocks, {s: tuple(ix) for s, ix in classes.items()}, 0)
+
+
 def run(state: CompileState) -> CompileState:
-    """Coarsen ``state.graph`` into ``state.blocks``."""
-    return state.with_(blocks=coarsen(state.graph))
+    """Coarsen ``state.graph`` into ``state.blocks``.
+
+    A pinned pipeline deeper than the repeated blocks found cuts the graph into balanced
+    blocks instead (see :func:`balanced`), so models whose layers differ can pipeline.
+    """
+    chain = coarsen(state.graph)
+    pp = state.options.partition.pins.pp or 0
+    if pp > len(chain.repeated):
+        costs = state.costs.nodes if state.costs is not None else {}
+
+        def flops(node: Node) -> float:
+            cost = costs.get(node.name)
+            return float(cost.flops) if cost is not None else 1.0
+
+        even = balanced(state.graph, pp, flops)
+        if even is not None:
+            return state.with_(blocks=even)
+    return state.with_(blocks=chain)
 
 
 def dump(state: CompileState) -> str:

@@ -17,7 +17,7 @@ plan saves to the folder ``shardc compile`` writes and loads back with
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from shardc.api import compile
@@ -69,22 +69,30 @@ __all__ = [
 
 
 def load_topology(
-    path_or_text: str | os.PathLike[str], overrides: Mapping[str, int | float | str] | None = None
+    path_or_text: str | os.PathLike[str],
+    overrides: Mapping[str, int | float | str] | None = None,
+    *,
+    include_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
 ) -> Topology:
-    """Parse and build a topology from a ``.topo`` file or DSL text.
+    """Parse and build a topology from a ``.topo`` file, a stock name, or DSL text.
 
-    A ``str`` containing a newline is text, anything else a path; ``overrides`` replace
-    ``let`` parameters (``{"nodes": 4}``, like ``--set``). Raises
-    :class:`TopologyError` with ``file:line:col`` for mistakes in the text and
+    A ``str`` containing a newline is text; anything else a path, or the name of a
+    topology on the search path (``"gb200_nvl72"``; ``shardc topo list`` shows them).
+    ``overrides`` replace ``let`` parameters (``{"nodes": 4}``, like ``--set``).
+    ``include`` looks next to the including file (never in the current directory for
+    text), then in ``include_path``, ``$SHARDC_TOPOLOGY_PATH`` and the stock folder.
+    Raises :class:`TopologyError` with ``file:line:col`` for mistakes in the text and
     :class:`OptionError` for unknown parameters. The language: docs/dsl.md.
 
     >>> topo = load_topology("topologies/localhost.topo", {"devices": 4})
     >>> len(topo.compute_devices), topo.compute_devices[0].kind.name
     (4, 'cpu_share')
+    >>> len(load_topology("gb200_nvl72").compute_devices)
+    72
     """
     from shardc.topology import load_topology as _load
 
-    return _load(path_or_text, overrides)
+    return _load(path_or_text, overrides, include_path=include_path)
 
 
 def verify(

@@ -109,8 +109,10 @@ def compile(
             path) whose answer seeds the solver.
         custom_flops: FLOPs per output element for custom ops shardc has no rule for,
             ``{"com.acme::Fused": 12}``.
-        emit: write device programs (default: when the model's weights are readable; a
-            ``shardc.synth`` graph declares its weights only, so its plan has none).
+        emit: write the schedule, the trace and (when the model's weights are readable)
+            the device programs; ``False`` none of them. Default: the same, but a graph
+            whose weights are declared only (``shardc synth``) gets its schedule only
+            while that is quick (see ``shardc.build.SCHEDULE_ONLY_BUDGET``).
         progress: ``progress(step, done, total)`` is called as the compile advances (see
             :data:`shardc.progress.Progress`); ``None`` shows a progress bar when stderr is
             a terminal, ``False`` shows nothing.
@@ -244,7 +246,8 @@ def _topology(
     if is_text:
         record = {"path": "<text>", "sha256": sha256_bytes(str(topology).encode())}
     else:
-        record = {"path": str(Path(topology)), "sha256": sha256_file(topology)}
+        # a stock name ("gb200_nvl72") is recorded as given, hashed as the file it named
+        record = {"path": str(Path(topology)), "sha256": sha256_file(topo.source or topology)}
     return topo, {**record, "set": overrides}
 
 

@@ -203,7 +203,7 @@ class Built:
     plan: dict[str, Any]
     """plan.json as data (the same content as ``files["plan.json"]``)."""
     schedule: dict[str, Any] | None
-    """schedule.json as data, or None when no device files were emitted."""
+    """schedule.json as data, or None when it was not written (``--no-emit``)."""
     result: Any
     """The :class:`shardc.pipeline.PipelineResult` (state, pass timings, dumps)."""
     warnings: tuple[str, ...]
@@ -214,6 +214,12 @@ class Built:
     def timings(self) -> dict[str, float]:
         """Seconds per pass, in run order."""
         return {t.name: round(t.seconds, 6) for t in self.result.timings}
+
+
+SCHEDULE_ONLY_BUDGET = 50_000
+"""Graph nodes times data-parallel replicas up to which a model whose weights are declared
+only still gets schedule.json and trace.json by default: laying out the programs costs
+about 0.1 ms per node and replica, so larger plans ask for it with ``--emit``."""
 
 
 def build(
@@ -231,8 +237,10 @@ def build(
     ``replay`` is an earlier plan.json whose plan ``options`` pins completely (see
     :meth:`PlanOptions.replaying`): its record of the options and the solver is kept,
     and a plan that no longer prices the same is an error (named by ``replay_label``,
-    e.g. ``--plan old/plan.json``). ``emit`` writes the device
-    files, schedule.json and trace.json (None: when the model's weights are readable).
+    e.g. ``--plan old/plan.json``). ``emit`` writes schedule.json and trace.json, and the
+    device models when the weights are readable (they need the bytes; the schedule only
+    shapes). None: the same, except that a model whose weights are declared only gets its
+    schedule only up to :data:`SCHEDULE_ONLY_BUDGET`.
     """
     from shardc import __version__
     from shardc.compiler import analyse, default_passes
@@ -294,16 +302,22 @@ def build(
     }
     schedule = None
     steps.start("emit")
-    if emit is None:
-        emit = weights_available(state)
-        if not emit:
-            warnings.append(
-                "the model's weights are not readable (declared only): no device files; "
-                "--emit to insist"
-            )
-    if emit:
-        emitted, plan["emission"], schedule = plan_files(state)
+    models = emit is not False and weights_available(state)
+    if emit is None and not models:
+        work = len(state.graph.nodes) * state.partition.dp
+        emit = work <= SCHEDULE_ONLY_BUDGET
+        warnings.append(
+            "the model's weights are not readable (declared only): no device models; "
+            + ("schedule.json and trace.json written" if emit else
+               f"schedule.json and trace.json skipped too ({state.partition.dp} replicas of "
+               f"{len(state.graph.nodes)} nodes take about {work / 1e4:.0f} s or more to "
+               "lay out; --emit writes them)")
+        )
+    if emit is not False:
+        emitted, emission, schedule = plan_files(state, models=bool(models))
         files.update(emitted)
+        if emission is not None:
+            plan["emission"] = emission
     files["plan.json"] = jsonutil.dumps(plan).encode()
     steps.finish()
     return Built(

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from shardc import jsonutil
-from shardc.cli.options import parse_dims, parse_op_costs
+from shardc.cli.options import console, parse_dims, parse_op_costs
 from shardc.compiler import analyse
 from shardc.report.summary import graph_summary, render_summary
 from shardc.report.text import plain_safe
@@ -61,4 +60,4 @@ def inspect_cmd(
     if as_json:
         sys.stdout.write(jsonutil.dumps(summary))
     else:
-        Console().print(render_summary(summary))
+        console().print(render_summary(summary))

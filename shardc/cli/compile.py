@@ -2,8 +2,9 @@
 
 Writes ``plan.json`` (the inputs' hashes, the options and the ``partition`` section)
 and ``analysis.json`` into the output folder in one atomic step, then prints the plan.
-Nothing wall-clock goes into the files, so two runs give identical bytes; timings go to
-the terminal (and ``--json``) only.
+Nothing wall-clock goes into the files, so two runs give identical bytes. The same holds
+for ``--json`` on stdout: wall-clock timings are printed only when asked for with
+``--timings`` (under one ``timings`` key), so scripts can diff two runs' output.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from shardc import jsonutil
 from shardc.build import Inputs, PlanOptions, build, read_plan, sha256_file
 from shardc.cli.analyse import dim_option, json_option, op_cost_option, warn
-from shardc.cli.options import parse_dims, parse_op_costs, parse_sets
+from shardc.cli.options import (
+    console,
+    include_path_option,
+    parse_dims,
+    parse_op_costs,
+    parse_sets,
+)
 from shardc.errors import OptionError
 from shardc.partition.options import OBJECTIVES, RECOMPUTES, SCHEDULES
 from shardc.progress import progress_for
@@ -35,8 +41,10 @@ __all__ = ["compile_cmd"]
     "topology_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Cluster description (.topo).",
+    help="Cluster description: a .topo file, or the name of a stock topology "
+    "(`shardc topo list`, e.g. cloudmatrix384).",
 )
+@include_path_option
 @click.option(
     "--set",
     "sets",
@@ -109,7 +117,9 @@ __all__ = ["compile_cmd"]
     type=float,
     default=20.0,
     show_default=True,
-    help="Solver budget for the whole search, in CP-SAT deterministic seconds.",
+    help="Solver budget for the whole search, in CP-SAT deterministic seconds: a measure "
+    "of solver work, not wall-clock time, so the same inputs give the same plan on any "
+    "machine (one deterministic second is roughly one to a few wall seconds).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Solver random seed.")
 @click.option("--max-stages", type=int, default=16, show_default=True)
@@ -138,8 +148,10 @@ __all__ = ["compile_cmd"]
     "--emit/--no-emit",
     "do_emit",
     default=None,
-    help="Write device_<rank>.onnx, schedule.json and trace.json (default: when the "
-    "model's weights are readable; a synth graph declares them only).",
+    help="Write schedule.json, trace.json and (when the model's weights are readable) "
+    "device_<rank>.onnx. Default: the same, except that a model whose weights are declared "
+    "only (a synth graph) gets the schedule only while it is quick to lay out (graph nodes "
+    "x replicas up to 50,000); --no-emit writes none of them.",
 )
 @click.option(
     "--report",
@@ -155,9 +167,16 @@ __all__ = ["compile_cmd"]
     help="Print nothing but warnings and errors (no progress bar, no plan tables).",
 )
 @json_option
+@click.option(
+    "--timings",
+    is_flag=True,
+    help="With --json, add a `timings` object (wall-clock seconds of the compile and of "
+    "each pass); without it the JSON is byte-identical across runs.",
+)
 def compile_cmd(
     model: Path,
     topology_path: Path,
+    include_path: tuple[Path, ...],
     sets: tuple[str, ...],
     outdir: Path,
     mode: str,
@@ -182,15 +201,18 @@ def compile_cmd(
     force: bool,
     quiet: bool,
     as_json: bool,
+    timings: bool,
 ) -> None:
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
     from shardc.emit.outdir import check_target, write_file, write_outdir
     from shardc.report.plan import render_links, render_plan
     from shardc.topology import load_topology
+    from shardc.topology.loader import find_topology
 
     start = time.perf_counter()
     check_target(outdir, force=force)
     model_record = {"path": str(model)}
+    topology_file = find_topology(topology_path, include_path)  # a path, or a stock name
     topology_record = {"path": str(topology_path)}
     options = PlanOptions(
         mode=mode,
@@ -210,7 +232,7 @@ def compile_cmd(
     loaded = None
     if plan_path is not None:
         model_record["sha256"] = sha256_file(model)
-        topology_record["sha256"] = sha256_file(topology_path)
+        topology_record["sha256"] = sha256_file(topology_file)
         loaded = read_plan(plan_path, {"model": model_record, "topology": topology_record})
         if pins or recompute or warm_start or dtype:
             raise OptionError(
@@ -219,8 +241,8 @@ def compile_cmd(
         options = PlanOptions.replaying(loaded)
         sets = tuple(f"{k}={v}" for k, v in loaded["inputs"]["topology"]["set"].items())
     overrides = parse_sets(sets)
-    topology = load_topology(topology_path, overrides)
-    topology_record["sha256"] = sha256_file(topology_path)
+    topology = load_topology(topology_file, overrides, include_path=include_path)
+    topology_record["sha256"] = sha256_file(topology_file)
     inputs = Inputs(
         model=model,
         model_record=model_record,
@@ -248,7 +270,7 @@ def compile_cmd(
         from shardc.report.html import render_html
 
         if timeline is None:
-            raise OptionError("--report needs the emitted schedule: drop --no-emit")
+            raise OptionError("--report needs the emitted schedule", hint="pass --emit")
         page = render_html(part, timeline, topology, model=str(model))
         write_file(report_path, page.encode(), force=force)
     from shardc.emit.planfolder import anchor_paths
@@ -258,37 +280,30 @@ def compile_cmd(
     plan = json.loads(files["plan.json"])  # --json prints what the folder holds
     write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start
-    timings = built.timings
     if as_json:
-        sys.stdout.write(
-            jsonutil.dumps(
-                {
-                    "plan": plan,
-                    "outdir": str(outdir),
-                    "passes": timings,
-                    "compile_seconds": round(elapsed, 3),
-                }
-            )
-        )
+        out: dict[str, object] = {"plan": plan, "outdir": str(outdir)}
+        if timings:
+            out["timings"] = {"compile_seconds": round(elapsed, 3), "passes": built.timings}
+        sys.stdout.write(jsonutil.dumps(out))
         return
     if quiet:
         return
-    console = Console()
-    console.print(
+    term = console()
+    term.print(
         f"[bold]{markup_safe(model)}[/] on {markup_safe(topology_path)} "
         f"({len(topology.compute_devices)} compute devices)"
     )
-    console.print(render_plan(part))
+    term.print(render_plan(part))
     if timeline is not None:
-        console.print(render_links(timeline, top=5))
-    console.print(
+        term.print(render_links(timeline, top=5))
+    term.print(
         f"wrote {markup_safe(outdir)}/ ({len(files)} files: plan.json, analysis.json"
-        + (
-            f", {len(plan['emission']['ranks'])} device models, schedule.json, trace.json"
-            if "emission" in plan
-            else ""
-        )
+        + (f", {len(plan['emission']['ranks'])} device models" if "emission" in plan else "")
+        + (", schedule.json, trace.json" if timeline is not None else "")
+        + ("" if "emission" in plan or timeline is None else "; no device models: the "
+           "weights are declared only")
         + f") in {elapsed:.2f} s ("
         + ", ".join(f"{t.name} {t.seconds:.2f} s" for t in built.result.timings)
-        + ")"
+        + ")",
+        soft_wrap=True,  # one line, whatever the width: logs grep for it
     )

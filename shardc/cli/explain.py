@@ -24,8 +24,7 @@ def explain_cmd(outdir: Path, name: str | None, as_json: bool) -> None:
     """Without NODE_OR_VALUE, the plan in OUTDIR (stages, step, links); with it, the ranks,
     stage, sharding and communication of that node, activation or weight, and the reasons.
     """
-    from rich.console import Console
-
+    from shardc.cli.options import console
     from shardc.plan import Plan
 
     plan = Plan.load(outdir)
@@ -33,7 +32,7 @@ def explain_cmd(outdir: Path, name: str | None, as_json: bool) -> None:
         if as_json:
             sys.stdout.write(jsonutil.dumps(plan.to_json()))
         else:
-            Console(highlight=False).print(plan.summary())
+            console().print(plan.summary())
         return
     explanation = plan.explain(name)
     if as_json:

@@ -1,11 +1,17 @@
-"""Parsing ``NAME=VALUE`` options shared by several commands.
+"""Options shared by several commands: ``NAME=VALUE`` forms, ``--include-path``, the console.
 
 Bad forms are :class:`shardc.errors.OptionError`, so they print as one line and exit 2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
 
 from shardc.errors import OptionError
 
@@ -59,3 +65,30 @@ def parse_op_costs(items: Iterable[str]) -> dict[str, float]:
         if out[name] < 0:
             raise OptionError(f"--op-cost {name}={value}: must not be negative")
     return out
+
+
+WIDE = 200
+"""Columns when stdout is not a terminal (pipes, CI logs, tests): wide enough that no
+table drops or folds a number, and fixed so the output does not depend on the caller."""
+
+
+def console() -> Console:
+    """The console commands print tables on: the terminal's width, else :data:`WIDE`.
+
+    Rich falls back to 80 columns when stdout is not a terminal, which cut the last
+    columns of the plan tables in CI logs.
+    """
+    return Console(highlight=False, width=None if sys.stdout.isatty() else WIDE)
+
+
+def include_path_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--include-path DIR`` (repeatable) for every command that reads a topology."""
+    return click.option(
+        "--include-path",
+        "include_path",
+        multiple=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        metavar="DIR",
+        help="Folder to look in for `include`d files and topology names, before "
+        "$SHARDC_TOPOLOGY_PATH and the stock topologies (repeatable).",
+    )(f)

@@ -264,9 +264,18 @@ class _Walk:
             part = size // pieces
             step = part // self.tp
             lo, hi = self.rank * step, (self.rank + 1) * step
-            rows = np.concatenate([np.arange(k * part + lo, k * part + hi) for k in range(pieces)])
-            piece = np.ascontiguousarray(np.take(array, rows, axis=dim))
-            proto = numpy_helper.from_array(piece, name)
+            if getattr(weights, "declared_only", False):
+                # no bytes to cut (schedule only): the shard's type and dims, never its data
+                proto = weights.tensor_proto(v, with_data=False)
+                proto = onnx.TensorProto(name=name, data_type=proto.data_type,
+                                         dims=[*array.shape[:dim], size // self.tp,
+                                               *array.shape[dim + 1:]])
+            else:
+                rows = np.concatenate(
+                    [np.arange(k * part + lo, k * part + hi) for k in range(pieces)]
+                )
+                piece = np.ascontiguousarray(np.take(array, rows, axis=dim))
+                proto = numpy_helper.from_array(piece, name)
             self.t.slices[name] = SliceRecord(v, dim, lo, hi, pieces, size)
         proto.name = name
         self.t.initializers[name] = proto
@@ -485,7 +494,17 @@ class _Walk:
         if pending.axis >= 0:
             attrs["axis"] = pending.axis
         name = self._name(pending.value or (outs[0] if outs else op), op.lower())
-        self._emit(helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs))
+        # a scalar's shape is [], whose attribute type make_node cannot infer: typed here
+        scalar = "shape" in attrs and not attrs["shape"]
+        if scalar:
+            del attrs["shape"]
+        node = helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs)
+        if scalar:
+            node.attribute.append(
+                helper.make_attribute("shape", [], attr_type=onnx.AttributeProto.INTS)
+            )
+            node.attribute.sort(key=lambda a: a.name)
+        self._emit(node)
         self.t.steps.append(("comm", (len(self.t.nodes) - 1, pending)))
 
     def _node(self, node: Node, strat: Strategy, ins: list[str], outs: list[str]) -> None:

@@ -7,8 +7,10 @@ determinism tests compare.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
 from shardc import jsonutil
@@ -31,6 +33,31 @@ def weights_available(state: CompileState) -> bool:
     except Exception:
         return False
     return True
+
+
+class DeclaredWeights:
+    """A weight source for weights that are declared but never written (synth graphs).
+
+    It hands out each weight's type and dims and no bytes: enough to lay out the device
+    programs and so the schedule and trace, which depend on shapes only, but not to write
+    device models. :func:`plan_files` uses it when the real weights cannot be read.
+    """
+
+    declared_only = True
+
+    def __init__(self, source: Any):
+        self._source = source
+
+    def tensor_proto(self, name: str, *, with_data: bool = True) -> onnx.TensorProto:
+        """``name``'s type and dims, without data or a reference to an external file."""
+        t = self._source.tensor_proto(name, with_data=False)
+        return onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
+
+    def array(self, name: str) -> np.ndarray:
+        """A zero-strided stand-in of the right shape and dtype (it holds no memory)."""
+        t = self.tensor_proto(name)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        return np.broadcast_to(np.zeros((), dtype=dtype), tuple(t.dims))
 
 
 def emission_section(state: CompileState, emission: Emission) -> dict[str, Any]:
@@ -97,17 +124,25 @@ def device_files(rank: int, model: onnx.ModelProto, threshold: int) -> dict[str,
 
 
 def plan_files(
-    state: CompileState, external_threshold: int = EXTERNAL_THRESHOLD
-) -> tuple[dict[str, bytes], dict[str, Any], Any]:
-    """(files, emission section, schedule dict) for ``state``'s plan."""
+    state: CompileState, external_threshold: int = EXTERNAL_THRESHOLD, *, models: bool = True
+) -> tuple[dict[str, bytes], dict[str, Any] | None, Any]:
+    """(files, emission section, schedule dict) for ``state``'s plan.
+
+    ``models=False`` (weights declared only): schedule.json and trace.json, which need
+    shapes only, and no device models; the emission section is then None, since plan.json
+    must not list device files the folder does not hold.
+    """
     from shardc.emit.schedule import build_schedule
     from shardc.emit.trace import chrome_trace
 
+    if not models:
+        model = replace(state.model, weights=DeclaredWeights(state.model.weights))
+        state = replace(state, model=model)
     emission = emit(state)
     files: dict[str, bytes] = {}
-    for rank, model in sorted(emission.models.items()):
-        files.update(device_files(rank, model, external_threshold))
+    for rank, proto in sorted(emission.models.items()) if models else ():
+        files.update(device_files(rank, proto, external_threshold))
     schedule = build_schedule(emission.programs)
     files["schedule.json"] = jsonutil.dumps(schedule).encode()
     files["trace.json"] = jsonutil.dumps(chrome_trace(schedule), indent=None).encode()
-    return files, emission_section(state, emission), schedule
+    return files, emission_section(state, emission) if models else None, schedule

@@ -22,11 +22,20 @@ its event durations) and ``events`` in issue order, which never overlap. Every e
 ``bytes``, ``group``, ``peer``, ``tag``, ``axis``, ``algorithm`` and ``links``.
 
 ``links`` summarises every link a comm event crosses, heaviest first (bytes descending,
-then name): ``bytes`` and ``transfers`` count each transfer once (a Send and its Recv
-are one transfer, credited at the Send with the links of both ends; a collective counts
-once per member, since ``Comm.nbytes`` is what that member sends), and ``busy_seconds``
-is the length of the union of those transfers' intervals, so concurrent transfers on a
-link are not counted twice and it never exceeds the step.
+then name). One definition, used by the tables, the report and the trace:
+
+* ``transfers``: each transfer once. A Send and its Recv are one transfer, credited at
+  the Send with the links of both ends. A collective call (its group, op, tag, phase
+  and micro-batch) is one transfer on each link of its ring, whichever members list it.
+* ``bytes``: what those transfers put on the link in one direction: a Send's bytes; for
+  a collective, one member's ``bytes`` (what each member sends, which is what each hop
+  of the ring carries), not the sum over members, which crossed other hops.
+* ``busy_seconds``: the length of the *union* of those transfers' intervals (for a
+  collective, its members' intervals), so concurrent transfers are not counted twice
+  and it never exceeds the step.
+
+So ``bytes / busy_seconds`` is the link's achieved rate while busy: at most its bandwidth
+when the cost model priced every transfer on it at no more than that bandwidth.
 
 How the timeline is built:
 
@@ -529,21 +538,29 @@ def _link_summary(
     """Per link: bytes sent over it, transfers, and the time any transfer used it."""
     by_rank = {dev["rank"]: dev["events"] for dev in devices}
     acc: dict[str, _LinkLoad] = {}
+    calls: dict[tuple[Any, ...], int] = {}  # k-th call of a collective on each member
+    seen: set[tuple[Any, ...]] = set()  # (call, link) already credited
     for dev in devices:
         for i, ev in enumerate(dev["events"]):
-            if ev["type"] != "comm":
-                continue
+            if ev["type"] != "comm" or ev["op"] == "Recv":
+                continue  # a Recv is credited at its Send
             links = list(ev["links"])
-            counted = ev["op"] != "Recv"
+            call: tuple[Any, ...] = ("p2p", dev["rank"], i)
             if ev["op"] == "Send" and (dev["rank"], i) in recv_of:
                 rr, ri = recv_of[(dev["rank"], i)]
                 links += by_rank[rr][ri]["links"]
+            elif ev["op"] != "Send":
+                key = (dev["rank"], ev["op"], tuple(ev["group"]), ev["tag"], ev["phase"],
+                       ev["microbatch"])
+                calls[key] = calls.get(key, -1) + 1
+                call = (*key[1:], calls[key])
             for link in dict.fromkeys(links):
                 load = acc.setdefault(link, _LinkLoad())
-                if counted:
+                load.spans.append((ev["start"], ev["end"]))
+                if (call, link) not in seen:
+                    seen.add((call, link))
                     load.nbytes += ev["bytes"]
                     load.transfers += 1
-                    load.spans.append((ev["start"], ev["end"]))
     ordered = sorted(acc.items(), key=lambda item: (-item[1].nbytes, item[0]))
     return [
         {

@@ -5,12 +5,17 @@ viewer is how people spot the bubble, a straggling collective member or a satura
 link. It is a pure function of the schedule dict, so it can never disagree with it.
 
 Layout: one process per rank (``pid`` = rank, named ``rank R: device (kind), stage S``)
-with one thread holding a complete event (``"ph": "X"``) per schedule event, and one
-more process, ``links`` (``pid`` = number of ranks), with one thread per link, listed
-heaviest first as in the schedule's link summary, holding a copy of every comm event
-that crosses the link. Times are microseconds (the format's unit); ``displayTimeUnit``
-is ``ms``. Events of one link may overlap (both ends of a transfer, every member of a
-collective): viewers draw what nests and the ``args`` say which rank each copy is from.
+with one thread holding a complete event (``"ph": "X"``) per schedule event; a rank's
+events never overlap. One more process, ``links`` (``pid`` = number of ranks), shows
+each transfer *once* on every link it crosses, counted as schedule.json's link summary
+counts them: a Send and its Recv are one transfer (the Send's interval), a collective
+call is one transfer (from its first member's start to its last member's end). Trace
+viewers expect the slices of a track to nest, and concurrent transfers on a link do not,
+so each link gets as many tracks as it has transfers at once: ``nvl0`` then ``nvl0 #2``
+... (the first track that is free takes the next transfer). Flow arrows (``"ph": "s"`` /
+``"f"``) join every Send to its Recv across the rank processes. Links are listed
+heaviest first, as in the link summary. Times are microseconds (the format's unit);
+``displayTimeUnit`` is ``ms``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ _US = 1e6
 
 _PHASE_LETTER = {"forward": "F", "backward": "B"}
 
+Event = dict[str, Any]
+
 
 def chrome_trace(schedule: dict[str, Any]) -> dict[str, Any]:
     """The Chrome Trace Event Format object for ``schedule`` (a :func:`build_schedule` dict)."""
@@ -32,42 +39,124 @@ def chrome_trace(schedule: dict[str, Any]) -> dict[str, Any]:
     for dev in devices:
         for ev in dev["events"]:
             names.update(dict.fromkeys(ev.get("links", ())))
-    link_names = list(names)
-    link_tid = {name: i + 1 for i, name in enumerate(link_names)}
 
-    meta: list[dict[str, Any]] = []
-    slices: list[dict[str, Any]] = []
-    per_link: dict[str, list[dict[str, Any]]] = {name: [] for name in link_names}
+    meta: list[Event] = []
+    slices: list[Event] = []
     for dev in devices:
         rank = dev["rank"]
         label = f"rank {rank}: {dev['device']} ({dev['kind']}), stage {dev['stage']}"
         meta += _process(rank, label, rank)
         meta.append(_thread_name(rank, 0, "steps"))
         for ev in dev["events"]:
-            args = _args(rank, ev)
-            slices.append(_slice(_title(ev), ev, rank, 0, args))
-            for link in dict.fromkeys(ev.get("links", ())):
-                per_link[link].append(_slice(_link_title(rank, ev), ev, links_pid, 0, dict(args)))
+            slices.append(_slice(_title(ev), ev["start"], ev["end"], ev, rank, 0, _args(rank, ev)))
+
+    pairs = _send_recv_pairs(devices)
+    transfers = _transfers(devices, pairs)
     meta += _process(links_pid, "links", links_pid)
-    for name in link_names:
-        tid = link_tid[name]
-        meta.append(_thread_name(links_pid, tid, name))
-        meta.append(
-            {
-                "name": "thread_sort_index",
-                "ph": "M",
-                "pid": links_pid,
-                "tid": tid,
-                "args": {"sort_index": tid},
-            }
-        )
-        for event in per_link[name]:
-            event["tid"] = tid
-            slices.append(event)
-    return {"traceEvents": meta + slices, "displayTimeUnit": "ms"}
+    tid = 0
+    for name in names:
+        lanes: list[float] = []  # end time of each track's last slice
+        placed: list[tuple[int, Event]] = []
+        for start, end, title, ev, args in sorted(
+            transfers.get(name, []), key=lambda t: (t[0], t[1], t[2])
+        ):
+            lane = next((i for i, free in enumerate(lanes) if free <= start), len(lanes))
+            if lane == len(lanes):
+                lanes.append(end)
+            lanes[lane] = end
+            placed.append((lane, _slice(title, start, end, ev, links_pid, 0, args)))
+        for lane in range(max(len(lanes), 1)):
+            tid += 1
+            track = name if lane == 0 else f"{name} #{lane + 1}"
+            meta.append(_thread_name(links_pid, tid, track))
+            meta.append(
+                {
+                    "name": "thread_sort_index",
+                    "ph": "M",
+                    "pid": links_pid,
+                    "tid": tid,
+                    "args": {"sort_index": tid},
+                }
+            )
+            for on, event in placed:
+                if on == lane:
+                    event["tid"] = tid
+                    slices.append(event)
+    flows = _flows(devices, pairs)
+    return {"traceEvents": meta + slices + flows, "displayTimeUnit": "ms"}
 
 
-def _process(pid: int, name: str, order: int) -> list[dict[str, Any]]:
+def _send_recv_pairs(devices: list[Event]) -> list[tuple[int, Event, int, Event]]:
+    """(sender, Send, receiver, Recv) by schedule.json's rule: the k-th Recv of a
+    (sender, receiver, tag, phase, micro-batch) matches the k-th such Send.
+    """
+    sends: dict[tuple[Any, ...], list[Event]] = {}
+    for dev in devices:
+        for ev in dev["events"]:
+            if ev["type"] == "comm" and ev["op"] == "Send":
+                key = (dev["rank"], ev["peer"], ev["tag"], ev["phase"], ev["microbatch"])
+                sends.setdefault(key, []).append(ev)
+    taken: dict[tuple[Any, ...], int] = {}
+    out = []
+    for dev in devices:
+        for ev in dev["events"]:
+            if ev["type"] == "comm" and ev["op"] == "Recv":
+                key = (ev["peer"], dev["rank"], ev["tag"], ev["phase"], ev["microbatch"])
+                k = taken.get(key, 0)
+                taken[key] = k + 1
+                if k < len(sends.get(key, ())):
+                    out.append((ev["peer"], sends[key][k], dev["rank"], ev))
+    return out
+
+
+def _transfers(
+    devices: list[Event], pairs: list[tuple[int, Event, int, Event]]
+) -> dict[str, list[tuple[float, float, str, Event, dict[str, Any]]]]:
+    """Per link: (start, end, title, event, args) of each transfer crossing it, once."""
+    out: dict[str, list[tuple[float, float, str, Event, dict[str, Any]]]] = {}
+    recv_links = {id(send): recv.get("links", ()) for _, send, _, recv in pairs}
+    calls: dict[tuple[Any, ...], list[tuple[int, Event]]] = {}
+    for dev in devices:
+        rank = dev["rank"]
+        count: dict[tuple[Any, ...], int] = {}
+        for ev in dev["events"]:
+            if ev["type"] != "comm" or ev["op"] == "Recv":
+                continue
+            if ev["op"] == "Send":
+                links = [*ev.get("links", ()), *recv_links.get(id(ev), ())]
+                args = _args(rank, ev)
+                title = f"Send {rank}->{ev['peer']}"
+                for link in dict.fromkeys(links):
+                    out.setdefault(link, []).append((ev["start"], ev["end"], title, ev, args))
+                continue
+            key = (ev["op"], tuple(ev["group"]), ev["tag"], ev["phase"], ev["microbatch"])
+            count[key] = count.get(key, -1) + 1
+            calls.setdefault((*key, count[key]), []).append((rank, ev))
+    for key in sorted(calls, key=repr):
+        members = calls[key]
+        first = members[0][1]
+        start = min(ev["start"] for _, ev in members)
+        end = max(ev["end"] for _, ev in members)
+        args = _args(members[0][0], first)
+        del args["rank"]
+        args["ranks"] = [rank for rank, _ in members]
+        title = f"{first['op']} {list(first['group'])}"
+        for link in dict.fromkeys(link for _, ev in members for link in ev.get("links", ())):
+            out.setdefault(link, []).append((start, end, title, first, args))
+    return out
+
+
+def _flows(devices: list[Event], pairs: list[tuple[int, Event, int, Event]]) -> list[Event]:
+    """An arrow from each Send's slice to its Recv's slice (flow start, flow end)."""
+    out: list[Event] = []
+    for n, (sender, send, receiver, recv) in enumerate(pairs, start=1):
+        common = {"name": "transfer", "cat": "send-recv", "id": n, "tid": 0}
+        out.append({**common, "ph": "s", "pid": sender, "ts": send["start"] * _US})
+        out.append({**common, "ph": "f", "bp": "e", "pid": receiver, "ts": recv["start"] * _US})
+    return out
+
+
+def _process(pid: int, name: str, order: int) -> list[Event]:
     return [
         {"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": name}},
         {
@@ -80,11 +169,11 @@ def _process(pid: int, name: str, order: int) -> list[dict[str, Any]]:
     ]
 
 
-def _thread_name(pid: int, tid: int, name: str) -> dict[str, Any]:
+def _thread_name(pid: int, tid: int, name: str) -> Event:
     return {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}
 
 
-def _title(ev: dict[str, Any]) -> str:
+def _title(ev: Event) -> str:
     """Short slice text: ``F3 block 2``, ``B0 Recv from 1``, ``dp sync + optimizer``."""
     if ev["phase"] == "sync":
         return str(ev["name"])
@@ -98,16 +187,7 @@ def _title(ev: dict[str, Any]) -> str:
     return f"{prefix} {ev['op']}"
 
 
-def _link_title(rank: int, ev: dict[str, Any]) -> str:
-    """Slice text on a link track says whose transfer it is: ``Send 0->1``, ``AllReduce @2``."""
-    if ev["op"] == "Send":
-        return f"{ev['op']} {rank}->{ev['peer']}"
-    if ev["op"] == "Recv":
-        return f"{ev['op']} {ev['peer']}->{rank}"
-    return f"{ev['name']} @{rank}"
-
-
-def _args(rank: int, ev: dict[str, Any]) -> dict[str, Any]:
+def _args(rank: int, ev: Event) -> dict[str, Any]:
     args: dict[str, Any] = {
         "rank": rank,
         "type": ev["type"],
@@ -125,15 +205,15 @@ def _args(rank: int, ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def _slice(
-    name: str, ev: dict[str, Any], pid: int, tid: int, args: dict[str, Any]
-) -> dict[str, Any]:
+    name: str, start: float, end: float, ev: Event, pid: int, tid: int, args: dict[str, Any]
+) -> Event:
     return {
         "name": name,
         "cat": f"{ev['phase']},{ev['type']}",
         "ph": "X",
         "pid": pid,
         "tid": tid,
-        "ts": ev["start"] * _US,
-        "dur": ev["duration"] * _US,
+        "ts": start * _US,
+        "dur": (end - start) * _US,
         "args": args,
     }

@@ -226,6 +226,8 @@ def _tp_degrees(costing: Costing, options: PartitionOptions) -> dict[str, list[i
         kinds = sorted({pins.kind} | stage_kinds)
     out: dict[str, list[int]] = {}
     stage_tps = {int(v["tp"]) for v in pins.stages.values() if "tp" in v}
+    for t in sorted(({pins.tp} if pins.tp else set()) | stage_tps):
+        _refuse_idle_tp(costing, t)
     for k in kinds:
         if pins.tp or stage_tps:
             want = ({pins.tp} if pins.tp else set()) | stage_tps
@@ -236,6 +238,22 @@ def _tp_degrees(costing: Costing, options: PartitionOptions) -> dict[str, list[i
         if "kind" in v and v["kind"] not in costing.pool:
             raise OptionError(f"--pin stage{j}.kind={v['kind']}: no such device kind")
     return out
+
+
+def _refuse_idle_tp(costing: Costing, tp: int) -> None:
+    """A pinned tensor-parallel degree that splits no weight would be priced as if it did.
+
+    Not under ``rule=split``, which asks for every op that can split and runs the rest
+    whole on every rank (how single-op graphs are tested on two devices).
+    """
+    if tp <= 1 or costing.settings.tp_rule == "split" or costing.splits(tp):
+        return
+    fits = [t for t in range(2, 2 * tp + 1) if t != tp and costing.splits(t)][:3]
+    raise OptionError(
+        f"--pin tp={tp} splits nothing in this model: no attention heads, MLP width or "
+        f"vocabulary divides {tp} ways",
+        hint=(f"try {' or '.join(f'tp={t}' for t in fits)}" if fits else "drop the tp pin"),
+    )
 
 
 def _stage_pins(options: PartitionOptions, configs: Sequence[Any]) -> dict[int, tuple[str, ...]]:

@@ -827,8 +827,10 @@ def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
         f"{len(schedule.get('links') or ())})</h2>"
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
-        '<p class="note">busy: the time of all transfers over the link added up, so over '
-        "100% of the step where transfers share it at once.</p>"
+        '<p class="note">bytes: what the transfers put on the link in one direction (a '
+        "collective's share per ring hop, once per call); busy: the union of their "
+        "intervals, so never over 100% of the step; bytes / busy is the rate achieved "
+        "while busy.</p>"
     )
 
 

@@ -593,6 +593,7 @@ def measure_compile(run: CompileRun, folder: Path) -> Measured:
         str(outdir),
         "--force",
         "--json",
+        "--timings",
         *run.args,
     ]
     with (
@@ -615,7 +616,7 @@ def measure_compile(run: CompileRun, folder: Path) -> Measured:
         data = json.loads(text)
         plan = data["plan"]["partition"]
         summary = (
-            f"compile_seconds {data['compile_seconds']:.2f}, plan dp{plan['dp']} "
+            f"compile_seconds {data['timings']['compile_seconds']:.2f}, plan dp{plan['dp']} "
             f"pp{plan['pp']}, {plan['devices_used']} devices, "
             f"step {plan['step_seconds']:.3f} s"
         )

@@ -143,7 +143,7 @@ def test_includes_resolve_relative_and_stay_in_the_search_path(tmp_path: Path) -
     with pytest.raises(TopologyError, match="outside the topology search path") as info:
         load_topology(outside)
     assert (info.value.line, info.value.column) == (1, 9)
-    assert len(load_topology(outside, search_path=[tmp_path]).devices) == 2
+    assert len(load_topology(outside, include_path=[tmp_path]).devices) == 2
 
 
 def test_include_cycles_and_errors_in_included_files(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -334,9 +335,10 @@ def test_link_summary_counts_each_transfer_once() -> None:
     order = [(-entry["bytes"], entry["link"]) for entry in mixed["links"]]
     assert order == sorted(order)
     nvl = next(e for e in mixed["links"] if e["link"] == "nvl0.0")
-    # 2 members x (4 forward + 4 backward) AllReduces, concurrent per instance
-    assert nvl["transfers"] == 16
-    assert nvl["bytes"] == 16 * 2048.0
+    # 4 forward + 4 backward AllReduce calls of 2 members each: one transfer per call,
+    # carrying one member's 2 KiB (the sum over members crossed other hops)
+    assert nvl["transfers"] == 8
+    assert nvl["bytes"] == 8 * 2048.0
     assert nvl["busy_seconds"] == pytest.approx(8 * 0.25)
     for entry in mixed["links"]:
         assert entry["busy_seconds"] <= mixed["step_seconds"]
@@ -360,10 +362,24 @@ def test_chrome_trace_has_a_process_per_rank_and_a_links_process(mixed: dict[str
     threads = {
         e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name" and e["pid"] == n
     }
-    assert list(threads.values()) == [entry["link"] for entry in mixed["links"]]
-    for tid, link in threads.items():
-        crossing = sum(link in e.get("links", ()) for d in mixed["devices"] for e in d["events"])
-        assert sum(e["pid"] == n and e["tid"] == tid for e in xs) == crossing > 0
+    # one track per link, plus one per transfer that overlaps the others: "link #2" ...
+    bases = list(dict.fromkeys(name.split(" #")[0] for name in threads.values()))
+    assert bases == [entry["link"] for entry in mixed["links"]]
+    for entry in mixed["links"]:
+        tids = [t for t, name in threads.items() if name.split(" #")[0] == entry["link"]]
+        on_link = [e for e in xs if e["pid"] == n and e["tid"] in tids]
+        assert len(on_link) == entry["transfers"] > 0  # each transfer once, not once per end
+        for tid in tids:  # slices of a track never overlap (viewers expect nesting)
+            track = sorted((e["ts"], e["ts"] + e["dur"]) for e in on_link if e["tid"] == tid)
+            assert all(a[1] <= b[0] + 1e-6 for a, b in itertools.pairwise(track))
+    # a flow arrow from every Send to its Recv
+    recvs = sum(e["op"] == "Recv" for d in mixed["devices"] for e in d["events"]
+                if e["type"] == "comm")
+    starts = {e["id"]: e for e in events if e["ph"] == "s"}
+    ends = {e["id"]: e for e in events if e["ph"] == "f"}
+    assert len(starts) == len(ends) == recvs > 0 and starts.keys() == ends.keys()
+    for i, flow in ends.items():
+        assert flow["bp"] == "e" and flow["ts"] >= starts[i]["ts"]
     fwd = next(e for e in xs if e["pid"] == 2 and e["name"] == "F0 Send to 6")
     assert fwd["args"]["bytes"] == 1024.0 and fwd["args"]["microbatch"] == 0
 
@@ -449,3 +465,28 @@ def test_deadlock_names_the_stuck_ranks_and_steps() -> None:
     text = str(err.value)
     assert "rank 0 at forward of micro-batch 0, step 1 of 3 (Recv of 'x' from rank 1" in text
     assert "rank 1 at forward of micro-batch 0, step 1 of 3 (Recv of 'x' from rank 0" in text
+
+
+def test_concurrent_transfers_on_a_link_get_their_own_tracks() -> None:
+    def ev(op: str, peer: int, tag: int, start: float, end: float) -> dict[str, Any]:
+        return {"type": "comm", "phase": "forward", "microbatch": 0, "name": op, "op": op,
+                "value": "h", "bytes": 8.0, "peer": peer, "tag": tag, "group": [], "axis": -1,
+                "algorithm": "p2p", "links": ["L"], "start": start, "duration": end - start,
+                "end": end}
+
+    def dev(rank: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"rank": rank, "device": f"d{rank}", "kind": "k", "stage": 0, "events": events}
+
+    schedule = {"devices": [dev(0, [ev("Send", 1, 1, 0.0, 2.0)]),
+                            dev(1, [ev("Recv", 0, 1, 0.5, 2.5)]),
+                            dev(2, [ev("Send", 3, 1, 1.0, 3.0)]),
+                            dev(3, [ev("Recv", 2, 1, 1.0, 3.0)])],
+                "links": [{"link": "L", "bytes": 16.0, "busy_seconds": 3.0, "transfers": 2}]}
+    events = chrome_trace(schedule)["traceEvents"]
+    tracks = {e["tid"]: e["args"]["name"] for e in events
+              if e["name"] == "thread_name" and e["pid"] == 4}
+    assert sorted(tracks.values()) == ["L", "L #2"]
+    on = {tracks[e["tid"]]: e["name"] for e in events if e["ph"] == "X" and e["pid"] == 4}
+    assert on == {"L": "Send 0->1", "L #2": "Send 2->3"}
+    flows = [(e["ph"], e["pid"]) for e in events if e["ph"] in ("s", "f")]
+    assert sorted(flows) == [("f", 1), ("f", 3), ("s", 0), ("s", 2)]
