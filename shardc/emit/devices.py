@@ -107,6 +107,8 @@ class _Pending:
     peer: tuple[int, int] | None = None
     tag: int = 0
     axis: int = -1
+    concat_axis: int = -1
+    """AllToAll only: the dim the received pieces are joined along (the one split before)."""
 
 
 @dataclass
@@ -331,11 +333,17 @@ class _Walk:
         nbytes = self._bytes(v) * layout.local_fraction({"tp": self.tp})
         if step.op == "all_gather":
             nbytes *= self.tp
-        dim = step.dst_dim if step.op == "reduce_scatter" else step.src_dim
+        dim = step.dst_dim if step.op in ("reduce_scatter", "all_to_all") else step.src_dim
+        concat = -1
         if step.op == "all_to_all":
-            raise EmitError(f"value {v!r}: all-to-all resharding is not emitted yet")
+            # split along the new dim, send piece j to rank j, join what arrives along the
+            # dim that was split: one exchange turns a src_dim split into a dst_dim split
+            assert step.src_dim is not None
+            concat = step.src_dim
         op = _COLLECTIVE[step.op]
-        pending = _Pending(op, name, out, nbytes, axis=dim if dim is not None else -1)
+        pending = _Pending(
+            op, name, out, nbytes, axis=dim if dim is not None else -1, concat_axis=concat
+        )
         self._comm_node(op, [name], [out], pending)
         return out
 
@@ -768,6 +776,8 @@ def _instantiate(
             node.attribute.append(helper.make_attribute("algorithm", est.algorithm))
             if p.axis >= 0:
                 node.attribute.append(helper.make_attribute("axis", p.axis))
+            if p.concat_axis >= 0:
+                node.attribute.append(helper.make_attribute("concat_axis", p.concat_axis))
             links = _ring_links(topo, members)
             comm = Comm(
                 p.op,
