@@ -69,7 +69,25 @@ def check_outdir(path: str | Path) -> CheckReport:
     report.ranks = len(models)
     _check_comms(models, report)
     _check_weights(models, emission.get("weights", {}), report)
+    _check_onnxruntime(root, emission["ranks"], report)
     return report
+
+
+def _check_onnxruntime(root: Path, ranks: list[dict], report: CheckReport) -> None:
+    """Each device program loads and runs in onnxruntime (comm nodes stood in): the
+    checker above does not know contrib ops or check shapes strictly. Programs whose
+    weights are not on disk (a synthesised model's) cannot be loaded and are skipped.
+    """
+    from shardc.emit.standin import onnxruntime_problem
+
+    for r in ranks:
+        try:
+            model = onnx.load(str(root / r["file"]))
+        except Exception:  # weights absent: nothing to run
+            continue
+        problem = onnxruntime_problem(model)
+        if problem:
+            report.problems.append(f"{r['file']}: {problem}")
 
 
 def _check_comms(models: dict[int, onnx.ModelProto], report: CheckReport) -> None:

@@ -699,6 +699,7 @@ def emit(state: CompileState) -> Emission:
                     )
                 )
     programs.sort(key=lambda p: p.rank)
+    _refuse_unloadable(models)
     sync = {s.index: s.sync_seconds for s in part.stages}
     return Emission(
         Programs(
@@ -712,6 +713,30 @@ def emit(state: CompileState) -> Emission:
         ),
         models,
     )
+
+
+_ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", DOMAIN})
+_ORT_CHECK_BYTES = 256 << 20
+
+
+def _refuse_unloadable(models: Mapping[int, onnx.ModelProto]) -> None:
+    """Stop before writing a plan onnxruntime would refuse: every device program must load
+    (comm nodes stood in, see :mod:`shardc.emit.standin`). Skipped for programs with ops
+    onnxruntime does not know (custom domains) or weights too large to copy cheaply.
+    """
+    from shardc.emit.standin import onnxruntime_problem
+
+    for rank, model in sorted(models.items()):
+        if any(n.domain not in _ORT_DOMAINS for n in model.graph.node):
+            continue
+        if sum(len(t.raw_data) for t in model.graph.initializer) > _ORT_CHECK_BYTES:
+            continue
+        problem = onnxruntime_problem(model, run=False)
+        if problem:
+            raise EmitError(
+                f"rank {rank}: the device program is wrong, {problem}",
+                hint="a shardc bug: please report it with the model; --pin tp=1 avoids it",
+            )
 
 
 def _instantiate(
