@@ -215,6 +215,19 @@ def _type_key(graph: Graph, name: str) -> object:
     return "?" if v is None or v.type is None else (v.type.dtype.name, v.type.shape)
 
 
+def _small_int(v: object) -> object:
+    """A constant's value as structure sees it: 32- and 64-bit integers (shapes, axes,
+    indices) decide what a block does; floats and 8-bit or narrower integers do not (each
+    layer of a quantized model has its own scales and zero points, yet the layers are
+    alike and cost the same).
+    """
+    const = getattr(v, "const", None)
+    t = getattr(v, "type", None)
+    if const is None or (t is not None and (t.dtype.is_float or t.dtype.bits <= 8)):
+        return None
+    return const
+
+
 def _attr_key(node: Node) -> tuple[object, ...]:
     """Attributes by name, kind and value; bodies are hashed structurally instead."""
     return tuple(
@@ -275,7 +288,7 @@ def _signature(facts: _Facts, start: int, end: int) -> str:
     def outside(name: str) -> object:
         if name in facts.static or facts.is_weight(name):
             v = graph.values.get(name)
-            return ("C", _type_key(graph, name), v.const if v is not None else None)
+            return ("C", _type_key(graph, name), _small_int(v))
         return ("X", external.setdefault(name, len(external)), _type_key(graph, name))
 
     kept = (graph.nodes[i] for i in range(start, end) if i not in facts.static_nodes)
