@@ -419,6 +419,8 @@ class _Walk:
             node = graph.node(name)
             strat: Strategy = self.res.strategies[name]
             k = max((self.pieces.get(o, 1) for o in node.outputs if o), default=1)
+            if node.qualified_op == "com.microsoft::Attention" and _tp_dim(strat) is not None:
+                k = 3  # its QKV weight and bias hold Q, K and V side by side
             if self.experts.owns(name):  # rows chosen by routing: no Slice may cut them
                 outs = self.experts.node(node)
             else:
@@ -489,11 +491,17 @@ class _Walk:
             if t is None or shape is None:
                 raise EmitError(f"{recv_of!r} crosses stages with an unknown shape")
             attrs["dtype"] = int(t.dtype.value)  # the model's own, whatever --dtype priced
-            attrs["shape"] = shape
+            # typed explicitly: a scalar's shape is an empty list, whose type ONNX cannot guess
+            ints = onnx.AttributeProto.INTS
+            attrs["shape"] = helper.make_attribute("shape", shape, attr_type=ints)
         if pending.axis >= 0:
             attrs["axis"] = pending.axis
         name = self._name(pending.value or (outs[0] if outs else op), op.lower())
-        self._emit(helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs))
+        shape_attr = attrs.pop("shape", None)
+        node = helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs)
+        if shape_attr is not None:
+            node.attribute.append(shape_attr)
+        self._emit(node)
         self.t.steps.append(("comm", (len(self.t.nodes) - 1, pending)))
 
     def _node(self, node: Node, strat: Strategy, ins: list[str], outs: list[str]) -> None:
@@ -532,6 +540,7 @@ class _Walk:
         proto.input.extend(ins)
         proto.output.extend(outs)
         proto.attribute.extend(attribute_proto(a) for a in node.attributes)
+        _split_attributes(node.qualified_op, strat, proto, self.tp)
         group = int(node.attr("group", 1) or 1)  # type: ignore[arg-type]
         if node.op_type in ("Conv", "ConvInteger") and group > 1 and _tp_dim(strat) == 1:
             for a in proto.attribute:  # a grouped conv split by channels: tp-th of the groups
@@ -564,12 +573,17 @@ class _Walk:
         so the ranks' partial results sum to the full lookup.
         """
         weight, ids = ins[0], ins[1]
-        rows = self.t.slices[weight]
+        record = self.t.slices.get(weight)
+        if record is not None:
+            start, stop = record.start, record.stop
+        else:  # a table computed on the rank (a dequantized weight), cut by a local Slice
+            step = self._dim(node.inputs[0], self._split_axis(node)) // self.tp
+            start, stop = self.rank * step, (self.rank + 1) * step
         n = self._name
         consts = {}
         for key, val, shape in (
-            ("lo", rows.start, ()),
-            ("hi", rows.stop, ()),
+            ("lo", start, ()),
+            ("hi", stop, ()),
             ("zero", 0, ()),
             ("axes", -1, (1,)),
         ):
@@ -596,6 +610,42 @@ class _Walk:
             helper.make_node("Mul", [got, maskf], [out], name=node.name),
         ):
             self._emit(proto)
+
+
+_HEAD_COUNTS = ("num_heads", "kv_num_heads")
+_HEADS_OPS = frozenset(
+    f"com.microsoft::{op}"
+    for op in ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding")
+)
+
+
+def _split_attributes(op: str, strat: Strategy, proto: onnx.NodeProto, tp: int) -> None:
+    """Divide the attributes that count what a rank holds when tp splits it: the heads of
+    onnxruntime's attention ops, MatMulNBits' ``N`` (output columns) and ``K`` (input
+    features, a row split). Without this the kernels read the shard's shape as whole.
+    """
+
+    def split(i: int, dim: int, outputs: bool = False) -> bool:
+        side = strat.outputs if outputs else strat.inputs
+        s = side[i] if i < len(side) else None
+        return s is not None and s.dim_of("tp") == dim
+
+    divide: set[str] = set()
+    if op == "com.microsoft::MatMulNBits":
+        out = strat.outputs[0] if strat.outputs else None
+        if out is not None and out.dim_of("tp") == len(out.dims) - 1:
+            divide.add("N")
+        if split(1, 1):
+            divide.add("K")
+    elif op in _HEADS_OPS and _tp_dim(strat) is not None and _tp_dim(strat) != 0:
+        divide.update((*_HEAD_COUNTS, "qkv_hidden_sizes"))
+    for a in proto.attribute:
+        if a.name not in divide:
+            continue
+        if a.type == onnx.AttributeProto.INT and a.i > 0:
+            a.i //= tp
+        elif a.type == onnx.AttributeProto.INTS:
+            a.ints[:] = [v // tp for v in a.ints]
 
 
 def _tp_dim(strat: Strategy) -> int | None:
