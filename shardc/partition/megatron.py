@@ -23,11 +23,21 @@ from shardc.partition.experts import ExpertRule
 from shardc.passes.strategies import StrategyTable
 from shardc.sharding import Strategy
 
+PRODUCTS = {
+    "MatMul": 1,
+    "Gemm": 1,
+    "MatMulInteger": 1,
+    "QLinearMatMul": 3,
+    "com.microsoft::MatMulNBits": 1,
+}
+"""Products with a weight operand, and its input position: quantized ones included."""
+
 
 def weighted_products(graph: Graph, table: StrategyTable) -> Iterator[Node]:
-    """MatMul/Gemm nodes whose right operand is a weight (or computed from weights)."""
+    """Product nodes whose weight operand is a weight (or computed from weights)."""
     for n in graph.nodes:
-        if n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] in table.free:
+        w = PRODUCTS.get(n.qualified_op)
+        if w is not None and len(n.inputs) > w and n.inputs[w] in table.free:
             yield n
 
 
