@@ -14,7 +14,15 @@ are divided by the emitter when the loop they count is split (see
 
 from __future__ import annotations
 
-from shardc.passes.strategy_rules import Ctx, Loop, OpDims, axis_loops, rule, same
+from shardc.passes.strategy_rules import (
+    Ctx,
+    Loop,
+    OpDims,
+    axis_loops,
+    reaches_output,
+    rule,
+    same,
+)
 
 MS = "com.microsoft::"
 
@@ -235,7 +243,8 @@ def _matmul_nbits(ctx: Ctx) -> OpDims:
         ctx.loop(f"d{d}", {0: d}, {0: d}, unlabeled=None) for d in range(len(a) - 1)
     ]
     col = {1: 0, 2: 0, **{i: 0 for i in (3, 5) if _present(ctx, i)}}
-    loops.append(ctx.loop("column", col, {0: n_dim}, axis="tp"))
+    vocab = reaches_output(ctx.graph, ctx.node.outputs[0])  # the LM head: vocab parallel
+    loops.append(ctx.loop("vocab" if vocab else "column", col, {0: n_dim}, axis="tp"))
     scales = ctx.in_shape(2)
     zp = ctx.in_shape(3) if _present(ctx, 3) else None
     zp_ok = zp is None or (len(zp) == 2 and same(zp[1], blocks) and bits == 8)
