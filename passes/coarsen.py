@@ -191,13 +191,20 @@ def _live_counts(facts: _Facts) -> np.ndarray:
     return np.cumsum(diff)[:gaps]
 
 
-def _segments(facts: _Facts) -> list[tuple[int, int]]:
-    """``[start, end)`` node ranges between min-cut gaps; static-only ones merged forward."""
+def _segments(facts: _Facts, middle: bool = False) -> list[tuple[int, int]]:
+    """``[start, end)`` node ranges between min-cut gaps; static-only ones merged forward.
+
+    ``middle`` takes the cut level from the middle half of the graph instead of all of it:
+    a pre-LN transformer whose skip-adds are fused (onnxruntime's SkipLayerNormalization
+    returns the normed value and the running sum) carries two values between its layers,
+    while its embedding carries one, so the whole-graph minimum finds no layer boundary.
+    """
     n = len(facts.graph.nodes)
     counts = _live_counts(facts)
     if counts.size == 0:
         return [(0, n)] if n else []
-    level = max(1, int(counts.min()))
+    inner = counts[counts.size // 4 : max(counts.size * 3 // 4, counts.size // 4 + 1)]
+    level = max(1, int((inner if middle else counts).min()))
     bounds = [0, *(int(g) + 1 for g in np.flatnonzero(counts <= level)), n]
     segments: list[tuple[int, int]] = []
     start = 0
@@ -370,6 +377,10 @@ def coarsen(graph: Graph) -> BlockChain:
     segments = _segments(facts)
     sigs = [_signature(facts, s, e) for s, e in segments]
     spans, period = _fold(segments, sigs)
+    if not period:  # no repetition at the graph's narrowest cut: try the layers' own
+        segments = _segments(facts, middle=True)
+        sigs = [_signature(facts, s, e) for s, e in segments]
+        spans, period = _fold(segments, sigs)
     blocks = tuple(_block(facts, k, s, e, role) for k, (s, e, role) in enumerate(spans))
     classes: dict[str, list[int]] = {}
     for b in blocks:
