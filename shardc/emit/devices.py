@@ -198,6 +198,8 @@ class _Walk:
         self.copies: dict[str, dict[TensorSharding | None, str]] = defaultdict(dict)
         self.fresh = 0
         self.initializers = set(state.model.graph.initializers)
+        self.lazy: dict[str, Node] = {}
+        """Outputs of weight DequantizeLinear nodes, made on demand in the layout asked."""
         self.pieces = self._fused()
         self.experts = ExpertEmitter(self)
 
@@ -282,6 +284,8 @@ class _Walk:
                 unscaled = self._initializer(v, TensorSharding(want.dims), pieces)
                 return self._scale(unscaled)
             return self._initializer(v, want, pieces)
+        if v in self.lazy:
+            return self._dequantized(v, want, pieces)
         have = self.copies.get(v)
         if not have:
             raise EmitError(f"value {v!r} is not available on stage {self.t.stage}")
@@ -309,6 +313,57 @@ class _Walk:
             layout = _after(layout, step)
             have[layout] = name
         return name
+
+    def _weight_dq(self, node: Node) -> bool:
+        """A QDQ weight: DequantizeLinear of a stored weight with stored scale and zero
+        point, whose one output is no graph output. Emitting it on each layout's slice of
+        the weight, rather than whole and then sliced, is what lets tensor parallelism
+        split a quantized model's weights instead of copying them to every rank.
+        """
+        return (
+            node.op_type == "DequantizeLinear"
+            and node.domain in ("", "com.microsoft")
+            and len(node.outputs) == 1
+            and node.outputs[0] not in self.graph.outputs
+            and all(v in self.initializers for v in node.present_inputs)
+        )
+
+    def _dequantized(self, v: str, want: TensorSharding | None, pieces: int) -> str:
+        """``v`` = DequantizeLinear(weight, scale, zero point) in layout ``want``: the
+        dequantization of this rank's slice, scales and zero points cut alongside when
+        they run along the split dim (per-axis on it, or blocked), else read whole.
+        """
+        base = TensorSharding(want.dims) if want is not None else None
+        dim = base.dim_of("tp") if base is not None else None
+        key = base if dim is not None else self._whole(v)
+        made = self.copies[v].get(key)
+        if made is None:
+            node = self.lazy[v]
+            w = self.graph.values[node.inputs[0]].type
+            rank = len(w.shape) if w is not None and w.shape is not None else 0
+            axis = int(node.attr("axis", 1) or 0) % max(rank, 1)  # type: ignore[arg-type]
+            ins = []
+            for i, name in enumerate(node.inputs):
+                t = self.graph.values[name].type if name else None
+                r = len(t.shape) if t is not None and t.shape is not None else 0
+                if not name:
+                    ins.append("")
+                elif dim is None or (i > 0 and (r == 0 or (r == 1 and axis != dim))):
+                    ins.append(self._initializer(name, None))
+                else:
+                    d = dim if i == 0 or r == rank else 0
+                    layout = TensorSharding(tuple("tp" if j == d else None for j in range(r)))
+                    ins.append(self._initializer(name, layout, pieces))
+            made = self._name(v, "dq")
+            proto = onnx.NodeProto(op_type=node.op_type, domain=node.domain, name=made)
+            proto.input.extend(ins)
+            proto.output.append(made)
+            proto.attribute.extend(attribute_proto(a) for a in node.attributes)
+            self._emit(proto)
+            self.copies[v][key] = made
+        if want is not None and want.partial:
+            return self._scale(made)
+        return made
 
     def _scale(self, name: str) -> str:
         """Replicated → partial sums: each of the tp ranks contributes 1/tp."""
@@ -418,6 +473,12 @@ class _Walk:
         for name in self.nodes:
             node = graph.node(name)
             strat: Strategy = self.res.strategies[name]
+            if self._weight_dq(node):  # emitted per layout by get(), on the weight's slice
+                self.lazy[node.outputs[0]] = node
+                self.t.steps.append(("node", name))
+                if node.outputs[0] in self.cross and self.cross[node.outputs[0]][0] == self.t.stage:
+                    self._send(node.outputs[0])
+                continue
             k = max((self.pieces.get(o, 1) for o in node.outputs if o), default=1)
             if node.qualified_op == "com.microsoft::Attention" and _tp_dim(strat) is not None:
                 k = 3  # its QKV weight and bias hold Q, K and V side by side
