@@ -130,7 +130,8 @@ def _mha(ctx: Ctx) -> OpDims:
     loops = [ctx.loop("batch", batch_ins, outs)]
     packed = not _present(ctx, 1) or len(q) == 5 or (not gqa and _present(ctx, 3))
     if packed:
-        return OpDims(tuple(loops))
+        why = "Q, K and V packed in one tensor (or one fused bias): heads stay whole, batch only"
+        return OpDims(tuple(loops), limit=why)
     head_ins = {0: 2}
     for i in (1, 2):
         d = _qkv_dim(ctx.in_shape(i)) if _present(ctx, i) else None
@@ -174,7 +175,8 @@ def _ms_attention(ctx: Ctx) -> OpDims:
     sizes = ctx.node.attr("qkv_hidden_sizes", None)
     equal = not sizes or len(set(sizes)) == 1  # type: ignore[arg-type]
     if not equal or _present(ctx, 4) or _out_present(ctx, 1) or not ctx.is_param(1):
-        return OpDims(tuple(loops))
+        why = "unequal qkv_hidden_sizes, a past state or a computed QKV weight: batch only"
+        return OpDims(tuple(loops), limit=why)
     head_ins = {1: 1, **({2: 0} if _present(ctx, 2) else {})}
     bias = ctx.in_shape(5) if _present(ctx, 5) else None
     if bias is not None and len(bias) == 4 and bias[1] != 1:
@@ -268,6 +270,11 @@ def _matmul_nbits(ctx: Ctx) -> OpDims:
         )
     else:
         loops.append(ctx.loop("row", {0: len(a) - 1, 1: 1}, {}, kind="fixed"))
+        why = (
+            "K kept whole (flattened scales, zero points packed several to a byte, or "
+            "act-order g_idx): split along N only"
+        )
+        return OpDims(tuple(loops), limit=why)
     return OpDims(tuple(loops))
 
 
@@ -291,7 +298,8 @@ def _qlinear_matmul(ctx: Ctx) -> OpDims:
         else ctx.loop("column", {3: len(b) - 1, **per_col}, {0: len(y) - 1}, kind="fixed")
     )
     loops.append(ctx.loop("row", {0: len(a) - 1, 3: len(b) - 2}, {}, kind="fixed"))
-    return OpDims(tuple(loops))
+    why = "K kept whole: each rank requantizes its output, so partial sums would not add up"
+    return OpDims(tuple(loops), limit=why)
 
 
 @rule("DynamicQuantizeLinear")
@@ -302,4 +310,5 @@ def _dynamic_quantize(ctx: Ctx) -> OpDims:
     x = ctx.in_shape(0)
     if x is None:
         return OpDims()
-    return OpDims(axis_loops(ctx, set(range(len(x)))))
+    why = "one scale from the whole tensor's min and max: its input is gathered first"
+    return OpDims(axis_loops(ctx, set(range(len(x)))), limit=why)

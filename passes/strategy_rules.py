@@ -73,6 +73,9 @@ class OpDims:
     """Offer the sequence split over ``tp`` too (Megatron sequence parallelism)."""
     extra: tuple[Strategy, ...] = ()
     known: bool = True
+    limit: str = ""
+    """Why the rule keeps some of the op whole (a packed layout, a whole-tensor scale):
+    reported once per op type, so a user knows what TP leaves on every rank."""
 
 
 @dataclass(frozen=True)
