@@ -449,6 +449,10 @@ class _Walk:
                     needed.append(v)
         order = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         for v in sorted(needed, key=lambda x: (order.get(x, -1), x)):
+            made_by = graph.producer(v)
+            if made_by is not None and self._weight_dq(made_by):
+                self.lazy[v] = made_by  # dequantized here from the stored weight, not sent
+                continue
             if v in graph.inputs:
                 self.t.inputs.append(v)
             elif v in self.cross:
@@ -474,10 +478,8 @@ class _Walk:
             node = graph.node(name)
             strat: Strategy = self.res.strategies[name]
             if self._weight_dq(node):  # emitted per layout by get(), on the weight's slice
-                self.lazy[node.outputs[0]] = node
+                self.lazy[node.outputs[0]] = node  # a later stage dequantizes its own
                 self.t.steps.append(("node", name))
-                if node.outputs[0] in self.cross and self.cross[node.outputs[0]][0] == self.t.stage:
-                    self._send(node.outputs[0])
                 continue
             k = max((self.pieces.get(o, 1) for o in node.outputs if o), default=1)
             if node.qualified_op == "com.microsoft::Attention" and _tp_dim(strat) is not None:
