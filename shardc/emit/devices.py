@@ -318,10 +318,11 @@ class _Walk:
         """A QDQ weight: DequantizeLinear of a stored weight with stored scale and zero
         point, whose one output is no graph output. Emitting it on each layout's slice of
         the weight, rather than whole and then sliced, is what lets tensor parallelism
-        split a quantized model's weights instead of copying them to every rank.
+        split a quantized model's weights instead of copying them to every rank. A
+        Transpose of a stored weight (a tied LM head reading the embedding) likewise.
         """
         return (
-            node.op_type == "DequantizeLinear"
+            node.op_type in ("DequantizeLinear", "Transpose")
             and node.domain in ("", "com.microsoft")
             and len(node.outputs) == 1
             and node.outputs[0] not in self.graph.outputs
@@ -337,6 +338,9 @@ class _Walk:
         dim = base.dim_of("tp") if base is not None else None
         key = base if dim is not None else self._whole(v)
         made = self.copies[v].get(key)
+        if made is None and self.lazy[v].op_type == "Transpose":
+            made = self._transposed(v, dim, pieces)
+            self.copies[v][key] = made
         if made is None:
             node = self.lazy[v]
             w = self.graph.values[node.inputs[0]].type
@@ -363,6 +367,25 @@ class _Walk:
             self.copies[v][key] = made
         if want is not None and want.partial:
             return self._scale(made)
+        return made
+
+    def _transposed(self, v: str, dim: int | None, pieces: int) -> str:
+        """``v`` = Transpose(weight) split along its ``dim``: the weight's slice along the
+        dim ``perm`` brings there, transposed.
+        """
+        node = self.lazy[v]
+        t = self.graph.values[node.inputs[0]].type
+        rank = len(t.shape) if t is not None and t.shape is not None else 0
+        given = node.attr("perm", None)
+        perm = [int(p) for p in given] if given else list(range(rank))[::-1]  # type: ignore[union-attr]
+        src = None
+        if dim is not None:
+            src = TensorSharding(tuple("tp" if perm[dim] == j else None for j in range(rank)))
+        made = self._name(v, "transposed")
+        weight = self._initializer(node.inputs[0], src, pieces)
+        proto = helper.make_node("Transpose", [weight], [made], name=made)
+        proto.attribute.extend(attribute_proto(a) for a in node.attributes)
+        self._emit(proto)
         return made
 
     def _scale(self, name: str) -> str:
