@@ -109,7 +109,34 @@ def _nbits(path: Path) -> Path:
     return path
 
 
+def _rotary(path: Path) -> Path:
+    """Q projection, rotary embedding of each head by position, output projection."""
+    rng = np.random.default_rng(4)
+    d = H // HEADS
+    angles = np.arange(S)[:, None] / 10000 ** (np.arange(d // 2)[None, :] / (d // 2))
+    nodes = [
+        helper.make_node("MatMul", ["X", "Wq"], ["Q"]),
+        helper.make_node(
+            "RotaryEmbedding",
+            ["Q", "pos", "cos", "sin"],
+            ["R"],
+            domain="com.microsoft",
+            num_heads=HEADS,
+        ),
+        helper.make_node("MatMul", ["R", "Wo"], ["Y"]),
+    ]
+    weights = [
+        _w(rng, "Wq", H, H),
+        _w(rng, "Wo", H, H),
+        numpy_helper.from_array(np.tile(np.arange(S), (B, 1)).astype(np.int64), "pos"),
+        numpy_helper.from_array(np.cos(angles).astype(np.float32), "cos"),
+        numpy_helper.from_array(np.sin(angles).astype(np.float32), "sin"),
+    ]
+    return _save(path, nodes, [helper.make_tensor_value_info("X", F32, [B, S, H])], weights)
+
+
 CASES = {
+    "RotaryEmbedding": _rotary,
     "Attention": _attention,
     "MultiHeadAttention": _mha,
     "GroupQueryAttention": lambda p: _mha(p, "GroupQueryAttention"),
