@@ -23,8 +23,19 @@ DEFAULT = [
     ("llama", "nbits4"),
     ("bert", "qdq"),
 ]
+KNOWN = {
+    ("llama", "optimized"): "the frontend's ONNX checker rejects onnxruntime's "
+    "SimplifiedLayerNormalization, which the optimizer writes in the ONNX domain",
+}
+"""Cases that fail outside this corpus's reach, with why (strict: a fix must remove them)."""
 FULL = [
-    pytest.param(m, k, s, id=f"{k}-{m}-{s}")
+    pytest.param(
+        m,
+        k,
+        s,
+        id=f"{k}-{m}-{s}",
+        marks=[pytest.mark.xfail(strict=True, reason=KNOWN[(m, k)])] if (m, k) in KNOWN else [],
+    )
     for k in corpus.TRANSFORMS
     for m in corpus.MODELS
     for s in corpus.SHAPES
