@@ -199,7 +199,10 @@ class _Walk:
         self.fresh = 0
         self.initializers = set(state.model.graph.initializers)
         self.lazy: dict[str, Node] = {}
-        """Outputs of weight DequantizeLinear nodes, made on demand in the layout asked."""
+        """Weight views (see :meth:`_weight_view`) by output, made on demand per layout."""
+        for node in self.graph.nodes:  # in order, so a view of a view is seen as one
+            if self._weight_view(node):
+                self.lazy[node.outputs[0]] = node
         self.pieces = self._fused()
         self.experts = ExpertEmitter(self)
 
@@ -314,20 +317,27 @@ class _Walk:
             have[layout] = name
         return name
 
-    def _weight_dq(self, node: Node) -> bool:
-        """A QDQ weight: DequantizeLinear of a stored weight with stored scale and zero
-        point, whose one output is no graph output. Emitting it on each layout's slice of
-        the weight, rather than whole and then sliced, is what lets tensor parallelism
-        split a quantized model's weights instead of copying them to every rank. A
-        Transpose of a stored weight (a tied LM head reading the embedding) likewise.
+    def _weight_view(self, node: Node) -> bool:
+        """A view of a stored weight: DequantizeLinear (a QDQ weight, with stored scale and
+        zero point) or Transpose (a tied LM head reading the embedding) of a stored weight
+        or of another such view, whose one output is no graph output. Made on each
+        layout's slice of the weight, rather than whole and then sliced, it lets tensor
+        parallelism split the weight instead of copying it to every rank; each stage makes
+        its own rather than receiving the float weight.
         """
         return (
             node.op_type in ("DequantizeLinear", "Transpose")
             and node.domain in ("", "com.microsoft")
             and len(node.outputs) == 1
             and node.outputs[0] not in self.graph.outputs
-            and all(v in self.initializers for v in node.present_inputs)
+            and all(v in self.initializers or v in self.lazy for v in node.present_inputs)
         )
+
+    def _stored(self, name: str, layout: TensorSharding | None, pieces: int) -> str:
+        """A stored weight's slice, or a weight view's (made on demand)."""
+        if name in self.lazy:
+            return self.get(name, layout, pieces)
+        return self._initializer(name, layout, pieces)
 
     def _dequantized(self, v: str, want: TensorSharding | None, pieces: int) -> str:
         """``v`` = DequantizeLinear(weight, scale, zero point) in layout ``want``: the
@@ -353,11 +363,11 @@ class _Walk:
                 if not name:
                     ins.append("")
                 elif dim is None or (i > 0 and (r == 0 or (r == 1 and axis != dim))):
-                    ins.append(self._initializer(name, None))
+                    ins.append(self._stored(name, None, 1))
                 else:
                     d = dim if i == 0 or r == rank else 0
                     layout = TensorSharding(tuple("tp" if j == d else None for j in range(r)))
-                    ins.append(self._initializer(name, layout, pieces))
+                    ins.append(self._stored(name, layout, pieces))
             made = self._name(v, "dq")
             proto = onnx.NodeProto(op_type=node.op_type, domain=node.domain, name=made)
             proto.input.extend(ins)
@@ -382,7 +392,7 @@ class _Walk:
         if dim is not None:
             src = TensorSharding(tuple("tp" if perm[dim] == j else None for j in range(rank)))
         made = self._name(v, "transposed")
-        weight = self._initializer(node.inputs[0], src, pieces)
+        weight = self._stored(node.inputs[0], src, pieces)
         proto = helper.make_node("Transpose", [weight], [made], name=made)
         proto.attribute.extend(attribute_proto(a) for a in node.attributes)
         self._emit(proto)
@@ -472,9 +482,7 @@ class _Walk:
                     needed.append(v)
         order = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         for v in sorted(needed, key=lambda x: (order.get(x, -1), x)):
-            made_by = graph.producer(v)
-            if made_by is not None and self._weight_dq(made_by):
-                self.lazy[v] = made_by  # dequantized here from the stored weight, not sent
+            if v in self.lazy:  # a weight view: made here from the stored weight, not sent
                 continue
             if v in graph.inputs:
                 self.t.inputs.append(v)
@@ -500,8 +508,7 @@ class _Walk:
         for name in self.nodes:
             node = graph.node(name)
             strat: Strategy = self.res.strategies[name]
-            if self._weight_dq(node):  # emitted per layout by get(), on the weight's slice
-                self.lazy[node.outputs[0]] = node  # a later stage dequantizes its own
+            if node.outputs and node.outputs[0] in self.lazy:  # made per layout by get()
                 self.t.steps.append(("node", name))
                 continue
             k = max((self.pieces.get(o, 1) for o in node.outputs if o), default=1)
