@@ -142,7 +142,8 @@ def _mha(ctx: Ctx) -> OpDims:
     bias = ctx.in_shape(at) if _present(ctx, at) else None
     if bias is not None and len(bias) == 4 and bias[1] != 1:
         head_ins[at] = 1
-    head_outs = {0: len(out) - 1, **{j: 1 for j in (1, 2) if _out_present(ctx, j)}}
+    # present key/value [B, N_kv, T, D] and the optional QK scores [B, N, S, T]: dim 1
+    head_outs = {0: len(out) - 1, **{j: 1 for j in (1, 2, 3) if _out_present(ctx, j)}}
     counts = ("num_heads", "kv_num_heads") if gqa else ("num_heads",)
     loops.append(
         ctx.loop(
