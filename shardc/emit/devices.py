@@ -319,14 +319,15 @@ class _Walk:
 
     def _weight_view(self, node: Node) -> bool:
         """A view of a stored weight: DequantizeLinear (a QDQ weight, with stored scale and
-        zero point) or Transpose (a tied LM head reading the embedding) of a stored weight
-        or of another such view, whose one output is no graph output. Made on each
+        zero point), QuantizeLinear (a QDQ graph requantizing a transposed weight) or
+        Transpose (a tied LM head reading the embedding) of a stored weight or of another
+        such view, whose one output is no graph output. Made on each
         layout's slice of the weight, rather than whole and then sliced, it lets tensor
         parallelism split the weight instead of copying it to every rank; each stage makes
         its own rather than receiving the float weight.
         """
         return (
-            node.op_type in ("DequantizeLinear", "Transpose")
+            node.op_type in ("DequantizeLinear", "QuantizeLinear", "Transpose")
             and node.domain in ("", "com.microsoft")
             and len(node.outputs) == 1
             and node.outputs[0] not in self.graph.outputs
