@@ -192,3 +192,26 @@ def test_flop_rules_in_closed_form(tmp_path: Path) -> None:
     d = H // HEADS
     scores = B * HEADS * S * S
     assert att.flops == 2 * m * H * 3 * H + m * 3 * H + 4 * scores * d + 5 * scores
+
+
+def test_int8_products_are_priced_at_the_int8_rate(tmp_path: Path) -> None:
+    """A dynamic-int8 MatMulInteger runs in its data's type: on an H100 that is the int8
+    tensor-core peak (1,979 TOPS dense, NVIDIA's datasheet), twice the bf16 one.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from shardc.cost.compute import peak_for
+
+    plain = _save(
+        tmp_path / "p.onnx",
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        [helper.make_tensor_value_info("X", F32, [B, S, H])],
+        [_w(np.random.default_rng(5), "W", H, H)],
+    )
+    quantize_dynamic(str(plain), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    graph = load_model(tmp_path / "q.onnx").graph
+    node = next(n for n in graph.nodes if n.op_type == "MatMulInteger")
+    cost = node_cost(node, graph, where="t")
+    assert cost.flops == 2 * B * S * H * H and cost.dtype.compute_class == "int8"
+    kind = load_topology(ROOT / "topologies/dgx_h100.topo").compute_devices[0].kind
+    assert peak_for(kind, cost.dtype) == (1979e12, "int8")
