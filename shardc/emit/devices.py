@@ -879,7 +879,7 @@ def _refuse_unloadable(models: Mapping[int, onnx.ModelProto]) -> None:
         if problem:
             raise EmitError(
                 f"rank {rank}: the device program is wrong, {problem}",
-                hint="a shardc bug: please report it with the model; --pin tp=1 avoids it",
+                hint="a shardc bug: please report it with the model and the options used",
             )
 
 
