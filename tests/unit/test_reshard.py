@@ -9,6 +9,7 @@ check-plan's onnxruntime load catches the same program with the join axis remove
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from onnx import helper, numpy_helper
 
 import shardc.emit.devices as devices_mod
 from shardc.compiler import partition_model
+from shardc.emit.check import check_outdir
+from shardc.emit.outdir import write_outdir
+from shardc.emit.outputs import plan_files
 from shardc.emit.standin import onnxruntime_problem
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.runtime.inprocess import run_inprocess
@@ -91,3 +95,32 @@ def test_all_to_all_reshard_is_emitted_and_matches(
     node.attribute.extend(kept)
     assert onnxruntime_problem(emission.models[0]) is None
     assert onnxruntime_problem(broken) is not None
+
+
+def test_check_plan_catches_a_program_onnxruntime_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The written folder checks clean; with the AllToAll's join axis dropped (the bug an
+    unpaired emitter once had) the same files pass onnx.checker but not check-plan.
+    """
+    path = _model(tmp_path / "reshard.onnx")
+    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
+    options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1"]))
+    state = partition_model(path, topo, mode="inference", partition=options).state
+    pinned = _Pinned(state.strategies, {"mm": "column", "ln": "seq_tp"})
+    monkeypatch.setattr(devices_mod, "tp_rule", lambda *_: pinned)
+    files, section, _ = plan_files(state)
+    files["plan.json"] = json.dumps({"emission": section}).encode()
+    out = write_outdir(tmp_path / "plan", files)
+    assert check_outdir(out).problems == []
+
+    device = out / "device_0.onnx"
+    model = onnx.load(str(device))
+    node = next(n for n in model.graph.node if n.op_type == "AllToAll")
+    kept = [a for a in node.attribute if a.name != "concat_axis"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    onnx.save(model, str(device))
+    onnx.checker.check_model(str(device))  # the checker alone sees nothing wrong
+    problems = check_outdir(out).problems
+    assert any("device_0.onnx: onnxruntime" in p for p in problems), problems
