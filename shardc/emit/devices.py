@@ -873,7 +873,10 @@ def _refuse_unloadable(models: Mapping[int, onnx.ModelProto]) -> None:
     for rank, model in sorted(models.items()):
         if any(n.domain not in _ORT_DOMAINS for n in model.graph.node):
             continue
-        if sum(len(t.raw_data) for t in model.graph.initializer) > _ORT_CHECK_BYTES:
+        inits = model.graph.initializer
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in inits):
+            continue  # data kept on disk: nothing in memory to load
+        if sum(len(t.raw_data) for t in inits) > _ORT_CHECK_BYTES:
             continue
         problem = onnxruntime_problem(model, run=False)
         if problem:
