@@ -201,13 +201,20 @@ def _live_counts(facts: _Facts) -> np.ndarray:
     return np.cumsum(diff)[:gaps]
 
 
-def _segments(facts: _Facts) -> list[tuple[int, int]]:
-    """``[start, end)`` node ranges between min-cut gaps; static-only ones merged forward."""
+def _segments(facts: _Facts, middle: bool = False) -> list[tuple[int, int]]:
+    """``[start, end)`` node ranges between min-cut gaps; static-only ones merged forward.
+
+    ``middle`` takes the cut level from the middle half of the graph instead of all of it:
+    a pre-LN transformer whose skip-adds are fused (onnxruntime's SkipLayerNormalization
+    returns the normed value and the running sum) carries two values between its layers,
+    while its embedding carries one, so the whole-graph minimum finds no layer boundary.
+    """
     n = len(facts.graph.nodes)
     counts = _live_counts(facts)
     if counts.size == 0:
         return [(0, n)] if n else []
-    level = max(1, int(counts.min()))
+    inner = counts[counts.size // 4 : max(counts.size * 3 // 4, counts.size // 4 + 1)]
+    level = max(1, int((inner if middle else counts).min()))
     bounds = [0, *(int(g) + 1 for g in np.flatnonzero(counts <= level)), n]
     segments: list[tuple[int, int]] = []
     start = 0
@@ -223,6 +230,19 @@ def _type_key(graph: Graph, name: str) -> object:
     """Dtype and shape of a value, never its name."""
     v = graph.values.get(name)
     return "?" if v is None or v.type is None else (v.type.dtype.name, v.type.shape)
+
+
+def _small_int(v: object) -> object:
+    """A constant's value as structure sees it: 32- and 64-bit integers (shapes, axes,
+    indices) decide what a block does; floats and 8-bit or narrower integers do not (each
+    layer of a quantized model has its own scales and zero points, yet the layers are
+    alike and cost the same).
+    """
+    const = getattr(v, "const", None)
+    t = getattr(v, "type", None)
+    if const is None or (t is not None and (t.dtype.is_float or t.dtype.bits <= 8)):
+        return None
+    return const
 
 
 def _attr_key(node: Node) -> tuple[object, ...]:
@@ -285,7 +305,7 @@ def _signature(facts: _Facts, start: int, end: int) -> str:
     def outside(name: str) -> object:
         if name in facts.static or facts.is_weight(name):
             v = graph.values.get(name)
-            return ("C", _type_key(graph, name), v.const if v is not None else None)
+            return ("C", _type_key(graph, name), _small_int(v))
         return ("X", external.setdefault(name, len(external)), _type_key(graph, name))
 
     kept = (graph.nodes[i] for i in range(start, end) if i not in facts.static_nodes)
@@ -367,6 +387,10 @@ def coarsen(graph: Graph) -> BlockChain:
     segments = _segments(facts)
     sigs = [_signature(facts, s, e) for s, e in segments]
     spans, period = _fold(segments, sigs)
+    if not period:  # no repetition at the graph's narrowest cut: try the layers' own
+        segments = _segments(facts, middle=True)
+        sigs = [_signature(facts, s, e) for s, e in segments]
+        spans, period = _fold(segments, sigs)
     blocks = tuple(_block(facts, k, s, e, role) for k, (s, e, role) in enumerate(spans))
     classes: dict[str, list[int]] = {}
     for b in blocks:

@@ -423,6 +423,7 @@ def build_table(graph: Graph, opset: int = 18) -> tuple[StrategyTable, list[str]
     by_node: dict[str, tuple[Strategy, ...]] = {}
     all_dims: dict[str, OpDims] = {}
     unknown: dict[str, list[str]] = defaultdict(list)
+    limited: dict[tuple[str, str], list[str]] = defaultdict(list)
     failed: list[str] = []
     for node in graph.nodes:
         ctx = Ctx(node, graph, opset, params, labels)
@@ -434,6 +435,8 @@ def build_table(graph: Graph, opset: int = 18) -> tuple[StrategyTable, list[str]
             )
         elif not dims.known:
             unknown[node.qualified_op].append(node.name)
+        elif dims.limit:
+            limited[(node.qualified_op, dims.limit)].append(node.name)
         all_dims[node.name] = dims
         by_node[node.name] = (
             node_strategies(ctx, dims, labels) if dims.known else (replicate(ctx, dims),)
@@ -443,6 +446,10 @@ def build_table(graph: Graph, opset: int = 18) -> tuple[StrategyTable, list[str]
         f"no sharding rule for {op} (node{'s' * (len(ns) > 1)} {', '.join(ns[:3])}"
         f"{', …' if len(ns) > 3 else ''}): replicated on every device"
         for op, ns in sorted(unknown.items())
+    ] + [
+        f"{op} (node{'s' * (len(ns) > 1)} {', '.join(ns[:3])}{', …' if len(ns) > 3 else ''}) "
+        f"is only partly shardable: {why}"
+        for (op, why), ns in sorted(limited.items())
     ]
     table = StrategyTable(
         by_node=by_node,

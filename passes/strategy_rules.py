@@ -73,6 +73,9 @@ class OpDims:
     """Offer the sequence split over ``tp`` too (Megatron sequence parallelism)."""
     extra: tuple[Strategy, ...] = ()
     known: bool = True
+    limit: str = ""
+    """Why the rule keeps some of the op whole (a packed layout, a whole-tensor scale):
+    reported once per op type, so a user knows what TP leaves on every rank."""
 
 
 @dataclass(frozen=True)
@@ -413,18 +416,28 @@ def _elementwise(ctx: Ctx) -> OpDims:
     return OpDims(broadcast_loops(ctx))
 
 
+# onnxruntime's contrib activations: Gelu/QuickGelu of one input, BiasGelu and FastGelu
+# (x + bias, then the activation), BiasAdd (x + bias + skip: linear, as Add is)
+_CONTRIB = tuple(
+    f"com.microsoft::{op}" for op in ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+)
 for _lin, _ops in (
-    ("all", _LINEAR_ALL),
+    ("all", (*_LINEAR_ALL, "com.microsoft::BiasAdd")),
     ("one", ("Mul",)),
     ("first", ("Div",)),
-    ("none", (*_UNARY, *_BINARY, "com.microsoft::BiasGelu")),
+    ("none", (*_UNARY, *_BINARY, *_CONTRIB)),
 ):
     rule(*_ops)(_follower(_lin)(_elementwise))
 # CastLike reads only the dtype of its second input: an argument, never split with the data
 rule("CastLike")(_follower("none", args=(1,))(lambda ctx: OpDims(broadcast_loops(ctx, (1,)))))
 
 
-@rule("DequantizeLinear", "QuantizeLinear")
+@rule(
+    "DequantizeLinear",
+    "QuantizeLinear",
+    "com.microsoft::DequantizeLinear",
+    "com.microsoft::QuantizeLinear",
+)
 @_follower("none")
 def _quantize(ctx: Ctx) -> OpDims:
     """Scales map onto the dims they scale, blocks included (fp8 weights, 1×128 blocks)."""
@@ -582,11 +595,17 @@ def _matmul(ctx: Ctx) -> OpDims:
     m, k, n = len(sa) - 2, len(sa) - 1, len(sb) - 1
     loops = _product_loops(ctx, 0, 1, wa, wb)
     vocab = wb and reaches_output(ctx.graph, out)
+    # MatMulInteger's zero points: per row of A ([M]) and per column of B ([N]) split
+    # with those; scalars are read whole
+    zp_a = {2: 0} if _per_entry(ctx, 2, sa[m]) else {}
+    zp_b = {3: 0} if _per_entry(ctx, 3, sb[n]) else {}
     loops += [
-        ctx.loop("column" if wa else "m", {0: m}, {0: len(y) - 2}, unlabeled="tp" if wa else None),
+        ctx.loop(
+            "column" if wa else "m", {0: m, **zp_a}, {0: len(y) - 2}, unlabeled="tp" if wa else None
+        ),
         ctx.loop(
             "vocab" if vocab else "column",
-            {1: n},
+            {1: n, **zp_b},
             {0: len(y) - 1},
             axis="tp" if wb else None,
             divides=heads_after(ctx, out, len(y) - 1),
@@ -603,6 +622,12 @@ def _matmul(ctx: Ctx) -> OpDims:
     if not (wa or wb):  # between activations N is the keys' sequence: splitting it adds work
         loops[-2] = Loop(loops[-2].name, loops[-2].ins, loops[-2].outs, kind="fixed")
     return OpDims(tuple(loops))
+
+
+def _per_entry(ctx: Ctx, i: int, size: Dim) -> bool:
+    """Input ``i`` is present, 1-D and one entry per index of a dim of ``size`` (> 1)."""
+    s = ctx.in_shape(i) if i < ctx.n_in and ctx.node.inputs[i] else None
+    return s is not None and len(s) == 1 and s[0] != 1 and same(s[0], size)
 
 
 @rule("Gemm")
@@ -651,13 +676,21 @@ def _conv(ctx: Ctx) -> OpDims:
     if x is None or w is None or y is None:
         return OpDims()
     group = ctx.attr_int("group", 1)
-    bias = {2: 0} if ctx.n_in > 2 and ctx.node.inputs[2] else {}
+    if ctx.node.op_type == "ConvInteger":  # inputs 2, 3: zero points, not a bias
+        bias = {3: 0} if _per_entry(ctx, 3, w[0]) else {}
+    else:
+        bias = {2: 0} if ctx.n_in > 2 and ctx.node.inputs[2] else {}
     loops = [ctx.loop("batch", {0: 0}, {0: 0})]
     if group == 1:
         loops.append(ctx.loop("channels", {1: 0, **bias}, {0: 1}, axis="tp"))
         loops.append(
             ctx.loop(
-                "in_channels", {0: 1, 1: 1}, {}, kind="sum", axis="tp", partial_ins=tuple(bias)
+                "in_channels",
+                {0: 1, 1: 1},
+                {},
+                kind="sum",
+                axis="tp",
+                partial_ins=() if ctx.node.op_type == "ConvInteger" else tuple(bias),
             )
         )
     else:
@@ -1011,6 +1044,9 @@ def _token_dim(ctx: Ctx, i: int) -> int | None:
             return d
     return next((d for d, s in enumerate(shape or ()) if s != 1), None)
 
+
+# the contrib ops' rules file themselves in RULES on import (they use the helpers above)
+from shardc.passes import contrib_rules  # noqa: E402, F401
 
 FOLLOWER_OPS: frozenset[str] = frozenset(op for op, fn in RULES.items() if fn in _FOLLOWER_RULES)
 """Ops (qualified) whose layout follows their inputs; the graph walks above step over them."""

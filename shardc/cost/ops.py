@@ -133,6 +133,12 @@ ELEMENTWISE_FLOPS: dict[str, int] = {
     "RMSNormalization": 4,
     "SimplifiedLayerNormalization": 4,
     "SkipSimplifiedLayerNormalization": 5,
+    "EmbedLayerNormalization": 9,  # word + position (+ segment) sums, then LayerNorm's 7
+    "BiasAdd": 2,  # x + bias + skip
+    "RotaryEmbedding": 3,  # x·cos + rotate(x)·sin
+    "DequantizeLinear": 2,  # (q - zero point) · scale
+    "QuantizeLinear": 3,  # x / scale, round, + zero point (saturation is free)
+    "DynamicQuantizeLinear": 5,  # min and max over the tensor, then QuantizeLinear's 3
     "BatchNormalization": 4,
     "InstanceNormalization": 8,
     "GroupNormalization": 8,
@@ -146,6 +152,7 @@ _NORMS = {
     "RMSNormalization",
     "SimplifiedLayerNormalization",
     "SkipSimplifiedLayerNormalization",
+    "EmbedLayerNormalization",
     "BatchNormalization",
     "InstanceNormalization",
     "GroupNormalization",
@@ -340,7 +347,6 @@ def _conv(node: Node, need: Need) -> tuple[int, str]:
 @flop_rule(
     "Attention",
     "com.microsoft::MultiHeadAttention",
-    "com.microsoft::Attention",
     "com.microsoft::GroupQueryAttention",
 )
 def _attention(node: Node, need: Need) -> tuple[int, str]:
@@ -361,6 +367,33 @@ def _attention(node: Node, need: Need) -> tuple[int, str]:
     return 2 * scores * d_qk + 2 * scores * d_v + 5 * scores, "attention"
 
 
+@flop_rule("com.microsoft::MatMulNBits")
+def _matmul_nbits(node: Node, need: Need) -> tuple[int, str]:
+    """A weight-only quantized product: ``2·K`` per output element, plus dequantizing the
+    weight once (a multiply per element, and a subtract with zero points): ``N·K·(1|2)``.
+    K and N are the op's attributes (B is packed, its shape is not the matrix's).
+    """
+    k, n = int(node.attr("K", 0) or 0), int(node.attr("N", 0) or 0)  # type: ignore[arg-type]
+    zero_points = len(node.inputs) > 3 and bool(node.inputs[3])
+    return 2 * need.out_elems() * k + n * k * (2 if zero_points else 1), "matmul"
+
+
+@flop_rule("com.microsoft::Attention")
+def _ms_attention(node: Node, need: Need) -> tuple[int, str]:
+    """BERT's fused attention: the QKV projection ``2·B·S·H_in·3H`` (+ bias) and the
+    attention core, with ``num_heads`` heads over the output's hidden size.
+    """
+    x, w = need.shape(node.inputs[0]), need.shape(node.inputs[1])
+    o = need.shape(node.outputs[0])
+    tokens = math.prod(x[:-1])
+    proj = 2 * tokens * x[-1] * w[-1] + (tokens * w[-1] if len(node.inputs) > 2 else 0)
+    heads = max(int(node.attr("num_heads", 1) or 1), 1)  # type: ignore[arg-type]
+    d = o[-1] // heads
+    s = x[1] if len(x) == 3 else 1
+    scores = math.prod(o[:-1]) * heads * s  # B·S·N·T, keys = the sequence (no past)
+    return proj + 4 * scores * d + 5 * scores, "attention"
+
+
 def _elementwise(node: Node, need: Need) -> tuple[int, str]:
     per = ELEMENTWISE_FLOPS[node.op_type]
     kind = "norm" if node.op_type in _NORMS else "elementwise"
@@ -378,7 +411,11 @@ def _compute_dtype(node: Node, graph: Graph) -> DType:
     """The type the arithmetic runs in: the widest float input, else the first input's.
 
     Quantized kernels run in their data's type (int8, fp8), not their fp32 scales'.
+    MatMulNBits quantizes only its weight: the product runs in the activations' type,
+    or in int8 when ``accuracy_level`` is 4 (onnxruntime then quantizes A to int8 too).
     """
+    if node.qualified_op == "com.microsoft::MatMulNBits" and node.attr("accuracy_level", 0) == 4:
+        return DType.INT8
     if node.op_type in _QUANTIZED and node.inputs and graph.values.get(node.inputs[0]):
         t = graph.values[node.inputs[0]].type
         if t is not None:

@@ -107,6 +107,8 @@ class _Pending:
     peer: tuple[int, int] | None = None
     tag: int = 0
     axis: int = -1
+    concat_axis: int = -1
+    """AllToAll only: the dim the received pieces are joined along (the one split before)."""
 
 
 @dataclass
@@ -196,6 +198,11 @@ class _Walk:
         self.copies: dict[str, dict[TensorSharding | None, str]] = defaultdict(dict)
         self.fresh = 0
         self.initializers = set(state.model.graph.initializers)
+        self.lazy: dict[str, Node] = {}
+        """Weight views (see :meth:`_weight_view`) by output, made on demand per layout."""
+        for node in self.graph.nodes:  # in order, so a view of a view is seen as one
+            if self._weight_view(node):
+                self.lazy[node.outputs[0]] = node
         self.pieces = self._fused()
         self.experts = ExpertEmitter(self)
 
@@ -289,6 +296,8 @@ class _Walk:
                 unscaled = self._initializer(v, TensorSharding(want.dims), pieces)
                 return self._scale(unscaled)
             return self._initializer(v, want, pieces)
+        if v in self.lazy:
+            return self._dequantized(v, want, pieces)
         have = self.copies.get(v)
         if not have:
             raise EmitError(f"value {v!r} is not available on stage {self.t.stage}")
@@ -317,6 +326,88 @@ class _Walk:
             have[layout] = name
         return name
 
+    def _weight_view(self, node: Node) -> bool:
+        """A view of a stored weight: DequantizeLinear (a QDQ weight, with stored scale and
+        zero point), QuantizeLinear (a QDQ graph requantizing a transposed weight) or
+        Transpose (a tied LM head reading the embedding) of a stored weight or of another
+        such view, whose one output is no graph output. Made on each
+        layout's slice of the weight, rather than whole and then sliced, it lets tensor
+        parallelism split the weight instead of copying it to every rank; each stage makes
+        its own rather than receiving the float weight.
+        """
+        return (
+            node.op_type in ("DequantizeLinear", "QuantizeLinear", "Transpose")
+            and node.domain in ("", "com.microsoft")
+            and len(node.outputs) == 1
+            and node.outputs[0] not in self.graph.outputs
+            and all(v in self.initializers or v in self.lazy for v in node.present_inputs)
+        )
+
+    def _stored(self, name: str, layout: TensorSharding | None, pieces: int) -> str:
+        """A stored weight's slice, or a weight view's (made on demand)."""
+        if name in self.lazy:
+            return self.get(name, layout, pieces)
+        return self._initializer(name, layout, pieces)
+
+    def _dequantized(self, v: str, want: TensorSharding | None, pieces: int) -> str:
+        """``v`` = DequantizeLinear(weight, scale, zero point) in layout ``want``: the
+        dequantization of this rank's slice, scales and zero points cut alongside when
+        they run along the split dim (per-axis on it, or blocked), else read whole.
+        """
+        base = TensorSharding(want.dims) if want is not None else None
+        dim = base.dim_of("tp") if base is not None else None
+        key = base if dim is not None else self._whole(v)
+        made = self.copies[v].get(key)
+        if made is None and self.lazy[v].op_type == "Transpose":
+            made = self._transposed(v, dim, pieces)
+            self.copies[v][key] = made
+        if made is None:
+            node = self.lazy[v]
+            w = self.graph.values[node.inputs[0]].type
+            rank = len(w.shape) if w is not None and w.shape is not None else 0
+            axis = int(node.attr("axis", 1) or 0) % max(rank, 1)  # type: ignore[arg-type]
+            ins = []
+            for i, name in enumerate(node.inputs):
+                t = self.graph.values[name].type if name else None
+                r = len(t.shape) if t is not None and t.shape is not None else 0
+                if not name:
+                    ins.append("")
+                elif dim is None or (i > 0 and (r == 0 or (r == 1 and axis != dim))):
+                    ins.append(self._stored(name, None, 1))
+                else:
+                    d = dim if i == 0 or r == rank else 0
+                    layout = TensorSharding(tuple("tp" if j == d else None for j in range(r)))
+                    ins.append(self._stored(name, layout, pieces))
+            made = self._name(v, "dq")
+            proto = onnx.NodeProto(op_type=node.op_type, domain=node.domain, name=made)
+            proto.input.extend(ins)
+            proto.output.append(made)
+            proto.attribute.extend(attribute_proto(a) for a in node.attributes)
+            self._emit(proto)
+            self.copies[v][key] = made
+        if want is not None and want.partial:
+            return self._scale(made)
+        return made
+
+    def _transposed(self, v: str, dim: int | None, pieces: int) -> str:
+        """``v`` = Transpose(weight) split along its ``dim``: the weight's slice along the
+        dim ``perm`` brings there, transposed.
+        """
+        node = self.lazy[v]
+        t = self.graph.values[node.inputs[0]].type
+        rank = len(t.shape) if t is not None and t.shape is not None else 0
+        given = node.attr("perm", None)
+        perm = [int(p) for p in given] if given else list(range(rank))[::-1]  # type: ignore[union-attr]
+        src = None
+        if dim is not None:
+            src = TensorSharding(tuple("tp" if perm[dim] == j else None for j in range(rank)))
+        made = self._name(v, "transposed")
+        weight = self._stored(node.inputs[0], src, pieces)
+        proto = helper.make_node("Transpose", [weight], [made], name=made)
+        proto.attribute.extend(attribute_proto(a) for a in node.attributes)
+        self._emit(proto)
+        return made
+
     def _scale(self, name: str) -> str:
         """Replicated → partial sums: each of the tp ranks contributes 1/tp."""
         const = self._name(name, "inv_tp")
@@ -340,11 +431,17 @@ class _Walk:
         nbytes = self._bytes(v) * layout.local_fraction({"tp": self.tp})
         if step.op == "all_gather":
             nbytes *= self.tp
-        dim = step.dst_dim if step.op == "reduce_scatter" else step.src_dim
+        dim = step.dst_dim if step.op in ("reduce_scatter", "all_to_all") else step.src_dim
+        concat = -1
         if step.op == "all_to_all":
-            raise EmitError(f"value {v!r}: all-to-all resharding is not emitted yet")
+            # split along the new dim, send piece j to rank j, join what arrives along the
+            # dim that was split: one exchange turns a src_dim split into a dst_dim split
+            assert step.src_dim is not None
+            concat = step.src_dim
         op = _COLLECTIVE[step.op]
-        pending = _Pending(op, name, out, nbytes, axis=dim if dim is not None else -1)
+        pending = _Pending(
+            op, name, out, nbytes, axis=dim if dim is not None else -1, concat_axis=concat
+        )
         self._comm_node(op, [name], [out], pending)
         return out
 
@@ -395,6 +492,8 @@ class _Walk:
                     needed.append(v)
         order = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         for v in sorted(needed, key=lambda x: (order.get(x, -1), x)):
+            if v in self.lazy:  # a weight view: made here from the stored weight, not sent
+                continue
             if v in graph.inputs:
                 self.t.inputs.append(v)
             elif v in self.cross:
@@ -419,7 +518,12 @@ class _Walk:
         for name in self.nodes:
             node = graph.node(name)
             strat: Strategy = self.res.strategies[name]
+            if node.outputs and node.outputs[0] in self.lazy:  # made per layout by get()
+                self.t.steps.append(("node", name))
+                continue
             k = max((self.pieces.get(o, 1) for o in node.outputs if o), default=1)
+            if node.qualified_op == "com.microsoft::Attention" and _tp_dim(strat) is not None:
+                k = 3  # its QKV weight and bias hold Q, K and V side by side
             if self.experts.owns(name):  # rows chosen by routing: no Slice may cut them
                 outs = self.experts.node(node)
             else:
@@ -490,19 +594,16 @@ class _Walk:
             if t is None or shape is None:
                 raise EmitError(f"{recv_of!r} crosses stages with an unknown shape")
             attrs["dtype"] = int(t.dtype.value)  # the model's own, whatever --dtype priced
-            attrs["shape"] = shape
+            # typed explicitly: a scalar's shape is an empty list, whose type ONNX cannot guess
+            ints = onnx.AttributeProto.INTS
+            attrs["shape"] = helper.make_attribute("shape", shape, attr_type=ints)
         if pending.axis >= 0:
             attrs["axis"] = pending.axis
         name = self._name(pending.value or (outs[0] if outs else op), op.lower())
-        # a scalar's shape is [], whose attribute type make_node cannot infer: typed here
-        scalar = "shape" in attrs and not attrs["shape"]
-        if scalar:
-            del attrs["shape"]
+        shape_attr = attrs.pop("shape", None)
         node = helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs)
-        if scalar:
-            node.attribute.append(
-                helper.make_attribute("shape", [], attr_type=onnx.AttributeProto.INTS)
-            )
+        if shape_attr is not None:  # typed above; kept in make_node's sorted attribute order
+            node.attribute.append(shape_attr)
             node.attribute.sort(key=lambda a: a.name)
         self._emit(node)
         self.t.steps.append(("comm", (len(self.t.nodes) - 1, pending)))
@@ -543,6 +644,7 @@ class _Walk:
         proto.input.extend(ins)
         proto.output.extend(outs)
         proto.attribute.extend(attribute_proto(a) for a in node.attributes)
+        _split_attributes(node.qualified_op, strat, proto, self.tp)
         group = int(node.attr("group", 1) or 1)  # type: ignore[arg-type]
         if node.op_type in ("Conv", "ConvInteger") and group > 1 and _tp_dim(strat) == 1:
             for a in proto.attribute:  # a grouped conv split by channels: tp-th of the groups
@@ -575,12 +677,17 @@ class _Walk:
         so the ranks' partial results sum to the full lookup.
         """
         weight, ids = ins[0], ins[1]
-        rows = self.t.slices[weight]
+        record = self.t.slices.get(weight)
+        if record is not None:
+            start, stop = record.start, record.stop
+        else:  # a table computed on the rank (a dequantized weight), cut by a local Slice
+            step = self._dim(node.inputs[0], self._split_axis(node)) // self.tp
+            start, stop = self.rank * step, (self.rank + 1) * step
         n = self._name
         consts = {}
         for key, val, shape in (
-            ("lo", rows.start, ()),
-            ("hi", rows.stop, ()),
+            ("lo", start, ()),
+            ("hi", stop, ()),
             ("zero", 0, ()),
             ("axes", -1, (1,)),
         ):
@@ -607,6 +714,42 @@ class _Walk:
             helper.make_node("Mul", [got, maskf], [out], name=node.name),
         ):
             self._emit(proto)
+
+
+_HEAD_COUNTS = ("num_heads", "kv_num_heads")
+_HEADS_OPS = frozenset(
+    f"com.microsoft::{op}"
+    for op in ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding")
+)
+
+
+def _split_attributes(op: str, strat: Strategy, proto: onnx.NodeProto, tp: int) -> None:
+    """Divide the attributes that count what a rank holds when tp splits it: the heads of
+    onnxruntime's attention ops, MatMulNBits' ``N`` (output columns) and ``K`` (input
+    features, a row split). Without this the kernels read the shard's shape as whole.
+    """
+
+    def split(i: int, dim: int, outputs: bool = False) -> bool:
+        side = strat.outputs if outputs else strat.inputs
+        s = side[i] if i < len(side) else None
+        return s is not None and s.dim_of("tp") == dim
+
+    divide: set[str] = set()
+    if op == "com.microsoft::MatMulNBits":
+        out = strat.outputs[0] if strat.outputs else None
+        if out is not None and out.dim_of("tp") == len(out.dims) - 1:
+            divide.add("N")
+        if split(1, 1):
+            divide.add("K")
+    elif op in _HEADS_OPS and _tp_dim(strat) is not None and _tp_dim(strat) != 0:
+        divide.update((*_HEAD_COUNTS, "qkv_hidden_sizes"))
+    for a in proto.attribute:
+        if a.name not in divide:
+            continue
+        if a.type == onnx.AttributeProto.INT and a.i > 0:
+            a.i //= tp
+        elif a.type == onnx.AttributeProto.INTS:
+            a.ints[:] = [v // tp for v in a.ints]
 
 
 def _tp_dim(strat: Strategy) -> int | None:
@@ -710,6 +853,7 @@ def emit(state: CompileState) -> Emission:
                     )
                 )
     programs.sort(key=lambda p: p.rank)
+    _refuse_unloadable(models)
     sync = {s.index: s.sync_seconds for s in part.stages}
     return Emission(
         Programs(
@@ -723,6 +867,33 @@ def emit(state: CompileState) -> Emission:
         ),
         models,
     )
+
+
+_ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", DOMAIN})
+_ORT_CHECK_BYTES = 256 << 20
+
+
+def _refuse_unloadable(models: Mapping[int, onnx.ModelProto]) -> None:
+    """Stop before writing a plan onnxruntime would refuse: every device program must load
+    (comm nodes stood in, see :mod:`shardc.emit.standin`). Skipped for programs with ops
+    onnxruntime does not know (custom domains) or weights too large to copy cheaply.
+    """
+    from shardc.emit.standin import onnxruntime_problem
+
+    for rank, model in sorted(models.items()):
+        if any(n.domain not in _ORT_DOMAINS for n in model.graph.node):
+            continue
+        inits = model.graph.initializer
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in inits):
+            continue  # data kept on disk: nothing in memory to load
+        if sum(len(t.raw_data) for t in inits) > _ORT_CHECK_BYTES:
+            continue
+        problem = onnxruntime_problem(model, run=False)
+        if problem:
+            raise EmitError(
+                f"rank {rank}: the device program is wrong, {problem}",
+                hint="a shardc bug: please report it with the model and the options used",
+            )
 
 
 def _instantiate(
@@ -787,6 +958,8 @@ def _instantiate(
             node.attribute.append(helper.make_attribute("algorithm", est.algorithm))
             if p.axis >= 0:
                 node.attribute.append(helper.make_attribute("axis", p.axis))
+            if p.concat_axis >= 0:
+                node.attribute.append(helper.make_attribute("concat_axis", p.concat_axis))
             links = _ring_links(topo, members)
             comm = Comm(
                 p.op,

@@ -28,6 +28,19 @@ COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "AllToAll", "Send", "Recv
 DOMAIN = "shardc"
 DOMAIN_VERSION = 1
 
+ORT_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+"""onnxruntime graph rewrites every session that runs a plan or its model turns off.
+
+Why: onnxruntime's MatMulAddFusion rewrites a 3-D MatMul+Add into Reshape, Gemm, Reshape
+and names its new shape constants ``gemm_input_shape``/``gemm_output_shape`` (plus a
+``_token_N`` suffix) without looking at the names already in the graph. A file that
+onnxruntime's own transformer optimizer wrote (opt_level 1) already holds those names, so
+a second session either refuses the file ("Attempt to replace the existing tensor") or,
+where the constants arrive as graph inputs as they do in a device program's run, silently
+uses its own shape for the file's ("cannot reshape {128,256} to {4,32,1024}"). The fusion
+only changes speed, so turning it off keeps every session on the numbers the file means.
+"""
+
 
 def node_attr(node: Any, name: str, default: Any = None) -> Any:
     """An ONNX node attribute's Python value (strings decoded), or ``default``: how the

@@ -23,11 +23,21 @@ from shardc.partition.experts import ExpertRule
 from shardc.passes.strategies import StrategyTable
 from shardc.sharding import Strategy
 
+PRODUCTS = {
+    "MatMul": 1,
+    "Gemm": 1,
+    "MatMulInteger": 1,
+    "QLinearMatMul": 3,
+    "com.microsoft::MatMulNBits": 1,
+}
+"""Products with a weight operand, and its input position: quantized ones included."""
+
 
 def weighted_products(graph: Graph, table: StrategyTable) -> Iterator[Node]:
-    """MatMul/Gemm nodes whose right operand is a weight (or computed from weights)."""
+    """Product nodes whose weight operand is a weight (or computed from weights)."""
     for n in graph.nodes:
-        if n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] in table.free:
+        w = PRODUCTS.get(n.qualified_op)
+        if w is not None and len(n.inputs) > w and n.inputs[w] in table.free:
             yield n
 
 
@@ -57,8 +67,8 @@ class MegatronRule:
         self.graph, self.table = graph, table
         self.products = list(weighted_products(graph, table))
         self.names = {n.name for n in self.products}
-        self.before = {n.name: reachable(graph, table, n, down=False) for n in self.products}
-        self.after = {n.name: reachable(graph, table, n, down=True) for n in self.products}
+        self.before = {n.name: self._reached(n, down=False) for n in self.products}
+        self.after = {n.name: self._reached(n, down=True) for n in self.products}
         self.candidates = [
             n
             for n in graph.nodes
@@ -66,6 +76,32 @@ class MegatronRule:
             and any(s.name in ("heads", "vocab") for s in table.of(n.name))
         ]
         self.experts = ExpertRule(graph, table.free)
+
+    def _reached(self, node: Node, down: bool) -> set[str]:
+        """The ops a product reads from (or feeds) through followers, looking through the
+        dynamic quantization in front of an int8 product: it needs its input whole (one
+        scale for the tensor) but is cheap, so the products on either side of it may still
+        pair as column and row parallel (at the price of gathering its input). Only the
+        quantized data is followed; a quantizer reached for its scale is dropped.
+        """
+        graph, table = self.graph, self.table
+        found = reachable(graph, table, node, down=down)
+        seen: set[str] = set()
+        while todo := sorted(
+            n for n in found if graph.node(n).op_type == "DynamicQuantizeLinear" and n not in seen
+        ):
+            for name in todo:
+                seen.add(name)
+                found.discard(name)
+                n = graph.node(name)
+                if not down:  # the product's own quantized input: look behind it
+                    if n.outputs[0] in node.inputs:
+                        found |= reachable(graph, table, n, down=False)
+                    continue
+                for c in graph.consumers(n.outputs[0]):  # the data, not its scale
+                    follows = c.name in table.follows
+                    found |= reachable(graph, table, c, down=True) if follows else {c.name}
+        return found - seen
 
     def choose(self, sizes: Mapping[str, int]) -> dict[str, Strategy]:
         """Node name -> strategy for a tensor-parallel group of ``sizes['tp']`` devices."""

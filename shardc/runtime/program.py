@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shardc.emit.program import DOMAIN
+from shardc.emit.program import DOMAIN, ORT_DISABLED_OPTIMIZERS
 from shardc.emit.program import node_attr as attr
 from shardc.errors import ExecutionError
 
@@ -177,7 +177,10 @@ class RankProgram:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(
-                model.SerializeToString(), options, providers=list(self.providers)
+                model.SerializeToString(),
+                options,
+                providers=list(self.providers),
+                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
             )
         except Exception as exc:
             raise ExecutionError(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from shardc.emit.program import ORT_DISABLED_OPTIMIZERS
 from shardc.errors import ExecutionError, ModelError, OptionError
 from shardc.runtime.inprocess import run_programs
 from shardc.runtime.plandir import InputSpec, PlanDir
@@ -415,7 +416,10 @@ def _reference(
     options.log_severity_level = 3
     try:
         sess = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            model.SerializeToString(),
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
         )
     except Exception as exc:
         raise ModelError(
