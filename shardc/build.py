@@ -101,6 +101,8 @@ def complete_pins(part: Mapping[str, Any]) -> list[str]:
             f"stage{j}.blocks={st['blocks'][1] - st['blocks'][0] + 1}",
             f"stage{j}.recompute={st['recompute']}",
         ]
+        if st.get("sequence_parallel"):
+            out.append(f"stage{j}.sp=on")
     return out
 
 

@@ -18,7 +18,9 @@ RECOMPUTES = ("none", "selective", "full")
 TP_RULES = ("megatron", "split")
 """How a tensor-parallel stage shards its ops: Megatron's pairing of weight products, or
 every op split where it legally can (:mod:`shardc.partition.split`)."""
-_STAGE_KEYS = ("kind", "tp", "blocks", "recompute")
+_STAGE_KEYS = ("kind", "tp", "blocks", "recompute", "sp")
+_BOOLS = {"on": True, "true": True, "1": True, "yes": True,
+          "off": False, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class Pins:
     recompute: str | None = None
     rule: str | None = None
     """The tensor-parallel rule (:data:`TP_RULES`); None is Megatron's."""
-    stages: Mapping[int, Mapping[str, str | int]] = field(default_factory=dict)
+    sp: bool | None = None
+    """Sequence parallelism on every TP stage (True), on none (False), or chosen (None)."""
+    stages: Mapping[int, Mapping[str, str | int | bool]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -49,7 +53,7 @@ class Pins:
         """The pins as given, for plan.json."""
         out: dict[str, Any] = {
             k: getattr(self, k)
-            for k in ("tp", "pp", "dp", "kind", "recompute", "rule")
+            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp")
             if getattr(self, k) is not None
         }
         if self.stages:
@@ -67,6 +71,12 @@ def _positive(key: str, value: str) -> int:
     return n
 
 
+def _flag(key: str, value: str) -> bool:
+    if value.lower() not in _BOOLS:
+        raise OptionError(f"--pin {key}={value}: use on or off")
+    return _BOOLS[value.lower()]
+
+
 def parse_pins(items: Iterable[str]) -> Pins:
     """``--pin tp=8,pp=4 --pin stage0.kind=H20 --pin stage0.blocks=30`` -> :class:`Pins`.
 
@@ -74,7 +84,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
     not only Megatron's weight products: for graphs that are not transformers.
     """
     values: dict[str, Any] = {}
-    stages: dict[int, dict[str, str | int]] = {}
+    stages: dict[int, dict[str, str | int | bool]] = {}
     for item in items:
         for part in item.split(","):
             key, sep, value = part.partition("=")
@@ -85,18 +95,24 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 idx, _, sub = key[5:].partition(".")
                 if not idx.isdigit() or sub not in _STAGE_KEYS:
                     raise OptionError(
-                        f"--pin {key}: expected stageN.kind, stageN.tp, stageN.blocks "
-                        "or stageN.recompute"
+                        f"--pin {key}: expected stageN.kind, stageN.tp, stageN.blocks, "
+                        "stageN.recompute or stageN.sp"
                     )
                 if sub == "recompute" and value not in RECOMPUTES:
                     raise OptionError(f"--pin {key}={value}: use one of {', '.join(RECOMPUTES)}")
                 stages.setdefault(int(idx), {})[sub] = (
-                    value if sub in ("kind", "recompute") else _positive(key, value)
+                    value
+                    if sub in ("kind", "recompute")
+                    else _flag(key, value)
+                    if sub == "sp"
+                    else _positive(key, value)
                 )
             elif key in ("tp", "pp", "dp"):
                 values[key] = _positive(key, value)
             elif key == "kind":
                 values[key] = value
+            elif key == "sp":
+                values[key] = _flag(key, value)
             elif key == "recompute":
                 if value not in RECOMPUTES:
                     raise OptionError(
@@ -109,8 +125,8 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 values[key] = value
             else:
                 raise OptionError(
-                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute, rule"
-                    " or stageN.(kind|tp|blocks|recompute)"
+                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute, rule, sp"
+                    " or stageN.(kind|tp|blocks|recompute|sp)"
                 )
     if values.get("pp") is not None:
         for j in stages:

@@ -56,6 +56,9 @@ class StageConfig:
     workspace_bytes: float = 0.0
     """Per device of any stage of this configuration, once (a transient, e.g. a block
     being recomputed)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism inside the TP group (norms, dropout, residuals and
+    their activations split along the sequence)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shardc.errors import InfeasibleError, OptionError, SolverTimeout
+from shardc.partition.costing import config_name
 from shardc.partition.cpsat import lower_bound, solve, stage_counts, uniform
 from shardc.partition.options import RECOMPUTES, PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
@@ -60,6 +61,7 @@ class StageResult:
     in_flight: int
     groups: tuple[tuple[str, ...], ...]
     """Per replica, the devices of the stage's TP group in tp-rank order."""
+    sequence_parallel: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for plan.json."""
@@ -68,6 +70,7 @@ class StageResult:
             "kind": self.kind,
             "tp": self.tp,
             "recompute": self.recompute,
+            "sequence_parallel": self.sequence_parallel,
             "blocks": list(self.blocks),
             "seconds": self.seconds,
             "compute_seconds": self.compute_seconds,
@@ -247,7 +250,8 @@ def _stage_pins(options: PartitionOptions, configs: Sequence[Any]) -> dict[int, 
         kind = want.get("kind", pins.kind)
         tp = want.get("tp", pins.tp)
         rc = want.get("recompute")
-        if kind is None and tp is None and rc is None:
+        sp = want.get("sp", pins.sp)
+        if kind is None and tp is None and rc is None and sp is None:
             continue
         out[j] = tuple(
             c.name
@@ -255,6 +259,7 @@ def _stage_pins(options: PartitionOptions, configs: Sequence[Any]) -> dict[int, 
             if (kind is None or c.kind == kind)
             and (tp is None or c.tp == tp)
             and (rc is None or c.recompute == rc)
+            and (sp is None or c.sequence_parallel == bool(sp) or c.tp == 1)
         )
     return out
 
@@ -269,8 +274,12 @@ def _hint(
     try:
         plan = tuple(
             StagePlan(
-                f"{s['kind']}/tp{s['tp']}"
-                + (f"/{s['recompute']}" if warm.get("mode") == "training" else ""),
+                config_name(
+                    s["kind"],
+                    s["tp"],
+                    s["recompute"] if warm.get("mode") == "training" else None,
+                    bool(s.get("sequence_parallel")),
+                ),
                 int(s["blocks"][1]) - int(s["blocks"][0]) + 1,
             )
             for s in warm.get("stages", ())
@@ -318,6 +327,13 @@ def search(
     if not n:
         raise InfeasibleError("the topology has no compute devices")
     _, _, _, blocks = costing.sections
+    wants_sp = options.pins.sp or any(v.get("sp") for v in options.pins.stages.values())
+    if wants_sp and not costing.has_sequence:
+        raise OptionError(
+            "--pin sp=on: the model's blocks pass no [batch, sequence, ...] activation, so "
+            "there is no sequence to split",
+            hint="drop sp=on (sequence parallelism needs a sequence dim of length > 1)",
+        )
     tps = _tp_degrees(costing, options)
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
     widths = _widths(n, options, b)
@@ -490,12 +506,13 @@ def _result(
     strategies: dict[str, str] = {}
     for j, st in enumerate(stages):
         c = problem.config(st.config)
-        b_part = costing.part(block, c.kind, c.tp, c.recompute)
+        sp = c.sequence_parallel
+        b_part = costing.part(block, c.kind, c.tp, c.recompute, sp)
         ends = []
         if j == 0 and pro:
-            ends.append(costing.part(pro, c.kind, c.tp, "none"))
+            ends.append(costing.part(pro, c.kind, c.tp, "none", sp))
         if j == len(stages) - 1 and epi:
-            ends.append(costing.part(epi, c.kind, c.tp, "none"))
+            ends.append(costing.part(epi, c.kind, c.tp, "none", sp))
         compute = st.blocks * b_part.compute + sum(e.compute for e in ends)
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
         out.append(
@@ -514,6 +531,7 @@ def _result(
                 capacity_bytes=problem.capacity[c.kind],
                 in_flight=in_flight(problem, len(stages), j),
                 groups=tuple(placement.tp_group(r, j) for r in range(problem.dp)),
+                sequence_parallel=sp,
             )
         )
         first += st.blocks
