@@ -26,7 +26,7 @@ from typing import Any
 
 from shardc import jsonutil
 from shardc.errors import OptionError
-from shardc.partition.options import PartitionOptions, parse_pins
+from shardc.partition.options import DEFAULT_RESERVE, PartitionOptions, parse_pins, parse_reserve
 from shardc.progress import Progress, Steps
 
 PLAN_FORMAT = "shardc-plan/1"
@@ -124,6 +124,8 @@ class PlanOptions:
     max_stages: int = 16
     warm_start: str | None = None
     """Path of an earlier plan.json that seeds the solver."""
+    memory_reserve: str = DEFAULT_RESERVE
+    """Memory per device held back from the plan (``--memory-reserve``)."""
     dtype: str | None = None
     """The precision the plan is priced in (``fp32``, ``bf16``, ``fp16``, ``fp8``), or None
     for the model's own types (:mod:`shardc.cost.precision`)."""
@@ -142,6 +144,7 @@ class PlanOptions:
             time_limit=self.time_limit,
             seed=self.seed,
             warm_start=warm_start_section(Path(self.warm_start) if self.warm_start else None),
+            memory_reserve=parse_reserve(self.memory_reserve),
         )
 
     def to_json(self, partition: PartitionOptions) -> dict[str, Any]:
@@ -159,6 +162,7 @@ class PlanOptions:
             "max_stages": self.max_stages,
             "warm_start": self.warm_start,
             "dtype": self.dtype,
+            "memory_reserve": self.memory_reserve,
         }
 
     @classmethod
@@ -177,6 +181,7 @@ class PlanOptions:
             seed=saved["seed"],
             max_stages=saved["max_stages"],
             dtype=saved.get("dtype"),  # plans from before --dtype priced the model's own
+            memory_reserve=saved.get("memory_reserve", "0"),  # older plans reserved none
         )
 
 

@@ -135,6 +135,56 @@ def parse_pins(items: Iterable[str]) -> Pins:
     return Pins(stages={j: dict(v) for j, v in sorted(stages.items())}, **values)
 
 
+DEFAULT_RESERVE = "5%"
+"""Memory held back per device by the CLI and the API unless told otherwise: the CUDA
+context and cuBLAS/cuDNN workspaces (~0.5-1 GB), NCCL's channel buffers (~0.5-2 GB,
+more with NVLS), and the caching allocator's fragmentation (a few % of what it holds);
+5 % of an 80 GB device is 4 GB."""
+
+
+@dataclass(frozen=True)
+class MemoryReserve:
+    """Memory per device no plan may use: a fraction of capacity plus fixed bytes."""
+
+    fraction: float = 0.0
+    nbytes: float = 0.0
+    text: str = "0"
+    """As the user wrote it (plan.json records it)."""
+
+    def usable(self, capacity: float) -> float:
+        """What is left of ``capacity`` bytes for weights, state and activations."""
+        return capacity * (1.0 - self.fraction) - self.nbytes
+
+
+def parse_reserve(text: str) -> MemoryReserve:
+    """``--memory-reserve``: ``0.05`` or ``5%`` (a fraction of each device's memory),
+    ``4GB`` / ``4GiB`` (bytes per device), or both joined by ``+`` (``2%+1GB``).
+    """
+    fraction, nbytes = 0.0, 0.0
+    for part in str(text).replace(" ", "").split("+"):
+        low = part.lower()
+        try:
+            if low.endswith("%"):
+                fraction += float(low[:-1]) / 100
+            elif low.endswith("gib"):
+                nbytes += float(low[:-3]) * 2**30
+            elif low.endswith("gb"):
+                nbytes += float(low[:-2]) * 1e9
+            else:
+                value = float(low)
+                if not 0 <= value < 1:
+                    raise ValueError
+                fraction += value
+        except ValueError:
+            raise OptionError(
+                f"--memory-reserve {text}: expected a fraction below 1 (0.05), a percentage "
+                "(5%) or bytes (4GB, 4GiB)"
+            ) from None
+    if fraction < 0 or nbytes < 0 or fraction >= 1:
+        raise OptionError(f"--memory-reserve {text}: must leave some memory and not be negative")
+    return MemoryReserve(fraction, nbytes, str(text))
+
+
 @dataclass(frozen=True)
 class PartitionOptions:
     """How to search: objective, batch, schedule, pins and solver limits."""
@@ -154,6 +204,9 @@ class PartitionOptions:
     seed: int = 0
     warm_start: Mapping[str, Any] | None = None
     """The ``partition`` section of an earlier plan.json: its plan seeds the search."""
+    memory_reserve: MemoryReserve = field(default_factory=MemoryReserve)
+    """Memory per device held back from the plan (:data:`DEFAULT_RESERVE` from the CLI
+    and the API; none here, so the solver's own tests see exact capacities)."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

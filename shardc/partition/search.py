@@ -338,7 +338,7 @@ def search(
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
     widths = _widths(n, options, b)
     warm = options.warm_start
-    capacity = {k: float(costing.kinds[k].memory_bytes or _UNLIMITED) for k in sorted(costing.pool)}
+    capacity = _capacities(costing, options)
     best: tuple[float, int, int, Solution, PartitionProblem] | None = None
     tried: list[tuple[int, str, float | None]] = []
     reasons: list[str] = []
@@ -441,6 +441,26 @@ def search(
     bound = floor * (sol.seconds / per_sample if per_sample else 1.0)
     wall = time.perf_counter() - start
     return _result(costing, options, problem, sol, status, bound, tried, wall, b)
+
+
+def _capacities(costing: Costing, options: PartitionOptions) -> dict[str, float]:
+    """Usable bytes per device of each kind: its memory less ``--memory-reserve``."""
+    out = {}
+    reserve = options.memory_reserve
+    for k in sorted(costing.pool):
+        raw = costing.kinds[k].memory_bytes
+        if not raw:
+            out[k] = _UNLIMITED
+            continue
+        usable = reserve.usable(float(raw))
+        if usable <= 0:
+            raise OptionError(
+                f"--memory-reserve {reserve.text} leaves nothing of {k}'s "
+                f"{raw / 1e9:.4g} GB per device",
+                hint="reserve a smaller fraction or fewer GB",
+            )
+        out[k] = usable
+    return out
 
 
 def _floor(problem: PartitionProblem) -> float:

@@ -107,3 +107,40 @@ def test_sequence_parallel_needs_a_sequence() -> None:
     assert not costing.has_sequence
     with pytest.raises(OptionError, match="no sequence"):
         search(costing, PartitionOptions(global_batch=8, pins=Pins(tp=2, sp=True)))
+
+
+def test_memory_reserve_parses_and_refuses_the_impossible(gpt) -> None:
+    from shardc.errors import OptionError
+    from shardc.partition.options import PartitionOptions, parse_reserve
+    from shardc.partition.search import search
+
+    assert parse_reserve("5%").usable(80e9) == pytest.approx(76e9)
+    assert parse_reserve("0.1").usable(80e9) == pytest.approx(72e9)
+    assert parse_reserve("2%+4GB").usable(100e9) == pytest.approx(94e9)
+    assert parse_reserve("1GiB").usable(2**31) == 2**30
+    for bad in ("1.5", "-3%", "lots", "100%"):
+        with pytest.raises(OptionError):
+            parse_reserve(bad)
+    with pytest.raises(OptionError, match="leaves nothing"):
+        search(gpt, PartitionOptions(global_batch=8, memory_reserve=parse_reserve("90GB")))
+    roomy = search(gpt, PartitionOptions(global_batch=8))
+    held = search(gpt, PartitionOptions(global_batch=8, memory_reserve=parse_reserve("79.5GB")))
+    assert all(s.memory_bytes <= s.capacity_bytes == 0.5e9 for s in held.stages)
+    assert all(s.capacity_bytes == 80e9 for s in roomy.stages)
+
+
+def test_cli_impossible_reserve_is_one_line_exit_2(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    model = tmp_path / "g.onnx"
+    run = [sys.executable, "-m", "shardc"]
+    subprocess.run([*run, "synth", "gpt", "--layers", "2", "--hidden", "64", "--heads", "4",
+                    "--seq", "16", "--batch", "1", "--vocab", "128", "-o", str(model)],
+                   check=True, capture_output=True)
+    out = subprocess.run([*run, "compile", str(model), "--topology",
+                          str(ROOT / "topologies" / "dgx_a100_superpod.topo"), "--set",
+                          "nodes=1", "-o", str(tmp_path / "out"), "--memory-reserve", "200GB",
+                          "--no-emit", "-q"], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "memory-reserve" in out.stderr
