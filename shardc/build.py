@@ -91,6 +91,8 @@ def read_plan(path: Path, records: Mapping[str, Mapping[str, Any]]) -> dict[str,
 def complete_pins(part: Mapping[str, Any]) -> list[str]:
     """Pins that leave the solver nothing to choose: the plan itself."""
     out = [f"pp={part['pp']},dp={part['dp']}"]
+    if part.get("interleave", 1) > 1:
+        out.append(f"v={part['interleave']}")
     if part.get("pins", {}).get("rule"):
         out.append(f"rule={part['pins']['rule']}")
     for st in part["stages"]:

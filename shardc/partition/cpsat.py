@@ -39,6 +39,7 @@ from shardc.partition.problem import (
     PartitionProblem,
     Solution,
     StagePlan,
+    activation_factor,
     in_flight,
     score,
     violations,
@@ -163,6 +164,8 @@ def uniform(p: PartitionProblem, s: int) -> Solution | None:
         return None
     base, extra = divmod(p.blocks, s)
     sizes = [base + (j >= s - extra) for j in range(s)]
+    if p.interleave > 1 and any(n % p.interleave for n in sizes):
+        return None
     best: Solution | None = None
     for c in p.configs:
         plan = tuple(StagePlan(c.name, n) for n in sizes)
@@ -197,11 +200,15 @@ def lower_bound(p: PartitionProblem, s: int) -> float:
     extra = min(c.prologue_seconds / c.block_seconds for c in cs)
     extra += min(c.epilogue_seconds / c.block_seconds for c in cs)
     if s > 1:
-        extra += s * min(c.p2p_seconds / c.block_seconds for c in cs)
+        extra += s * p.interleave * min(c.p2p_seconds / c.block_seconds for c in cs)
     work = p.blocks + extra
     if p.objective == "latency":
         return work / rate + (s - 1) * p.p2p_seconds
     t = work / min(s * rate, device_rate) if device_rate > 0 else work / (s * rate)
+    if p.interleave > 1:
+        return (p.microbatches + (s - 1) / p.interleave) * t + (s - 1) * p.p2p_seconds + (
+            p.blocks * min(c.sync_seconds for c in p.configs) / s
+        )
     sync = p.blocks * min(c.sync_seconds for c in p.configs)
     sync += min(c.prologue_sync for c in p.configs) + min(c.epilogue_sync for c in p.configs)
     return (p.microbatches + s - 1) * t + (s - 1) * p.p2p_seconds + sync / s
@@ -256,6 +263,10 @@ def _solve_stages(
     y = [[m.new_int_var(0, L, f"y{j}_{c.name}") for c in cs] for j in range(s)]
     lit = {f: m.new_bool_var(f) for f in ("memory", "devices", "pins")}
     m.add(sum(n) == L)
+    if p.interleave > 1:  # each stage's blocks split into v equal chunks
+        for j in range(s):
+            chunks = m.new_int_var(1, L // p.interleave, f"chunks{j}")
+            m.add(n[j] == p.interleave * chunks)
     for j in range(s):
         m.add_exactly_one(x[j])
         for ci in range(len(cs)):
@@ -274,7 +285,8 @@ def _solve_stages(
         sync = m.new_int_var(0, 10 * _RESOLUTION, "sync")
         m.add_max_equality(t_max, times)
         m.add_max_equality(sync, [_stage_sync(p, s, j, x, y, k) for j in range(s)])
-        m.minimize((p.microbatches + s - 1) * t_max + sync)
+        v = p.interleave  # the objective times v: (v·M + S − 1)·t_max + v·sync
+        m.minimize((v * p.microbatches + s - 1) * t_max + v * sync)
     if hint is not None:
         names = [c.name for c in cs]
         for j, st in enumerate(hint):
@@ -302,7 +314,7 @@ def _solve_stages(
             for j in range(s)
         )
         assert not violations(p, stages), violations(p, stages)
-        bound = solver.best_objective_bound / k if name == "FEASIBLE" else None
+        bound = solver.best_objective_bound / (k * p.interleave) if name == "FEASIBLE" else None
         sol = Solution(stages, score(p, stages), name, bound)
         return _Attempt(s, name, sol, ())
     core: tuple[str, ...] = ()
@@ -339,7 +351,9 @@ def _stage_time(m: cp_model.CpModel, p: PartitionProblem, s: int, j: int, x, y, 
     if j == s - 1:
         expr += sum(round(c.epilogue_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
     if s > 1:
-        expr += sum(round(c.p2p_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
+        expr += sum(
+            round(c.p2p_seconds * p.interleave * k) * x[j][ci] for ci, c in enumerate(p.configs)
+        )
     t = m.new_int_var(0, 10 * _RESOLUTION, f"T{j}")
     m.add(t == expr)
     return t
@@ -358,7 +372,7 @@ def _stage_sync(p: PartitionProblem, s: int, j: int, x, y, k: float):
 def _add_memory(m: cp_model.CpModel, p: PartitionProblem, s: int, x, y, on) -> None:
     """[memory] every device of a stage holds its blocks, in-flight activations, ends."""
     for j in range(s):
-        inflight = in_flight(p, s, j)
+        inflight = in_flight(p, s, j) * activation_factor(p, s)
         used = 0
         for ci, c in enumerate(p.configs):
             per_block = c.block_static_bytes + c.block_activation_bytes * inflight

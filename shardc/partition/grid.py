@@ -42,12 +42,9 @@ def grid_problem(
 ) -> tuple[PartitionProblem, tuple[StagePlan, ...]]:
     """The partition problem and stage plan of ``cfg`` (one configuration on every stage).
 
-    Raises :class:`OptionError` for what the partitioner cannot express (interleaving, a
-    ZeRO stage other than the costing's), :class:`InfeasibleError` when the grid does not
-    fit the topology.
+    Raises :class:`OptionError` for a ZeRO stage other than the costing's,
+    :class:`InfeasibleError` when the grid does not fit the topology.
     """
-    if cfg.interleave > 1:
-        raise OptionError("interleaved pipelines are not priced by the partitioner yet")
     if costing.settings.zero != cfg.zero_stage:
         raise OptionError(f"the costing prices ZeRO {costing.settings.zero}, the grid asks for "
                           f"ZeRO {cfg.zero_stage}", hint="build the costing with Settings(zero=)")
@@ -72,6 +69,7 @@ def grid_problem(
         max_stages=cfg.pp,
         schedule=cfg.schedule,
         pinned_stages=cfg.pp,
+        interleave=cfg.interleave,
     )
     stages = tuple(StagePlan(configs[0].name, n) for n in even_blocks(blocks, cfg.pp))
     return problem, stages
@@ -101,7 +99,7 @@ def price_grid(
     n = stages[slow].blocks
     compute = m * (n * b.compute + sum(e.compute for e in ends))
     tp_comm = m * (n * b.comm + sum(e.comm for e in ends))
-    pp_comm = m * (c.p2p_seconds if s > 1 else 0.0)
+    pp_comm = m * (c.p2p_seconds * cfg.interleave if s > 1 else 0.0)
     sync = max(stage_sync(problem, stages, j) for j in range(s))
     total = score(problem, stages)
     bubble = total - compute - tp_comm - pp_comm - sync

@@ -40,6 +40,8 @@ class Pins:
     """The tensor-parallel rule (:data:`TP_RULES`); None is Megatron's."""
     sp: bool | None = None
     """Sequence parallelism on every TP stage (True), on none (False), or chosen (None)."""
+    v: int | None = None
+    """Virtual stages per device (interleaved 1F1B); None lets the solver choose."""
     stages: Mapping[int, Mapping[str, str | int | bool]] = field(default_factory=dict)
 
     @property
@@ -53,7 +55,7 @@ class Pins:
         """The pins as given, for plan.json."""
         out: dict[str, Any] = {
             k: getattr(self, k)
-            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp")
+            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp", "v")
             if getattr(self, k) is not None
         }
         if self.stages:
@@ -107,7 +109,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
                     if sub == "sp"
                     else _positive(key, value)
                 )
-            elif key in ("tp", "pp", "dp"):
+            elif key in ("tp", "pp", "dp", "v"):
                 values[key] = _positive(key, value)
             elif key == "kind":
                 values[key] = value
@@ -125,7 +127,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 values[key] = value
             else:
                 raise OptionError(
-                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute, rule, sp"
+                    f"--pin {key}: unknown; pin tp, pp, dp, v, kind, recompute, rule, sp"
                     " or stageN.(kind|tp|blocks|recompute|sp)"
                 )
     if values.get("pp") is not None:

@@ -107,6 +107,8 @@ class PartitionResult:
     """Non-replicated strategy of each node, by the TP degree of its stage."""
     pins: Mapping[str, Any] = field(default_factory=dict)
     blocks: int = 1
+    interleave: int = 1
+    """Virtual stages per device (interleaved 1F1B); 1 is plain 1F1B."""
 
     @property
     def gap(self) -> float | None:
@@ -141,7 +143,7 @@ class PartitionResult:
             "compute": m * slow.compute_seconds,
             "tp comm": m * slow.tp_comm_seconds,
             "pp send/recv": m * slow.p2p_seconds,
-            "pipeline bubble": (self.pp - 1) * slow.seconds,
+            "pipeline bubble": (self.pp - 1) / self.interleave * slow.seconds,
             "dp sync + optimizer": max(s.sync_seconds for s in self.stages),
         }
 
@@ -159,6 +161,7 @@ class PartitionResult:
             "microbatches": self.microbatches,
             "samples_per_step": self.samples_per_step,
             "blocks": self.blocks,
+            "interleave": self.interleave,
             "step_seconds": self.step_seconds,
             "breakdown": self.breakdown(),
             "devices_used": self.devices_used,
@@ -353,28 +356,32 @@ def search(
             tried.append((dp, "no configuration", None))
             continue
         max_stages = min(options.max_stages, blocks, max(1, n // dp))
-        problem = PartitionProblem(
-            blocks=blocks,
-            configs=configs,
-            devices=pool,
-            capacity=capacity,
-            dp=dp,
-            microbatches=m,
-            max_stages=max(max_stages, options.pins.pp or 1),
-            objective=options.objective,
-            schedule=options.schedule,
-            pinned_stages=options.pins.pp,
-            pinned=_stage_pins(options, configs),
-            pinned_blocks={
-                j: int(v["blocks"]) for j, v in options.pins.stages.items() if "blocks" in v
-            },
-        )
-        per = 1.0 if options.objective == "latency" else float(dp * m)
-        problems.append((problem, per))
+        for v in _interleaves(options, blocks, mode == "training"):
+            problem = PartitionProblem(
+                blocks=blocks,
+                configs=configs,
+                devices=pool,
+                capacity=capacity,
+                dp=dp,
+                microbatches=m,
+                max_stages=max(max_stages, options.pins.pp or 1),
+                objective=options.objective,
+                schedule=options.schedule,
+                pinned_stages=options.pins.pp,
+                pinned=_stage_pins(options, configs),
+                pinned_blocks={
+                    j: int(pin["blocks"])
+                    for j, pin in options.pins.stages.items()
+                    if "blocks" in pin
+                },
+                interleave=v,
+            )
+            per = 1.0 if options.objective == "latency" else float(dp * m)
+            problems.append((problem, per))
     # The even grids of every width are incumbents before any CP-SAT run: the best of
     # them is the cutoff every width must beat, and widths are tried best grid first.
     grids = {
-        problem.dp: min(
+        (problem.dp, problem.interleave): min(
             (
                 u.seconds / per
                 for s in range(1, problem.max_stages + 1)
@@ -385,7 +392,14 @@ def search(
         for problem, per in problems
     }
     warm_dp = warm.get("dp") if warm else None
-    problems.sort(key=lambda t: (t[0].dp != warm_dp, grids[t[0].dp], t[0].dp))
+    problems.sort(
+        key=lambda t: (
+            t[0].dp != warm_dp,
+            grids[(t[0].dp, t[0].interleave)],
+            t[0].dp,
+            t[0].interleave,
+        )
+    )
     incumbent = min(grids.values(), default=math.inf)
     # Budgets are CP-SAT deterministic time, never wall clock: the same input must
     # give the same plan on a loaded laptop and on an idle CI runner.
@@ -441,6 +455,31 @@ def search(
     bound = floor * (sol.seconds / per_sample if per_sample else 1.0)
     wall = time.perf_counter() - start
     return _result(costing, options, problem, sol, status, bound, tried, wall, b)
+
+
+def _interleaves(options: PartitionOptions, blocks: int, training: bool) -> list[int]:
+    """Virtual stages per device to try: the pinned ``v``, else 1, 2 and 4 (training
+    throughput only; a latency plan runs one micro-batch, where chunks only add hops).
+    """
+    v = options.pins.v
+    if v is not None:
+        if v > 1 and (options.schedule != "1f1b" or not training):
+            raise OptionError(f"--pin v={v}: interleaving needs training with the 1f1b schedule")
+        if blocks % v:
+            raise OptionError(
+                f"--pin v={v}: the model's {blocks} blocks do not split into {v} interleaved "
+                "chunks per stage",
+                hint=f"use a v that divides {blocks}",
+            )
+        if options.pins.pp and blocks % (options.pins.pp * v):
+            raise OptionError(
+                f"--pin v={v},pp={options.pins.pp}: {blocks} blocks do not split into "
+                f"pp × v = {options.pins.pp * v} equal chunks"
+            )
+        return [v]
+    if options.objective == "latency" or options.schedule != "1f1b" or not training:
+        return [1]
+    return [1] + [v for v in (2, 4) if blocks % v == 0 and blocks >= 2 * v]
 
 
 def _capacities(costing: Costing, options: PartitionOptions) -> dict[str, float]:
@@ -579,6 +618,7 @@ def _result(
         strategies=strategies,
         pins=options.pins.to_json(),
         blocks=problem.blocks,
+        interleave=problem.interleave,
     )
 
 

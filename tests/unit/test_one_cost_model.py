@@ -52,7 +52,7 @@ def test_grid_price_is_the_solvers_score(setup, cfg: GridConfig) -> None:
     costing, topo, closed = setup
     est = price_grid(costing, cfg)
     blocks = {j: {"blocks": n} for j, n in enumerate(even_blocks(CFG.layers, cfg.pp))}
-    pins = Pins(tp=cfg.tp, pp=cfg.pp, dp=cfg.dp, recompute=cfg.recompute,
+    pins = Pins(tp=cfg.tp, pp=cfg.pp, dp=cfg.dp, v=cfg.interleave, recompute=cfg.recompute,
                 sp=cfg.sequence_parallel if cfg.tp > 1 else None, stages=blocks)
     r = search(costing, PartitionOptions(global_batch=GLOBAL, zero=0, pins=pins,
                                          time_limit=1.0))
@@ -65,3 +65,32 @@ def test_grid_price_is_the_solvers_score(setup, cfg: GridConfig) -> None:
     # for the embedding and head where the graph gathers the logits. A cross-check only.
     other = estimate_grid(closed, cfg, topo)
     assert other.seconds == pytest.approx(est.seconds, rel=0.15)
+
+
+def test_interleaving_is_priced_and_chosen_by_the_same_score(setup) -> None:
+    """Interleaving: bubble (p−1)/(v·m) slots, v× the boundary traffic, more in flight;
+    the pinned search and price_grid agree; a v that does not divide the blocks is a
+    user error.
+    """
+    from shardc.errors import OptionError
+
+    costing, topo, closed = setup
+    plain = GridConfig(8, 2, 1, 1, GLOBAL, recompute="selective", sequence_parallel=True)
+    inter = GridConfig(8, 2, 1, 1, GLOBAL, recompute="selective", sequence_parallel=True,
+                       interleave=2)
+    a, b = price_grid(costing, plain), price_grid(costing, inter)
+    # half the slots, each a little longer (the extra hand-offs ride in every slot)
+    assert b.breakdown()["pipeline bubble"] == pytest.approx(a.breakdown()["pipeline bubble"] / 2,
+                                                          rel=0.05)
+    assert b.pp_comm == pytest.approx(2 * a.pp_comm)
+    assert b.peak_memory > a.peak_memory
+    blocks = {j: {"blocks": n} for j, n in enumerate(even_blocks(CFG.layers, 2))}
+    pins = Pins(tp=8, pp=2, dp=1, v=2, recompute="selective", sp=True, stages=blocks)
+    r = search(costing, PartitionOptions(global_batch=GLOBAL, zero=0, pins=pins, time_limit=1))
+    assert r.interleave == 2 and r.to_json()["interleave"] == 2
+    assert r.step_seconds == pytest.approx(b.seconds, rel=1e-9)
+    assert estimate_grid(closed, inter, topo).seconds == pytest.approx(b.seconds, rel=0.15)
+    with pytest.raises(OptionError, match="interleaved"):
+        search(costing, PartitionOptions(global_batch=GLOBAL, pins=Pins(v=3)))
+    with pytest.raises(OptionError, match="equal chunks"):
+        search(costing, PartitionOptions(global_batch=GLOBAL, pins=Pins(v=2, pp=8)))
