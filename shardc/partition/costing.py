@@ -103,6 +103,10 @@ class Settings:
     """How tensor-parallel stages shard their ops (None: Megatron's pairing)."""
     sequence_parallel: tuple[bool, ...] = (False, True)
     """Sequence-parallel choices offered to tensor-parallel stages (training only)."""
+    overlap_dp: bool = True
+    """Overlap the data-parallel gradient reduction with the backward (and the ZeRO
+    weight all-gather with the next forward), as DDP and Megatron-LM do today; False
+    prices it all exposed, as Megatron-LM of 2021 (Narayanan et al.) ran."""
     dropout: bool | None = None
     """Whether training applies dropout (masks kept for backward); None: the graph says
     (Dropout nodes, or LayerNorm models, trained with dropout as GPT is; RMSNorm models
@@ -466,7 +470,7 @@ class Costing:
         b = self.part(block, kind, tp, rc, sp)
         p = self.part(pro, kind, tp, "none", sp) if pro else _ZERO
         e = self.part(epi, kind, tp, "none", sp) if epi else _ZERO
-        b_state, b_sync = self._training_terms(b, dp, dp_group, spec)
+        b_state, b_sync = self._training_terms(b, dp, dp_group, spec, rc)
         p_state, p_sync = self._training_terms(p, dp, dp_group, spec)
         e_state, e_sync = self._training_terms(e, dp, dp_group, spec)
         return StageConfig(
@@ -508,12 +512,17 @@ class Costing:
         return False
 
     def _training_terms(
-        self, part: PartCost, dp: int, dp_group: Sequence[str], spec: DeviceKind
+        self,
+        part: PartCost,
+        dp: int,
+        dp_group: Sequence[str],
+        spec: DeviceKind,
+        recompute: str = "none",
     ) -> tuple[float, float]:
         """Optimizer-state bytes and per-step gradient sync of a part (both nil for inference)."""
         if self.settings.mode != "training":
             return 0.0, 0.0
-        return self._state(part, dp), self._sync(part, dp, dp_group, spec)
+        return self._state(part, dp), self._sync(part, dp, dp_group, spec, recompute)
 
     def _state(self, part: PartCost, dp: int) -> float:
         """Gradients and Adam state of a part's parameters on one device (ZeRO-sharded)."""
@@ -529,14 +538,35 @@ class Costing:
         per = state.per_param(per_weight)
         return part.params * (per["weights"] + per["gradients"] + per["optimizer"]) - part.static
 
-    def _sync(self, part: PartCost, dp: int, group: Sequence[str], spec: DeviceKind) -> float:
-        """Gradient reduction across replicas and the Adam step, once per step."""
+    def _sync(
+        self,
+        part: PartCost,
+        dp: int,
+        group: Sequence[str],
+        spec: DeviceKind,
+        recompute: str = "none",
+    ) -> float:
+        """Gradient reduction across replicas and the Adam step, once per step: what of it
+        is exposed.
+
+        With ``Settings.overlap_dp`` (DDP / Megatron's ``overlap_grad_reduce``) the
+        bucketed reduce-scatter (or all-reduce) of a part's gradients runs while the
+        backward of the last micro-batch computes the next buckets, so only what exceeds
+        that backward is exposed; with ZeRO the all-gather of updated weights overlaps the
+        next step's first forward (``overlap_param_gather``). Each per block, so it scales
+        with the blocks a stage holds as the rest of the sync does.
+        """
         if not part.params:
             return 0.0
         ops = ("reduce_scatter", "all_gather") if self.settings.zero >= 1 else ("all_reduce",)
-        comm = sum(self._collective(op, part.grad_bytes, group) for op in ops) if dp > 1 else 0.0
+        times = [self._collective(op, part.grad_bytes, group) if dp > 1 else 0.0 for op in ops]
+        if self.settings.overlap_dp and self.settings.mode == "training":
+            passes = 4.0 if recompute == "full" else 3.0  # forward 1, backward 2 (+1)
+            forward = part.compute / passes
+            windows = (part.compute - forward, forward)  # backward for grads, forward for weights
+            times = [max(0.0, t - w) for t, w in zip(times, windows, strict=False)]
         held = part.params / (dp if self.settings.zero >= 1 else 1)
-        return comm + optimizer_time(held, spec)
+        return sum(times) + optimizer_time(held, spec)
 
     def _p2p(self, kind: str, tp: int, dp: int, groups: list[list[str]], sp: bool = False) -> float:
         """One micro-batch's boundary traffic to the next stage's group (scatter/gather
