@@ -45,7 +45,10 @@ def render_plan(plan: dict[str, Any]) -> Group:
         head.add_row(
             "step",
             f"{_seconds(plan['step_seconds'])} for {plan['samples_per_step']} samples "
-            f"({plan['microbatches']} micro-batches per replica, {plan['schedule']})",
+            f"({plan['microbatches']} micro-batches per replica, {plan['schedule']}"
+            + (f", {plan['interleave']} virtual stages per device" if plan.get("interleave", 1) > 1
+               else "")
+            + ")",
         )
         if plan["step_seconds"]:
             head.add_row(
@@ -74,7 +77,7 @@ def render_plan(plan: dict[str, Any]) -> Group:
             st["kind"],
             str(st["tp"]),
             f"{first}–{last}",
-            st["recompute"],
+            st["recompute"] + (" +SP" if st.get("sequence_parallel") else ""),
             _seconds(st["seconds"]),
             f"{human(st['memory_bytes'], 'B')} {share:.0%}",
             f"{domain / 1e9:.3g} GB/s" if st["tp"] > 1 and domain else "-",
