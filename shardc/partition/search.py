@@ -584,7 +584,7 @@ def _result(
                 seconds=stage_seconds(problem, stages, j),
                 compute_seconds=compute,
                 tp_comm_seconds=comm,
-                p2p_seconds=c.p2p_seconds if len(stages) > 1 else 0.0,
+                p2p_seconds=c.p2p_seconds * problem.interleave if len(stages) > 1 else 0.0,
                 sync_seconds=stage_sync(problem, stages, j),
                 memory_bytes=stage_bytes(problem, stages, j),
                 capacity_bytes=problem.capacity[c.kind],

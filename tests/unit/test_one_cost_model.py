@@ -94,3 +94,11 @@ def test_interleaving_is_priced_and_chosen_by_the_same_score(setup) -> None:
         search(costing, PartitionOptions(global_batch=GLOBAL, pins=Pins(v=3)))
     with pytest.raises(OptionError, match="equal chunks"):
         search(costing, PartitionOptions(global_batch=GLOBAL, pins=Pins(v=2, pp=8)))
+
+
+def test_breakdown_adds_up_to_the_step_when_interleaved(setup) -> None:
+    costing, _, _ = setup
+    blocks = {j: {"blocks": n} for j, n in enumerate(even_blocks(CFG.layers, 2))}
+    pins = Pins(tp=8, pp=2, dp=1, v=2, recompute="none", sp=True, stages=blocks)
+    r = search(costing, PartitionOptions(global_batch=GLOBAL, zero=0, pins=pins, time_limit=1))
+    assert sum(r.breakdown().values()) == pytest.approx(r.step_seconds, rel=1e-9)
