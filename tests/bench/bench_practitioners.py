@@ -6,10 +6,10 @@ micro-batch 1), training, 1F1B, ZeRO-1, the default 5 % memory reserve:
 
 * 64 GPUs (``nodes=8``), global batch 64: practitioners run TP8 × PP8 with sequence
   parallelism and selective recomputation;
-* 1,024 GPUs, global batch 1,536: Calculon's pick tp2·pp16·dp32, selective + SP
-  (6 virtual stages in Calculon; here v = 2 and v = 1, since the partitioner's default
-  search tries v ∈ {1, 2, 4});
-* 4,096 GPUs, global batch 1,536: Calculon's pick tp8·pp16·dp32, SP, no recomputation.
+* 1,024 GPUs, global batch 1,536: Calculon's pick tp2·pp16·dp32, selective + SP, 6
+  virtual stages (also priced at v = 1 and 2; the free search tries v ∈ {1, 2, 4});
+* 4,096 GPUs, global batch 1,536: Calculon's pick tp8·pp16·dp32, SP, no recomputation,
+  6 virtual stages (also v = 1 and 2).
 
 Each practitioner configuration is priced by :func:`shardc.partition.grid.price_grid`
 (the prices the solver optimises) and must fit; the free search (nothing pinned) must
@@ -63,10 +63,12 @@ CASES = (
     Case(1024, 1536, (
         ("Calculon tp2.pp16.dp32 sel+SP v=1", _grid(2, 16, 32, 1536, "selective", True)),
         ("Calculon tp2.pp16.dp32 sel+SP v=2", _grid(2, 16, 32, 1536, "selective", True, 2)),
+        ("Calculon tp2.pp16.dp32 sel+SP v=6", _grid(2, 16, 32, 1536, "selective", True, 6)),
     )),
     Case(4096, 1536, (
         ("Calculon tp8.pp16.dp32 SP v=1", _grid(8, 16, 32, 1536, "none", True)),
         ("Calculon tp8.pp16.dp32 SP v=2", _grid(8, 16, 32, 1536, "none", True, 2)),
+        ("Calculon tp8.pp16.dp32 SP v=6", _grid(8, 16, 32, 1536, "none", True, 6)),
     )),
 )
 
