@@ -479,8 +479,8 @@ def _why(p: PartitionProblem, attempts: list[_Attempt]) -> str:
         return (
             f"the model does not fit in the whole pool: its {p.blocks} blocks need "
             f"{need / 1e9:.4g} GB across devices even as {c.name} with dp={p.dp}, and the "
-            f"{sum(p.devices.values())} devices hold {total / 1e9:.4g} GB; more devices, "
-            "fp8 weights or a smaller optimizer state would help"
+            f"{sum(p.devices.values())} devices hold {total / 1e9:.4g} GB usable; more "
+            "devices, fp8 weights, a smaller optimizer state or --memory-reserve would help"
         )
     if "memory" in families:
         best = min(
