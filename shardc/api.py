@@ -21,6 +21,7 @@ import onnx
 
 from shardc.build import Inputs, PlanOptions, build, sha256_bytes, sha256_file
 from shardc.errors import OptionError, ShardcWarning
+from shardc.partition.options import DEFAULT_RESERVE
 from shardc.plan import Plan
 from shardc.progress import Progress, progress_for
 
@@ -48,6 +49,7 @@ def compile(
     time_limit: float = 20.0,
     seed: int = 0,
     max_stages: int = 16,
+    memory_reserve: str | float = DEFAULT_RESERVE,
     devices: int | None = None,
     params: Mapping[str, Param] | None = None,
     warm_start: str | os.PathLike[str] | Plan | None = None,
@@ -101,6 +103,9 @@ def compile(
             (not wall time, so the same input gives the same plan on any machine).
         seed: solver random seed.
         max_stages: the most pipeline stages to consider.
+        memory_reserve: memory per device no plan may use: a fraction (``0.05``), a
+            percentage (``"5%"``) or bytes (``"4GB"``); default 5 % (CUDA/NCCL context,
+            communication buffers, allocator fragmentation).
         devices: the topology's ``devices`` parameter (``let devices = ...``, as in
             ``topologies/localhost.topo``): shorthand for ``params={"devices": n}``. A
             topology whose size is set another way (``let nodes``) takes ``params``.
@@ -171,6 +176,7 @@ def compile(
         max_stages=max_stages,
         warm_start=_warm_start(warm_start),
         dtype=dtype,
+        memory_reserve=str(memory_reserve),
     )
     inputs = Inputs(
         model=proto,

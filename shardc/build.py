@@ -26,7 +26,7 @@ from typing import Any
 
 from shardc import jsonutil
 from shardc.errors import OptionError
-from shardc.partition.options import PartitionOptions, parse_pins
+from shardc.partition.options import DEFAULT_RESERVE, PartitionOptions, parse_pins, parse_reserve
 from shardc.progress import Progress, Steps
 
 PLAN_FORMAT = "shardc-plan/1"
@@ -91,6 +91,8 @@ def read_plan(path: Path, records: Mapping[str, Mapping[str, Any]]) -> dict[str,
 def complete_pins(part: Mapping[str, Any]) -> list[str]:
     """Pins that leave the solver nothing to choose: the plan itself."""
     out = [f"pp={part['pp']},dp={part['dp']}"]
+    if part.get("interleave", 1) > 1:
+        out.append(f"v={part['interleave']}")
     if part.get("pins", {}).get("rule"):
         out.append(f"rule={part['pins']['rule']}")
     for st in part["stages"]:
@@ -101,6 +103,8 @@ def complete_pins(part: Mapping[str, Any]) -> list[str]:
             f"stage{j}.blocks={st['blocks'][1] - st['blocks'][0] + 1}",
             f"stage{j}.recompute={st['recompute']}",
         ]
+        if st.get("sequence_parallel"):
+            out.append(f"stage{j}.sp=on")
     return out
 
 
@@ -122,6 +126,8 @@ class PlanOptions:
     max_stages: int = 16
     warm_start: str | None = None
     """Path of an earlier plan.json that seeds the solver."""
+    memory_reserve: str = DEFAULT_RESERVE
+    """Memory per device held back from the plan (``--memory-reserve``)."""
     dtype: str | None = None
     """The precision the plan is priced in (``fp32``, ``bf16``, ``fp16``, ``fp8``), or None
     for the model's own types (:mod:`shardc.cost.precision`)."""
@@ -140,6 +146,7 @@ class PlanOptions:
             time_limit=self.time_limit,
             seed=self.seed,
             warm_start=warm_start_section(Path(self.warm_start) if self.warm_start else None),
+            memory_reserve=parse_reserve(self.memory_reserve),
         )
 
     def to_json(self, partition: PartitionOptions) -> dict[str, Any]:
@@ -157,6 +164,7 @@ class PlanOptions:
             "max_stages": self.max_stages,
             "warm_start": self.warm_start,
             "dtype": self.dtype,
+            "memory_reserve": self.memory_reserve,
         }
 
     @classmethod
@@ -175,6 +183,7 @@ class PlanOptions:
             seed=saved["seed"],
             max_stages=saved["max_stages"],
             dtype=saved.get("dtype"),  # plans from before --dtype priced the model's own
+            memory_reserve=saved.get("memory_reserve", "0"),  # older plans reserved none
         )
 
 

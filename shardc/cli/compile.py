@@ -27,7 +27,7 @@ from shardc.cli.options import (
     parse_sets,
 )
 from shardc.errors import OptionError
-from shardc.partition.options import OBJECTIVES, RECOMPUTES, SCHEDULES
+from shardc.partition.options import DEFAULT_RESERVE, OBJECTIVES, RECOMPUTES, SCHEDULES
 from shardc.progress import progress_for
 from shardc.report.text import markup_safe, plain_safe
 
@@ -124,6 +124,13 @@ __all__ = ["compile_cmd"]
 @click.option("--seed", type=int, default=0, show_default=True, help="Solver random seed.")
 @click.option("--max-stages", type=int, default=16, show_default=True)
 @click.option(
+    "--memory-reserve",
+    default=DEFAULT_RESERVE,
+    show_default=True,
+    help="Memory per device no plan may use (CUDA/NCCL context, communication buffers, "
+    "allocator fragmentation): a fraction (0.05), a percentage (5%) or bytes (4GB, 4GiB).",
+)
+@click.option(
     "--warm-start",
     type=click.Path(dir_okay=False, path_type=Path),
     help="An earlier plan.json whose plan seeds the solver.",
@@ -191,6 +198,7 @@ def compile_cmd(
     time_limit: float,
     seed: int,
     max_stages: int,
+    memory_reserve: str,
     warm_start: Path | None,
     plan_path: Path | None,
     dims: tuple[str, ...],
@@ -228,6 +236,7 @@ def compile_cmd(
         max_stages=max_stages,
         warm_start=str(warm_start) if warm_start else None,
         dtype=dtype,
+        memory_reserve=memory_reserve,
     )
     loaded = None
     if plan_path is not None:

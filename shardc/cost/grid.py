@@ -37,7 +37,7 @@ from shardc.cost.compute import (
     optimizer_time,
     pass_multiplier,
 )
-from shardc.cost.network import group_collective, point_to_point
+from shardc.cost.network import group_collective, pipeline_transfer, point_to_point
 from shardc.cost.ops import NodeCost
 from shardc.cost.phases import prefill_time, training_time
 from shardc.errors import OptionError
@@ -338,8 +338,11 @@ def _p2p(topo: Topology, place: GridPlacement, nbytes: float, cfg: GridConfig
     split = cfg.scatter_gather and cfg.tp > 1
     send = point_to_point(topo, place.pp_group[0], place.pp_group[1],
                           nbytes / cfg.tp if split else nbytes)
-    gather, note = _timed(topo, ("all_gather",), nbytes * split, place.tp_group, " then")
-    return send.seconds + gather, f"pp (per transfer): {send.explain()}{note * split}"
+    seconds = pipeline_transfer(topo, place.pp_group[0], place.pp_group[1], nbytes,
+                                place.tp_group, scatter_gather=cfg.scatter_gather,
+                                sharded=cfg.sequence_parallel)
+    how = " then all-gather" if split and not cfg.sequence_parallel else ""
+    return seconds, f"pp (per transfer): {send.explain()}{how}"
 
 
 def estimate_grid(costs: TransformerCosts, cfg: GridConfig, topology: Topology

@@ -112,6 +112,34 @@ def point_to_point(topo: Topology, a: str, b: str, nbytes: float) -> CommEstimat
     return est
 
 
+def pipeline_transfer(
+    topo: Topology,
+    src: str,
+    dst: str,
+    nbytes: float,
+    tp_group: Sequence[str] = (),
+    *,
+    scatter_gather: bool = True,
+    sharded: bool = False,
+) -> float:
+    """Seconds of one pipeline hand-off of ``nbytes`` from stage to stage.
+
+    Megatron's scatter/gather (Narayanan et al. 2021, §4.1): each of the t ranks of a TP
+    group sends 1/t over its own link (they run in parallel; timed on one pair), then the
+    receiving group all-gathers the pieces over its fast links. ``sharded`` (sequence
+    parallelism): the activation already lives split by t, so no gather is needed.
+    """
+    t = len(tp_group)
+    if nbytes <= 0 or src == dst:
+        return 0.0
+    if t <= 1 or not (scatter_gather or sharded):
+        return point_to_point(topo, src, dst, nbytes).seconds
+    send = point_to_point(topo, src, dst, nbytes / t).seconds
+    if sharded:
+        return send
+    return send + group_collective(topo, "all_gather", nbytes, tp_group).seconds
+
+
 def concurrent_transfers(
     topo: Topology, transfers: Sequence[tuple[str, str, float]]
 ) -> list[CommEstimate]:

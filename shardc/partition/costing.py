@@ -27,15 +27,16 @@ Identical blocks are priced once, from the first of their class (the chain's sym
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from shardc.cost import activations as acts
 from shardc.cost import memory as mem
 from shardc.cost.compute import ShardScale, optimizer_time, sequence_time
-from shardc.cost.network import group_collective, point_to_point
+from shardc.cost.network import group_collective, pipeline_transfer
 from shardc.cost.ops import NodeCost
 from shardc.cost.phases import prefill_time, training_time
 from shardc.errors import InfeasibleError
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from shardc.topology.model import DeviceKind
 
 RECOMPUTES = ("none", "selective", "full")
+SP_OPS = {"all_reduce": ("reduce_scatter", "all_gather")}
+"""What sequence parallelism runs in place of a TP collective (the same array moves)."""
 MAX_TP = 64
 """Largest tensor-parallel degree tried: beyond it each device's matrix slices are too
 thin to run near peak, and no published large-model run goes further."""
@@ -98,6 +101,16 @@ class Settings:
     recompute: tuple[str, ...] = RECOMPUTES
     tp_rule: str | None = None
     """How tensor-parallel stages shard their ops (None: Megatron's pairing)."""
+    sequence_parallel: tuple[bool, ...] = (False, True)
+    """Sequence-parallel choices offered to tensor-parallel stages (training only)."""
+    overlap_dp: bool = True
+    """Overlap the data-parallel gradient reduction with the backward (and the ZeRO
+    weight all-gather with the next forward), as DDP and Megatron-LM do today; False
+    prices it all exposed, as Megatron-LM of 2021 (Narayanan et al.) ran."""
+    dropout: bool | None = None
+    """Whether training applies dropout (masks kept for backward); None: the graph says
+    (Dropout nodes, or LayerNorm models, trained with dropout as GPT is; RMSNorm models
+    such as Llama are trained without)."""
 
 
 class Costing:
@@ -144,13 +157,8 @@ class Costing:
         if count < 2:
             return 0.0
         b = self.chain.blocks[self.chain.block_of(block[0])]
-        return float(
-            sum(
-                self._nbytes(v)
-                for v in b.inputs
-                if v not in self.table.free and v in self.graph.values
-            )
-        )
+        grad = self.gradient_values  # masks and position tables are rebuilt per stage
+        return float(sum(self._nbytes(v) for v in b.inputs if v in grad))
 
     def _nbytes(self, value: str) -> float:
         n = self.graph.values[value].nbytes  # None unless the shape is static
@@ -191,9 +199,29 @@ class Costing:
                     if r.communicates:
                         comm[self.chain.block_of(producer.name)].append((r.op, self._nbytes(out)))
             self._choices[tp] = TensorChoice(
-                tp, dict(done.strategies), {k: tuple(v) for k, v in comm.items()}
+                tp, dict(done.strategies), self._typical(comm)
             )
         return self._choices[tp]
+
+    def _typical(
+        self, comm: Mapping[int, list[tuple[str, float]]]
+    ) -> dict[int, tuple[tuple[str, float], ...]]:
+        """Per-block traffic with the first repeated block made like the others.
+
+        A collective is charged to the block of the node that needs it, so the first
+        layer would carry the embedding's all-reduce; it is the prologue's output, and
+        the representative block (the first) must price a typical layer.
+        """
+        out = {k: tuple(v) for k, v in comm.items()}
+        rep = self.chain.repeated
+        if len(rep) < 2:
+            return out
+        first, second = rep[0], rep[1]
+        extra = Counter(out.get(first, ())) - Counter(out.get(second, ()))
+        out[first] = out.get(second, ())
+        if extra and first > 0:
+            out[first - 1] = out.get(first - 1, ()) + tuple(sorted(extra.elements()))
+        return out
 
     def splits(self, tp: int) -> bool:
         """Whether degree ``tp`` splits anything with a weight (else it only wastes devices);
@@ -230,12 +258,20 @@ class Costing:
         return self._comm[key]
 
     # -- prices --------------------------------------------------------------------------
-    def part(self, nodes: Iterable[str], kind: str, tp: int, recompute: str) -> PartCost:
+    def part(
+        self, nodes: Iterable[str], kind: str, tp: int, recompute: str, sp: bool = False
+    ) -> PartCost:
         """A node set on one device of a ``tp`` group of ``kind`` (weights and activations
         per device; traffic timed on the group placement would use with one replica).
+
+        ``sp`` (sequence parallelism, Korthikanti et al. 2022): the nodes TP leaves
+        replicated (norms, residual adds, dropout) run on 1/t of the sequence, each TP
+        all-reduce becomes a reduce-scatter plus an all-gather, and the activations TP
+        leaves replicated are stored split by t.
         """
         nodes = tuple(nodes)
-        key = (nodes[:1], len(nodes), kind, tp, recompute)
+        sp = sp and tp > 1
+        key = (nodes[:1], len(nodes), kind, tp, recompute, sp)
         if key in self._parts:
             return self._parts[key]
         spec = self.kinds[kind]
@@ -244,7 +280,10 @@ class Costing:
         training = self.settings.mode == "training"
         node_costs = [self.costs.nodes[n] for n in nodes]
         scales = [
-            shard_scale(ch.strategies[n], c, sizes) for n, c in zip(nodes, node_costs, strict=True)
+            ShardScale.uniform(1.0 / tp)
+            if sp and ch.strategies[n].is_replicated
+            else shard_scale(ch.strategies[n], c, sizes)
+            for n, c in zip(nodes, node_costs, strict=True)
         ]
         core = self._attention_core(nodes)
         share = 0.0
@@ -266,12 +305,13 @@ class Costing:
         blocks = {self.chain.block_of(n) for n in nodes}
         passes = (2 + (recompute == "full")) if training else 1
         comm = passes * sum(
-            self._collective(op, nbytes, group)
+            self._collective(one, nbytes, group)
             for b in sorted(blocks)
             for op, nbytes in ch.comm.get(b, ())
+            for one in (SP_OPS.get(op, (op,)) if sp else (op,))
         )
         weight_bytes, params = self._weights(nodes, ch, sizes)
-        act_all, act_kept, inputs = self._activations(nodes, ch, sizes, core)
+        act_all, act_kept, inputs = self._activations(nodes, ch, sizes, sp)
         if not training:
             activation = 0.0
             workspace = max(
@@ -323,33 +363,57 @@ class Costing:
         params = sum(self._numel(v) * f for v, f in frac.items())
         return nbytes, params
 
+    @cached_property
+    def gradient_values(self) -> frozenset[str]:
+        """Values on the gradient path (what backward may keep)."""
+        return acts.gradient_values(self.graph)
+
+    @cached_property
+    def dropout(self) -> bool:
+        """Whether training keeps dropout masks (see :attr:`Settings.dropout`)."""
+        if self.settings.dropout is not None:
+            return self.settings.dropout
+        ops = {n.op_type for n in self.graph}
+        return "Dropout" not in ops and "LayerNormalization" in ops
+
     def _activations(
-        self, nodes: Sequence[str], ch: TensorChoice, sizes: Mapping[str, int], core: Sequence[str]
+        self, nodes: Sequence[str], ch: TensorChoice, sizes: Mapping[str, int], sp: bool
     ) -> tuple[float, float, float]:
-        """(all kept outputs, without the attention core, the inputs alone) per device."""
+        """(what fused kernels keep for backward, without the attention core, the block's
+        inputs alone) per device: :mod:`shardc.cost.activations`, each tensor at the
+        fraction its producer's layout leaves one device, replicated ones split by t
+        under sequence parallelism.
+        """
+        grad = self.gradient_values
+        saved = acts.saved_tensors(self.graph, nodes, grad, dropout=self.dropout)
+        tp = sizes.get("tp", 1)
+
+        def share(value: str) -> float:
+            f = self._fraction(value.split("#", 1)[0], ch, sizes)
+            return f / tp if sp and f >= 1.0 else f
+
+        all_ = sum(t.nbytes * share(t.value) for t in saved)
+        kept = sum(t.nbytes * share(t.value) for t in saved if not t.core)
         inside = set(nodes)
-        drop = set(core)
-        all_, kept = 0.0, 0.0
-        for n in nodes:
-            node, cost, strat = self.graph.node(n), self.costs.nodes[n], ch.strategies[n]
-            if cost.kind == "view":
-                continue
-            for j, out in enumerate(node.outputs):
-                if not out or out in self.table.free:
-                    continue
-                lay = strat.outputs[j] if j < len(strat.outputs) else None
-                b = self._nbytes(out) * (lay.local_fraction(sizes) if lay is not None else 1.0)
-                all_ += b
-                kept += 0.0 if n in drop else b
         entering = {
             v
             for n in nodes
             for v in self.graph.node(n).present_inputs
-            if v not in self.table.free
-            and (p := self.graph.producer(v)) is not None
-            and p.name not in inside
+            if v in grad and (p := self.graph.producer(v)) is not None and p.name not in inside
         }
-        return all_, kept, sum(self._nbytes(v) for v in entering)
+        return all_, kept, sum(self._nbytes(v) * share(v) for v in entering)
+
+    def _fraction(self, value: str, ch: TensorChoice, sizes: Mapping[str, int]) -> float:
+        """Share of ``value`` one device of the TP group stores (its producer's layout)."""
+        node = self.graph.producer(value)
+        if node is None:
+            return 1.0
+        strat = ch.strategies.get(node.name)
+        if strat is None:
+            return 1.0
+        j = node.outputs.index(value)
+        lay = strat.outputs[j] if j < len(strat.outputs) else None
+        return lay.local_fraction(sizes) if lay is not None else 1.0
 
     # -- the configurations --------------------------------------------------------------
     def tp_degrees(self, kind: str, limit: int | None = None) -> list[int]:
@@ -378,54 +442,87 @@ class Costing:
     def configs(
         self, dp: int, tps: Mapping[str, Sequence[int]], recomputes: Sequence[str]
     ) -> tuple[StageConfig, ...]:
-        """Every (kind, tp, recompute) that has ``dp`` groups of ``tp`` devices."""
-        pro, block, epi, _ = self.sections
+        """Every (kind, tp, recompute, sequence parallel) that has ``dp`` groups of ``tp``
+        devices.
+        """
         training = self.settings.mode == "training"
         out = []
         for kind in sorted(tps):
-            spec = self.kinds[kind]
             for tp in tps[kind]:
                 groups = self.groups(kind, tp, dp)
                 if groups is None:
                     continue
                 dp_group = [g[0] for g in groups]
-                p2p = self._p2p(kind, tp, dp, groups)
-                for rc in recomputes if training else ("none",):
-                    b = self.part(block, kind, tp, rc)
-                    p = self.part(pro, kind, tp, "none") if pro else _ZERO
-                    e = self.part(epi, kind, tp, "none") if epi else _ZERO
-                    b_state, b_sync = self._training_terms(b, dp, dp_group, spec)
-                    p_state, p_sync = self._training_terms(p, dp, dp_group, spec)
-                    e_state, e_sync = self._training_terms(e, dp, dp_group, spec)
-                    out.append(
-                        StageConfig(
-                            name=f"{kind}/tp{tp}" + (f"/{rc}" if training else ""),
-                            kind=kind,
-                            tp=tp,
-                            block_seconds=b.seconds,
-                            block_static_bytes=b.static + b_state,
-                            block_activation_bytes=b.activation,
-                            prologue_seconds=p.seconds,
-                            prologue_bytes=p.static + p_state + p.activation + p.workspace,
-                            epilogue_seconds=e.seconds,
-                            epilogue_bytes=e.static + e_state + e.activation + e.workspace,
-                            sync_seconds=b_sync,
-                            prologue_sync=p_sync,
-                            epilogue_sync=e_sync,
-                            p2p_seconds=p2p,
-                            recompute=rc,
-                            workspace_bytes=b.workspace,
-                        )
-                    )
+                sps = self.settings.sequence_parallel if tp > 1 and training else (False,)
+                for sp in sps if self.has_sequence else (False,):
+                    p2p = self._p2p(kind, tp, dp, groups, sp)
+                    for rc in recomputes if training else ("none",):
+                        out.append(self._config(kind, tp, rc, sp, dp, dp_group, p2p))
         return tuple(out)
 
+    def _config(
+        self, kind: str, tp: int, rc: str, sp: bool, dp: int, dp_group: list[str], p2p: float
+    ) -> StageConfig:
+        """One stage configuration priced from its parts (block, prologue, epilogue)."""
+        pro, block, epi, _ = self.sections
+        spec = self.kinds[kind]
+        training = self.settings.mode == "training"
+        b = self.part(block, kind, tp, rc, sp)
+        p = self.part(pro, kind, tp, "none", sp) if pro else _ZERO
+        e = self.part(epi, kind, tp, "none", sp) if epi else _ZERO
+        b_state, b_sync = self._training_terms(b, dp, dp_group, spec, rc)
+        p_state, p_sync = self._training_terms(p, dp, dp_group, spec)
+        e_state, e_sync = self._training_terms(e, dp, dp_group, spec)
+        return StageConfig(
+            name=config_name(kind, tp, rc if training else None, sp),
+            kind=kind,
+            tp=tp,
+            block_seconds=b.seconds,
+            block_static_bytes=b.static + b_state,
+            block_activation_bytes=b.activation,
+            prologue_seconds=p.seconds,
+            prologue_bytes=p.static + p_state + p.activation + p.workspace,
+            epilogue_seconds=e.seconds,
+            epilogue_bytes=e.static + e_state + e.activation + e.workspace,
+            sync_seconds=b_sync,
+            prologue_sync=p_sync,
+            epilogue_sync=e_sync,
+            p2p_seconds=p2p,
+            recompute=rc,
+            workspace_bytes=b.workspace,
+            sequence_parallel=sp,
+        )
+
+    @cached_property
+    def has_sequence(self) -> bool:
+        """Whether the blocks pass a ``[batch, sequence, …]`` activation (rank 3 or more,
+        a sequence longer than one): what sequence parallelism splits.
+        """
+        _, block, _, _ = self.sections
+        inside = set(block)
+        for n in block:
+            for v in self.graph.node(n).present_inputs:
+                p = self.graph.producer(v)
+                t = self.graph.values[v].type if v in self.graph.values else None
+                if p is None or p.name in inside or v not in self.gradient_values or t is None:
+                    continue
+                shape = t.shape or ()
+                if len(shape) >= 3 and isinstance(shape[1], int) and shape[1] > 1:
+                    return True
+        return False
+
     def _training_terms(
-        self, part: PartCost, dp: int, dp_group: Sequence[str], spec: DeviceKind
+        self,
+        part: PartCost,
+        dp: int,
+        dp_group: Sequence[str],
+        spec: DeviceKind,
+        recompute: str = "none",
     ) -> tuple[float, float]:
         """Optimizer-state bytes and per-step gradient sync of a part (both nil for inference)."""
         if self.settings.mode != "training":
             return 0.0, 0.0
-        return self._state(part, dp), self._sync(part, dp, dp_group, spec)
+        return self._state(part, dp), self._sync(part, dp, dp_group, spec, recompute)
 
     def _state(self, part: PartCost, dp: int) -> float:
         """Gradients and Adam state of a part's parameters on one device (ZeRO-sharded)."""
@@ -441,17 +538,40 @@ class Costing:
         per = state.per_param(per_weight)
         return part.params * (per["weights"] + per["gradients"] + per["optimizer"]) - part.static
 
-    def _sync(self, part: PartCost, dp: int, group: Sequence[str], spec: DeviceKind) -> float:
-        """Gradient reduction across replicas and the Adam step, once per step."""
+    def _sync(
+        self,
+        part: PartCost,
+        dp: int,
+        group: Sequence[str],
+        spec: DeviceKind,
+        recompute: str = "none",
+    ) -> float:
+        """Gradient reduction across replicas and the Adam step, once per step: what of it
+        is exposed.
+
+        With ``Settings.overlap_dp`` (DDP / Megatron's ``overlap_grad_reduce``) the
+        bucketed reduce-scatter (or all-reduce) of a part's gradients runs while the
+        backward of the last micro-batch computes the next buckets, so only what exceeds
+        that backward is exposed; with ZeRO the all-gather of updated weights overlaps the
+        next step's first forward (``overlap_param_gather``). Each per block, so it scales
+        with the blocks a stage holds as the rest of the sync does.
+        """
         if not part.params:
             return 0.0
         ops = ("reduce_scatter", "all_gather") if self.settings.zero >= 1 else ("all_reduce",)
-        comm = sum(self._collective(op, part.grad_bytes, group) for op in ops) if dp > 1 else 0.0
+        times = [self._collective(op, part.grad_bytes, group) if dp > 1 else 0.0 for op in ops]
+        if self.settings.overlap_dp and self.settings.mode == "training":
+            passes = 4.0 if recompute == "full" else 3.0  # forward 1, backward 2 (+1)
+            forward = part.compute / passes
+            windows = (part.compute - forward, forward)  # backward for grads, forward for weights
+            times = [max(0.0, t - w) for t, w in zip(times, windows, strict=False)]
         held = part.params / (dp if self.settings.zero >= 1 else 1)
-        return comm + optimizer_time(held, spec)
+        return sum(times) + optimizer_time(held, spec)
 
-    def _p2p(self, kind: str, tp: int, dp: int, groups: list[list[str]]) -> float:
-        """One micro-batch's boundary traffic: to the first device of the next stage."""
+    def _p2p(self, kind: str, tp: int, dp: int, groups: list[list[str]], sp: bool = False) -> float:
+        """One micro-batch's boundary traffic to the next stage's group (scatter/gather
+        over the TP group's links, :func:`shardc.cost.network.pipeline_transfer`).
+        """
         nbytes = self.boundary_bytes
         if not nbytes:
             return 0.0
@@ -469,10 +589,15 @@ class Costing:
         if nxt is None:
             return 0.0
         try:
-            one = point_to_point(self.topology, groups[0][0], nxt, nbytes).seconds
+            one = pipeline_transfer(self.topology, groups[0][0], nxt, nbytes, groups[0], sharded=sp)
         except (InfeasibleError, KeyError, ValueError):
             return 0.0
         return one * (2 if self.settings.mode == "training" else 1)
+
+
+def config_name(kind: str, tp: int, recompute: str | None, sp: bool = False) -> str:
+    """A stage configuration's name: ``kind/tpN[/recompute][/sp]`` (plan.json reads it)."""
+    return f"{kind}/tp{tp}" + (f"/{recompute}" if recompute else "") + ("/sp" if sp else "")
 
 
 _ZERO = PartCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)

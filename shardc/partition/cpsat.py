@@ -28,6 +28,7 @@ The search is deterministic: one worker, a fixed seed and a *deterministic* time
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from shardc.partition.problem import (
     PartitionProblem,
     Solution,
     StagePlan,
+    activation_factor,
     in_flight,
     score,
     violations,
@@ -163,6 +165,8 @@ def uniform(p: PartitionProblem, s: int) -> Solution | None:
         return None
     base, extra = divmod(p.blocks, s)
     sizes = [base + (j >= s - extra) for j in range(s)]
+    if p.interleave > 1 and any(n % p.interleave for n in sizes):
+        return None
     best: Solution | None = None
     for c in p.configs:
         plan = tuple(StagePlan(c.name, n) for n in sizes)
@@ -197,14 +201,79 @@ def lower_bound(p: PartitionProblem, s: int) -> float:
     extra = min(c.prologue_seconds / c.block_seconds for c in cs)
     extra += min(c.epilogue_seconds / c.block_seconds for c in cs)
     if s > 1:
-        extra += s * min(c.p2p_seconds / c.block_seconds for c in cs)
+        extra += s * p.interleave * min(c.p2p_seconds / c.block_seconds for c in cs)
     work = p.blocks + extra
     if p.objective == "latency":
         return work / rate + (s - 1) * p.p2p_seconds
     t = work / min(s * rate, device_rate) if device_rate > 0 else work / (s * rate)
+    t = max(t, _memory_bound_pace(p, s))
+    if p.interleave > 1:
+        return (p.microbatches + (s - 1) / p.interleave) * t + (s - 1) * p.p2p_seconds + (
+            p.blocks * min(c.sync_seconds for c in p.configs) / s
+        )
     sync = p.blocks * min(c.sync_seconds for c in p.configs)
     sync += min(c.prologue_sync for c in p.configs) + min(c.epilogue_sync for c in p.configs)
     return (p.microbatches + s - 1) * t + (s - 1) * p.p2p_seconds + sync / s
+
+
+def _memory_bound_pace(p: PartitionProblem, s: int) -> float:
+    """The least slowest-stage time ``T`` at which ``s`` stages can hold the blocks when
+    each stage's configuration must fit its blocks in memory.
+
+    Relaxation (so a valid bound): devices are not counted and each stage picks its
+    configuration alone; block counts stay whole multiples of v;
+    stage j may take, on configuration c, at most ``min(cap_cj, (T − e_cj) / b_c)``
+    blocks, ``cap_cj`` its memory allows at its own in-flight count and ``e_cj`` what it
+    carries besides blocks. ``T`` is found by bisection on ``Σ_j max_c … ≥ L``. Without
+    it the bound prices every block at the fastest configuration even where that one
+    does not fit, and big models stop with 10-20 % gaps.
+    """
+    if p.objective == "latency":
+        return 0.0
+    cs = [c for c in p.configs if c.block_seconds > 0]
+    if not cs:
+        return 0.0
+    rows = []  # per stage: (cap, ends, block seconds) of every allowed configuration
+    for j in range(s):
+        inflight = in_flight(p, s, j) * activation_factor(p, s)
+        opts = []
+        for c in cs:
+            if not p.allowed(j, c.name):
+                continue
+            fixed = c.workspace_bytes + (c.prologue_bytes if j == 0 else 0.0)
+            fixed += c.epilogue_bytes if j == s - 1 else 0.0
+            per = c.block_static_bytes + c.block_activation_bytes * inflight
+            room = p.capacity[c.kind] - fixed
+            cap = room / per if per > 0 else float(p.blocks)
+            if cap < 1:
+                continue
+            ends = (c.prologue_seconds if j == 0 else 0.0) + (
+                c.epilogue_seconds if j == s - 1 else 0.0
+            )
+            ends += c.p2p_seconds * p.interleave if s > 1 else 0.0
+            opts.append((min(cap, float(p.blocks)), ends, c.block_seconds))
+        if not opts:
+            return float("inf")
+        rows.append(opts)
+
+    v = max(p.interleave, 1)
+
+    def whole(x: float) -> float:  # n_j is an integer multiple of v
+        return math.floor(x / v + 1e-9) * v
+
+    def held(t: float) -> float:
+        return sum(
+            max(whole(min(cap, max(0.0, (t - e) / b))) for cap, e, b in opts) for opts in rows
+        )
+
+    hi = max(e + p.blocks * b for opts in rows for _, e, b in opts)
+    if held(hi) < p.blocks:
+        return float("inf")  # memory cannot hold the blocks in s stages at any pace
+    lo = 0.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if held(mid) >= p.blocks else (mid, hi)
+    return lo
 
 
 def _blocks_per_stage(p: PartitionProblem) -> int:
@@ -256,6 +325,10 @@ def _solve_stages(
     y = [[m.new_int_var(0, L, f"y{j}_{c.name}") for c in cs] for j in range(s)]
     lit = {f: m.new_bool_var(f) for f in ("memory", "devices", "pins")}
     m.add(sum(n) == L)
+    if p.interleave > 1:  # each stage's blocks split into v equal chunks
+        for j in range(s):
+            chunks = m.new_int_var(1, L // p.interleave, f"chunks{j}")
+            m.add(n[j] == p.interleave * chunks)
     for j in range(s):
         m.add_exactly_one(x[j])
         for ci in range(len(cs)):
@@ -274,7 +347,8 @@ def _solve_stages(
         sync = m.new_int_var(0, 10 * _RESOLUTION, "sync")
         m.add_max_equality(t_max, times)
         m.add_max_equality(sync, [_stage_sync(p, s, j, x, y, k) for j in range(s)])
-        m.minimize((p.microbatches + s - 1) * t_max + sync)
+        v = p.interleave  # the objective times v: (v·M + S − 1)·t_max + v·sync
+        m.minimize((v * p.microbatches + s - 1) * t_max + v * sync)
     if hint is not None:
         names = [c.name for c in cs]
         for j, st in enumerate(hint):
@@ -302,7 +376,7 @@ def _solve_stages(
             for j in range(s)
         )
         assert not violations(p, stages), violations(p, stages)
-        bound = solver.best_objective_bound / k if name == "FEASIBLE" else None
+        bound = solver.best_objective_bound / (k * p.interleave) if name == "FEASIBLE" else None
         sol = Solution(stages, score(p, stages), name, bound)
         return _Attempt(s, name, sol, ())
     core: tuple[str, ...] = ()
@@ -339,7 +413,9 @@ def _stage_time(m: cp_model.CpModel, p: PartitionProblem, s: int, j: int, x, y, 
     if j == s - 1:
         expr += sum(round(c.epilogue_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
     if s > 1:
-        expr += sum(round(c.p2p_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
+        expr += sum(
+            round(c.p2p_seconds * p.interleave * k) * x[j][ci] for ci, c in enumerate(p.configs)
+        )
     t = m.new_int_var(0, 10 * _RESOLUTION, f"T{j}")
     m.add(t == expr)
     return t
@@ -358,7 +434,7 @@ def _stage_sync(p: PartitionProblem, s: int, j: int, x, y, k: float):
 def _add_memory(m: cp_model.CpModel, p: PartitionProblem, s: int, x, y, on) -> None:
     """[memory] every device of a stage holds its blocks, in-flight activations, ends."""
     for j in range(s):
-        inflight = in_flight(p, s, j)
+        inflight = in_flight(p, s, j) * activation_factor(p, s)
         used = 0
         for ci, c in enumerate(p.configs):
             per_block = c.block_static_bytes + c.block_activation_bytes * inflight
@@ -403,8 +479,8 @@ def _why(p: PartitionProblem, attempts: list[_Attempt]) -> str:
         return (
             f"the model does not fit in the whole pool: its {p.blocks} blocks need "
             f"{need / 1e9:.4g} GB across devices even as {c.name} with dp={p.dp}, and the "
-            f"{sum(p.devices.values())} devices hold {total / 1e9:.4g} GB; more devices, "
-            "fp8 weights or a smaller optimizer state would help"
+            f"{sum(p.devices.values())} devices hold {total / 1e9:.4g} GB usable; more "
+            "devices, fp8 weights, a smaller optimizer state or --memory-reserve would help"
         )
     if "memory" in families:
         best = min(

@@ -18,7 +18,9 @@ RECOMPUTES = ("none", "selective", "full")
 TP_RULES = ("megatron", "split")
 """How a tensor-parallel stage shards its ops: Megatron's pairing of weight products, or
 every op split where it legally can (:mod:`shardc.partition.split`)."""
-_STAGE_KEYS = ("kind", "tp", "blocks", "recompute")
+_STAGE_KEYS = ("kind", "tp", "blocks", "recompute", "sp")
+_BOOLS = {"on": True, "true": True, "1": True, "yes": True,
+          "off": False, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,11 @@ class Pins:
     recompute: str | None = None
     rule: str | None = None
     """The tensor-parallel rule (:data:`TP_RULES`); None is Megatron's."""
-    stages: Mapping[int, Mapping[str, str | int]] = field(default_factory=dict)
+    sp: bool | None = None
+    """Sequence parallelism on every TP stage (True), on none (False), or chosen (None)."""
+    v: int | None = None
+    """Virtual stages per device (interleaved 1F1B); None lets the solver choose."""
+    stages: Mapping[int, Mapping[str, str | int | bool]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -49,7 +55,7 @@ class Pins:
         """The pins as given, for plan.json."""
         out: dict[str, Any] = {
             k: getattr(self, k)
-            for k in ("tp", "pp", "dp", "kind", "recompute", "rule")
+            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp", "v")
             if getattr(self, k) is not None
         }
         if self.stages:
@@ -67,6 +73,12 @@ def _positive(key: str, value: str) -> int:
     return n
 
 
+def _flag(key: str, value: str) -> bool:
+    if value.lower() not in _BOOLS:
+        raise OptionError(f"--pin {key}={value}: use on or off")
+    return _BOOLS[value.lower()]
+
+
 def parse_pins(items: Iterable[str]) -> Pins:
     """``--pin tp=8,pp=4 --pin stage0.kind=H20 --pin stage0.blocks=30`` -> :class:`Pins`.
 
@@ -74,7 +86,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
     not only Megatron's weight products: for graphs that are not transformers.
     """
     values: dict[str, Any] = {}
-    stages: dict[int, dict[str, str | int]] = {}
+    stages: dict[int, dict[str, str | int | bool]] = {}
     for item in items:
         for part in item.split(","):
             key, sep, value = part.partition("=")
@@ -85,18 +97,24 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 idx, _, sub = key[5:].partition(".")
                 if not idx.isdigit() or sub not in _STAGE_KEYS:
                     raise OptionError(
-                        f"--pin {key}: expected stageN.kind, stageN.tp, stageN.blocks "
-                        "or stageN.recompute"
+                        f"--pin {key}: expected stageN.kind, stageN.tp, stageN.blocks, "
+                        "stageN.recompute or stageN.sp"
                     )
                 if sub == "recompute" and value not in RECOMPUTES:
                     raise OptionError(f"--pin {key}={value}: use one of {', '.join(RECOMPUTES)}")
                 stages.setdefault(int(idx), {})[sub] = (
-                    value if sub in ("kind", "recompute") else _positive(key, value)
+                    value
+                    if sub in ("kind", "recompute")
+                    else _flag(key, value)
+                    if sub == "sp"
+                    else _positive(key, value)
                 )
-            elif key in ("tp", "pp", "dp"):
+            elif key in ("tp", "pp", "dp", "v"):
                 values[key] = _positive(key, value)
             elif key == "kind":
                 values[key] = value
+            elif key == "sp":
+                values[key] = _flag(key, value)
             elif key == "recompute":
                 if value not in RECOMPUTES:
                     raise OptionError(
@@ -109,14 +127,64 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 values[key] = value
             else:
                 raise OptionError(
-                    f"--pin {key}: unknown; pin tp, pp, dp, kind, recompute, rule"
-                    " or stageN.(kind|tp|blocks|recompute)"
+                    f"--pin {key}: unknown; pin tp, pp, dp, v, kind, recompute, rule, sp"
+                    " or stageN.(kind|tp|blocks|recompute|sp)"
                 )
     if values.get("pp") is not None:
         for j in stages:
             if j >= values["pp"]:
                 raise OptionError(f"--pin stage{j}.*: there are only pp={values['pp']} stages")
     return Pins(stages={j: dict(v) for j, v in sorted(stages.items())}, **values)
+
+
+DEFAULT_RESERVE = "5%"
+"""Memory held back per device by the CLI and the API unless told otherwise: the CUDA
+context and cuBLAS/cuDNN workspaces (~0.5-1 GB), NCCL's channel buffers (~0.5-2 GB,
+more with NVLS), and the caching allocator's fragmentation (a few % of what it holds);
+5 % of an 80 GB device is 4 GB."""
+
+
+@dataclass(frozen=True)
+class MemoryReserve:
+    """Memory per device no plan may use: a fraction of capacity plus fixed bytes."""
+
+    fraction: float = 0.0
+    nbytes: float = 0.0
+    text: str = "0"
+    """As the user wrote it (plan.json records it)."""
+
+    def usable(self, capacity: float) -> float:
+        """What is left of ``capacity`` bytes for weights, state and activations."""
+        return capacity * (1.0 - self.fraction) - self.nbytes
+
+
+def parse_reserve(text: str) -> MemoryReserve:
+    """``--memory-reserve``: ``0.05`` or ``5%`` (a fraction of each device's memory),
+    ``4GB`` / ``4GiB`` (bytes per device), or both joined by ``+`` (``2%+1GB``).
+    """
+    fraction, nbytes = 0.0, 0.0
+    for part in str(text).replace(" ", "").split("+"):
+        low = part.lower()
+        try:
+            if low.endswith("%"):
+                fraction += float(low[:-1]) / 100
+            elif low.endswith("gib"):
+                nbytes += float(low[:-3]) * 2**30
+            elif low.endswith("gb"):
+                nbytes += float(low[:-2]) * 1e9
+            else:
+                value = float(low)
+                if not 0 <= value < 1:
+                    raise ValueError
+                fraction += value
+        except ValueError:
+            raise OptionError(
+                f"--memory-reserve {text}: expected a fraction below 1 (0.05), a percentage "
+                "(5%) or bytes (4GB, 4GiB)"
+            ) from None
+    if fraction < 0 or nbytes < 0 or fraction >= 1:
+        raise OptionError(f"--memory-reserve {text}: must leave some memory and not be negative")
+    return MemoryReserve(fraction, nbytes, str(text))
 
 
 @dataclass(frozen=True)
@@ -138,6 +206,9 @@ class PartitionOptions:
     seed: int = 0
     warm_start: Mapping[str, Any] | None = None
     """The ``partition`` section of an earlier plan.json: its plan seeds the search."""
+    memory_reserve: MemoryReserve = field(default_factory=MemoryReserve)
+    """Memory per device held back from the plan (:data:`DEFAULT_RESERVE` from the CLI
+    and the API; none here, so the solver's own tests see exact capacities)."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

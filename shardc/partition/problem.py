@@ -14,8 +14,11 @@ Scoring (the same function the solver's objective is checked against):
   (activations out, gradients back), which sits in every 1F1B slot;
 * per-step work outside the pipeline ``sync_j = n_j·sync(c_j) + [j = 0]·pro_sync(c_0) +
   [j = S−1]·epi_sync(c_S−1)`` (data-parallel gradient reduction, optimizer step);
-* **throughput** (1F1B or GPipe over M micro-batches): ``(M + S − 1)·max_j T_j +
-  (S − 1)·p2p + max_j sync_j`` — the bubble is ``S − 1`` slots of the slowest stage;
+* **throughput** (1F1B or GPipe over M micro-batches): ``(M + (S − 1)/v)·max_j T_j +
+  (S − 1)·p2p + max_j sync_j`` — the bubble is ``(S − 1)/v`` slots of the slowest stage
+  (v = 1 unless interleaved; with v virtual stages a micro-batch crosses v times as many
+  boundaries, so ``x`` counts v times, and each device holds ``1 + (S − 1)/(S·v)`` times
+  the activations, Korthikanti et al. 2022 §4.2.3);
 * **latency** (one request through the pipeline): ``Σ_j T_j + (S − 1)·p2p``;
 * memory of a stage's devices: ``n_j·(static(c_j) + act(c_j)·inflight_j) + fixed``,
   with ``inflight_j = min(S − j, M)`` under 1F1B and ``M`` under GPipe (Narayanan et
@@ -56,6 +59,9 @@ class StageConfig:
     workspace_bytes: float = 0.0
     """Per device of any stage of this configuration, once (a transient, e.g. a block
     being recomputed)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism inside the TP group (norms, dropout, residuals and
+    their activations split along the sequence)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,9 @@ class PartitionProblem:
     """Stage index -> the config names the user allows there."""
     pinned_blocks: Mapping[int, int] = field(default_factory=dict)
     """Stage index -> blocks the user fixed for it."""
+    interleave: int = 1
+    """Virtual stages per device (interleaved 1F1B, Narayanan et al. 2021 §2.2.2): each
+    stage's blocks run as ``v`` chunks, so ``n_j`` must be a multiple of ``v``."""
 
     def allowed(self, stage: int, config: str) -> bool:
         """Whether the pins let ``stage`` run ``config``."""
@@ -128,8 +137,15 @@ def stage_seconds(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) ->
     if j == len(stages) - 1:
         t += c.epilogue_seconds
     if len(stages) > 1:
-        t += c.p2p_seconds
+        t += c.p2p_seconds * p.interleave
     return t
+
+
+def activation_factor(p: PartitionProblem, stages: int) -> float:
+    """Extra in-flight activations of interleaving: ``1 + (S − 1)/(S·v)`` (1 when v = 1)."""
+    if p.interleave <= 1 or stages <= 1:
+        return 1.0
+    return 1.0 + (stages - 1) / (stages * p.interleave)
 
 
 def stage_sync(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> float:
@@ -151,7 +167,7 @@ def in_flight(p: PartitionProblem, stages: int, j: int) -> int:
 def stage_bytes(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> float:
     """Peak memory of one device of stage ``j``."""
     c = p.config(stages[j].config)
-    inflight = in_flight(p, len(stages), j)
+    inflight = in_flight(p, len(stages), j) * activation_factor(p, len(stages))
     mem = stages[j].blocks * (c.block_static_bytes + c.block_activation_bytes * inflight)
     mem += c.workspace_bytes
     if j == 0:
@@ -170,6 +186,8 @@ def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
         out.append(f"stages hold {sum(s.blocks for s in stages)} blocks, the model has {p.blocks}")
     if any(s.blocks < 1 for s in stages):
         out.append("every stage needs at least one block")
+    if p.interleave > 1 and any(s.blocks % p.interleave for s in stages):
+        out.append(f"every stage's blocks must split into {p.interleave} interleaved chunks")
     used: dict[str, int] = {}
     for j, s in enumerate(stages):
         c = p.config(s.config)
@@ -196,4 +214,5 @@ def score(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
     if p.objective == "latency":
         return sum(times) + (s - 1) * p.p2p_seconds
     sync = max(stage_sync(p, stages, j) for j in range(s))
-    return (p.microbatches + s - 1) * max(times) + (s - 1) * p.p2p_seconds + sync
+    slots = p.microbatches + (s - 1) / p.interleave
+    return slots * max(times) + (s - 1) * p.p2p_seconds + sync

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shardc.errors import InfeasibleError, OptionError, SolverTimeout
+from shardc.partition.costing import config_name
 from shardc.partition.cpsat import lower_bound, solve, stage_counts, uniform
 from shardc.partition.options import RECOMPUTES, PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
@@ -60,6 +61,7 @@ class StageResult:
     in_flight: int
     groups: tuple[tuple[str, ...], ...]
     """Per replica, the devices of the stage's TP group in tp-rank order."""
+    sequence_parallel: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for plan.json."""
@@ -68,6 +70,7 @@ class StageResult:
             "kind": self.kind,
             "tp": self.tp,
             "recompute": self.recompute,
+            "sequence_parallel": self.sequence_parallel,
             "blocks": list(self.blocks),
             "seconds": self.seconds,
             "compute_seconds": self.compute_seconds,
@@ -104,6 +107,8 @@ class PartitionResult:
     """Non-replicated strategy of each node, by the TP degree of its stage."""
     pins: Mapping[str, Any] = field(default_factory=dict)
     blocks: int = 1
+    interleave: int = 1
+    """Virtual stages per device (interleaved 1F1B); 1 is plain 1F1B."""
 
     @property
     def gap(self) -> float | None:
@@ -138,7 +143,7 @@ class PartitionResult:
             "compute": m * slow.compute_seconds,
             "tp comm": m * slow.tp_comm_seconds,
             "pp send/recv": m * slow.p2p_seconds,
-            "pipeline bubble": (self.pp - 1) * slow.seconds,
+            "pipeline bubble": (self.pp - 1) / self.interleave * slow.seconds,
             "dp sync + optimizer": max(s.sync_seconds for s in self.stages),
         }
 
@@ -156,6 +161,7 @@ class PartitionResult:
             "microbatches": self.microbatches,
             "samples_per_step": self.samples_per_step,
             "blocks": self.blocks,
+            "interleave": self.interleave,
             "step_seconds": self.step_seconds,
             "breakdown": self.breakdown(),
             "devices_used": self.devices_used,
@@ -265,7 +271,8 @@ def _stage_pins(options: PartitionOptions, configs: Sequence[Any]) -> dict[int, 
         kind = want.get("kind", pins.kind)
         tp = want.get("tp", pins.tp)
         rc = want.get("recompute")
-        if kind is None and tp is None and rc is None:
+        sp = want.get("sp", pins.sp)
+        if kind is None and tp is None and rc is None and sp is None:
             continue
         out[j] = tuple(
             c.name
@@ -273,6 +280,7 @@ def _stage_pins(options: PartitionOptions, configs: Sequence[Any]) -> dict[int, 
             if (kind is None or c.kind == kind)
             and (tp is None or c.tp == tp)
             and (rc is None or c.recompute == rc)
+            and (sp is None or c.sequence_parallel == bool(sp) or c.tp == 1)
         )
     return out
 
@@ -287,8 +295,12 @@ def _hint(
     try:
         plan = tuple(
             StagePlan(
-                f"{s['kind']}/tp{s['tp']}"
-                + (f"/{s['recompute']}" if warm.get("mode") == "training" else ""),
+                config_name(
+                    s["kind"],
+                    s["tp"],
+                    s["recompute"] if warm.get("mode") == "training" else None,
+                    bool(s.get("sequence_parallel")),
+                ),
                 int(s["blocks"][1]) - int(s["blocks"][0]) + 1,
             )
             for s in warm.get("stages", ())
@@ -336,11 +348,18 @@ def search(
     if not n:
         raise InfeasibleError("the topology has no compute devices")
     _, _, _, blocks = costing.sections
+    wants_sp = options.pins.sp or any(v.get("sp") for v in options.pins.stages.values())
+    if wants_sp and not costing.has_sequence:
+        raise OptionError(
+            "--pin sp=on: the model's blocks pass no [batch, sequence, ...] activation, so "
+            "there is no sequence to split",
+            hint="drop sp=on (sequence parallelism needs a sequence dim of length > 1)",
+        )
     tps = _tp_degrees(costing, options)
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
     widths = _widths(n, options, b)
     warm = options.warm_start
-    capacity = {k: float(costing.kinds[k].memory_bytes or _UNLIMITED) for k in sorted(costing.pool)}
+    capacity = _capacities(costing, options)
     best: tuple[float, int, int, Solution, PartitionProblem] | None = None
     tried: list[tuple[int, str, float | None]] = []
     reasons: list[str] = []
@@ -355,28 +374,32 @@ def search(
             tried.append((dp, "no configuration", None))
             continue
         max_stages = min(options.max_stages, blocks, max(1, n // dp))
-        problem = PartitionProblem(
-            blocks=blocks,
-            configs=configs,
-            devices=pool,
-            capacity=capacity,
-            dp=dp,
-            microbatches=m,
-            max_stages=max(max_stages, options.pins.pp or 1),
-            objective=options.objective,
-            schedule=options.schedule,
-            pinned_stages=options.pins.pp,
-            pinned=_stage_pins(options, configs),
-            pinned_blocks={
-                j: int(v["blocks"]) for j, v in options.pins.stages.items() if "blocks" in v
-            },
-        )
-        per = 1.0 if options.objective == "latency" else float(dp * m)
-        problems.append((problem, per))
+        for v in _interleaves(options, blocks, mode == "training"):
+            problem = PartitionProblem(
+                blocks=blocks,
+                configs=configs,
+                devices=pool,
+                capacity=capacity,
+                dp=dp,
+                microbatches=m,
+                max_stages=max(max_stages, options.pins.pp or 1),
+                objective=options.objective,
+                schedule=options.schedule,
+                pinned_stages=options.pins.pp,
+                pinned=_stage_pins(options, configs),
+                pinned_blocks={
+                    j: int(pin["blocks"])
+                    for j, pin in options.pins.stages.items()
+                    if "blocks" in pin
+                },
+                interleave=v,
+            )
+            per = 1.0 if options.objective == "latency" else float(dp * m)
+            problems.append((problem, per))
     # The even grids of every width are incumbents before any CP-SAT run: the best of
     # them is the cutoff every width must beat, and widths are tried best grid first.
     grids = {
-        problem.dp: min(
+        (problem.dp, problem.interleave): min(
             (
                 u.seconds / per
                 for s in range(1, problem.max_stages + 1)
@@ -387,7 +410,14 @@ def search(
         for problem, per in problems
     }
     warm_dp = warm.get("dp") if warm else None
-    problems.sort(key=lambda t: (t[0].dp != warm_dp, grids[t[0].dp], t[0].dp))
+    problems.sort(
+        key=lambda t: (
+            t[0].dp != warm_dp,
+            grids[(t[0].dp, t[0].interleave)],
+            t[0].dp,
+            t[0].interleave,
+        )
+    )
     incumbent = min(grids.values(), default=math.inf)
     # Budgets are CP-SAT deterministic time, never wall clock: the same input must
     # give the same plan on a loaded laptop and on an idle CI runner.
@@ -443,6 +473,51 @@ def search(
     bound = floor * (sol.seconds / per_sample if per_sample else 1.0)
     wall = time.perf_counter() - start
     return _result(costing, options, problem, sol, status, bound, tried, wall, b)
+
+
+def _interleaves(options: PartitionOptions, blocks: int, training: bool) -> list[int]:
+    """Virtual stages per device to try: the pinned ``v``, else 1, 2 and 4 (training
+    throughput only; a latency plan runs one micro-batch, where chunks only add hops).
+    """
+    v = options.pins.v
+    if v is not None:
+        if v > 1 and (options.schedule != "1f1b" or not training):
+            raise OptionError(f"--pin v={v}: interleaving needs training with the 1f1b schedule")
+        if blocks % v:
+            raise OptionError(
+                f"--pin v={v}: the model's {blocks} blocks do not split into {v} interleaved "
+                "chunks per stage",
+                hint=f"use a v that divides {blocks}",
+            )
+        if options.pins.pp and blocks % (options.pins.pp * v):
+            raise OptionError(
+                f"--pin v={v},pp={options.pins.pp}: {blocks} blocks do not split into "
+                f"pp × v = {options.pins.pp * v} equal chunks"
+            )
+        return [v]
+    if options.objective == "latency" or options.schedule != "1f1b" or not training:
+        return [1]
+    return [1] + [v for v in (2, 4) if blocks % v == 0 and blocks >= 2 * v]
+
+
+def _capacities(costing: Costing, options: PartitionOptions) -> dict[str, float]:
+    """Usable bytes per device of each kind: its memory less ``--memory-reserve``."""
+    out = {}
+    reserve = options.memory_reserve
+    for k in sorted(costing.pool):
+        raw = costing.kinds[k].memory_bytes
+        if not raw:
+            out[k] = _UNLIMITED
+            continue
+        usable = reserve.usable(float(raw))
+        if usable <= 0:
+            raise OptionError(
+                f"--memory-reserve {reserve.text} leaves nothing of {k}'s "
+                f"{raw / 1e9:.4g} GB per device",
+                hint="reserve a smaller fraction or fewer GB",
+            )
+        out[k] = usable
+    return out
 
 
 def _floor(problem: PartitionProblem) -> float:
@@ -508,12 +583,13 @@ def _result(
     strategies: dict[str, str] = {}
     for j, st in enumerate(stages):
         c = problem.config(st.config)
-        b_part = costing.part(block, c.kind, c.tp, c.recompute)
+        sp = c.sequence_parallel
+        b_part = costing.part(block, c.kind, c.tp, c.recompute, sp)
         ends = []
         if j == 0 and pro:
-            ends.append(costing.part(pro, c.kind, c.tp, "none"))
+            ends.append(costing.part(pro, c.kind, c.tp, "none", sp))
         if j == len(stages) - 1 and epi:
-            ends.append(costing.part(epi, c.kind, c.tp, "none"))
+            ends.append(costing.part(epi, c.kind, c.tp, "none", sp))
         compute = st.blocks * b_part.compute + sum(e.compute for e in ends)
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
         out.append(
@@ -526,12 +602,13 @@ def _result(
                 seconds=stage_seconds(problem, stages, j),
                 compute_seconds=compute,
                 tp_comm_seconds=comm,
-                p2p_seconds=c.p2p_seconds if len(stages) > 1 else 0.0,
+                p2p_seconds=c.p2p_seconds * problem.interleave if len(stages) > 1 else 0.0,
                 sync_seconds=stage_sync(problem, stages, j),
                 memory_bytes=stage_bytes(problem, stages, j),
                 capacity_bytes=problem.capacity[c.kind],
                 in_flight=in_flight(problem, len(stages), j),
                 groups=tuple(placement.tp_group(r, j) for r in range(problem.dp)),
+                sequence_parallel=sp,
             )
         )
         first += st.blocks
@@ -559,6 +636,7 @@ def _result(
         strategies=strategies,
         pins=options.pins.to_json(),
         blocks=problem.blocks,
+        interleave=problem.interleave,
     )
 
 

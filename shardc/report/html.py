@@ -293,7 +293,8 @@ def _stages(plan: dict[str, Any]) -> str:
             f"<td>{escape(st['kind'])}</td>"
             f'<td class="num">{st["tp"]}</td>'
             f"<td>{first}–{last}</td>"
-            f"<td>{escape(str(st['recompute']))}</td>"
+            f"<td>{escape(str(st['recompute']) + (' +SP' if st.get('sequence_parallel') else ''))}"
+            "</td>"
             f'<td class="num">{escape(_seconds(st["seconds"]))}</td>'
             f"<td>{_bar(share)}{escape(memory)}</td>"
             f'<td class="num">{escape(bw)}</td>'

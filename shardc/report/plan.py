@@ -46,8 +46,10 @@ def render_plan(plan: dict[str, Any]) -> Group:
         head.add_row(
             "step",
             f"{_seconds(plan['step_seconds'])} for {plan['samples_per_step']} samples "
-            f"({plan['microbatches']} micro-batches per replica, "
-            f"{markup_safe(plan['schedule'])})",
+            f"({plan['microbatches']} micro-batches per replica, {markup_safe(plan['schedule'])}"
+            + (f", {plan['interleave']} virtual stages per device" if plan.get("interleave", 1) > 1
+               else "")
+            + ")",
         )
         if plan["step_seconds"]:
             head.add_row(
@@ -76,7 +78,7 @@ def render_plan(plan: dict[str, Any]) -> Group:
             markup_safe(st["kind"]),
             str(st["tp"]),
             f"{first}–{last}",
-            markup_safe(st["recompute"]),
+            markup_safe(st["recompute"]) + (" +SP" if st.get("sequence_parallel") else ""),
             _seconds(st["seconds"]),
             f"{human(st['memory_bytes'], 'B')} {share:.0%}",
             f"{domain / 1e9:.3g} GB/s" if st["tp"] > 1 and domain else "-",

@@ -86,7 +86,9 @@ def test_bf16_halves_weights_and_prices_gemms_at_the_bf16_peak(gpt: object) -> N
     _, block, _, _ = costing_for(fp32).sections
     p32 = costing_for(fp32).part(block, "mixed", 1, "none")
     p16 = costing_for(bf16).part(block, "mixed", 1, "none")
-    assert p16.static * 2 == p32.static and p16.activation * 2 == p32.activation
+    assert p16.static * 2 == p32.static
+    # activations halve, but for the dropout masks, one byte per element in any precision
+    assert p16.activation < p32.activation < 2 * p16.activation
     assert p16.params == p32.params and p16.compute < p32.compute / 4
     # the programs' graph keeps the model's types; only the priced one changed
     assert bf16.graph is bf16.model.graph and bf16.precision.graph is not bf16.graph
