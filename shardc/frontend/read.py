@@ -17,15 +17,13 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from shardc.errors import ModelError
+from shardc.frontend import guard
 
 
 def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Parse ``path`` as ONNX without loading external weights."""
     p = Path(path)
-    if not p.exists():
-        raise ModelError("no such file", where=str(p))
-    if p.is_dir():
-        raise ModelError("is a directory, expected an .onnx file", where=str(p))
+    guard.check_file(p)  # before opening: a FIFO blocks, /dev/zero never ends
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
