@@ -186,7 +186,7 @@ def _matmul(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
         return [None]
     sa, sb = list(a.shape), list(b.shape)
     if not sa or not sb:
-        return [None]
+        raise BadNode("an input is a scalar; MatMul needs inputs of rank 1 or more")
     squeeze_a, squeeze_b = len(sa) == 1, len(sb) == 1
     if squeeze_a:
         sa = [1, *sa]

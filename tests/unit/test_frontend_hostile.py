@@ -67,6 +67,15 @@ def test_attributes_out_of_range_name_the_node(tmp_path: Path) -> None:
                         [x, idx]), tmp_path, "node 'g' (Gather)", f"axis {axis} is out of")
 
 
+def test_a_scalar_matmul_input_names_the_node() -> None:
+    """Found by the fuzz run: it loaded, then the cost model failed with an IndexError."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [])
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "W")
+    node = helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")
+    with pytest.raises(ModelError, match="node 'mm' \\(MatMul\\): an input is a scalar"):
+        load_model(_model(node, [x], initializers=[w]))
+
+
 def test_names_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
     data = _transpose().SerializeToString()
     assert data.count(b"\x1a\x02tr") == 1  # NodeProto.name, field 3
