@@ -14,7 +14,7 @@ shrinkable one hypothesis draws (``st.randoms(use_true_random=False)``), the lon
   or its bytes (truncated, flipped, spliced).
 
 :func:`run_dsl` and :func:`run_onnx` run one case the way ``shardc topo check`` and
-``shardc inspect`` load it, and :func:`outcome` classifies what happened: ``accepted``,
+``shardc inspect`` run it, and :func:`outcome` classifies what happened: ``accepted``,
 ``handled`` (a :class:`~shardc.errors.ShardcError`) or ``unhandled`` (anything else).
 """
 
@@ -324,7 +324,7 @@ def _mutate_proto(rng: random.Random, model: onnx.ModelProto) -> None:
                 t.ClearField("raw_data")
                 t.data_location = TensorProto.EXTERNAL
                 del t.external_data[:]
-                t.external_data.add(key="location", value=rng.choice(["w.bin", "../w.bin",
+                t.external_data.add(key="location", value=rng.choice(["w.bin", "../w.bin", "w\x00.bin",
                                                                       "/etc/passwd", ""]))
             key = rng.choice(["offset", "length", "location", "checksum"])
             value = rng.choice(["abc", "-5", "0", "32", "64", "1.5", str(2**70), " 8", ""])
@@ -378,13 +378,15 @@ def onnx_case(rng: random.Random) -> bytes:
 
 
 def run_onnx(data: bytes, folder: Path) -> None:
-    """Write the case into ``folder`` (with its ``w.bin``) and load it as ``inspect`` does."""
-    from shardc.frontend import load_model
+    """Write the case into ``folder`` (with its ``w.bin``) and analyse it as ``inspect``
+    does: load, then the analysis passes (costs), which read what loading let through.
+    """
+    from shardc.compiler import analyse
 
     (folder / "w.bin").write_bytes(b"\1" * EXTERNAL_BYTES)
     path = folder / "case.onnx"
     path.write_bytes(data)
-    load_model(path)
+    analyse(path)
 
 
 # ---------------------------------------------------------------- outcomes

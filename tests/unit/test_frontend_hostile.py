@@ -164,6 +164,19 @@ def test_bad_external_data_fields_are_refused_at_load(
     assert code == 2 and "initializer 'W'" in out and fragment in out, out
 
 
+def test_external_locations_that_are_not_text_are_refused(tmp_path: Path) -> None:
+    """Found by the fuzz run: a location that is not UTF-8 was a TypeError in pathlib."""
+    path = _external(tmp_path, "0", "64")
+    data = path.read_bytes()
+    assert data.count(b"w.bin") == 1
+    path.write_bytes(data.replace(b"w.bin", b"w\xffbin"))
+    code, out = _inspect(path)
+    assert code == 2 and "an external_data entry is not valid UTF-8" in out, out
+    path.write_bytes(data.replace(b"w.bin", b"w\x00bin"))
+    code, out = _inspect(path)
+    assert code == 2 and "location has a NUL character" in out, out
+
+
 def test_short_external_data_is_refused_before_emitting(tmp_path: Path) -> None:
     """It used to plan, emit an invalid device file and exit 0."""
     path = _external(tmp_path, "32", "64")
