@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 
 from shardc.errors import ModelError
-from shardc.frontend import read, shapes
+from shardc.frontend import guard, read, shapes
 from shardc.frontend.convert import convert_graph, weight_ref
 from shardc.frontend.weights import OnnxWeightSource
 from shardc.ir import Graph, Model, TensorType, Value, verify_graph
@@ -64,6 +64,11 @@ def load_model(
     :class:`shardc.errors.OptionError` for dims the model does not have.
     """
     proto, base_dir, where = to_model_proto(model, example_inputs=example_inputs)
+    # what ONNX's checker lets through but would crash or mislead us later
+    guard.check_strings(proto, where=where)
+    guard.check_opsets(proto, where=where)
+    guard.check_types(proto, where=where)
+    guard.check_external(proto, base_dir, where=where)
     skel = shapes.skeleton(proto)
     if check:
         read.check_model(shapes.checkable(skel), where=where)
@@ -82,7 +87,10 @@ def load_model(
     for name, ref in refs.items():
         v = values[name]
         values[name] = Value(name, v.type, weight=ref, const=ref.small_value)
-    graph, _ = shapes.propagate(graph.replace(values=values))
+    graph = graph.replace(values=values)
+    guard.check_dims(graph, where=where)  # declared and inferred dims
+    graph, _ = shapes.propagate(graph, where=where)
+    guard.check_dims(graph, where=where)  # and those our rules computed
     verify_graph(graph)
     return Model(
         graph=graph,

@@ -8,10 +8,12 @@ the node as one opaque unit.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 
 import onnx
 
+from shardc.errors import ModelError
 from shardc.frontend.read import external_info
 from shardc.ir import Attribute, AttrValue, DType, Graph, Node, TensorType, Value, WeightRef
 
@@ -68,8 +70,12 @@ def small_tensor_value(t: onnx.TensorProto) -> tuple[int | float, ...] | None:
         onnx.TensorProto.BOOL,
     ):
         return None
-    arr = onnx.numpy_helper.to_array(t)
-    return tuple(int(x) for x in arr.reshape(-1).tolist())
+    try:
+        arr = onnx.numpy_helper.to_array(t)
+        return tuple(int(x) for x in arr.reshape(-1).tolist())
+    except (ValueError, TypeError) as exc:  # data that does not match dims and type
+        raise ModelError(f"tensor {t.name!r} of dims {list(t.dims)}: its data does not match "
+                         f"its dims and type ({exc})") from None
 
 
 def weight_ref(t: onnx.TensorProto) -> WeightRef:
@@ -147,7 +153,12 @@ def convert_graph(
     ``function_body(node, types)`` returns the IR body of a call to a model-local
     function (or None); it is supplied by the frontend, which owns the function table.
     """
-    outer_types = dict(outer_types or {})
+    # ``scope`` is every name visible to a node: this graph's values over the outer scope,
+    # kept up to date as nodes are converted. Built once and updated in place (it was
+    # rebuilt per node: loading was quadratic, 40k nodes took two minutes); bodies and
+    # function calls only read it during the call, and chain to it instead of copying it.
+    outer_map: Mapping[str, TensorType | None] = outer_types or {}
+    scope: ChainMap[str, TensorType | None] = ChainMap({}, outer_map)  # type: ignore[arg-type]
     types: dict[str, TensorType | None] = {}
     for vi in (*g.input, *g.value_info, *g.output):
         t = tensor_type(vi.type)
@@ -161,16 +172,19 @@ def convert_graph(
     for name in (*[i.name for i in g.input], *[o.name for o in g.output]):
         if name not in values:
             values[name] = Value(name, types.get(name))
+    scope.update((k, v.type) for k, v in values.items())
 
     defined = set(values)
     outer: list[str] = []
+    outer_seen: set[str] = set()
     nodes: list[Node] = []
     for proto, name in zip(g.node, unique_node_names(g.node, prefix), strict=True):
         for i in proto.input:
-            if i and i not in defined and i not in outer:
+            if i and i not in defined and i not in outer_seen:
                 outer.append(i)
-                values[i] = Value(i, outer_types.get(i, types.get(i)))
-        scope = {**outer_types, **{k: v.type for k, v in values.items()}}
+                outer_seen.add(i)
+                values[i] = Value(i, outer_map.get(i, types.get(i)))
+                scope[i] = values[i].type
         subgraphs: list[Graph] = []
         for a in proto.attribute:
             bodies = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
@@ -191,6 +205,7 @@ def convert_graph(
         for o in proto.output:
             if o:
                 values[o] = Value(o, types.get(o), const=const)
+                scope[o] = values[o].type
                 defined.add(o)
         nodes.append(
             Node(
@@ -208,11 +223,12 @@ def convert_graph(
         if o.name not in values:
             values[o.name] = Value(o.name, types.get(o.name))
             outer.append(o.name)
+    weights = {t.name for t in g.initializer}
     return Graph(
         name=g.name,
         nodes=tuple(nodes),
         values=values,
-        inputs=tuple(i.name for i in g.input if i.name not in {t.name for t in g.initializer}),
+        inputs=tuple(i.name for i in g.input if i.name not in weights),
         outputs=tuple(o.name for o in g.output),
         initializers=tuple(t.name for t in g.initializer),
         outer=tuple(outer),

@@ -17,15 +17,13 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from shardc.errors import ModelError
+from shardc.frontend import guard
 
 
 def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Parse ``path`` as ONNX without loading external weights."""
     p = Path(path)
-    if not p.exists():
-        raise ModelError("no such file", where=str(p))
-    if p.is_dir():
-        raise ModelError("is a directory, expected an .onnx file", where=str(p))
+    guard.check_file(p)  # before opening: a FIFO blocks, /dev/zero never ends
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
@@ -34,6 +32,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         ) from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelError("not an ONNX model: it has no graph", where=str(p))
+    guard.check_strings(model, where=str(p))  # before any name is used as a path
     check_external_locations(model, p.parent.resolve(), where=str(p))
     return model
 
@@ -75,6 +74,9 @@ def check_external_locations(model: onnx.ModelProto, base: Path, *, where: str) 
                 f"initializer {tensor.name!r} is marked external but names no location",
                 where=where,
             )
+        if "\x00" in loc:
+            raise ModelError(f"initializer {tensor.name!r}: external data location has a NUL "
+                             "character", where=where)
         lp = Path(loc)
         if lp.is_absolute() or lp.drive or ".." in lp.parts:
             raise ModelError(

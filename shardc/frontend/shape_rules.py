@@ -43,7 +43,24 @@ def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
     return tuple(out)
 
 
+class BadNode(Exception):
+    """A node's attributes or constant inputs do not fit its input shapes (a user error:
+    the frontend reports it as a ModelError naming the node).
+    """
+
+
 def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _axis(axis: object, rank: int, what: str = "axis", *, inclusive: bool = False) -> int:
+    """``axis`` checked against ``rank`` (``-rank <= axis < rank``) and made non-negative.
+
+    ``inclusive`` also allows ``rank`` itself (Flatten's axis).
+    """
+    top = rank + 1 if inclusive else rank
+    if not isinstance(axis, int) or not -rank <= axis < top:
+        raise BadNode(f"{what} {axis} is out of range for a rank-{rank} input")
     return axis + rank if axis < 0 else axis
 
 
@@ -169,7 +186,7 @@ def _matmul(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
         return [None]
     sa, sb = list(a.shape), list(b.shape)
     if not sa or not sb:
-        return [None]
+        raise BadNode("an input is a scalar; MatMul needs inputs of rank 1 or more")
     squeeze_a, squeeze_b = len(sa) == 1, len(sb) == 1
     if squeeze_a:
         sa = [1, *sa]
@@ -198,6 +215,9 @@ def _transpose(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     if t is None or t.shape is None:
         return [None]
     perm = _ints(node.attr("perm")) or tuple(reversed(range(len(t.shape))))
+    if sorted(perm) != list(range(len(t.shape))):
+        raise BadNode(f"perm {list(perm)} is not a permutation of the {len(t.shape)} dims of "
+                      "its input")
     return [TensorType(t.dtype, tuple(t.shape[p] for p in perm))]
 
 
@@ -238,7 +258,9 @@ def _unsqueeze(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     if t is None or t.shape is None or axes is None:
         return [None]
     rank = len(t.shape) + len(axes)
-    norm = sorted(_norm_axis(a, rank) for a in axes)
+    norm = sorted(_axis(a, rank, "axes entry") for a in axes)
+    if len(set(norm)) != len(norm):
+        raise BadNode(f"axes {list(axes)} name a dim twice")
     dims = list(t.shape)
     for a in norm:
         dims.insert(a, 1)
@@ -255,7 +277,7 @@ def _squeeze(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
         if not t.is_static:
             return [None]
         return [TensorType(t.dtype, tuple(d for d in t.shape if d != 1))]
-    drop = {_norm_axis(a, len(t.shape)) for a in axes}
+    drop = {_axis(a, len(t.shape), "axes entry") for a in axes}
     return [TensorType(t.dtype, tuple(d for i, d in enumerate(t.shape) if i not in drop))]
 
 
@@ -265,7 +287,9 @@ def _concat(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
         return [None]
     first = ts[0]
     assert first is not None and first.shape is not None
-    axis = _norm_axis(int(node.attr("axis", 0)), len(first.shape))  # type: ignore[arg-type]
+    axis = _axis(node.attr("axis", 0), len(first.shape))
+    if any(len(t.shape) != len(first.shape) for t in ts):  # type: ignore[union-attr,arg-type]
+        raise BadNode("its inputs have different ranks")
     parts = [t.shape[axis] for t in ts]  # type: ignore[union-attr,index]
     total: Dim = sum(parts) if all(isinstance(p, int) for p in parts) else None  # type: ignore[arg-type]
     dims = list(first.shape)
@@ -278,7 +302,7 @@ def _gather(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     data, idx = ts[0], ts[1]
     if data is None or idx is None or data.shape is None or idx.shape is None:
         return [None]
-    axis = _norm_axis(int(node.attr("axis", 0)), len(data.shape))  # type: ignore[arg-type]
+    axis = _axis(node.attr("axis", 0), len(data.shape))
     shape = (*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :])
     return [TensorType(data.dtype, shape)]
 
@@ -318,7 +342,7 @@ def _reduce(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
         if node.attr("noop_with_empty_axes", 0):  # axes absent or empty
             return [t]
         axes = tuple(range(len(t.shape)))
-    drop = {_norm_axis(a, len(t.shape)) for a in axes}
+    drop = {_axis(a, len(t.shape), "axes entry") for a in axes}
     dims = [1 if i in drop else d for i, d in enumerate(t.shape) if keep or i not in drop]
     return [TensorType(t.dtype, tuple(dims))]
 
@@ -329,7 +353,7 @@ def _flatten(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     if t is None or not t.is_static:
         return [None]
     assert t.shape is not None
-    axis = _norm_axis(int(node.attr("axis", 1)), len(t.shape))  # type: ignore[arg-type]
+    axis = _axis(node.attr("axis", 1), len(t.shape), inclusive=True)
     left = 1
     for d in t.shape[:axis]:
         left *= int(d or 0)
@@ -341,7 +365,7 @@ def _split(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     t, n = ts[0], len(node.outputs)
     if t is None or t.shape is None:
         return [None] * n
-    axis = _norm_axis(int(node.attr("axis", 0)), len(t.shape))  # type: ignore[arg-type]
+    axis = _axis(node.attr("axis", 0), len(t.shape))
     sizes = node.attr("split") or (cs[1] if len(cs) > 1 else None)
     total = t.shape[axis]
     if sizes is None:

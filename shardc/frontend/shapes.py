@@ -14,7 +14,8 @@ from collections.abc import Mapping
 import onnx
 
 from shardc.errors import ModelError, OptionError
-from shardc.frontend.shape_rules import apply_rule
+from shardc.frontend.guard import MAX_ELEMENTS
+from shardc.frontend.shape_rules import BadNode, apply_rule
 from shardc.ir import Graph, TensorType, Value
 
 _KEEP_INLINE_BYTES = 4096
@@ -108,6 +109,8 @@ def bind_dims(model: onnx.ModelProto, dims: Mapping[str, int], *, where: str) ->
     for name, v in dims.items():
         if not isinstance(v, int) or v <= 0:
             raise OptionError(f"--dim {name}={v}: a dim must be a positive integer")
+        if v > MAX_ELEMENTS:
+            raise OptionError(f"--dim {name}={v}: a dim is at most {MAX_ELEMENTS:,}")
     for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
         if not vi.type.HasField("tensor_type"):
             continue
@@ -128,7 +131,7 @@ def infer(model: onnx.ModelProto, *, where: str) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(
             model, check_type=False, strict_mode=False, data_prop=True
         )
-    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
         raise ModelError(
             f"shape inference failed: {str(exc).splitlines()[0]}", where=where
         ) from None
@@ -149,8 +152,13 @@ def _merge(old: TensorType | None, new: TensorType | None) -> TensorType | None:
     return TensorType(old.dtype, dims)
 
 
-def propagate(graph: Graph) -> tuple[Graph, int]:
-    """Fill unknown output types with our rules; returns the graph and values improved."""
+def propagate(graph: Graph, *, where: str = "<model>") -> tuple[Graph, int]:
+    """Fill unknown output types with our rules; returns the graph and values improved.
+
+    A rule that finds a node's attributes at odds with its input shapes (a Transpose
+    ``perm`` naming dim 5 of a matrix, a Concat ``axis`` of 7) is the model's mistake:
+    :class:`ModelError` naming the node, never an IndexError.
+    """
     values = dict(graph.values)
     improved = 0
     for node in graph.nodes:
@@ -160,7 +168,15 @@ def propagate(graph: Graph) -> tuple[Graph, int]:
         ins = [values.get(i) if i else None for i in node.inputs]
         ts = [v.type if v else None for v in ins]
         cs = [v.const if v else None for v in ins]
-        new_types = apply_rule(node, ts, cs)
+        try:
+            new_types = apply_rule(node, ts, cs)
+        except BadNode as exc:
+            raise ModelError(f"node {node.name!r} ({node.op_type}): {exc}", where=where) from None
+        except (IndexError, ValueError, TypeError, KeyError, ZeroDivisionError,
+                OverflowError) as exc:  # malformed attributes the rule did not foresee
+            raise ModelError(f"node {node.name!r} ({node.op_type}): its attributes or constant "
+                             f"inputs do not fit its input shapes ({type(exc).__name__}: {exc})",
+                             where=where) from None
         if new_types is None:
             continue
         for name, old, new in zip(node.outputs, outs, new_types, strict=True):

@@ -15,12 +15,13 @@ The order of work matters and is, in one place:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from fractions import Fraction
 
 from shardc.errors import OptionError
-from shardc.topology import fabrics
+from shardc.topology import fabrics, limits
 from shardc.topology.diagnostics import did_you_mean
 from shardc.topology.kinds import build_kinds
 from shardc.topology.model import Device, Link, Switch, Topology
@@ -49,7 +50,7 @@ class Elaborator:
 
     def __init__(self, sources: Mapping[str, str], overrides: Mapping[str, Override]):
         self.overrides = dict(overrides)
-        shown = " ".join(f"--set {k}={v}" for k, v in self.overrides.items())
+        shown = " ".join(f"--set {k}={_shown(v)}" for k, v in self.overrides.items())
         self.env = Env({}, sources, shown)
         self.kind_defs: dict[str, KindDef] = {}
         self.devs: list[Dev] = []
@@ -58,6 +59,7 @@ class Elaborator:
         self.link_at: dict[tuple[str, str, str], Pos] = {}
         self.specs: dict[int, fabrics.Spec] = {}
         self.root = Scope("")
+        self.instances = 0  # group instances so far (limits.MAX_GROUP_INSTANCES)
 
     def run(self, stmts: list[Stmt], name: str, source: str | None) -> Topology:
         """Elaborate the whole program (see the module docstring for the order)."""
@@ -153,7 +155,9 @@ class Elaborator:
             raise self.env.error(f"unknown kind '{stmt.kind}'", stmt.kind_pos,
                                  did_you_mean(stmt.kind, self.kind_defs, listing="kinds"))
         ranged = stmt.selector is not None
-        for index in self._indices(stmt):
+        indices = self._indices(stmt)
+        self.env.count("devices", len(self.devs) + len(indices), limits.MAX_DEVICES, stmt.pos)
+        for index in indices:
             local = stmt.name if index is None else f"{stmt.name}{index}"
             dev = Dev(scope.child(local), stmt.kind, len(self.devs), stmt.name_pos)
             scope.declare(self.env, Member(local, stmt.name, index, dev, stmt.name_pos, ranged))
@@ -161,7 +165,10 @@ class Elaborator:
 
     def _group(self, stmt: GroupDecl, scope: Scope) -> None:
         ranged = stmt.selector is not None
-        for index in self._indices(stmt):
+        indices = self._indices(stmt)
+        self.instances += len(indices)
+        self.env.count("group instances", self.instances, limits.MAX_GROUP_INSTANCES, stmt.pos)
+        for index in indices:
             local = stmt.name if index is None else f"{stmt.name}{index}"
             child = Scope(scope.child(local))
             scope.declare(self.env, Member(local, stmt.name, index, child, stmt.name_pos, ranged))
@@ -207,6 +214,7 @@ class Elaborator:
     def add_switch(self, full: str, kind: str, plane: str, fabric: str, tier: str,
                    pos: Pos) -> Sw:
         """Create a switch node (names are checked by the scope that holds it)."""
+        self.env.count("switches", len(self.sws) + 1, limits.MAX_SWITCHES, pos)
         switch = Sw(full, kind, plane, fabric, tier, pos)
         self.sws.append(switch)
         return switch
@@ -220,6 +228,7 @@ class Elaborator:
             raise self.env.error(f"'{a}' and '{b}' are already linked on plane '{plane}' "
                                  f"(at {first.where()})", pos,
                                  "put the second link on another plane, or remove one")
+        self.env.count("links", len(self.links) + 1, limits.MAX_LINKS, pos)
         self.link_at[key] = pos
         self.links.append(Link(a, b, bandwidth, latency, kind, plane, fabric, efficiency))
 
@@ -260,22 +269,51 @@ def _plain(value: ParamValue) -> int | float | str:
     return int(value) if value.denominator == 1 else float(value)
 
 
-def _coerce(name: str, raw: Override, default: ParamValue) -> ParamValue:
-    """An override as a parameter value of the same sort (number or string) as the default."""
-    if isinstance(raw, bool):
-        raise OptionError(f"parameter '{name}' takes a number or a string, not {raw}")
-    if isinstance(raw, int | float):
-        number: Fraction | None = Fraction(str(raw))
-    else:
-        try:
-            number = Fraction(raw.strip().replace("_", ""))
-        except (ValueError, ZeroDivisionError):
-            number = None
+def _shown(raw: object) -> str:
+    """An override as hints quote it; a huge API integer by its size (str() would fail)."""
+    if isinstance(raw, int) and raw.bit_length() > 256:
+        return f"<a {raw.bit_length()}-bit integer>"
+    text = str(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _coerce(name: str, raw: object, default: ParamValue) -> ParamValue:
+    """An override as a parameter value of the same sort (number or string) as the default.
+
+    ``raw`` comes from the command line (a string) or the Python API (anything), so
+    every other type, NaN, infinities and numbers beyond the language's limits are
+    :class:`OptionError`, never a ValueError from deep inside.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise OptionError(f"parameter '{name}' takes a number or a string, not {raw!r}",
+                          hint=f"e.g. --set {name}={_plain(default)}")
     if isinstance(default, str):
         return str(raw)
+    number = _override_number(name, raw)
     if number is None:
         raise OptionError(
             f"parameter '{name}' is a number (default {_plain(default)}), got {raw!r}",
             hint=f"e.g. --set {name}={_plain(default)}",
         )
-    return number
+    try:
+        return limits.check_value(number)
+    except limits.LimitError as exc:
+        raise OptionError(f"parameter '{name}': {exc.message}", hint=exc.hint) from None
+
+
+def _override_number(name: str, raw: int | float | str) -> Fraction | None:
+    """The exact value of a numeric override, or None if it is not a number."""
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise OptionError(f"parameter '{name}' must be a finite number, got {raw}")
+    if isinstance(raw, int):
+        return Fraction(raw)
+    text = str(raw).strip()
+    top, slash, bottom = text.partition("/")
+    try:
+        if slash:  # '1/3': both sides plain literals
+            return limits.literal(top.strip()) / limits.literal(bottom.strip())
+        return limits.literal(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    except limits.LimitError as exc:
+        raise OptionError(f"parameter '{name}': {exc.message}", hint=exc.hint) from None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardc.errors import TopologyError
+from shardc.topology import limits
 from shardc.topology.diagnostics import error_at
 from shardc.topology.elaborate import Elaborator, Override
 from shardc.topology.model import Topology
@@ -192,8 +193,9 @@ def load_topology(
 
 def _read(path: Path, include: tuple[Include, Mapping[str, str]] | None) -> str:
     try:
+        limits.check_file(path)  # a FIFO or /dev/zero would block or fill memory
         return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, limits.LimitError) as exc:
         reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
         hint = None
         if include is None and not path.suffix:
@@ -259,6 +261,9 @@ def _splice(
             raise error_at(f"include cycle: {chain}", stmt.path_pos, sources)
         if key in done:
             continue
+        if len(stack) > limits.MAX_INCLUDE_DEPTH:
+            raise error_at(f"includes nested more than {limits.MAX_INCLUDE_DEPTH} deep",
+                           stmt.path_pos, sources, "include the shared files from one place")
         text = _read(target, (stmt, sources))
         shown = _display(target)
         sources[shown] = text

@@ -13,10 +13,13 @@ from fractions import Fraction
 from pathlib import Path as FsPath
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedInput
+from lark.exceptions import UnexpectedInput, VisitError
 from lark.tree import Meta
 
+from shardc.errors import ShardcError, TopologyError
+from shardc.topology import limits
 from shardc.topology import syntax as ast
+from shardc.topology.diagnostics import error_at
 from shardc.topology.syntax_errors import explain_syntax_error
 
 _GRAMMAR = FsPath(__file__).with_name("grammar.lark")
@@ -42,10 +45,25 @@ def parse(text: str, *, file: str = "<text>") -> ast.Module:
     """
     parser = lark_parser()
     try:
+        limits.check_source_size(len(text.encode("utf-8", "surrogatepass")))
+    except limits.LimitError as exc:
+        raise TopologyError(exc.message, file=file, hint=exc.hint) from None
+    try:
         tree = parser.parse(text)
     except UnexpectedInput as exc:
         raise explain_syntax_error(exc, text, file, parser) from None
-    stmts = _ToAst(file).transform(tree)
+    try:
+        limits.check_tree(tree)  # before the recursive transformer can overflow the stack
+    except limits.LimitError as exc:
+        line, column = exc.line or 1, exc.column or 1
+        raise error_at(exc.message, ast.Pos(file, line, column, line, column + 1),
+                       {file: text}, exc.hint) from None
+    try:
+        stmts = _ToAst(file, text).transform(tree)
+    except VisitError as exc:  # lark wraps what a rule raises; ours are user errors
+        if isinstance(exc.orig_exc, ShardcError):
+            raise exc.orig_exc from None
+        raise
     return ast.Module(file=file, text=text, stmts=tuple(stmts))
 
 
@@ -71,9 +89,10 @@ def _body(children: list) -> tuple[ast.Stmt, ...]:
 class _ToAst(Transformer):
     """Builds the dataclass tree bottom-up; each method sees already-built children."""
 
-    def __init__(self, file: str):
+    def __init__(self, file: str, text: str):
         super().__init__()
         self.file = file
+        self.text = text
 
     def _p(self, meta: Meta | Token) -> ast.Pos:
         return _pos(self.file, meta)
@@ -161,7 +180,12 @@ class _ToAst(Transformer):
         return ast.String(str(c[0])[1:-1], self._p(meta))
 
     def number(self, meta, c):
-        return ast.Number(Fraction(str(c[0]).replace("_", "")), self._p(meta))
+        pos = self._p(meta)
+        try:
+            value: Fraction = limits.literal(str(c[0]))
+        except limits.LimitError as exc:
+            raise error_at(exc.message, pos, {self.file: self.text}, exc.hint) from None
+        return ast.Number(value, pos)
 
     def add(self, meta, c):
         return ast.BinOp("+", c[0], c[1], self._p(meta))

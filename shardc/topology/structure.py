@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shardc.topology import limits
 from shardc.topology.diagnostics import did_you_mean
 from shardc.topology.syntax import Path, Pos, Segment, SelIndex, SelItem, SelRange, SelStar
 from shardc.topology.values import Env
@@ -112,9 +113,12 @@ def eval_selector(
 ) -> list[int] | None:
     """The indices a selector denotes, ascending; ``None`` means ``[*]`` (all).
 
-    In a declaration every index must be explicit and distinct.
+    In a declaration every index must be explicit and distinct. The number of indices is
+    checked against :data:`~shardc.topology.limits.MAX_DEVICES` before any list is built,
+    so ``gpu[0..1e9]`` is an error, not a MemoryError.
     """
     indices: list[int] = []
+    total = 0
     for item in items:
         if isinstance(item, SelStar):
             if declaring:
@@ -126,6 +130,8 @@ def eval_selector(
             return None
         if isinstance(item, SelIndex):
             indices.append(env.integer(item.expr, "an index"))
+            total += 1
+            env.count("indices in one selector", total, limits.MAX_DEVICES, item.pos)
             continue
         assert isinstance(item, SelRange)
         lo = env.integer(item.lo, "a range start")
@@ -135,6 +141,8 @@ def eval_selector(
             if env.overridden:
                 hint += f"; parameters were overridden: {env.overridden}"
             raise env.error(f"empty range {lo}..{hi}", item.pos, hint)
+        total += hi - lo + 1
+        env.count("indices in one selector", total, limits.MAX_DEVICES, item.pos)
         indices.extend(range(lo, hi + 1))
     if declaring and len(set(indices)) != len(indices):
         raise env.error("the selector names an index twice", items[0].pos)
@@ -147,7 +155,8 @@ def _match(env: Env, scope: Scope, seg: Segment) -> list[Scope | Dev | Sw | Rese
     if seg.selector is None:
         member = scope.members.get(seg.name)
         return [member.node] if member is not None else []
-    wanted = eval_selector(env, seg.selector, declaring=False)
+    listed = eval_selector(env, seg.selector, declaring=False)
+    wanted = None if listed is None else set(listed)  # a set: membership per member
     chosen = [
         m for m in scope.by_base.get(seg.name, ())
         if m.index is not None and (wanted is None or m.index in wanted)
@@ -176,7 +185,11 @@ def resolve(env: Env, scope: Scope, path: Path, *, expand: bool = True) -> list[
                                  seg.pos.end_line, seg.pos.end_column))
             raise env.error(f"'{shown}' matches nothing {scope.label()}", seg.pos, hint)
         current = found
-    return _flatten(env, current, path, expand)
+    out = _flatten(env, current, path, expand)
+    env.selected += len(out)
+    env.count("pattern matches in all (members, link ends)", env.selected,
+              limits.MAX_SELECTED, path.pos)
+    return out
 
 
 def _flatten(env: Env, nodes: list, path: Path, expand: bool) -> list[Node]:

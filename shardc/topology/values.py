@@ -9,11 +9,11 @@ each property expects and says so when a value does not fit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from shardc.errors import TopologyError
-from shardc.topology import units
+from shardc.topology import limits, units
 from shardc.topology.diagnostics import did_you_mean, error_at
 from shardc.topology.syntax import BinOp, Expr, Number, Path, Pos, Prop, Quantity, String, Value
 
@@ -27,14 +27,33 @@ class Env:
     params: dict[str, ParamValue]
     sources: Mapping[str, str]
     overridden: str = ""  # "--set nodes=0", named in hints of errors in expressions
+    selected: int = 0  # members selected by patterns so far (limits.MAX_SELECTED)
+    _lines: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def error(self, message: str, pos: Pos, hint: str | None = None) -> TopologyError:
         """A located error (returned, so callers write ``raise env.error(...)``)."""
         return error_at(message, pos, self.sources, hint)
 
+    def limit(self, exc: limits.LimitError, pos: Pos) -> TopologyError:
+        """A limit exceeded at ``pos``, as a located error."""
+        return error_at(exc.message, pos, self.sources, exc.hint)
+
+    def count(self, what: str, count: int, limit: int, pos: Pos) -> None:
+        """Refuse ``count`` ``what`` (devices, links ...) over ``limit``, located at ``pos``."""
+        try:
+            limits.check_count(what, count, limit)
+        except limits.LimitError as exc:
+            raise self.limit(exc, pos) from None
+
     def text(self, pos: Pos) -> str:
-        """The source text of a one-line span (for quoting it in messages)."""
-        lines = self.sources.get(pos.file, "").split("\n")
+        """The source text of a one-line span (for quoting it in messages).
+
+        Lines are split once per file: this is called for every property value, and
+        splitting the whole text each time made large files quadratic.
+        """
+        lines = self._lines.get(pos.file)
+        if lines is None:
+            lines = self._lines[pos.file] = self.sources.get(pos.file, "").split("\n")
         if pos.line != pos.end_line or pos.line > len(lines):
             return "..."
         return lines[pos.line - 1][pos.column - 1 : pos.end_column - 1]
@@ -53,7 +72,10 @@ class Env:
                 raise self.error(f"unknown parameter '{name}'", expr.pos, hint)
             return self.params[name]
         left, right = self.number(expr.left), self.number(expr.right)
-        return self._arith(expr, left, right)
+        try:
+            return limits.check_value(self._arith(expr, left, right))
+        except limits.LimitError as exc:
+            raise self.limit(exc, expr.pos) from None
 
     def _arith(self, expr: BinOp, left: Fraction, right: Fraction) -> Fraction:
         if expr.op in ("/", "//", "%") and right == 0:
@@ -186,10 +208,17 @@ class Reader:
                     f"unknown unit '{word}'", follower.pos, units.suggest_unit(word, dim)
                 )
         try:
-            return units.to_si(number, value.unit, dim, self.prop.name), value.pos
+            si = units.to_si(number, value.unit, dim, self.prop.name)
         except units.UnitError as exc:
             at = value.unit_pos if exc.at_unit and value.unit_pos else value.pos
             raise self.env.error(exc.message, at, exc.hint) from None
+        if si < 0 or (si == 0 and dim != units.TIME):
+            # rates and sizes are divided by when costing: zero would crash compile later
+            bound = "at least zero" if dim == units.TIME else "greater than zero"
+            raise self.env.error(
+                f"{self.prop.name} must be {bound}, got '{self.env.text(value.pos)}'",
+                value.pos, self.usage)
+        return si, value.pos
 
     def _unit_needs_number(self, value: Quantity) -> None:
         """``bf16 TFLOPS`` or ``memory GB``: a unit with no number in front of it."""
