@@ -19,6 +19,7 @@ from shardc.passes.strategy_rules import (
     Loop,
     OpDims,
     axis_loops,
+    product_loops,
     reaches_output,
     rule,
     same,
@@ -291,14 +292,8 @@ def _qlinear_matmul(ctx: Ctx) -> OpDims:
     n = b[-1]
     per_col = {i: 0 for i in (4, 5) if (s := ctx.in_shape(i)) and len(s) == 1 and s[0] != 1}
     per_row = {i: 0 for i in (1, 2) if (s := ctx.in_shape(i)) and len(s) == 1 and s[0] != 1}
-    loops: list[Loop] = []
-    for j in range(len(y) - 2):  # batch dims, a's and b's aligned from the right
-        ins = {
-            i: d
-            for i, s in ((0, a), (3, b))
-            if (d := j - (len(y) - len(s))) >= 0 and same(s[d], y[j])
-        }
-        loops.append(ctx.loop(f"d{j}", ins, {0: j}))
+    # batch dims as MatMul's: heads between activations, experts on a batched weight
+    loops: list[Loop] = product_loops(ctx, 0, 3, ctx.is_param(0), ctx.is_param(3))
     loops.append(ctx.loop("m", {0: len(a) - 2, **per_row}, {0: len(y) - 2}))
     loops.append(
         ctx.loop("column", {3: len(b) - 1, **per_col}, {0: len(y) - 1}, axis="tp")

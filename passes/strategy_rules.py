@@ -555,7 +555,7 @@ def _shape_op(ctx: Ctx) -> OpDims:
 
 
 # -- matrix products -----------------------------------------------------------------------
-def _product_loops(ctx: Ctx, a: int, b: int, wa: bool, wb: bool) -> list[Loop]:
+def product_loops(ctx: Ctx, a: int, b: int, wa: bool, wb: bool) -> list[Loop]:
     """Batch loops of ``[.., M, K] @ [.., K, N]``: experts on a batched weight, heads between
     activations, else by label.
     """
@@ -593,7 +593,7 @@ def _matmul(ctx: Ctx) -> OpDims:
     wa, wb = ctx.is_param(0), ctx.is_param(1)
     a, out = ctx.node.inputs[0], ctx.node.outputs[0]
     m, k, n = len(sa) - 2, len(sa) - 1, len(sb) - 1
-    loops = _product_loops(ctx, 0, 1, wa, wb)
+    loops = product_loops(ctx, 0, 1, wa, wb)
     vocab = wb and reaches_output(ctx.graph, out)
     # MatMulInteger's zero points: per row of A ([M]) and per column of B ([N]) split
     # with those; scalars are read whole

@@ -40,6 +40,13 @@ def stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain == DOMAIN and node.op_type == "Send" and node.input[0] not in have:
             have.add(node.input[0])
             out.graph.output.append(helper.make_empty_tensor_value_info(node.input[0]))
+    # a received integer tensor may be a shape or indices (a Reshape's target sent from an
+    # earlier stage): zeros would make a valid program fail, so it is left unknown, an input
+    for node in _index_recvs(model):
+        shape = [int(d) for d in node_attr(node, "shape", [])]
+        out.graph.input.append(
+            helper.make_tensor_value_info(node.output[0], int(node_attr(node, "dtype", 0)), shape)
+        )
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     out.graph.initializer.extend(consts)
@@ -47,6 +54,21 @@ def stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.opset_import[:]
     out.opset_import.extend(kept)
     return out
+
+
+_INDEX_TYPES = frozenset(
+    {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
+     onnx.TensorProto.UINT64, onnx.TensorProto.UINT32}
+)
+"""Element types a received value may carry shapes or indices in."""
+
+
+def _index_recvs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [
+        n for n in model.graph.node
+        if n.domain == DOMAIN and n.op_type == "Recv"
+        and int(node_attr(n, "dtype", onnx.TensorProto.FLOAT)) in _INDEX_TYPES
+    ]
 
 
 def _int64(name: str, values: list[int]) -> onnx.TensorProto:
@@ -63,6 +85,8 @@ def _replace(
     if op == "Recv":
         shape = [int(d) for d in node_attr(node, "shape", [])]
         dtype = int(node_attr(node, "dtype", onnx.TensorProto.FLOAT))
+        if dtype in _INDEX_TYPES:
+            return [], []  # made a graph input by stand_in: its values are unknown here
         value = helper.make_tensor(f"{tag}_value", dtype, [1], [0])
         made = helper.make_node(
             "ConstantOfShape", [f"{tag}_shape"], [node.output[0]], name=node.name, value=value
@@ -116,8 +140,8 @@ def onnxruntime_problem(model: onnx.ModelProto, run: bool = True) -> str | None:
         if _missing_kernel(exc) or _blames_standin(exc, comm):
             return None
         return f"onnxruntime refuses it: {_first(exc)}"
-    if not run:
-        return None
+    if not run or _index_recvs(model):
+        return None  # received shapes or indices are unknown: zeros prove nothing
     feeds = {}
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in i.shape]

@@ -9,7 +9,6 @@ check-plan's onnxruntime load catches the same program with the join axis remove
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
+from planfolders import plan_json
 
 import shardc.emit.devices as devices_mod
 from shardc.compiler import partition_model
@@ -69,7 +69,7 @@ def test_all_to_all_reshard_is_emitted_and_matches(
 ) -> None:
     path = _model(tmp_path / "reshard.onnx")
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
-    options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1"]))
+    options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1,rule=split"]))
     state = partition_model(path, topo, mode="inference", partition=options).state
     pinned = _Pinned(state.strategies, {"mm": "column", "ln": "seq_tp"})
     monkeypatch.setattr(devices_mod, "tp_rule", lambda *_: pinned)
@@ -105,12 +105,12 @@ def test_check_plan_catches_a_program_onnxruntime_refuses(
     """
     path = _model(tmp_path / "reshard.onnx")
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
-    options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1"]))
+    options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1,rule=split"]))
     state = partition_model(path, topo, mode="inference", partition=options).state
     pinned = _Pinned(state.strategies, {"mm": "column", "ln": "seq_tp"})
     monkeypatch.setattr(devices_mod, "tp_rule", lambda *_: pinned)
     files, section, _ = plan_files(state)
-    files["plan.json"] = json.dumps({"emission": section}).encode()
+    files["plan.json"] = plan_json(state, section)
     out = write_outdir(tmp_path / "plan", files)
     assert check_outdir(out).problems == []
 
