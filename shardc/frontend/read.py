@@ -9,8 +9,10 @@ folder (absolute, ``..``, a symlink out) is refused, as ONNX's own loader does f
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import onnx
@@ -94,10 +96,67 @@ def check_external_locations(model: onnx.ModelProto, base: Path, *, where: str) 
             )
 
 
-def check_model(model: onnx.ModelProto, *, where: str) -> None:
-    """Run ONNX's checker and turn a failure into a one-line user error."""
+ORT_DEFAULT_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
+"""Ops onnxruntime registers in the default ONNX domain without ONNX defining them, used
+when onnxruntime is not installed. Its transformer optimizer writes
+``SimplifiedLayerNormalization`` there (not in ``com.microsoft``), and onnxruntime runs it,
+so a model that uses it is valid for the runtime the plan targets.
+"""
+
+_CHECK_DOMAIN = "ai.shardc.ort_default"
+"""Domain the checked copy moves those nodes to: ONNX's checker skips ops of domains it
+does not know, and only this copy is renamed; the model keeps its nodes as written.
+"""
+
+
+@cache
+def ort_default_domain_ops() -> frozenset[str]:
+    """Default-domain op names onnxruntime registers and ONNX itself does not define.
+
+    Asked of the installed onnxruntime, whose list is the truth for the runtime that runs
+    the plan; :data:`ORT_DEFAULT_DOMAIN_OPS` when it is not importable.
+    """
     try:
-        onnx.checker.check_model(model, full_check=False)
+        ort_c = importlib.import_module("onnxruntime.capi.onnxruntime_pybind11_state")
+        schemas = ort_c.get_all_operator_schema()
+    except Exception:  # not installed, or a build without the schema list
+        return ORT_DEFAULT_DOMAIN_OPS
+    onnx_ops = {
+        s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain in ("", "ai.onnx")
+    }
+    ort_ops = {s.name for s in schemas if s.domain in ("", "ai.onnx")}
+    return frozenset(ort_ops - onnx_ops) | ORT_DEFAULT_DOMAIN_OPS
+
+
+def ort_ops_aside(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy whose top-level onnxruntime-only default-domain nodes are moved
+    to a private domain so ONNX's checker accepts them; any other unknown op (a typo) stays
+    in the default domain and is refused as before.
+    """
+    extra = ort_default_domain_ops()
+    hits = [
+        i
+        for i, n in enumerate(model.graph.node)
+        if n.domain in ("", "ai.onnx") and n.op_type in extra and not onnx.defs.has(n.op_type)
+    ]
+    if not hits:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i in hits:
+        out.graph.node[i].domain = _CHECK_DOMAIN
+    out.opset_import.append(onnx.helper.make_opsetid(_CHECK_DOMAIN, 1))
+    return out
+
+
+def check_model(model: onnx.ModelProto, *, where: str) -> None:
+    """Run ONNX's checker and turn a failure into a one-line user error.
+
+    Ops onnxruntime defines in the default domain (:func:`ort_default_domain_ops`) pass:
+    the plan runs on onnxruntime, which accepts them.
+    """
+    try:
+        onnx.checker.check_model(ort_ops_aside(model), full_check=False)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"fails the ONNX checker: {_short(exc)}", where=where) from None
     except ValueError as exc:  # e.g. a >2 GB proto handed in memory

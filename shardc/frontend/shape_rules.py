@@ -158,6 +158,7 @@ def _elementwise(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     "com.microsoft::BiasGelu",
     "com.microsoft::QuickGelu",
     "com.microsoft::SimplifiedLayerNormalization",
+    "SimplifiedLayerNormalization",  # onnxruntime's, where its optimizer writes it
     "com.microsoft::BiasAdd",
     "com.microsoft::RotaryEmbedding",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,45 @@ def test_checker_failure_is_a_model_error() -> None:
     g = helper.make_graph([helper.make_node("Relu", ["missing"], ["Y"])], "bad", [x], [y])
     with pytest.raises(ModelError, match="checker"):
         load_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def _one_op_model(op: str) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [None, None])
+    scale = numpy_helper.from_array(np.ones(8, np.float32), "scale")
+    node = helper.make_node(op, ["X", "scale"], ["Y"], axis=-1, epsilon=1e-6)
+    g = helper.make_graph([node], "norm", [x], [y], initializer=[scale])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnxruntime_default_domain_op_is_accepted_and_kept() -> None:
+    """SimplifiedLayerNormalization as onnxruntime's optimizer writes it, in the ONNX
+    domain: onnxruntime runs it there, so it loads, gets a shape, and keeps its domain.
+    """
+    m = load_model(_one_op_model("SimplifiedLayerNormalization"))
+    (node,) = m.graph.nodes
+    assert (node.domain, node.op_type) == ("", "SimplifiedLayerNormalization")
+    assert m.graph.values["Y"].type is not None
+    assert m.graph.values["Y"].type.shape == (2, 8)
+    costs = graph_costs(m.graph, where="<ModelProto>")
+    assert not costs.bytes_only_ops and costs.flops == 4 * 2 * 8  # RMSNorm's 4 per element
+
+
+def test_onnxruntime_op_list_falls_back_without_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shardc.frontend import read
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.capi.onnxruntime_pybind11_state", None)
+    assert read.ort_default_domain_ops.__wrapped__() == read.ORT_DEFAULT_DOMAIN_OPS
+    assert "SimplifiedLayerNormalization" in read.ort_default_domain_ops()
+
+
+def test_unknown_default_domain_op_is_still_refused() -> None:
+    """A typo is not an onnxruntime op: the checker's one-line error stays."""
+    with pytest.raises(ModelError, match=r"checker.*No Op registered") as info:
+        load_model(_one_op_model("SimplifedLayerNormalization"))
+    assert "\n" not in str(info.value)
 
 
 def test_weights_are_read_on_demand(gpt2_path: Path) -> None:
