@@ -23,10 +23,7 @@ DEFAULT = [
     ("llama", "nbits4"),
     ("bert", "qdq"),
 ]
-KNOWN = {
-    ("llama", "optimized"): "the frontend's ONNX checker rejects onnxruntime's "
-    "SimplifiedLayerNormalization, which the optimizer writes in the ONNX domain",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 """Cases that fail outside this corpus's reach, with why (strict: a fix must remove them)."""
 FULL = [
     pytest.param(
