@@ -42,6 +42,23 @@ only changes speed, so turning it off keeps every session on the numbers the fil
 """
 
 
+def cpu_session(model: Any, *, log_level: int) -> Any:
+    """An onnxruntime CPU session on ``model`` with :data:`ORT_DISABLED_OPTIMIZERS` off: the
+    reference run of the original and the load check of a device program must see the
+    same graph rewrites the runtime does. Raises what onnxruntime raises.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = log_level
+    return ort.InferenceSession(
+        model.SerializeToString(),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
+    )
+
+
 def node_attr(node: Any, name: str, default: Any = None) -> Any:
     """An ONNX node attribute's Python value (strings decoded), or ``default``: how the
     checker, the runtime and ``explain`` read comm nodes' ``group``/``peer``/``tag``/``axis``.

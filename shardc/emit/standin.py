@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shardc.emit.program import DOMAIN, ORT_DISABLED_OPTIMIZERS, node_attr
+from shardc.emit.program import DOMAIN, cpu_session, node_attr
 
 
 def stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -123,19 +123,10 @@ def onnxruntime_problem(model: onnx.ModelProto, run: bool = True) -> str | None:
     """Why onnxruntime refuses ``model`` (comm nodes stood in), or None when it loads and,
     with ``run``, runs once on zero inputs.
     """
-    import onnxruntime as ort
-
     standin = stand_in(model)
     comm = {n.name for n in model.graph.node if n.domain == DOMAIN}
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
     try:
-        sess = ort.InferenceSession(
-            standin.SerializeToString(),
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
-        )
+        sess = cpu_session(standin, log_level=4)
     except Exception as exc:  # onnxruntime raises its own pybind types
         if _missing_kernel(exc) or _blames_standin(exc, comm):
             return None

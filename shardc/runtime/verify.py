@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from shardc.emit.program import ORT_DISABLED_OPTIMIZERS
+from shardc.emit.program import cpu_session
 from shardc.errors import ExecutionError, ModelError, OptionError
 from shardc.runtime.inprocess import run_programs
 from shardc.runtime.plandir import InputSpec, PlanDir
@@ -410,17 +410,8 @@ def _random(rng: np.random.Generator, spec: InputSpec, high: int | None) -> np.n
 def _reference(
     model: onnx.ModelProto, feeds: Mapping[tuple[int, int], Mapping[str, np.ndarray]]
 ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(
-            model.SerializeToString(),
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
-        )
+        sess = cpu_session(model, log_level=3)
     except Exception as exc:
         raise ModelError(
             f"onnxruntime cannot run the original model: {str(exc).splitlines()[0]}"
