@@ -260,7 +260,9 @@ def _slot_feeds(
 ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
     if inputs is None:
         rng = np.random.default_rng(seed)
-        highs = _index_bounds(original)
+        # ids over the whole table (traced through reshapes to the input): ids from 0..1
+        # alone would never reach a vocab-parallel embedding's other shards
+        highs = _input_index_bounds(original)
         return {slot: {s.name: _random(rng, s, highs.get(s.name)) for s in specs} for slot in slots}
     given = _load_inputs(inputs)
     batches = _microbatches(specs, given)
