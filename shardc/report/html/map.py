@@ -1,0 +1,331 @@
+"""The HTML report's topology map: the picture :mod:`shardc.topology.svg` draws, with the
+placement (which stage runs where) and the link load painted over it, and the tables of
+the placement and the busiest links beside it.
+
+Its own module because it works on the drawn SVG itself (recognising its boxes and
+paths and restyling them), which nothing else in the report does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from html import escape, unescape
+from typing import Any
+
+from shardc.report.html.common import (
+    LOAD_HIGH,
+    LOAD_LOW,
+    SVG_NS,
+    TOP_LINKS,
+    TOPOLOGY_ID,
+    UNUSED,
+    _bar,
+    _bytes,
+    _mix,
+    _stage_colour,
+    _stage_devices,
+    _swatch,
+    _tint,
+)
+from shardc.report.plan import _seconds
+from shardc.topology import units
+from shardc.topology.hierarchy import fold, glyph_map
+from shardc.topology.model import Link, Topology
+from shardc.topology.svg import render_svg, text_width
+
+_NODE = re.compile(
+    r'^<rect class="node" data-name="(?P<name>[^"]*)" x="(?P<x>[-\d.]+)" y="(?P<y>[-\d.]+)" '
+    r'width="(?P<w>[-\d.]+)" height="(?P<h>[-\d.]+)"'
+)
+_LINK = re.compile(r'^<path class="link" data-from="(?P<a>[^"]*)" data-to="(?P<b>[^"]*)"')
+_LINK_TITLE = re.compile(
+    r"<title>(?P<kind>\S+) \((?P<plane>[^)]*)\): \d+ link\(s\) of (?P<bw>[^<]*)"
+)
+_KIND_SWATCH = re.compile(r'^<rect x="[-\d.]+" y="[-\d.]+" width="16" height="16" fill="#')
+_KIND_TEXT = re.compile(r'^<text [^>]*class="k">(?P<kind>[^<]*)</text>$')
+
+
+def _link_ends(name: str) -> tuple[str, str] | None:
+    if "<->" not in name:
+        return None
+    a, b = (s.strip() for s in name.split("<->", 1))
+    return a, b
+
+
+def _links_by_ends(topology: Topology) -> dict[tuple[str, str], Link]:
+    """Endpoint pair -> the widest link between them (the one a route takes)."""
+    out: dict[tuple[str, str], Link] = {}
+    for link in sorted(topology.links, key=lambda k: (-k.bandwidth, k.plane, k.kind)):
+        out.setdefault((min(link.a, link.b), max(link.a, link.b)), link)
+    return out
+
+
+_EdgeKey = tuple[str, str, str, str, str]  # glyph pair, link kind, plane, bandwidth text
+_Load = tuple[float, int, float]  # bytes over the edge's links, links used, busiest link
+
+
+def _edge_loads(
+    schedule: dict[str, Any], topology: Topology, glyphs: dict[str, str]
+) -> dict[_EdgeKey, _Load]:
+    """The traffic of each drawn (folded) edge, and of its busiest physical link.
+
+    The edges are shaded by the busiest link, not the sum: contention is per link, and a
+    sum would make an edge that folds 256 lightly used links outshine a hot spine link.
+    """
+    by_ends = _links_by_ends(topology)
+    loads: dict[_EdgeKey, _Load] = {}
+    used: dict[_EdgeKey, set[tuple[str, str]]] = {}  # a link may be listed per direction
+    for entry in schedule.get("links") or ():
+        ends = _link_ends(entry["link"])
+        if ends is None:
+            continue
+        link = by_ends.get((min(ends), max(ends)))
+        if link is None or link.a not in glyphs or link.b not in glyphs:
+            continue
+        ga, gb = sorted((glyphs[link.a], glyphs[link.b]))
+        key = (ga, gb, link.kind, link.plane, units.human(link.bandwidth, units.BANDWIDTH))
+        nbytes = float(entry.get("bytes") or 0.0)
+        total, _, busiest = loads.get(key, (0.0, 0, 0.0))
+        used.setdefault(key, set()).add((min(ends), max(ends)))
+        loads[key] = (total + nbytes, len(used[key]), max(busiest, nbytes))
+    return loads
+
+
+def _placed_svg(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology) -> str:
+    """:func:`render_svg`'s drawing with device boxes filled by stage and links by load.
+
+    The drawing folds repeated hardware, so one box may stand for devices of several
+    stages: it is filled in slices, one per stage, as wide as that stage's share. The
+    device-kind swatches of the drawing's legend are dropped (the fill no longer shows
+    the kind; each box still names it).
+    """
+    svg = render_svg(topology)
+    glyphs = glyph_map(fold(topology))
+    placed = _stage_devices(plan)
+    per_glyph: dict[str, Counter] = {}
+    for device in topology.devices:
+        stage = placed.get(device.name, (None,))[0]
+        per_glyph.setdefault(glyphs[device.name], Counter())[stage] += 1
+    loads = _edge_loads(schedule, topology, glyphs)
+    peak = max((busiest for _, _, busiest in loads.values()), default=0.0)
+    kinds = set(topology.kinds)
+
+    out: list[str] = [f'<div id="{TOPOLOGY_ID}">']
+    lines = svg.rstrip("\n").split("\n")
+    skip = 0
+    for i, line in enumerate(lines):
+        if skip:
+            skip -= 1
+            continue
+        if _KIND_SWATCH.match(line) and i + 1 < len(lines):
+            text = _KIND_TEXT.match(lines[i + 1])
+            if text and unescape(text["kind"]) in kinds:
+                skip = 1
+                continue
+        node = _NODE.match(line)
+        if node and unescape(node["name"]) in per_glyph:
+            out.append(line)
+            out.append(_stage_slices(node, per_glyph[unescape(node["name"])]))
+            continue
+        link = _LINK.match(line)
+        if link:
+            out.append(_restyle_link(line, link, loads, peak))
+            continue
+        out.append(_scoped(line) if line.startswith("<style>") else line)
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def _scoped(style: str) -> str:
+    """The drawing's ``<style>`` with every selector kept inside the drawing.
+
+    A ``<style>`` in inline SVG applies to the whole page: its one-letter classes would
+    restyle the page's own elements, and the page's rules could reach into the drawing.
+    """
+
+    def scope(m: re.Match[str]) -> str:
+        selectors = ",".join(f"#{TOPOLOGY_ID} {sel.strip()}" for sel in m[2].split(","))
+        return f"{m[1]}{selectors}{{"
+
+    return re.sub(r"(<style>|})([^{}<]+)\{", scope, style)
+
+
+def _stage_slices(node: re.Match[str], stages: Counter) -> str:
+    x, y, w, h = (float(node[k]) for k in ("x", "y", "w", "h"))
+    total = sum(stages.values())
+    order = sorted(s for s in stages if s is not None) + ([None] if None in stages else [])
+    parts = [
+        f"stage {s}: {stages[s]}" if s is not None else f"not used: {stages[s]}" for s in order
+    ]
+    g = [f"<g><title>{escape(', '.join(parts))}</title>"]
+    left = x + 1
+    for s in order:
+        sw = (w - 2) * stages[s] / total
+        fill = _tint(_stage_colour(s), 0.45) if s is not None else UNUSED
+        g.append(
+            f'<rect x="{left:.2f}" y="{y + 1:g}" width="{sw:.2f}" height="{h - 2:g}" '
+            f'fill="{fill}"/>'
+        )
+        left += sw
+    g.append("</g>")
+    return "".join(g)
+
+
+def _restyle_link(
+    line: str,
+    link: re.Match[str],
+    loads: dict[_EdgeKey, _Load],
+    peak: float,
+) -> str:
+    title = _LINK_TITLE.search(line)
+    if title is None:
+        return line
+    key = (
+        unescape(link["a"]),
+        unescape(link["b"]),
+        unescape(title["kind"]),
+        unescape(title["plane"]),
+        unescape(title["bw"]),
+    )
+    load = loads.get(key)
+    if load is None or not peak:
+        return line.replace('stroke-opacity="0.8"', 'stroke-opacity="0.25"')
+    total, count, busiest = load
+    share = busiest / peak
+    width = re.search(r'stroke-width="([\d.]+)"', line)
+    base = float(width[1]) if width else 2.0
+    line = re.sub(r'stroke="#[0-9a-fA-F]{6}"', f'stroke="{_mix(LOAD_LOW, LOAD_HIGH, share)}"', line)
+    line = re.sub(r'stroke-width="[\d.]+"', f'stroke-width="{base + 1 + 7 * share:.1f}"', line)
+    line = line.replace('stroke-opacity="0.8"', 'stroke-opacity="0.95"')
+    note = (
+        f"; this step: {_bytes(total)} over {count} link(s), the busiest {_bytes(busiest)} "
+        f"({share:.0%} of the busiest link anywhere)"
+    )
+    return line.replace("</title>", escape(note) + "</title>", 1)
+
+
+def _placement_grid(plan: dict[str, Any], topology: Topology) -> str:
+    """One square per device, grouped as the names group them: the folded drawing
+    shows shares, this shows exactly which device holds which stage.
+    """
+    placed = _stage_devices(plan)
+    groups: dict[str, list[str]] = {}
+    for d in topology.devices:
+        if d.kind.is_host:
+            continue
+        prefix = d.name.rsplit(".", 1)[0] if "." in d.name else topology.name
+        groups.setdefault(prefix, []).append(d.name)
+    n = sum(len(v) for v in groups.values())
+    cell = 16 if n <= 1024 else 10
+    gap, pad, width = 2, 8, 1300
+    x = y = row_h = 0
+    body: list[str] = []
+    for prefix, names in groups.items():
+        cols = min(len(names), 16)
+        rows = math.ceil(len(names) / cols)
+        bw = max(cols * (cell + gap) + pad, int(text_width(prefix, 10)) + pad)
+        bh = 14 + rows * (cell + gap) + pad
+        if x and x + bw > width:
+            x, y = 0, y + row_h + 6
+            row_h = 0
+        body.append(
+            f'<text x="{x}" y="{y + 10}" font-size="10" fill="#475569">{escape(prefix)}</text>'
+        )
+        for k, name in enumerate(names):
+            cx, cy = x + (k % cols) * (cell + gap), y + 14 + (k // cols) * (cell + gap)
+            where = placed.get(name)
+            if where is None:
+                fill, text, title = UNUSED, "", f"{name}: not used"
+            else:
+                stage, replica, tp_rank, rank = where
+                fill, text = _stage_colour(stage), str(stage)
+                title = f"{name}: rank {rank}, stage {stage}, replica {replica}, tp rank {tp_rank}"
+            body.append(
+                f'<rect x="{cx}" y="{cy}" width="{cell}" height="{cell}" rx="2" fill="{fill}">'
+                f"<title>{escape(title)}</title></rect>"
+            )
+            if cell >= 16 and text and len(text) <= 2:
+                body.append(
+                    f'<text x="{cx + cell / 2:g}" y="{cy + cell - 4}" font-size="10" '
+                    f'text-anchor="middle" fill="#ffffff" pointer-events="none">{text}</text>'
+                )
+        x += bw + 10
+        row_h = max(row_h, bh)
+    total_w = width if y else max(x - 10, 1)
+    total_h = y + row_h
+    return (
+        f'<svg xmlns="{SVG_NS}" width="{total_w}" height="{total_h}" '
+        f'viewBox="0 0 {total_w} {total_h}" role="img">{"".join(body)}</svg>'
+    )
+
+
+def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
+    links = sorted(
+        schedule.get("links") or (), key=lambda k: (-float(k.get("bytes") or 0.0), k["link"])
+    )[:TOP_LINKS]
+    if not links:
+        return '<p class="note">the schedule crosses no links.</p>'
+    by_ends = _links_by_ends(topology)
+    step = schedule.get("step_seconds") or 0.0
+    peak = float(links[0].get("bytes") or 0.0) or 1.0
+    rows = []
+    for i, entry in enumerate(links):
+        ends = _link_ends(entry["link"])
+        link = by_ends.get((min(ends), max(ends))) if ends else None
+        kind = f"{link.kind} ({link.plane})" if link else "-"
+        bw = units.human(link.bandwidth, units.BANDWIDTH, 3) if link else "-"
+        nbytes = float(entry.get("bytes") or 0.0)
+        busy = float(entry.get("busy_seconds") or 0.0)
+        util = f"{busy / step:.0%}" if step else "-"
+        rows.append(
+            f'<tr><td class="num">{i + 1}</td><td>{escape(entry["link"])}</td>'
+            f"<td>{escape(kind)}</td><td class='num'>{escape(bw)}</td>"
+            f"<td>{_bar(nbytes / peak, '#dc2626')}{escape(_bytes(nbytes))}</td>"
+            f'<td class="num">{int(entry.get("transfers") or 0)}</td>'
+            f'<td class="num">{escape(_seconds(busy))}</td><td class="num">{escape(util)}</td></tr>'
+        )
+    head = "".join(
+        f'<th class="{"num" if c not in ("link", "kind", "bytes") else ""}">{escape(c)}</th>'
+        for c in ("#", "link", "kind", "bandwidth", "bytes", "transfers", "busy", "busy / step")
+    )
+    return (
+        f'<h2 style="margin-top:16px">Busiest links (top {len(links)} of '
+        f"{len(schedule.get('links') or ())})</h2>"
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        '<p class="note">bytes: what the transfers put on the link in one direction (a '
+        "collective's share per ring hop, once per call); busy: the union of their "
+        "intervals, so never over 100% of the step; bytes / busy is the rate achieved "
+        "while busy.</p>"
+    )
+
+
+def _topology(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology) -> str:
+    stages = sorted(st["index"] for st in plan["stages"])
+    legend = "".join(
+        f"<span>{_swatch(_tint(_stage_colour(j), 0.45))}stage {j}</span>" for j in stages
+    )
+    legend += f"<span>{_swatch(UNUSED)}not used</span>"
+    legend += (
+        f"<span>{_swatch(LOAD_LOW)}{_swatch(LOAD_HIGH)}"
+        "link traffic in this step, light to heavy (thicker = more bytes); faded: idle</span>"
+    )
+    grid_legend = "".join(f"<span>{_swatch(_stage_colour(j))}stage {j}</span>" for j in stages)
+    grid_legend += f"<span>{_swatch(UNUSED)}not used</span>"
+    return (
+        '<section id="topology"><h2>Placement on the cluster</h2>'
+        '<p class="sub">the folded topology drawing: repeated hardware is drawn once '
+        "(×N), so a device box is filled in slices by the share of its devices in each "
+        "stage.</p>"
+        f'<div class="legend">{legend}</div>'
+        f'<div class="scroll" style="margin-top:8px">{_placed_svg(plan, schedule, topology)}'
+        "</div>"
+        '<h2 style="margin-top:16px">Devices by stage</h2>'
+        '<p class="sub">one square per compute device, grouped by name; the number is the '
+        "stage.</p>"
+        f'<div class="legend" style="margin-bottom:8px">{grid_legend}</div>'
+        f'<div class="scroll">{_placement_grid(plan, topology)}</div>'
+        f"{_link_table(schedule, topology)}</section>"
+    )
