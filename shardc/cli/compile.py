@@ -27,9 +27,10 @@ from shardc.cli.options import (
     parse_sets,
 )
 from shardc.errors import OptionError
-from shardc.partition.options import DEFAULT_RESERVE, OBJECTIVES, RECOMPUTES, SCHEDULES
+from shardc.partition.options import DEFAULT_RESERVE
 from shardc.progress import progress_for
 from shardc.report.text import markup_safe, plain_safe
+from shardc.vocabulary import OBJECTIVES, RECOMPUTES, SCHEDULES
 
 __all__ = ["compile_cmd"]
 

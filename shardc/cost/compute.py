@@ -20,6 +20,7 @@ from typing import Protocol
 
 from shardc.cost.ops import NodeCost
 from shardc.ir import DType
+from shardc.vocabulary import RECOMPUTES
 
 
 class DeviceSpec(Protocol):
@@ -167,7 +168,6 @@ def sequence_time(
     return total
 
 
-RECOMPUTE = ("none", "selective", "full")
 
 
 def pass_multiplier(mode: str, recompute: str = "none", *, attention_share: float = 0.0) -> float:
@@ -182,7 +182,7 @@ def pass_multiplier(mode: str, recompute: str = "none", *, attention_share: floa
         return 1.0
     if mode != "training":
         raise ValueError(f"unknown mode {mode!r}")
-    if recompute not in RECOMPUTE:
+    if recompute not in RECOMPUTES:
         raise ValueError(f"unknown recompute policy {recompute!r}")
     extra = {"none": 0.0, "selective": attention_share, "full": 1.0}[recompute]
     return 3.0 + extra

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 from shardc.cost import memory as mem
 from shardc.cost.compute import (
-    RECOMPUTE,
     DeviceSpec,
     ShardScale,
     node_time,
@@ -41,12 +40,12 @@ from shardc.cost.network import group_collective, pipeline_transfer, point_to_po
 from shardc.cost.ops import NodeCost
 from shardc.cost.phases import prefill_time, training_time
 from shardc.errors import OptionError
+from shardc.vocabulary import RECOMPUTES, SCHEDULES
 
 if TYPE_CHECKING:
     from shardc.synth import SynthConfig
     from shardc.topology import Topology
 
-SCHEDULES = ("1f1b", "gpipe")
 #: a TP all-reduce, or (sequence parallel) the reduce-scatter + all-gather pair
 TP_OPS = {False: ("all_reduce",), True: ("reduce_scatter", "all_gather")}
 #: the DP gradient all-reduce, or (ZeRO >= 1) reduce-scatter + all-gather of weights
@@ -79,8 +78,8 @@ class GridConfig:
         if self.global_batch % (self.dp * self.micro_batch):
             raise OptionError(f"global batch {self.global_batch} is not a multiple of dp × "
                               f"micro-batch = {self.dp} × {self.micro_batch}")
-        if self.recompute not in RECOMPUTE:
-            raise OptionError(f"unknown recompute {self.recompute!r}", hint=f"use {RECOMPUTE}")
+        if self.recompute not in RECOMPUTES:
+            raise OptionError(f"unknown recompute {self.recompute!r}", hint=f"use {RECOMPUTES}")
         if self.schedule not in SCHEDULES:
             raise OptionError(f"unknown schedule {self.schedule!r}", hint=f"use {SCHEDULES}")
         if self.interleave > 1 and (self.schedule != "1f1b" or self.pp == 1):

@@ -80,13 +80,13 @@ from typing import Any
 
 from shardc.emit.program import COMM_OPS, Comm, Compute, DeviceProgram, Programs
 from shardc.errors import OptionError, ShardcError
+from shardc.vocabulary import SCHEDULES
 
 FORMAT = "shardc-schedule/1"
 SYNC_NAME = "dp sync + optimizer"
 """Name of the per-rank sync event that closes a training step."""
 
 MODES = ("training", "inference")
-SCHEDULES = ("1f1b", "gpipe")
 _P2P = ("Send", "Recv")
 _SWAP = {"Send": "Recv", "Recv": "Send"}
 

@@ -46,6 +46,7 @@ from shardc.partition.place import _take_groups
 from shardc.partition.problem import StageConfig
 from shardc.partition.split import SplitRule, tp_rule
 from shardc.sharding import Strategy, TensorSharding, reshard, shard_scale
+from shardc.vocabulary import RECOMPUTES
 
 if TYPE_CHECKING:
     from shardc.passes.annotate_costs import GraphCosts
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from shardc.topology import Topology
     from shardc.topology.model import DeviceKind
 
-RECOMPUTES = ("none", "selective", "full")
 SP_OPS = {"all_reduce": ("reduce_scatter", "all_gather")}
 """What sequence parallelism runs in place of a TP collective (the same array moves)."""
 MAX_TP = 64

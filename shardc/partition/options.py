@@ -11,13 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardc.errors import OptionError
+from shardc.vocabulary import OBJECTIVES, RECOMPUTES, SCHEDULES, TP_RULES
 
-OBJECTIVES = ("throughput", "latency")
-SCHEDULES = ("1f1b", "gpipe")
-RECOMPUTES = ("none", "selective", "full")
-TP_RULES = ("megatron", "split")
-"""How a tensor-parallel stage shards its ops: Megatron's pairing of weight products, or
-every op split where it legally can (:mod:`shardc.partition.split`)."""
 _STAGE_KEYS = ("kind", "tp", "blocks", "recompute", "sp")
 _BOOLS = {"on": True, "true": True, "1": True, "yes": True,
           "off": False, "false": False, "0": False, "no": False}

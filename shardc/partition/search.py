@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shardc.errors import InfeasibleError, OptionError, SolverTimeout
 from shardc.partition.costing import config_name
 from shardc.partition.cpsat import lower_bound, solve, stage_counts, uniform
-from shardc.partition.options import RECOMPUTES, PartitionOptions
+from shardc.partition.options import PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
 from shardc.partition.problem import (
     PartitionProblem,
@@ -32,6 +32,7 @@ from shardc.partition.problem import (
     stage_sync,
 )
 from shardc.progress import Progress
+from shardc.vocabulary import RECOMPUTES
 
 if TYPE_CHECKING:
     from shardc.partition.costing import Costing
