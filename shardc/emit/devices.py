@@ -827,6 +827,10 @@ def emit(state: CompileState) -> Emission:
         resolution = table.resolve(graph, rule.choose(sizes), sizes)
         for t in range(st.tp):
             tmpl = _Walk(state, j, t, st.tp, stages[j], resolution, cross, tags, tps).run()
+            # the gradient sync's ring: this stage and TP rank in every replica, by replica
+            # (the order of the schedule's sync group)
+            replicas = [part.placement.devices[(q, j, t)] for q in range(part.dp)]
+            sync_links = _ring_links(topo, replicas) if part.mode == "training" else ()
             for r in range(part.dp):
                 rank = rank_of(j, r, t)
                 device = part.placement.devices[(r, j, t)]
@@ -850,11 +854,13 @@ def emit(state: CompileState) -> Emission:
                         outputs=tuple(tmpl.outputs),
                         memory_bytes=st.memory_bytes,
                         weight_bytes=tmpl.weight_bytes,
+                        sync_links=sync_links,
                     )
                 )
     programs.sort(key=lambda p: p.rank)
     _refuse_unloadable(models)
     sync = {s.index: s.sync_seconds for s in part.stages}
+    sync_bytes = {s.index: s.sync_bytes for s in part.stages}
     return Emission(
         Programs(
             tuple(programs),
@@ -864,6 +870,7 @@ def emit(state: CompileState) -> Emission:
             part.dp,
             len(part.stages),
             stage_sync_seconds=sync,
+            stage_sync_bytes=sync_bytes,
         ),
         models,
     )

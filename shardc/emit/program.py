@@ -155,6 +155,9 @@ class DeviceProgram:
     memory_bytes: float = 0.0
     weight_bytes: int = 0
     """Bytes of the weight shards in this rank's ONNX file."""
+    sync_links: tuple[str, ...] = ()
+    """Links the data-parallel gradient sync of this rank crosses: the ring over its
+    stage's devices of the same TP rank in every replica (training, dp > 1)."""
 
     @property
     def comms(self) -> tuple[Comm, ...]:
@@ -178,6 +181,9 @@ class Programs:
     stage_sync_seconds: Mapping[int, float] = field(default_factory=dict)
     """Per stage: the data-parallel gradient sync and optimizer update after the last
     micro-batch (training)."""
+    stage_sync_bytes: Mapping[int, float] = field(default_factory=dict)
+    """Per stage: gradient bytes one device hands to the sync's collectives, as the
+    partitioner priced ``stage_sync_seconds`` (so link accounting sees them)."""
 
     def rank(self, r: int) -> DeviceProgram:
         """The program of rank ``r``."""

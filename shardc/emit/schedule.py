@@ -35,7 +35,10 @@ then name). One definition, used by the tables, the report and the trace:
   and it never exceeds the step.
 
 So ``bytes / busy_seconds`` is the link's achieved rate while busy: at most its bandwidth
-when the cost model priced every transfer on it at no more than that bandwidth.
+when the cost model priced every transfer on it at no more than that bandwidth. The DP
+sync is the known exception: priced overlapped with the last backward, its event lasts
+only the exposed part of the reduction, yet carries all of its bytes (so the fabric the
+replicas share is not shown idle).
 
 How the timeline is built:
 
@@ -58,7 +61,11 @@ How the timeline is built:
   backward, then the remaining backwards) or GPipe (all forwards, then all backwards).
   After its last backward each rank runs one ``sync`` event (a comm event, op
   ``AllReduce``, named ``dp sync + optimizer``) lasting ``stage_sync_seconds[stage]``
-  over the ranks of the same stage and tensor-parallel rank in every replica;
+  over the ranks of the same stage and tensor-parallel rank in every replica. Its
+  ``bytes`` are ``stage_sync_bytes[stage]`` (one device's gradients, what the partitioner
+  priced the reduction on) and its ``links`` the ring over those ranks' devices
+  (:attr:`~shardc.emit.program.DeviceProgram.sync_links`), so the inter-replica fabric
+  shows in ``links`` like any collective's (none when nothing is synced);
 * inference runs forwards only, micro-batches in order.
 
 The result depends on the programs alone: no clock, no set order, so the same
@@ -110,6 +117,10 @@ class _Item:
     group: tuple[int, ...] = ()
     occurrence: int = 0
     """How many earlier events of this phase and micro-batch share its matching key."""
+    nbytes: float = 0.0
+    """Bytes of a comm event with no forward step (the sync); else the step's."""
+    links: tuple[str, ...] = ()
+    """Links of a comm event with no forward step (the sync); else the step's."""
 
     @property
     def is_comm(self) -> bool:
@@ -354,7 +365,23 @@ def _rank_items(
         items += _phase_items(prog.steps, phase, mb, programs.backward_factor)
     if programs.mode == "training":
         seconds = float(programs.stage_sync_seconds.get(prog.stage, 0.0))
-        items.append(_Item("sync", -1, 0, 1, SYNC_NAME, seconds, op="AllReduce", group=sync_group))
+        nbytes = float(programs.stage_sync_bytes.get(prog.stage, 0.0))
+        # bytes as priced (0 with one replica: nothing crosses a link), on the ring's links
+        links = prog.sync_links if nbytes > 0 else ()
+        items.append(
+            _Item(
+                "sync",
+                -1,
+                0,
+                1,
+                SYNC_NAME,
+                seconds,
+                op="AllReduce",
+                group=sync_group,
+                nbytes=nbytes,
+                links=links,
+            )
+        )
     return items
 
 
@@ -513,13 +540,13 @@ def _event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
         {
             "op": item.op,
             "value": c.value if c else "",
-            "bytes": float(c.nbytes) if c else 0.0,
+            "bytes": float(c.nbytes) if c else item.nbytes,
             "group": list(item.group),
             "peer": c.peer if c else -1,
             "tag": c.tag if c else 0,
             "axis": c.axis if c else -1,
             "algorithm": c.algorithm if c else "",
-            "links": list(c.links) if c else [],
+            "links": list(c.links) if c else list(item.links),
         }
     )
     return event

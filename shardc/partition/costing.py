@@ -538,6 +538,17 @@ class Costing:
         per = state.per_param(per_weight)
         return part.params * (per["weights"] + per["gradients"] + per["optimizer"]) - part.static
 
+    def sync_bytes(self, part: PartCost, dp: int) -> float:
+        """Bytes of a part's gradients one device hands to each collective of the
+        data-parallel sync (0 when nothing is synced: inference, one replica, no weights).
+
+        The one definition: :meth:`_sync` prices its collectives on it and the schedule
+        puts it on the sync events, so the timeline's link bytes match the price.
+        """
+        if self.settings.mode != "training" or dp <= 1 or not part.params:
+            return 0.0
+        return part.grad_bytes
+
     def _sync(
         self,
         part: PartCost,
@@ -559,7 +570,8 @@ class Costing:
         if not part.params:
             return 0.0
         ops = ("reduce_scatter", "all_gather") if self.settings.zero >= 1 else ("all_reduce",)
-        times = [self._collective(op, part.grad_bytes, group) if dp > 1 else 0.0 for op in ops]
+        nbytes = self.sync_bytes(part, dp)
+        times = [self._collective(op, nbytes, group) for op in ops]
         if self.settings.overlap_dp and self.settings.mode == "training":
             passes = 4.0 if recompute == "full" else 3.0  # forward 1, backward 2 (+1)
             forward = part.compute / passes

@@ -63,6 +63,10 @@ class StageResult:
     groups: tuple[tuple[str, ...], ...]
     """Per replica, the devices of the stage's TP group in tp-rank order."""
     sequence_parallel: bool = False
+    sync_bytes: float = 0.0
+    """Gradient bytes one device of the stage syncs per step, as ``sync_seconds`` priced
+    them (:meth:`~shardc.partition.costing.Costing.sync_bytes`): the schedule's sync events
+    carry them, so link accounting sees the data-parallel traffic."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for plan.json."""
@@ -593,6 +597,8 @@ def _result(
             ends.append(costing.part(epi, c.kind, c.tp, "none", sp))
         compute = st.blocks * b_part.compute + sum(e.compute for e in ends)
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
+        synced = st.blocks * costing.sync_bytes(b_part, problem.dp)
+        synced += sum(costing.sync_bytes(e, problem.dp) for e in ends)
         out.append(
             StageResult(
                 index=j,
@@ -610,6 +616,7 @@ def _result(
                 in_flight=in_flight(problem, len(stages), j),
                 groups=tuple(placement.tp_group(r, j) for r in range(problem.dp)),
                 sequence_parallel=sp,
+                sync_bytes=synced,
             )
         )
         first += st.blocks

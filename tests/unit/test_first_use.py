@@ -80,6 +80,51 @@ def test_link_bytes_and_busy_time_agree_with_the_bandwidth(tmp_path: Path) -> No
         assert entry["bytes"] / entry["busy_seconds"] <= bandwidth[entry["link"]] * (1 + 1e-9)
 
 
+TWO_NODES = """\
+# Two one-GPU nodes joined by InfiniBand only: a data-parallel pair must cross the fabric.
+include "kinds/nvidia.topo"
+
+node[0..1] {
+    gpu0: h100_sxm
+}
+
+network ib: ib {
+    members node[*].gpu0
+    bandwidth 400 Gb/s
+    latency 1 us
+}
+"""
+
+
+def test_dp_sync_puts_its_gradients_on_the_inter_node_fabric(tmp_path: Path) -> None:
+    """The DP sync's events carried 0 bytes and no links (issue #14, point 5), so the
+    busiest-links table and the map showed the InfiniBand between the replicas idle.
+    """
+    model = synth(tmp_path)
+    topo = tmp_path / "two.topo"
+    topo.write_text(TWO_NODES)
+    plan, page = tmp_path / "plan", tmp_path / "report.html"
+    out = shardc("compile", str(model), "--topology", str(topo), "--pin", "dp=2,pp=1,tp=1",
+                 "-o", str(plan), "--report", str(page))
+    schedule = json.loads((plan / "schedule.json").read_text())
+    stages = json.loads((plan / "plan.json").read_text())["partition"]["stages"]
+    syncs = [d["events"][-1] for d in schedule["devices"]]
+    assert len(syncs) == 2 and all(e["phase"] == "sync" for e in syncs)
+    ib = {link for e in syncs for link in e["links"]}
+    assert ib and all("ib." in link for link in ib)
+    for e in syncs:
+        assert e["bytes"] > 0 and e["duration"] == stages[0]["sync_seconds"]
+        assert e["links"] == syncs[0]["links"]  # one ring, as both members list it
+    # the only traffic of a one-stage, one-GPU-per-replica plan: every table lists it
+    assert {entry["link"] for entry in schedule["links"]} == ib
+    for entry in schedule["links"]:
+        assert (entry["bytes"], entry["transfers"]) == (syncs[0]["bytes"], 1)
+    html = page.read_text()
+    table = html[html.index("Busiest links"):]
+    assert all(link.replace("<", "&lt;").replace(">", "&gt;") in table for link in ib)
+    assert all(link in out for link in ib)  # the terminal's busiest-links table
+
+
 def test_a_tp_degree_that_splits_nothing_is_refused(tmp_path: Path) -> None:
     """4 heads, widths 64/256, vocabulary 128: tp=3 split nothing yet was priced as tp=3."""
     model = synth(tmp_path)

@@ -232,6 +232,43 @@ def test_tp_collectives_wait_for_the_slowest_member_and_sync_closes_the_step() -
     assert out["step_seconds"] == 13.75
 
 
+def test_dp_sync_carries_its_bytes_and_its_rings_links() -> None:
+    """The sync event had 0 bytes and no links, so the link table showed the fabric idle."""
+    progs = pipeline(stages=1, tp=2, dp=2, m=2, schedule="gpipe", sync={0: 0.75})
+    ring = {0: ("ib.a<->node0.gpu0", "ib.a<->node1.gpu0"), 1: ("ib.b<->node0.gpu1",)}
+    progs = replace(
+        progs,
+        stage_sync_bytes={0: 4096.0},
+        programs=tuple(replace(p, sync_links=ring[p.tp_rank]) for p in progs.programs),
+    )
+    out = build_schedule(progs)
+    for d in out["devices"]:
+        sync = d["events"][-1]
+        assert sync["phase"] == "sync" and sync["duration"] == 0.75  # seconds as priced
+        assert sync["bytes"] == 4096.0
+        assert sync["links"] == list(ring[d["tp_rank"]])
+    links = {e["link"]: e for e in out["links"]}
+    for names in ring.values():
+        for name in names:
+            # one call over the ring: its bytes once per link, not once per member
+            assert links[name]["bytes"] == 4096.0 and links[name]["transfers"] == 1
+            assert links[name]["busy_seconds"] == 0.75
+    assert build_schedule(progs) == out
+
+
+def test_a_lone_replica_syncs_over_no_link() -> None:
+    progs = pipeline(stages=1, tp=1, dp=1, m=1, sync={0: 0.5})
+    progs = replace(
+        progs,
+        stage_sync_bytes={0: 0.0},
+        programs=tuple(replace(p, sync_links=("x<->y",)) for p in progs.programs),
+    )
+    out = build_schedule(progs)
+    sync = out["devices"][0]["events"][-1]
+    assert (sync["bytes"], sync["links"], sync["duration"]) == (0.0, [], 0.5)
+    assert out["links"] == []
+
+
 # --- invariants over a 2-stage x 2-way TP x 2-way DP plan ---------------------------------
 
 CONFIGS = [("training", "1f1b"), ("training", "gpipe"), ("inference", "1f1b")]
