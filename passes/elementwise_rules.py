@@ -19,7 +19,7 @@ from shardc.passes.strategy_rules import (
     rule,
 )
 
-# -- followers: elementwise ops and views --------------------------------------------------
+# -- elementwise ops (followers) -----------------------------------------------------------
 _LINEAR_ALL = ("Add", "Sub", "Sum", "Neg", "Identity", "Dropout")
 # fmt: off
 _UNARY = (

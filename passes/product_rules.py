@@ -5,8 +5,9 @@ Why a module of their own: these are the ops tensor parallelism is about. Their 
 decide column- against row-parallel (a split ``sum`` loop leaves partial sums), heads
 between activations and experts on batched weights, so they carry most of the logic
 that reads the graph around a node (:func:`heads_after`, :func:`reaches_output`).
-:func:`product_loops` is shared with :mod:`shardc.passes.contrib_rules` (the quantized
-and contrib products) through :mod:`shardc.passes.strategy_rules`.
+:func:`product_loops`, the batch loops of a product, lives in
+:mod:`shardc.passes.strategy_rules`: :mod:`shardc.passes.contrib_rules` (the quantized
+and contrib products) shares it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from shardc.passes.strategy_rules import (
     OpDims,
     heads_after,
     heads_before,
+    product_loops,
     reaches_output,
     rule,
     same,
@@ -27,33 +29,6 @@ from shardc.sharding import Strategy
 
 
 # -- matrix products -----------------------------------------------------------------------
-def product_loops(ctx: Ctx, a: int, b: int, wa: bool, wb: bool) -> list[Loop]:
-    """Batch loops of ``[.., M, K] @ [.., K, N]``: experts on a batched weight, heads between
-    activations, else by label.
-    """
-    sa, sb, y = ctx.in_shape(a), ctx.in_shape(b), ctx.out_shape(0)
-    assert sa is not None and sb is not None and y is not None
-    loops = []
-    for j in range(len(y) - 2):
-        ins = {}
-        for i, s in ((a, sa), (b, sb)):
-            d = j - (len(y) - len(s))
-            if d >= 0 and same(s[d], y[j]):
-                ins[i] = d
-        if wb and b in ins:
-            loops.append(ctx.loop("experts", ins, {0: j}, axis="ep"))
-        else:
-            loops.append(
-                ctx.loop(
-                    "heads" if not (wa or wb) else f"d{j}",
-                    ins,
-                    {0: j},
-                    unlabeled=None if (wa or wb) else "tp",
-                )
-            )
-    return loops
-
-
 @rule("MatMul", "MatMulInteger")
 def _matmul(ctx: Ctx) -> OpDims:
     """Megatron's pair: column-parallel splits N (the weight's columns, nothing to reduce),

@@ -25,7 +25,7 @@ from shardc.passes.strategy_rules import (
 )
 
 
-# -- views and data movement (followers too) ------------------------------------------
+# -- views and data movement (followers too) -----------------------------------------------
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 @_follower("all", args=(1,))
 def _reshape(ctx: Ctx) -> OpDims:
