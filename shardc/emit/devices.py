@@ -858,7 +858,8 @@ def emit(state: CompileState) -> Emission:
                     )
                 )
     programs.sort(key=lambda p: p.rank)
-    _refuse_unloadable(models)
+    if not getattr(state.model.weights, "declared_only", False):  # a what-if has no bytes
+        _refuse_unloadable(models)
     sync = {s.index: s.sync_seconds for s in part.stages}
     sync_bytes = {s.index: s.sync_bytes for s in part.stages}
     return Emission(
@@ -893,8 +894,6 @@ def _refuse_unloadable(models: Mapping[int, onnx.ModelProto]) -> None:
         inits = model.graph.initializer
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in inits):
             continue  # data kept on disk: nothing in memory to load
-        if any(_declared_only(t) for t in inits):
-            continue  # weights declared, never written (a what-if): nothing to load
         if sum(len(t.raw_data) for t in inits) > _ORT_CHECK_BYTES:
             continue
         problem = onnxruntime_problem(model, run=False)
@@ -903,15 +902,6 @@ def _refuse_unloadable(models: Mapping[int, onnx.ModelProto]) -> None:
                 f"rank {rank}: the device program is wrong, {problem}",
                 hint="a shardc bug: please report it with the model and the options used",
             )
-
-
-def _declared_only(t: onnx.TensorProto) -> bool:
-    """A shard laid out from a shapes-only weight source: dims, but no bytes at all."""
-    if t.raw_data or t.data_location == onnx.TensorProto.EXTERNAL:
-        return False
-    fields = (t.float_data, t.int32_data, t.int64_data, t.double_data, t.uint64_data,
-              t.string_data)
-    return not any(len(f) for f in fields) and all(d > 0 for d in t.dims)
 
 
 def _instantiate(

@@ -10,6 +10,7 @@ check-plan's onnxruntime load catches the same program with the join axis remove
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -64,15 +65,23 @@ class _Pinned:
         return dict(self.chosen) if sizes.get("tp", 1) > 1 else {}
 
 
-def test_all_to_all_reshard_is_emitted_and_matches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _pinned_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A two-device plan of the test graph whose MatMul is column parallel and whose
+    LayerNorm is split along the sequence: the layout change between them is an all-to-all.
+    """
     path = _model(tmp_path / "reshard.onnx")
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
     options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1,rule=split"]))
     state = partition_model(path, topo, mode="inference", partition=options).state
     pinned = _Pinned(state.strategies, {"mm": "column", "ln": "seq_tp"})
     monkeypatch.setattr(devices_mod, "tp_rule", lambda *_: pinned)
+    return state
+
+
+def test_all_to_all_reshard_is_emitted_and_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _pinned_state(tmp_path, monkeypatch)
     emission = devices_mod.emit(state)
 
     a2a = [n for n in emission.models[0].graph.node if n.op_type == "AllToAll"]
@@ -81,7 +90,7 @@ def test_all_to_all_reshard_is_emitted_and_matches(
     assert (attrs["axis"], attrs["concat_axis"]) == (1, 2)  # split seq, join hidden
 
     feeds = {"X": np.random.default_rng(1).standard_normal((2, 4, 8)).astype(np.float32)}
-    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    want = ort.InferenceSession(str(tmp_path / "reshard.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
     outs = run_inprocess(emission.models, feeds)
     for rank in (0, 1):
         np.testing.assert_allclose(outs[rank]["Z"], want[0], rtol=1e-5, atol=1e-5)
@@ -103,12 +112,7 @@ def test_check_plan_catches_a_program_onnxruntime_refuses(
     """The written folder checks clean; with the AllToAll's join axis dropped (the bug an
     unpaired emitter once had) the same files pass onnx.checker but not check-plan.
     """
-    path = _model(tmp_path / "reshard.onnx")
-    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
-    options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1,rule=split"]))
-    state = partition_model(path, topo, mode="inference", partition=options).state
-    pinned = _Pinned(state.strategies, {"mm": "column", "ln": "seq_tp"})
-    monkeypatch.setattr(devices_mod, "tp_rule", lambda *_: pinned)
+    state = _pinned_state(tmp_path, monkeypatch)
     files, section, _ = plan_files(state)
     files["plan.json"] = plan_json(state, section)
     out = write_outdir(tmp_path / "plan", files)
