@@ -21,14 +21,18 @@ demo: $(STAMP)
 	$(BIN)/shardc check-plan out/demo
 	$(BIN)/shardc verify out/demo --procs
 
+# lint-imports through tools/lint_imports.py: it checks the installed shape (passes/ as
+# shardc.passes), which a bare lint-imports cannot see. Contracts: pyproject.toml.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy shardc
+	$(BIN)/python tools/lint_imports.py
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy shardc
+	$(BIN)/python tools/lint_imports.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -51,16 +51,16 @@ estimated the same way (the device programs, schedule and check-plan use the rea
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from shardc.ir import Graph, Node
+from shardc.ir.blocks import Block, BlockChain
 from shardc.ir.printer import format_node
+from shardc.ir.structure import canonical, digest, outer_reads, small_int, type_key
 from shardc.pipeline import CompileState, Pass
 
 BROADCAST_SPAN = 0.5
@@ -69,50 +69,6 @@ SMALL_ELEMENTS = 8
 """Integer tensors with at most this many elements (shapes, indices) never decide a cut."""
 SHAPE_OPS = frozenset({"Shape", "Size"})
 """Ops whose result depends on their input's shape only, hence static."""
-_BODY_KINDS = frozenset({"GRAPH", "GRAPHS"})
-
-
-@dataclass(frozen=True)
-class Block:
-    """A contiguous run of nodes; blocks with equal ``signature`` are interchangeable.
-
-    ``inputs`` (activations entering, graph inputs included) and ``constants`` (static
-    values made elsewhere, recomputable anywhere, never communicated) are in order of
-    first use, so the i-th input of two identical blocks plays the same part in both.
-    """
-
-    index: int
-    nodes: tuple[str, ...]
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    weights: tuple[str, ...]
-    signature: str
-    role: str
-    constants: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class BlockChain:
-    """The graph as a chain of blocks in node order, identical blocks grouped."""
-
-    blocks: tuple[Block, ...]
-    classes: Mapping[str, tuple[int, ...]]
-    """Signature -> indices of the blocks with that signature (every block is in one)."""
-    period: int
-    """Segments (cut-to-cut regions) per repeated block; 0 when nothing repeats."""
-
-    @cached_property
-    def _index(self) -> dict[str, int]:
-        return {n: b.index for b in self.blocks for n in b.nodes}
-
-    def block_of(self, node_name: str) -> int:
-        """Index of the block holding ``node_name`` (KeyError if no such node)."""
-        return self._index[node_name]
-
-    @property
-    def repeated(self) -> tuple[int, ...]:
-        """Indices of the repeated blocks (empty when nothing repeats)."""
-        return tuple(b.index for b in self.blocks if b.role == "repeated")
 
 
 @dataclass(frozen=True)
@@ -149,18 +105,6 @@ class _Facts:
         return self.last_read.get(name, -1) >= end or name in self.outputs
 
 
-def _outer_reads(node: Node) -> tuple[str, ...]:
-    """Names a control-flow body reads from enclosing scopes (recursively)."""
-    if not any(a.kind in _BODY_KINDS for a in node.attributes):
-        return ()
-    names: list[str] = []
-    for sub in node.subgraphs:
-        names += sub.outer
-        for inner in sub.nodes:
-            names += [n for n in _outer_reads(inner) if n not in sub.values]
-    return tuple(names)
-
-
 def _analyse(graph: Graph) -> _Facts:
     """Reads, positions and the static closure, in node order (so one pass suffices)."""
     values = graph.values
@@ -172,7 +116,7 @@ def _analyse(graph: Graph) -> _Facts:
     static: set[str] = set()
     for i, node in enumerate(graph.nodes):
         names = tuple(
-            n for n in dict.fromkeys((*node.present_inputs, *_outer_reads(node))) if n in values
+            n for n in dict.fromkeys((*node.present_inputs, *outer_reads(node))) if n in values
         )
         reads.append(names)
         for n in names:
@@ -226,73 +170,6 @@ def _segments(facts: _Facts, middle: bool = False) -> list[tuple[int, int]]:
     return segments
 
 
-def _type_key(graph: Graph, name: str) -> object:
-    """Dtype and shape of a value, never its name."""
-    v = graph.values.get(name)
-    return "?" if v is None or v.type is None else (v.type.dtype.name, v.type.shape)
-
-
-def _small_int(v: object) -> object:
-    """A constant's value as structure sees it: 32- and 64-bit integers (shapes, axes,
-    indices) decide what a block does; floats and 8-bit or narrower integers do not (each
-    layer of a quantized model has its own scales and zero points, yet the layers are
-    alike and cost the same).
-    """
-    const = getattr(v, "const", None)
-    t = getattr(v, "type", None)
-    if const is None or (t is not None and (t.dtype.is_float or t.dtype.bits <= 8)):
-        return None
-    return const
-
-
-def _attr_key(node: Node) -> tuple[object, ...]:
-    """Attributes by name, kind and value; bodies are hashed structurally instead."""
-    return tuple(
-        (a.name, a.kind, None if a.kind in _BODY_KINDS else a.value)
-        for a in sorted(node.attributes, key=lambda a: a.name)
-    )
-
-
-def _canonical(
-    graph: Graph, nodes: Iterable[Node], outside: Callable[[str], object]
-) -> tuple[list[object], dict[str, tuple[str, int, int]]]:
-    """Nodes as name-free tuples, and the local label of every value they make.
-
-    A read is ``_`` (omitted), the local label ``(L, node, slot)`` of a value made earlier
-    in ``nodes``, or whatever ``outside(name)`` says for anything else.
-    """
-    local: dict[str, tuple[str, int, int]] = {}
-    parts: list[object] = []
-    for node in nodes:
-        names = (*node.inputs, *_outer_reads(node))
-        refs = tuple(local[n] if n in local else outside(n) if n else "_" for n in names)
-        outs = tuple(_type_key(graph, o) for o in node.outputs)
-        bodies = tuple(_body_key(sub) for sub in node.subgraphs)
-        parts.append((node.qualified_op, _attr_key(node), refs, outs, bodies))
-        local.update({o: ("L", len(parts) - 1, j) for j, o in enumerate(node.outputs) if o})
-    return parts, local
-
-
-def _digest(parts: object) -> str:
-    """16 hex digits of blake2b over the repr: the same in every run (no hash seed)."""
-    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
-
-
-def _body_key(sub: Graph) -> str:
-    """Structural hash of a control-flow body: formal inputs and outer reads by position."""
-    slots: dict[str, object] = {n: ("in", i) for i, n in enumerate(sub.inputs)}
-    slots.update({n: ("outer", i, _type_key(sub, n)) for i, n in enumerate(sub.outer)})
-
-    def outside(name: str) -> object:
-        v = sub.values.get(name)
-        weight = ("W", _type_key(sub, name), v.const) if v is not None and v.is_weight else "?"
-        return slots.get(name, weight)
-
-    parts, local = _canonical(sub, sub.nodes, outside)
-    parts.append(tuple(local.get(o, slots.get(o, "?")) for o in sub.outputs))
-    return _digest(parts)
-
-
 def _signature(facts: _Facts, start: int, end: int) -> str:
     """Structural hash of nodes ``[start, end)``: canonical relabelling, no names.
 
@@ -305,13 +182,13 @@ def _signature(facts: _Facts, start: int, end: int) -> str:
     def outside(name: str) -> object:
         if name in facts.static or facts.is_weight(name):
             v = graph.values.get(name)
-            return ("C", _type_key(graph, name), _small_int(v))
-        return ("X", external.setdefault(name, len(external)), _type_key(graph, name))
+            return ("C", type_key(graph, name), small_int(v))
+        return ("X", external.setdefault(name, len(external)), type_key(graph, name))
 
     kept = (graph.nodes[i] for i in range(start, end) if i not in facts.static_nodes)
-    parts, local = _canonical(graph, kept, outside)
+    parts, local = canonical(graph, kept, outside)
     parts.append(tuple(sorted(label for v, label in local.items() if facts.leaves(v, end))))
-    return _digest(parts)
+    return digest(parts)
 
 
 def _best_run(ids: np.ndarray, sizes: np.ndarray) -> tuple[int, int, int] | None:

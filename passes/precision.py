@@ -11,24 +11,13 @@ read it; emission writes types from ``state.graph``. What each dtype means is in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
+from shardc.cost.graph import Precision
 from shardc.cost.precision import PricedGraph, policy, price
-from shardc.ir import DType, Graph, Node
+from shardc.ir import Graph, Node
 from shardc.pipeline import CompileState, Pass
 
-
-@dataclass(frozen=True)
-class Precision:
-    """The precision of the plan and the graph the cost model reads."""
-
-    dtype: str | None
-    """The option (``fp32``, ``bf16``, ``fp16``, ``fp8``), or None for the model's own."""
-    graph: Graph
-    """``state.graph`` with its float values re-typed (the same object when None)."""
-    compute: Mapping[str, DType] = field(default_factory=dict)
-    """Nodes whose arithmetic runs in another type than their inputs' (fp8 GEMMs)."""
+__all__ = ["PASS", "Precision", "priced_graph"]
+"""``Precision`` re-exported: its home is :mod:`shardc.cost.graph`."""
 
 
 def priced_graph(state: CompileState) -> Graph:

@@ -35,12 +35,11 @@ from shardc.errors import (
 from shardc.frontend import load_model
 from shardc.partition.options import PartitionOptions, Pins, parse_pins
 from shardc.plan import Device, Estimate, Plan, Stage
+from shardc.version import __version__
 
 if TYPE_CHECKING:
     from shardc.runtime.verify import VerifyReport
     from shardc.topology import Topology
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Device",

@@ -17,8 +17,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import onnx
-
 from shardc.build import Inputs, PlanOptions, build, sha256_bytes, sha256_file
 from shardc.errors import OptionError, ShardcWarning
 from shardc.partition.options import DEFAULT_RESERVE
@@ -199,23 +197,10 @@ def compile(
 
 
 def _model(model: Any, example_inputs: Any) -> tuple[Any, dict[str, Any]]:
-    """(what the frontend loads, plan.json's record of it)."""
-    from shardc.frontend import to_model_proto
+    """(what the frontend loads, plan.json's record of it); protobuf stays in the frontend."""
+    from shardc.frontend import model_source
 
-    if isinstance(model, str | os.PathLike):
-        if example_inputs is not None:
-            raise OptionError("example_inputs is for a torch.nn.Module; this model is a file")
-        return Path(model), {"path": str(Path(model))}
-    if isinstance(model, onnx.ModelProto):
-        if example_inputs is not None:
-            raise OptionError("example_inputs is for a torch.nn.Module; this is a ModelProto")
-        proto, where = model, "<ModelProto>"
-    else:
-        proto, _, where = to_model_proto(model, example_inputs=example_inputs)
-    return proto, {
-        "path": where,
-        "sha256": sha256_bytes(proto.SerializeToString(deterministic=True)),
-    }
+    return model_source(model, example_inputs=example_inputs)
 
 
 def _topology(

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from shardc import __version__
 from shardc.errors import ShardcError
 from shardc.report.text import plain_safe
+from shardc.version import __version__
 
 
 class _Group(click.Group):

@@ -160,8 +160,8 @@ class TransformerCosts:
         cost pass are imported here, so the cost package keeps no import-time dependency
         on them.
         """
+        from shardc.cost.graph import graph_costs
         from shardc.frontend import load_model
-        from shardc.passes.annotate_costs import graph_costs
         from shardc.synth import build, resolve
 
         res = resolve(arch, config)

@@ -7,6 +7,7 @@ own rules. Weights stay where they are; :class:`OnnxWeightSource` reads them on 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,13 +15,13 @@ from typing import Any
 
 import onnx
 
-from shardc.errors import ModelError
+from shardc.errors import ModelError, OptionError
 from shardc.frontend import guard, read, shapes
 from shardc.frontend.convert import convert_graph, weight_ref
 from shardc.frontend.weights import OnnxWeightSource
 from shardc.ir import Graph, Model, TensorType, Value, verify_graph
 
-__all__ = ["ModelLike", "OnnxWeightSource", "load_model", "to_model_proto"]
+__all__ = ["ModelLike", "OnnxWeightSource", "load_model", "model_source", "to_model_proto"]
 
 ModelLike = str | os.PathLike[str] | onnx.ModelProto | Any
 
@@ -42,6 +43,27 @@ def to_model_proto(
         f"cannot load a model from a {type(model).__name__}",
         hint="pass a path to an .onnx file, an onnx.ModelProto or a torch.nn.Module",
     )
+
+
+def model_source(model: ModelLike, *, example_inputs: Any = None) -> tuple[Any, dict[str, str]]:
+    """(what :func:`load_model` should read, plan.json's record of where it came from).
+
+    A path is read later, where the compile can name it in errors, and recorded by path; a
+    ModelProto or an exported ``nn.Module`` is recorded by the hash of its deterministic
+    serialisation, since it has no file to point at.
+    """
+    if isinstance(model, str | os.PathLike):
+        if example_inputs is not None:
+            raise OptionError("example_inputs is for a torch.nn.Module; this model is a file")
+        return Path(model), {"path": str(Path(model))}
+    if isinstance(model, onnx.ModelProto):
+        if example_inputs is not None:
+            raise OptionError("example_inputs is for a torch.nn.Module; this is a ModelProto")
+        proto, where = model, "<ModelProto>"
+    else:
+        proto, _, where = to_model_proto(model, example_inputs=example_inputs)
+    data = proto.SerializeToString(deterministic=True)
+    return proto, {"path": where, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _is_torch_module(obj: object) -> bool:

@@ -49,9 +49,9 @@ from shardc.sharding import Strategy, TensorSharding, reshard, shard_scale
 from shardc.vocabulary import RECOMPUTES
 
 if TYPE_CHECKING:
-    from shardc.passes.annotate_costs import GraphCosts
-    from shardc.passes.coarsen import BlockChain
-    from shardc.passes.strategies import StrategyTable
+    from shardc.cost.graph import GraphCosts
+    from shardc.ir.blocks import BlockChain
+    from shardc.strategy.table import StrategyTable
     from shardc.topology import Topology
     from shardc.topology.model import DeviceKind
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping
 
 from shardc.ir import Graph, Node
 from shardc.partition.experts import ExpertRule
-from shardc.passes.strategies import StrategyTable
 from shardc.sharding import Strategy
+from shardc.strategy.table import StrategyTable
 
 PRODUCTS = {
     "MatMul": 1,

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 
 from shardc.ir import Graph, Node
 from shardc.partition.megatron import MegatronRule
-from shardc.passes.strategies import StrategyTable
 from shardc.sharding import Strategy, TensorSharding, legal_for, reshard
+from shardc.strategy.table import StrategyTable
 
 _MOVABLE = frozenset({"dp", "sp"})
 """Axes whose splits can run over the tensor-parallel group instead."""

@@ -18,7 +18,6 @@ import json
 
 from onnx import ModelProto, TensorProto, helper
 
-from shardc import __version__
 from shardc.errors import OptionError
 from shardc.synth.config import MAX_MATERIALISED_BYTES, Resolved, SynthConfig, resolve
 from shardc.synth.counts import weight_bytes
@@ -35,6 +34,7 @@ from shardc.synth.layers import (
 )
 from shardc.synth.moe import moe_ffn, moe_sizes
 from shardc.synth.weights import Declared, Init, Random, layout
+from shardc.version import __version__
 
 #: The default domain's opset, as torch's dynamo exporter writes; fp8 needs 21 for
 #: blocked DequantizeLinear.

@@ -4,9 +4,9 @@ decorator, and the shape helpers that line tensor dims up as loops (broadcasting
 concat axis, a reshape's dim groups).
 
 Why a module of its own: these depend on nothing but the IR, and every rule module (the
-families imported by :mod:`shardc.passes.strategy_rules`, the contrib rules) is written
+families imported by :mod:`shardc.strategy.rules`, the contrib rules) is written
 in them; keeping them apart from the graph walks and the rules keeps each module small.
-Import them from :mod:`shardc.passes.strategy_rules`, which re-exports them.
+Import them from :mod:`shardc.strategy.rules`, which re-exports them.
 """
 
 from __future__ import annotations

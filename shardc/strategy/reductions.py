@@ -9,7 +9,7 @@ the others parallel, one family of axis handling shared through ``_reduce_loops`
 from __future__ import annotations
 
 from shardc.ir.opfamilies import REDUCTIONS
-from shardc.passes.strategy_rules import (
+from shardc.strategy.rules import (
     Ctx,
     Loop,
     OpDims,

@@ -3,14 +3,14 @@ quantize/dequantize and BatchNormalization.
 
 Why a module of their own: these are the *followers* whose layout comes from their
 inputs. Each rule is numpy broadcasting read as loops (:func:`broadcast_loops` in
-:mod:`shardc.passes.strategy_rules`), marked with how partial sums pass the op
+:mod:`shardc.strategy.rules`), marked with how partial sums pass the op
 (``linear``: all inputs, one, the first, none), so the long op lists live here and not
 in the core the other rule families share.
 """
 
 from __future__ import annotations
 
-from shardc.passes.strategy_rules import (
+from shardc.strategy.rules import (
     Ctx,
     Loop,
     OpDims,

@@ -4,14 +4,14 @@ Slice/Pad/Tile, Concat, Split and the shape arithmetic ops.
 Why a module of their own: these ops move data without computing on it, so each rule is
 a dim mapping (which input dim an output dim runs along) and the op follows its input's
 layout; they share the reshape grouping and same-size helpers of
-:mod:`shardc.passes.strategy_rules` and nothing with the products or reductions.
+:mod:`shardc.strategy.rules` and nothing with the products or reductions.
 """
 
 from __future__ import annotations
 
 from typing import cast
 
-from shardc.passes.strategy_rules import (
+from shardc.strategy.rules import (
     Ctx,
     OpDims,
     _follower,

@@ -5,7 +5,7 @@ Why a module of their own: these ops come from onnxruntime's transformer optimiz
 (fused attention, skip-add norms, embedding + norm), its quantizers (MatMulNBits,
 MatMulInteger, QLinearMatMul, dynamic quantization) and QDQ graphs, not from exporters;
 their operand layouts are onnxruntime's (docs/ContribOperators.md of onnxruntime), read
-here the same way :mod:`shardc.passes.strategy_rules` reads ONNX ops, as loops.
+here the same way :mod:`shardc.strategy.rules` reads ONNX ops, as loops.
 
 Attributes that count what a rank holds (``num_heads``, MatMulNBits' ``N`` and ``K``)
 are divided by the emitter when the loop they count is split (see
@@ -14,7 +14,7 @@ are divided by the emitter when the loop they count is split (see
 
 from __future__ import annotations
 
-from shardc.passes.strategy_rules import (
+from shardc.strategy.rules import (
     Ctx,
     Loop,
     OpDims,
@@ -216,7 +216,7 @@ def _rotary(ctx: Ctx) -> OpDims:
     cos = ctx.in_shape(2)
     if not heads and not ctx.attr_int("rotary_embedding_dim", 0) and cos and x[2]:
         # onnxruntime takes the head size from the cache (2 x its last dim) then
-        heads = int(x[2]) // (2 * int(cos[-1])) if isinstance(cos[-1], int) else 0  # type: ignore[arg-type]
+        heads = int(x[2]) // (2 * int(cos[-1])) if isinstance(cos[-1], int) else 0
     loops.append(ctx.loop("seq", {0: 1}, {0: 1}, kind="fixed"))
     if heads:
         loops.append(ctx.loop("heads", {0: 2}, {0: 2}, axis="tp", divides=(("tp", heads),)))

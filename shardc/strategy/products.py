@@ -6,14 +6,15 @@ decide column- against row-parallel (a split ``sum`` loop leaves partial sums), 
 between activations and experts on batched weights, so they carry most of the logic
 that reads the graph around a node (:func:`heads_after`, :func:`reaches_output`).
 :func:`product_loops`, the batch loops of a product, lives in
-:mod:`shardc.passes.strategy_rules`: :mod:`shardc.passes.contrib_rules` (the quantized
+:mod:`shardc.strategy.rules`: :mod:`shardc.strategy.contrib` (the quantized
 and contrib products) shares it.
 """
 
 from __future__ import annotations
 
 from shardc.ir.types import Dim
-from shardc.passes.strategy_rules import (
+from shardc.sharding import Strategy
+from shardc.strategy.rules import (
     Built,
     Ctx,
     Loop,
@@ -25,7 +26,6 @@ from shardc.passes.strategy_rules import (
     rule,
     same,
 )
-from shardc.sharding import Strategy
 
 
 # -- matrix products -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ legal: a column-parallel MatMul is its N loop split, a row-parallel one its cont
 loop split (a ``sum`` loop, so the output holds partial sums), attention by heads is a
 batch loop of the batched matmul split. ``fixed`` loops are dims the op mixes (the
 Softmax axis, a norm's normalised dims, the dims a Reshape folds behind another) and
-cannot be split. The generic machinery in :mod:`shardc.passes.strategies` turns loops
+cannot be split. The generic machinery in :mod:`shardc.strategy.table` turns loops
 into :class:`~shardc.sharding.Strategy` lists, propagates the batch/sequence dim labels
 that decide between ``dp`` and ``sp``, and derives what elementwise and view ops (the
 *followers*) do from their inputs. Rules that need more than loops (the expert
@@ -15,12 +15,12 @@ all-to-all, KV heads kept whole) add ready-made strategies in ``OpDims.extra``.
 
 This module is the core the rule families share. The loop vocabulary (:class:`Loop`,
 :class:`OpDims`, :class:`Ctx`, ``RULES`` and ``@rule``, the shape helpers) lives in
-:mod:`~shardc.passes.rule_base` and is re-exported here; the walks over the graph around
+:mod:`~shardc.strategy.base` and is re-exported here; the walks over the graph around
 a node, the follower marking and :func:`product_loops` are defined here. The rules live
 in one module per op family, imported at the bottom so that importing this module files
-every rule: :mod:`~shardc.passes.elementwise_rules`, :mod:`~shardc.passes.view_rules`,
-:mod:`~shardc.passes.product_rules`, :mod:`~shardc.passes.reduction_rules`,
-:mod:`~shardc.passes.gather_rules` and :mod:`~shardc.passes.contrib_rules`.
+every rule: :mod:`~shardc.strategy.elementwise`, :mod:`~shardc.strategy.views`,
+:mod:`~shardc.strategy.products`, :mod:`~shardc.strategy.reductions`,
+:mod:`~shardc.strategy.gathers` and :mod:`~shardc.strategy.contrib`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from shardc.ir import Graph
-from shardc.passes.rule_base import (
+from shardc.sharding import Reshard, Strategy, TensorSharding
+from shardc.strategy.base import (
     _FOLLOWER_RULES,
     RULES,
     Ctx,
@@ -46,7 +47,6 @@ from shardc.passes.rule_base import (
     same,
     same_size_loops,
 )
-from shardc.sharding import Reshard, Strategy, TensorSharding
 
 __all__ = [
     "FOLLOWER_OPS",
@@ -73,7 +73,7 @@ __all__ = [
     "same_size_loops",
     "sharding",
 ]
-"""The rule API: the loop vocabulary re-exported from :mod:`~shardc.passes.rule_base`,
+"""The rule API: the loop vocabulary re-exported from :mod:`~shardc.strategy.base`,
 and the helpers defined here."""
 
 # -- parameters and the graph around a node -----------------------------------------------
@@ -257,9 +257,9 @@ def product_loops(ctx: Ctx, a: int, b: int, wa: bool, wb: bool) -> list[Loop]:
 
 # the rule families file themselves in RULES on import (they use the helpers above), in
 # the order they were written in
-from shardc.passes import elementwise_rules, view_rules, product_rules  # noqa: E402, F401, I001
-from shardc.passes import reduction_rules, gather_rules  # noqa: E402, F401
-from shardc.passes import contrib_rules  # noqa: E402, F401
+from shardc.strategy import elementwise, views, products  # noqa: E402, F401, I001
+from shardc.strategy import reductions, gathers  # noqa: E402, F401
+from shardc.strategy import contrib  # noqa: E402, F401
 
 FOLLOWER_OPS: frozenset[str] = frozenset(op for op, fn in RULES.items() if fn in _FOLLOWER_RULES)
 """Ops (qualified) whose layout follows their inputs; the graph walks above step over them."""

@@ -8,7 +8,8 @@ their own token-dim and exchange helpers that nothing else uses.
 
 from __future__ import annotations
 
-from shardc.passes.strategy_rules import (
+from shardc.sharding import Reshard, Strategy
+from shardc.strategy.rules import (
     Built,
     Ctx,
     OpDims,
@@ -17,7 +18,6 @@ from shardc.passes.strategy_rules import (
     norm_axis,
     rule,
 )
-from shardc.sharding import Reshard, Strategy
 
 
 # -- gathers and scatters: embeddings and expert routing -----------------------------------
