@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from shardc.build import Inputs, PlanOptions, build, sha256_bytes, sha256_file
 from shardc.errors import OptionError, ShardcWarning
-from shardc.partition.options import DEFAULT_RESERVE
 from shardc.plan import Plan
 from shardc.progress import Progress, progress_for
+from shardc.vocabulary import default
 
 if TYPE_CHECKING:
     from shardc.topology import Topology
@@ -35,19 +35,19 @@ def compile(
     *,
     example_inputs: Any = None,
     dims: Mapping[str, int] | None = None,
-    mode: str = "training",
-    objective: str = "throughput",
-    microbatches: int | None = None,
-    global_batch: int | None = None,
-    schedule: str = "1f1b",
-    zero: int = 1,
+    mode: str = default("mode"),
+    objective: str = default("objective"),
+    microbatches: int | None = default("microbatches"),
+    global_batch: int | None = default("global_batch"),
+    schedule: str = default("schedule"),
+    zero: int = default("zero"),
     pins: str | Sequence[str] | Mapping[str, Param] | None = None,
-    recompute: str | None = None,
-    dtype: str | None = None,
-    time_limit: float = 20.0,
-    seed: int = 0,
-    max_stages: int = 16,
-    memory_reserve: str | float = DEFAULT_RESERVE,
+    recompute: str | None = default("recompute"),
+    dtype: str | None = default("dtype"),
+    time_limit: float = default("time_limit"),
+    seed: int = default("seed"),
+    max_stages: int = default("max_stages"),
+    memory_reserve: str | float = default("memory_reserve"),
     devices: int | None = None,
     params: Mapping[str, Param] | None = None,
     warm_start: str | os.PathLike[str] | Plan | None = None,

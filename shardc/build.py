@@ -16,7 +16,6 @@ the files in :class:`Built`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -26,10 +25,26 @@ from typing import Any
 
 from shardc import jsonutil
 from shardc.errors import OptionError
-from shardc.partition.options import DEFAULT_RESERVE, PartitionOptions, parse_pins, parse_reserve
+from shardc.options import PlanOptions, complete_pins, read_json, warm_start_section
 from shardc.progress import Progress, Steps
 
 PLAN_FORMAT = "shardc-plan/1"
+
+__all__ = [
+    "PLAN_FORMAT",
+    "Built",
+    "Inputs",
+    "PlanOptions",
+    "build",
+    "complete_pins",
+    "read_json",
+    "read_plan",
+    "sha256_bytes",
+    "sha256_file",
+    "warm_start_section",
+]
+"""``PlanOptions``, ``complete_pins``, ``read_json`` and ``warm_start_section`` are
+re-exported: their home is :mod:`shardc.options`, next to the option table."""
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -49,29 +64,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_json(path: Path, flag: str) -> Any:
-    """A JSON file named by ``flag``, or a one-line error saying what is wrong with it."""
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise OptionError(f"{flag} {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OptionError(f"{flag} {path}: not JSON ({exc})") from None
-
-
-def warm_start_section(path: Path | None) -> dict[str, Any] | None:
-    """The ``partition`` section of an earlier plan.json (or of a bare partition dump)."""
-    if path is None:
-        return None
-    data = read_json(path, "--warm-start")
-    section = data.get("partition", data) if isinstance(data, dict) else None
-    if not isinstance(section, dict) or "stages" not in section or "dp" not in section:
-        raise OptionError(
-            f"--warm-start {path}: no plan in it", hint="pass a plan.json written by compile"
-        )
-    return section
-
-
 def read_plan(path: Path, records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """An earlier plan.json, checked to be for the inputs in ``records``
     (``{"model": {"path", "sha256"}, "topology": {...}}``).
@@ -86,105 +78,6 @@ def read_plan(path: Path, records: Mapping[str, Mapping[str, Any]]) -> dict[str,
                 hint=f"it names {data['inputs'][what]['path']}",
             )
     return data
-
-
-def complete_pins(part: Mapping[str, Any]) -> list[str]:
-    """Pins that leave the solver nothing to choose: the plan itself."""
-    out = [f"pp={part['pp']},dp={part['dp']}"]
-    if part.get("interleave", 1) > 1:
-        out.append(f"v={part['interleave']}")
-    if part.get("pins", {}).get("rule"):
-        out.append(f"rule={part['pins']['rule']}")
-    for st in part["stages"]:
-        j = st["index"]
-        out += [
-            f"stage{j}.kind={st['kind']}",
-            f"stage{j}.tp={st['tp']}",
-            f"stage{j}.blocks={st['blocks'][1] - st['blocks'][0] + 1}",
-            f"stage{j}.recompute={st['recompute']}",
-        ]
-        if st.get("sequence_parallel"):
-            out.append(f"stage{j}.sp=on")
-    return out
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """What the user asked of the compiler, as plan.json's ``options`` records it."""
-
-    mode: str = "training"
-    objective: str = "throughput"
-    microbatches: int | None = None
-    global_batch: int | None = None
-    schedule: str = "1f1b"
-    zero: int = 1
-    pins: tuple[str, ...] = ()
-    """``KEY=VALUE[,...]`` items as ``--pin`` takes them."""
-    recompute: str | None = None
-    time_limit: float = 20.0
-    seed: int = 0
-    max_stages: int = 16
-    warm_start: str | None = None
-    """Path of an earlier plan.json that seeds the solver."""
-    memory_reserve: str = DEFAULT_RESERVE
-    """Memory per device held back from the plan (``--memory-reserve``)."""
-    dtype: str | None = None
-    """The precision the plan is priced in (``fp32``, ``bf16``, ``fp16``, ``fp8``), or None
-    for the model's own types (:mod:`shardc.cost.precision`)."""
-
-    def partition_options(self) -> PartitionOptions:
-        """The partitioner's options (validates every value)."""
-        items = list(self.pins) + ([f"recompute={self.recompute}"] if self.recompute else [])
-        return PartitionOptions(
-            objective=self.objective,
-            microbatches=self.microbatches,
-            global_batch=self.global_batch,
-            schedule=self.schedule,
-            zero=self.zero,
-            pins=parse_pins(items),
-            max_stages=self.max_stages,
-            time_limit=self.time_limit,
-            seed=self.seed,
-            warm_start=warm_start_section(Path(self.warm_start) if self.warm_start else None),
-            memory_reserve=parse_reserve(self.memory_reserve),
-        )
-
-    def to_json(self, partition: PartitionOptions) -> dict[str, Any]:
-        """plan.json's ``options`` (pins as parsed, so equal pins read equal)."""
-        return {
-            "mode": self.mode,
-            "objective": self.objective,
-            "microbatches": self.microbatches,
-            "global_batch": self.global_batch,
-            "schedule": self.schedule,
-            "zero": self.zero,
-            "pins": partition.pins.to_json(),
-            "time_limit": self.time_limit,
-            "seed": self.seed,
-            "max_stages": self.max_stages,
-            "warm_start": self.warm_start,
-            "dtype": self.dtype,
-            "memory_reserve": self.memory_reserve,
-        }
-
-    @classmethod
-    def replaying(cls, plan: Mapping[str, Any]) -> PlanOptions:
-        """Options that make the solver re-find ``plan`` exactly (every choice pinned)."""
-        saved = plan["options"]
-        return cls(
-            mode=saved["mode"],
-            objective=saved["objective"],
-            microbatches=saved["microbatches"],
-            global_batch=saved["global_batch"],
-            schedule=saved["schedule"],
-            zero=saved["zero"],
-            pins=tuple(complete_pins(plan["partition"])),
-            time_limit=saved["time_limit"],
-            seed=saved["seed"],
-            max_stages=saved["max_stages"],
-            dtype=saved.get("dtype"),  # plans from before --dtype priced the model's own
-            memory_reserve=saved.get("memory_reserve", "0"),  # older plans reserved none
-        )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,6 +21,7 @@ from shardc import jsonutil
 from shardc.build import Inputs, PlanOptions, build, read_plan, sha256_file
 from shardc.cli.analyse import dim_option, json_option, op_cost_option, warn
 from shardc.cli.options import (
+    compile_options,
     console,
     include_path_option,
     parse_dims,
@@ -27,10 +29,8 @@ from shardc.cli.options import (
     parse_sets,
 )
 from shardc.errors import OptionError
-from shardc.partition.options import DEFAULT_RESERVE
 from shardc.progress import progress_for
 from shardc.report.text import markup_safe, plain_safe
-from shardc.vocabulary import OBJECTIVES, RECOMPUTES, SCHEDULES
 
 __all__ = ["compile_cmd"]
 
@@ -61,81 +61,7 @@ __all__ = ["compile_cmd"]
     required=True,
     help="Output folder (written atomically).",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["training", "inference"]),
-    default="training",
-    show_default=True,
-    help="Plan a training step (forward, backward, optimizer) or inference.",
-)
-@click.option(
-    "--objective",
-    type=click.Choice(OBJECTIVES),
-    default="throughput",
-    show_default=True,
-    help="Samples per second, or (inference) one request's latency.",
-)
-@click.option("--microbatches", type=int, help="Micro-batches per pipeline per step (default 8).")
-@click.option(
-    "--global-batch",
-    type=int,
-    help="Samples per step; sets micro-batches per replica to B / (dp x micro-batch size).",
-)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b", show_default=True)
-@click.option(
-    "--zero",
-    type=click.IntRange(0, 3),
-    default=1,
-    show_default=True,
-    help="ZeRO stage of the data-parallel optimizer state.",
-)
-@click.option(
-    "--pin",
-    "pins",
-    multiple=True,
-    metavar="KEY=VALUE[,...]",
-    help="Fix part of the answer: tp=8, pp=4,dp=16, kind=h100, stage0.kind=h20, "
-    "stage1.blocks=30, recompute=full, rule=split (tensor parallel splits every op it "
-    "can, batch first, not only Megatron's weight products: for graphs that are not "
-    "transformers). With tp, pp, dp and every stage's blocks pinned, compile evaluates "
-    "that configuration.",
-)
-@click.option(
-    "--recompute",
-    type=click.Choice(RECOMPUTES),
-    help="Activation recomputation for every stage (same as --pin recompute=...).",
-)
-@click.option(
-    "--dtype",
-    metavar="[fp32|bf16|fp16|fp8]",
-    help="Price and size the plan in this precision, as mixed-precision training runs an "
-    "fp32 export: fp32, bf16 or fp16 for every float value, weight and transfer; fp8 for "
-    "the weights and arithmetic of GEMMs that read a weight, bf16 elsewhere. Device "
-    "programs keep the model's types. Default: the model's own.",
-)
-@click.option(
-    "--time-limit",
-    type=float,
-    default=20.0,
-    show_default=True,
-    help="Solver budget for the whole search, in CP-SAT deterministic seconds: a measure "
-    "of solver work, not wall-clock time, so the same inputs give the same plan on any "
-    "machine (one deterministic second is roughly one to a few wall seconds).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Solver random seed.")
-@click.option("--max-stages", type=int, default=16, show_default=True)
-@click.option(
-    "--memory-reserve",
-    default=DEFAULT_RESERVE,
-    show_default=True,
-    help="Memory per device no plan may use (CUDA/NCCL context, communication buffers, "
-    "allocator fragmentation): a fraction (0.05), a percentage (5%) or bytes (4GB, 4GiB).",
-)
-@click.option(
-    "--warm-start",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="An earlier plan.json whose plan seeds the solver.",
-)
+@compile_options
 @click.option(
     "--plan",
     "plan_path",
@@ -187,20 +113,6 @@ def compile_cmd(
     include_path: tuple[Path, ...],
     sets: tuple[str, ...],
     outdir: Path,
-    mode: str,
-    objective: str,
-    microbatches: int | None,
-    global_batch: int | None,
-    schedule: str,
-    zero: int,
-    pins: tuple[str, ...],
-    recompute: str | None,
-    dtype: str | None,
-    time_limit: float,
-    seed: int,
-    max_stages: int,
-    memory_reserve: str,
-    warm_start: Path | None,
     plan_path: Path | None,
     dims: tuple[str, ...],
     op_costs: tuple[str, ...],
@@ -211,6 +123,7 @@ def compile_cmd(
     quiet: bool,
     as_json: bool,
     timings: bool,
+    **chosen: Any,
 ) -> None:
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
     from shardc.emit.outdir import check_target, write_file, write_outdir
@@ -223,28 +136,16 @@ def compile_cmd(
     model_record = {"path": str(model)}
     topology_file = find_topology(topology_path, include_path)  # a path, or a stock name
     topology_record = {"path": str(topology_path)}
-    options = PlanOptions(
-        mode=mode,
-        objective=objective,
-        microbatches=microbatches,
-        global_batch=global_batch,
-        schedule=schedule,
-        zero=zero,
-        pins=pins,
-        recompute=recompute,
-        time_limit=time_limit,
-        seed=seed,
-        max_stages=max_stages,
-        warm_start=str(warm_start) if warm_start else None,
-        dtype=dtype,
-        memory_reserve=memory_reserve,
+    warm_start = chosen["warm_start"]
+    options = PlanOptions.from_values(
+        {**chosen, "warm_start": str(warm_start) if warm_start else None}
     )
     loaded = None
     if plan_path is not None:
         model_record["sha256"] = sha256_file(model)
         topology_record["sha256"] = sha256_file(topology_file)
         loaded = read_plan(plan_path, {"model": model_record, "topology": topology_record})
-        if pins or recompute or warm_start or dtype:
+        if options.pins or options.recompute or options.warm_start or options.dtype:
             raise OptionError(
                 "--plan fixes the whole plan: drop --pin, --recompute, --warm-start, --dtype"
             )

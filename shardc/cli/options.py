@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from shardc.errors import OptionError
+from shardc.vocabulary import OPTIONS, Option
 
 
 def _pairs(items: Iterable[str], flag: str) -> list[tuple[str, str]]:
@@ -92,3 +93,30 @@ def include_path_option(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Folder to look in for `include`d files and topology names, before "
         "$SHARDC_TOPOLOGY_PATH and the stock topologies (repeatable).",
     )(f)
+
+
+def _click_option(o: Option) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One :data:`~shardc.vocabulary.OPTIONS` entry as a click flag."""
+    kw: dict[str, Any] = {"help": o.help, "metavar": o.metavar}
+    if o.name == "pins":
+        kw["multiple"] = True
+    elif o.name == "warm_start":
+        kw["type"] = click.Path(dir_okay=False, path_type=Path)
+    elif o.choices:
+        kw["type"] = click.Choice(o.choices)
+    elif o.low is not None and o.high is not None:
+        kw["type"] = click.IntRange(o.low, o.high)
+    else:
+        kw["type"] = o.type
+    if o.default is not None and o.name != "pins":
+        kw.update(default=o.default, show_default=True)
+    return click.option(o.flag, o.name, **kw)
+
+
+def compile_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Every compile option (:data:`shardc.vocabulary.OPTIONS`) as a flag, in the table's
+    order: the command receives them as keywords of the same names.
+    """
+    for o in reversed(list(OPTIONS.values())):
+        f = _click_option(o)(f)
+    return f

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardc.errors import OptionError
-from shardc.vocabulary import OBJECTIVES, RECOMPUTES, SCHEDULES, TP_RULES
+from shardc.vocabulary import RECOMPUTES, TP_RULES, check_options, default
 
 _STAGE_KEYS = ("kind", "tp", "blocks", "recompute", "sp")
 _BOOLS = {"on": True, "true": True, "1": True, "yes": True,
@@ -132,7 +132,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
     return Pins(stages={j: dict(v) for j, v in sorted(stages.items())}, **values)
 
 
-DEFAULT_RESERVE = "5%"
+DEFAULT_RESERVE: str = default("memory_reserve")
 """Memory held back per device by the CLI and the API unless told otherwise: the CUDA
 context and cuBLAS/cuDNN workspaces (~0.5-1 GB), NCCL's channel buffers (~0.5-2 GB,
 more with NVLS), and the caching allocator's fragmentation (a few % of what it holds);
@@ -186,19 +186,19 @@ def parse_reserve(text: str) -> MemoryReserve:
 class PartitionOptions:
     """How to search: objective, batch, schedule, pins and solver limits."""
 
-    objective: str = "throughput"
+    objective: str = default("objective")
     microbatches: int | None = None
     """Micro-batches per pipeline per step (default 8 for training and throughput)."""
     global_batch: int | None = None
     """Samples per step; fixes micro-batches per replica to ``B / (dp · b)``."""
-    schedule: str = "1f1b"
-    zero: int = 1
+    schedule: str = default("schedule")
+    zero: int = default("zero")
     """ZeRO stage of the data-parallel optimizer state (Megatron's distributed optimizer is 1)."""
     pins: Pins = field(default_factory=Pins)
-    max_stages: int = 16
-    time_limit: float = 20.0
+    max_stages: int = default("max_stages")
+    time_limit: float = default("time_limit")
     """Deterministic solver time for the whole search (CP-SAT's own clock, ~seconds)."""
-    seed: int = 0
+    seed: int = default("seed")
     warm_start: Mapping[str, Any] | None = None
     """The ``partition`` section of an earlier plan.json: its plan seeds the search."""
     memory_reserve: MemoryReserve = field(default_factory=MemoryReserve)
@@ -206,23 +206,8 @@ class PartitionOptions:
     and the API; none here, so the solver's own tests see exact capacities)."""
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise OptionError(
-                f"unknown objective {self.objective!r}", hint=f"use {', '.join(OBJECTIVES)}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise OptionError(
-                f"unknown schedule {self.schedule!r}", hint=f"use {', '.join(SCHEDULES)}"
-            )
-        for name in ("microbatches", "global_batch"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        # defaults and checks are the option table's (shardc.vocabulary.OPTIONS)
+        check_options(self, ("objective", "schedule", "microbatches", "global_batch"))
         if self.microbatches and self.global_batch:
             raise OptionError("give --microbatches or --global-batch, not both")
-        if self.zero not in (0, 1, 2, 3):
-            raise OptionError(f"--zero {self.zero}: use 0, 1, 2 or 3")
-        if self.time_limit <= 0:
-            raise OptionError(f"--time-limit must be positive, got {self.time_limit}")
-        if self.max_stages < 1:
-            raise OptionError(f"--max-stages must be at least 1, got {self.max_stages}")
+        check_options(self, ("zero", "time_limit", "max_stages"))
