@@ -1,5 +1,9 @@
 """Shape rules for common ops, applied where ONNX's inference left dims unknown.
 
+Which ops a rule covers is read from the op-family table (:mod:`shardc.ir.opfamilies`),
+as the FLOP and sharding rules do; onnxruntime's contrib ops have their rules in
+:mod:`shardc.frontend.contrib_shapes`.
+
 ONNX stops inferring at the first op it has no schema for (``com.microsoft::Gelu``, a
 custom kernel) and everything downstream loses its shape; these rules carry shapes
 across such gaps. Each rule takes the input types and the small constant inputs (shape
@@ -12,7 +16,18 @@ import math
 from collections.abc import Callable, Sequence
 
 from shardc.ir import Dim, DType, Node, TensorType
-from shardc.ir.opfamilies import REDUCTIONS
+from shardc.ir.opfamilies import (
+    ALONG_AXIS,
+    ARITHMETIC,
+    CHANNEL_NORMS,
+    COMPARISONS,
+    CONTRIB_ACTIVATIONS,
+    LAYER_NORMS,
+    MS,
+    REDUCTIONS,
+    SCANS,
+    UNARY,
+)
 from shardc.registry import registrar
 
 Consts = Sequence[tuple[int | float, ...] | None]
@@ -64,38 +79,16 @@ def _axis(axis: object, rank: int, what: str = "axis", *, inclusive: bool = Fals
     return axis + rank if axis < 0 else axis
 
 
-def _same(t: TensorType | None, dtype: DType | None = None) -> TensorType | None:
+def same_type(t: TensorType | None, dtype: DType | None = None) -> TensorType | None:
     if t is None:
         return None
     return TensorType(dtype or t.dtype, t.shape)
 
 
-_COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"}
+_COMPARE = frozenset(COMPARISONS)
 
 
-@rule(
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Pow",
-    "Max",
-    "Min",
-    "Mod",
-    "Sum",
-    "Mean",
-    "PRelu",
-    "Equal",
-    "Less",
-    "Greater",
-    "LessOrEqual",
-    "GreaterOrEqual",
-    "And",
-    "Or",
-    "Xor",
-    "Where",
-    "BitShift",
-)
+@rule(*ARITHMETIC, *COMPARISONS)
 def _elementwise(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     shapes = [t.shape for t in ts if t is not None and t.shape is not None]
     if len(shapes) != len(ts):
@@ -112,58 +105,19 @@ def _elementwise(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     return [TensorType(dtype, shape)]
 
 
+# every op whose first output is its first input's shape and type (Not, IsNaN, IsInf: bool)
 @rule(
-    "Relu",
-    "Gelu",
-    "Sigmoid",
-    "Tanh",
-    "Erf",
-    "Sqrt",
-    "Exp",
-    "Log",
-    "Neg",
-    "Abs",
-    "Reciprocal",
-    "Softmax",
-    "LogSoftmax",
-    "Identity",
-    "Dropout",
-    "LayerNormalization",
-    "LeakyRelu",
-    "Elu",
-    "Selu",
-    "HardSigmoid",
-    "HardSwish",
-    "Softplus",
-    "Softsign",
-    "Sin",
-    "Cos",
-    "Floor",
-    "Ceil",
-    "Round",
-    "Sign",
-    "Not",
-    "IsNaN",
-    "IsInf",
-    "Clip",
-    "BatchNormalization",
-    "Mish",
-    "InstanceNormalization",
-    "GroupNormalization",
-    "RMSNormalization",
+    *UNARY,
+    *CONTRIB_ACTIVATIONS,
+    *LAYER_NORMS,
+    *CHANNEL_NORMS,
+    *(op for op in ALONG_AXIS if op not in ("TopK", "ArgMax", "ArgMin")),
+    *SCANS,
     "Trilu",
-    "CumSum",
-    "com.microsoft::Gelu",
-    "com.microsoft::FastGelu",
-    "com.microsoft::BiasGelu",
-    "com.microsoft::QuickGelu",
-    "com.microsoft::SimplifiedLayerNormalization",
-    "SimplifiedLayerNormalization",  # onnxruntime's, where its optimizer writes it
-    "com.microsoft::BiasAdd",
-    "com.microsoft::RotaryEmbedding",
+    f"{MS}RotaryEmbedding",
 )
 def _unary(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    out = _same(ts[0] if ts else None)
+    out = same_type(ts[0] if ts else None)
     if node.op_type in ("Not", "IsNaN", "IsInf") and out is not None:
         out = TensorType(DType.BOOL, out.shape)
     return [out] + [None] * (len(node.outputs) - 1)
@@ -172,12 +126,12 @@ def _unary(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
 @rule("Cast")
 def _cast(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
     to = node.attr("to")
-    return [_same(ts[0], DType(int(to)) if isinstance(to, int) else None)]
+    return [same_type(ts[0], DType(int(to)) if isinstance(to, int) else None)]
 
 
 @rule("CastLike")
 def _cast_like(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    return [_same(ts[0], ts[1].dtype if ts[1] else None)]
+    return [same_type(ts[0], ts[1].dtype if ts[1] else None)]
 
 
 @rule("MatMul")
@@ -405,88 +359,5 @@ def apply_rule(node: Node, ts: Types, cs: Consts) -> list[TensorType | None] | N
     return (outs + [None] * len(node.outputs))[: len(node.outputs)]
 
 
-# -- onnxruntime contrib ops (docs/ContribOperators.md of onnxruntime) ----------------------
-@rule("com.microsoft::SkipLayerNormalization", "com.microsoft::SkipSimplifiedLayerNormalization")
-def _skip_norm(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    """Outputs: the normed value, mean and 1/std (``[.., 1]``), input + skip + bias."""
-    x = ts[0] if ts else None
-    if x is None or x.shape is None:
-        return [None] * len(node.outputs)
-    stats = TensorType(DType.FLOAT, (*x.shape[:-1], 1))
-    return [_same(x), stats, stats, _same(x)][: len(node.outputs)]
-
-
-@rule("com.microsoft::MatMulNBits")
-def _matmul_nbits(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    """``A[.., K]`` times the packed ``[N, K]`` weight: ``[.., N]`` with N an attribute."""
-    a, n = ts[0] if ts else None, node.attr("N", None)
-    if a is None or a.shape is None or not isinstance(n, int):
-        return [None]
-    return [TensorType(a.dtype, (*a.shape[:-1], n))]
-
-
-def _heads_dims(q: TensorType, node: Node) -> tuple[Dim, Dim] | None:
-    """(head count, head size) of a query ``[B, S, N·D]``."""
-    heads = node.attr("num_heads", 0)
-    if q.shape is None or len(q.shape) != 3 or not isinstance(heads, int) or heads <= 0:
-        return None
-    hidden = q.shape[2]
-    return heads, hidden // heads if isinstance(hidden, int) else None
-
-
-@rule("com.microsoft::Attention")
-def _ms_attention(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    """``[B, S, H_in]`` through a ``[H_in, 3H]`` QKV weight: ``[B, S, H]`` (H the value
-    part of ``qkv_hidden_sizes`` when given).
-    """
-    x, w = (ts[i] if len(ts) > i else None for i in (0, 1))
-    if x is None or x.shape is None or w is None or w.shape is None:
-        return [None] * len(node.outputs)
-    sizes = node.attr("qkv_hidden_sizes", None)
-    total = w.shape[-1]
-    h: Dim = int(sizes[2]) if sizes else (total // 3 if isinstance(total, int) else None)  # type: ignore[index]
-    outs: list[TensorType | None] = [None] * len(node.outputs)
-    outs[0] = TensorType(x.dtype, (*x.shape[:-1], h))
-    return outs
-
-
-@rule("com.microsoft::MultiHeadAttention", "com.microsoft::GroupQueryAttention")
-def _mha(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    """The output is the query's shape with the value's hidden size; present key and
-    value are ``[B, N_kv, T, D]`` (T: past + new, or ``total_sequence_length``).
-    """
-    q = ts[0] if ts else None
-    v = ts[2] if len(ts) > 2 else None
-    outs: list[TensorType | None] = [None] * len(node.outputs)
-    if q is None or q.shape is None or len(q.shape) != 3:
-        return outs
-    hidden: Dim = q.shape[2]
-    if v is not None and v.shape is not None:
-        hidden = v.shape[2] if len(v.shape) == 3 else None
-        if len(v.shape) == 4 and all(isinstance(d, int) for d in v.shape[1::2]):
-            hidden = int(v.shape[1]) * int(v.shape[3])  # type: ignore[arg-type]
-    outs[0] = TensorType(q.dtype, (q.shape[0], q.shape[1], hidden))
-    hd = _heads_dims(q, node)
-    if node.op_type == "GroupQueryAttention" and hd is not None and len(outs) > 1:
-        kv = node.attr("kv_num_heads", 0)
-        total = cs[6][0] if len(cs) > 6 and cs[6] else q.shape[1]
-        past = ts[3] if len(ts) > 3 else None
-        if past is not None and past.shape is not None and len(past.shape) == 4:
-            p = past.shape[2]
-            known = isinstance(total, int | float) and isinstance(p, int)
-            total = max(int(total), int(p)) if known else None  # type: ignore[arg-type]
-        present = TensorType(q.dtype, (q.shape[0], kv, total, hd[1]))  # type: ignore[arg-type]
-        outs[1:3] = [present, present][: len(outs) - 1]
-    return outs
-
-
-@rule("com.microsoft::EmbedLayerNormalization")
-def _embed_norm(node: Node, ts: Types, cs: Consts) -> list[TensorType | None]:
-    """``[B, S]`` ids: ``[B, S, H]`` (H the word table's width), mask index ``[B]``."""
-    ids = ts[0] if ts else None
-    table = ts[2] if len(ts) > 2 else None
-    if ids is None or ids.shape is None or table is None or table.shape is None:
-        return [None] * len(node.outputs)
-    out = TensorType(table.dtype, (*ids.shape, table.shape[-1]))
-    made: list[TensorType | None] = [out, TensorType(DType.INT32, ids.shape[:1]), out]
-    return made[: len(node.outputs)]
+# the contrib-op rules file themselves in RULES on import (they use the helpers above)
+from shardc.frontend import contrib_shapes  # noqa: E402, F401

@@ -10,6 +10,7 @@ in the core the other rule families share.
 
 from __future__ import annotations
 
+from shardc.ir.opfamilies import ARITHMETIC, COMPARISONS, CONTRIB_ACTIVATIONS, MS, QUANTIZE, UNARY
 from shardc.strategy.rules import (
     Ctx,
     Loop,
@@ -19,22 +20,10 @@ from shardc.strategy.rules import (
     rule,
 )
 
-# -- elementwise ops (followers) -----------------------------------------------------------
+# -- elementwise ops (followers): the families of shardc.ir.opfamilies, by linearity ---------
 _LINEAR_ALL = ("Add", "Sub", "Sum", "Neg", "Identity", "Dropout")
-# fmt: off
-_UNARY = (
-    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BitwiseNot", "Ceil", "Celu",
-    "Cos", "Cosh", "Elu", "Erf", "Exp", "FastGelu", "Floor", "Gelu", "HardSigmoid", "HardSwish",
-    "IsInf", "IsNaN", "LeakyRelu", "Log", "Mish", "Not", "QuickGelu", "Reciprocal", "Relu",
-    "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign",
-    "Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Cast", "Clip", "Swish",
-)
-_BINARY = (
-    "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Equal", "Greater",
-    "GreaterOrEqual", "Less", "LessOrEqual", "Max", "Mean", "Min", "Mod", "Or", "PRelu", "Pow",
-    "Where", "Xor", "BiasGelu",
-)
-# fmt: on
+_UNARY = (*(op for op in UNARY if op not in _LINEAR_ALL), "Cast")
+_BINARY = tuple(op for op in (*ARITHMETIC, *COMPARISONS) if op not in (*_LINEAR_ALL, "Mul", "Div"))
 
 
 def _elementwise(ctx: Ctx) -> OpDims:
@@ -44,11 +33,9 @@ def _elementwise(ctx: Ctx) -> OpDims:
 
 # onnxruntime's contrib activations: Gelu/QuickGelu of one input, BiasGelu and FastGelu
 # (x + bias, then the activation), BiasAdd (x + bias + skip: linear, as Add is)
-_CONTRIB = tuple(
-    f"com.microsoft::{op}" for op in ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
-)
+_CONTRIB = tuple(op for op in CONTRIB_ACTIVATIONS if op != f"{MS}BiasAdd")
 for _lin, _ops in (
-    ("all", (*_LINEAR_ALL, "com.microsoft::BiasAdd")),
+    ("all", (*_LINEAR_ALL, f"{MS}BiasAdd")),
     ("one", ("Mul",)),
     ("first", ("Div",)),
     ("none", (*_UNARY, *_BINARY, *_CONTRIB)),
@@ -58,12 +45,7 @@ for _lin, _ops in (
 rule("CastLike")(_follower("none", args=(1,))(lambda ctx: OpDims(broadcast_loops(ctx, (1,)))))
 
 
-@rule(
-    "DequantizeLinear",
-    "QuantizeLinear",
-    "com.microsoft::DequantizeLinear",
-    "com.microsoft::QuantizeLinear",
-)
+@rule(*(op for op in QUANTIZE if op != "DynamicQuantizeLinear"))
 @_follower("none")
 def _quantize(ctx: Ctx) -> OpDims:
     """Scales map onto the dims they scale, blocks included (fp8 weights, 1×128 blocks)."""

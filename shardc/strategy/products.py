@@ -12,6 +12,7 @@ and contrib products) shares it.
 
 from __future__ import annotations
 
+from shardc.ir.opfamilies import POOLS
 from shardc.ir.types import Dim
 from shardc.sharding import Strategy
 from shardc.strategy.rules import (
@@ -155,15 +156,7 @@ def _conv(ctx: Ctx) -> OpDims:
     return OpDims(tuple(loops))
 
 
-@rule(
-    "MaxPool",
-    "AveragePool",
-    "LpPool",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "GlobalLpPool",
-    "LRN",
-)
+@rule(*POOLS)
 def _pool(ctx: Ctx) -> OpDims:
     """Windows slide over the spatial dims (fixed); batch and channels are independent,
     except that LRN's window runs across channels. MaxPool's Indices count positions in

@@ -8,7 +8,7 @@ the others parallel, one family of axis handling shared through ``_reduce_loops`
 
 from __future__ import annotations
 
-from shardc.ir.opfamilies import REDUCTIONS
+from shardc.ir.opfamilies import ALONG_AXIS, LAYER_NORMS, REDUCTIONS, SCANS
 from shardc.strategy.rules import (
     Ctx,
     Loop,
@@ -21,12 +21,7 @@ from shardc.strategy.rules import (
 
 
 # -- normalisations, softmax, reductions ---------------------------------------------------
-@rule(
-    "LayerNormalization",
-    "RMSNormalization",
-    "com.microsoft::SimplifiedLayerNormalization",
-    "SimplifiedLayerNormalization",
-)
+@rule(*LAYER_NORMS)
 def _layer_norm(ctx: Ctx) -> OpDims:
     """Normalised dims (``axis`` to the end) stay whole; the leading ones split freely,
     including the sequence over tp between tensor-parallel regions (Megatron-SP).
@@ -64,7 +59,7 @@ def _channel_norm(ctx: Ctx) -> OpDims:
     return OpDims(tuple(loops))
 
 
-@rule("Softmax", "LogSoftmax", "Hardmax", "LpNormalization", "TopK", "ArgMax", "ArgMin")
+@rule(*ALONG_AXIS)
 def _along_axis(ctx: Ctx) -> OpDims:
     """Ops that mix one axis (every dim from ``axis`` on, for Softmax before opset 13)."""
     x = ctx.in_shape(0)
@@ -81,7 +76,7 @@ def _along_axis(ctx: Ctx) -> OpDims:
     return OpDims(axis_loops(ctx, fixed, args=(1,)))
 
 
-@rule("CumSum", "CumProd")
+@rule(*SCANS)
 def _cumsum(ctx: Ctx) -> OpDims:
     """A running sum (or product) mixes its axis (a constant input)."""
     x, axis = ctx.in_shape(0), ctx.ints(1)

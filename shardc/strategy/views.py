@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import cast
 
+from shardc.ir.opfamilies import SHAPE_OPS, VIEWS
 from shardc.strategy.rules import (
     Ctx,
     OpDims,
@@ -26,7 +27,7 @@ from shardc.strategy.rules import (
 
 
 # -- views and data movement (followers too) -----------------------------------------------
-@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+@rule(*VIEWS)
 @_follower("all", args=(1,))
 def _reshape(ctx: Ctx) -> OpDims:
     """Views: the dim mapping of :func:`reshape_groups` (axes are implied by the shapes)."""
@@ -96,7 +97,7 @@ def _split(ctx: Ctx) -> OpDims:
     return OpDims(tuple(loops))
 
 
-@rule("Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike", "NonZero")
+@rule(*SHAPE_OPS)
 @_follower("none", args=(0, 1, 2))
 def _shape_op(ctx: Ctx) -> OpDims:
     """Shape arithmetic reads only metadata or constants: replicated, and free to have."""
