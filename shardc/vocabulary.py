@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from shardc.errors import OptionError
@@ -29,6 +30,42 @@ each block's input (Korthikanti et al.)."""
 TP_RULES = ("megatron", "split")
 """How a tensor-parallel stage shards its ops: Megatron's pairing of weight products, or
 every op split where it legally can (:mod:`shardc.partition.split`)."""
+
+class StrategyName(StrEnum):
+    """The names of the sharding strategies (and of the loops whose split they are) that
+    the partitioner, the emitter and the reports read by name.
+
+    ``str``-valued, so a member *is* its word: plan.json, the reports and every ``==``
+    against a plain string see ``"column"``. Other names are made up as needed and
+    stay plain strings: an unlabelled loop's ``tp@d2``, a combination ``batch+column``, a
+    repeat ``heads#2``.
+    """
+
+    REPLICATE = "replicate"
+    """Every operand whole on every rank."""
+    FOLLOW = "follow"
+    """Derived from the inputs' layouts (elementwise ops and views)."""
+    BATCH = "batch"
+    """The batch dim split over ``dp``."""
+    SEQ = "seq"
+    """The sequence dim split over ``sp``."""
+    SEQ_TP = "seq_tp"
+    """The sequence split over the tensor-parallel group (Megatron sequence parallelism)."""
+    COLUMN = "column"
+    """A weight product's output features split (column-parallel)."""
+    ROW = "row"
+    """A weight product's contracted input features split (row-parallel, partial sums)."""
+    HEADS = "heads"
+    """Attention heads split over ``tp``."""
+    VOCAB = "vocab"
+    """The vocabulary of an embedding or LM head split over ``tp``."""
+    HIDDEN = "hidden"
+    """An embedding table's (or a gathered row's) hidden dim split over ``tp``."""
+    CHANNELS = "channels"
+    """Convolution and normalisation channels split over ``tp``."""
+    EXPERTS = "experts"
+    """Mixture-of-experts experts split over ``ep`` (all-to-all dispatch)."""
+
 
 MODES = ("training", "inference")
 """What a step is: forward, backward and optimizer, or a forward pass only."""

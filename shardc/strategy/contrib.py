@@ -24,6 +24,7 @@ from shardc.strategy.rules import (
     rule,
     same,
 )
+from shardc.vocabulary import StrategyName as S
 
 MS = "com.microsoft::"
 
@@ -83,10 +84,10 @@ def _embed_norm(ctx: Ctx) -> OpDims:
     if pos is not None and len(pos) == 2:
         ins.update(_rows(ctx, 8, b))
     outs = {j: 0 for j in range(len(ctx.node.outputs)) if _out_present(ctx, j)}
-    loops = [ctx.loop("batch", ins, outs)]
+    loops = [ctx.loop(S.BATCH, ins, outs)]
     fixed = {j: 1 for j in (0, 2) if _out_present(ctx, j)}
-    loops.append(ctx.loop("seq", {0: 1}, fixed, kind="fixed"))
-    loops.append(ctx.loop("hidden", {}, {j: 2 for j in fixed}, kind="fixed"))
+    loops.append(ctx.loop(S.SEQ, {0: 1}, fixed, kind="fixed"))
+    loops.append(ctx.loop(S.HIDDEN, {}, {j: 2 for j in fixed}, kind="fixed"))
     return OpDims(tuple(loops))
 
 
@@ -128,7 +129,7 @@ def _mha(ctx: Ctx) -> OpDims:
         batch_ins.update(_rows(ctx, 4, b))  # key_padding_mask [B, ..]
         batch_ins.update(_rows(ctx, 5, b))  # attention_bias [B or 1, N or 1, S, T]
     outs = {j: 0 for j in range(len(ctx.node.outputs)) if _out_present(ctx, j)}
-    loops = [ctx.loop("batch", batch_ins, outs)]
+    loops = [ctx.loop(S.BATCH, batch_ins, outs)]
     packed = not _present(ctx, 1) or len(q) == 5 or (not gqa and _present(ctx, 3))
     if packed:
         why = "Q, K and V packed in one tensor (or one fused bias): heads stay whole, batch only"
@@ -148,7 +149,7 @@ def _mha(ctx: Ctx) -> OpDims:
     counts = ("num_heads", "kv_num_heads") if gqa else ("num_heads",)
     loops.append(
         ctx.loop(
-            "heads",
+            S.HEADS,
             head_ins,
             head_outs,
             axis="tp",
@@ -173,7 +174,7 @@ def _ms_attention(ctx: Ctx) -> OpDims:
     ins = {0: 0, **(_rows(ctx, 3, b) if mask is not None and len(mask) >= 2 else {})}
     ins.update(_rows(ctx, 5, b))
     outs = {0: 0}
-    loops = [ctx.loop("batch", ins, outs)]
+    loops = [ctx.loop(S.BATCH, ins, outs)]
     sizes = ctx.node.attr("qkv_hidden_sizes", None)
     equal = not sizes or len(set(sizes)) == 1  # type: ignore[arg-type]
     if not equal or _present(ctx, 4) or _out_present(ctx, 1) or not ctx.is_param(1):
@@ -185,7 +186,7 @@ def _ms_attention(ctx: Ctx) -> OpDims:
         head_ins[5] = 1
     loops.append(
         ctx.loop(
-            "heads",
+            S.HEADS,
             head_ins,
             {0: len(out) - 1},
             axis="tp",
@@ -207,9 +208,9 @@ def _rotary(ctx: Ctx) -> OpDims:
         return OpDims()
     pos = ctx.in_shape(1) if _present(ctx, 1) else None
     batch = {0: 0, **(_rows(ctx, 1, x[0]) if pos is not None and len(pos) == 2 else {})}
-    loops = [ctx.loop("batch", batch, {0: 0})]
+    loops = [ctx.loop(S.BATCH, batch, {0: 0})]
     if len(x) == 4:
-        loops.append(ctx.loop("heads", {0: 1}, {0: 1}, unlabeled="tp"))
+        loops.append(ctx.loop(S.HEADS, {0: 1}, {0: 1}, unlabeled="tp"))
         loops += [ctx.loop(f"d{d}", {0: d}, {0: d}, kind="fixed") for d in (2, 3)]
         return OpDims(tuple(loops))
     heads = ctx.attr_int("num_heads", 0)
@@ -217,11 +218,11 @@ def _rotary(ctx: Ctx) -> OpDims:
     if not heads and not ctx.attr_int("rotary_embedding_dim", 0) and cos and x[2]:
         # onnxruntime takes the head size from the cache (2 x its last dim) then
         heads = int(x[2]) // (2 * int(cos[-1])) if isinstance(cos[-1], int) else 0
-    loops.append(ctx.loop("seq", {0: 1}, {0: 1}, kind="fixed"))
+    loops.append(ctx.loop(S.SEQ, {0: 1}, {0: 1}, kind="fixed"))
     if heads:
-        loops.append(ctx.loop("heads", {0: 2}, {0: 2}, axis="tp", divides=(("tp", heads),)))
+        loops.append(ctx.loop(S.HEADS, {0: 2}, {0: 2}, axis="tp", divides=(("tp", heads),)))
     else:
-        loops.append(ctx.loop("hidden", {0: 2}, {0: 2}, kind="fixed"))
+        loops.append(ctx.loop(S.HIDDEN, {0: 2}, {0: 2}, kind="fixed"))
     return OpDims(tuple(loops))
 
 
@@ -248,7 +249,7 @@ def _matmul_nbits(ctx: Ctx) -> OpDims:
     ]
     col = {1: 0, 2: 0, **{i: 0 for i in (3, 5) if _present(ctx, i)}}
     vocab = reaches_output(ctx.graph, ctx.node.outputs[0])  # the LM head: vocab parallel
-    loops.append(ctx.loop("vocab" if vocab else "column", col, {0: n_dim}, axis="tp"))
+    loops.append(ctx.loop(S.VOCAB if vocab else S.COLUMN, col, {0: n_dim}, axis="tp"))
     scales = ctx.in_shape(2)
     zp = ctx.in_shape(3) if _present(ctx, 3) else None
     zp_ok = zp is None or (len(zp) == 2 and same(zp[1], blocks) and bits == 8)
@@ -260,7 +261,7 @@ def _matmul_nbits(ctx: Ctx) -> OpDims:
         row = {0: len(a) - 1, 1: 1, 2: 1, **({3: 1} if zp is not None else {})}
         loops.append(
             ctx.loop(
-                "row",
+                S.ROW,
                 row,
                 {},
                 kind="sum",
@@ -271,7 +272,7 @@ def _matmul_nbits(ctx: Ctx) -> OpDims:
             )
         )
     else:
-        loops.append(ctx.loop("row", {0: len(a) - 1, 1: 1}, {}, kind="fixed"))
+        loops.append(ctx.loop(S.ROW, {0: len(a) - 1, 1: 1}, {}, kind="fixed"))
         why = (
             "K kept whole (flattened scales, zero points packed several to a byte, or "
             "act-order g_idx): split along N only"
@@ -296,11 +297,11 @@ def _qlinear_matmul(ctx: Ctx) -> OpDims:
     loops: list[Loop] = product_loops(ctx, 0, 3, ctx.is_param(0), ctx.is_param(3))
     loops.append(ctx.loop("m", {0: len(a) - 2, **per_row}, {0: len(y) - 2}))
     loops.append(
-        ctx.loop("column", {3: len(b) - 1, **per_col}, {0: len(y) - 1}, axis="tp")
+        ctx.loop(S.COLUMN, {3: len(b) - 1, **per_col}, {0: len(y) - 1}, axis="tp")
         if ctx.is_param(3) and same(n, y[-1])
-        else ctx.loop("column", {3: len(b) - 1, **per_col}, {0: len(y) - 1}, kind="fixed")
+        else ctx.loop(S.COLUMN, {3: len(b) - 1, **per_col}, {0: len(y) - 1}, kind="fixed")
     )
-    loops.append(ctx.loop("row", {0: len(a) - 1, 3: len(b) - 2}, {}, kind="fixed"))
+    loops.append(ctx.loop(S.ROW, {0: len(a) - 1, 3: len(b) - 2}, {}, kind="fixed"))
     why = "K kept whole: each rank requantizes its output, so partial sums would not add up"
     return OpDims(tuple(loops), limit=why)
 

@@ -19,6 +19,7 @@ from shardc.strategy.rules import (
     broadcast_loops,
     rule,
 )
+from shardc.vocabulary import StrategyName as S
 
 # -- elementwise ops (followers): the families of shardc.ir.opfamilies, by linearity ---------
 _LINEAR_ALL = ("Add", "Sub", "Sum", "Neg", "Identity", "Dropout")
@@ -67,5 +68,5 @@ def _batch_norm(ctx: Ctx) -> OpDims:
     if out is not None and len(out) > 1:
         chan = {i: 0 for i in range(1, ctx.n_in) if ctx.node.inputs[i]}
         stats = {j: 0 for j in range(1, len(ctx.node.outputs)) if ctx.node.outputs[j]}
-        loops[1] = ctx.loop("channels", {**chan, 0: 1}, {**stats, 0: 1})
+        loops[1] = ctx.loop(S.CHANNELS, {**chan, 0: 1}, {**stats, 0: 1})
     return OpDims(tuple(loops))

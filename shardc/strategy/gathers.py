@@ -18,6 +18,7 @@ from shardc.strategy.rules import (
     norm_axis,
     rule,
 )
+from shardc.vocabulary import StrategyName as S
 
 
 # -- gathers and scatters: embeddings and expert routing -----------------------------------
@@ -37,7 +38,7 @@ def _gather(ctx: Ctx) -> OpDims:
     loops += [ctx.loop(f"i{d}", {1: d}, {0: a + d}) for d in range(q)]
     loops += [
         ctx.loop(
-            "hidden" if table else f"d{d}",
+            S.HIDDEN if table else f"d{d}",
             {0: d},
             {0: d + q - 1},
             unlabeled="tp" if table else None,
@@ -46,7 +47,7 @@ def _gather(ctx: Ctx) -> OpDims:
     ]
     loops.append(
         ctx.loop(
-            "vocab",
+            S.VOCAB,
             {0: a},
             {},
             kind="sum" if table else "fixed",
@@ -84,7 +85,7 @@ def _scatter_nd(ctx: Ctx) -> OpDims:
         return OpDims()
     depth, lead = idx[-1], len(idx) - 1
     loops = [
-        ctx.loop("hidden", {0: d, 2: lead + d - depth}, {0: d}, unlabeled="tp")
+        ctx.loop(S.HIDDEN, {0: d, 2: lead + d - depth}, {0: d}, unlabeled="tp")
         for d in range(depth, len(data))
     ]
     loops += [ctx.loop(f"u{d}", {1: d, 2: d}, {}, kind="fixed") for d in range(lead)]
@@ -133,6 +134,6 @@ def _token_dim(ctx: Ctx, i: int) -> int | None:
     shape = ctx.in_shape(i)
     labels = ctx.labels.get(ctx.node.inputs[i], ())
     for d, lab in enumerate(labels):
-        if lab == "batch":
+        if lab == S.BATCH:
             return d
     return next((d for d, s in enumerate(shape or ()) if s != 1), None)

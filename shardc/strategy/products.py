@@ -27,6 +27,7 @@ from shardc.strategy.rules import (
     rule,
     same,
 )
+from shardc.vocabulary import StrategyName as S
 
 
 # -- matrix products -----------------------------------------------------------------------
@@ -49,17 +50,17 @@ def _matmul(ctx: Ctx) -> OpDims:
     zp_b = {3: 0} if _per_entry(ctx, 3, sb[n]) else {}
     loops += [
         ctx.loop(
-            "column" if wa else "m", {0: m, **zp_a}, {0: len(y) - 2}, unlabeled="tp" if wa else None
+            S.COLUMN if wa else "m", {0: m, **zp_a}, {0: len(y) - 2}, unlabeled="tp" if wa else None
         ),
         ctx.loop(
-            "vocab" if vocab else "column",
+            S.VOCAB if vocab else S.COLUMN,
             {1: n, **zp_b},
             {0: len(y) - 1},
             axis="tp" if wb else None,
             divides=heads_after(ctx, out, len(y) - 1),
         ),
         ctx.loop(
-            "row",
+            S.ROW,
             {0: k, 1: n - 1},
             {},
             kind="sum" if wa or wb else "fixed",
@@ -96,14 +97,14 @@ def _gemm(ctx: Ctx) -> OpDims:
         (
             ctx.loop("m", {0: 1 if ta else 0, **c_m}, {0: 0}),
             ctx.loop(
-                "vocab" if vocab else "column",
+                S.VOCAB if vocab else S.COLUMN,
                 {1: 0 if tb else 1, **c_n},
                 {0: 1},
                 axis="tp" if wb else None,
                 divides=heads_after(ctx, out, 1),
             ),
             ctx.loop(
-                "row",
+                S.ROW,
                 {0: 0 if ta else 1, 1: 1 if tb else 0},
                 {},
                 kind="sum" if wb else "fixed",
@@ -128,9 +129,9 @@ def _conv(ctx: Ctx) -> OpDims:
         bias = {3: 0} if _per_entry(ctx, 3, w[0]) else {}
     else:
         bias = {2: 0} if ctx.n_in > 2 and ctx.node.inputs[2] else {}
-    loops = [ctx.loop("batch", {0: 0}, {0: 0})]
+    loops = [ctx.loop(S.BATCH, {0: 0}, {0: 0})]
     if group == 1:
-        loops.append(ctx.loop("channels", {1: 0, **bias}, {0: 1}, axis="tp"))
+        loops.append(ctx.loop(S.CHANNELS, {1: 0, **bias}, {0: 1}, axis="tp"))
         loops.append(
             ctx.loop(
                 "in_channels",
@@ -144,7 +145,7 @@ def _conv(ctx: Ctx) -> OpDims:
     else:
         loops.append(
             ctx.loop(
-                "channels",
+                S.CHANNELS,
                 {0: 1, 1: 0, **bias},
                 {0: 1},
                 axis="tp",
@@ -169,8 +170,8 @@ def _pool(ctx: Ctx) -> OpDims:
         return OpDims()
     lrn = ctx.node.op_type == "LRN"
     loops = [
-        ctx.loop("batch", {0: 0}, {0: 0}),
-        ctx.loop("channels", {0: 1}, {0: 1}, kind="fixed" if lrn else "parallel", unlabeled="tp"),
+        ctx.loop(S.BATCH, {0: 0}, {0: 0}),
+        ctx.loop(S.CHANNELS, {0: 1}, {0: 1}, kind="fixed" if lrn else "parallel", unlabeled="tp"),
     ]
     loops += [
         ctx.loop(f"d{d}", {0: d}, {0: d}, kind="parallel" if lrn else "fixed", unlabeled="tp")
@@ -222,7 +223,7 @@ def _attention(ctx: Ctx) -> OpDims:
     past = {i: 1 for i in (4, 5) if i < ctx.n_in and ctx.node.inputs[i]}
     divides = () if four else tuple(("tp", h) for h in (hq, hkv) if isinstance(h, int) and h)
     heads = ctx.loop(
-        "heads",
+        S.HEADS,
         {0: hd, 1: hd, 2: hd, **past, **_mask_dim(ctx, 1)},
         {0: hd, **kv_outs, 3: 1},
         axis="tp",
@@ -231,7 +232,7 @@ def _attention(ctx: Ctx) -> OpDims:
     )
     lengths = {6: 0} if ctx.n_in > 6 and ctx.node.inputs[6] else {}
     batch = ctx.loop(
-        "batch",
+        S.BATCH,
         {0: 0, 1: 0, 2: 0, **dict.fromkeys(past, 0), **_mask_dim(ctx, 0), **lengths},
         {0: 0, **dict.fromkeys(kv_outs, 0), 3: 0},
     )

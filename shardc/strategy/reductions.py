@@ -18,6 +18,7 @@ from shardc.strategy.rules import (
     norm_axis,
     rule,
 )
+from shardc.vocabulary import StrategyName as S
 
 
 # -- normalisations, softmax, reductions ---------------------------------------------------
@@ -55,7 +56,7 @@ def _channel_norm(ctx: Ctx) -> OpDims:
     fixed = set(range(1 if group else 2, len(x)))
     loops = list(axis_loops(ctx, fixed, args=(1, 2)))
     if not group:
-        loops[1] = ctx.loop("channels", {0: 1, 1: 0, 2: 0}, {0: 1}, unlabeled="tp")
+        loops[1] = ctx.loop(S.CHANNELS, {0: 1, 1: 0, 2: 0}, {0: 1}, unlabeled="tp")
     return OpDims(tuple(loops))
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from shardc.ir import Graph, Node
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard
 from shardc.strategy.rules import Loop, OpDims, sharding
+from shardc.vocabulary import StrategyName as S
 
 if TYPE_CHECKING:
     from shardc.strategy.table import StrategyTable
@@ -100,7 +101,7 @@ def derive(
         for j, v in enumerate(node.outputs)
     )
     notes = tuple(dict.fromkeys(n for lp in assign.values() for n in lp.notes))
-    return Strategy("follow", ins, outs, notes=notes)
+    return Strategy(S.FOLLOW, ins, outs, notes=notes)
 
 
 # -- playing a choice through the graph -----------------------------------------------------

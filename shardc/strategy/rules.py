@@ -47,6 +47,7 @@ from shardc.strategy.base import (
     same,
     same_size_loops,
 )
+from shardc.vocabulary import StrategyName as S
 
 __all__ = [
     "FOLLOWER_OPS",
@@ -242,11 +243,11 @@ def product_loops(ctx: Ctx, a: int, b: int, wa: bool, wb: bool) -> list[Loop]:
             if d >= 0 and same(s[d], y[j]):
                 ins[i] = d
         if wb and b in ins:
-            loops.append(ctx.loop("experts", ins, {0: j}, axis="ep"))
+            loops.append(ctx.loop(S.EXPERTS, ins, {0: j}, axis="ep"))
         else:
             loops.append(
                 ctx.loop(
-                    "heads" if not (wa or wb) else f"d{j}",
+                    S.HEADS if not (wa or wb) else f"d{j}",
                     ins,
                     {0: j},
                     unlabeled=None if (wa or wb) else "tp",

@@ -48,12 +48,13 @@ from shardc.strategy.rules import (
     param_values,
     sharding,
 )
+from shardc.vocabulary import StrategyName as S
 
 if TYPE_CHECKING:
     from shardc.strategy.resolve import Resolution
 
-BATCH, SEQ, HEADS = "batch", "seq", "heads"
-_LABEL_AXIS = {BATCH: "dp", SEQ: "sp", HEADS: "tp"}
+BATCH, SEQ, HEADS = S.BATCH, S.SEQ, S.HEADS
+_LABEL_AXIS: dict[str, str] = {BATCH: "dp", SEQ: "sp", HEADS: "tp"}
 
 Labels = Mapping[str, tuple[str | None, ...]]
 
@@ -169,7 +170,7 @@ def replicate(ctx: Ctx, dims: OpDims) -> Strategy:
         for i in range(ctx.n_in)
     )
     outs = tuple(sharding(ctx.out_shape(j), {}) for j in range(len(node.outputs)))
-    return Strategy("replicate", ins, outs)
+    return Strategy(S.REPLICATE, ins, outs)
 
 
 def from_loop(ctx: Ctx, dims: OpDims, loop: Loop, axis: str, name: str) -> Strategy:
@@ -206,7 +207,7 @@ def _offers(loop: Loop, label: str | None, dims: OpDims) -> list[tuple[str, str]
     if label in _LABEL_AXIS:
         offers = [(label, _LABEL_AXIS[label])]
         if label == SEQ and (dims.seq_tp or dims.follows):
-            offers.append(("seq_tp", "tp"))
+            offers.append((S.SEQ_TP, "tp"))
         return offers
     if loop.unlabeled or dims.follows:
         return [(loop.name if loop.unlabeled else f"tp@{loop.name}", loop.unlabeled or "tp")]
