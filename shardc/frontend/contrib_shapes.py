@@ -2,8 +2,9 @@
 
 ONNX has no schema for them, so without these every value downstream of a fused
 attention or a SkipLayerNorm would lose its shape. Split from
-:mod:`shardc.frontend.shape_rules` (which imports this module, filing these rules in its
-``RULES``) because they follow onnxruntime's docs/ContribOperators.md, not ONNX's spec.
+:mod:`shardc.frontend.shape_rules` (these file themselves in its ``RULES``; the shape
+pass, :mod:`shardc.frontend.shapes`, imports this module) because they follow
+onnxruntime's docs/ContribOperators.md, not ONNX's spec.
 """
 
 from __future__ import annotations

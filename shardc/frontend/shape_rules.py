@@ -357,7 +357,3 @@ def apply_rule(node: Node, ts: Types, cs: Consts) -> list[TensorType | None] | N
         return None
     outs = fn(node, ts, cs)
     return (outs + [None] * len(node.outputs))[: len(node.outputs)]
-
-
-# the contrib-op rules file themselves in RULES on import (they use the helpers above)
-from shardc.frontend import contrib_shapes  # noqa: E402, F401

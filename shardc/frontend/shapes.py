@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import onnx
 
 from shardc.errors import ModelError, OptionError
+from shardc.frontend import contrib_shapes  # noqa: F401  (files the contrib-op shape rules)
 from shardc.frontend.guard import MAX_ELEMENTS
 from shardc.frontend.shape_rules import BadNode, apply_rule
 from shardc.ir import Graph, TensorType, Value

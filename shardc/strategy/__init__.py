@@ -13,3 +13,7 @@ It sits below the passes and the partitioner (``passes/strategies.py`` builds th
 ``shardc.partition`` prices choices through it) and above :mod:`shardc.sharding`, the
 layout vocabulary, so neither of those imports the other.
 """
+
+# every rule family files its rules in RULES on import: importing any part of the
+# package files them all, so a table is never built from half the rules
+from shardc.strategy import contrib, elementwise, gathers, products, reductions, views  # noqa: F401

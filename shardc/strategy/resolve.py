@@ -12,15 +12,34 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from shardc.ir import Graph, Node
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard
 from shardc.strategy.rules import Loop, OpDims, sharding
 from shardc.vocabulary import StrategyName as S
 
-if TYPE_CHECKING:
-    from shardc.strategy.table import StrategyTable
+
+class Table(Protocol):
+    """What :func:`resolve` reads of a :class:`~shardc.strategy.table.StrategyTable`
+    (a protocol, so the table can call this module and this module not import it).
+    """
+
+    @property
+    def free(self) -> frozenset[str]: ...
+    @property
+    def follows(self) -> frozenset[str]: ...
+    @property
+    def by_node(self) -> Mapping[str, tuple[Strategy, ...]]: ...
+    def derive(
+        self,
+        node: Node,
+        inputs: Sequence[TensorSharding | None],
+        graph: Graph,
+        axis_sizes: Mapping[str, int] | None = None,
+    ) -> Strategy:
+        """A follower's strategy given its inputs' layouts."""
+        ...
 
 
 # -- followers ------------------------------------------------------------------------------
@@ -154,7 +173,7 @@ def _follower_input(have: list[TensorSharding]) -> TensorSharding | None:
 
 def resolve(
     graph: Graph,
-    table: StrategyTable,
+    table: Table,
     chosen: Mapping[str, Strategy],
     axis_sizes: Mapping[str, int] | None = None,
 ) -> Resolution:

@@ -17,8 +17,8 @@ This module is the core the rule families share. The loop vocabulary (:class:`Lo
 :class:`OpDims`, :class:`Ctx`, ``RULES`` and ``@rule``, the shape helpers) lives in
 :mod:`~shardc.strategy.base` and is re-exported here; the walks over the graph around
 a node, the follower marking and :func:`product_loops` are defined here. The rules live
-in one module per op family, imported at the bottom so that importing this module files
-every rule: :mod:`~shardc.strategy.elementwise`, :mod:`~shardc.strategy.views`,
+in one module per op family, which the package imports so that importing any part of it
+files every rule: :mod:`~shardc.strategy.elementwise`, :mod:`~shardc.strategy.views`,
 :mod:`~shardc.strategy.products`, :mod:`~shardc.strategy.reductions`,
 :mod:`~shardc.strategy.gathers` and :mod:`~shardc.strategy.contrib`.
 """
@@ -50,7 +50,6 @@ from shardc.strategy.base import (
 from shardc.vocabulary import StrategyName as S
 
 __all__ = [
-    "FOLLOWER_OPS",
     "RULES",
     "Built",
     "Ctx",
@@ -63,6 +62,7 @@ __all__ = [
     "feeds_experts",
     "heads_after",
     "heads_before",
+    "is_follower",
     "norm_axis",
     "param_values",
     "product_loops",
@@ -78,6 +78,15 @@ __all__ = [
 and the helpers defined here."""
 
 # -- parameters and the graph around a node -----------------------------------------------
+
+
+def is_follower(op: str) -> bool:
+    """Whether ``op`` (qualified) is a follower: its layout follows its inputs'. The graph
+    walks below step over followers; asked of ``RULES`` when walked, so a family module
+    filed later counts too.
+    """
+    return RULES.get(op) in _FOLLOWER_RULES
+
 
 
 def param_values(graph: Graph) -> frozenset[str]:
@@ -96,7 +105,7 @@ def _chain(graph: Graph, value: str, dim: int, down: bool, depth: int = 8) -> in
     """
     for _ in range(depth):
         nodes = graph.consumers(value) if down else [p] if (p := graph.producer(value)) else []
-        node = next((n for n in nodes if n.qualified_op in FOLLOWER_OPS), None)
+        node = next((n for n in nodes if is_follower(n.qualified_op)), None)
         if node is None:
             return None
         src = graph.values[node.inputs[0]].type if node.inputs[0] else None
@@ -137,7 +146,7 @@ def reaches_output(graph: Graph, value: str, depth: int = 6) -> bool:
     for _ in range(depth):
         if value in graph.outputs:
             return True
-        nxt = [n for n in graph.consumers(value) if n.qualified_op in FOLLOWER_OPS]
+        nxt = [n for n in graph.consumers(value) if is_follower(n.qualified_op)]
         if len(nxt) != 1:
             return False
         value = nxt[0].outputs[0]
@@ -157,7 +166,7 @@ def feeds_experts(
                 w = graph.values[n.inputs[1]]
                 if w.name in params and w.type is not None and (w.type.rank or 0) >= 3:
                     return True
-        nxt = [n for n in nodes if n.qualified_op in FOLLOWER_OPS]
+        nxt = [n for n in nodes if is_follower(n.qualified_op)]
         if len(nxt) != 1:
             return False
         value = nxt[0].outputs[0] if down else nxt[0].inputs[0]
@@ -222,7 +231,7 @@ def _from_column(graph: Graph, params: frozenset[str], value: str, depth: int = 
             return False
         if p.op_type in ("MatMul", "Gemm"):
             return p.inputs[1] in params
-        if p.qualified_op not in FOLLOWER_OPS:
+        if not is_follower(p.qualified_op):
             return False
         value = p.inputs[0]
     return False
@@ -254,13 +263,3 @@ def product_loops(ctx: Ctx, a: int, b: int, wa: bool, wb: bool) -> list[Loop]:
                 )
             )
     return loops
-
-
-# the rule families file themselves in RULES on import (they use the helpers above), in
-# the order they were written in
-from shardc.strategy import elementwise, views, products  # noqa: E402, F401, I001
-from shardc.strategy import reductions, gathers  # noqa: E402, F401
-from shardc.strategy import contrib  # noqa: E402, F401
-
-FOLLOWER_OPS: frozenset[str] = frozenset(op for op, fn in RULES.items() if fn in _FOLLOWER_RULES)
-"""Ops (qualified) whose layout follows their inputs; the graph walks above step over them."""

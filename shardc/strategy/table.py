@@ -36,10 +36,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from shardc.ir import Graph, Node, Value
 from shardc.sharding import Strategy, TensorSharding, combine, legal_for
+from shardc.strategy.resolve import Resolution, derive, resolve
 from shardc.strategy.rules import (
     RULES,
     Ctx,
@@ -49,9 +49,6 @@ from shardc.strategy.rules import (
     sharding,
 )
 from shardc.vocabulary import StrategyName as S
-
-if TYPE_CHECKING:
-    from shardc.strategy.resolve import Resolution
 
 BATCH, SEQ, HEADS = S.BATCH, S.SEQ, S.HEADS
 _LABEL_AXIS: dict[str, str] = {BATCH: "dp", SEQ: "sp", HEADS: "tp"}
@@ -107,8 +104,6 @@ class StrategyTable:
         axis_sizes: Mapping[str, int] | None = None,
     ) -> Strategy:
         """A follower's strategy given its inputs' layouts (see :func:`derive`)."""
-        from shardc.strategy.resolve import derive
-
         return derive(node, self.dims[node.name], graph, inputs, axis_sizes)
 
     def resolve(
@@ -118,8 +113,6 @@ class StrategyTable:
         axis_sizes: Mapping[str, int] | None = None,
     ) -> Resolution:
         """Every value's layout and every reshard, given choices (see :func:`resolve`)."""
-        from shardc.strategy.resolve import resolve
-
         return resolve(graph, self, chosen, axis_sizes)
 
 
