@@ -73,3 +73,16 @@ def test_a_new_top_level_module_must_be_given_a_layer(
     code, out = _check(checkout, capfd)
     assert code == 1
     assert "shardc.stray" in out
+
+
+def test_a_stale_ignore_entry_fails_so_the_lists_shrink(
+    checkout: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pyproject = checkout / "pyproject.toml"
+    entry = '    "shardc.build -> shardc",  # back half: removed by the typed-Plan work\n'
+    text = pyproject.read_text()
+    assert entry in text
+    pyproject.write_text(text.replace(entry, entry + '    "shardc.ir -> shardc.cli",\n'))
+    code, out = _check(checkout, capfd)
+    assert code == 1
+    assert "No matches for ignored import shardc.ir -> shardc.cli" in out
