@@ -213,6 +213,8 @@ def lower_bound(p: PartitionProblem, s: int) -> float:
         )
     sync = p.blocks * min(c.sync_seconds for c in p.configs)
     sync += min(c.prologue_sync for c in p.configs) + min(c.epilogue_sync for c in p.configs)
+    if s == 1:
+        sync -= max(c.tied_sync for c in p.configs)
     return (p.microbatches + s - 1) * t + (s - 1) * p.p2p_seconds + sync / s
 
 
@@ -242,6 +244,7 @@ def _memory_bound_pace(p: PartitionProblem, s: int) -> float:
                 continue
             fixed = c.workspace_bytes + (c.prologue_bytes if j == 0 else 0.0)
             fixed += c.epilogue_bytes if j == s - 1 else 0.0
+            fixed -= c.tied_bytes if s == 1 else 0.0
             per = c.block_static_bytes + c.block_activation_bytes * inflight
             room = p.capacity[c.kind] - fixed
             cap = room / per if per > 0 else float(p.blocks)
@@ -428,6 +431,8 @@ def _stage_sync(p: PartitionProblem, s: int, j: int, x, y, k: float):
         expr += sum(round(c.prologue_sync * k) * x[0][ci] for ci, c in enumerate(cs))
     if j == s - 1:
         expr += sum(round(c.epilogue_sync * k) * x[j][ci] for ci, c in enumerate(cs))
+    if s == 1:
+        expr -= sum(round(c.tied_sync * k) * x[0][ci] for ci, c in enumerate(cs))
     return expr
 
 
@@ -440,7 +445,7 @@ def _add_memory(m: cp_model.CpModel, p: PartitionProblem, s: int, x, y, on) -> N
             per_block = c.block_static_bytes + c.block_activation_bytes * inflight
             used += int(per_block) * y[j][ci]
             fixed = (c.prologue_bytes if j == 0 else 0) + (c.epilogue_bytes if j == s - 1 else 0)
-            fixed += c.workspace_bytes
+            fixed += c.workspace_bytes - (c.tied_bytes if s == 1 else 0)
             used += int(fixed - p.capacity[c.kind]) * x[j][ci]
         m.add(used <= 0).only_enforce_if(on)
 

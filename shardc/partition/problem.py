@@ -13,7 +13,9 @@ Scoring (the same function the solver's objective is checked against):
   + [S > 1]·x(c_j)``, where ``x`` is the stage's own boundary traffic per micro-batch
   (activations out, gradients back), which sits in every 1F1B slot;
 * per-step work outside the pipeline ``sync_j = n_j·sync(c_j) + [j = 0]·pro_sync(c_0) +
-  [j = S−1]·epi_sync(c_S−1)`` (data-parallel gradient reduction, optimizer step);
+  [j = S−1]·epi_sync(c_S−1) − [S = 1]·tied_sync(c_0)`` (data-parallel gradient reduction,
+  optimizer step; a weight both ends read, a tied embedding and LM head, is synced once
+  when one stage holds both, and held once: ``tied_bytes`` likewise);
 * **throughput** (1F1B or GPipe over M micro-batches): ``(M + (S − 1)/v)·max_j T_j +
   (S − 1)·p2p + max_j sync_j`` — the bubble is ``(S − 1)/v`` slots of the slowest stage
   (v = 1 unless interleaved; with v virtual stages a micro-batch crosses v times as many
@@ -62,6 +64,12 @@ class StageConfig:
     sequence_parallel: bool = False
     """Megatron sequence parallelism inside the TP group (norms, dropout, residuals and
     their activations split along the sequence)."""
+    tied_bytes: float = 0.0
+    """What ``prologue_bytes + epilogue_bytes`` count twice when one stage holds both ends
+    (a tied embedding / LM head: one weight, one gradient, one optimizer state)."""
+    tied_sync: float = 0.0
+    """What ``prologue_sync + epilogue_sync`` count twice on a one-stage plan (the tied
+    weight's gradient is reduced once)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ def stage_sync(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> fl
         t += c.prologue_sync
     if j == len(stages) - 1:
         t += c.epilogue_sync
+    if len(stages) == 1:
+        t -= c.tied_sync
     return t
 
 
@@ -174,6 +184,8 @@ def stage_bytes(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> f
         mem += c.prologue_bytes
     if j == len(stages) - 1:
         mem += c.epilogue_bytes
+    if len(stages) == 1:
+        mem -= c.tied_bytes
     return mem
 
 

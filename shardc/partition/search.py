@@ -598,7 +598,11 @@ def _result(
         compute = st.blocks * b_part.compute + sum(e.compute for e in ends)
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
         synced = st.blocks * costing.sync_bytes(b_part, problem.dp)
-        synced += sum(costing.sync_bytes(e, problem.dp) for e in ends)
+        if len(ends) == 2 and costing.tied:  # a tied embedding / head is synced once
+            ends_part = costing.part(pro + epi, c.kind, c.tp, "none", sp)
+            synced += costing.sync_bytes(ends_part, problem.dp)
+        else:
+            synced += sum(costing.sync_bytes(e, problem.dp) for e in ends)
         out.append(
             StageResult(
                 index=j,
