@@ -107,6 +107,11 @@ class Settings:
     """Overlap the data-parallel gradient reduction with the backward (and the ZeRO
     weight all-gather with the next forward), as DDP and Megatron-LM do today; False
     prices it all exposed, as Megatron-LM of 2021 (Narayanan et al.) ran."""
+    overlap_p2p: bool = True
+    """Run pipeline sends and receives beside compute (non-blocking isend/irecv, as
+    Megatron-LM's ``overlap_p2p_comm``): only the fill and drain expose them
+    (:func:`shardc.partition.problem.exposed_p2p`); False charges every 1F1B slot, as
+    the blocking sends of 2021 did."""
     dropout: bool | None = None
     """Whether training applies dropout (masks kept for backward); None: the graph says
     (Dropout nodes, or LayerNorm models, trained with dropout as GPT is; RMSNorm models

@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ortools.sat.python import cp_model
 
@@ -200,8 +201,11 @@ def lower_bound(p: PartitionProblem, s: int) -> float:
     # the ends and transfers in block-equivalents of whichever configuration carries them
     extra = min(c.prologue_seconds / c.block_seconds for c in cs)
     extra += min(c.epilogue_seconds / c.block_seconds for c in cs)
-    if s > 1:
+    if s > 1 and not p.overlap_p2p:
         extra += s * p.interleave * min(c.p2p_seconds / c.block_seconds for c in cs)
+    fill = 0.0
+    if p.overlap_p2p and s > 1:
+        fill = (p.interleave * s - 1) * min(c.p2p_seconds for c in cs)
     work = p.blocks + extra
     if p.objective == "latency":
         return work / rate + (s - 1) * p.p2p_seconds
@@ -210,12 +214,12 @@ def lower_bound(p: PartitionProblem, s: int) -> float:
     if p.interleave > 1:
         return (p.microbatches + (s - 1) / p.interleave) * t + (s - 1) * p.p2p_seconds + (
             p.blocks * min(c.sync_seconds for c in p.configs) / s
-        )
+        ) + fill
     sync = p.blocks * min(c.sync_seconds for c in p.configs)
     sync += min(c.prologue_sync for c in p.configs) + min(c.epilogue_sync for c in p.configs)
     if s == 1:
         sync -= max(c.tied_sync for c in p.configs)
-    return (p.microbatches + s - 1) * t + (s - 1) * p.p2p_seconds + sync / s
+    return (p.microbatches + s - 1) * t + (s - 1) * p.p2p_seconds + sync / s + fill
 
 
 def _memory_bound_pace(p: PartitionProblem, s: int) -> float:
@@ -253,7 +257,7 @@ def _memory_bound_pace(p: PartitionProblem, s: int) -> float:
             ends = (c.prologue_seconds if j == 0 else 0.0) + (
                 c.epilogue_seconds if j == s - 1 else 0.0
             )
-            ends += c.p2p_seconds * p.interleave if s > 1 else 0.0
+            ends += c.p2p_seconds * p.interleave if s > 1 and not p.overlap_p2p else 0.0
             opts.append((min(cap, float(p.blocks)), ends, c.block_seconds))
         if not opts:
             return float("inf")
@@ -351,7 +355,14 @@ def _solve_stages(
         m.add_max_equality(t_max, times)
         m.add_max_equality(sync, [_stage_sync(p, s, j, x, y, k) for j in range(s)])
         v = p.interleave  # the objective times v: (v·M + S − 1)·t_max + v·sync
-        m.minimize((v * p.microbatches + s - 1) * t_max + v * sync)
+        fill: Any = 0
+        if p.overlap_p2p and s > 1:  # exposed_p2p: one hand-off per boundary
+            fill = sum(
+                round(c.p2p_seconds * k) * (v if j < s - 1 else v - 1) * x[j][ci]
+                for j in range(s)
+                for ci, c in enumerate(cs)
+            )
+        m.minimize((v * p.microbatches + s - 1) * t_max + v * sync + v * fill)
     if hint is not None:
         names = [c.name for c in cs]
         for j, st in enumerate(hint):
@@ -415,7 +426,7 @@ def _stage_time(m: cp_model.CpModel, p: PartitionProblem, s: int, j: int, x, y, 
         expr += sum(round(c.prologue_seconds * k) * x[0][ci] for ci, c in enumerate(p.configs))
     if j == s - 1:
         expr += sum(round(c.epilogue_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
-    if s > 1:
+    if s > 1 and not p.overlap_p2p:
         expr += sum(
             round(c.p2p_seconds * p.interleave * k) * x[j][ci] for ci, c in enumerate(p.configs)
         )

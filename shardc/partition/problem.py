@@ -21,6 +21,8 @@ Scoring (the same function the solver's objective is checked against):
   (v = 1 unless interleaved; with v virtual stages a micro-batch crosses v times as many
   boundaries, so ``x`` counts v times, and each device holds ``1 + (S − 1)/(S·v)`` times
   the activations, Korthikanti et al. 2022 §4.2.3);
+* with ``overlap_p2p`` the slots carry no ``x``; the fill and drain expose
+  ``Σ_{j<S−1} x(c_j)`` once per step instead;
 * **latency** (one request through the pipeline): ``Σ_j T_j + (S − 1)·p2p``;
 * memory of a stage's devices: ``n_j·(static(c_j) + act(c_j)·inflight_j) + fixed``,
   with ``inflight_j = min(S − j, M)`` under 1F1B and ``M`` under GPipe (Narayanan et
@@ -97,6 +99,10 @@ class PartitionProblem:
     interleave: int = 1
     """Virtual stages per device (interleaved 1F1B, Narayanan et al. 2021 §2.2.2): each
     stage's blocks run as ``v`` chunks, so ``n_j`` must be a multiple of ``v``."""
+    overlap_p2p: bool = False
+    """Pipeline sends and receives run beside compute (Megatron-LM's ``overlap_p2p_comm``,
+    non-blocking isend/irecv): in steady state a slot does not wait for them, and only the
+    pipeline's fill and drain, one hand-off per boundary, are exposed."""
 
     def allowed(self, stage: int, config: str) -> bool:
         """Whether the pins let ``stage`` run ``config``."""
@@ -144,9 +150,25 @@ def stage_seconds(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) ->
         t += c.prologue_seconds
     if j == len(stages) - 1:
         t += c.epilogue_seconds
-    if len(stages) > 1:
+    if len(stages) > 1 and not p.overlap_p2p:
         t += c.p2p_seconds * p.interleave
     return t
+
+
+def exposed_p2p(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
+    """Pipeline transfers on the critical path when they overlap compute: the first
+    micro-batch's forward crosses every boundary, the last one's backward crosses them
+    all back (``x`` counts both directions) — ``v·S − 1`` chunk boundaries with v virtual
+    stages, ``v·Σ_{j<S−1} x(c_j) + (v − 1)·x(c_{S−1})``; 0 when not overlapped (the
+    slots already carry them).
+    """
+    if not p.overlap_p2p or len(stages) < 2:
+        return 0.0
+    v = p.interleave
+    return sum(
+        p.config(s.config).p2p_seconds * (v if j < len(stages) - 1 else v - 1)
+        for j, s in enumerate(stages)
+    )
 
 
 def activation_factor(p: PartitionProblem, stages: int) -> float:
@@ -227,4 +249,4 @@ def score(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
         return sum(times) + (s - 1) * p.p2p_seconds
     sync = max(stage_sync(p, stages, j) for j in range(s))
     slots = p.microbatches + (s - 1) / p.interleave
-    return slots * max(times) + (s - 1) * p.p2p_seconds + sync
+    return slots * max(times) + (s - 1) * p.p2p_seconds + sync + exposed_p2p(p, stages)

@@ -114,6 +114,8 @@ class PartitionResult:
     blocks: int = 1
     interleave: int = 1
     """Virtual stages per device (interleaved 1F1B); 1 is plain 1F1B."""
+    p2p_overlapped: bool = False
+    """Pipeline transfers overlap compute: only the fill and drain expose them."""
 
     @property
     def gap(self) -> float | None:
@@ -144,10 +146,16 @@ class PartitionResult:
                 "pp send/recv": sum(s.p2p_seconds for s in self.stages),
             }
         m = self.microbatches
+        pp = m * slow.p2p_seconds
+        if self.p2p_overlapped:  # exposed on the fill and drain only, once per boundary
+            v = self.interleave  # stage p2p_seconds already count v hand-offs
+            pp = sum(s.p2p_seconds for s in self.stages[:-1]) + self.stages[-1].p2p_seconds * (
+                v - 1
+            ) / v
         return {
             "compute": m * slow.compute_seconds,
             "tp comm": m * slow.tp_comm_seconds,
-            "pp send/recv": m * slow.p2p_seconds,
+            "pp send/recv": pp,
             "pipeline bubble": (self.pp - 1) / self.interleave * slow.seconds,
             "dp sync + optimizer": max(s.sync_seconds for s in self.stages),
         }
@@ -398,6 +406,9 @@ def search(
                     if "blocks" in pin
                 },
                 interleave=v,
+                overlap_p2p=costing.settings.overlap_p2p
+                and mode == "training"
+                and options.objective != "latency",
             )
             per = 1.0 if options.objective == "latency" else float(dp * m)
             problems.append((problem, per))
@@ -649,6 +660,7 @@ def _result(
         pins=options.pins.to_json(),
         blocks=problem.blocks,
         interleave=problem.interleave,
+        p2p_overlapped=problem.overlap_p2p,
     )
 
 
