@@ -91,8 +91,9 @@ def memory_bound_pace(p: PartitionProblem, s: int) -> float:
     """The least slowest-stage time ``T`` at which ``s`` stages can hold the blocks when
     each stage's configuration must fit its blocks in memory.
 
-    Relaxation (so a valid bound): devices are not counted and each stage picks its
-    configuration alone; block counts stay whole multiples of v;
+    Relaxation (so a valid bound): each stage picks its configuration alone, except that
+    on a one-kind pool the stages' devices (``dp · tp``) may not exceed the pool (an exact
+    multiple-choice knapsack); block counts stay whole multiples of v;
     stage j may take, on configuration c, at most ``min(cap_cj, (T − e_cj) / b_c)``
     blocks, ``cap_cj`` its memory allows at its own in-flight count and ``e_cj`` what it
     carries besides blocks. ``T`` is found by bisection on ``Σ_j max_c … ≥ L``. Without
@@ -123,7 +124,7 @@ def memory_bound_pace(p: PartitionProblem, s: int) -> float:
                 c.epilogue_seconds if j == s - 1 else 0.0
             )
             ends += c.p2p_seconds * p.interleave if s > 1 and not p.overlap_p2p else 0.0
-            opts.append((min(cap, float(p.blocks)), ends, c.block_seconds))
+            opts.append((min(cap, float(p.blocks)), ends, c.block_seconds, p.dp * c.tp))
         if not opts:
             return float("inf")
         rows.append(opts)
@@ -133,12 +134,37 @@ def memory_bound_pace(p: PartitionProblem, s: int) -> float:
     def whole(x: float) -> float:  # n_j is an integer multiple of v
         return math.floor(x / v + 1e-9) * v
 
-    def held(t: float) -> float:
-        return sum(
-            max(whole(min(cap, max(0.0, (t - e) / b))) for cap, e, b in opts) for opts in rows
-        )
+    def most(opts: list[tuple[float, float, float, int]], t: float) -> dict[int, float]:
+        """Blocks a stage can hold at pace ``t``, best per device count it takes."""
+        out: dict[int, float] = {}
+        for cap, e, b, units in opts:
+            n = whole(min(cap, max(0.0, (t - e) / b)))
+            out[units] = max(out.get(units, 0.0), n)
+        return out
 
-    hi = max(e + p.blocks * b for opts in rows for _, e, b in opts)
+    kinds = {c.kind for c in cs}
+    budget = p.devices.get(next(iter(kinds)), 0) if len(kinds) == 1 else 0
+    unit = math.gcd(*(o[3] for opts in rows for o in opts)) if budget else 1
+    limited = budget > 0 and sum(max(o[3] for o in opts) for opts in rows) > budget
+
+    def held(t: float) -> float:
+        if not limited:
+            return sum(max(most(opts, t).values()) for opts in rows)
+        # Devices bind: the stages share one kind's pool, so each stage's configuration
+        # is a multiple-choice knapsack item (devices taken, blocks held), solved exactly.
+        size = budget // unit
+        best = [0.0] + [-1.0] * size
+        for opts in rows:
+            nxt = [-1.0] * (size + 1)
+            for units, n in most(opts, t).items():
+                k = units // unit
+                for used in range(size - k + 1):
+                    if best[used] >= 0 and best[used] + n > nxt[used + k]:
+                        nxt[used + k] = best[used] + n
+            best = nxt
+        return max(best)
+
+    hi = max(e + p.blocks * b for opts in rows for _, e, b, _ in opts)
     if held(hi) < p.blocks:
         return float("inf")  # memory cannot hold the blocks in s stages at any pace
     lo = 0.0
