@@ -15,6 +15,9 @@ fastest, as NCCL's tuner does:
   concurrent all-reduces across the outer tier on ``S/g`` each, all-gather inside;
 * direct, on a tier that is one full-bandwidth switch: every rank exchanges with every
   other at once, so the bandwidth term equals the ring's with one step of latency;
+* NVLS / SHARP, on one switch that reduces in-network (``reduction`` in the topology):
+  all-reduce ``S/(B·5/6) + 23 µs`` — each byte up and down once, NCCL's NVLS ratio;
+* every algorithm but the tree pays NCCL's base latency per call (8.4 µs, Simple);
 * all-to-all: pairwise exchange ``(p−1)/p·S/B + (p−1)·α`` at each rank's own bandwidth;
   across tiers the bytes that leave an inner group, ``(p−g)/p`` of them, ride the outer
   tier.
@@ -46,6 +49,8 @@ class Tier:
     name: str = ""
     switched: bool = False
     """One full-bandwidth switch connects all members (NVSwitch, a UB switch plane)."""
+    reduction: bool = False
+    """The switch reduces in-network (NVLS on NVSwitch gen3+, SHARP on InfiniBand)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +124,23 @@ def _alpha(tiers: Sequence[Tier]) -> float:
     return max((t.latency for t in tiers if t.size > 1), default=0.0)
 
 
+NCCL_BASE_LATENCY = {"ring": 8.4e-6, "tree": 0.0, "nvls": 0.0}
+"""NCCL's fixed cost per collective, Simple protocol (the one large training messages
+use), by algorithm: ``baseLat`` of ``src/graph/tuning.cc`` (REFERENCE.md §2.3: ring
+8.4 µs, tree 0). Direct, pairwise and hierarchical schedules are NCCL rings underneath
+and pay the ring's."""
+NVLS_LATENCY = 23e-6
+"""NCCL's hardware latency of an NVLS (NVLink SHARP) collective inside a node, Simple
+protocol (``hwLat[NVLINK][NVLS]``, REFERENCE.md §2.3)."""
+NVLS_EFFICIENCY = 5 / 6
+"""NCCL's algorithm-bandwidth ratio for NVLS (REFERENCE.md §2.3): in-switch reduction
+moves each byte up and down once, at 5/6 of the links' bus bandwidth."""
+
+
 def _estimate(
     op: str, s: float, p: int, algo: str, neck: Tier, lat: float, bw: float
 ) -> CommEstimate:
+    lat += NCCL_BASE_LATENCY.get(algo, NCCL_BASE_LATENCY["ring"])
     return CommEstimate(op, s, p, lat + bw, algo, neck.name or "link", lat, bw)
 
 
@@ -168,6 +187,16 @@ def _direct(op: str, s: float, tiers: Sequence[Tier]) -> CommEstimate:
     return _estimate(op, s, p, "direct", tier, phases * tier.latency, volume * s / tier.bandwidth)
 
 
+def _nvls(op: str, s: float, tiers: Sequence[Tier]) -> CommEstimate:
+    """In-switch reduction (NVLS, SHARP): every rank sends its buffer to the switch once
+    and receives the reduced result once — ``S`` each way instead of the ring's
+    ``2(p−1)/p·S``, nearly half the traffic — at NCCL's NVLS bandwidth ratio.
+    """
+    (tier,) = [t for t in tiers if t.size > 1]
+    bw = s / (tier.bandwidth * NVLS_EFFICIENCY)
+    return _estimate(op, s, tier.size, "nvls", tier, NVLS_LATENCY, bw)
+
+
 def _hierarchical(op: str, s: float, tiers: Sequence[Tier]) -> CommEstimate:
     """Two levels: inner reduce-scatter, outer all-reduce on S/g per rank, inner all-gather.
 
@@ -201,6 +230,8 @@ def _candidates(op: str, tiers: Sequence[Tier]) -> list[Algorithm]:
         algos.append(_tree)
     if len(active) == 1 and active[0].switched:
         algos.append(_direct)
+        if op == "all_reduce" and active[0].reduction:
+            algos.append(_nvls)
     if len(active) >= 2 and op in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all"):
         algos.append(lambda o, s, _t: _hierarchical(o, s, active))
     return algos

@@ -1,9 +1,19 @@
 """How long a node (or a shard of it) takes on one device: a roofline.
 
-``t = max(flops / (peak[dtype] · η_compute), bytes / (bandwidth · η_memory))``
+``t = max(flops / (peak[dtype] · η_c(flops / peak)), bytes / (bandwidth · η_m(bytes)))
++ launch``
 
 where the peak is the device kind's dense peak for the node's compute dtype and the η
-are the kind's achievable-efficiency factors from the topology file. A shard scales its
+are the kind's achievable-efficiency factors from the topology file. They are not one
+constant: a GEMM too small to fill the device's cores with whole waves of tiles runs
+below the large-GEMM efficiency, and a small copy does not reach the streaming
+bandwidth. The kind states both as curves (``efficiency compute E at T``: an op that
+takes T at peak runs at E; ``efficiency memory E at SIZE``), interpolated log-linearly,
+with the plain factor above the largest point (Calculon's step tables by op size are
+the source, REFERENCE.md §4). ``launch`` is the fixed cost of each kernel: one per GEMM,
+convolution, attention, norm or reduction; element-wise and data-movement nodes ride in
+their neighbours' fused kernels (Megatron's fused bias-GeLU, bias-dropout-add,
+scale-mask-softmax), so they pay none. A shard scales its
 FLOPs and each operand separately (:class:`ShardScale`): a column-parallel MatMul on 8
 devices does 1/8 of the FLOPs and reads 1/8 of the weight, but still reads the whole
 activation — which is why tensor parallelism stops paying off for small batches.
@@ -14,6 +24,8 @@ twice the forward (two GEMMs per forward GEMM), and recomputation adds forward w
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -128,8 +140,28 @@ class ComputeEstimate:
         )
 
 
+KERNEL_KINDS = frozenset({"matmul", "conv", "attention", "norm", "reduce"})
+"""Node kinds that run as kernels of their own (and pay ``launch``)."""
+
+
+def efficiency(points: Sequence[tuple[float, float]], top: float, size: float) -> float:
+    """The efficiency at ``size`` on a curve of ``(size, efficiency)`` points, ascending:
+    log-linear between points, the first point's value below it, ``top`` from the
+    largest point up (the curve's knee).
+    """
+    if not points or size >= points[-1][0]:
+        return top
+    if size <= points[0][0]:
+        return points[0][1]
+    for (x0, e0), (x1, e1) in itertools.pairwise(points):
+        if size <= x1:
+            f = math.log(size / x0) / math.log(x1 / x0)
+            return e0 + f * (e1 - e0)
+    return top  # pragma: no cover - the loop always returns
+
+
 def node_time(cost: NodeCost, kind: DeviceSpec, shard: ShardScale | None = None) -> ComputeEstimate:
-    """Roofline time of ``cost`` (or of one shard of it) on ``kind``."""
+    """Roofline time of ``cost`` (or of one shard of it) on ``kind``, plus its launch."""
     shard = shard or ShardScale()
     default = shard.flops if not shard.inputs and not shard.outputs else 1.0
     flops = cost.flops * shard.flops
@@ -141,10 +173,14 @@ def node_time(cost: NodeCost, kind: DeviceSpec, shard: ShardScale | None = None)
         nbytes = cost.bytes_total * default
     peak, used = peak_for(kind, cost.dtype) if flops else (0.0, cost.dtype.short)
     bandwidth = float(kind.memory_bandwidth or 0.0)
-    t_compute = flops / (peak * kind.compute_efficiency) if flops else 0.0
-    t_memory = nbytes / (bandwidth * kind.memory_efficiency) if nbytes and bandwidth else 0.0
+    eta_c = efficiency(getattr(kind, "compute_curve", ()), kind.compute_efficiency,
+                       flops / peak if flops else 0.0)
+    eta_m = efficiency(getattr(kind, "memory_curve", ()), kind.memory_efficiency, nbytes)
+    t_compute = flops / (peak * eta_c) if flops else 0.0
+    t_memory = nbytes / (bandwidth * eta_m) if nbytes and bandwidth else 0.0
+    launch = float(getattr(kind, "kernel_launch", 0.0)) if cost.kind in KERNEL_KINDS else 0.0
     return ComputeEstimate(
-        max(t_compute, t_memory),
+        max(t_compute, t_memory) + launch,
         t_compute,
         t_memory,
         flops,

@@ -18,14 +18,16 @@ It composes the cost model's own pieces; its only formulas *define* the grid sch
   reduce-scatter gradients + all-gather weights), not overlapped with the backward, as
   in Megatron-LM of 2021; tied embeddings add an all-reduce between the end stages.
 
-Per-device step time = compute + TP + PP + bubble + DP + optimizer, all exposed.
+Per-device step time = compute + TP + PP + bubble + DP + optimizer, all exposed. The
+grid and the step records (:class:`GridConfig`, :class:`StepEstimate`) live in
+:mod:`shardc.cost.grid_config`, shared with the partitioner's own grid pricing.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from shardc.cost import memory as mem
@@ -36,11 +38,13 @@ from shardc.cost.compute import (
     optimizer_time,
     pass_multiplier,
 )
+from shardc.cost.grid_config import GridConfig, StepEstimate
 from shardc.cost.network import group_collective, pipeline_transfer, point_to_point
 from shardc.cost.ops import NodeCost
 from shardc.cost.phases import prefill_time, training_time
 from shardc.errors import OptionError
-from shardc.vocabulary import RECOMPUTES, SCHEDULES
+
+__all__ = ["GridConfig", "StepEstimate", "TransformerCosts", "estimate_grid"]
 
 if TYPE_CHECKING:
     from shardc.synth import SynthConfig
@@ -50,55 +54,6 @@ if TYPE_CHECKING:
 TP_OPS = {False: ("all_reduce",), True: ("reduce_scatter", "all_gather")}
 #: the DP gradient all-reduce, or (ZeRO >= 1) reduce-scatter + all-gather of weights
 DP_OPS = {False: ("all_reduce",), True: ("reduce_scatter", "all_gather")}
-
-
-@dataclass(frozen=True, slots=True)
-class GridConfig:
-    """The parallel degrees and batch of one Megatron run; checked on construction."""
-
-    tp: int
-    pp: int
-    dp: int
-    micro_batch: int
-    global_batch: int
-    recompute: str = "none"
-    schedule: str = "1f1b"
-    interleave: int = 1
-    sequence_parallel: bool = False
-    zero_stage: int = 0
-    grad_bytes: float = 2.0
-    """Bytes per gradient element reduced across data-parallel ranks (bf16)."""
-    scatter_gather: bool = True
-    """Pipeline sends split over the TP group's links and re-gathered inside the node."""
-
-    def __post_init__(self) -> None:
-        for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "interleave"):
-            if getattr(self, name) < 1:
-                raise OptionError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.global_batch % (self.dp * self.micro_batch):
-            raise OptionError(f"global batch {self.global_batch} is not a multiple of dp × "
-                              f"micro-batch = {self.dp} × {self.micro_batch}")
-        if self.recompute not in RECOMPUTES:
-            raise OptionError(f"unknown recompute {self.recompute!r}", hint=f"use {RECOMPUTES}")
-        if self.schedule not in SCHEDULES:
-            raise OptionError(f"unknown schedule {self.schedule!r}", hint=f"use {SCHEDULES}")
-        if self.interleave > 1 and (self.schedule != "1f1b" or self.pp == 1):
-            raise OptionError("interleaved chunks need the 1f1b schedule and pp > 1")
-
-    @property
-    def devices(self) -> int:
-        """Devices the grid occupies: t·p·d."""
-        return self.tp * self.pp * self.dp
-
-    @property
-    def microbatches(self) -> int:
-        """Micro-batches per pipeline per step: m = B / (d·b)."""
-        return self.global_batch // (self.dp * self.micro_batch)
-
-    @property
-    def bubble_fraction(self) -> float:
-        """Pipeline bubble over ideal time: (p−1)/(m·v) (Narayanan et al. 2021, §2.2)."""
-        return (self.pp - 1) / (self.microbatches * self.interleave)
 
 
 def _sorted(counts: Counter[NodeCost]) -> tuple[NodeCost, ...]:
@@ -256,68 +211,6 @@ def place_grid(topology: Topology, cfg: GridConfig) -> GridPlacement:
     t, d = cfg.tp, cfg.dp
     return GridPlacement(tuple(names[:t]), tuple(names[i * t] for i in range(d)),
                          tuple(names[i * t * d] for i in range(cfg.pp)))
-
-
-@dataclass(frozen=True)
-class StepEstimate:
-    """One optimizer step of a grid: time, its exposed parts, memory, work done."""
-
-    config: GridConfig
-    compute: float
-    tp_comm: float
-    pp_comm: float
-    bubble: float
-    dp_comm: float
-    optimizer: float
-    memory: mem.MemoryEstimate
-    flops: float
-    """FLOPs executed per step by all devices (recomputation included)."""
-    capacity: float | None = None
-    """Memory of one device, bytes (None if the kind does not say)."""
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def seconds(self) -> float:
-        """Step time: the sum of the exposed parts."""
-        return sum(self.breakdown().values())
-
-    @property
-    def peak_memory(self) -> float:
-        """Peak bytes on the most loaded device (the first pipeline stage)."""
-        return self.memory.peak
-
-    @property
-    def fits(self) -> bool:
-        """Whether the peak fits the device's memory (True when capacity is unknown)."""
-        return self.capacity is None or self.peak_memory <= self.capacity
-
-    def breakdown(self) -> dict[str, float]:
-        """Seconds per part, in the order they are explained."""
-        return {"compute": self.compute, "tp comm": self.tp_comm, "pp send/recv": self.pp_comm,
-                "pipeline bubble": self.bubble, "dp all-reduce": self.dp_comm,
-                "optimizer": self.optimizer}
-
-    def tflops_per_device(self, flops_per_step: float | None = None) -> float:
-        """Achieved TFLOP/s per device for ``flops_per_step`` (default: the executed FLOPs).
-
-        Pass a paper's own FLOP count (e.g. Narayanan's) to compare like with like.
-        """
-        flops = self.flops if flops_per_step is None else flops_per_step
-        return flops / (self.seconds * self.config.devices) / 1e12
-
-    def explain(self) -> str:
-        """The grid, each part with its share of the step, and how the parts were timed."""
-        c = self.config
-        lines = [f"tp={c.tp} pp={c.pp} dp={c.dp}, micro-batch {c.micro_batch} x "
-                 f"{c.microbatches} per pipeline, recompute {c.recompute}, {c.schedule}"
-                 f"{f' v={c.interleave}' if c.interleave > 1 else ''}: step "
-                 f"{self.seconds * 1e3:.4g} ms, {self.tflops_per_device():.4g} TFLOP/s per device"]
-        for name, sec in self.breakdown().items():
-            lines.append(f"  {name:<16} {sec * 1e3:10.4g} ms  {sec / self.seconds:6.1%}")
-        fit = "" if self.capacity is None else f" of {self.capacity / 2**30:.4g} GiB"
-        lines.append(f"  memory{fit}: {self.memory.explain()}")
-        lines.extend(f"  {n}" for n in self.notes)
-        return "\n".join(lines)
 
 
 def _timed(topo: Topology, ops: Iterable[str], nbytes: float, group: Sequence[str],

@@ -32,10 +32,12 @@ if TYPE_CHECKING:
     from shardc.topology import CollectiveBandwidth, Topology
 
 
-def _tier(cb: CollectiveBandwidth, size: int) -> Tier:
+def _tier(topo: Topology, cb: CollectiveBandwidth, size: int) -> Tier:
     kinds = "+".join(cb.kinds) or cb.plane
     switched = cb.hops <= 2 and cb.bandwidth >= cb.injection_bandwidth
-    return Tier(size, cb.bandwidth * cb.efficiency, cb.latency, kinds, switched)
+    reducing = {s.name for s in topo.switches if s.reduction}
+    reduction = switched and bool(cb.fabrics) and all(f in reducing for f in cb.fabrics)
+    return Tier(size, cb.bandwidth * cb.efficiency, cb.latency, kinds, switched, reduction)
 
 
 def _islands(topo: Topology, plane: str, members: Sequence[str]) -> list[list[str]] | None:
@@ -61,7 +63,7 @@ def tier_options(topo: Topology, devices: Iterable[str]) -> list[list[Tier]]:
     outer: CollectiveBandwidth | None = None
     try:
         outer = topo.collective(members)
-        options.append([_tier(outer, len(members))])
+        options.append([_tier(topo, outer, len(members))])
     except OptionError:
         pass
     for plane in topo.planes:
@@ -79,7 +81,7 @@ def tier_options(topo: Topology, devices: Iterable[str]) -> list[list[Tier]]:
             # Islands joined only through a host that does not forward (GB200's C2C:
             # GPU-Grace-GPU) carry no device-to-device collective.
             continue
-        options.append([_tier(inner, size), _tier(outer, len(groups))])
+        options.append([_tier(topo, inner, size), _tier(topo, outer, len(groups))])
     if not options:
         raise OptionError(
             f"no plane connects the {len(members)} devices {members[0]}…{members[-1]}",

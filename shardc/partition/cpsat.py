@@ -28,14 +28,15 @@ The search is deterministic: one worker, a fixed seed and a *deterministic* time
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ortools.sat.python import cp_model
 
 from shardc.errors import InfeasibleError, SolverTimeout
+from shardc.partition.bounds import blocks_per_stage, fits_in_total, lower_bound, uniform
 from shardc.partition.problem import (
     PartitionProblem,
     Solution,
@@ -89,11 +90,11 @@ def solve(
     attempts: list[_Attempt] = []
     fewest = problem.dp * min(c.tp for c in problem.configs)
     evens: dict[int, Solution | None] = {}
-    per_stage = _blocks_per_stage(problem)
+    per_stage = blocks_per_stage(problem)
     for s in counts:
         if s > 1 and s * fewest > sum(problem.devices.values()):
             attempts.append(_Attempt(s, "INFEASIBLE", None, ("devices",)))
-        elif not _fits_in_total(problem):
+        elif not fits_in_total(problem):
             attempts.append(_Attempt(s, "INFEASIBLE", None, ("capacity",)))
         elif s * per_stage < problem.blocks:
             attempts.append(_Attempt(s, "INFEASIBLE", None, ("memory",)))
@@ -155,152 +156,6 @@ def solve(
     )
 
 
-def uniform(p: PartitionProblem, s: int) -> Solution | None:
-    """The best plan giving every stage the same configuration and an even share of the
-    blocks (a Megatron grid; the remainder goes to the last stages, which hold the fewest
-    micro-batches in flight), or None if none is legal. Cheap, so it seeds every CP-SAT
-    run and guarantees the answer is never worse than the best even grid.
-    """
-    if s > p.blocks:
-        return None
-    base, extra = divmod(p.blocks, s)
-    sizes = [base + (j >= s - extra) for j in range(s)]
-    if p.interleave > 1 and any(n % p.interleave for n in sizes):
-        return None
-    best: Solution | None = None
-    for c in p.configs:
-        plan = tuple(StagePlan(c.name, n) for n in sizes)
-        if violations(p, plan):
-            continue
-        sc = score(p, plan)
-        if best is None or sc < best.seconds:
-            best = Solution(plan, sc, "FEASIBLE")
-    return best
-
-
-def lower_bound(p: PartitionProblem, s: int) -> float:
-    """A score no plan with ``s`` stages can beat.
-
-    Stage ``j`` takes at least ``n_j · b_j + e_j`` (its blocks at its configuration's
-    block time, plus the prologue, epilogue and boundary transfers it carries), so
-    ``n_j ≤ (T − e_j) / b_j`` and the blocks fit only if
-    ``L + Σ_j e_j / b_j ≤ T · Σ_j 1 / b_j``. That sum of rates is at most ``s`` times the
-    fastest configuration's rate and, because stage ``j`` occupies ``dp · tp_j``
-    devices, at most the best blocks-per-second-per-device of each kind times the
-    devices of that kind. Memory is ignored, so the bound is loose but never wrong.
-    """
-    cs = [c for c in p.configs if c.block_seconds > 0]
-    if not cs:
-        return 0.0
-    rate = max(1.0 / c.block_seconds for c in cs)
-    per_device: dict[str, float] = {}
-    for c in cs:
-        per_device[c.kind] = max(per_device.get(c.kind, 0.0), 1.0 / (c.block_seconds * c.tp))
-    device_rate = sum(r * p.devices.get(k, 0) / p.dp for k, r in per_device.items())
-    # the ends and transfers in block-equivalents of whichever configuration carries them
-    extra = min(c.prologue_seconds / c.block_seconds for c in cs)
-    extra += min(c.epilogue_seconds / c.block_seconds for c in cs)
-    if s > 1:
-        extra += s * p.interleave * min(c.p2p_seconds / c.block_seconds for c in cs)
-    work = p.blocks + extra
-    if p.objective == "latency":
-        return work / rate + (s - 1) * p.p2p_seconds
-    t = work / min(s * rate, device_rate) if device_rate > 0 else work / (s * rate)
-    t = max(t, _memory_bound_pace(p, s))
-    if p.interleave > 1:
-        return (p.microbatches + (s - 1) / p.interleave) * t + (s - 1) * p.p2p_seconds + (
-            p.blocks * min(c.sync_seconds for c in p.configs) / s
-        )
-    sync = p.blocks * min(c.sync_seconds for c in p.configs)
-    sync += min(c.prologue_sync for c in p.configs) + min(c.epilogue_sync for c in p.configs)
-    return (p.microbatches + s - 1) * t + (s - 1) * p.p2p_seconds + sync / s
-
-
-def _memory_bound_pace(p: PartitionProblem, s: int) -> float:
-    """The least slowest-stage time ``T`` at which ``s`` stages can hold the blocks when
-    each stage's configuration must fit its blocks in memory.
-
-    Relaxation (so a valid bound): devices are not counted and each stage picks its
-    configuration alone; block counts stay whole multiples of v;
-    stage j may take, on configuration c, at most ``min(cap_cj, (T − e_cj) / b_c)``
-    blocks, ``cap_cj`` its memory allows at its own in-flight count and ``e_cj`` what it
-    carries besides blocks. ``T`` is found by bisection on ``Σ_j max_c … ≥ L``. Without
-    it the bound prices every block at the fastest configuration even where that one
-    does not fit, and big models stop with 10-20 % gaps.
-    """
-    if p.objective == "latency":
-        return 0.0
-    cs = [c for c in p.configs if c.block_seconds > 0]
-    if not cs:
-        return 0.0
-    rows = []  # per stage: (cap, ends, block seconds) of every allowed configuration
-    for j in range(s):
-        inflight = in_flight(p, s, j) * activation_factor(p, s)
-        opts = []
-        for c in cs:
-            if not p.allowed(j, c.name):
-                continue
-            fixed = c.workspace_bytes + (c.prologue_bytes if j == 0 else 0.0)
-            fixed += c.epilogue_bytes if j == s - 1 else 0.0
-            per = c.block_static_bytes + c.block_activation_bytes * inflight
-            room = p.capacity[c.kind] - fixed
-            cap = room / per if per > 0 else float(p.blocks)
-            if cap < 1:
-                continue
-            ends = (c.prologue_seconds if j == 0 else 0.0) + (
-                c.epilogue_seconds if j == s - 1 else 0.0
-            )
-            ends += c.p2p_seconds * p.interleave if s > 1 else 0.0
-            opts.append((min(cap, float(p.blocks)), ends, c.block_seconds))
-        if not opts:
-            return float("inf")
-        rows.append(opts)
-
-    v = max(p.interleave, 1)
-
-    def whole(x: float) -> float:  # n_j is an integer multiple of v
-        return math.floor(x / v + 1e-9) * v
-
-    def held(t: float) -> float:
-        return sum(
-            max(whole(min(cap, max(0.0, (t - e) / b))) for cap, e, b in opts) for opts in rows
-        )
-
-    hi = max(e + p.blocks * b for opts in rows for _, e, b in opts)
-    if held(hi) < p.blocks:
-        return float("inf")  # memory cannot hold the blocks in s stages at any pace
-    lo = 0.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if held(mid) >= p.blocks else (mid, hi)
-    return lo
-
-
-def _blocks_per_stage(p: PartitionProblem) -> int:
-    """The most blocks one stage can hold on any configuration (one micro-batch in
-    flight, no prologue or epilogue): fewer stages than ``L`` over this cannot fit.
-    """
-    most = 0
-    for c in p.configs:
-        per_block = c.block_static_bytes + c.block_activation_bytes
-        room = p.capacity[c.kind] - c.workspace_bytes
-        if room >= per_block:
-            most = max(most, int(room // per_block) if per_block > 0 else p.blocks)
-    return most
-
-
-def _fits_in_total(p: PartitionProblem) -> bool:
-    """Whether the blocks fit in the pool's memory at all: stage ``j`` puts
-    ``n_j · w_j`` bytes on each of its ``dp · tp_j`` devices, so the pool must hold at
-    least ``L`` times the cheapest ``dp · tp · w`` of any configuration.
-    """
-    cheapest = min(
-        p.dp * c.tp * (c.block_static_bytes + c.block_activation_bytes) for c in p.configs
-    )
-    total = sum(p.capacity.get(k, 0.0) * n for k, n in p.devices.items())
-    return p.blocks * cheapest <= total
-
-
 def _scale(p: PartitionProblem) -> float:
     worst = max(
         p.blocks * c.block_seconds
@@ -348,7 +203,14 @@ def _solve_stages(
         m.add_max_equality(t_max, times)
         m.add_max_equality(sync, [_stage_sync(p, s, j, x, y, k) for j in range(s)])
         v = p.interleave  # the objective times v: (v·M + S − 1)·t_max + v·sync
-        m.minimize((v * p.microbatches + s - 1) * t_max + v * sync)
+        fill: Any = 0
+        if p.overlap_p2p and s > 1:  # exposed_p2p: one hand-off per boundary
+            fill = sum(
+                round(c.p2p_seconds * k) * (v if j < s - 1 else v - 1) * x[j][ci]
+                for j in range(s)
+                for ci, c in enumerate(cs)
+            )
+        m.minimize((v * p.microbatches + s - 1) * t_max + v * sync + v * fill)
     if hint is not None:
         names = [c.name for c in cs]
         for j, st in enumerate(hint):
@@ -412,7 +274,7 @@ def _stage_time(m: cp_model.CpModel, p: PartitionProblem, s: int, j: int, x, y, 
         expr += sum(round(c.prologue_seconds * k) * x[0][ci] for ci, c in enumerate(p.configs))
     if j == s - 1:
         expr += sum(round(c.epilogue_seconds * k) * x[j][ci] for ci, c in enumerate(p.configs))
-    if s > 1:
+    if s > 1 and not p.overlap_p2p:
         expr += sum(
             round(c.p2p_seconds * p.interleave * k) * x[j][ci] for ci, c in enumerate(p.configs)
         )
@@ -428,6 +290,8 @@ def _stage_sync(p: PartitionProblem, s: int, j: int, x, y, k: float):
         expr += sum(round(c.prologue_sync * k) * x[0][ci] for ci, c in enumerate(cs))
     if j == s - 1:
         expr += sum(round(c.epilogue_sync * k) * x[j][ci] for ci, c in enumerate(cs))
+    if s == 1:
+        expr -= sum(round(c.tied_sync * k) * x[0][ci] for ci, c in enumerate(cs))
     return expr
 
 
@@ -440,7 +304,7 @@ def _add_memory(m: cp_model.CpModel, p: PartitionProblem, s: int, x, y, on) -> N
             per_block = c.block_static_bytes + c.block_activation_bytes * inflight
             used += int(per_block) * y[j][ci]
             fixed = (c.prologue_bytes if j == 0 else 0) + (c.epilogue_bytes if j == s - 1 else 0)
-            fixed += c.workspace_bytes
+            fixed += c.workspace_bytes - (c.tied_bytes if s == 1 else 0)
             used += int(fixed - p.capacity[c.kind]) * x[j][ci]
         m.add(used <= 0).only_enforce_if(on)
 

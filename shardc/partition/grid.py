@@ -21,6 +21,7 @@ from shardc.partition.options import MemoryReserve
 from shardc.partition.problem import (
     PartitionProblem,
     StagePlan,
+    exposed_p2p,
     score,
     stage_bytes,
     stage_seconds,
@@ -70,6 +71,7 @@ def grid_problem(
         schedule=cfg.schedule,
         pinned_stages=cfg.pp,
         interleave=cfg.interleave,
+        overlap_p2p=costing.settings.overlap_p2p and costing.settings.mode == "training",
     )
     stages = tuple(StagePlan(configs[0].name, n) for n in even_blocks(blocks, cfg.pp))
     return problem, stages
@@ -99,7 +101,8 @@ def price_grid(
     n = stages[slow].blocks
     compute = m * (n * b.compute + sum(e.compute for e in ends))
     tp_comm = m * (n * b.comm + sum(e.comm for e in ends))
-    pp_comm = m * (c.p2p_seconds * cfg.interleave if s > 1 else 0.0)
+    pp_comm = exposed_p2p(problem, stages) if problem.overlap_p2p else (
+        m * (c.p2p_seconds * cfg.interleave if s > 1 else 0.0))
     sync = max(stage_sync(problem, stages, j) for j in range(s))
     total = score(problem, stages)
     bubble = total - compute - tp_comm - pp_comm - sync

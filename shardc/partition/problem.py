@@ -13,12 +13,16 @@ Scoring (the same function the solver's objective is checked against):
   + [S > 1]·x(c_j)``, where ``x`` is the stage's own boundary traffic per micro-batch
   (activations out, gradients back), which sits in every 1F1B slot;
 * per-step work outside the pipeline ``sync_j = n_j·sync(c_j) + [j = 0]·pro_sync(c_0) +
-  [j = S−1]·epi_sync(c_S−1)`` (data-parallel gradient reduction, optimizer step);
+  [j = S−1]·epi_sync(c_S−1) − [S = 1]·tied_sync(c_0)`` (data-parallel gradient reduction,
+  optimizer step; a weight both ends read, a tied embedding and LM head, is synced once
+  when one stage holds both, and held once: ``tied_bytes`` likewise);
 * **throughput** (1F1B or GPipe over M micro-batches): ``(M + (S − 1)/v)·max_j T_j +
   (S − 1)·p2p + max_j sync_j`` — the bubble is ``(S − 1)/v`` slots of the slowest stage
   (v = 1 unless interleaved; with v virtual stages a micro-batch crosses v times as many
   boundaries, so ``x`` counts v times, and each device holds ``1 + (S − 1)/(S·v)`` times
   the activations, Korthikanti et al. 2022 §4.2.3);
+* with ``overlap_p2p`` the slots carry no ``x``; the fill and drain expose
+  ``Σ_{j<S−1} x(c_j)`` once per step instead;
 * **latency** (one request through the pipeline): ``Σ_j T_j + (S − 1)·p2p``;
 * memory of a stage's devices: ``n_j·(static(c_j) + act(c_j)·inflight_j) + fixed``,
   with ``inflight_j = min(S − j, M)`` under 1F1B and ``M`` under GPipe (Narayanan et
@@ -62,6 +66,12 @@ class StageConfig:
     sequence_parallel: bool = False
     """Megatron sequence parallelism inside the TP group (norms, dropout, residuals and
     their activations split along the sequence)."""
+    tied_bytes: float = 0.0
+    """What ``prologue_bytes + epilogue_bytes`` count twice when one stage holds both ends
+    (a tied embedding / LM head: one weight, one gradient, one optimizer state)."""
+    tied_sync: float = 0.0
+    """What ``prologue_sync + epilogue_sync`` count twice on a one-stage plan (the tied
+    weight's gradient is reduced once)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,10 @@ class PartitionProblem:
     interleave: int = 1
     """Virtual stages per device (interleaved 1F1B, Narayanan et al. 2021 §2.2.2): each
     stage's blocks run as ``v`` chunks, so ``n_j`` must be a multiple of ``v``."""
+    overlap_p2p: bool = False
+    """Pipeline sends and receives run beside compute (Megatron-LM's ``overlap_p2p_comm``,
+    non-blocking isend/irecv): in steady state a slot does not wait for them, and only the
+    pipeline's fill and drain, one hand-off per boundary, are exposed."""
 
     def allowed(self, stage: int, config: str) -> bool:
         """Whether the pins let ``stage`` run ``config``."""
@@ -136,9 +150,25 @@ def stage_seconds(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) ->
         t += c.prologue_seconds
     if j == len(stages) - 1:
         t += c.epilogue_seconds
-    if len(stages) > 1:
+    if len(stages) > 1 and not p.overlap_p2p:
         t += c.p2p_seconds * p.interleave
     return t
+
+
+def exposed_p2p(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
+    """Pipeline transfers on the critical path when they overlap compute: the first
+    micro-batch's forward crosses every boundary, the last one's backward crosses them
+    all back (``x`` counts both directions) — ``v·S − 1`` chunk boundaries with v virtual
+    stages, ``v·Σ_{j<S−1} x(c_j) + (v − 1)·x(c_{S−1})``; 0 when not overlapped (the
+    slots already carry them).
+    """
+    if not p.overlap_p2p or len(stages) < 2:
+        return 0.0
+    v = p.interleave
+    return sum(
+        p.config(s.config).p2p_seconds * (v if j < len(stages) - 1 else v - 1)
+        for j, s in enumerate(stages)
+    )
 
 
 def activation_factor(p: PartitionProblem, stages: int) -> float:
@@ -156,6 +186,8 @@ def stage_sync(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> fl
         t += c.prologue_sync
     if j == len(stages) - 1:
         t += c.epilogue_sync
+    if len(stages) == 1:
+        t -= c.tied_sync
     return t
 
 
@@ -174,6 +206,8 @@ def stage_bytes(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> f
         mem += c.prologue_bytes
     if j == len(stages) - 1:
         mem += c.epilogue_bytes
+    if len(stages) == 1:
+        mem -= c.tied_bytes
     return mem
 
 
@@ -215,4 +249,4 @@ def score(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
         return sum(times) + (s - 1) * p.p2p_seconds
     sync = max(stage_sync(p, stages, j) for j in range(s))
     slots = p.microbatches + (s - 1) / p.interleave
-    return slots * max(times) + (s - 1) * p.p2p_seconds + sync
+    return slots * max(times) + (s - 1) * p.p2p_seconds + sync + exposed_p2p(p, stages)

@@ -37,6 +37,9 @@ def _kind(kind: DeviceKind) -> dict[str, Any]:
         "memory_bandwidth": kind.memory_bandwidth,
         "compute_efficiency": kind.compute_efficiency,
         "memory_efficiency": kind.memory_efficiency,
+        **({"compute_curve": [list(p) for p in kind.compute_curve]} if kind.compute_curve else {}),
+        **({"memory_curve": [list(p) for p in kind.memory_curve]} if kind.memory_curve else {}),
+        **({"kernel_launch": kind.kernel_launch} if kind.kernel_launch else {}),
         "tags": dict(sorted(kind.tags.items())),
     }
 
@@ -56,7 +59,8 @@ def canonical(topo: Topology) -> dict[str, Any]:
         "kinds": {name: _kind(topo.kinds[name]) for name in sorted(topo.kinds)},
         "devices": [{"name": d.name, "kind": d.kind.name}
                     for d in sorted(topo.devices, key=lambda d: natural_key(d.name))],
-        "switches": [{"name": s.name, "kind": s.kind, "plane": s.plane}
+        "switches": [{"name": s.name, "kind": s.kind, "plane": s.plane,
+                      **({"reduction": True} if s.reduction else {})}
                      for s in sorted(topo.switches, key=lambda s: natural_key(s.name))],
         "links": links,
     }
@@ -80,6 +84,12 @@ def _kind_text(name: str, kind: DeviceKind) -> list[str]:
         factor = getattr(kind, f"{which}_efficiency")
         if factor != 1.0:
             lines.append(f"    efficiency {which} {factor!r}")
+    for at, e in kind.compute_curve:
+        lines.append(f"    efficiency compute {e!r} at {units.exact(at, units.TIME)}")
+    for at, e in kind.memory_curve:
+        lines.append(f"    efficiency memory {e!r} at {units.exact(at, units.SIZE)}")
+    if kind.kernel_launch:
+        lines.append(f"    launch {units.exact(kind.kernel_launch, units.TIME)}")
     for key, value in sorted(kind.tags.items()):
         lines.append(f'    tag {key} "{value}"' if value else f"    tag {key}")
     return [*lines, "}"]
@@ -89,7 +99,8 @@ def _tree(topo: Topology) -> dict:
     """Names split on '.' into nested dicts; leaves are the declaration lines."""
     root: dict = {}
     entries = [(d.name, f"{{}}: {d.kind.name}") for d in topo.devices]
-    entries += [(s.name, f"switch {{}}: {s.kind} {{{{ plane {s.plane} }}}}")
+    entries += [(s.name, f"switch {{}}: {s.kind} {{{{ plane {s.plane}"
+                 + ("; reduction" if s.reduction else "") + " }}")
                 for s in topo.switches]
     for name, template in entries:
         *groups, local = name.split(".")

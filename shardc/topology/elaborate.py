@@ -250,7 +250,8 @@ class Elaborator:
     def _topology(self, kinds: dict, name: str, source: str | None) -> Topology:
         used = {dev.kind for dev in self.devs}
         devices = tuple(Device(d.full, kinds[d.kind], d.rank) for d in self.devs)
-        switches = tuple(Switch(s.full, s.kind, s.plane, s.fabric, s.tier) for s in self.sws)
+        switches = tuple(Switch(s.full, s.kind, s.plane, s.fabric, s.tier, s.reduction)
+                         for s in self.sws)
         params = {k: _plain(v) for k, v in self.env.params.items()}
         return Topology(
             name=name,

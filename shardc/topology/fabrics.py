@@ -43,7 +43,11 @@ _COMMON = {
 _ALLOWED = {
     "link": _COMMON,
     "mesh": {**_COMMON, "members": "e.g. 'members npu[*]'"},
-    "switch": {**_COMMON, "members": "e.g. 'members gpu[*]' or 'members cpu[*] 160 GB/s'"},
+    "switch": {
+        **_COMMON,
+        "members": "e.g. 'members gpu[*]' or 'members cpu[*] 160 GB/s'",
+        "reduction": "the switch reduces in-network (NVLS, SHARP), e.g. 'reduction'",
+    },
     "network": {
         **_COMMON,
         "members": "e.g. 'members node[*].gpu[*]'",
@@ -70,6 +74,7 @@ class Spec:
     oversubscription: Fraction = Fraction(1)
     uplink: float | None = None
     spine_latency: float | None = None
+    reduction: bool = False
 
 
 class Builder(Protocol):
@@ -106,7 +111,7 @@ def read_spec(env: Env, what: str, label: str, body: tuple[Stmt, ...], pos: Pos)
         seen.add(stmt.name)
         _read_prop(env, Reader(env, stmt, allowed[stmt.name]), spec, what)
     if what == "switch" and not spec.members:
-        if seen - {"plane"}:
+        if seen - {"plane", "reduction"}:
             raise env.error(f"switch {label} has no members", pos,
                             "add 'members ...', or keep only 'plane' for a bare switch that "
                             "links attach to")
@@ -154,6 +159,8 @@ def _read_prop(env: Env, r: Reader, spec: Spec, what: str) -> None:
         spec.oversubscription = value
     elif name == "rails":
         spec.rails = True
+    elif name == "reduction":
+        spec.reduction = True
     r.done()
 
 
@@ -166,6 +173,7 @@ def build_switch(b: Builder, scope: Scope, stmt: FabricStmt, spec: Spec) -> None
     """Port links from every member to the switch declared for ``stmt``."""
     switch = scope.members[stmt.name].node
     assert isinstance(switch, Sw)
+    switch.reduction = spec.reduction
     plane = spec.plane or stmt.link_kind
     if not spec.members:
         return  # a bare switch; 'link' statements connect it

@@ -6,6 +6,9 @@ A kind's properties::
     memory SIZE                          # GB, GiB, TB ...
     memory_bandwidth RATE                # GB/s, TB/s ...
     efficiency compute|memory FACTOR     # achievable fraction of peak, in (0, 1]
+    efficiency compute FACTOR at TIME    # ... of an op that takes TIME at peak
+    efficiency memory FACTOR at SIZE     # ... of a memory-bound op moving SIZE
+    launch TIME                          # fixed cost of every kernel
     tag KEY [VALUE]                      # free-form; 'tag role host' keeps the planner off
 
 ``extends`` copies the base kind's properties first (SKUs of one chip, an H800 from an
@@ -27,7 +30,9 @@ _USAGE = {
     "compute": "e.g. 'compute bf16, fp16 312 TFLOPS' or 'compute int8 624 TOPS'",
     "memory": "e.g. 'memory 80 GB'",
     "memory_bandwidth": "e.g. 'memory_bandwidth 3.35 TB/s'",
-    "efficiency": "e.g. 'efficiency compute 0.5' or 'efficiency memory 0.8'",
+    "efficiency": "e.g. 'efficiency compute 0.5', 'efficiency memory 0.8' or "
+    "'efficiency compute 0.6 at 3.2 us'",
+    "launch": "e.g. 'launch 2 us'",
     "tag": "e.g. 'tag role prefill'",
 }
 
@@ -70,6 +75,9 @@ def _build(env: Env, kdef: KindDef, base: dict | None) -> dict:
     if base is not None:
         fields = {**base, "peak_flops": dict(base["peak_flops"]), "tags": dict(base["tags"])}
     _apply(env, kdef.body, fields, kdef.name)
+    for curve in ("compute_curve", "memory_curve"):
+        if curve in fields:
+            fields[curve] = tuple(sorted(dict(fields[curve]).items()))
     _check_complete(env, kdef, fields)
     return fields
 
@@ -84,7 +92,7 @@ def _apply(env: Env, body: tuple[Stmt, ...], fields: dict, name: str) -> None:
         if stmt.name not in _USAGE:
             raise env.error(f"unknown property '{stmt.name}' in kind '{name}'", stmt.name_pos,
                             did_you_mean(stmt.name, _USAGE, listing="kind properties"))
-        once = stmt.name in ("memory", "memory_bandwidth")
+        once = stmt.name in ("memory", "memory_bandwidth", "launch")
         if once and stmt.name in seen:
             raise env.error(f"'{stmt.name}' is set twice in kind '{name}'", stmt.name_pos)
         seen[stmt.name] = stmt
@@ -128,10 +136,26 @@ def _efficiency(env: Env, r: Reader, fields: dict) -> None:
     if which not in ("compute", "memory"):
         raise env.error(f"efficiency applies to 'compute' or 'memory', not '{which}'", pos)
     value, vpos = r.number("a factor in (0, 1]")
-    r.done()
     if not 0 < value <= 1:
         raise env.error(f"an efficiency is a fraction in (0, 1], got {float(value):g}", vpos)
-    fields[f"{which}_efficiency"] = float(value)
+    if not r.more:
+        fields[f"{which}_efficiency"] = float(value)
+        return
+    word, wpos = r.word("'at'")
+    if word != "at":
+        raise env.error(f"expected 'at' after the factor, found '{word}'", wpos)
+    at, apos = r.quantity(units.TIME if which == "compute" else units.SIZE)
+    r.done()
+    if at <= 0:
+        raise env.error("an efficiency point needs a size above 0", apos)
+    points = dict(fields.get(f"{which}_curve", ()))
+    points[at] = float(value)
+    fields[f"{which}_curve"] = tuple(points.items())
+
+
+def _launch(env: Env, r: Reader, fields: dict) -> None:
+    fields["kernel_launch"] = r.quantity(units.TIME)[0]
+    r.done()
 
 
 def _tag(env: Env, r: Reader, fields: dict) -> None:
@@ -156,6 +180,7 @@ _PROPS = {
     "memory": _memory,
     "memory_bandwidth": _memory_bandwidth,
     "efficiency": _efficiency,
+    "launch": _launch,
     "tag": _tag,
 }
 

@@ -45,6 +45,13 @@ class DeviceKind:
     compute_efficiency: float = 1.0
     memory_efficiency: float = 1.0
     tags: Mapping[str, str] = field(default_factory=dict)
+    compute_curve: tuple[tuple[float, float], ...] = ()
+    """(seconds the op takes at peak, efficiency) points, ascending: ops too short to
+    fill the device run below ``compute_efficiency`` (``efficiency compute E at T``)."""
+    memory_curve: tuple[tuple[float, float], ...] = ()
+    """(bytes moved, efficiency) points, ascending (``efficiency memory E at SIZE``)."""
+    kernel_launch: float = 0.0
+    """Seconds every kernel costs besides its work (``launch TIME``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peak_flops", _frozen(self.peak_flops))
@@ -89,6 +96,9 @@ class Switch:
     plane: str
     fabric: str
     tier: str = "switch"
+    reduction: bool = False
+    """Reduces in the switch (NVLink SHARP on NVSwitch gen3+, SHARP on InfiniBand): an
+    all-reduce sends each byte up once and gets the sum back."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ class Sw:
     fabric: str
     tier: str
     decl_pos: Pos
+    reduction: bool = False
 
 
 @dataclass(slots=True)

@@ -11,10 +11,15 @@ or ``CALCULON_SRC``; without one (or without a package index) it says so and sto
   Megatron-LM of 2021) in Calculon's ``a100_80g`` system, against shardc's prices
   (``bench_megatron.estimate``) and the published TFLOP/s.
 * **Planner quality**, GPT-3 175B, global batch 1,536: the picks Calculon's
-  ``llm-optimal-execution`` made (issue 14; its exhaustive search is hours on two cores,
-  so it is not rerun here) and shardc's free plans (``bench_practitioners``), each priced
-  by both tools. A shardc plan that mixes recomputation across stages is priced in
-  Calculon with the heavier mode everywhere (Calculon has one mode per run).
+  ``llm-optimal-execution`` made (issue 14) and shardc's free plans
+  (``bench_practitioners``), each priced by both tools. A shardc plan that mixes
+  recomputation across stages is priced in Calculon with the heavier mode everywhere
+  (Calculon has one mode per run).
+* **Search time**: shardc's whole free search (wall clock, one CP-SAT worker) against
+  Calculon's ``llm-optimal-execution`` on the same model, GPU count and batch, on one CPU
+  (``-c 1``), stopped after ``--calculon-limit`` seconds (its exhaustive search runs for
+  hours on two cores): what is printed is either its time or the limit it ran past, a
+  lower bound.
 
 Run ``python tests/bench/bench_calculon.py [--calculon-src PATH]``.
 """
@@ -27,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -112,15 +118,35 @@ def table1(calc: Calculon) -> list[str]:
     return lines
 
 
-def planners(calc: Calculon) -> list[str]:
-    """GPT-3 175B at 1,536 on 1,024 and 4,096 GPUs: each plan in both tools' prices."""
+def calculon_search(calc: Calculon, gpus: int, batch: int, limit: float) -> tuple[float, bool]:
+    """Wall seconds of Calculon's ``llm-optimal-execution`` for GPT-3 175B on ``gpus``
+    A100 at ``batch`` on one CPU, and whether it finished within ``limit``.
+    """
+    src = calc.system.parent.parent
+    out = calc.folder / f"optimal{gpus}.json"
+    start = time.perf_counter()
+    try:
+        subprocess.run([str(calc.exe), "llm-optimal-execution", str(src / "models" /
+                        "gpt3-175B.json"), str(gpus), str(batch), "float16", str(calc.system),
+                        str(out), "-c", "1"], capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - start, False
+    return time.perf_counter() - start, True
+
+
+def planners(calc: Calculon, limit: float) -> list[str]:
+    """GPT-3 175B at 1,536 on 1,024 and 4,096 GPUs: each plan in both tools' prices, and
+    both tools' search times.
+    """
     lines = []
     for case in prac.CASES[1:]:
         costing = prac.costing(case)
         lines.append(f"GPT-3 175B, {case.gpus} A100, batch {case.global_batch}:")
         picks = [(name, cfg) for name, cfg in case.practitioners]
+        start = time.perf_counter()
         free = prac.search(costing, prac.PartitionOptions(global_batch=case.global_batch,
                                                           memory_reserve=prac.RESERVE))
+        ours_wall = time.perf_counter() - start
         rcs = {s.recompute for s in free.stages}
         heavy = "full" if "full" in rcs else "selective" if "selective" in rcs else "none"
         tps = {s.tp for s in free.stages}
@@ -138,7 +164,14 @@ def planners(calc: Calculon) -> list[str]:
             shown = f"{theirs:8.2f} s" if theirs else "rejected"
             lines.append(f"  {name:<70} shardc {ours.seconds:7.2f} s"
                          f"{'' if ours.fits else ' (no fit)'}  Calculon {shown}")
-        lines.append(f"  shardc free plan as searched: {free.step_seconds:.2f} s")
+        lines.append(f"  shardc free plan as searched: {free.step_seconds:.2f} s, "
+                     f"{free.status.lower()}, gap {free.gap or 0:.1%}")
+        theirs_wall, done = calculon_search(calc, case.gpus, case.global_batch, limit)
+        ratio = theirs_wall / ours_wall if ours_wall else float("inf")
+        lines.append(f"  search time: shardc {ours_wall:.1f} s (whole free search, 1 CP-SAT "
+                     f"worker); Calculon llm-optimal-execution (1 CPU) "
+                     f"{'' if done else 'still running after '}{theirs_wall:.0f} s: "
+                     f"{'' if done else '>'}{ratio:.0f}x")
     return lines
 
 
@@ -146,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     """Install Calculon in a temporary venv and print both comparisons."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calculon-src", default=os.environ.get("CALCULON_SRC", DEFAULT_SRC))
+    ap.add_argument("--calculon-limit", type=float, default=300.0,
+                    help="seconds Calculon's optimal-execution search may run per case")
     args = ap.parse_args(argv)
     src = Path(args.calculon_src)
     if not src.exists():
@@ -161,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         calc = Calculon(exe, folder / "calculon-src" / "systems", folder)
         print("Narayanan et al. 2021 Table 1, TFLOP/s per GPU by the paper's formula:")
         print("\n".join(table1(calc)), flush=True)
-        print("\n".join(planners(calc)))
+        print("\n".join(planners(calc, args.calculon_limit)))
     return 0
 
 

@@ -52,7 +52,8 @@ def test_one_island_is_one_switched_nvlink_tier(dgx) -> None:
     (tiers,) = tier_options(dgx, _devs(dgx, 8))
     assert [(t.size, t.name, t.switched) for t in tiers] == [(8, "nvlink", True)]
     est = group_collective(dgx, "all_reduce", 1 << 30, _devs(dgx, 8))
-    assert est.bottleneck == "nvlink" and est.busbw == pytest.approx(450e9, rel=1e-3)
+    # within NCCL's 8.4 us base latency of the link's 450 GB/s
+    assert est.bottleneck == "nvlink" and est.busbw == pytest.approx(450e9, rel=5e-3)
 
 
 def test_two_nodes_compose_nvlink_and_infiniband(dgx) -> None:

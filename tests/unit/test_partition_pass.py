@@ -94,6 +94,7 @@ def _brute_force(costing, options: PartitionOptions) -> float:
                 microbatches=m,
                 max_stages=min(blocks, n // dp),
                 interleave=v,  # virtual stages per device, a solver decision too
+                overlap_p2p=costing.settings.overlap_p2p,
             )
             for s in range(1, p.max_stages + 1):
                 for cut in itertools.combinations(range(1, blocks), s - 1):
