@@ -26,6 +26,7 @@ from shardc.cli.options import (
     parse_op_costs,
     parse_sets,
 )
+from shardc.cli.serving import SERVING_KEYS, run_serving, serving_options
 from shardc.errors import OptionError
 from shardc.partition.options import DEFAULT_RESERVE
 from shardc.progress import progress_for
@@ -63,10 +64,11 @@ __all__ = ["compile_cmd"]
 )
 @click.option(
     "--mode",
-    type=click.Choice(["training", "inference"]),
+    type=click.Choice(["training", "inference", "serving"]),
     default="training",
     show_default=True,
-    help="Plan a training step (forward, backward, optimizer) or inference.",
+    help="Plan a training step (forward, backward, optimizer), inference, or serving "
+    "(prefill/decode instances for a workload: --isl, --osl, --tpot ...).",
 )
 @click.option(
     "--objective",
@@ -175,6 +177,7 @@ __all__ = ["compile_cmd"]
     help="Print nothing but warnings and errors (no progress bar, no plan tables).",
 )
 @json_option
+@serving_options
 @click.option(
     "--timings",
     is_flag=True,
@@ -211,8 +214,16 @@ def compile_cmd(
     quiet: bool,
     as_json: bool,
     timings: bool,
+    **serving: object,
 ) -> None:
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
+    if mode == "serving":
+        run_serving(model, topology_path, include_path, sets, outdir, pins, dtype, time_limit,
+                    seed, force, quiet, as_json, **serving)
+        return
+    given = [k for k in SERVING_KEYS if serving.get(k) not in (None, "0", "bf16", 0, 0.8)]
+    if given:
+        raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode serving only")
     from shardc.emit.outdir import check_target, write_file, write_outdir
     from shardc.report.plan import render_links, render_plan
     from shardc.topology import load_topology
