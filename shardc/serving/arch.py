@@ -185,7 +185,7 @@ class ServingModel:
 def from_synth_config(arch: str, cfg: dict[str, Any], name: str = "model") -> ServingModel:
     """The serving view of a resolved ``shardc synth`` config (its ``as_dict``)."""
     heads, hidden = int(cfg["heads"]), int(cfg["hidden"])
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    head_dim = hidden // heads
     mla = None
     if cfg.get("kv_lora_rank"):
         mla = MLA(int(cfg.get("q_lora_rank") or 0), int(cfg["kv_lora_rank"]),
@@ -200,7 +200,7 @@ def from_synth_config(arch: str, cfg: dict[str, Any], name: str = "model") -> Se
         experts=experts, top_k=int(cfg.get("top_k") or 0),
         shared_experts=int(cfg.get("shared_experts") or 0),
         expert_ffn=int(cfg["ffn"]) if experts else 0, mla=mla,
-        route_nodes=int(cfg.get("route_nodes") or 0), mtp=int(cfg.get("mtp") or 0),
+        route_nodes=int(cfg.get("route_groups") or 0), mtp=int(cfg.get("mtp") or 0),
         tie_embeddings=bool(cfg.get("tie_embeddings", False)),
     )
 
