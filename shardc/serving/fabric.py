@@ -119,6 +119,8 @@ class Fabric:
             kinds: list[str] = []
             try:
                 for i in range(streams):
+                    if src[i] == dst[i]:
+                        continue  # already in place
                     r = self.topo.route(src[i], dst[i], plane)
                     links = []
                     for u, v in zip(r.nodes, r.nodes[1:], strict=False):

@@ -92,8 +92,11 @@ def _transfer_time(fabric: Fabric, p: Candidate, d: Candidate, nbytes: float,
         src = p.pool.devices[:p.par.tp]
         pool = d.pool.devices
         # same pool: decode instances sit after the prefill ones
-        start = len(pool) // 2 if d.pool.kind.name == p.pool.kind.name else 0
-        start -= start % max(d.pool.island, 1) if start % max(d.pool.island, 1) else 0
+        start = 0
+        if d.pool.kind.name == p.pool.kind.name:
+            start = len(pool) // 2
+            if d.pool.island <= start:  # keep the decode side on islands of its own
+                start -= start % d.pool.island
         dst = pool[start:start + d.par.tp]
         options = fabric.kv_transfers(src, dst, nbytes) if len(dst) == d.par.tp else []
         cache[key] = options[0] if options else None

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from onnx import numpy_helper
 
+from shardc.cli.main import cli
 from shardc.errors import OptionError
 from shardc.serving import from_synth_config
 from shardc.synth import SynthConfig, build, graph_parameters, parameter_count, resolve
@@ -123,9 +123,9 @@ def test_deepseek_options_are_checked() -> None:
 
 def test_cli_writes_a_declared_v3_graph(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "v3.onnx"
-    run = subprocess.run(
-        [sys.executable, "-m", "shardc", "synth", "deepseek", "--layers", "4", "--hidden", "7168",
-         "--heads", "128", "-o", str(out), "--json"], capture_output=True, text=True, check=True)
+    run = CliRunner().invoke(cli, ["synth", "deepseek", "--layers", "4", "--hidden", "7168",
+                                   "--heads", "128", "-o", str(out), "--json"])
+    assert run.exit_code == 0, run.output
     report = json.loads(run.stdout)
     assert report["weights_written"] is False and report["config"]["kv_lora_rank"] == 512
     assert report["parameters"] == report["parameters_closed_form"]
