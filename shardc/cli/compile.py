@@ -218,6 +218,9 @@ def compile_cmd(
 ) -> None:
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
     if mode == "serving":
+        if report_path or plan_path or warm_start or dump_after:
+            raise OptionError("--report, --plan, --warm-start and --dump-after do not apply to "
+                              "--mode serving yet")
         run_serving(model, topology_path, include_path, sets, outdir, pins, dtype, time_limit,
                     seed, force, quiet, as_json, **serving)
         return

@@ -152,7 +152,7 @@ def _bind(choice: Choice, fabric: Fabric, moe: bool) -> list[Instance]:
                 cand.par.ep if moe else 1, cand.redundant, cand.batch, cand.chunk,
                 cand.step.seconds,
                 cand.memory_per_device, cand.kv_capacity_tokens,
-                tuple(sorted(cand.step.parts.items())),
+                tuple(sorted(cand.step.parts.items())), cand.output_rate, cand.request_rate,
             ))
     return out
 

@@ -41,6 +41,10 @@ class Instance:
     memory_per_device: float
     kv_capacity_tokens: float
     breakdown: tuple[tuple[str, float], ...]
+    output_tokens_per_s: float
+    """What this instance alone can emit (decode, aggregated; 0 for prefill)."""
+    requests_per_s: float
+    """Requests/s this instance alone can complete (prefill: prompts it can process)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -52,6 +56,8 @@ class Instance:
             "memory_per_device_bytes": _r(self.memory_per_device),
             "kv_capacity_tokens": _r(self.kv_capacity_tokens),
             "step_breakdown_seconds": {k: _r(v) for k, v in self.breakdown},
+            "capacity_output_tokens_per_s": _r(self.output_tokens_per_s),
+            "capacity_requests_per_s": _r(self.requests_per_s),
         }
 
 
