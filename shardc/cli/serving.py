@@ -114,18 +114,18 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
     wl = workload(isl=serving["isl"], osl=serving["osl"], lengths=serving["lengths"],
                   rate=serving["request_rate"], concurrency=serving["concurrency"],
                   prefix_hit=serving["prefix_hit"], ttft=serving["ttft"], tpot=serving["tpot"])
-    weights = serving["weight_dtype"] or (dtype if dtype in QUANTS else None) or "bf16"
     if dtype is not None and dtype not in QUANTS:
         raise OptionError(f"--dtype {dtype}: serving prices {', '.join(QUANTS)}")
     ints, kinds, mode = parse_serving_pins(pins)
+    topology = load_topology(find_topology(topology_path, include_path), parse_sets(sets),
+                             include_path=include_path)
+    arch = from_onnx(model)
+    weights = serving["weight_dtype"] or dtype or (arch.dtype if arch.dtype in QUANTS else "bf16")
     opts = ServingOptions(
         quant=Quant(weights=weights, kv=serving["kv_dtype"], dispatch=serving["dispatch_dtype"]),
         mtp=serving["mtp"], acceptance=serving["mtp_acceptance"] if serving["mtp"] else 0.0,
         pins=ints, kinds=kinds, mode=mode, time_limit=time_limit, seed=seed,
     )
-    topology = load_topology(find_topology(topology_path, include_path), parse_sets(sets),
-                             include_path=include_path)
-    arch = from_onnx(model)
     plan = plan_serving(arch, topology, wl, opts)
     text = plan.to_json()
     write_file(target, text.encode(), force=force)

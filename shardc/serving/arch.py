@@ -59,6 +59,8 @@ class ServingModel:
     mtp: int = 0
     """Multi-token-prediction modules (V3: 1), usable as a draft for speculative decode."""
     tie_embeddings: bool = False
+    dtype: str = "bf16"
+    """The weights' type in the model file: the default for serving's weight dtype."""
 
     # ------------------------------------------------------------------ structure
     @property
@@ -202,6 +204,7 @@ def from_synth_config(arch: str, cfg: dict[str, Any], name: str = "model") -> Se
         expert_ffn=int(cfg["ffn"]) if experts else 0, mla=mla,
         route_nodes=int(cfg.get("route_groups") or 0), mtp=int(cfg.get("mtp") or 0),
         tie_embeddings=bool(cfg.get("tie_embeddings", False)),
+        dtype=str(cfg.get("dtype", "bf16")),
     )
 
 
