@@ -13,6 +13,10 @@ capped by node-limited routing at M islands (V3: M = 4). Both tiers run at once;
 slower sets the time. One tier (an NVLink island, CloudMatrix384's UB plane) carries all
 of it at its own bandwidth.
 
+Decode steps use *low-latency* kernels instead (DeepEP's, REFERENCE.md §2.5: "pure
+RDMA"): no forwarding, so every (token, expert) copy whose expert sits on another island
+crosses the outer plane itself, ``T·K·H·b·(n−1)/n``, trading bytes for fewer hops.
+
 The tiers come from :func:`shardc.cost.network.tier_options`, the same view every other
 collective is priced on; the fastest view wins, as for any collective.
 """
@@ -52,7 +56,7 @@ def distinct_targets(groups: int, picks: int) -> float:
 
 def _one_way(
     tiers: Sequence[Tier], tokens: float, hidden: int, top_k: int, elem_bytes: float,
-    route_nodes: int,
+    route_nodes: int, low_latency: bool = False,
 ) -> tuple[float, float, float]:
     """(seconds, outer bytes, inner bytes) of one dispatch (or combine) on ``tiers``."""
     active = [t for t in tiers if t.size > 1]
@@ -66,6 +70,12 @@ def _one_way(
         return 2 * t.latency + nbytes / t.bandwidth, 0.0, nbytes
     inner, outer = active[0], active[-1]
     g, n = inner.size, outer.size
+    if low_latency:  # every copy rides the outer plane straight to its expert's rank
+        outer_bytes = tokens * top_k * per_token * (n - 1) / n
+        inner_bytes = tokens * top_k * per_token * (g - 1) / (g * n)
+        lat = 2 * outer.latency
+        seconds = lat + max(outer_bytes / outer.bandwidth, inner_bytes / inner.bandwidth)
+        return seconds, outer_bytes, inner_bytes
     hit = distinct_targets(n, top_k)
     if route_nodes:
         hit = min(hit, float(route_nodes))
@@ -87,13 +97,15 @@ def expert_alltoall(
     dispatch_bytes: float,
     combine_bytes: float,
     route_nodes: int = 0,
+    low_latency: bool = False,
 ) -> AllToAllEstimate:
     """Fastest dispatch + combine over the candidate tier views of the EP group."""
     best: AllToAllEstimate | None = None
     for tiers in tier_views:
         d, outer, inner = _one_way(tiers, tokens_per_rank, hidden, top_k, dispatch_bytes,
-                                   route_nodes)
-        c, _, _ = _one_way(tiers, tokens_per_rank, hidden, top_k, combine_bytes, route_nodes)
+                                   route_nodes, low_latency)
+        c, _, _ = _one_way(tiers, tokens_per_rank, hidden, top_k, combine_bytes, route_nodes,
+                           low_latency)
         names = "+".join(t.name for t in tiers if t.size > 1) or "local"
         est = AllToAllEstimate(d, c, outer, inner, names)
         if best is None or (est.seconds, est.tiers) < (best.seconds, best.tiers):

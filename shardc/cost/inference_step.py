@@ -18,7 +18,8 @@ stages. Per device and layer, each piece is a roofline of :func:`shardc.cost.com
   weight); the padded FLOPs go into the roofline;
 * **communication**: TP all-reduce of each layer's output (priced by
   :func:`shardc.cost.comm.collective_time`) and the EP dispatch/combine
-  (:mod:`shardc.cost.expert_comm`). With ``overlap`` (DeepSeek's two-micro-batch
+  (:mod:`shardc.cost.expert_comm`; decode-only steps use the low-latency kernels).
+  With ``overlap`` (DeepSeek's two-micro-batch
   overlap, Open-Infra-Index day 6) a MoE layer takes ``max(compute, all-to-all)``.
 
 Multi-token prediction verifies ``1 + draft`` tokens per sequence per step and emits
@@ -242,7 +243,7 @@ def step_time(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
             ctx.ep_tiers, tokens_per_rank=tokens / ep, hidden=m.hidden, top_k=m.top_k,
             dispatch_bytes=element_bytes(quant.dispatch),
             combine_bytes=element_bytes(quant.combine),
-            route_nodes=m.route_nodes,
+            route_nodes=m.route_nodes, low_latency=shape.prefill_tokens == 0,
         ) if ep > 1 else None
         comm = a2a.seconds if a2a else 0.0
         compute = t_exp + t_sh + t_proj + t_core + t_ar

@@ -156,11 +156,44 @@ def heterogeneous() -> list[dict[str, Any]]:
     return rows
 
 
+DEEPEP_LL = {8: (77, 114), 16: (118, 195), 32: (155, 273), 64: (173, 314), 128: (192, 369),
+             256: (194, 360)}
+"""DeepEP low-latency kernels on H800 + CX7 IB, 128 tokens, hidden 7168, top-8, FP8
+dispatch, BF16 combine: (dispatch us, combine us) per EP size (deepseek-ai/DeepEP
+docs/legacy.md, REFERENCE.md §2.5) [V]."""
+
+
+def deepep() -> list[dict[str, Any]]:
+    """The decode all-to-all as priced on deepseek_h800.topo next to DeepEP's measurements."""
+    from shardc.cost.expert_comm import expert_alltoall
+    from shardc.serving.fabric import Fabric
+
+    fabric = Fabric(_topo(str(ROOT / "topologies/deepseek_h800.topo"), nodes=32))
+    devices = fabric.pools[0].devices
+    rows = []
+    for ep, (d_us, c_us) in DEEPEP_LL.items():
+        est = expert_alltoall(fabric.tiers(devices[:ep]), tokens_per_rank=128, hidden=7168,
+                              top_k=8, dispatch_bytes=1, combine_bytes=2, route_nodes=0,
+                              low_latency=ep > 8)
+        rows.append({"ep": ep, "dispatch us": est.dispatch_seconds * 1e6, "measured": d_us,
+                     "ratio": est.dispatch_seconds * 1e6 / d_us,
+                     "combine us": est.combine_seconds * 1e6, "measured ": c_us,
+                     "ratio ": est.combine_seconds * 1e6 / c_us})
+    return rows
+
+
 def _show(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n== {title}")
     for r in rows:
         print("  " + "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in r.items()))
+
+
+@pytest.mark.bench
+def test_deepep_low_latency_alltoall() -> None:
+    rows = deepep()
+    _show("DeepEP low-latency dispatch/combine, 128 tokens (H800, CX7)", rows)
+    assert all(0.33 < r["ratio"] < 3 and 0.33 < r["ratio "] < 3 for r in rows)
 
 
 @pytest.mark.bench
@@ -192,6 +225,7 @@ def test_heterogeneous_pools() -> None:
 
 
 if __name__ == "__main__":
+    _show("DeepEP low-latency all-to-all", deepep())
     _show("DeepSeek-V3 on 22 H800 nodes", deepseek())
     _show("DeepSeek-R1 on CloudMatrix384", cloudmatrix())
     _show("heterogeneous pools", heterogeneous())

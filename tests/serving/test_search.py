@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,17 @@ def test_compile_serving_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         "compile", str(model), "--topology", "localhost", "--isl", "100", "-o",
         str(tmp_path / "out")])
     assert run.exit_code == 2 and "--isl applies to --mode serving only" in run.stderr
+
+
+def test_concurrency_is_held_and_the_pareto_table_never_loses_throughput() -> None:
+    topo = _topo("dgx_h100_superpod", nodes=2)
+    plan = plan_serving(LLAMA8B, topo, workload(isl=1000, osl=200, concurrency=256),
+                        ServingOptions(time_limit=2.0))
+    held = sum(i.batch * i.dp * i.pp for i in plan.instances if i.role != "prefill")
+    assert held >= 256
+    # filling the pool, a looser TPOT target never gives less
+    plan = plan_serving(LLAMA8B, topo, workload(isl=1000, osl=200), ServingOptions(
+        time_limit=2.0))
+    totals = [r.tokens_per_s_per_device * r.devices for r in plan.pareto]
+    assert len(totals) >= 5 and all(b >= a * 0.999 for a, b in pairwise(totals))
+    assert all(r.tpot <= r.tpot_target for r in plan.pareto)
