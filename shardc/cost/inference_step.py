@@ -145,6 +145,10 @@ class StepContext:
     pp_bandwidth: float = math.inf
     """Bandwidth (B/s) of a pipeline stage hand-off."""
     pp_latency: float = 0.0
+    layer_overhead: float = 0.0
+    """Fixed seconds per layer per step that no roofline sees: kernel launch and
+    synchronisation gaps, norms, RoPE, sampling. 0 unless the device kind gives one
+    (``tag step_overhead_per_layer 20us``); see `shardc.serving.candidates`."""
 
 
 def _gemm(m: float, params: float, quant: Quant, kind: DeviceSpec, *, tiles: int = 1,
@@ -252,6 +256,9 @@ def step_time(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
         add("shared_experts", t_sh, m.moe_layers)
         add("ep_alltoall_exposed", layer - compute, m.moe_layers)
         parts["ep_alltoall_total"] = comm * m.moe_layers
+
+    if ctx.layer_overhead:
+        add("layer_overhead", ctx.layer_overhead, m.layers)
 
     # LM head over the tokens that produce logits (decode tokens, one per prompt)
     head_rows = dec_tok / dp + (shape.prefill_tokens / dp > 0)

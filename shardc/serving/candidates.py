@@ -32,7 +32,10 @@ from shardc.cost.inference_step import (
 )
 from shardc.serving.arch import ServingModel
 from shardc.serving.fabric import Fabric, Pool
-from shardc.serving.workload import Workload
+from shardc.serving.workload import Workload, parse_duration
+
+OVERHEAD_TAG = "step_overhead_per_layer"
+"""Kind tag giving the fixed time per layer per step (``tag step_overhead_per_layer 20us``)."""
 
 RESERVE = 0.10
 """Memory per device no plan uses: vLLM's default ``gpu_memory_utilization=0.9``."""
@@ -151,10 +154,13 @@ def _context(fabric: Fabric, pool: Pool, par: Parallel, m: ServingModel, redunda
     devs = pool.devices
     hop = fabric.hop(devs[0], devs[par.ep]) if par.pp > 1 else (math.inf, 0.0)
     frac = redundant / m.experts if m.experts else 0.0
+    overhead = pool.kind.tags.get(OVERHEAD_TAG)
     return StepContext(
         tp_tiers=fabric.tiers(devs[:par.tp]), ep_tiers=fabric.tiers(devs[:par.ep]),
         overlap=opts.overlap, imbalance=expert_imbalance(tokens * m.top_k, par.ep, frac),
         pp_bandwidth=hop[0], pp_latency=hop[1],
+        layer_overhead=parse_duration(overhead, f"kind {pool.kind.name}: tag {OVERHEAD_TAG}")
+        if overhead else 0.0,
     )
 
 

@@ -113,3 +113,11 @@ def test_node_limited_routing_caps_the_scale_out_bytes() -> None:
     assert limited.outer_bytes == pytest.approx(64 * 4 * 7168 * 17 / 18)
     assert limited.seconds < free.seconds
     assert math.isclose(distinct_targets(1, 8), 1.0)
+
+
+def test_a_fixed_time_per_layer_adds_once_per_layer() -> None:
+    shape = StepShape(decode_seqs=8, decode_context=100)
+    base = step_time(DENSE, Kind(), Parallel(), Quant(), shape, StepContext())
+    slow = step_time(DENSE, Kind(), Parallel(), Quant(), shape,
+                     StepContext(layer_overhead=20e-6))
+    assert slow.seconds == pytest.approx(base.seconds + DENSE.layers * 20e-6)
