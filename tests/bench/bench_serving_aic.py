@@ -95,8 +95,9 @@ def _load(path: Path, sets: dict[str, int], eff: Efficiency) -> Any:
     topo = load_topology(find_topology(path, ()), dict(sets))
     if eff is None:
         return topo
+    extra = {OVERHEAD_TAG: f"{eff[2] * 1e6:g}us"} if eff[2] else {}
     kinds = {k: dataclasses.replace(v, compute_efficiency=eff[0], memory_efficiency=eff[1],
-                                    tags={**v.tags, OVERHEAD_TAG: f"{eff[2] * 1e6:g}us"})
+                                    tags={**v.tags, **extra})
              for k, v in topo.kinds.items()}
     devices = tuple(dataclasses.replace(d, kind=kinds[d.kind.name]) for d in topo.devices)
     return dataclasses.replace(topo, kinds=kinds, devices=devices)
