@@ -67,7 +67,7 @@ class StrategyName(StrEnum):
     """Mixture-of-experts experts split over ``ep`` (all-to-all dispatch)."""
 
 
-MODES = ("training", "inference")
+MODES = ("training", "inference", "serving")
 """What a step is: forward, backward and optimizer, or a forward pass only."""
 
 
@@ -129,8 +129,9 @@ class Option:
 OPTIONS: Mapping[str, Option] = {
     o.name: o
     for o in (
-        Option("mode", "training", "Plan a training step (forward, backward, optimizer) or "
-               "inference.", choices=MODES),
+        Option("mode", "training", "Plan a training step (forward, backward, optimizer), "
+               "inference, or serving (prefill/decode instances for a workload: --isl, "
+               "--osl, --tpot ...).", choices=MODES),
         Option("objective", "throughput", "Samples per second, or (inference) one request's "
                "latency.", choices=OBJECTIVES),
         Option("microbatches", None, "Micro-batches per pipeline per step (default 8).", low=1,

@@ -28,6 +28,7 @@ from shardc.cli.options import (
     parse_op_costs,
     parse_sets,
 )
+from shardc.cli.serving import SERVING_KEYS, run_serving, serving_options
 from shardc.errors import OptionError
 from shardc.progress import progress_for
 from shardc.report.text import markup_safe, plain_safe
@@ -101,6 +102,7 @@ __all__ = ["compile_cmd"]
     help="Print nothing but warnings and errors (no progress bar, no plan tables).",
 )
 @json_option
+@serving_options
 @click.option(
     "--timings",
     is_flag=True,
@@ -126,6 +128,18 @@ def compile_cmd(
     **chosen: Any,
 ) -> None:
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
+    serving = {k: chosen.pop(k) for k in SERVING_KEYS}
+    if chosen["mode"] == "serving":
+        if report_path or plan_path or chosen["warm_start"] or dump_after:
+            raise OptionError("--report, --plan, --warm-start and --dump-after do not apply to "
+                              "--mode serving yet")
+        run_serving(model, topology_path, include_path, sets, outdir, chosen["pins"],
+                    chosen["dtype"], chosen["time_limit"], chosen["seed"], force, quiet, as_json,
+                    **serving)
+        return
+    given = [k for k in SERVING_KEYS if serving.get(k) not in (None, "0", "bf16", 0, 0.8)]
+    if given:
+        raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode serving only")
     from shardc.emit.outdir import check_target, write_file, write_outdir
     from shardc.report.plan import render_links, render_plan
     from shardc.topology import load_topology

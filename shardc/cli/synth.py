@@ -46,12 +46,25 @@ def _size(n: float, unit: str = "B") -> str:
 @click.option("--kv-heads", type=int, help="KV heads for grouped-query attention (llama, moe).")
 @click.option("--ffn", type=int, help="MLP width (per expert for moe). [gpt: 4h; else 8h/3 "
               "rounded up to 256]")
-@click.option("--experts", type=int, help="Routed experts (moe). [8]")
-@click.option("--top-k", type=int, help="Experts per token (moe). [2]")
-@click.option("--shared-experts", type=int, help="Always-on shared experts (moe). [0]")
+@click.option("--experts", type=int, help="Routed experts (moe [8], deepseek [256]).")
+@click.option("--top-k", type=int, help="Experts per token (moe [2], deepseek [8]).")
+@click.option("--shared-experts", type=int, help="Always-on shared experts (moe [0], "
+              "deepseek [1]).")
 @click.option("--capacity-factor", type=float,
               help="Expert capacity = ceil(cf*k*tokens/E); cf >= E/k never drops (moe). [1.0]")
-@click.option("--vocab", type=int, help="Vocabulary size. [gpt: 50257; else 32000]")
+@click.option("--dense-layers", type=int, help="Leading layers with a dense MLP (deepseek). [3]")
+@click.option("--dense-ffn", type=int, help="Dense MLP width (deepseek). [18432]")
+@click.option("--q-lora-rank", type=int, help="MLA query rank, 0 = full rank (deepseek). [1536]")
+@click.option("--kv-lora-rank", type=int, help="MLA latent width cached per token (deepseek). "
+              "[512]")
+@click.option("--qk-nope-head-dim", type=int, help="MLA per-head key width without RoPE "
+              "(deepseek). [128]")
+@click.option("--qk-rope-head-dim", type=int, help="MLA shared RoPE key width (deepseek). [64]")
+@click.option("--v-head-dim", type=int, help="MLA per-head value width (deepseek). [128]")
+@click.option("--route-groups", type=int, help="Node-limited routing: groups a token's experts "
+              "may span, recorded for serving plans (deepseek). [4]")
+@click.option("--vocab", type=int, help="Vocabulary size. [gpt: 50257; deepseek: 129280; "
+              "else 32000]")
 @click.option("--seq", type=int, help="Sequence length; symbolic 'seq' if omitted.")
 @click.option("--batch", type=int, help="Batch size; symbolic 'batch' if omitted.")
 @click.option("--max-positions", type=int, help="Learned positions (gpt). [max(2048, seq)]")
@@ -67,7 +80,7 @@ def _size(n: float, unit: str = "B") -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def synth(arch: str, output: Path, with_weights: bool, seed: int, as_json: bool,
           **sizes: Any) -> None:
-    """Write the ONNX graph of an ARCH (gpt, llama, moe) transformer of any size.
+    """Write the ONNX graph of an ARCH (gpt, llama, moe, deepseek) transformer of any size.
 
     Weights are external data that is never written (unless --with-weights), so a
     1 T-parameter graph is a few MB and plans from shapes and dtypes alone.
@@ -114,7 +127,10 @@ def _print(r: dict[str, Any], seq: int | None) -> None:
     shape = f"{cfg['layers']} layers, hidden {cfg['hidden']}, {cfg['heads']} heads"
     if cfg["kv_heads"] != cfg["heads"]:
         shape += f" ({cfg['kv_heads']} kv)"
-    if r["arch"] == "moe":
+    if r["arch"] == "deepseek":
+        shape += f", MLA latent {cfg['kv_lora_rank']}+{cfg['qk_rope_head_dim']}"
+        shape += f", first {cfg['dense_layers']} dense (ffn {cfg['dense_ffn']})"
+    if r["arch"] in ("moe", "deepseek"):
         shape += f", {cfg['experts']} experts top-{cfg['top_k']}"
         shape += f" + {cfg['shared_experts']} shared" if cfg["shared_experts"] else ""
     console.print(f"  {r['arch']}: {shape}, ffn {cfg['ffn']}, vocab {cfg['vocab']}, "

@@ -19,8 +19,17 @@ from onnx import TensorProto
 
 from shardc.errors import OptionError
 
-Arch = Literal["gpt", "llama", "moe"]
-ARCHS: tuple[str, ...] = ("gpt", "llama", "moe")
+Arch = Literal["gpt", "llama", "moe", "deepseek"]
+ARCHS: tuple[str, ...] = ("gpt", "llama", "moe", "deepseek")
+
+#: Options only the deepseek architecture takes (MLA sizes, the leading dense layers,
+#: group-limited routing), and their DeepSeek-V3 values (its config.json; REFERENCE.md
+#: section 3.2) used where the user leaves one out.
+DEEPSEEK_DEFAULTS: dict[str, int] = {
+    "dense_layers": 3, "dense_ffn": 18432, "q_lora_rank": 1536, "kv_lora_rank": 512,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "route_groups": 4,
+}
+MOE_OPTIONS = ("experts", "top_k", "shared_experts", "capacity_factor")
 DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32", "fp8")
 
 #: fp8 weights carry one scale per this many input rows (1x128 blocks along the reduction
@@ -110,6 +119,14 @@ class SynthConfig:
     tie_embeddings: bool | None = None
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    dense_layers: int | None = None
+    dense_ffn: int | None = None
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    route_groups: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,11 +151,28 @@ class Resolved:
     top_k: int = 0
     shared_experts: int = 0
     capacity_factor: float = 0.0
+    dense_layers: int = 0  # deepseek only: leading layers with a dense MLP
+    dense_ffn: int = 0
+    q_lora_rank: int = 0  # deepseek MLA sizes; 0 q_lora_rank = a full-rank query
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    route_groups: int = 0
+    """Node-limited (group-limited) routing: a token's experts span at most this many
+    groups. Recorded for pricing; the graph's router picks the top-k over all experts."""
 
     @property
     def head_dim(self) -> int:
-        """Width of one attention head."""
+        """Width of one attention head (deepseek: of a RoPE'd head, the rope part)."""
+        if self.arch == "deepseek":
+            return self.qk_rope_head_dim
         return self.hidden // self.heads
+
+    @property
+    def moe(self) -> bool:
+        """Whether some layers route tokens to experts."""
+        return self.arch in ("moe", "deepseek")
 
     @property
     def precision(self) -> Precision:
@@ -152,8 +186,11 @@ class Resolved:
             data.pop("max_positions")
         else:
             data.pop("rope_theta")
-        if self.arch != "moe":
-            for key in ("experts", "top_k", "shared_experts", "capacity_factor"):
+        if not self.moe:
+            for key in MOE_OPTIONS:
+                data.pop(key)
+        if self.arch != "deepseek":
+            for key in DEEPSEEK_DEFAULTS:
                 data.pop(key)
         return data
 
@@ -169,13 +206,20 @@ def resolve(arch: str, cfg: SynthConfig) -> Resolved:
         raise OptionError(f"unknown architecture {arch!r}", hint=f"use one of {', '.join(ARCHS)}")
     precision(cfg.dtype)  # validates the name
     for field in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "top_k", "vocab",
-                  "seq", "batch", "max_positions"):
+                  "seq", "batch", "max_positions", "dense_ffn", "kv_lora_rank",
+                  "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "route_groups"):
         value = getattr(cfg, field)
         if value is not None and (not isinstance(value, int) or value <= 0):
             flag = "--" + field.replace("_", "-")
             raise OptionError(f"{flag} must be a positive integer, got {value}")
     if cfg.shared_experts is not None and cfg.shared_experts < 0:
         raise OptionError(f"--shared-experts must be >= 0, got {cfg.shared_experts}")
+    for field in ("dense_layers", "q_lora_rank"):
+        value = getattr(cfg, field)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise OptionError(f"--{field.replace('_', '-')} must be >= 0, got {value}")
+    if arch == "deepseek":
+        return _deepseek(cfg)
     if cfg.hidden % cfg.heads:
         raise OptionError(
             f"--hidden {cfg.hidden} is not divisible by --heads {cfg.heads}",
@@ -210,8 +254,13 @@ def resolve(arch: str, cfg: SynthConfig) -> Resolved:
     )
     if arch == "llama":
         return res
-    experts = cfg.experts or 8
-    top_k = cfg.top_k or min(2, experts)
+    return replace(res, **_moe_fields(cfg, 8, 2, 0))
+
+
+def _moe_fields(cfg: SynthConfig, experts_default: int, top_k_default: int,
+                shared_default: int) -> dict[str, Any]:
+    experts = cfg.experts or experts_default
+    top_k = cfg.top_k or min(top_k_default, experts)
     if top_k > experts:
         raise OptionError(f"--top-k {top_k} is larger than --experts {experts}",
                           hint="each token picks k distinct experts")
@@ -219,14 +268,44 @@ def resolve(arch: str, cfg: SynthConfig) -> Resolved:
     if not (math.isfinite(cf) and Fraction(cf).limit_denominator(64) > 0):
         raise OptionError(f"--capacity-factor must be a positive number (at least 1/64), "
                           f"got {cf}")
-    return replace(res, experts=experts, top_k=top_k, shared_experts=cfg.shared_experts or 0,
-                   capacity_factor=float(cf))
+    shared = shared_default if cfg.shared_experts is None else cfg.shared_experts
+    return dict(experts=experts, top_k=top_k, shared_experts=shared, capacity_factor=float(cf))
+
+
+def _deepseek(cfg: SynthConfig) -> Resolved:
+    """DeepSeek-V3-shaped: MLA attention, dense leading layers, shared + routed experts.
+
+    Sizes left out take V3's values (61 layers, hidden 7168, 128 heads, 256 experts top-8,
+    1 shared, expert width 2048, vocab 129280 are the usual command line).
+    """
+    _check_arch_options("deepseek", cfg)
+    d = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v
+         for k, v in DEEPSEEK_DEFAULTS.items()}
+    if d["dense_layers"] > cfg.layers:
+        raise OptionError(f"--dense-layers {d['dense_layers']} exceeds --layers {cfg.layers}")
+    if d["qk_rope_head_dim"] % 2:
+        raise OptionError(f"--qk-rope-head-dim {d['qk_rope_head_dim']} is odd; RoPE rotates "
+                          "pairs", hint="pick an even rope width")
+    if cfg.kv_heads is not None and cfg.kv_heads != cfg.heads:
+        raise OptionError("deepseek uses MLA: every head reads the shared latent; drop --kv-heads")
+    return Resolved(
+        arch="deepseek", layers=cfg.layers, hidden=cfg.hidden, heads=cfg.heads,
+        kv_heads=cfg.heads, ffn=cfg.ffn or 2048, vocab=cfg.vocab or 129280, seq=cfg.seq,
+        batch=cfg.batch, dtype=cfg.dtype, tie_embeddings=bool(cfg.tie_embeddings),
+        norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+        **_moe_fields(cfg, 256, 8, 1), **d,
+    )
 
 
 def _check_arch_options(arch: str, cfg: SynthConfig) -> None:
     """Reject options that do not apply to ``arch`` instead of silently ignoring them."""
-    if arch != "moe":
-        for field in ("experts", "top_k", "shared_experts", "capacity_factor"):
+    if arch != "deepseek":
+        for field in DEEPSEEK_DEFAULTS:
+            if getattr(cfg, field) is not None:
+                raise OptionError(f"--{field.replace('_', '-')} applies to deepseek only, "
+                                  f"not {arch}")
+    if arch not in ("moe", "deepseek"):
+        for field in MOE_OPTIONS:
             if getattr(cfg, field) is not None:
                 raise OptionError(f"--{field.replace('_', '-')} applies to moe only, not {arch}")
     if arch == "gpt":

@@ -12,6 +12,9 @@ With h = hidden, a*d = h, F = ffn, V = vocab, T = batch*seq tokens, per layer:
 - llama: 2T*(2h^2 + 2h*kv*d) + 4*B*S^2*h + 2T*3hF
 - moe:   llama attention + 2ThE (router) + 2*E*C*3hF (experts, C = capacity slots per
          expert, ~ cf*k*T/E) + 2T*3h*S_sh*F (shared experts)
+- deepseek: MLA projections (`shardc.synth.mla.mla_flops`) + 2*B*n*S^2*(nope+rope+v) for
+         scores and context; the first ``dense_layers`` a SwiGLU of ``dense_ffn``, the rest
+         as moe
 
 so a dense model's forward is ~2 FLOPs per parameter per token plus attention. For gpt
 with F = 4h that is 24*l*h^2 + 4*l*s*h + 2*V*h per token; Megatron's 96*B*s*l*h^2*(1 +
@@ -25,21 +28,24 @@ import math
 
 from shardc.errors import OptionError
 from shardc.synth.config import FP8_BLOCK, Resolved, SynthConfig, capacity, np_dtype, resolve
+from shardc.synth.mla import mla_flops, mla_matrices, mla_params
 
 
-def _layer_params(r: Resolved, experts_counted: int) -> int:
+def _layer_params(r: Resolved, experts_counted: int, dense: bool = False) -> int:
     h, f, d = r.hidden, r.ffn, r.head_dim
     if r.arch == "gpt":
         return 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
-    attn = 2 * h * h + 2 * h * r.kv_heads * d
-    if r.arch == "llama":
-        return attn + 3 * h * f + 2 * h
+    attn = mla_params(r) if r.arch == "deepseek" else 2 * h * h + 2 * h * r.kv_heads * d
+    if r.arch == "llama" or dense:
+        return attn + 3 * h * (r.dense_ffn or f) + 2 * h
     return attn + h * r.experts + 3 * experts_counted * h * f + 3 * h * r.shared_experts * f + 2 * h
 
 
 def _params(r: Resolved, experts_counted: int) -> int:
     h = r.hidden
-    total = r.vocab * h + r.layers * _layer_params(r, experts_counted)
+    dense = r.dense_layers
+    total = r.vocab * h + (r.layers - dense) * _layer_params(r, experts_counted)
+    total += dense * _layer_params(r, experts_counted, dense=True)
     total += 2 * h if r.arch == "gpt" else h  # final norm (LN has a bias, RMSNorm not)
     if r.arch == "gpt":
         total += r.max_positions * h
@@ -60,10 +66,14 @@ def active_parameter_count(arch: str, config: SynthConfig) -> int:
     return _params(r, r.top_k)
 
 
-def _quantized_matrices(r: Resolved) -> list[tuple[int, ...]]:
+def _quantized_matrices(r: Resolved, dense: bool = False) -> list[tuple[int, ...]]:
     """Shapes ``[..., in, out]`` of the weights stored fp8 under --dtype fp8 (per layer)."""
     h, f, q, kv = r.hidden, r.ffn, r.heads * r.head_dim, r.kv_heads * r.head_dim
-    attn = [(h, q), (h, kv), (h, kv), (q, h)]
+    attn: list[tuple[int, ...]] = [(h, q), (h, kv), (h, kv), (q, h)]
+    if r.arch == "deepseek":
+        attn = list(mla_matrices(r))
+    if dense:
+        return [*attn, (h, r.dense_ffn), (h, r.dense_ffn), (r.dense_ffn, h)]
     if r.arch == "gpt":
         return [*attn, (h, f), (f, h)]
     if r.arch == "llama":
@@ -81,11 +91,10 @@ def weight_bytes(arch: str, config: SynthConfig) -> int:
     if not r.precision.quantized:
         return params * act
     quantized = scales = 0
-    for shape in _quantized_matrices(r):
-        quantized += math.prod(shape)
-        scales += math.prod(shape[:-2]) * math.ceil(shape[-2] / FP8_BLOCK) * shape[-1]
-    quantized *= r.layers
-    scales *= r.layers
+    for dense, count in ((False, r.layers - r.dense_layers), (True, r.dense_layers)):
+        for shape in _quantized_matrices(r, dense) if count else []:
+            quantized += math.prod(shape) * count
+            scales += math.prod(shape[:-2]) * math.ceil(shape[-2] / FP8_BLOCK) * shape[-1] * count
     return quantized * 1 + (params - quantized) * act + scales * act
 
 
@@ -104,6 +113,12 @@ def forward_flops(arch: str, config: SynthConfig, *, batch: int | None = None,
     attn_scores = 4 * b * s * s * h
     if r.arch == "gpt":
         layer = 2 * t * 4 * h * h + attn_scores + 2 * t * 2 * h * f
+    elif r.arch == "deepseek":
+        moe = 2 * t * h * r.experts + 2 * r.experts * capacity(r, t) * 3 * h * f
+        moe += 2 * t * 3 * h * r.shared_experts * f
+        dense = 2 * t * 3 * h * r.dense_ffn
+        return (r.layers * mla_flops(r, b, s) + r.dense_layers * dense
+                + (r.layers - r.dense_layers) * moe + 2 * t * h * r.vocab)
     else:
         layer = 2 * t * (2 * h * h + 2 * h * r.kv_heads * r.head_dim) + attn_scores
         if r.arch == "llama":

@@ -7,6 +7,8 @@
 - **llama**: RMSNorm, RoPE, grouped-query attention without biases, SwiGLU MLP,
   untied LM head by default.
 - **moe**: llama attention, every layer's FFN a routed MoE (see `shardc.synth.moe`).
+- **deepseek** (DeepSeek-V3/R1-shaped): MLA attention (`shardc.synth.mla`), the first
+  ``dense_layers`` with a dense SwiGLU of ``dense_ffn``, the rest shared + routed experts.
 
 The graph's input is ``input_ids`` int64 ``[batch, seq]`` and its output ``logits``
 ``[batch, seq, vocab]`` in the activation type; the dims are symbolic unless given.
@@ -32,6 +34,7 @@ from shardc.synth.layers import (
     rope_tables,
     swiglu,
 )
+from shardc.synth.mla import mla_attention
 from shardc.synth.moe import moe_ffn, moe_sizes
 from shardc.synth.weights import Declared, Init, Random, layout
 from shardc.version import __version__
@@ -117,17 +120,23 @@ def _llama(g: GraphBuilder, res: Resolved) -> None:
     pos = positions(g, IDS)
     mask = causal_mask(g, pos)
     rope = rope_tables(g, pos, res.head_dim, res.rope_theta)
-    sizes = moe_sizes(g, res, IDS) if res.arch == "moe" else None
+    sizes = moe_sizes(g, res, IDS) if res.moe else None
     with g.scope("embed_tokens"):
         table = g.param("weight", [res.vocab, h_dim], EMBED_INIT)
         h = g.op("Gather", [table, IDS], label="lookup")
     for i in range(res.layers):
         with g.scope(f"layers.{i}"):
-            a = attention(g, rms_norm(g, h, h_dim, "attn_norm", eps), res, mask, bias=False,
-                          rope=rope)
+            a = rms_norm(g, h, h_dim, "attn_norm", eps)
+            if res.arch == "deepseek":
+                a = mla_attention(g, a, res, mask, rope)
+            else:
+                a = attention(g, a, res, mask, bias=False, rope=rope)
             h = g.op("Add", [h, a], label="attn_residual")
             m = rms_norm(g, h, h_dim, "mlp_norm", eps)
-            m = moe_ffn(g, m, res, sizes) if sizes else swiglu(g, m, h_dim, res.ffn)
+            if sizes and i >= res.dense_layers:
+                m = moe_ffn(g, m, res, sizes)
+            else:
+                m = swiglu(g, m, h_dim, res.dense_ffn or res.ffn)
             h = g.op("Add", [h, m], label="mlp_residual")
     _lm_head(g, rms_norm(g, h, h_dim, "norm", eps), res, table)
 

@@ -1,0 +1,113 @@
+"""Expert-parallel dispatch and combine: the all-to-all of a MoE layer over a topology.
+
+REFERENCE.md §2.5. With E ranks of expert parallelism, T tokens per rank, hidden H, b bytes
+per element and top-K routing, a token is sent once per *destination rank* (DeepEP and
+CloudMatrix both deduplicate), so it reaches ``K_eff = E·(1 − (1 − 1/E)^K)`` ranks on
+average, and the bytes one rank sends are ``T·K_eff·H·b·(E−1)/E``. Combine returns the
+same volume, usually in bf16 even when dispatch is fp8/int8.
+
+Across two tiers (g ranks per scale-up island, n islands) a token crosses the outer plane
+once per destination island and is forwarded inside it (DeepSeek-V3 §3.2.2: IB once, then
+NVLink), so the outer bytes are ``T·n_hit·H·b·(n−1)/n`` with ``n_hit = n·(1 − (1 − 1/n)^K)``,
+capped by node-limited routing at M islands (V3: M = 4). Both tiers run at once; the
+slower sets the time. One tier (an NVLink island, CloudMatrix384's UB plane) carries all
+of it at its own bandwidth.
+
+Decode steps use *low-latency* kernels instead (DeepEP's, REFERENCE.md §2.5: "pure
+RDMA"): no forwarding, so every (token, expert) copy whose expert sits on another island
+crosses the outer plane itself, ``T·K·H·b·(n−1)/n``, trading bytes for fewer hops.
+
+The tiers come from :func:`shardc.cost.network.tier_options`, the same view every other
+collective is priced on; the fastest view wins, as for any collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shardc.cost.comm import Tier
+
+
+@dataclass(frozen=True, slots=True)
+class AllToAllEstimate:
+    """One MoE layer's dispatch + combine for one rank, and what bound it."""
+
+    dispatch_seconds: float
+    combine_seconds: float
+    outer_bytes: float
+    """Bytes one rank sends over the outer (scale-out) tier per dispatch."""
+    inner_bytes: float
+    """Bytes one rank sends over the inner (scale-up) tier per dispatch."""
+    tiers: str
+
+    @property
+    def seconds(self) -> float:
+        """Dispatch plus combine."""
+        return self.dispatch_seconds + self.combine_seconds
+
+
+def distinct_targets(groups: int, picks: int) -> float:
+    """Expected distinct groups hit by ``picks`` uniform picks among ``groups``."""
+    if groups <= 1:
+        return 1.0
+    return groups * (1.0 - (1.0 - 1.0 / groups) ** picks)
+
+
+def _one_way(
+    tiers: Sequence[Tier], tokens: float, hidden: int, top_k: int, elem_bytes: float,
+    route_nodes: int, low_latency: bool = False,
+) -> tuple[float, float, float]:
+    """(seconds, outer bytes, inner bytes) of one dispatch (or combine) on ``tiers``."""
+    active = [t for t in tiers if t.size > 1]
+    if not active:
+        return 0.0, 0.0, 0.0
+    per_token = hidden * elem_bytes
+    if len(active) == 1:
+        (t,) = active
+        e = t.size
+        nbytes = tokens * distinct_targets(e, top_k) * per_token * (e - 1) / e
+        return 2 * t.latency + nbytes / t.bandwidth, 0.0, nbytes
+    inner, outer = active[0], active[-1]
+    g, n = inner.size, outer.size
+    if low_latency:  # every copy rides the outer plane straight to its expert's rank
+        outer_bytes = tokens * top_k * per_token * (n - 1) / n
+        inner_bytes = tokens * top_k * per_token * (g - 1) / (g * n)
+        lat = 2 * outer.latency
+        seconds = lat + max(outer_bytes / outer.bandwidth, inner_bytes / inner.bandwidth)
+        return seconds, outer_bytes, inner_bytes
+    hit = distinct_targets(n, top_k)
+    if route_nodes:
+        hit = min(hit, float(route_nodes))
+    outer_bytes = tokens * hit * per_token * (n - 1) / n
+    # inside each destination island the copy fans out to the ranks holding its experts
+    per_island = max(1.0, top_k / hit)
+    inner_bytes = tokens * hit * distinct_targets(g, round(per_island)) * per_token * (g - 1) / g
+    lat = 2 * (inner.latency + outer.latency)
+    seconds = lat + max(outer_bytes / outer.bandwidth, inner_bytes / inner.bandwidth)
+    return seconds, outer_bytes, inner_bytes
+
+
+def expert_alltoall(
+    tier_views: Sequence[Sequence[Tier]],
+    *,
+    tokens_per_rank: float,
+    hidden: int,
+    top_k: int,
+    dispatch_bytes: float,
+    combine_bytes: float,
+    route_nodes: int = 0,
+    low_latency: bool = False,
+) -> AllToAllEstimate:
+    """Fastest dispatch + combine over the candidate tier views of the EP group."""
+    best: AllToAllEstimate | None = None
+    for tiers in tier_views:
+        d, outer, inner = _one_way(tiers, tokens_per_rank, hidden, top_k, dispatch_bytes,
+                                   route_nodes, low_latency)
+        c, _, _ = _one_way(tiers, tokens_per_rank, hidden, top_k, combine_bytes, route_nodes,
+                           low_latency)
+        names = "+".join(t.name for t in tiers if t.size > 1) or "local"
+        est = AllToAllEstimate(d, c, outer, inner, names)
+        if best is None or (est.seconds, est.tiers) < (best.seconds, best.tiers):
+            best = est
+    return best if best is not None else AllToAllEstimate(0.0, 0.0, 0.0, 0.0, "local")

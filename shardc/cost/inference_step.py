@@ -1,0 +1,279 @@
+"""One forward step of a serving instance: decode tokens, prefill tokens, or both mixed.
+
+The instance runs attention with tensor parallelism ``tp`` inside each of ``dp``
+attention-data-parallel ranks, MoE layers with expert parallelism over all ``tp·dp``
+devices of a pipeline stage (DeepSeek's serving layout, REFERENCE.md §3.2), and ``pp``
+stages. Per device and layer, each piece is a roofline of :func:`shardc.cost.compute.node_time`
+(the project's one compute model), so the device kind's peaks and efficiencies apply:
+
+* **weights**: every step reads the device's share of every weight it uses once, however
+  many tokens the step carries: the reason decode is memory-bound and batching pays;
+* **KV cache**: a decode token reads its sequence's whole cache (``ctx`` positions of
+  ``kv_values_per_token_layer`` each); MLA's latent is not split by TP (every head reads
+  it), GQA's is, up to ``kv_heads`` ways;
+* **attention core**: ``attention_flops_per_position × ctx`` per query token (MLA absorbed
+  in decode, expanded in prefill);
+* **batch-dependent GEMM efficiency**: tensor-core GEMMs run on tiles of ``M_TILE`` rows,
+  so an expert that receives 3 tokens costs the FLOPs of 64 (and the bytes of its whole
+  weight); the padded FLOPs go into the roofline;
+* **communication**: TP all-reduce of each layer's output (priced by
+  :func:`shardc.cost.comm.collective_time`) and the EP dispatch/combine
+  (:mod:`shardc.cost.expert_comm`; decode-only steps use the low-latency kernels).
+  With ``overlap`` (DeepSeek's two-micro-batch
+  overlap, Open-Infra-Index day 6) a MoE layer takes ``max(compute, all-to-all)``.
+
+Multi-token prediction verifies ``1 + draft`` tokens per sequence per step and emits
+``1 + Σ acceptance^i`` of them on average (Leviathan et al. 2023's expected accepted
+length for a chain of ``draft`` guesses with per-token acceptance ``a``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shardc.cost.comm import Tier, collective_time
+from shardc.cost.compute import DeviceSpec, node_time
+from shardc.cost.expert_comm import expert_alltoall
+from shardc.cost.memory import FP8_DEEPSEEK_V3
+from shardc.cost.ops import NodeCost
+from shardc.ir import DType
+
+if TYPE_CHECKING:
+    from shardc.serving.arch import ServingModel
+
+M_TILE = 64
+"""Rows of one tensor-core GEMM tile: Hopper's wgmma instructions are m64nNk16 (NVIDIA PTX
+ISA, "warpgroup level matrix multiply"); Ascend's cube unit is 16×16×16, so 64 is the
+conservative end. A GEMM of m rows costs the FLOPs of ``ceil(m/M_TILE)·M_TILE``."""
+
+_DTYPES = {
+    "bf16": DType.BFLOAT16, "fp16": DType.FLOAT16, "fp8": DType.FLOAT8E4M3FN,
+    "int8": DType.INT8, "fp32": DType.FLOAT,
+}
+QUANTS = ("bf16", "fp16", "fp8", "int8")
+
+
+def element_bytes(name: str) -> float:
+    """Bytes per element of ``name`` (fp8 weights with DeepSeek's 128×128 fp32 scales)."""
+    if name == "fp8w":
+        return FP8_DEEPSEEK_V3.bytes_per_param()
+    return _DTYPES[name].bits / 8
+
+
+@dataclass(frozen=True, slots=True)
+class Quant:
+    """Storage and arithmetic types of a serving instance."""
+
+    weights: str = "bf16"
+    kv: str = "bf16"
+    dispatch: str = "bf16"
+    combine: str = "bf16"
+    activations: str = "bf16"
+
+    @property
+    def weight_bytes(self) -> float:
+        """Bytes per weight (fp8 includes its block scales)."""
+        return element_bytes("fp8w" if self.weights == "fp8" else self.weights)
+
+    @property
+    def gemm_dtype(self) -> DType:
+        """What weight GEMMs compute in: fp8/int8 weights run on the low-precision units."""
+        return _DTYPES[self.weights]
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel:
+    """How an instance splits the model: ``devices = tp·dp·pp``; EP = ``tp·dp`` (MoE)."""
+
+    tp: int = 1
+    dp: int = 1
+    pp: int = 1
+
+    @property
+    def devices(self) -> int:
+        """Devices of the instance."""
+        return self.tp * self.dp * self.pp
+
+    @property
+    def ep(self) -> int:
+        """Expert-parallel degree of a MoE layer: every device of a stage."""
+        return self.tp * self.dp
+
+
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """What one step carries, for the whole instance (all DP ranks, one PP group).
+
+    ``decode_seqs`` sequences each verify ``tokens_per_seq`` tokens against
+    ``decode_context`` cached positions; ``prefill_tokens`` prompt tokens each attend to
+    ``prefill_context`` positions on average (causal: prefix hits + half the new prompt).
+    """
+
+    decode_seqs: float = 0.0
+    decode_context: float = 0.0
+    prefill_tokens: float = 0.0
+    prefill_context: float = 0.0
+    tokens_per_seq: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepEstimate:
+    """A step's time on the critical device, split so reports can explain it."""
+
+    seconds: float
+    parts: dict[str, float] = field(default_factory=dict)
+    bound: str = ""
+
+    def explain(self) -> str:
+        """The largest parts, in ms."""
+        top = sorted(self.parts.items(), key=lambda kv: -kv[1])[:4]
+        return ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in top)
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What prices communication for one instance shape (tier views of its groups)."""
+
+    tp_tiers: Sequence[Sequence[Tier]] = ((Tier(1, math.inf, 0.0, "local"),),)
+    ep_tiers: Sequence[Sequence[Tier]] = ((Tier(1, math.inf, 0.0, "local"),),)
+    overlap: bool = True
+    imbalance: float = 1.0
+    """Tokens on the busiest expert rank over the mean (see `expert_imbalance`)."""
+    pp_bandwidth: float = math.inf
+    """Bandwidth (B/s) of a pipeline stage hand-off."""
+    pp_latency: float = 0.0
+    layer_overhead: float = 0.0
+    """Fixed seconds per layer per step that no roofline sees: kernel launch and
+    synchronisation gaps, norms, RoPE, sampling. 0 unless the device kind gives one
+    (``tag step_overhead_per_layer 20us``); see `shardc.serving.candidates`."""
+
+
+def _gemm(m: float, params: float, quant: Quant, kind: DeviceSpec, *, tiles: int = 1,
+          weight_fraction: float = 1.0) -> tuple[float, float, float]:
+    """(seconds, compute s, memory s) of ``tiles`` GEMMs of m rows against ``params`` weights."""
+    if params <= 0 or tiles <= 0:
+        return 0.0, 0.0, 0.0
+    rows = math.ceil(max(m, 0.0) / M_TILE) * M_TILE if m > 0 else 0
+    act = _DTYPES[quant.activations].bits / 8
+    width = math.sqrt(params / max(tiles, 1))  # activations in and out ~ m·width each
+    cost = NodeCost(
+        flops=int(2 * rows * params), bytes_read=int(params * quant.weight_bytes * weight_fraction
+                                                     + m * width * act * tiles),
+        bytes_written=int(m * width * act * tiles), param_bytes=int(params * quant.weight_bytes),
+        dtype=quant.gemm_dtype, kind="matmul",
+    )
+    est = node_time(cost, kind)
+    return est.seconds, est.compute_seconds, est.memory_seconds
+
+
+def _attention_core(flops: float, nbytes: float, quant: Quant, kind: DeviceSpec) -> float:
+    cost = NodeCost(flops=int(flops), bytes_read=int(nbytes), bytes_written=0, param_bytes=0,
+                    dtype=_DTYPES[quant.activations], kind="attention")
+    return node_time(cost, kind).seconds
+
+
+def _allreduce(tiers: Sequence[Sequence[Tier]], nbytes: float) -> float:
+    best = math.inf
+    for view in tiers:
+        try:
+            best = min(best, collective_time("all_reduce", nbytes, view).seconds)
+        except ValueError:
+            continue
+    return 0.0 if best == math.inf else best
+
+
+def expert_imbalance(tokens: float, ranks: int, redundant_fraction: float) -> float:
+    """Busiest EP rank's routed tokens over the mean, for uniform random routing.
+
+    Tokens per rank are ~Poisson(μ); the expected maximum of ``ranks`` of them is about
+    ``μ + √(2μ·ln ranks)`` (Gaussian extreme value). Redundant experts let the balancer
+    (DeepSeek's EPLB) split the hottest experts' load, which we model as shrinking the
+    excess by the share of redundant slots.
+    """
+    if tokens <= 0 or ranks <= 1:
+        return 1.0
+    mu = tokens / ranks
+    excess = math.sqrt(2.0 * mu * math.log(ranks)) / mu
+    return 1.0 + excess / (1.0 + 4.0 * redundant_fraction * ranks)
+
+
+def step_time(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
+              shape: StepShape, ctx: StepContext) -> StepEstimate:
+    """Time of one step of the instance: every layer once (a token crosses all stages)."""
+    tp, dp, ep = par.tp, par.dp, par.ep
+    act = _DTYPES[quant.activations].bits / 8
+    dec_tok = shape.decode_seqs * shape.tokens_per_seq
+    tokens = dec_tok + shape.prefill_tokens  # whole instance
+    per_rank = tokens / dp  # each attention-DP rank's tokens
+    parts: dict[str, float] = {}
+
+    def add(key: str, seconds: float, times: float = 1.0) -> None:
+        parts[key] = parts.get(key, 0.0) + seconds * times
+
+    # attention, per layer per device
+    t_proj, _, _ = _gemm(per_rank, m.attention_params / tp, quant, kind, tiles=4)
+    seqs = shape.decode_seqs / dp
+    kv_b = element_bytes(quant.kv)
+    kv_read = seqs * shape.decode_context * m.kv_values_per_token_layer * kv_b / m.kv_split(tp)
+    core_flops = (dec_tok / dp) * shape.decode_context * m.attention_flops_per_position(
+        absorbed=True) / tp
+    core_flops += (shape.prefill_tokens / dp) * shape.prefill_context * (
+        m.attention_flops_per_position(absorbed=False)) / tp
+    t_core = _attention_core(core_flops, kv_read, quant, kind)
+    t_ar = _allreduce(ctx.tp_tiers, per_rank * m.hidden * act) if tp > 1 else 0.0
+    add("attention_weights", t_proj, m.layers)
+    add("attention_core_kv", t_core, m.layers)
+    add("tp_allreduce", t_ar, m.layers)
+
+    # dense FFN layers (TP inside the DP rank)
+    dense = m.layers - m.moe_layers
+    if dense:
+        t_ffn, _, _ = _gemm(per_rank, m.dense_ffn_params / tp, quant, kind, tiles=3)
+        add("dense_ffn", t_ffn + t_ar, dense)
+
+    # MoE layers (EP over the stage's tp·dp devices)
+    if m.moe_layers:
+        slots = math.ceil(m.experts / ep)
+        routed = tokens * m.top_k / ep * ctx.imbalance  # rows on the busiest device
+        per_expert = routed / slots
+        p_active = 1.0 - (1.0 - m.top_k / m.experts) ** max(tokens, 0.0)
+        t_exp, _, _ = _gemm(per_expert, slots * m.expert_params, quant, kind, tiles=3 * slots,
+                            weight_fraction=p_active)
+        t_sh, _, _ = _gemm(tokens / ep, m.shared_experts * m.expert_params, quant, kind, tiles=3)
+        a2a = expert_alltoall(
+            ctx.ep_tiers, tokens_per_rank=tokens / ep, hidden=m.hidden, top_k=m.top_k,
+            dispatch_bytes=element_bytes(quant.dispatch),
+            combine_bytes=element_bytes(quant.combine),
+            route_nodes=m.route_nodes, low_latency=shape.prefill_tokens == 0,
+        ) if ep > 1 else None
+        comm = a2a.seconds if a2a else 0.0
+        compute = t_exp + t_sh + t_proj + t_core + t_ar
+        layer = max(compute, comm) if ctx.overlap else compute + comm
+        add("experts", t_exp, m.moe_layers)
+        add("shared_experts", t_sh, m.moe_layers)
+        add("ep_alltoall_exposed", layer - compute, m.moe_layers)
+        parts["ep_alltoall_total"] = comm * m.moe_layers
+
+    if ctx.layer_overhead:
+        add("layer_overhead", ctx.layer_overhead, m.layers)
+
+    # LM head over the tokens that produce logits (decode tokens, one per prompt)
+    head_rows = dec_tok / dp + (shape.prefill_tokens / dp > 0)
+    t_head, _, _ = _gemm(head_rows, m.vocab * m.hidden / tp, quant, kind)
+    add("lm_head", t_head)
+    # a token crosses the pp stages one after another, each holding 1/pp of the layers:
+    # the parts above, summed over all layers, are that latency; plus the hand-offs
+    if par.pp > 1:
+        add("pp_handoff", ctx.pp_latency + per_rank * m.hidden * act / ctx.pp_bandwidth,
+            par.pp - 1)
+    total = sum(v for k, v in parts.items() if k != "ep_alltoall_total")
+    bound = max((k for k in parts if k != "ep_alltoall_total"), key=lambda k: parts[k])
+    return StepEstimate(total, parts, bound)
+
+
+def accepted_tokens(draft: int, acceptance: float) -> float:
+    """Expected tokens a step emits with ``draft`` MTP guesses of acceptance ``a``."""
+    return 1.0 + sum(acceptance ** i for i in range(1, draft + 1))
