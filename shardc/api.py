@@ -151,6 +151,13 @@ def compile(
         >>> print(plan.explain("node_Gemm_280").strategy)
         row
     """
+    if mode == "serving":
+        raise OptionError(
+            "shardc.compile plans training and inference; serving plans are not on the "
+            "Plan yet",
+            hint="use `shardc compile MODEL --topology T --mode serving ...` "
+            "(or shardc.serving.planner.plan_serving)",
+        )
     proto, model_record = _model(model, example_inputs)
     overrides = dict(params or {})
     if devices is not None:

@@ -64,7 +64,7 @@ def test_plan_json_records_every_recorded_option() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"mode": "serving"}, "unknown mode 'serving'"),
+        ({"mode": "decode"}, "unknown mode 'decode'"),
         ({"objective": "cost"}, "unknown objective 'cost'"),
         ({"schedule": "zb"}, "unknown schedule 'zb'"),
         ({"zero": 4}, "--zero 4: use 0, 1, 2 or 3"),
