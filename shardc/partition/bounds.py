@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from shardc.partition.problem import (
     PartitionProblem,
     Solution,
@@ -130,45 +132,42 @@ def memory_bound_pace(p: PartitionProblem, s: int) -> float:
         rows.append(opts)
 
     v = max(p.interleave, 1)
-
-    def whole(x: float) -> float:  # n_j is an integer multiple of v
-        return math.floor(x / v + 1e-9) * v
-
-    def most(opts: list[tuple[float, float, float, int]], t: float) -> dict[int, float]:
-        """Blocks a stage can hold at pace ``t``, best per device count it takes."""
-        out: dict[int, float] = {}
-        for cap, e, b, units in opts:
-            n = whole(min(cap, max(0.0, (t - e) / b)))
-            out[units] = max(out.get(units, 0.0), n)
-        return out
-
     kinds = {c.kind for c in cs}
     budget = p.devices.get(next(iter(kinds)), 0) if len(kinds) == 1 else 0
     unit = math.gcd(*(o[3] for opts in rows for o in opts)) if budget else 1
     limited = budget > 0 and sum(max(o[3] for o in opts) for opts in rows) > budget
+    # Flat arrays over every (stage, option), so one pace is priced in a few numpy ops.
+    flat = [(j, *o) for j, opts in enumerate(rows) for o in opts]
+    stage = np.array([f[0] for f in flat])
+    caps, extra, secs = (np.array([f[i] for f in flat]) for i in (1, 2, 3))
+    sizes = sorted({f[4] for f in flat})
+    col = np.array([sizes.index(f[4]) for f in flat])
+    steps = [u // unit for u in sizes]
+    room = budget // unit
 
     def held(t: float) -> float:
+        n = np.floor(np.minimum(caps, np.maximum(0.0, (t - extra) / secs)) / v + 1e-9) * v
+        most = np.full((s, len(sizes)), -np.inf)  # per stage, per devices taken
+        np.maximum.at(most, (stage, col), n)
         if not limited:
-            return sum(max(most(opts, t).values()) for opts in rows)
+            return float(most.max(axis=1).sum())
         # Devices bind: the stages share one kind's pool, so each stage's configuration
         # is a multiple-choice knapsack item (devices taken, blocks held), solved exactly.
-        size = budget // unit
-        best = [0.0] + [-1.0] * size
-        for opts in rows:
-            nxt = [-1.0] * (size + 1)
-            for units, n in most(opts, t).items():
-                k = units // unit
-                for used in range(size - k + 1):
-                    if best[used] >= 0 and best[used] + n > nxt[used + k]:
-                        nxt[used + k] = best[used] + n
+        best = np.full(room + 1, -np.inf)
+        best[0] = 0.0
+        for j in range(s):
+            nxt = np.full(room + 1, -np.inf)
+            for u, k in enumerate(steps):
+                if k <= room and most[j, u] > -np.inf:
+                    np.maximum(nxt[k:], best[: room + 1 - k] + most[j, u], out=nxt[k:])
             best = nxt
-        return max(best)
+        return float(best.max())
 
     hi = max(e + p.blocks * b for opts in rows for _, e, b, _ in opts)
     if held(hi) < p.blocks:
         return float("inf")  # memory cannot hold the blocks in s stages at any pace
     lo = 0.0
-    for _ in range(60):
+    for _ in range(45):  # 2^-45 of the range: far below the solver's resolution
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if held(mid) >= p.blocks else (mid, hi)
     return lo

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -125,11 +126,17 @@ def calculon_search(calc: Calculon, gpus: int, batch: int, limit: float) -> tupl
     src = calc.system.parent.parent
     out = calc.folder / f"optimal{gpus}.json"
     start = time.perf_counter()
+    # its own session, so that a timeout stops the worker processes it forks as well
+    proc = subprocess.Popen([str(calc.exe), "llm-optimal-execution", str(src / "models" /
+                             "gpt3-175B.json"), str(gpus), str(batch), "float16",
+                             str(calc.system), str(out), "-c", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        subprocess.run([str(calc.exe), "llm-optimal-execution", str(src / "models" /
-                        "gpt3-175B.json"), str(gpus), str(batch), "float16", str(calc.system),
-                        str(out), "-c", "1"], capture_output=True, text=True, timeout=limit)
+        proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         return time.perf_counter() - start, False
     return time.perf_counter() - start, True
 
