@@ -22,6 +22,9 @@ EXPECTED = {
     "cloudmatrix384": (576, 384, {"ub": [(1, 384)], "rdma": [(1, 384)], "vpc": []}),
     "ascend950_pool": (64, 64, {"ub": [(4, 16)], "roce": [(1, 64)]}),
     "localhost": (2, 2, {"loopback": [(1, 2)]}),
+    # DeepSeek's serving pool: 4 prefill + 18 decode H800 nodes (REFERENCE.md §3.2)
+    "deepseek_h800": (176, 176, {"nvlink": [(22, 8)], "ib": [(1, 176)]}),
+    "dgx_h200_cluster": (16, 16, {"nvlink": [(2, 8)], "ib": [(1, 16)]}),
 }
 
 
