@@ -1,0 +1,230 @@
+"""Apply a plan to a torch module: DeviceMesh, TP/SP, FSDP2, pipelining, recomputation.
+
+Called on every rank of a ``torchrun`` job with the same plan and the same model. The steps,
+in the order torch needs them (each comment says why it comes where it does):
+
+1. read the plan's view and check this world and this model against it;
+2. build the ``(pp, dp, tp)`` DeviceMesh, ranks in the plan's order (stage, replica, TP rank);
+3. map the plan's per-node strategies to module FQNs through the export's metadata;
+4. cut the model to this rank's pipeline stage(s) (before any sharding: pruned blocks then
+   never allocate shards);
+5. recompute per stage (wraps forwards; must precede FSDP, whose hooks sit outside);
+6. tensor / sequence parallelism with ``parallelize_module``;
+7. ZeRO with FSDP2 ``fully_shard`` over the dp axis (after TP: FSDP shards the DTensors);
+8. the pipeline schedule over the pp axis.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+)
+from torch.distributed.tensor.parallel import parallelize_module
+
+from shardc.errors import ShardcWarning
+from shardc.train.modules import LayerChain, check_model, layer_chain, model_map, tp_targets
+from shardc.train.planview import PlanView, TrainPlanError, plan_view
+from shardc.train.stages import FAMILIES, apply_recompute, make_stage
+from shardc.train.step import ParallelModel, token_loss
+from shardc.train.tensor_parallel import norm_modules, tp_styles
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _world(view: PlanView) -> int:
+    """Join the process group (torchrun's environment) and check its size."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            raise TrainPlanError(
+                "no process group and no RANK in the environment",
+                hint="launch with `shardc launch PLAN -- script.py` or torchrun",
+            )
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    world = dist.get_world_size()
+    if world != view.world_size:
+        raise TrainPlanError(
+            f"the plan runs on {view.world_size} ranks and this job has {world}",
+            hint=f"launch {view.world_size} processes (shardc launch does)",
+        )
+    return dist.get_rank()
+
+
+def _device(view: PlanView, simulate_devices: bool) -> torch.device:
+    """Where this rank computes: its accelerator, or the CPU for a simulated world."""
+    kinds_cpu = all(r.device.startswith("cpu") for r in view.ranks)
+    if simulate_devices or kinds_cpu or not torch.cuda.is_available():
+        if not (simulate_devices or kinds_cpu):
+            raise TrainPlanError(
+                f"the plan places ranks on {view.ranks[0].device} and this machine has no "
+                "CUDA device",
+                hint="pass simulate_devices=True to run the plan's structure on CPUs",
+            )
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def _virtual_ranges(view: PlanView, stage: int) -> list[tuple[int, range]]:
+    """(torch stage index, blocks) of each model chunk this pipeline rank holds.
+
+    With v virtual stages the plan gives stage j ``v`` equal chunks of its blocks; torch's
+    interleaved schedule wants chunk c of rank j to be model stage ``c * pp + j``, so the
+    chunks are laid out in that order along the chain.
+    """
+    v = view.interleave
+    if v == 1:
+        a, b = view.stages[stage].blocks
+        return [(stage, range(a, b + 1))]
+    sizes = [(s.blocks[1] - s.blocks[0] + 1) // v for s in view.stages]
+    out, start = [], 0
+    for c in range(v):
+        for j, n in enumerate(sizes):
+            if j == stage:
+                out.append((c * view.pp + j, range(start, start + n)))
+            start += n
+    return out
+
+
+def apply(
+    plan: Any,
+    model: nn.Module,
+    *,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    example_inputs: Any = None,
+    simulate_devices: bool = False,
+) -> ParallelModel:
+    """Shard ``model`` as ``plan`` says, on this rank of a torchrun job.
+
+    ``plan`` is a :class:`shardc.plan.Plan` or a plan folder compiled for ``model`` (the
+    same module, or its ONNX export). ``loss_fn(logits, labels)`` defaults to token
+    cross-entropy. ``example_inputs`` are needed only when the plan neither holds nor names
+    the compiled ONNX graph (the module is then exported again to read its metadata).
+    ``simulate_devices`` runs a plan for accelerators on a CPU world of the same size.
+    Returns a :class:`ParallelModel`: ``.module``, ``.mesh``, ``.step(...)``.
+    """
+    view = plan_view(plan)
+    if view.dtype == "fp8":
+        warnings.warn(
+            "the plan is priced in fp8; torch runs FP8 GEMMs only through torchao's float8 "
+            "training on FP8 GPUs, which shardc does not apply yet: training in bf16",
+            ShardcWarning,
+            stacklevel=2,
+        )
+        view = dataclasses.replace(view, dtype="bf16")
+    rank = _world(view)
+    device = _device(view, simulate_devices)
+    me = view.rank(rank)
+    tp = view.uniform_tp
+    if tp is None:
+        raise TrainPlanError(
+            "stages with different TP degrees do not map to torch's pipelining, which pairs "
+            "ranks one to one between stages",
+            hint="pin one tp for every stage",
+        )
+    proto = view.onnx_model()
+    if proto is None:
+        from shardc.frontend.torch_export import export_module
+
+        proto = export_module(model, example_inputs)
+        model.train()
+    mm = model_map(proto)
+    check_model(model, proto, mm)
+    mesh = init_device_mesh(
+        device.type, (view.pp, view.dp, tp), mesh_dim_names=("pp", "dp", "tp")
+    )
+    stage = view.stages[me.stage]
+    sp = stage.sequence_parallel and tp > 1
+    chain: LayerChain | None = None
+    try:
+        chain = layer_chain(mm, view.blocks)
+    except TrainPlanError:
+        if view.pp > 1 or sp or stage.recompute != "none":
+            raise
+    glue = chain is not None and chain.owner_cls.rsplit(".", 1)[-1] in FAMILIES
+    model.to(device)
+    chunks: list[tuple[int, nn.Module, range]] = []
+    ranges = _virtual_ranges(view, me.stage)
+    n_virtual = view.pp * view.interleave
+    for k, (index, layers) in enumerate(ranges):
+        m = model if k == len(ranges) - 1 else copy.deepcopy(model)
+        if chain is not None and (glue or view.pp > 1 or sp):
+            m = make_stage(
+                m, chain, layers, first=index == 0, last=index == n_virtual - 1,
+                tp_mesh=mesh["tp"], sequence_parallel=sp, whole_output=view.pp > 1,
+            )
+        chunks.append((index, m, layers))
+    for _, m, layers in chunks:
+        blocks = [m.get_submodule(chain.layers[i]) for i in layers] if chain else []
+        apply_recompute(blocks, stage.recompute)
+        if tp > 1:
+            targets = {f: t for f, t in tp_targets(mm, view.strategies).items() if _has(m, f)}
+            scopes = [chain.layers[i] for i in layers] + [
+                f for f in chain.after if _has(m, f)
+            ] if (sp and chain) else []
+            styles = tp_styles(
+                targets, sequence_parallel=sp, sp_modules=norm_modules(m, scopes, targets)
+            )
+            parallelize_module(m, mesh["tp"], styles)  # type: ignore[arg-type]
+        if view.dp > 1:
+            _shard_data_parallel(m, blocks, mesh["dp"], view)
+    loss = loss_fn or token_loss
+    schedule = None
+    if view.pp > 1:
+        stages = [
+            PipelineStage(m, index, n_virtual, device, group=mesh["pp"].get_group())
+            for index, m, _ in chunks
+        ]
+        if view.interleave > 1:
+            schedule = ScheduleInterleaved1F1B(stages, view.microbatches, loss_fn=loss)
+        elif view.schedule == "gpipe":
+            schedule = ScheduleGPipe(stages[0], view.microbatches, loss_fn=loss)
+        else:
+            schedule = Schedule1F1B(stages[0], view.microbatches, loss_fn=loss)
+    return ParallelModel(
+        modules=tuple(m for _, m, _ in chunks),
+        mesh=mesh,
+        view=view,
+        rank=rank,
+        schedule=schedule,
+        loss_fn=loss,
+        first=any(i == 0 for i, _, _ in chunks),
+        last=any(i == n_virtual - 1 for i, _, _ in chunks),
+        device=device,
+    )
+
+
+def _has(m: nn.Module, fqn: str) -> bool:
+    try:
+        sub = m.get_submodule(fqn)
+    except AttributeError:
+        return False
+    return any(True for _ in sub.parameters())
+
+
+def _shard_data_parallel(m: nn.Module, blocks: list[nn.Module], dp_mesh: Any, view: PlanView) -> None:
+    """ZeRO over the dp axis with FSDP2: every block its own unit, then the rest.
+
+    ZeRO-3 reshards parameters after forward; ZeRO-1 and -2 keep them gathered until
+    backward, which is FSDP2's ZeRO-2 (torch has no mode sharding optimizer state alone).
+    """
+    mp = MixedPrecisionPolicy()
+    if view.dtype in ("bf16", "fp16"):
+        mp = MixedPrecisionPolicy(param_dtype=DTYPES[view.dtype], reduce_dtype=torch.float32)
+    reshard = view.zero >= 3
+    for b in blocks:
+        fully_shard(b, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
+    fully_shard(m, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
