@@ -142,7 +142,7 @@ def layer_chain(mm: ModelMap, blocks: int) -> LayerChain:
     positions = [i for i, n in enumerate(mm.order) if n in in_chain]
     lo, hi = min(positions), max(positions)
     # the chain's ancestors call the blocks; their other children are the model's ends
-    ancestors = {""} | {container[: i] for i, c in enumerate(container) if c == "."}
+    ancestors = {""} | {container[:i] for i, c in enumerate(container) if c == "."}
     ancestors.add(container)
     before: list[str] = []
     after: list[str] = []
@@ -155,9 +155,7 @@ def layer_chain(mm: ModelMap, blocks: int) -> LayerChain:
         if outer is not None and target is not None and outer not in target:
             target.append(outer)
     owner = container.rsplit(".", 1)[0] if "." in container else ""
-    owner_cls = next(
-        (c for sc in mm.scopes.values() for f, c in sc.path if f == owner), "?"
-    )
+    owner_cls = next((c for sc in mm.scopes.values() for f, c in sc.path if f == owner), "?")
     return LayerChain(container, layers, tuple(before), tuple(after), owner, owner_cls)
 
 
@@ -217,8 +215,6 @@ def tp_targets(mm: ModelMap, strategies: Mapping[str, str]) -> dict[str, tuple[s
             )
         seen = out.get(sc.module)
         if seen is not None and seen[0] != strategy:
-            raise TrainPlanError(
-                f"module {sc.module} is both {seen[0]} and {strategy} in the plan"
-            )
+            raise TrainPlanError(f"module {sc.module} is both {seen[0]} and {strategy} in the plan")
         out[sc.module] = (strategy, sc.cls)
     return out

@@ -75,7 +75,7 @@ def _device(view: PlanView, simulate_devices: bool) -> torch.device:
                 hint="pass simulate_devices=True to run the plan's structure on CPUs",
             )
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _virtual_ranges(view: PlanView, stage: int) -> list[tuple[int, range]]:
@@ -125,8 +125,8 @@ def apply(
             stacklevel=2,
         )
         view = dataclasses.replace(view, dtype="bf16")
-    rank = _world(view)
     device = _device(view, simulate_devices)
+    rank = _world(view)
     me = view.rank(rank)
     tp = view.uniform_tp
     if tp is None:
@@ -143,9 +143,7 @@ def apply(
         model.train()
     mm = model_map(proto)
     check_model(model, proto, mm)
-    mesh = init_device_mesh(
-        device.type, (view.pp, view.dp, tp), mesh_dim_names=("pp", "dp", "tp")
-    )
+    mesh = init_device_mesh(device.type, (view.pp, view.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
     stage = view.stages[me.stage]
     sp = stage.sequence_parallel and tp > 1
     chain: LayerChain | None = None
@@ -156,6 +154,8 @@ def apply(
             raise
     glue = chain is not None and chain.owner_cls.rsplit(".", 1)[-1] in FAMILIES
     model.to(device)
+    aliases = _aliases(model)
+    tied_groups = _tied_groups(view, mesh) if view.pp > 1 and aliases else {}
     chunks: list[tuple[int, nn.Module, range]] = []
     ranges = _virtual_ranges(view, me.stage)
     n_virtual = view.pp * view.interleave
@@ -163,8 +163,14 @@ def apply(
         m = model if k == len(ranges) - 1 else copy.deepcopy(model)
         if chain is not None and (glue or view.pp > 1 or sp):
             m = make_stage(
-                m, chain, layers, first=index == 0, last=index == n_virtual - 1,
-                tp_mesh=mesh["tp"], sequence_parallel=sp, whole_output=view.pp > 1,
+                m,
+                chain,
+                layers,
+                first=index == 0,
+                last=index == n_virtual - 1,
+                tp_mesh=mesh["tp"],
+                sequence_parallel=sp,
+                whole_output=view.pp > 1,
             )
         chunks.append((index, m, layers))
     for _, m, layers in chunks:
@@ -172,19 +178,21 @@ def apply(
         apply_recompute(blocks, stage.recompute)
         if tp > 1:
             targets = {f: t for f, t in tp_targets(mm, view.strategies).items() if _has(m, f)}
-            scopes = [chain.layers[i] for i in layers] + [
-                f for f in chain.after if _has(m, f)
-            ] if (sp and chain) else []
+            scopes = (
+                [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
+                if (sp and chain)
+                else []
+            )
             styles = tp_styles(
                 targets, sequence_parallel=sp, sp_modules=norm_modules(m, scopes, targets)
             )
-            parallelize_module(m, mesh["tp"], styles)  # type: ignore[arg-type]
+            parallelize_module(m, mesh["tp"], styles)
         if view.dp > 1:
             _shard_data_parallel(m, blocks, mesh["dp"], view)
     loss = loss_fn or token_loss
-    schedule = None
+    schedule: Any = None
     if view.pp > 1:
-        stages = [
+        stages: list[Any] = [
             PipelineStage(m, index, n_virtual, device, group=mesh["pp"].get_group())
             for index, m, _ in chunks
         ]
@@ -204,6 +212,8 @@ def apply(
         first=any(i == 0 for i, _, _ in chunks),
         last=any(i == n_virtual - 1 for i, _, _ in chunks),
         device=device,
+        aliases=aliases,
+        tied_group=tied_groups.get(rank),
     )
 
 
@@ -215,7 +225,9 @@ def _has(m: nn.Module, fqn: str) -> bool:
     return any(True for _ in sub.parameters())
 
 
-def _shard_data_parallel(m: nn.Module, blocks: list[nn.Module], dp_mesh: Any, view: PlanView) -> None:
+def _shard_data_parallel(
+    m: nn.Module, blocks: list[nn.Module], dp_mesh: Any, view: PlanView
+) -> None:
     """ZeRO over the dp axis with FSDP2: every block its own unit, then the rest.
 
     ZeRO-3 reshards parameters after forward; ZeRO-1 and -2 keep them gathered until
@@ -228,3 +240,34 @@ def _shard_data_parallel(m: nn.Module, blocks: list[nn.Module], dp_mesh: Any, vi
     for b in blocks:
         fully_shard(b, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
     fully_shard(m, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """Name -> first name of every parameter the model ties to another (GPT-2's head and
+    token embedding), so gradients report under the unsplit model's names.
+    """
+    first: dict[int, str] = {}
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
+
+
+def _tied_groups(view: PlanView, mesh: Any) -> dict[int, Any]:
+    """Rank -> the process group joining it to its peer holding the other end of a tied
+    weight (first and last stage, same replica and TP rank), as Megatron's embedding group.
+
+    Every rank creates every group, in the same order (``new_group`` is collective).
+    """
+    grid = mesh.mesh.tolist()
+    out = {}
+    for d in range(view.dp):
+        for t in range(len(grid[0][0])):
+            ranks = [grid[0][d][t], grid[-1][d][t]]
+            group = dist.new_group(ranks)
+            for r in ranks:
+                out[r] = group
+    return out

@@ -91,7 +91,7 @@ def make_stage(
     takes plain tensors), else they stay a DTensor for ``loss_parallel``.
     """
     family = family_of(chain)
-    owner = _get(model, chain.owner)
+    owner: Any = _get(model, chain.owner)
     for i, fqn in enumerate(chain.layers):
         if i not in layers:
             _set(model, fqn, _Skipped())
@@ -110,9 +110,11 @@ def make_stage(
             h = owner.embed_tokens(x) if family == "rope" else owner.wte(x)
         elif sp:  # this rank's slice of the sequence; its gradient gathers back whole
             assert tp_mesh is not None
-            h = DTensor.from_local(x, tp_mesh, [Replicate()]).redistribute(
-                tp_mesh, [Shard(1)]
-            ).to_local()
+            h = (
+                DTensor.from_local(x, tp_mesh, [Replicate()])
+                .redistribute(tp_mesh, [Shard(1)])
+                .to_local()
+            )
         else:
             h = x
         pos = torch.arange(seq, device=x.device).unsqueeze(0)
@@ -132,18 +134,19 @@ def make_stage(
         for m in after:
             h = m(h)
         if not last and sp:  # hand the next stage the whole sequence
-            h = DTensor.from_local(h, tp_mesh, [Shard(1)]).full_tensor()  # type: ignore[arg-type]
+            h = DTensor.from_local(h, tp_mesh, [Shard(1)]).full_tensor()
         if whole_output and isinstance(h, DTensor):  # vocab-split logits, gathered
             h = h.full_tensor()
         return h
 
-    model.forward = types.MethodType(forward, model)  # type: ignore[method-assign]
+    model.forward = types.MethodType(forward, model)
     return model
 
 
 def _selective(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
     """Keep GEMM outputs, recompute the rest (attention core, norms, activations):
-    the trade Korthikanti et al. 2022 call selective recomputation."""
+    the trade Korthikanti et al. 2022 call selective recomputation.
+    """
     keep = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
     return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
 
@@ -163,4 +166,4 @@ def apply_recompute(blocks: list[nn.Module], mode: str) -> None:
         kw: dict[str, Any] = {"use_reentrant": False}
         if mode == "selective":
             kw["context_fn"] = partial(create_selective_checkpoint_contexts, _selective)
-        block.forward = partial(checkpoint, inner, **kw)  # type: ignore[method-assign]
+        block.forward = partial(checkpoint, inner, **kw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +49,10 @@ class ParallelModel:
     last: bool
     """This rank computes the loss."""
     device: torch.device
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Parameter name -> the name it is tied to in the unsplit model."""
+    tied_group: Any = None
+    """Process group of the stages holding the two ends of a tied weight (or None)."""
 
     @property
     def module(self) -> nn.Module:
@@ -103,12 +107,23 @@ class ParallelModel:
                 self.schedule.step(*args, **kwargs)
                 if self.last:
                     total += torch.stack([t.detach() for t in losses]).mean()
+                self._sync_tied()
         # the last stage's replicas hold the loss (tp copies each): average them everywhere
         if not self.last:
             total.zero_()
         dist.all_reduce(total)
         copies = self.view.dp * (self.view.uniform_tp or 1)
         return float(total.item() / copies)
+
+    def _sync_tied(self) -> None:
+        """Sum the gradient of a weight tied across stages (its two ends live apart)."""
+        if self.tied_group is None:
+            return
+        tied = set(self.aliases) | set(self.aliases.values())
+        for name, p in self.named_parameters():
+            if name in tied and p.grad is not None:
+                g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                dist.all_reduce(g, group=self.tied_group)
 
     def step(
         self, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
@@ -129,5 +144,6 @@ class ParallelModel:
             g = p.grad
             if g is None:
                 continue
+            name = self.aliases.get(name, name)
             out[name] = g.full_tensor() if isinstance(g, DTensor) else g.detach().clone()
         return out

@@ -72,8 +72,11 @@ def norm_modules(root: nn.Module, scopes: Iterable[str], targets: Mapping[str, A
         for name, mod in sub.named_modules(prefix=scope):
             leaf = not any(True for _ in mod.children())
             has_params = any(True for _ in mod.parameters(recurse=False))
-            if leaf and has_params and name not in targets and not isinstance(
-                mod, nn.Linear | nn.Embedding
+            if (
+                leaf
+                and has_params
+                and name not in targets
+                and not isinstance(mod, nn.Linear | nn.Embedding)
             ):
                 out.append(name)
     return out

@@ -41,15 +41,27 @@ def build(family: str, layers: int = 2) -> LM:
     torch.manual_seed(0)
     if family == "llama":
         cfg: Any = transformers.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=64, attn_implementation="sdpa",
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            attn_implementation="sdpa",
         )
         inner: nn.Module = transformers.LlamaForCausalLM(cfg)
     else:
         cfg = transformers.GPT2Config(
-            vocab_size=VOCAB, n_embd=64, n_layer=layers, n_head=4, n_positions=64,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+            vocab_size=VOCAB,
+            n_embd=64,
+            n_layer=layers,
+            n_head=4,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            attn_implementation="sdpa",
         )
         inner = transformers.GPT2LMHeadModel(cfg)
     model = LM(inner)
@@ -65,9 +77,9 @@ def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 def export(family: str, path: Path, layers: int = 2) -> Path:
     """The model's dynamo ONNX export, written once per session."""
-    from shardc.frontend.torch_export import export_module
-
     import onnx
+
+    from shardc.frontend.torch_export import export_module
 
     x, _ = batch()
     proto = export_module(build(family, layers), (x[:2],))
@@ -88,13 +100,15 @@ def reference(family: str, steps: int = STEPS, layers: int = 2) -> dict[str, Any
         loss.backward()
         if i == 0:
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.step()
         opt.zero_grad()
     return {"losses": losses, "grads": grads}
 
 
-def run_plan(plan_dir: str, family: str, steps: int = STEPS, layers: int = 2, **kw: Any) -> dict[str, Any]:
+def run_plan(
+    plan_dir: str, family: str, steps: int = STEPS, layers: int = 2, **kw: Any
+) -> dict[str, Any]:
     """On this rank: apply the plan, train ``steps`` SGD steps; losses and step-1 grads."""
     import shardc.train
 
@@ -119,7 +133,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, jobs: list[tuple[str, str, dict[str, Any]]], out: str) -> None:
+def _worker(
+    rank: int, world: int, port: int, jobs: list[tuple[str, str, dict[str, Any]]], out: str
+) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -135,7 +151,9 @@ def _worker(rank: int, world: int, port: int, jobs: list[tuple[str, str, dict[st
     dist.destroy_process_group()
 
 
-def spawn(world: int, jobs: list[tuple[str, str, dict[str, Any]]], out: Path) -> list[list[dict[str, Any]]]:
+def spawn(
+    world: int, jobs: list[tuple[str, str, dict[str, Any]]], out: Path
+) -> list[list[dict[str, Any]]]:
     """Run ``jobs`` (plan folder, family, options) in one gloo world; results per rank."""
     import torch.multiprocessing as mp
 
