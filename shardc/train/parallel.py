@@ -37,6 +37,7 @@ from torch.distributed.pipelining import (
 from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
+from shardc.train.launch import check_placement
 from shardc.train.modules import LayerChain, check_model, layer_chain, model_map, tp_targets
 from shardc.train.planview import PlanView, TrainPlanError, plan_view
 from shardc.train.stages import FAMILIES, apply_recompute, make_stage
@@ -105,7 +106,7 @@ def apply(
     *,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     example_inputs: Any = None,
-    simulate_devices: bool = False,
+    simulate_devices: bool | None = None,
 ) -> ParallelModel:
     """Shard ``model`` as ``plan`` says, on this rank of a torchrun job.
 
@@ -113,7 +114,8 @@ def apply(
     same module, or its ONNX export). ``loss_fn(logits, labels)`` defaults to token
     cross-entropy. ``example_inputs`` are needed only when the plan neither holds nor names
     the compiled ONNX graph (the module is then exported again to read its metadata).
-    ``simulate_devices`` runs a plan for accelerators on a CPU world of the same size.
+    ``simulate_devices`` runs a plan for accelerators on a CPU world of the same size
+    (default: ``$SHARDC_SIMULATE_DEVICES``, which ``shardc launch --simulate-devices`` sets).
     Returns a :class:`ParallelModel`: ``.module``, ``.mesh``, ``.step(...)``.
     """
     view = plan_view(plan)
@@ -125,8 +127,11 @@ def apply(
             stacklevel=2,
         )
         view = dataclasses.replace(view, dtype="bf16")
+    if simulate_devices is None:
+        simulate_devices = os.environ.get("SHARDC_SIMULATE_DEVICES") == "1"
     device = _device(view, simulate_devices)
     rank = _world(view)
+    check_placement(view, rank)
     me = view.rank(rank)
     tp = view.uniform_tp
     if tp is None:
