@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
+from torch.profiler import record_function
 
 from shardc.train.planview import PlanView, TrainPlanError
 
@@ -111,7 +112,8 @@ class ParallelModel:
         # the last stage's replicas hold the loss (tp copies each): average them everywhere
         if not self.last:
             total.zero_()
-        dist.all_reduce(total)
+        with record_function("shardc::loss"):  # reporting, not training: the profiler skips it
+            dist.all_reduce(total)
         copies = self.view.dp * (self.view.uniform_tp or 1)
         return float(total.item() / copies)
 
