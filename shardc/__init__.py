@@ -35,6 +35,7 @@ from shardc.errors import (
 from shardc.frontend import load_model
 from shardc.partition.options import PartitionOptions, Pins, parse_pins
 from shardc.plan import Device, Estimate, Plan, Stage
+from shardc.train import parallelize
 
 if TYPE_CHECKING:
     from shardc.runtime.verify import VerifyReport
@@ -62,6 +63,7 @@ __all__ = [
     "compile",
     "load_model",
     "load_topology",
+    "parallelize",
     "parse_pins",
     "partition_model",
     "verify",

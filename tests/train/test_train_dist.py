@@ -22,12 +22,6 @@ LOSS_RTOL = 1e-5
 GRAD_ATOL = 1e-6
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("train_models")
-    return {f: H.export(f, d / f"{f}.onnx") for f in ("llama", "gpt2")}
-
-
 def _plan(
     onnx_path: Path, out: Path, topology: str = "topologies/localhost.topo", **kw: Any
 ) -> str:
