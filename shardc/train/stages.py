@@ -108,6 +108,8 @@ def make_stage(
         seq = x.shape[1]
         if first:
             h = owner.embed_tokens(x) if family == "rope" else owner.wte(x)
+            if sp and h.shape[1] == seq:  # a replicated embedding: take this rank's slice
+                h = h.chunk(tp_mesh.size(), dim=1)[tp_mesh.get_local_rank()]  # type: ignore[union-attr]
         elif sp:  # this rank's slice of the sequence; its gradient gathers back whole
             assert tp_mesh is not None
             h = (
