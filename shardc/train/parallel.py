@@ -233,7 +233,8 @@ def _has(m: nn.Module, fqn: str) -> bool:
 def _shard_data_parallel(
     m: nn.Module, blocks: list[nn.Module], dp_mesh: Any, view: PlanView
 ) -> None:
-    """ZeRO over the dp axis with FSDP2: every block its own unit, then the rest.
+    """ZeRO over the dp axis with FSDP2: every block its own unit, then the rest; ZeRO-0
+    with FSDP2's ``replicate`` (DDP's maths: whole copies, gradients all-reduced).
 
     ZeRO-3 reshards parameters after forward; ZeRO-1 and -2 keep them gathered until
     backward, which is FSDP2's ZeRO-2 (torch has no mode sharding optimizer state alone).
@@ -241,6 +242,13 @@ def _shard_data_parallel(
     mp = MixedPrecisionPolicy()
     if view.dtype in ("bf16", "fp16"):
         mp = MixedPrecisionPolicy(param_dtype=DTYPES[view.dtype], reduce_dtype=torch.float32)
+    if view.zero == 0:  # plain data parallelism: whole copies, gradients all-reduced
+        from torch.distributed._composable.replicate_with_fsdp import replicate
+
+        for b in blocks:
+            replicate(b, mesh=dp_mesh, mp_policy=mp)
+        replicate(m, mesh=dp_mesh, mp_policy=mp)
+        return
     reshard = view.zero >= 3
     for b in blocks:
         fully_shard(b, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
