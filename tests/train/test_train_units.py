@@ -158,3 +158,13 @@ def test_export_of_uneven_stages_and_mixed_tp(plans: dict[str, Path]) -> None:
     assert (
         '[["tok_embeddings", "layers.0", "layers.1"], ["layers.2", "norm", "output"]]' in titan.text
     )
+
+
+@pytest.mark.parametrize("name", ["shardc.train.planview", "shardc.train.export"])
+def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
