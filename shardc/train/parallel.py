@@ -42,7 +42,7 @@ from shardc.train.modules import LayerChain, check_model, layer_chain, model_map
 from shardc.train.planview import PlanView, TrainPlanError, plan_view
 from shardc.train.stages import FAMILIES, apply_recompute, make_stage
 from shardc.train.step import ParallelModel, token_loss
-from shardc.train.tensor_parallel import norm_modules, tp_styles
+from shardc.train.tensor_parallel import check_whole_siblings, norm_modules, tp_styles
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -183,6 +183,7 @@ def apply(
         apply_recompute(blocks, stage.recompute)
         if tp > 1:
             targets = {f: t for f, t in tp_targets(mm, view.strategies).items() if _has(m, f)}
+            check_whole_siblings(m, targets)
             scopes = (
                 [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
                 if (sp and chain)

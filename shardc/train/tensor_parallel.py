@@ -34,6 +34,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from shardc.train.modules import EMBEDDING, LINEAR
+from shardc.train.planview import TrainPlanError
 
 
 def tp_styles(
@@ -80,3 +81,24 @@ def norm_modules(root: nn.Module, scopes: Iterable[str], targets: Mapping[str, A
             ):
                 out.append(name)
     return out
+
+
+def check_whole_siblings(root: nn.Module, targets: Mapping[str, tuple[str, str]]) -> None:
+    """Refuse a Linear the plan keeps whole beside column-split siblings.
+
+    That is how a plan runs more TP ranks than key/value heads (Megatron replicates the
+    KV heads); torch's styles have no way to give each rank the KV head its query heads
+    use, so the module's own attention would pair them wrongly.
+    """
+    for fqn, (strategy, _) in sorted(targets.items()):
+        if strategy != "column" or "." not in fqn:
+            continue
+        parent = fqn.rsplit(".", 1)[0]
+        for name, child in root.get_submodule(parent).named_children():
+            sib = f"{parent}.{name}"
+            if isinstance(child, nn.Linear) and sib not in targets:
+                raise TrainPlanError(
+                    f"{sib} stays whole while {fqn} is column-split (more TP ranks than "
+                    "key/value heads?); torch's tensor parallelism cannot replicate KV heads",
+                    hint="pin a tp that divides the number of key/value heads",
+                )

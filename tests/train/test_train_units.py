@@ -21,6 +21,7 @@ from shardc.train.export import export_config, megatron_args, torchtitan_config
 from shardc.train.launch import check_placement, torchrun_commands
 from shardc.train.modules import check_model, layer_chain, model_map, tp_targets
 from shardc.train.parallel import apply
+from shardc.train.tensor_parallel import check_whole_siblings
 
 LOCAL = "topologies/localhost.topo"
 
@@ -32,6 +33,7 @@ def plans(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     out = {}
     for name, topo, kw in (
         ("tp2pp2", LOCAL, {"devices": 4, "pins": "tp=2,pp=2"}),
+        ("tp4", LOCAL, {"devices": 4, "pins": "tp=4"}),
         ("uneven", LOCAL, {"devices": 4, "pins": "pp=2,dp=2,stage0.blocks=1", "zero": 3,
                            "recompute": "full"}),
         ("pair", "examples/h200_pair.topo", {"pins": "tp=8,dp=2"}),
@@ -79,6 +81,16 @@ def test_refuses_another_model_and_conv1d_tp(exports: dict[str, Path]) -> None:
     col = next(n for n, sc in gpt2.scopes.items() if sc.module.endswith("attn.c_attn"))
     with pytest.raises(TrainPlanError, match="Conv1D"):
         tp_targets(gpt2, {col: "column"})
+
+
+def test_refuses_more_tp_ranks_than_kv_heads(plans: dict[str, Path]) -> None:
+    """tp=4 over 2 KV heads: the plan keeps k_proj whole, which torch cannot express."""
+    v = plan_view(plans["tp4"])
+    mm = model_map(v.onnx_model())  # type: ignore[arg-type]
+    targets = tp_targets(mm, v.strategies)
+    assert "inner.model.layers.0.self_attn.k_proj" not in targets
+    with pytest.raises(TrainPlanError, match="k_proj stays whole"):
+        check_whole_siblings(H.build("llama"), targets)
 
 
 def _wider() -> torch.nn.Module:
