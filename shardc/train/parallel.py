@@ -38,7 +38,14 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
 from shardc.train.launch import check_placement
-from shardc.train.modules import LayerChain, check_model, layer_chain, model_map, tp_targets
+from shardc.train.modules import (
+    LayerChain,
+    ModelMap,
+    check_model,
+    layer_chain,
+    model_map,
+    tp_targets,
+)
 from shardc.train.planview import PlanView, TrainPlanError, plan_view
 from shardc.train.stages import FAMILIES, apply_recompute, make_stage
 from shardc.train.step import ParallelModel, token_loss
@@ -66,16 +73,14 @@ def _world(view: PlanView) -> int:
 
 
 def _device(view: PlanView, simulate_devices: bool) -> torch.device:
-    """Where this rank computes: its accelerator, or the CPU for a simulated world."""
-    kinds_cpu = all(r.device.startswith("cpu") for r in view.ranks)
-    if simulate_devices or kinds_cpu or not torch.cuda.is_available():
-        if not (simulate_devices or kinds_cpu):
-            raise TrainPlanError(
-                f"the plan places ranks on {view.ranks[0].device} and this machine has no "
-                "CUDA device",
-                hint="pass simulate_devices=True to run the plan's structure on CPUs",
-            )
+    """Where this rank computes: its accelerator, or the CPU for a CPU or simulated plan."""
+    if simulate_devices or all(r.device.startswith("cpu") for r in view.ranks):
         return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrainPlanError(
+            f"the plan places ranks on {view.ranks[0].device} and this machine has no CUDA device",
+            hint="pass simulate_devices=True to run the plan's structure on CPUs",
+        )
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -118,21 +123,13 @@ def apply(
     (default: ``$SHARDC_SIMULATE_DEVICES``, which ``shardc launch --simulate-devices`` sets).
     Returns a :class:`ParallelModel`: ``.module``, ``.mesh``, ``.step(...)``.
     """
-    view = plan_view(plan)
-    if view.dtype == "fp8":
-        warnings.warn(
-            "the plan is priced in fp8; torch runs FP8 GEMMs only through torchao's float8 "
-            "training on FP8 GPUs, which shardc does not apply yet: training in bf16",
-            ShardcWarning,
-            stacklevel=2,
-        )
-        view = dataclasses.replace(view, dtype="bf16")
+    # 1. the plan, this world, this model
+    view = _training_view(plan)
     if simulate_devices is None:
         simulate_devices = os.environ.get("SHARDC_SIMULATE_DEVICES") == "1"
     device = _device(view, simulate_devices)
     rank = _world(view)
     check_placement(view, rank)
-    me = view.rank(rank)
     tp = view.uniform_tp
     if tp is None:
         raise TrainPlanError(
@@ -140,80 +137,32 @@ def apply(
             "ranks one to one between stages",
             hint="pin one tp for every stage",
         )
-    proto = view.onnx_model()
-    if proto is None:
-        from shardc.frontend.torch_export import export_module
-
-        proto = export_module(model, example_inputs)
-        model.train()
-    mm = model_map(proto)
-    check_model(model, proto, mm)
-    mesh = init_device_mesh(device.type, (view.pp, view.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
-    stage = view.stages[me.stage]
+    stage = view.stages[view.rank(rank).stage]
     sp = stage.sequence_parallel and tp > 1
-    chain: LayerChain | None = None
-    try:
-        chain = layer_chain(mm, view.blocks)
-    except TrainPlanError:
-        if view.pp > 1 or sp or stage.recompute != "none":
-            raise
-    glue = chain is not None and chain.owner_cls.rsplit(".", 1)[-1] in FAMILIES
+    mm, chain = _model_facts(view, model, example_inputs, needs_chain=sp or view.pp > 1
+                             or stage.recompute != "none")  # fmt: skip
+    # 2. the mesh, in the plan's rank order (stage, replica, TP rank)
+    mesh = init_device_mesh(device.type, (view.pp, view.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
     model.to(device)
     aliases = _aliases(model)
     tied_groups = _tied_groups(view, mesh) if view.pp > 1 and aliases else {}
-    chunks: list[tuple[int, nn.Module, range]] = []
-    ranges = _virtual_ranges(view, me.stage)
-    n_virtual = view.pp * view.interleave
-    for k, (index, layers) in enumerate(ranges):
-        m = model if k == len(ranges) - 1 else copy.deepcopy(model)
-        if chain is not None and (glue or view.pp > 1 or sp):
-            m = make_stage(
-                m,
-                chain,
-                layers,
-                first=index == 0,
-                last=index == n_virtual - 1,
-                tp_mesh=mesh["tp"],
-                sequence_parallel=sp,
-                whole_output=view.pp > 1,
-            )
-        chunks.append((index, m, layers))
+    # 3.-4. this rank's stage(s), cut before sharding
+    chunks = _stage_chunks(model, view, chain, mesh, stage.index, sp)
     for _, m, layers in chunks:
         blocks = [m.get_submodule(chain.layers[i]) for i in layers] if chain else []
-        apply_recompute(blocks, stage.recompute)
-        if tp > 1:
-            targets = {f: t for f, t in tp_targets(mm, view.strategies).items() if _has(m, f)}
-            check_whole_siblings(m, targets)
-            scopes = (
-                [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
-                if (sp and chain)
-                else []
-            )
-            styles = tp_styles(
-                targets, sequence_parallel=sp, sp_modules=norm_modules(m, scopes, targets)
-            )
-            parallelize_module(m, mesh["tp"], styles)
-        if view.dp > 1:
+        apply_recompute(blocks, stage.recompute)  # 5. inside FSDP's hooks
+        if tp > 1:  # 6.
+            _tensor_parallel(m, mm, chain, layers, view, mesh, sp)
+        if view.dp > 1:  # 7. over the DTensors TP made
             _shard_data_parallel(m, blocks, mesh["dp"], view)
     loss = loss_fn or token_loss
-    schedule: Any = None
-    if view.pp > 1:
-        stages: list[Any] = [
-            PipelineStage(m, index, n_virtual, device, group=mesh["pp"].get_group())
-            for index, m, _ in chunks
-        ]
-        if view.interleave > 1:
-            schedule = ScheduleInterleaved1F1B(stages, view.microbatches, loss_fn=loss)
-        elif view.schedule == "gpipe":
-            schedule = ScheduleGPipe(stages[0], view.microbatches, loss_fn=loss)
-        else:
-            schedule = Schedule1F1B(stages[0], view.microbatches, loss_fn=loss)
+    n_virtual = view.pp * view.interleave
     return ParallelModel(
         modules=tuple(m for _, m, _ in chunks),
         mesh=mesh,
         view=view,
         rank=rank,
-        schedule=schedule,
+        schedule=_schedule(view, chunks, device, mesh, loss),  # 8.
         loss_fn=loss,
         first=any(i == 0 for i, _, _ in chunks),
         last=any(i == n_virtual - 1 for i, _, _ in chunks),
@@ -221,6 +170,91 @@ def apply(
         aliases=aliases,
         tied_group=tied_groups.get(rank),
     )
+
+
+def _training_view(plan: Any) -> PlanView:
+    """The plan's view, fp8 turned into bf16 with a warning (torch cannot run it here)."""
+    view = plan_view(plan)
+    if view.dtype == "fp8":
+        warnings.warn(
+            "the plan is priced in fp8; torch runs FP8 GEMMs only through torchao's float8 "
+            "training on FP8 GPUs, which shardc does not apply yet: training in bf16",
+            ShardcWarning,
+            stacklevel=3,
+        )
+        view = dataclasses.replace(view, dtype="bf16")
+    return view
+
+
+def _model_facts(
+    view: PlanView, model: nn.Module, example_inputs: Any, *, needs_chain: bool
+) -> tuple[ModelMap, LayerChain | None]:
+    """The graph's module map (checked against ``model``) and its chain of blocks."""
+    proto = view.onnx_model()
+    if proto is None:
+        from shardc.frontend.torch_export import export_module
+
+        proto = export_module(model, example_inputs)
+        model.train()  # the exporter left it in eval mode
+    mm = model_map(proto)
+    check_model(model, proto, mm)
+    try:
+        return mm, layer_chain(mm, view.blocks)
+    except TrainPlanError:
+        if needs_chain:
+            raise
+        return mm, None
+
+
+def _stage_chunks(
+    model: nn.Module, view: PlanView, chain: LayerChain | None, mesh: Any, stage: int, sp: bool
+) -> list[tuple[int, nn.Module, range]]:
+    """(torch stage index, module, blocks) of each model chunk this rank holds."""
+    glue = chain is not None and chain.owner_cls.rsplit(".", 1)[-1] in FAMILIES
+    ranges = _virtual_ranges(view, stage)
+    n_virtual = view.pp * view.interleave
+    out = []
+    for k, (index, layers) in enumerate(ranges):
+        m = model if k == len(ranges) - 1 else copy.deepcopy(model)
+        if chain is not None and (glue or view.pp > 1 or sp):
+            m = make_stage(m, chain, layers, first=index == 0, last=index == n_virtual - 1,
+                           tp_mesh=mesh["tp"], sequence_parallel=sp,
+                           whole_output=view.pp > 1)  # fmt: skip
+        out.append((index, m, layers))
+    return out
+
+
+def _tensor_parallel(
+    m: nn.Module, mm: ModelMap, chain: LayerChain | None, layers: range, view: PlanView,
+    mesh: Any, sp: bool,
+) -> None:  # fmt: skip
+    """The plan's per-node strategies on the chunk's modules, norms under SP."""
+    targets = {f: t for f, t in tp_targets(mm, view.strategies).items() if _has(m, f)}
+    check_whole_siblings(m, targets)
+    scopes: list[str] = []
+    if sp and chain is not None:
+        scopes = [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
+    styles = tp_styles(targets, sequence_parallel=sp, sp_modules=norm_modules(m, scopes, targets))
+    parallelize_module(m, mesh["tp"], styles)
+
+
+def _schedule(
+    view: PlanView, chunks: list[tuple[int, nn.Module, range]], device: torch.device,
+    mesh: Any, loss: Callable[..., torch.Tensor],
+) -> Any:  # fmt: skip
+    """The pipeline schedule over the pp axis (None without pipelining)."""
+    if view.pp == 1:
+        return None
+    n_virtual = view.pp * view.interleave
+    stages: list[Any] = [
+        PipelineStage(m, index, n_virtual, device, group=mesh["pp"].get_group())
+        for index, m, _ in chunks
+    ]
+    if view.interleave > 1:
+        return ScheduleInterleaved1F1B(stages, view.microbatches, loss_fn=loss)
+    if view.schedule == "gpipe":
+        return ScheduleGPipe(stages[0], view.microbatches, loss_fn=loss)
+    return Schedule1F1B(stages[0], view.microbatches, loss_fn=loss)
 
 
 def _has(m: nn.Module, fqn: str) -> bool:
