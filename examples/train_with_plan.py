@@ -1,6 +1,7 @@
 """Train a small Llama with a shardc plan on torch's own parallelism.
 
     torchrun --standalone --nproc-per-node 2 examples/train_with_plan.py --steps 5 --pins tp=2
+    shardc launch PLAN -- examples/train_with_plan.py --steps 5     # a plan compiled before
 
 Every rank builds the same random model, compiles the same plan (deterministic: no plan
 has to travel) and applies it: DeviceMesh, tensor/sequence parallelism, FSDP2 and pipeline
@@ -44,9 +45,12 @@ def main() -> None:
     model = LM()
     ids = torch.randint(0, 128, (8, 17), generator=torch.Generator().manual_seed(1))
     x, y = ids[:, :-1], ids[:, 1:]
-    world = int(os.environ["WORLD_SIZE"])  # set by torchrun
-    pm = shardc.parallelize(model, TOPOLOGY, example_inputs=(x[:2],), devices=world,
-                            pins=args.pins, microbatches=2)  # fmt: skip
+    if "SHARDC_PLAN" in os.environ:  # `shardc launch PLAN -- train_with_plan.py`
+        pm = shardc.train.apply(os.environ["SHARDC_PLAN"], model)
+    else:  # plain torchrun: every rank compiles the same plan
+        world = int(os.environ["WORLD_SIZE"])
+        pm = shardc.parallelize(model, TOPOLOGY, example_inputs=(x[:2],), devices=world,
+                                pins=args.pins, microbatches=2)  # fmt: skip
     opt = torch.optim.AdamW(list(pm.parameters()), lr=1e-2)
     for step in range(args.steps):
         loss = pm.step(x, y, opt)
