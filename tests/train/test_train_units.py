@@ -52,6 +52,13 @@ def test_view_reads_placement_and_stages(plans: dict[str, Path]) -> None:
     assert v.strategies["node_linear_3"] == "row" and v.onnx_model() is not None
 
 
+def test_refuses_an_inference_plan(tmp_path: Path) -> None:
+    plan = shardc.compile("examples/models/tiny_gpt2.onnx", LOCAL, devices=2, mode="inference",
+                          quiet=True)  # fmt: skip
+    with pytest.raises(TrainPlanError, match="--mode inference"):
+        plan_view(plan)
+
+
 def test_strategies_map_to_modules_through_metadata(exports: dict[str, Path]) -> None:
     mm = model_map(onnx.load(str(exports["llama"]), load_external_data=False))
     chain = layer_chain(mm, 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ def _worker(
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a hung collective fails the test after two minutes instead of hanging it
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     results = []
     try:
         for plan_dir, family, kw in jobs:
