@@ -113,8 +113,8 @@ class PlanView:
 
 
 def node_of(device: str) -> str:
-    """The node part of a device name (``node3.gpu5`` -> ``node3``; ``cpu0`` -> ``cpu0``'s
-    host, the empty string, for a single-host topology).
+    """The node part of a device name: ``node3.gpu5`` -> ``node3``; a single-host
+    topology's ``cpu0`` or ``gpu0`` -> the empty string.
     """
     return device.rsplit(".", 1)[0] if "." in device else ""
 
