@@ -8,6 +8,7 @@ spanning several nodes prints one command per node instead (``--print`` always d
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from shardc.errors import OptionError
 @click.option("--master-addr", default="127.0.0.1", show_default=True,
               help="Address of node 0 (multi-node plans).")  # fmt: skip
 @click.option("--master-port", default=29500, show_default=True, type=int)
+@click.option("--hostfile", type=click.Path(dir_okay=False, exists=True),
+              help="Hosts of the plan's nodes in order (`host [slots=N]` per line): prints "
+              "one ssh line per node, node 0's host as the master address.")  # fmt: skip
 @click.option("--simulate-devices", is_flag=True,
               help="Run a plan for accelerators on this machine's CPUs.")  # fmt: skip
 def launch_cmd(
@@ -31,10 +35,11 @@ def launch_cmd(
     print_only: bool,
     master_addr: str,
     master_port: int,
+    hostfile: str | None,
     simulate_devices: bool,
 ) -> None:
     """Run SCRIPT under torchrun with the ranks of PLAN (`shardc launch PLAN -- train.py`)."""
-    from shardc.train.launch import torchrun_commands
+    from shardc.train.launch import read_hostfile, torchrun_commands
     from shardc.train.planview import plan_view
 
     if not script:
@@ -44,11 +49,20 @@ def launch_cmd(
         view, list(script), master_addr=master_addr, master_port=master_port,
         simulate_devices=simulate_devices,
     )  # fmt: skip
-    if print_only or len(nodes) > 1:
-        for n in nodes:
+    hosts: list[str | None] = [None] * len(nodes)
+    if hostfile is not None:
+        found = read_hostfile(hostfile, nodes)
+        nodes = torchrun_commands(
+            view, list(script), master_addr=found[0], master_port=master_port,
+            simulate_devices=simulate_devices,
+        )  # fmt: skip
+        hosts = list(found)
+    if print_only or hostfile is not None or len(nodes) > 1:
+        for n, host in zip(nodes, hosts, strict=True):
             click.echo(f"# node {n.node_rank} ({n.node or 'this host'}): ranks "
                        f"{n.ranks[0]}..{n.ranks[-1]}")  # fmt: skip
-            click.echo(f"SHARDC_PLAN={plan.resolve()} {n.command()}")
+            line = f"SHARDC_PLAN={plan.resolve()} {n.command()}"
+            click.echo(f"ssh {host} {shlex.quote(line)}" if host else line)
         return
     env = dict(os.environ, SHARDC_PLAN=str(plan.resolve()))
     if simulate_devices:

@@ -94,6 +94,34 @@ def torchrun_commands(
     return out
 
 
+def read_hostfile(path: str, nodes: list[NodeLaunch]) -> list[str]:
+    """Hosts for the plan's nodes from a DeepSpeed/MPI-style hostfile (``host [slots=N]`` per
+    line, ``#`` comments), node i on line i; slots, when given, must be the node's ranks.
+    """
+    hosts: list[tuple[str, int | None, int]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.split("#", 1)[0].split()
+            if not line:
+                continue
+            slots = None
+            for extra in line[1:]:
+                key, _, value = extra.partition("=")
+                if key != "slots" or not value.isdigit():
+                    raise TrainPlanError(f"{path}:{lineno}: expected `host [slots=N]`")
+                slots = int(value)
+            hosts.append((line[0], slots, lineno))
+    if len(hosts) < len(nodes):
+        raise TrainPlanError(f"{path}: {len(hosts)} host(s) for the plan's {len(nodes)} nodes")
+    for (host, slots, lineno), n in zip(hosts, nodes, strict=False):
+        if slots is not None and slots != len(n.ranks):
+            raise TrainPlanError(
+                f"{path}:{lineno}: {host} has slots={slots} and the plan runs {len(n.ranks)} "
+                f"ranks on node {n.node or n.node_rank}"
+            )
+    return [h for h, _, _ in hosts[: len(nodes)]]
+
+
 def check_placement(view: PlanView, rank: int) -> None:
     """Warn when torchrun started ``rank`` on another node or local rank than the plan's."""
     local = os.environ.get("LOCAL_RANK")

@@ -187,3 +187,16 @@ def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_hostfile_names_the_hosts_and_checks_slots(plans: dict[str, Path], tmp_path: Path) -> None:
+    good, bad = tmp_path / "hosts", tmp_path / "bad"
+    good.write_text("# two servers\nhgx-a slots=8\nhgx-b slots=8\n")
+    bad.write_text("hgx-a slots=4\nhgx-b\n")
+    r = CliRunner().invoke(cli, ["launch", str(plans["pair"]), "--hostfile", str(good), "--",
+                                 "t.py"])  # fmt: skip
+    assert r.exit_code == 0 and r.output.count("ssh hgx-") == 2
+    assert "ssh hgx-b" in r.output and "--node-rank=1 --master-addr=hgx-a" in r.output
+    r = CliRunner().invoke(cli, ["launch", str(plans["pair"]), "--hostfile", str(bad), "--",
+                                 "t.py"])  # fmt: skip
+    assert r.exit_code == 2 and "slots=4 and the plan runs 8 ranks" in r.output
