@@ -23,6 +23,7 @@ SCOPES = "pkg.torch.onnx.name_scopes"
 CLASSES = "pkg.torch.onnx.class_hierarchy"
 LINEAR = "torch.nn.modules.linear.Linear"
 EMBEDDING = "torch.nn.modules.sparse.Embedding"
+CONV1D = "transformers.pytorch_utils.Conv1D"
 _INDEXED = re.compile(r"^(?P<prefix>.+)\.(?P<index>\d+)$")
 
 
@@ -47,6 +48,8 @@ class ModelMap:
     """ONNX node name -> its module scope."""
     order: tuple[str, ...]
     """Node names in graph order."""
+    proto: onnx.ModelProto
+    """The graph itself (for questions of structure, such as fused projections)."""
 
     def module_of(self, node: str) -> NodeScope:
         """The scope of ``node`` (TrainPlanError when the plan names an unknown node)."""
@@ -88,7 +91,7 @@ def model_map(model: onnx.ModelProto) -> ModelMap:
             hint="compile the torch module itself, or a file written by "
             "torch.onnx.export(dynamo=True), so ops map back to modules",
         )
-    return ModelMap(scopes, tuple(order))
+    return ModelMap(scopes, tuple(order), model)
 
 
 @dataclass(frozen=True)
@@ -195,26 +198,27 @@ def check_model(model: Any, proto: onnx.ModelProto, mm: ModelMap) -> None:
                     )
 
 
-def tp_targets(mm: ModelMap, strategies: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """Module FQN -> (strategy, class) for every weight op the plan shards.
+def tp_targets(mm: ModelMap, strategies: Mapping[str, str]) -> dict[str, tuple[str, str, str]]:
+    """Module FQN -> (strategy, class, node) for every weight op the plan shards.
 
-    ``column``/``row``/``vocab`` on a node inside a Linear or Embedding become that
-    module's plan; ``heads`` and the other activation strategies follow from those (local
-    heads after a column-split projection) and need no module of their own.
+    ``column``/``row``/``vocab`` on a node inside a Linear, Embedding or ``transformers``
+    Conv1D become that module's plan; ``heads`` and the other activation strategies follow
+    from those (local heads after a column-split projection) and need no module of their own.
     """
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, tuple[str, str, str]] = {}
     for node, strategy in sorted(strategies.items()):
         if strategy not in ("column", "row", "vocab"):
             continue
         sc = mm.module_of(node)
-        if sc.cls not in (LINEAR, EMBEDDING):
+        if sc.cls not in (LINEAR, EMBEDDING, CONV1D) or (sc.cls == CONV1D and strategy == "vocab"):
             raise TrainPlanError(
                 f"node {node} ({strategy}) runs in {sc.module or '<root>'}, a {sc.cls}; "
-                "torch's tensor parallelism shards Linear and Embedding modules only",
+                "shardc's tensor parallelism on torch shards Linear, Embedding and Conv1D "
+                "modules only",
                 hint="pin tp=1 for this model, or write it with nn.Linear",
             )
         seen = out.get(sc.module)
         if seen is not None and seen[0] != strategy:
             raise TrainPlanError(f"module {sc.module} is both {seen[0]} and {strategy} in the plan")
-        out[sc.module] = (strategy, sc.cls)
+        out[sc.module] = (strategy, sc.cls, node)
     return out

@@ -34,9 +34,11 @@ from torch.distributed.pipelining import (
     ScheduleGPipe,
     ScheduleInterleaved1F1B,
 )
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
+from shardc.train.conv1d import CONV1D, split_factor
 from shardc.train.launch import check_placement
 from shardc.train.modules import (
     LayerChain,
@@ -153,6 +155,7 @@ def apply(
         apply_recompute(blocks, stage.recompute)  # 5. inside FSDP's hooks
         if tp > 1:  # 6.
             _tensor_parallel(m, mm, chain, layers, view, mesh, sp)
+            _retie(m, aliases)
         if view.dp > 1:  # 7. over the DTensors TP made
             _shard_data_parallel(m, blocks, mesh["dp"], view)
     loss = loss_fn or token_loss
@@ -234,8 +237,37 @@ def _tensor_parallel(
     scopes: list[str] = []
     if sp and chain is not None:
         scopes = [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
-    styles = tp_styles(targets, sequence_parallel=sp, sp_modules=norm_modules(m, scopes, targets))
+    factors = {f: split_factor(mm.proto, node) for f, (_, cls, node) in targets.items()
+               if cls == CONV1D}  # fmt: skip
+    styles = tp_styles(targets, sequence_parallel=sp, factors=factors,
+                       sp_modules=norm_modules(m, scopes, targets))  # fmt: skip
     parallelize_module(m, mesh["tp"], styles)
+    for fqn, k in factors.items():
+        # GPT-2's attention cuts the fused output by a width it stores (``split_size``):
+        # after the split each rank holds 1/tp of each part
+        parent = m.get_submodule(fqn.rsplit(".", 1)[0])
+        if k > 1 and isinstance(getattr(parent, "split_size", None), int):
+            parent.split_size //= mesh["tp"].size()
+
+
+def _retie(m: nn.Module, aliases: dict[str, str]) -> None:
+    """Tie again what sharding untied: a parameter shared by two modules (GPT-2's head and
+    embedding) was distributed once per module; both must hold the same DTensor.
+    """
+    params = dict(m.named_parameters(remove_duplicate=False))
+    for name, first in aliases.items():
+        if name not in params or first not in params:
+            continue
+        a, b = params[first], params[name]
+        if a is b:
+            continue
+        if not isinstance(a, DTensor) or not isinstance(b, DTensor) or a.placements != b.placements:
+            raise TrainPlanError(
+                f"{name} is tied to {first} and the plan shards them differently",
+                hint="a tied head and embedding must both be vocab-split (or both whole)",
+            )
+        owner, _, attr = name.rpartition(".")
+        m.get_submodule(owner).register_parameter(attr, a)
 
 
 def _schedule(

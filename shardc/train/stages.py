@@ -109,14 +109,9 @@ def make_stage(
         if first:
             h = owner.embed_tokens(x) if family == "rope" else owner.wte(x)
             if sp and h.shape[1] == seq:  # a replicated embedding: take this rank's slice
-                h = h.chunk(tp_mesh.size(), dim=1)[tp_mesh.get_local_rank()]  # type: ignore[union-attr]
-        elif sp:  # this rank's slice of the sequence; its gradient gathers back whole
-            assert tp_mesh is not None
-            h = (
-                DTensor.from_local(x, tp_mesh, [Replicate()])
-                .redistribute(tp_mesh, [Shard(1)])
-                .to_local()
-            )
+                h = _seq_slice(h, tp_mesh)
+        elif sp:
+            h = _seq_slice(x, tp_mesh)
         else:
             h = x
         pos = torch.arange(seq, device=x.device).unsqueeze(0)
@@ -124,7 +119,7 @@ def make_stage(
             if first:
                 wpe = owner.wpe(pos)
                 if sp:
-                    wpe = wpe.chunk(tp_mesh.size(), dim=1)[tp_mesh.get_local_rank()]  # type: ignore[union-attr]
+                    wpe = _seq_slice(wpe, tp_mesh)
                 h = owner.drop(h + wpe)
             for block in blocks:
                 h = block(h)
@@ -143,6 +138,14 @@ def make_stage(
 
     model.forward = types.MethodType(forward, model)
     return model
+
+
+def _seq_slice(t: torch.Tensor, mesh: Any) -> torch.Tensor:
+    """The calling rank's slice of a whole (replicated) sequence; in backward the slices' gradients
+    are gathered, so a replicated producer (a position table, the previous stage) gets the
+    whole gradient on every rank rather than its own slice's.
+    """
+    return DTensor.from_local(t, mesh, [Replicate()]).redistribute(mesh, [Shard(1)]).to_local()
 
 
 def _selective(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:

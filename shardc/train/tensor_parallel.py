@@ -3,6 +3,7 @@
 Mapping (plan strategy of the node -> torch style on the module that ran it):
 
 =====================  =====================================================================
+Conv1D column / row    :class:`shardc.train.conv1d.Conv1DParallel` (fused q|k|v strided)
 ``column`` Linear      ``ColwiseParallel`` (input ``Shard(1)`` under sequence parallelism)
 ``row`` Linear         ``RowwiseParallel`` (output ``Shard(1)`` under sequence parallelism)
 ``vocab`` Embedding    ``RowwiseParallel(input_layouts=Replicate())``: rows are vocabulary
@@ -33,21 +34,29 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
 )
 
+from shardc.train.conv1d import CONV1D, Conv1DParallel
 from shardc.train.modules import EMBEDDING, LINEAR
 from shardc.train.planview import TrainPlanError
 
 
 def tp_styles(
-    targets: Mapping[str, tuple[str, str]],
+    targets: Mapping[str, tuple[str, str, str]],
     *,
     sequence_parallel: bool,
     sp_modules: Iterable[str] = (),
+    factors: Mapping[str, int] | None = None,
 ) -> dict[str, ParallelStyle]:
-    """FQN -> ParallelStyle for one stage's modules."""
+    """FQN -> ParallelStyle for one stage's modules (``factors``: fused parts of a Conv1D's
+    output, see :func:`shardc.train.conv1d.split_factor`).
+    """
     seq: Any = Shard(1) if sequence_parallel else Replicate()
     out: dict[str, ParallelStyle] = {}
-    for fqn, (strategy, cls) in sorted(targets.items()):
-        if strategy == "column":
+    for fqn, (strategy, cls, _) in sorted(targets.items()):
+        if cls == CONV1D:
+            out[fqn] = Conv1DParallel(
+                strategy, sequence_parallel=sequence_parallel, factor=(factors or {}).get(fqn, 1)
+            )
+        elif strategy == "column":
             out[fqn] = ColwiseParallel(input_layouts=seq)
         elif strategy == "row":
             out[fqn] = RowwiseParallel(output_layouts=seq)
@@ -83,14 +92,14 @@ def norm_modules(root: nn.Module, scopes: Iterable[str], targets: Mapping[str, A
     return out
 
 
-def check_whole_siblings(root: nn.Module, targets: Mapping[str, tuple[str, str]]) -> None:
+def check_whole_siblings(root: nn.Module, targets: Mapping[str, tuple[str, str, str]]) -> None:
     """Refuse a Linear the plan keeps whole beside column-split siblings.
 
     That is how a plan runs more TP ranks than key/value heads (Megatron replicates the
     KV heads); torch's styles have no way to give each rank the KV head its query heads
     use, so the module's own attention would pair them wrongly.
     """
-    for fqn, (strategy, _) in sorted(targets.items()):
+    for fqn, (strategy, _, _) in sorted(targets.items()):
         if strategy != "column" or "." not in fqn:
             continue
         parent = fqn.rsplit(".", 1)[0]

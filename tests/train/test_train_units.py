@@ -67,7 +67,7 @@ def test_strategies_map_to_modules_through_metadata(exports: dict[str, Path]) ->
     assert chain.after == ("inner.model.norm", "inner.lm_head")
     targets = tp_targets(mm, {"node_linear": "column", "node_linear_3": "row",
                               "node_embedding": "vocab", "node_linear_14": "vocab"})  # fmt: skip
-    assert {k: s for k, (s, _) in targets.items()} == {
+    assert {k: s for k, (s, _, _) in targets.items()} == {
         "inner.model.layers.0.self_attn.q_proj": "column",
         "inner.model.layers.0.self_attn.o_proj": "row",
         "inner.model.embed_tokens": "vocab",
