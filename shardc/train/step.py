@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import loss_parallel
 from torch.profiler import record_function
 
@@ -123,9 +123,18 @@ class ParallelModel:
             return
         tied = set(self.aliases) | set(self.aliases.values())
         for name, p in self.named_parameters():
-            if name in tied and p.grad is not None:
-                g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            g = p.grad
+            if name not in tied or g is None:
+                continue
+            if not isinstance(g, DTensor):
                 dist.all_reduce(g, group=self.tied_group)
+                continue
+            # the two ends may be sharded differently (a vocab-split head, a whole
+            # embedding): sum whole gradients, keep this rank's shard
+            full = g.full_tensor()
+            dist.all_reduce(full, group=self.tied_group)
+            mine = distribute_tensor(full, g.device_mesh, g.placements, src_data_rank=None)
+            g.to_local().copy_(mine.to_local())
 
     def step(
         self, inputs: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer

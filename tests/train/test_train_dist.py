@@ -56,6 +56,7 @@ def test_two_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
         "pp": _plan(llama, tmp_path / "pp", world=2, pins="pp=2"),
         "dp": _plan(llama, tmp_path / "dp", world=2, pins="dp=2", zero=3, recompute="selective"),
         "gpt2_pp": _plan(gpt2, tmp_path / "g", world=2, pins="pp=2", schedule="gpipe"),
+        "gpt2_tp": _plan(gpt2, tmp_path / "gt", world=2, pins="tp=2"),
         "dgx": _plan(llama, tmp_path / "dgx", "topologies/dgx_h100.topo", pins="tp=2,dp=1,pp=1"),
     }
     view = shardc.train.plan_view(plans["tp"])
@@ -67,6 +68,7 @@ def test_two_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
         (plans["dp"], "llama", {}),
         (plans["gpt2_pp"], "gpt2", {}),
         (plans["dgx"], "llama", {"simulate_devices": True}),
+        (plans["gpt2_tp"], "gpt2", {}),
     ]
     res = H.spawn(2, jobs, tmp_path / "out")
     ref_llama, ref_gpt2 = H.reference("llama"), H.reference("gpt2")
@@ -79,16 +81,19 @@ def test_two_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_four_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
-    """TP x DP (FSDP2 over DTensor shards) and TP x PP with sequence parallelism."""
+    """TP x DP (FSDP2 over DTensor shards) and TP x PP with sequence parallelism; GPT-2's
+    tied head and embedding, sharded differently, across TP x PP.
+    """
     llama = exports["llama"]
     jobs = [
         (_plan(llama, tmp_path / "a", world=4, pins="tp=2,dp=2"), "llama", {}),
         (_plan(llama, tmp_path / "b", world=4, pins="tp=2,pp=2"), "llama", {}),
+        (_plan(exports["gpt2"], tmp_path / "c", world=4, pins="tp=2,pp=2"), "gpt2", {}),
     ]
     res = H.spawn(4, jobs, tmp_path / "out")
-    ref = H.reference("llama")
-    for j in range(len(jobs)):
-        _check([res[r][j] for r in range(4)], ref)
+    refs = {"llama": H.reference("llama"), "gpt2": H.reference("gpt2")}
+    for j, (_, family, _) in enumerate(jobs):
+        _check([res[r][j] for r in range(4)], refs[family])
 
 
 @pytest.mark.slow
@@ -100,6 +105,7 @@ def test_four_ranks_more(exports: dict[str, Path], tmp_path: Path) -> None:
     jobs = [
         (_plan(llama, tmp_path / "a", world=4, pins="pp=2,dp=2", recompute="full"), "llama", {}),
         (_plan(gpt2, tmp_path / "b", world=4, pins="pp=2,dp=2"), "gpt2", {}),
+        (_plan(gpt2, tmp_path / "c", world=4, pins="tp=2,dp=2", zero=0), "gpt2", {}),
     ]
     res = H.spawn(4, jobs, tmp_path / "out")
     refs = {"llama": H.reference("llama"), "gpt2": H.reference("gpt2")}

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import shardc
 from shardc.cli.main import cli
 from shardc.train import TrainPlanError, plan_view
+from shardc.train.conv1d import CONV1D, split_factor
 from shardc.train.export import export_config, megatron_args, torchtitan_config
 from shardc.train.launch import check_placement, torchrun_commands
 from shardc.train.modules import check_model, layer_chain, model_map, tp_targets
@@ -77,7 +78,7 @@ def test_strategies_map_to_modules_through_metadata(exports: dict[str, Path]) ->
         layer_chain(mm, 3)
 
 
-def test_refuses_another_model_and_conv1d_tp(exports: dict[str, Path]) -> None:
+def test_refuses_another_model_and_finds_fused_projections(exports: dict[str, Path]) -> None:
     llama = onnx.load(str(exports["llama"]), load_external_data=False)
     check_model(H.build("llama"), llama, model_map(llama))
     with pytest.raises(TrainPlanError, match="another model"):
@@ -85,9 +86,12 @@ def test_refuses_another_model_and_conv1d_tp(exports: dict[str, Path]) -> None:
     with pytest.raises(TrainPlanError, match="weight is"):
         check_model(H.build("llama", layers=2).__class__(_wider()), llama, model_map(llama))
     gpt2 = model_map(onnx.load(str(exports["gpt2"]), load_external_data=False))
-    col = next(n for n, sc in gpt2.scopes.items() if sc.module.endswith("attn.c_attn"))
-    with pytest.raises(TrainPlanError, match="Conv1D"):
-        tp_targets(gpt2, {col: "column"})
+    node = {sc.module: n for n, sc in gpt2.scopes.items() if sc.cls == CONV1D}
+    # the fused q|k|v projection is found by the Split after it, not by its name
+    assert split_factor(gpt2.proto, node["inner.transformer.h.0.attn.c_attn"]) == 3
+    assert split_factor(gpt2.proto, node["inner.transformer.h.0.mlp.c_fc"]) == 1
+    with pytest.raises(TrainPlanError, match="Conv1D modules only"):
+        tp_targets(gpt2, {node["inner.transformer.h.0.mlp.c_fc"]: "vocab"})
 
 
 def test_refuses_more_tp_ranks_than_kv_heads(plans: dict[str, Path]) -> None:
