@@ -35,6 +35,7 @@ from shardc.errors import (
 from shardc.frontend import load_model
 from shardc.partition.options import PartitionOptions, Pins, parse_pins
 from shardc.plan import Device, Estimate, Plan, Stage
+from shardc.train import parallelize
 from shardc.version import __version__
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = [
     "compile",
     "load_model",
     "load_topology",
+    "parallelize",
     "parse_pins",
     "partition_model",
     "verify",

@@ -66,6 +66,8 @@ def _register() -> None:
         ("shardc.cli.check", "check_plan_cmd"),
         ("shardc.cli.verify", "verify_cmd"),
         ("shardc.cli.explain", "explain_cmd"),
+        ("shardc.cli.launch", "launch_cmd"),
+        ("shardc.cli.launch", "export_config_cmd"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -47,6 +47,7 @@ def test_every_example_has_a_test() -> None:
         "h200_pair.topo",
         "whatif.py",
         "torchrun_plan.py",
+        "train_with_plan.py",  # tests/train/test_train_example.py
     }
     assert names == tested, f"untested examples: {sorted(names - tested)}"
 
