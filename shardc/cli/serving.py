@@ -19,7 +19,7 @@ import click
 from rich.table import Table
 
 from shardc.cli.options import console
-from shardc.cost.inference_step import QUANTS, Quant
+from shardc.serving.step import QUANTS, Quant
 from shardc.errors import OptionError
 from shardc.report.text import markup_safe
 

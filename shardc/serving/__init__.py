@@ -2,7 +2,7 @@
 
 The deciding half of serving (DESIGN.md, wave 2): a workload (:mod:`.workload`) and the
 model's sizes (:mod:`.arch`) in; instance shapes priced by the one cost model
-(:mod:`shardc.cost.inference_step`, :mod:`shardc.cost.expert_comm`) on the pools the
+(:mod:`shardc.serving.step`, :mod:`shardc.serving.expert_comm`) on the pools the
 topology offers (:mod:`.fabric`, :mod:`.candidates`); CP-SAT choosing aggregated vs
 disaggregated, shapes and counts (:mod:`.search`); a frozen :class:`ServingPlan` out
 (:mod:`.result`), assembled by :func:`plan_serving` (:mod:`.planner`).
@@ -10,7 +10,7 @@ disaggregated, shapes and counts (:mod:`.search`); a frozen :class:`ServingPlan`
 
 from __future__ import annotations
 
-from shardc.cost.inference_step import Parallel, Quant
+from shardc.serving.step import Parallel, Quant
 from shardc.serving.arch import MLA, ServingModel, from_onnx, from_synth_config
 from shardc.serving.planner import ServingOptions, plan_serving
 from shardc.serving.result import Instance, KVTransferPlan, ParetoRow, ServingPlan

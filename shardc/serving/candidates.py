@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from shardc.cost.inference_step import (
+from shardc.serving.step import (
     Parallel,
     Quant,
     StepContext,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shardc.cost.inference_step import Quant, element_bytes
+from shardc.serving.step import Quant, element_bytes
 from shardc.errors import InfeasibleError, OptionError
 from shardc.serving.arch import ServingModel
 from shardc.serving.candidates import (

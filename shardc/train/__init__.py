@@ -42,9 +42,9 @@ def parallelize(
     plan has to be shipped between processes. ``compile_options`` go to
     :func:`shardc.compile` (``pins``, ``devices``, ``microbatches``, ``zero`` ...).
     """
-    import shardc
+    from shardc.api import compile as compile_plan
 
     compile_options.setdefault("quiet", True)
-    plan = shardc.compile(model, topology, example_inputs=example_inputs, **compile_options)
+    plan = compile_plan(model, topology, example_inputs=example_inputs, **compile_options)
     model.train()  # the exporter left it in eval mode
     return apply(plan, model, loss_fn=loss_fn, simulate_devices=simulate_devices)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from shardc.cost.comm import Tier
-from shardc.cost.expert_comm import distinct_targets, expert_alltoall
-from shardc.cost.inference_step import (
+from shardc.serving.expert_comm import distinct_targets, expert_alltoall
+from shardc.serving.step import (
     M_TILE,
     Parallel,
     Quant,
