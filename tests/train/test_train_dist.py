@@ -52,7 +52,7 @@ def test_two_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
     """
     llama, gpt2 = exports["llama"], exports["gpt2"]
     plans = {
-        "tp": _plan(llama, tmp_path / "tp", world=2, pins="tp=2"),
+        "tp": _plan(llama, tmp_path / "tp", world=2, pins="tp=2,sp=on"),
         "pp": _plan(llama, tmp_path / "pp", world=2, pins="pp=2"),
         "dp": _plan(llama, tmp_path / "dp", world=2, pins="dp=2", zero=3, recompute="selective"),
         "gpt2_pp": _plan(gpt2, tmp_path / "g", world=2, pins="pp=2", schedule="gpipe"),
@@ -87,7 +87,7 @@ def test_four_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
     llama = exports["llama"]
     jobs = [
         (_plan(llama, tmp_path / "a", world=4, pins="tp=2,dp=2"), "llama", {}),
-        (_plan(llama, tmp_path / "b", world=4, pins="tp=2,pp=2"), "llama", {}),
+        (_plan(llama, tmp_path / "b", world=4, pins="tp=2,pp=2,sp=on"), "llama", {}),
         (_plan(exports["gpt2"], tmp_path / "c", world=4, pins="tp=2,pp=2"), "gpt2", {}),
     ]
     res = H.spawn(4, jobs, tmp_path / "out")

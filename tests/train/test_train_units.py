@@ -33,7 +33,7 @@ def plans(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     llama = str(exports["llama"])
     out = {}
     for name, topo, kw in (
-        ("tp2pp2", LOCAL, {"devices": 4, "pins": "tp=2,pp=2"}),
+        ("tp2pp2", LOCAL, {"devices": 4, "pins": "tp=2,pp=2,sp=on"}),
         ("tp4", LOCAL, {"devices": 4, "pins": "tp=4"}),
         ("uneven", LOCAL, {"devices": 4, "pins": "pp=2,dp=2,stage0.blocks=1", "zero": 3,
                            "recompute": "full"}),
