@@ -19,11 +19,11 @@ from typing import Any
 
 import onnx
 
-from shardc.emit.planfolder import MAX_SIDE_BYTES, PlanFolder, PlanFolderError, read_plan_folder
 from shardc.emit.program import DOMAIN, node_attr
 from shardc.errors import ShardcError
 from shardc.frontend.read import ort_ops_aside
 from shardc.frontend.shapes import checkable
+from shardc.plan.folder import MAX_SIDE_BYTES, PlanFolder, PlanFolderError, read_plan_folder
 
 
 class PlanCheckError(ShardcError):

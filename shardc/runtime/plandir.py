@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from shardc.emit.planfolder import (
+from shardc.plan.folder import (
     MAX_SIDE_BYTES,
     PLAN_FORMAT,
     PlanFolderError,

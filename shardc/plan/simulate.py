@@ -1,100 +1,29 @@
-"""schedule.json: every rank's programs laid out in time for one step.
+"""The timeline's simulation: every rank's steps placed in time, waits included.
 
-Why simulate instead of summing stage times: a pipeline's step time is set by who waits
-for whom (the bubble, a Recv waiting on a late Send, a collective waiting on its slowest
-member), and the report, the trace and ``shardc check-plan`` all need the *same* answer.
-So the timeline is computed once, here, from the ``seconds`` the cost model put on each
-:class:`~shardc.emit.program.Compute` and :class:`~shardc.emit.program.Comm` step.
-
-Format ``shardc-schedule/1`` (machine-checkable: ``schedule.schema.json`` next to this
-module, loaded by :func:`schedule_schema`). Times are seconds, as floats, never rounded.
-
-Top level: ``format``, ``mode`` (``training`` or ``inference``), ``schedule`` (``1f1b``
-or ``gpipe``), ``microbatches``, ``dp``, ``stages``, ``step_seconds`` (the end of the
-last event on any device), ``devices`` and ``links``.
-
-``devices`` holds one entry per rank, by rank: the rank's identity (``rank``, ``device``,
-``kind``, ``stage``, ``replica``, ``tp_rank``, ``tp``), ``busy_seconds`` (the sum of
-its event durations) and ``events`` in issue order, which never overlap. Every event has
-``type`` (``compute`` or ``comm``), ``phase`` (``forward``, ``backward`` or ``sync``),
-``microbatch`` (-1 for sync), ``name`` (a compute run's label, a comm event's op),
-``start``, ``duration`` and ``end``. Comm events also carry ``op``, ``value``,
-``bytes``, ``group``, ``peer``, ``tag``, ``axis``, ``algorithm`` and ``links``.
-
-``links`` summarises every link a comm event crosses, heaviest first (bytes descending,
-then name). One definition, used by the tables, the report and the trace:
-
-* ``transfers``: each transfer once. A Send and its Recv are one transfer, credited at
-  the Send with the links of both ends. A collective call (its group, op, tag, phase
-  and micro-batch) is one transfer on each link of its ring, whichever members list it.
-* ``bytes``: what those transfers put on the link in one direction: a Send's bytes; for
-  a collective, one member's ``bytes`` (what each member sends, which is what each hop
-  of the ring carries), not the sum over members, which crossed other hops.
-* ``busy_seconds``: the length of the *union* of those transfers' intervals (for a
-  collective, its members' intervals), so concurrent transfers are not counted twice
-  and it never exceeds the step.
-
-So ``bytes / busy_seconds`` is the link's achieved rate while busy: at most its bandwidth
-when the cost model priced every transfer on it at no more than that bandwidth. The DP
-sync is the known exception: priced overlapped with the last backward, its event lasts
-only the exposed part of the reduction, yet carries all of its bytes (so the fabric the
-replicas share is not shown idle).
-
-How the timeline is built:
-
-* a forward pass of micro-batch m on a rank is its program's steps in order, each lasting
-  its ``seconds``;
-* a Recv is matched to the Send with the same sender (the Recv's peer), receiver, tag,
-  phase and micro-batch (the k-th such Recv to the k-th such Send). It starts when the
-  rank is free and the Send has started, and lasts the Send's duration, so it never ends
-  before the Send does. A Send never waits;
-* a collective starts when every member of its group has reached it, at the latest
-  member's ready time, and lasts the member's own ``seconds``. Members issue a group's
-  collectives in the same order, so the k-th collective over a group in a phase and
-  micro-batch matches across members (counting per group, not over all collectives, so a
-  rank that also talks to a sub-group still lines up);
-* training adds the backward pass of micro-batch m: the forward steps reversed, compute
-  lasting ``backward_factor`` times its forward time, comm steps the same time with Send
-  and Recv swapped (gradients flow back: a forward Send to p becomes a Recv from p with
-  the same tag, and vice versa; collectives keep their op). The per-stage order of passes
-  is 1F1B (``min(stages - stage - 1, M)`` warm-up forwards, then one forward / one
-  backward, then the remaining backwards) or GPipe (all forwards, then all backwards).
-  After its last backward each rank runs one ``sync`` event (a comm event, op
-  ``AllReduce``, named ``dp sync + optimizer``) lasting ``stage_sync_seconds[stage]``
-  over the ranks of the same stage and tensor-parallel rank in every replica. Its
-  ``bytes`` are ``stage_sync_bytes[stage]`` (one device's gradients, what the partitioner
-  priced the reduction on) and its ``links`` the ring over those ranks' devices
-  (:attr:`~shardc.emit.program.DeviceProgram.sync_links`), so the inter-replica fabric
-  shows in ``links`` like any collective's (none when nothing is synced);
-* inference runs forwards only, micro-batches in order.
-
-The result depends on the programs alone: no clock, no set order, so the same
-:class:`~shardc.emit.program.Programs` always gives an identical dict. Programs whose
-Recvs lack Sends, whose collective members disagree, or that deadlock raise
-:class:`~shardc.errors.ShardcError` naming the ranks and steps.
+Why apart from :mod:`shardc.plan.timeline`: that module says what the timeline *is*
+(its typed records and schedule.json); this one how it is computed from the programs, by
+the rules in that module's docstring: the checks that make the simulation sound, the
+items each rank issues (1F1B or GPipe order, backward steps reversed, the DP sync), and
+the event loop that starts each item when its dependencies allow.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from typing import Any
 
-from shardc.emit.program import COMM_OPS, Comm, Compute, DeviceProgram, Programs
 from shardc.errors import OptionError, ShardcError
+from shardc.plan.program import COMM_OPS, P2P_OPS, Comm, Compute, DeviceProgram, Link, Programs
 from shardc.vocabulary import SCHEDULES
 
-FORMAT = "shardc-schedule/1"
 SYNC_NAME = "dp sync + optimizer"
 """Name of the per-rank sync event that closes a training step."""
 
 MODES = ("training", "inference")
-_P2P = ("Send", "Recv")
+_P2P = P2P_OPS
 _SWAP = {"Send": "Recv", "Recv": "Send"}
 
 
@@ -119,7 +48,7 @@ class _Item:
     """How many earlier events of this phase and micro-batch share its matching key."""
     nbytes: float = 0.0
     """Bytes of a comm event with no forward step (the sync); else the step's."""
-    links: tuple[str, ...] = ()
+    links: tuple[Link, ...] = ()
     """Links of a comm event with no forward step (the sync); else the step's."""
 
     @property
@@ -144,68 +73,10 @@ class _Item:
         return f"{head} (compute {self.name!r})"
 
 
-def schedule_schema() -> dict[str, Any]:
-    """The JSON Schema of schedule.json, shipped with the package so readers can check files."""
-    return json.loads(_schema_text())
-
-
-@functools.cache
-def _schema_text() -> str:
-    return (
-        resources.files("shardc.emit").joinpath("schedule.schema.json").read_text(encoding="utf-8")
-    )
-
-
-def build_schedule(programs: Programs) -> dict[str, Any]:
-    """Lay ``programs`` out in time as the schedule.json object (see the module docstring)."""
-    by_rank = _check(programs)
-    items = {
-        r: _rank_items(programs, prog, _sync_group(by_rank, prog)) for r, prog in by_rank.items()
-    }
-    timeline = _Timeline(items)
-    timeline.run()
-
-    devices: list[dict[str, Any]] = []
-    step = 0.0
-    for r, prog in by_rank.items():
-        events = [
-            _event_json(item, start, duration)
-            for item, (start, duration) in zip(items[r], timeline.times[r], strict=True)
-        ]
-        busy = 0.0
-        for ev in events:
-            busy += ev["duration"]
-            step = max(step, ev["end"])
-        devices.append(
-            {
-                "rank": prog.rank,
-                "device": prog.device,
-                "kind": prog.kind,
-                "stage": prog.stage,
-                "replica": prog.replica,
-                "tp_rank": prog.tp_rank,
-                "tp": prog.tp,
-                "busy_seconds": busy,
-                "events": events,
-            }
-        )
-    return {
-        "format": FORMAT,
-        "mode": programs.mode,
-        "schedule": programs.schedule,
-        "microbatches": programs.microbatches,
-        "dp": programs.dp,
-        "stages": programs.stages,
-        "step_seconds": step,
-        "devices": devices,
-        "links": _link_summary(devices, timeline.recv_of),
-    }
-
-
 # --- checks -------------------------------------------------------------------------------
 
 
-def _check(programs: Programs) -> dict[int, DeviceProgram]:
+def check_programs(programs: Programs) -> dict[int, DeviceProgram]:
     """The programs by rank (ascending), after the checks that make the simulation sound."""
     if programs.mode not in MODES:
         raise OptionError(f"unknown mode {programs.mode!r}", hint=f"use one of {list(MODES)}")
@@ -334,7 +205,7 @@ def _check_groups(by_rank: dict[int, DeviceProgram]) -> None:
 # --- what each rank issues ----------------------------------------------------------------
 
 
-def _sync_group(by_rank: dict[int, DeviceProgram], prog: DeviceProgram) -> tuple[int, ...]:
+def sync_group(by_rank: dict[int, DeviceProgram], prog: DeviceProgram) -> tuple[int, ...]:
     """The data-parallel peers of ``prog``: same stage and TP rank, every replica."""
     peers = [p for p in by_rank.values() if p.stage == prog.stage and p.tp_rank == prog.tp_rank]
     return tuple(p.rank for p in sorted(peers, key=lambda p: (p.replica, p.rank)))
@@ -352,7 +223,7 @@ def _pass_order(schedule: str, stages: int, stage: int, m: int) -> list[tuple[st
     return order
 
 
-def _rank_items(
+def rank_items(
     programs: Programs, prog: DeviceProgram, sync_group: tuple[int, ...]
 ) -> list[_Item]:
     m = programs.microbatches
@@ -421,7 +292,7 @@ def _phase_items(
 # --- the simulation -----------------------------------------------------------------------
 
 
-class _Timeline:
+class Simulation:
     """Places every rank's items in time; ranks run until they must wait, then are woken.
 
     Start times follow from the dependencies alone (a rank's previous event, a Send, the
@@ -523,7 +394,7 @@ class _Timeline:
         return text  # pragma: no cover - compute never blocks
 
 
-def _event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
+def event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
     event: dict[str, Any] = {
         "type": "comm" if item.is_comm else "compute",
         "phase": item.phase,
@@ -546,71 +417,7 @@ def _event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
             "tag": c.tag if c else 0,
             "axis": c.axis if c else -1,
             "algorithm": c.algorithm if c else "",
-            "links": list(c.links) if c else list(item.links),
+            "links": [str(x) for x in (c.links if c else item.links)],
         }
     )
     return event
-
-
-@dataclass
-class _LinkLoad:
-    nbytes: float = 0.0
-    transfers: int = 0
-    spans: list[tuple[float, float]] = field(default_factory=list)
-
-
-def _link_summary(
-    devices: list[dict[str, Any]], recv_of: dict[tuple[int, int], tuple[int, int]]
-) -> list[dict[str, Any]]:
-    """Per link: bytes sent over it, transfers, and the time any transfer used it."""
-    by_rank = {dev["rank"]: dev["events"] for dev in devices}
-    acc: dict[str, _LinkLoad] = {}
-    calls: dict[tuple[Any, ...], int] = {}  # k-th call of a collective on each member
-    seen: set[tuple[Any, ...]] = set()  # (call, link) already credited
-    for dev in devices:
-        for i, ev in enumerate(dev["events"]):
-            if ev["type"] != "comm" or ev["op"] == "Recv":
-                continue  # a Recv is credited at its Send
-            links = list(ev["links"])
-            call: tuple[Any, ...] = ("p2p", dev["rank"], i)
-            if ev["op"] == "Send" and (dev["rank"], i) in recv_of:
-                rr, ri = recv_of[(dev["rank"], i)]
-                links += by_rank[rr][ri]["links"]
-            elif ev["op"] != "Send":
-                key = (dev["rank"], ev["op"], tuple(ev["group"]), ev["tag"], ev["phase"],
-                       ev["microbatch"])
-                calls[key] = calls.get(key, -1) + 1
-                call = (*key[1:], calls[key])
-            for link in dict.fromkeys(links):
-                load = acc.setdefault(link, _LinkLoad())
-                load.spans.append((ev["start"], ev["end"]))
-                if (call, link) not in seen:
-                    seen.add((call, link))
-                    load.nbytes += ev["bytes"]
-                    load.transfers += 1
-    ordered = sorted(acc.items(), key=lambda item: (-item[1].nbytes, item[0]))
-    return [
-        {
-            "link": link,
-            "bytes": load.nbytes,
-            "busy_seconds": _union_length(load.spans),
-            "transfers": load.transfers,
-        }
-        for link, load in ordered
-    ]
-
-
-def _union_length(spans: list[tuple[float, float]]) -> float:
-    """Length of the union of ``spans``: time covered by at least one of them."""
-    busy = 0.0
-    ordered = sorted(spans)
-    if not ordered:
-        return busy
-    cur_start, cur_end = ordered[0]
-    for start, end in ordered[1:]:
-        if start > cur_end:
-            busy += cur_end - cur_start
-            cur_start, cur_end = start, end
-        else:
-            cur_end = max(cur_end, end)
-    return busy + (cur_end - cur_start)
