@@ -385,8 +385,8 @@ def _replayed(plan: PlanData, replay: Mapping[str, Any], label: str) -> PlanData
 
 def _analysis(state: Any) -> bytes:
     """analysis.json: what ``shardc inspect`` reports, priced in the plan's ``--dtype``."""
+    from shardc.analysis import graph_summary
     from shardc.passes.precision import priced_graph
-    from shardc.report.summary import graph_summary
 
     priced = replace(state.model, graph=priced_graph(state))
     return jsonutil.dumps(graph_summary(priced, state.costs)).encode()

@@ -29,22 +29,29 @@ PLAN_FORMAT = "shardc-plan/1"
 
 @dataclass(frozen=True)
 class Estimate:
-    """What the plan is expected to do: step time, where it goes, and how sure it is."""
+    """The step estimate and where its time goes."""
 
     mode: str
+    """``training`` or ``inference``."""
     objective: str
+    """``throughput`` or ``latency``."""
     step_seconds: float
-    """The objective's time: a training/throughput step, or one request's latency."""
+    """A training/throughput step, or (latency) one request through the pipeline."""
     breakdown: Mapping[str, float]
-    """Seconds per part of the step (compute, tp comm, pp send/recv, bubble, dp sync)."""
+    """The step split into compute, exposed TP traffic, pipeline transfers, bubble and
+    gradient sync (latency: compute, TP traffic and transfers), read off the slowest stage."""
     samples_per_step: int
+    """Samples one step processes across all replicas."""
     microbatches: int
+    """Micro-batches per replica per step."""
     status: str
-    """The solver's status (OPTIMAL, FEASIBLE...)."""
+    """Solver status: ``OPTIMAL`` (proven) or ``FEASIBLE`` (stopped at its limit)."""
     bound_seconds: float | None
+    """The solver's lower bound on the step (equal to it when optimal)."""
     gap: float | None
+    """Relative distance between the step and the bound (0 when optimal)."""
     simulated_step_seconds: float | None
-    """The timeline's step time (None when the plan has none)."""
+    """The step as the timeline simulates it (None when the plan was not lowered)."""
 
     @property
     def samples_per_second(self) -> float:

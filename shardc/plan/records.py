@@ -45,21 +45,26 @@ class Stage:
     index: int
     """Position in the pipeline; stage 0 takes the model's inputs."""
     kind: str
-    """Device kind of the stage's devices."""
+    """Device kind every rank of the stage is (from the topology)."""
     tp: int
+    """Tensor-parallel degree: devices that share each replica's copy of the stage."""
     blocks: tuple[int, int]
-    """First and last repeated block of the stage (inclusive)."""
+    """First and last repeated block held (0-based, inclusive); the model's ends ride on
+    the first and last stage."""
     recompute: str
+    """Activation recomputation: ``none``, ``selective`` or ``full``."""
     seconds: float
-    """Estimated time of one micro-batch through the stage."""
+    """One micro-batch through the stage: compute, TP traffic and boundary transfers."""
     memory_bytes: float
-    """Estimated peak memory of each of the stage's devices."""
+    """Estimated peak memory of each rank of the stage."""
     capacity_bytes: float
+    """Memory of one device of ``kind`` the plan may use."""
     groups: tuple[tuple[str, ...], ...]
-    """Device names of each replica's tensor-parallel group."""
+    """Per replica, the devices of the stage's TP group in tp-rank order."""
     tp_domain_bandwidth: float
+    """Bandwidth of the narrowest link inside the stage's TP groups (bytes/s)."""
     ranks: tuple[int, ...] = ()
-    """The stage's ranks, replica by replica (derived from the rank order, not written)."""
+    """Global ranks of the stage, replica by replica (derived, not written)."""
     sequence_parallel: bool | None = None
     compute_seconds: float | None = None
     tp_comm_seconds: float | None = None
@@ -193,18 +198,26 @@ class Partition:
 
 @dataclass(frozen=True)
 class Rank:
-    """One rank: where it runs, which part of the plan it is, what it holds."""
+    """What one rank is: where it runs, which part of the plan it holds, its device file."""
 
     rank: int
+    """Global rank: the ``N`` of ``device_N.onnx`` and of torch.distributed."""
     device: str
+    """Physical device name from the topology (``node3.gpu5``)."""
     kind: str
+    """Device kind (from the topology)."""
     stage: int
+    """Pipeline stage the rank belongs to."""
     replica: int
+    """Data-parallel replica (0 .. dp-1)."""
     tp_rank: int
+    """Position in its tensor-parallel group (0 .. tp-1)."""
     tp: int
+    """Size of its tensor-parallel group."""
     memory_bytes: float
-    """The stage's estimated peak memory per device."""
+    """Estimated peak memory of the rank (weights, gradients, optimizer, activations)."""
     capacity_bytes: float
+    """Memory of the device the plan may use."""
     inputs: tuple[str, ...] = ()
     """Graph inputs this rank is fed (empty when no device files were written)."""
     outputs: tuple[str, ...] = ()

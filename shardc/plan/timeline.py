@@ -83,10 +83,10 @@ from importlib import resources
 from typing import Any
 
 from shardc.plan.program import Link, Programs, links_of
+from shardc.plan.program_checks import check_programs
 from shardc.plan.simulate import (
     SYNC_NAME,
     Simulation,
-    check_programs,
     event_json,
     rank_items,
     sync_group,

@@ -79,9 +79,9 @@ def verify(
         report.timings.append(
             RankTiming(
                 rank,
-                str(info["device"]),
-                int(info["stage"]),
-                int(info["replica"]),
+                info.device,
+                info.stage,
+                info.replica,
                 len(compute.get(rank, [])),
                 float(sum(compute.get(rank, []))),
                 float(sum(comm[rank])) if rank in comm else None,
@@ -97,7 +97,7 @@ def _original(folder: PlanDir, model: str | Path | onnx.ModelProto | None) -> on
         return model
     path = Path(model) if model is not None else folder.model_path()
     if path is None or not path.is_file():
-        recorded = folder.plan.get("inputs", {}).get("model", {}).get("path")
+        recorded = folder.model_record_path
         raise OptionError(
             f"{folder.path}: the original model {recorded!r} is not on disk",
             hint="pass it with --model PATH",
@@ -148,7 +148,7 @@ def _inprocess(
     programs = {r: RankProgram(folder.device_model(r), r) for r in range(folder.world_size)}
     for r, program in programs.items():
         folder.check_order(r, program.comm_nodes)
-    replica = {r: int(info["replica"]) for r, info in folder.ranks.items()}
+    replica = {r: info.replica for r, info in folder.ranks.items()}
     outputs: dict[int, dict[int, dict[str, np.ndarray]]] = {r: {} for r in programs}
     for m in folder.microbatch_order(0):
         got = run_programs(programs, {r: feeds[(replica[r], m)] for r in programs}, m)
@@ -166,7 +166,7 @@ def _compare(
 ) -> list[OutputCheck]:
     worst: dict[str, dict[str, Any]] = {}
     for rank in folder.output_ranks():
-        replica = int(folder.ranks[rank]["replica"])
+        replica = folder.ranks[rank].replica
         got_by_mb = outputs.get(rank, {})
         if not got_by_mb:
             raise ExecutionError("produced no outputs", where=f"rank {rank}")

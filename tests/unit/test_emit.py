@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from shardc.compiler import partition_model
+from shardc.compiler import build_plan, partition_model
 from shardc.emit.check import check_outdir
 from shardc.emit.devices import emit
 from shardc.emit.outdir import write_outdir
@@ -42,7 +42,9 @@ PLANS = [
 def _state(path: Path, devices: int, pins: str):
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
     options = PartitionOptions(pins=parse_pins([pins]))
-    return partition_model(path, topo, mode="inference", partition=options).state
+    return build_plan(
+        partition_model(path, topo, mode="inference", partition=options).state
+    ).state
 
 
 def _feeds(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
