@@ -26,13 +26,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shardc.emit.program import DOMAIN
 from shardc.ir import Node
 from shardc.passes.lower_experts import ExpertEmitter
 from shardc.passes.lower_nodes import LoweringError, NodeRewrites, static_shape, tp_dim
 from shardc.passes.lower_weights import WeightViews
 from shardc.passes.precision import priced_graph
 from shardc.plan.lowered import PendingComm, Template
+from shardc.plan.program import DOMAIN
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard
 
 if TYPE_CHECKING:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardc.plan.program import COMM_OPS
+from shardc.plan.program import COMM_OPS, DOMAIN, DOMAIN_VERSION
 
 __all__ = ["COMM_OPS", "DOMAIN", "DOMAIN_VERSION", "ORT_DISABLED_OPTIMIZERS", "cpu_session",
            "node_attr"]
 
-DOMAIN = "shardc"
-DOMAIN_VERSION = 1
 
 ORT_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
 """onnxruntime graph rewrites every session that runs a plan or its model turns off.

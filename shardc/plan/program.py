@@ -28,6 +28,10 @@ COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "AllToAll", "Send", "Recv
 
 P2P_OPS = ("Send", "Recv")
 
+DOMAIN = "shardc"
+"""The ONNX domain device files put the comm ops in (one node type per op of COMM_OPS)."""
+DOMAIN_VERSION = 1
+
 
 @dataclass(frozen=True, order=True)
 class Link:

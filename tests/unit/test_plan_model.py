@@ -85,3 +85,26 @@ def test_the_plan_passes_dump_what_they_add(tmp_path: Path) -> None:
     assert "p2p" in price and "direct" in price and "dp sync" in price
     assert timeline.startswith("\nstep ") and "link cpu0<->loopback" in timeline
     assert '"ranks"' in plan and '"step_seconds"' in plan
+
+
+def test_price_uses_the_cost_models_own_functions() -> None:
+    """Every comm's seconds is what :mod:`shardc.cost.network` says for its devices: the
+    ``price`` pass carries no formula of its own.
+    """
+    from shardc.cost.network import group_collective, point_to_point
+    from shardc.passes.price import COST_OP
+
+    plan = shardc.compile(GPT2, LOCAL, devices=4, pins="tp=2,pp=2", quiet=True)
+    topo = plan.topology
+    device = {r.rank: r.device for r in plan.ranks}
+    for p in plan.programs.programs:
+        for c in p.comms:
+            if c.op == "Send":
+                want = point_to_point(topo, p.device, device[c.peer], c.nbytes)
+            elif c.op == "Recv":
+                want = point_to_point(topo, device[c.peer], p.device, c.nbytes)
+            else:
+                members = [device[r] for r in c.group]
+                want = group_collective(topo, COST_OP[c.op], c.nbytes, members)
+                assert c.algorithm == want.algorithm
+            assert c.seconds == want.seconds
