@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from shardc import jsonutil
+from shardc.emit.outputs import plan_files
 from shardc.errors import OptionError
 from shardc.options import PlanOptions, complete_pins, read_json, warm_start_section
+from shardc.partition.options import PartitionOptions
+from shardc.pipeline import PipelineResult
+from shardc.plan.model import PLAN_FORMAT, PlanData
+from shardc.plan.records import Inputs as Record
+from shardc.plan.records import Options, Partition
 from shardc.progress import Progress, Steps
-
-PLAN_FORMAT = "shardc-plan/1"
 
 __all__ = [
     "PLAN_FORMAT",
@@ -111,6 +115,8 @@ class Built:
     warnings: tuple[str, ...]
     seconds: float
     """Wall time of the whole build."""
+    typed: PlanData | None = None
+    """The Plan the files were written from."""
 
     @property
     def timings(self) -> dict[str, float]:
@@ -136,23 +142,29 @@ def build(
 ) -> Built:
     """Compile ``inputs`` under ``options`` into the files of a plan folder.
 
+    The recipe: the passes that decide (up to ``partition``), then those that build the
+    Plan (``lower``, ``price``, ``timeline``, ``plan``), then the record of what was
+    compiled, then the one writer (:func:`shardc.emit.outputs.plan_files`).
+
     ``replay`` is an earlier plan.json whose plan ``options`` pins completely (see
     :meth:`PlanOptions.replaying`): its record of the options and the solver is kept,
     and a plan that no longer prices the same is an error (named by ``replay_label``,
-    e.g. ``--plan old/plan.json``). ``emit`` writes schedule.json and trace.json, and the
-    device models when the weights are readable (they need the bytes; the schedule only
-    shapes). None: the same, except that a model whose weights are declared only gets its
-    schedule only up to :data:`SCHEDULE_ONLY_BUDGET`.
+    e.g. ``--plan old/plan.json``). ``emit`` lowers the plan (schedule.json, trace.json,
+    and the device models when the weights are readable: they need the bytes, the
+    schedule only shapes). None: the same, except that a model whose weights are declared
+    only is lowered only up to :data:`SCHEDULE_ONLY_BUDGET`.
     """
-    from shardc import __version__
-    from shardc.compiler import analyse, default_passes
-    from shardc.emit.outputs import plan_files, weights_available
-    from shardc.passes.precision import priced_graph
-    from shardc.report.summary import graph_summary
+    from shardc.compiler import analyse, partition_passes, plan_passes
+    from shardc.pipeline import Pipeline, filled
 
     start = time.perf_counter()
-    passes = default_passes()
-    steps = Steps(progress, len(passes) + 2)  # load, the passes, emit
+    deciding = partition_passes()
+    names = [p.name for p in deciding + plan_passes()]
+    unknown = [d for d in dump_after if d not in names]
+    if unknown:
+        raise OptionError(f"--dump-after {unknown[0]}: no such pass",
+                          hint=f"passes are: {', '.join(names)}")
+    steps = Steps(progress, len(names) + 2)  # load, the passes, writing the files
     partition = options.partition_options()
     steps.start("load model")
     result = analyse(
@@ -160,73 +172,115 @@ def build(
         dims=inputs.dims,
         custom_flops=inputs.custom_flops,
         topology=inputs.topology,
-        dump_after=dump_after,
+        dump_after=[d for d in dump_after if d in {p.name for p in deciding}],
         mode=options.mode,
         dtype=options.dtype,
         partition=partition,
-        passes=passes,
+        passes=deciding,
         on_pass=lambda name, _index, _n: steps.start(name),
         on_step=lambda name, step, done, n: steps.within(f"{name} {step}", done, n),
     )
     state = result.state
     assert state.costs is not None and state.partition is not None
-    warnings = list(state.warnings)
-    part = state.partition.to_json()
-    model_record = dict(inputs.model_record)
-    if "sha256" not in model_record:
-        model_record["sha256"] = sha256_file(inputs.model)
-    plan: dict[str, Any] = {
-        "format": PLAN_FORMAT,
-        "shardc": __version__,
-        "inputs": {
-            "model": model_record,
-            "topology": {
-                **inputs.topology_record,
-                "set": dict(sorted(inputs.topology_record.get("set", {}).items())),
-            },
-            "dims": dict(sorted(state.model.dims.items())),
-        },
-        "options": options.to_json(partition),
-        "partition": part,
-    }
+    lowered, note = _lowering_wanted(state, emit)
+    building = plan_passes(lowered=lowered)
+    rest = Pipeline(building, given=filled(state)).run(
+        state.warn(*note),
+        dump_after=[d for d in dump_after if d in {p.name for p in building}],
+        on_pass=lambda name, _index, _n: steps.start(name),
+    )
+    result = PipelineResult(rest.state, result.timings + rest.timings,
+                            {**result.dumps, **rest.dumps})
+    state = result.state
+    assert state.plan is not None
+    plan = _recorded(state.plan, inputs, options, partition, state.model.dims)
     if replay is not None:
-        # the record of how the plan was found, and what the user asked, are the original's
-        plan["options"] = replay["options"]
-        part["solver"], part["pins"] = replay["partition"]["solver"], replay["partition"]["pins"]
-        if part["stages"] != replay["partition"]["stages"]:
-            raise OptionError(
-                f"{replay_label}: the plan no longer prices the same on this input "
-                "(the cost model or the topology changed)"
-            )
-    priced = replace(state.model, graph=priced_graph(state))  # analysis.json in --dtype
-    files: dict[str, bytes] = {
-        "analysis.json": jsonutil.dumps(graph_summary(priced, state.costs)).encode()
-    }
-    schedule = None
+        plan = _replayed(plan, replay, replay_label)
+    state = state.with_(plan=plan)
+    result.state = state
     steps.start("emit")
-    models = emit is not False and weights_available(state)
-    if emit is None and not models:
-        work = len(state.graph.nodes) * state.partition.dp
-        emit = work <= SCHEDULE_ONLY_BUDGET
-        warnings.append(
-            "the model's weights are not readable (declared only): no device models; "
-            + ("schedule.json and trace.json written" if emit else
-               f"schedule.json and trace.json skipped too ({state.partition.dp} replicas of "
-               f"{len(state.graph.nodes)} nodes take about {work / 1e4:.0f} s or more to "
-               "lay out; --emit writes them)")
-        )
-    if emit is not False:
-        emitted, emission, schedule = plan_files(state, models=bool(models))
-        files.update(emitted)
-        if emission is not None:
-            plan["emission"] = emission
-    files["plan.json"] = jsonutil.dumps(plan).encode()
+    files = plan_files(plan, state.lowering, state.model, extra={"analysis.json": _analysis(state)})
     steps.finish()
     return Built(
         files=files,
-        plan=plan,
-        schedule=schedule,
+        plan=plan.to_json(),
+        schedule=plan.timeline.to_json() if plan.timeline is not None else None,
         result=result,
-        warnings=tuple(warnings),
+        warnings=tuple(state.warnings),
         seconds=time.perf_counter() - start,
+        typed=plan,
     )
+
+
+def _lowering_wanted(state: Any, emit: bool | None) -> tuple[bool, tuple[str, ...]]:
+    """Whether to lower the plan, and the warning that says what is not written."""
+    from shardc.passes.lower_weights import weights_available
+
+    if emit is False:
+        return False, ()
+    if weights_available(state):
+        return True, ()
+    lowered = True
+    if emit is None:
+        work = len(state.graph.nodes) * state.partition.dp
+        lowered = work <= SCHEDULE_ONLY_BUDGET
+    note = "the model's weights are not readable (declared only): no device models; " + (
+        "schedule.json and trace.json written" if lowered else
+        f"schedule.json and trace.json skipped too ({state.partition.dp} replicas of "
+        f"{len(state.graph.nodes)} nodes take about {work / 1e4:.0f} s or more to "
+        "lay out; --emit writes them)"
+    )
+    return lowered, (note,)
+
+
+def _recorded(
+    plan: PlanData,
+    inputs: Inputs,
+    options: PlanOptions,
+    partition: PartitionOptions,
+    dims: Mapping[str, int],
+) -> PlanData:
+    """``plan`` with the record of what was compiled and how the user asked for it."""
+    from shardc.version import __version__
+
+    model_record = dict(inputs.model_record)
+    if "sha256" not in model_record:
+        model_record["sha256"] = sha256_file(inputs.model)
+    topology = {
+        **inputs.topology_record,
+        "set": dict(sorted(inputs.topology_record.get("set", {}).items())),
+    }
+    record = Record.from_json(
+        {"model": model_record, "topology": topology, "dims": dict(sorted(dims.items()))}
+    )
+    return replace(
+        plan,
+        inputs=record,
+        options=Options.from_json(options.to_json(partition)),
+        shardc=__version__,
+        format=PLAN_FORMAT,
+    )
+
+
+def _replayed(plan: PlanData, replay: Mapping[str, Any], label: str) -> PlanData:
+    """``plan`` with the original's record of the options and the solver; an error when
+    the plan no longer prices the same.
+    """
+    part = plan.partition
+    if [s.to_json() for s in part.stages] != replay["partition"]["stages"]:
+        raise OptionError(
+            f"{label}: the plan no longer prices the same on this input "
+            "(the cost model or the topology changed)"
+        )
+    original = Partition.from_json({**part.to_json(), "solver": replay["partition"]["solver"],
+                                    "pins": replay["partition"]["pins"]})
+    return replace(plan, options=Options.from_json(replay["options"]), partition=original)
+
+
+def _analysis(state: Any) -> bytes:
+    """analysis.json: what ``shardc inspect`` reports, priced in the plan's ``--dtype``."""
+    from shardc.analysis import graph_summary
+    from shardc.passes.precision import priced_graph
+
+    priced = replace(state.model, graph=priced_graph(state))
+    return jsonutil.dumps(graph_summary(priced, state.costs)).encode()

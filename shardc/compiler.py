@@ -12,7 +12,17 @@ from typing import Any
 
 from shardc.frontend import ModelLike, load_model
 from shardc.partition.options import PartitionOptions
-from shardc.passes import annotate_costs, coarsen, partition, precision, strategies
+from shardc.passes import (
+    annotate_costs,
+    assemble,
+    coarsen,
+    lower,
+    partition,
+    precision,
+    price,
+    strategies,
+    timeline,
+)
 from shardc.pipeline import CompileOptions, CompileState, Pass, Pipeline, PipelineResult
 
 
@@ -21,11 +31,27 @@ def analysis_passes() -> list[Pass]:
     return [annotate_costs.PASS]
 
 
-def default_passes() -> list[Pass]:
-    """The passes ``shardc compile`` runs, in order (precision first: every price after
-    it is in the plan's ``--dtype``).
+def partition_passes() -> list[Pass]:
+    """The passes that decide the plan, in order (precision first: every price after it
+    is in the plan's ``--dtype``).
     """
     return [precision.PASS, annotate_costs.PASS, coarsen.PASS, strategies.PASS, partition.PASS]
+
+
+def plan_passes(*, lowered: bool = True) -> list[Pass]:
+    """The passes after ``partition`` that build the Plan: ``lower`` (every rank's program
+    and device-file nodes), ``price`` (each step by the cost model), ``timeline`` (the step
+    in time) and ``plan`` (the frozen Plan). ``lowered=False``: the Plan of the partition
+    alone (no programs, no timeline), for a what-if too large to lay out.
+    """
+    if not lowered:
+        return [assemble.PASS]
+    return [lower.PASS, price.PASS, timeline.PASS, assemble.PASS]
+
+
+def default_passes() -> list[Pass]:
+    """The passes ``shardc compile`` runs, in order: deciding, then building the Plan."""
+    return [*partition_passes(), *plan_passes()]
 
 
 def analyse(
@@ -66,5 +92,14 @@ def analyse(
 
 
 def partition_model(model: ModelLike, topology: Any, **kwargs: Any) -> PipelineResult:
-    """Load ``model`` and run every pass, partitioning included, onto ``topology``."""
+    """Load ``model`` and run every pass onto ``topology``: partitioned, then the Plan
+    built (``state.plan``).
+    """
     return analyse(model, topology=topology, passes=default_passes(), **kwargs)
+
+
+def build_plan(state: CompileState, *, lowered: bool = True) -> PipelineResult:
+    """Carry a partitioned state on through the passes that build the Plan."""
+    from shardc.pipeline import filled
+
+    return Pipeline(plan_passes(lowered=lowered), given=filled(state)).run(state)

@@ -12,127 +12,19 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from shardc.emit.program import DOMAIN, node_attr
 from shardc.errors import OptionError
+from shardc.explanation import STRATEGY_WHY, CommStep, Explanation
 
 if TYPE_CHECKING:
     from shardc.plan import Plan
+    from shardc.plan.program import Comm
 
-STRATEGY_WHY = {
-    "column": "its weight is split along the output features (column-parallel): each TP "
-    "rank computes a slice of the output, and nothing moves until a row-parallel consumer",
-    "row": "its weight is split along the input features (row-parallel): each TP rank "
-    "holds a partial sum of the whole output, summed by an AllReduce",
-    "heads": "the attention heads are split across the TP group: each rank runs its own "
-    "heads, with no communication inside the attention core",
-    "vocab": "the vocabulary is split across the TP group: embedding rows (lookups masked "
-    "and summed by an AllReduce) or LM-head columns (logits gathered by an AllGather)",
-    "channels": "the channels are split across the TP group",
-    "experts": "the experts are split across the group (expert parallelism, AllToAll)",
-    "batch": "the batch is split across the group",
-    "seq": "the sequence is split across the group",
-}
-"""What each strategy name in plan.json's ``strategies`` means, in words."""
-
-
-@dataclass(frozen=True)
-class CommStep:
-    """A communication op that reads or writes the explained value, on some ranks."""
-
-    op: str
-    """``AllReduce``, ``AllGather``, ``ReduceScatter``, ``AllToAll``, ``Send`` or ``Recv``."""
-    node: str
-    """The ``shardc``-domain node's name in the device models."""
-    value: str
-    """The tensor it sends (for ``Recv``: the tensor it receives)."""
-    where: str
-    """``before`` (it produces an input of the node) or ``after`` (it reads an output)."""
-    ranks: tuple[int, ...]
-    """Ranks that issue it."""
-    groups: tuple[tuple[int, ...], ...] = ()
-    """The collective's groups, one per TP group or replica that runs it."""
-    peers: tuple[int, ...] = ()
-    """For ``Send``/``Recv``: the other side's ranks."""
-    bytes: float = 0.0
-    """Bytes each rank sends, from schedule.json."""
-    seconds: float = 0.0
-    """Its estimated duration in schedule.json (first micro-batch)."""
-    algorithm: str = ""
-    """The collective algorithm the cost model priced (``ring``, ``direct``...)."""
-    links: tuple[str, ...] = ()
-    """Links it crosses (``a<->b``)."""
-
-    def describe(self) -> str:
-        """One line: ``AllReduce of 'add_1' on ranks [0, 1] (8.00 KiB, 22 µs, direct)``."""
-        from shardc.report.summary import human
-
-        if self.groups:
-            who = "group" + ("s " if len(self.groups) > 1 else " ")
-            who += ", ".join(str(list(g)) for g in self.groups)
-        else:
-            who = f"peers {sorted(set(self.peers))}"
-        cost = f"{human(self.bytes, 'B')}, {self.seconds * 1e6:.3g} µs"
-        if self.algorithm:
-            cost += f", {self.algorithm}"
-        return f"{self.op} of {self.value!r} on {who} ({cost})"
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Where ``name`` went: ranks, stage, sharding, communication, and the reasons."""
-
-    name: str
-    """The node or value asked about."""
-    what: str
-    """``node``, ``value`` (an activation) or ``weight``."""
-    op: str | None
-    """The node's op in the device programs (None for values and weights)."""
-    ranks: tuple[int, ...]
-    """Ranks that hold it."""
-    devices: tuple[str, ...]
-    """Their devices, in the same order."""
-    stages: tuple[int, ...]
-    """Pipeline stages it appears in (a value crossing a boundary: two)."""
-    strategy: str | None
-    """For a node: the chosen strategy (``column``, ``row``, ``heads``...), ``replicated``
-    when its stage is tensor-parallel but the node is not split, None at tp=1. For a
-    weight: ``split`` or ``whole``. None for an activation."""
-    shards: tuple[str, ...] = ()
-    """For a weight: the slice each rank holds."""
-    comms: tuple[CommStep, ...] = ()
-    """Communication around it, from the device programs and schedule.json."""
-    reasons: tuple[str, ...] = field(default=())
-    """Why, in words: the stage split, the replicas, the sharding, the traffic."""
-
-    def __str__(self) -> str:
-        head = f"{self.what} {self.name!r}" + (f" ({self.op})" if self.op else "")
-        lines = [
-            head,
-            f"  stage {', '.join(map(str, self.stages))}; ranks {list(self.ranks)} "
-            f"on {', '.join(self.devices)}",
-        ]
-        if self.strategy:
-            lines.append(f"  sharding: {self.strategy}")
-        lines += [f"  slice: {s}" for s in self.shards]
-        lines += [f"  {c.where}: {c.describe()}" for c in self.comms]
-        lines += [f"  why: {r}" for r in self.reasons]
-        return "\n".join(lines)
-
-    def __rich__(self) -> str:
-        from shardc.report.text import markup_safe
-
-        return "\n".join(markup_safe(line) for line in str(self).split("\n"))
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain data (``shardc explain --json``)."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "comms"}
-        out["comms"] = [c.__dict__ for c in self.comms]
-        return out
 
 
 @dataclass(frozen=True)
@@ -155,8 +47,10 @@ def _index(plan: Plan) -> dict[int, _Rank]:
     if cached is not None:
         return cached
     out: dict[int, _Rank] = {}
-    for r in plan.data.get("emission", {}).get("ranks", []):
-        model = onnx.load_from_string(plan._read(r["file"]))
+    for r in plan.ranks:
+        if r.file is None:
+            continue
+        model = onnx.load_from_string(plan._read(r.file))
         meta = {p.key: p.value for p in model.metadata_props}
         producers, consumers = {}, defaultdict(list)
         for n in model.graph.node:
@@ -164,11 +58,11 @@ def _index(plan: Plan) -> dict[int, _Rank]:
                 producers[o] = n
             for i in n.input:
                 consumers[i].append(n)
-        out[r["rank"]] = _Rank(
-            rank=r["rank"],
-            device=r["device"],
-            stage=r["stage"],
-            tp=r["tp"],
+        out[r.rank] = _Rank(
+            rank=r.rank,
+            device=r.device,
+            stage=r.stage,
+            tp=r.tp,
             nodes={n.name: n for n in model.graph.node},
             producers=producers,
             consumers=dict(consumers),
@@ -180,19 +74,18 @@ def _index(plan: Plan) -> dict[int, _Rank]:
     return out
 
 
-def _events(plan: Plan) -> dict[tuple[int, str, str], dict[str, Any]]:
-    """(rank, op, value) -> the first forward comm event of micro-batch 0."""
-    out: dict[tuple[int, str, str], dict[str, Any]] = {}
-    for d in (plan.schedule or {}).get("devices", []):
-        for e in d["events"]:
-            if e["type"] == "comm" and e["phase"] == "forward" and e["microbatch"] == 0:
-                out.setdefault((d["rank"], e["op"], e["value"]), e)
+def _priced(plan: Plan) -> dict[tuple[int, str, str], Comm]:
+    """(rank, op, value) -> the first such comm of the rank's program, as the Plan priced it."""
+    out: dict[tuple[int, str, str], Comm] = {}
+    for rank, comms in plan.comms.items():
+        for c in comms:
+            out.setdefault((rank, c.op, c.value), c)
     return out
 
 
 def _comms(plan: Plan, index: dict[int, _Rank], ranks: list[int], node_of: Any) -> list[CommStep]:
     """Comm ops next to the explained node/value on ``ranks``, one entry per comm node."""
-    events = _events(plan)
+    priced = _priced(plan)
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for r in ranks:
         st = index[r]
@@ -206,7 +99,7 @@ def _comms(plan: Plan, index: dict[int, _Rank], ranks: list[int], node_of: Any) 
                     "ranks": [],
                     "peers": [],
                     "groups": [],
-                    "event": None,
+                    "comm": None,
                 },
             )
             entry["ranks"].append(r)
@@ -216,10 +109,10 @@ def _comms(plan: Plan, index: dict[int, _Rank], ranks: list[int], node_of: Any) 
             group = tuple(int(g) for g in node_attr(comm, "group", []))
             if group and group not in entry["groups"]:
                 entry["groups"].append(group)
-            entry["event"] = entry["event"] or events.get((r, comm.op_type, value))
+            entry["comm"] = entry["comm"] or priced.get((r, comm.op_type, value))
     out = []
     for (node, where), e in sorted(found.items(), key=lambda kv: (kv[0][1] != "before", kv[0])):
-        ev = e["event"] or {}
+        c = e["comm"]
         out.append(
             CommStep(
                 op=e["op"],
@@ -229,10 +122,10 @@ def _comms(plan: Plan, index: dict[int, _Rank], ranks: list[int], node_of: Any) 
                 ranks=tuple(e["ranks"]),
                 groups=tuple(e["groups"]),
                 peers=tuple(e["peers"]),
-                bytes=float(ev.get("bytes", 0.0)),
-                seconds=float(ev.get("duration", 0.0)),
-                algorithm=str(ev.get("algorithm", "")),
-                links=tuple(ev.get("links", ())),
+                bytes=float(c.nbytes) if c else 0.0,
+                seconds=float(c.seconds) if c else 0.0,
+                algorithm=c.algorithm if c else "",
+                links=tuple(str(x) for x in c.links) if c else (),
             )
         )
     return out
@@ -362,7 +255,7 @@ def _explain_node(plan: Plan, index: dict[int, _Rank], name: str, ranks: list[in
     node = index[ranks[0]].nodes[name]
     devices, stages = _placement(index, ranks)
     tp = max(index[r].tp for r in ranks)
-    chosen = plan.data["partition"].get("strategies", {}).get(name)
+    chosen = (plan.typed.partition.strategies or {}).get(name)
     reasons = _stage_reasons(plan, stages, name)
     if tp == 1:
         strategy = None
@@ -432,7 +325,7 @@ def _explain_weight(
             for c in index[r].consumers.get(local, [])
         }
     )
-    strategies = plan.data["partition"].get("strategies", {})
+    strategies = (plan.typed.partition.strategies or {})
     for u in users:
         if u in strategies:
             reasons.append(f"read by {u!r}, which is {strategies[u]}-split: so is this weight")
@@ -484,3 +377,4 @@ def _explain_value(plan: Plan, index: dict[int, _Rank], name: str, ranks: list[i
         comms=tuple(comms),
         reasons=tuple(reasons),
     )
+

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from shardc.passes.coarsen import BlockChain
     from shardc.passes.precision import Precision
     from shardc.passes.strategies import StrategyTable
+    from shardc.plan.lowered import Lowering
+    from shardc.plan.model import PlanData
+    from shardc.plan.program import Programs
+    from shardc.plan.timeline import Timeline
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,14 @@ class CompileState:
     """Legal shardings of every node and the resharding each implies (pass strategies)."""
     partition: PartitionResult | None = None
     """Stages, devices, strategies and the step estimate (pass partition)."""
+    lowering: Lowering | None = None
+    """Per (stage, TP rank) device-file nodes and every rank's unpriced program (pass lower)."""
+    programs: Programs | None = None
+    """Every rank's program, each step priced (pass price)."""
+    timeline: Timeline | None = None
+    """The programs laid out in time: events, link loads, step time (pass timeline)."""
+    plan: PlanData | None = None
+    """The frozen, typed Plan every writer and reader uses (pass plan)."""
     warnings: tuple[str, ...] = ()
 
     def with_(self, **changes: Any) -> CompileState:
@@ -86,6 +98,11 @@ class CompileState:
 
 
 STATE_FIELDS = frozenset(f.name for f in fields(CompileState))
+
+
+def filled(state: CompileState) -> list[str]:
+    """The state's filled fields, sorted (what a pipeline carrying on from it is given)."""
+    return sorted(f for f in STATE_FIELDS if state.has(f))
 
 
 @dataclass(frozen=True)
@@ -132,8 +149,12 @@ class PipelineResult:
 class Pipeline:
     """Runs passes in a declared order, checking each one's contract."""
 
-    def __init__(self, passes: Sequence[Pass]):
+    def __init__(self, passes: Sequence[Pass], *, given: Sequence[str] = ()):
+        """``given``: state fields filled before the first pass (a pipeline that carries
+        on from another's state, as the build's Plan passes carry on after partition).
+        """
         names = [p.name for p in passes]
+        self.given = frozenset(given)
         if len(set(names)) != len(names):
             raise PipelineError(f"duplicate pass names in {names}")
         self.passes = tuple(passes)
@@ -145,7 +166,7 @@ class Pipeline:
         return [p.name for p in self.passes]
 
     def _check_order(self) -> None:
-        available = {"model", "graph", "options", "topology", "warnings"}
+        available = {"model", "graph", "options", "topology", "warnings", *self.given}
         for p in self.passes:
             missing = [r for r in p.requires if r not in available]
             if missing:

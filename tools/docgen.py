@@ -302,7 +302,13 @@ def render_api() -> str:
         out += [f"### `shardc.{name}()`", "", *_code(_signature(f"shardc.{name}", fn))]
         out += [_doc(fn), ""]
     out += ["## The plan", "", _doc(plan), ""]
-    classes: tuple[type, ...] = (plan.Plan, plan.Summary, plan.Stage, plan.Device, plan.Estimate)
+    from shardc.report.plan import Summary
+
+    classes: tuple[type, ...] = (
+        plan.Plan, Summary, plan.PlanData, plan.Stage, plan.Rank, plan.Estimate,
+        plan.DeviceProgram, plan.Comm, plan.Compute, plan.Link, plan.Sync, plan.Timeline,
+        plan.Event, plan.LinkLoad,
+    )
     for cls in classes:
         out += _class(cls)
     out += ["## Explanations", "", _doc(explain), ""]

@@ -11,9 +11,10 @@ from pathlib import Path
 import click
 
 from shardc import jsonutil
+from shardc.analysis import graph_summary
 from shardc.cli.options import console, parse_dims, parse_op_costs
 from shardc.compiler import analyse
-from shardc.report.summary import graph_summary, render_summary
+from shardc.report.summary import render_summary
 from shardc.report.text import plain_safe
 
 dim_option = click.option(

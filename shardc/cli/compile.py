@@ -198,7 +198,7 @@ def compile_cmd(
             raise OptionError("--report needs the emitted schedule", hint="pass --emit")
         page = render_html(part, timeline, topology, model=str(model))
         write_file(report_path, page.encode(), force=force)
-    from shardc.emit.planfolder import anchor_paths
+    from shardc.plan.folder import anchor_paths
 
     # plan.json names the model and topology relative to the plan folder: verify runs anywhere
     files = {**files, "plan.json": anchor_paths(files["plan.json"], outdir)}

@@ -19,11 +19,13 @@ from typing import Any
 
 import onnx
 
-from shardc.emit.planfolder import MAX_SIDE_BYTES, PlanFolder, PlanFolderError, read_plan_folder
 from shardc.emit.program import DOMAIN, node_attr
 from shardc.errors import ShardcError
 from shardc.frontend.read import ort_ops_aside
 from shardc.frontend.shapes import checkable
+from shardc.plan.folder import MAX_SIDE_BYTES, PlanFolder, PlanFolderError, read_plan_folder
+from shardc.plan.model import PlanData
+from shardc.plan.records import Rank
 
 
 class PlanCheckError(ShardcError):
@@ -52,15 +54,17 @@ def check_outdir(path: str | Path) -> CheckReport:
     """Check the plan folder ``path`` (plan.json and device_<rank>.onnx files)."""
     root = Path(path)
     folder = read_plan_folder(root)  # plan.json validated before any other file is opened
-    emission = folder.plan.get("emission")
-    if not emission:
+    if not folder.plan.get("emission"):
         raise PlanCheckError(f"{root}: plan.json has no emission section (no device files)")
-    folder.schedule()  # validated against its schema and plan.json, when present
+    # the schedule is validated against its schema and plan.json, when present
+    plan = PlanData.from_json(folder.plan, folder.schedule())
+    ranks = [r for r in plan.ranks if r.file is not None]
     report = CheckReport()
     models: dict[int, onnx.ModelProto] = {}
-    for r in emission["ranks"]:
+    for r in ranks:
+        assert r.file is not None
         try:
-            f = folder.member(r["file"])
+            f = folder.member(r.file)
             model = onnx.load(str(f), load_external_data=False)
             for side in _side_files(model):
                 folder.member(side, limit=MAX_SIDE_BYTES)
@@ -73,13 +77,13 @@ def check_outdir(path: str | Path) -> CheckReport:
             report.problems.append(exc.render())
             continue
         except Exception as exc:  # the checker's own exception types vary by version
-            report.problems.append(f"{r['file']}: {exc}".splitlines()[0])
+            report.problems.append(f"{r.file}: {exc}".splitlines()[0])
             continue
-        models[int(r["rank"])] = model
+        models[r.rank] = model
     report.ranks = len(models)
     _check_comms(models, report)
-    _check_weights(models, emission.get("weights", {}), report)
-    _check_onnxruntime(folder, emission["ranks"], models, report)
+    _check_weights(models, dict(plan.weights or {}), report)
+    _check_onnxruntime(folder, ranks, models, report)
     return report
 
 
@@ -95,7 +99,7 @@ def _side_files(model: onnx.ModelProto) -> set[str]:
 
 
 def _check_onnxruntime(
-    folder: PlanFolder, ranks: list[dict], models: dict[int, onnx.ModelProto], report: CheckReport
+    folder: PlanFolder, ranks: list[Rank], models: dict[int, onnx.ModelProto], report: CheckReport
 ) -> None:
     """Each device program loads and runs in onnxruntime (comm nodes stood in): the
     checker above does not know contrib ops or check shapes strictly. Programs whose
@@ -105,15 +109,15 @@ def _check_onnxruntime(
     from shardc.emit.standin import onnxruntime_problem
 
     for r in ranks:
-        if int(r["rank"]) not in models:
+        if r.rank not in models or r.file is None:
             continue
         try:
-            model = onnx.load(str(folder.member(r["file"])))
+            model = onnx.load(str(folder.member(r.file)))
         except Exception:  # weights absent: nothing to run
             continue
         problem = onnxruntime_problem(model)
         if problem:
-            report.problems.append(f"{r['file']}: {problem}")
+            report.problems.append(f"{r.file}: {problem}")
 
 
 def _check_comms(models: dict[int, onnx.ModelProto], report: CheckReport) -> None:

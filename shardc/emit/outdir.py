@@ -35,9 +35,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from shardc.emit.planfolder import MAX_JSON_BYTES, PLAN_FORMAT, PlanFolderError, loads
 from shardc.errors import OptionError
 from shardc.owner import is_alive, owner_tag
+from shardc.plan.folder import MAX_JSON_BYTES, PLAN_FORMAT, PlanFolderError, loads
 
 _FAULT_ENV = "SHARDC_OUTDIR_FAULT"
 """Test hook: ``write``, ``exchange``, ``swapped`` or ``aside`` kills this process with

@@ -1,93 +1,24 @@
-"""The files of a plan folder, as bytes, from a compiled state.
+"""The one writer of a plan folder: the Plan (and the lowered device nodes) to file bytes.
 
 Why bytes and not writes: :func:`shardc.emit.outdir.write_outdir` writes a folder all at
 once or not at all, so every file is built in memory first; and bytes are what the
-determinism tests compare.
+determinism tests compare. Each file is a function of the Plan: plan.json of
+:meth:`~shardc.plan.model.PlanData.to_json`, schedule.json of its timeline, trace.json of
+schedule.json, and the device files of its programs and the lowered templates. The one
+reader is :mod:`shardc.plan.folder`.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import onnx
 
 from shardc import jsonutil
-from shardc.emit.devices import Emission, emit
-
-if TYPE_CHECKING:
-    from shardc.pipeline import CompileState
-
-
-def weights_available(state: CompileState) -> bool:
-    """Whether the model's weights can be read (a synth graph declares them only)."""
-    source = state.model.weights
-    names = list(state.model.graph.initializers)
-    if not names:
-        return True
-    if source is None:
-        return False
-    try:
-        source.array(names[0])
-    except Exception:
-        return False
-    return True
-
-
-class DeclaredWeights:
-    """A weight source for weights that are declared but never written (synth graphs).
-
-    It hands out each weight's type and dims and no bytes: enough to lay out the device
-    programs and so the schedule and trace, which depend on shapes only, but not to write
-    device models. :func:`plan_files` uses it when the real weights cannot be read.
-    """
-
-    declared_only = True
-
-    def __init__(self, source: Any):
-        self._source = source
-
-    def tensor_proto(self, name: str, *, with_data: bool = True) -> onnx.TensorProto:
-        """``name``'s type and dims, without data or a reference to an external file."""
-        t = self._source.tensor_proto(name, with_data=False)
-        return onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
-
-    def array(self, name: str) -> np.ndarray:
-        """A zero-strided stand-in of the right shape and dtype (it holds no memory)."""
-        t = self.tensor_proto(name)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        return np.broadcast_to(np.zeros((), dtype=dtype), tuple(t.dims))
-
-
-def emission_section(state: CompileState, emission: Emission) -> dict[str, Any]:
-    """plan.json's ``emission``: the rank table and the original weights' sizes."""
-    graph = state.graph
-    used = {v for n in graph.nodes for v in n.present_inputs}
-    weights = {
-        name: int(graph.values[name].nbytes or 0) for name in graph.initializers if name in used
-    }
-    return {
-        "ranks": [
-            {
-                "rank": p.rank,
-                "file": f"device_{p.rank}.onnx",
-                "device": p.device,
-                "kind": p.kind,
-                "stage": p.stage,
-                "replica": p.replica,
-                "tp_rank": p.tp_rank,
-                "tp": p.tp,
-                "inputs": list(p.inputs),
-                "outputs": list(p.outputs),
-                "weight_bytes": p.weight_bytes,
-                "memory_bytes": p.memory_bytes,
-            }
-            for p in emission.programs.programs
-        ],
-        "weights": dict(sorted(weights.items())),
-    }
-
+from shardc.emit.devices import device_models
+from shardc.emit.trace import chrome_trace
+from shardc.plan.lowered import Lowering
+from shardc.plan.model import PlanData
 
 EXTERNAL_THRESHOLD = 256 * 2**20
 """Device models whose weights exceed this keep them in ``device_<rank>.weights``
@@ -124,25 +55,40 @@ def device_files(rank: int, model: onnx.ModelProto, threshold: int) -> dict[str,
 
 
 def plan_files(
-    state: CompileState, external_threshold: int = EXTERNAL_THRESHOLD, *, models: bool = True
-) -> tuple[dict[str, bytes], dict[str, Any] | None, Any]:
-    """(files, emission section, schedule dict) for ``state``'s plan.
-
-    ``models=False`` (weights declared only): schedule.json and trace.json, which need
-    shapes only, and no device models; the emission section is then None, since plan.json
-    must not list device files the folder does not hold.
+    plan: PlanData,
+    lowering: Lowering | None = None,
+    model: Any = None,
+    *,
+    extra: dict[str, bytes] | None = None,
+    external_threshold: int = EXTERNAL_THRESHOLD,
+) -> dict[str, bytes]:
+    """Every file of ``plan``'s folder: plan.json, schedule.json and trace.json when the
+    plan has a timeline, ``device_<rank>.onnx`` (and ``.weights``) when it has device
+    files (which need ``lowering`` and the IR ``model``), plus ``extra`` (analysis.json).
     """
-    from shardc.emit.schedule import build_schedule
-    from shardc.emit.trace import chrome_trace
+    files: dict[str, bytes] = dict(extra or {})
+    if plan.device_files:
+        assert lowering is not None and model is not None, "device files need the lowering"
+        for rank, proto in sorted(device_models(plan, lowering, model).items()):
+            files.update(device_files(rank, proto, external_threshold))
+    if plan.timeline is not None:
+        schedule = plan.timeline.to_json()
+        files["schedule.json"] = jsonutil.dumps(schedule).encode()
+        files["trace.json"] = jsonutil.dumps(chrome_trace(schedule), indent=None).encode()
+    files["plan.json"] = jsonutil.dumps(plan.to_json()).encode()
+    return files
 
-    if not models:
-        model = replace(state.model, weights=DeclaredWeights(state.model.weights))
-        state = replace(state, model=model)
-    emission = emit(state)
-    files: dict[str, bytes] = {}
-    for rank, proto in sorted(emission.models.items()) if models else ():
-        files.update(device_files(rank, proto, external_threshold))
-    schedule = build_schedule(emission.programs)
-    files["schedule.json"] = jsonutil.dumps(schedule).encode()
-    files["trace.json"] = jsonutil.dumps(chrome_trace(schedule), indent=None).encode()
-    return files, emission_section(state, emission) if models else None, schedule
+
+def state_files(state: Any, external_threshold: int = EXTERNAL_THRESHOLD) -> dict[str, bytes]:
+    """The folder's files of a compiled state whose Plan has no records yet (tests of single
+    graphs): the Plan is given placeholder inputs and options.
+    """
+    from dataclasses import replace
+
+    from shardc.plan.records import InputRecord, Inputs, Options
+
+    plan = state.plan
+    if plan.inputs is None:
+        test = InputRecord("<test>")
+        plan = replace(plan, inputs=Inputs(test, test), options=Options({}), shardc="test")
+    return plan_files(plan, state.lowering, state.model, external_threshold=external_threshold)

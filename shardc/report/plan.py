@@ -6,6 +6,7 @@ a script reads cannot disagree.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from rich.console import Group
@@ -107,3 +108,38 @@ def render_links(schedule: dict[str, Any], top: int = 5) -> Table:
             _seconds(link["busy_seconds"]),
         )
     return table
+
+
+class Summary:
+    """The plan's tables: rich-renderable (``rich.print(s)``) and plain text (``str(s)``)."""
+
+    def __init__(self, plan: Any) -> None:
+        self._plan = plan
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+
+        from shardc.report.plan import render_links, render_plan
+
+        p = self._plan
+        from shardc.report.text import markup_safe
+
+        model = markup_safe(p.inputs["model"]["path"])
+        topology = markup_safe(p.inputs["topology"]["path"])
+        parts: list[Any] = [
+            f"[bold]{model}[/] on {topology} ({p.world_size} ranks)",
+            render_plan(p.data["partition"]),
+        ]
+        if p.schedule is not None:
+            parts.append(render_links(p.schedule, top=5))
+        return Group(*parts)
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        out = io.StringIO()
+        Console(file=out, width=100, color_system=None).print(self)
+        return out.getvalue()
+
+    def __repr__(self) -> str:
+        return str(self)

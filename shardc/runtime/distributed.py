@@ -276,8 +276,8 @@ class RankRunner:
         self.comm = TorchComm(device, check_shapes=check_shapes)
         self.comm.make_groups(_groups_of(self.program))
         info = self.plan.ranks[self.rank]
-        self.stage = int(info["stage"])
-        self.replica = int(info["replica"])
+        self.stage = info.stage
+        self.replica = info.replica
 
     @property
     def needs_inputs(self) -> bool:

@@ -17,13 +17,16 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from shardc.emit.planfolder import (
+from shardc.plan.folder import (
     MAX_SIDE_BYTES,
     PLAN_FORMAT,
     PlanFolderError,
     read_plan_folder,
     resolve_input,
 )
+from shardc.plan.model import PlanData
+from shardc.plan.records import Rank
+from shardc.plan.timeline import Event
 from shardc.runtime.program import attr
 
 __all__ = ["PLAN_FORMAT", "Estimate", "InputSpec", "PlanDir", "PlanFolderError"]
@@ -60,8 +63,9 @@ class PlanDir:
                 where=str(self.path / "plan.json"),
                 hint="compile without --no-emit",
             )
-        self.ranks: dict[int, dict[str, Any]] = self.folder.ranks()
-        _ = self.schedule  # validated now: the runners read it in every rank's loop
+        # validated now (the runners read the schedule in every rank's loop), and typed
+        self.typed = PlanData.from_json(self.plan, self.folder.schedule())
+        self.ranks: dict[int, Rank] = {r.rank: r for r in self.typed.ranks}
 
     @property
     def world_size(self) -> int:
@@ -69,11 +73,11 @@ class PlanDir:
 
     @property
     def dp(self) -> int:
-        return int(self.plan["partition"].get("dp", 1))
+        return self.typed.partition.dp
 
     @property
     def microbatches(self) -> int:
-        return int(self.plan["partition"].get("microbatches") or 1)
+        return self.typed.partition.microbatches or 1
 
     def device_model(self, rank: int) -> onnx.ModelProto:
         """Rank ``rank``'s program, its side weight file (if any) read from the folder."""
@@ -94,10 +98,10 @@ class PlanDir:
 
     def feeding_ranks(self) -> list[int]:
         """Ranks that read graph inputs: every rank of the first stage of each replica."""
-        return [r for r, info in sorted(self.ranks.items()) if info.get("inputs")]
+        return [r for r, info in sorted(self.ranks.items()) if info.inputs]
 
     def output_ranks(self) -> list[int]:
-        return [r for r, info in sorted(self.ranks.items()) if info.get("outputs")]
+        return [r for r, info in sorted(self.ranks.items()) if info.outputs]
 
     @cached_property
     def input_specs(self) -> list[InputSpec]:
@@ -112,7 +116,7 @@ class PlanDir:
                 raise
             raise PlanFolderError(
                 f"cannot load ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                where=str(self.path / self.ranks[feeding[0]]["file"]),
+                where=str(self.path / str(self.ranks[feeding[0]].file)),
             ) from None
         weights = {t.name for t in model.graph.initializer}
         specs = []
@@ -129,27 +133,20 @@ class PlanDir:
         return specs
 
     def _member(self, rank: int) -> Path:
-        return self.folder.member(self.ranks[rank]["file"])
+        return self.folder.member(str(self.ranks[rank].file))
 
-    @cached_property
-    def schedule(self) -> dict[str, Any] | None:
-        """schedule.json, validated against its schema and plan.json (None if absent)."""
-        return self.folder.schedule()
-
-    def _events(self, rank: int) -> list[dict[str, Any]]:
-        if self.schedule is None:
+    def _events(self, rank: int) -> list[Event]:
+        """Rank ``rank``'s forward events in the Plan's timeline (none without one)."""
+        timeline = self.typed.timeline
+        if timeline is None:
             return []
-        device = self.ranks[rank]["device"]
-        for d in self.schedule["devices"]:
-            if d["device"] == device:
-                return [e for e in d["events"] if e.get("phase") == "forward"]
-        return []
+        return [e for e in timeline.rank(rank).events if e.phase == "forward"]
 
     def microbatch_order(self, rank: int) -> list[int]:
         """The micro-batches rank ``rank`` runs forward, in the schedule's order."""
         order: list[int] = []
         for e in self._events(rank):
-            m = int(e.get("microbatch", -1))
+            m = e.microbatch
             if m >= 0 and m not in order:
                 order.append(m)
         return order or list(range(self.microbatches))
@@ -164,11 +161,7 @@ class PlanDir:
             return
         program = [_comm_key(n) for n in comm_nodes]
         for m in self.microbatch_order(rank):
-            listed = [
-                (e["op"], tuple(e.get("group") or ()), int(e.get("peer", -1)))
-                for e in events
-                if e.get("type") == "comm" and e.get("microbatch") == m
-            ]
+            listed = [(e.op, e.group, e.peer) for e in events if e.is_comm and e.microbatch == m]
             if listed != program:
                 at = next(
                     (i for i, (a, b) in enumerate(zip(listed, program, strict=False)) if a != b),
@@ -185,8 +178,8 @@ class PlanDir:
     def estimate(self, rank: int) -> Estimate:
         """Forward compute and comm seconds the schedule gives ``rank`` in one step."""
         events = self._events(rank)
-        compute = sum(e["duration"] for e in events if e.get("type") == "compute")
-        comm = sum(e["duration"] for e in events if e.get("type") == "comm")
+        compute = sum(e.duration for e in events if not e.is_comm)
+        comm = sum(e.duration for e in events if e.is_comm)
         return Estimate(compute, comm, len(self.microbatch_order(rank)))
 
     def model_path(self) -> Path | None:
@@ -194,7 +187,14 @@ class PlanDir:
         return resolve_input(self.folder, "model")
 
     def model_sha256(self) -> str | None:
-        return self.plan.get("inputs", {}).get("model", {}).get("sha256")
+        inputs = self.typed.inputs
+        return inputs.model.sha256 if inputs is not None else None
+
+    @property
+    def model_record_path(self) -> str | None:
+        """The original model's path as plan.json records it."""
+        inputs = self.typed.inputs
+        return inputs.model.path if inputs is not None else None
 
 
 def _side_file(model: onnx.ModelProto) -> str | None:

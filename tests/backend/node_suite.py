@@ -190,17 +190,17 @@ def run_case(name: str) -> Outcome:
 
 def compile_case(model: onnx.ModelProto, dims: dict[str, int]) -> tuple[Any, bool]:
     """The plan's state, and whether it divides any op's work between the devices."""
-    from shardc.compiler import partition_model
+    from shardc.compiler import build_plan, partition_model
     from shardc.partition.options import PartitionOptions, parse_pins
     from shardc.partition.split import tp_rule
 
-    state = partition_model(
+    state = build_plan(partition_model(
         model,
         _topology(),
         dims=dims,
         mode="inference",
         partition=PartitionOptions(pins=parse_pins([PINS])),
-    ).state
+    ).state).state
     sizes = {"tp": DEVICES}
     table = state.strategies
     rule = tp_rule(state.graph, table, state.options.partition.pins.rule)

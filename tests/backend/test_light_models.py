@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from shardc.compiler import partition_model
+from shardc.compiler import build_plan, partition_model
 from shardc.emit.devices import emit
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.partition.split import tp_rule
@@ -54,7 +54,9 @@ def run_light(name: str, pins: str = TP4, devices: int = 4) -> None:
     feeds = _dummy(model)
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
     options = PartitionOptions(pins=parse_pins([pins]))
-    state = partition_model(path, topo, mode="inference", partition=options).state
+    state = build_plan(
+        partition_model(path, topo, mode="inference", partition=options).state
+    ).state
     assert state.partition.devices_used == devices
 
     tp = state.partition.stages[0].tp

@@ -203,6 +203,10 @@ def test_progress_callback_and_warnings(tmp_path: Path) -> None:
         "partition",
         "partition dp=2",  # the search, per width (see test_progress for its counts)
         "partition dp=1",
+        "lower",
+        "price",
+        "timeline",
+        "plan",
         "emit",
         "done",
     ]

@@ -18,13 +18,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from planfolders import plan_json
 
-from shardc.compiler import partition_model
+from shardc.compiler import build_plan, partition_model
 from shardc.emit.check import check_outdir
 from shardc.emit.devices import emit
 from shardc.emit.outdir import write_outdir
-from shardc.emit.outputs import plan_files
+from shardc.emit.outputs import state_files
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.runtime.inprocess import run_inprocess
 from shardc.topology import load_topology
@@ -43,7 +42,9 @@ PLANS = [
 def _state(path: Path, devices: int, pins: str):
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
     options = PartitionOptions(pins=parse_pins([pins]))
-    return partition_model(path, topo, mode="inference", partition=options).state
+    return build_plan(
+        partition_model(path, topo, mode="inference", partition=options).state
+    ).state
 
 
 def _feeds(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -83,8 +84,7 @@ def test_check_plan_accepts_emitted_folders_and_catches_tampering(
     gpt2_path: Path, tmp_path: Path, devices: int, pins: str
 ) -> None:
     state = _state(gpt2_path, devices, pins)
-    files, section, _ = plan_files(state)
-    files["plan.json"] = plan_json(state, section)
+    files = state_files(state)
     out = write_outdir(tmp_path / "plan", files)
     report = check_outdir(out)
     assert report.problems == [] and report.ranks == devices
@@ -160,7 +160,7 @@ def test_compile_writes_identical_device_files_and_a_valid_schedule(
     assert set(range(4)) <= pids
     schedule = json.loads((a / "schedule.json").read_text())
     jsonschema = pytest.importorskip("jsonschema")
-    from shardc.emit.schedule import schedule_schema
+    from shardc.plan.timeline import schedule_schema
 
     jsonschema.validate(schedule, schedule_schema())
     assert [d["rank"] for d in schedule["devices"]] == list(range(4))
@@ -214,9 +214,8 @@ def test_reloading_a_plan_re_emits_identical_files(gpt2_path: Path, tmp_path: Pa
 
 def test_large_device_weights_go_to_a_side_file(llama_path: Path, tmp_path: Path) -> None:
     state = _state(llama_path, 4, "tp=2,pp=2,dp=1")
-    files, section, _ = plan_files(state, external_threshold=0)
+    files = state_files(state, external_threshold=0)
     assert {f"device_{r}.weights" for r in range(4)} <= set(files)
-    files["plan.json"] = plan_json(state, section)
     out = write_outdir(tmp_path / "ext", files)
     models = {r: onnx.load(str(out / f"device_{r}.onnx")) for r in range(4)}
     for r in range(4):

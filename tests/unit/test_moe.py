@@ -16,13 +16,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from planfolders import plan_json
 
-from shardc.compiler import partition_model
+from shardc.compiler import build_plan, partition_model
 from shardc.emit.check import check_outdir
 from shardc.emit.devices import emit
 from shardc.emit.outdir import write_outdir
-from shardc.emit.outputs import plan_files
+from shardc.emit.outputs import state_files
 from shardc.partition.experts import ExpertRule, find_regions
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.passes.partition import costing_for
@@ -44,7 +43,9 @@ PLANS = [
 def _state(path: Path, devices: int, pins: str):
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
     options = PartitionOptions(pins=parse_pins([pins]))
-    return partition_model(path, topo, mode="inference", partition=options).state
+    return build_plan(
+        partition_model(path, topo, mode="inference", partition=options).state
+    ).state
 
 
 def _reference(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -138,8 +139,7 @@ def test_plan_prices_the_collectives_emission_writes(mixtral_path: Path) -> None
 
 def test_check_plan_accepts_an_expert_parallel_folder(deepseek_v3_path: Path, tmp_path: Path):
     state = _state(deepseek_v3_path, 4, "tp=4,pp=1,dp=1")
-    files, section, _ = plan_files(state)
-    files["plan.json"] = plan_json(state, section)
+    files = state_files(state)
     out = write_outdir(tmp_path / "plan", files)
     report = check_outdir(out)
     assert report.problems == [] and report.ranks == 4

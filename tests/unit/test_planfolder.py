@@ -20,8 +20,8 @@ from click.testing import CliRunner
 import shardc
 from shardc.cli.main import cli
 from shardc.emit.check import check_outdir
-from shardc.emit.planfolder import PlanFolderError, loads, plan_schema
 from shardc.errors import ShardcError
+from shardc.plan.folder import PlanFolderError, loads, plan_schema
 from shardc.runtime.plandir import PlanDir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import shardc
 from shardc.cli.main import cli
-from shardc.compiler import analyse, default_passes
+from shardc.compiler import analyse, partition_passes
 from shardc.cost.compute import node_time
 from shardc.cost.precision import policy, price
 from shardc.errors import OptionError
@@ -50,7 +50,7 @@ def gpt() -> object:
 
 
 def _state(model: object, dtype: str | None, topo_text: str = MIXED):
-    passes = default_passes()[:-1]  # up to strategies: what the partition pass prices
+    passes = partition_passes()[:-1]  # up to strategies: what the partition pass prices
     return analyse(model, topology=load_topology(topo_text), passes=passes, dtype=dtype).state
 
 
@@ -140,7 +140,7 @@ def test_tied_weights_and_biases_stay_wide() -> None:
             h = Gemm(flat, w, b)
         }
     """
-    state = analyse(onnx.parser.parse_model(text), passes=default_passes()[:2], dtype="fp8").state
+    state = analyse(onnx.parser.parse_model(text), passes=partition_passes()[:2], dtype="fp8").state
     types = {n: v.type.dtype for n, v in state.precision.graph.values.items()}
     assert types["table"] == DType.BFLOAT16  # tied: the Gather reads it too
     assert types["t"] == DType.FLOAT8E4M3FN  # the head's operand, cast on the fly

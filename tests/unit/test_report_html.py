@@ -1,6 +1,6 @@
 """The HTML report: one self-contained, well-formed, deterministic page.
 
-The schedule builder (shardc/emit/schedule.py) is written separately, so these tests make
+The schedule builder (shardc/plan/timeline.py) is written separately, so these tests make
 their own ``shardc-schedule/1`` documents with :func:`fake_schedule`: a plain 1F1B (or
 GPipe) simulation of a plan's stages, with Send/Recv between stages, tensor-parallel
 AllReduces and the data-parallel sync, and link load from the topology's routes.

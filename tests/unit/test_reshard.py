@@ -17,13 +17,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
-from planfolders import plan_json
 
-import shardc.emit.devices as devices_mod
-from shardc.compiler import partition_model
+import shardc.passes.lower as lower_pass
+from shardc.compiler import analyse, build_plan, partition_passes
 from shardc.emit.check import check_outdir
+from shardc.emit.devices import emit
 from shardc.emit.outdir import write_outdir
-from shardc.emit.outputs import plan_files
+from shardc.emit.outputs import state_files
 from shardc.emit.standin import onnxruntime_problem
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.runtime.inprocess import run_inprocess
@@ -72,17 +72,19 @@ def _pinned_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     path = _model(tmp_path / "reshard.onnx")
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
     options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1,rule=split"]))
-    state = partition_model(path, topo, mode="inference", partition=options).state
+    state = analyse(
+        path, topology=topo, mode="inference", partition=options, passes=partition_passes()
+    ).state
     pinned = _Pinned(state.strategies, {"mm": "column", "ln": "seq_tp"})
-    monkeypatch.setattr(devices_mod, "tp_rule", lambda *_: pinned)
-    return state
+    monkeypatch.setattr(lower_pass, "tp_rule", lambda *_: pinned)
+    return build_plan(state).state
 
 
 def test_all_to_all_reshard_is_emitted_and_matches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = _pinned_state(tmp_path, monkeypatch)
-    emission = devices_mod.emit(state)
+    emission = emit(state)
 
     a2a = [n for n in emission.models[0].graph.node if n.op_type == "AllToAll"]
     assert len(a2a) == 1
@@ -113,8 +115,7 @@ def test_check_plan_catches_a_program_onnxruntime_refuses(
     unpaired emitter once had) the same files pass onnx.checker but not check-plan.
     """
     state = _pinned_state(tmp_path, monkeypatch)
-    files, section, _ = plan_files(state)
-    files["plan.json"] = plan_json(state, section)
+    files = state_files(state)
     out = write_outdir(tmp_path / "plan", files)
     assert check_outdir(out).problems == []
 

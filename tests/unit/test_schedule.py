@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from shardc.emit.program import Comm, Compute, DeviceProgram, Programs
-from shardc.emit.schedule import SYNC_NAME, build_schedule, schedule_schema
 from shardc.emit.trace import chrome_trace
 from shardc.errors import ShardcError
+from shardc.plan.program import Comm, Compute, DeviceProgram, Programs
+from shardc.plan.timeline import SYNC_NAME, build_schedule, schedule_schema
 
 
 def _link(a: int, b: int) -> str:

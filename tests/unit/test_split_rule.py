@@ -13,7 +13,7 @@ import pytest
 from conftest import parse
 from onnx import helper, numpy_helper
 
-from shardc.compiler import partition_model
+from shardc.compiler import build_plan, partition_model
 from shardc.emit.devices import emit
 from shardc.errors import OptionError
 from shardc.frontend import load_model
@@ -33,7 +33,9 @@ T = TensorSharding.parse
 def _plan(model: onnx.ModelProto, pins: str = "tp=2,pp=1,dp=1,rule=split"):
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
     options = PartitionOptions(pins=parse_pins([pins]))
-    return partition_model(model, topo, mode="inference", partition=options).state
+    return build_plan(
+        partition_model(model, topo, mode="inference", partition=options).state
+    ).state
 
 
 def _chosen(state) -> dict[str, str]:

@@ -62,7 +62,7 @@ def test_wheel_holds_every_package_and_the_stock_topologies(wheel: Path) -> None
     stock = {p.relative_to(ROOT / "topologies").as_posix()
              for p in (ROOT / "topologies").rglob("*.topo")}
     assert {f"shardc/stock/{s}" for s in stock} <= names
-    assert "shardc/topology/grammar.lark" in names and "shardc/emit/schedule.schema.json" in names
+    assert "shardc/topology/grammar.lark" in names and "shardc/plan/schedule.schema.json" in names
 
 
 def test_installed_wheel_compiles_checks_and_verifies(wheel: Path, tmp_path: Path) -> None:

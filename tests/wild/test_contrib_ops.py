@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from shardc.compiler import partition_model
+from shardc.compiler import build_plan, partition_model
 from shardc.cost.ops import node_cost
 from shardc.emit.devices import emit
 from shardc.frontend import load_model
@@ -149,7 +149,9 @@ def test_contrib_op_splits_by_tp_and_matches(tmp_path: Path, op: str) -> None:
     path = CASES[op](tmp_path / f"{op}.onnx")
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": 2})
     options = PartitionOptions(pins=parse_pins(["tp=2,pp=1,dp=1"]))
-    state = partition_model(path, topo, mode="inference", partition=options).state
+    state = build_plan(
+        partition_model(path, topo, mode="inference", partition=options).state
+    ).state
     emission = emit(state)
 
     fused = [n for n in emission.models[0].graph.node if n.op_type == op]

@@ -14,6 +14,7 @@ from collections import Counter
 from html import escape, unescape
 from typing import Any
 
+from shardc.plan.program import Link as PlanLink
 from shardc.report.html.common import (
     LOAD_HIGH,
     LOAD_LOW,
@@ -48,10 +49,9 @@ _KIND_TEXT = re.compile(r'^<text [^>]*class="k">(?P<kind>[^<]*)</text>$')
 
 
 def _link_ends(name: str) -> tuple[str, str] | None:
-    if "<->" not in name:
-        return None
-    a, b = (s.strip() for s in name.split("<->", 1))
-    return a, b
+    """The two ends of a schedule link, as the Plan reads its names (None: a named bus)."""
+    link = PlanLink.parse(name)
+    return (link.a, link.b) if link.b else None
 
 
 def _links_by_ends(topology: Topology) -> dict[tuple[str, str], Link]:

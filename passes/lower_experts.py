@@ -28,15 +28,16 @@ from onnx import helper, numpy_helper
 from shardc.emit.onnx_model import attribute_proto
 from shardc.ir import Node
 from shardc.partition.experts import ExpertRegion, ExpertRule
+from shardc.passes.lower_nodes import LoweringError
 
 if TYPE_CHECKING:
-    from shardc.emit.devices import _Walk
+    from shardc.passes.lower_walk import Walk
 
 
 class ExpertEmitter:
     """Writes the expert regions the plan spreads over the walk's group."""
 
-    def __init__(self, walk: _Walk) -> None:
+    def __init__(self, walk: Walk) -> None:
         self.walk = walk
         graph, res, table = walk.graph, walk.res, walk.table
         assert table is not None
@@ -50,9 +51,7 @@ class ExpertEmitter:
         ]
         for r in chosen:
             if not set(r.nodes) <= mine:
-                from shardc.emit.devices import EmitError  # devices imports this module
-
-                raise EmitError(f"expert region of {r.exit!r} spans two pipeline stages")
+                raise LoweringError(f"expert region of {r.exit!r} spans two pipeline stages")
         self.region_of: dict[str, ExpertRegion] = {n: r for r in chosen for n in r.nodes}
         self.rows: dict[str, str] = {}
         """Original value -> its local rows (entries gathered at ``pos``, region values)."""

@@ -18,19 +18,28 @@ for those who want the IR; nothing here depends on it.
 ['compute', 'dp sync + optimizer']
 >>> plan.device_model(0).graph.input[0].name
 'input_ids'
+
+The typed Plan underneath: every rank's comms with bytes, algorithm and links, and the
+timeline (the same objects whether compiled here or loaded from the folder):
+
+>>> c = plan.comms[0][0]
+>>> c.op, c.group, c.nbytes, c.algorithm, str(c.links[0])
+('AllReduce', (0, 1), 8192.0, 'direct', 'cpu0<->loopback')
+>>> plan.timeline.step_seconds == plan.estimate.simulated_step_seconds
+True
+>>> shardc.Plan.load(plan.folder()).timeline == plan.timeline
+True
 """
 
 from __future__ import annotations
 
 import atexit
 import copy
-import io
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,142 +47,22 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from shardc.errors import OptionError, ShardcError
+from shardc.plan.model import Estimate, PlanData
+from shardc.plan.program import Comm, Programs, Sync
+from shardc.plan.records import Rank, Stage
+from shardc.plan.timeline import Timeline
 
 if TYPE_CHECKING:
     from shardc.build import Built
-    from shardc.explain import Explanation
+    from shardc.explanation import Explanation
     from shardc.pipeline import CompileState
+    from shardc.report.plan import Summary
 
 _FIXED = ("plan.json", "analysis.json", "schedule.json", "trace.json")
 
 
 class PlanError(ShardcError):
     """A plan folder is missing, unreadable, or lacks what was asked of it."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One pipeline stage, as plan.json's ``partition.stages`` describes it."""
-
-    index: int
-    """Position in the pipeline; stage 0 takes the model's inputs."""
-    kind: str
-    """Device kind every rank of the stage is (from the topology)."""
-    tp: int
-    """Tensor-parallel degree: devices that share each replica's copy of the stage."""
-    blocks: tuple[int, int]
-    """First and last repeated block held (0-based, inclusive); the model's ends ride on
-    the first and last stage."""
-    recompute: str
-    """Activation recomputation: ``none``, ``selective`` or ``full``."""
-    seconds: float
-    """One micro-batch through the stage: compute, TP traffic and boundary transfers."""
-    memory_bytes: float
-    """Estimated peak memory of each rank of the stage."""
-    capacity_bytes: float
-    """Memory of one device of ``kind``."""
-    groups: tuple[tuple[str, ...], ...]
-    """Per replica, the devices of the stage's TP group in tp-rank order."""
-    ranks: tuple[int, ...]
-    """Global ranks of the stage, replica by replica."""
-
-
-@dataclass(frozen=True)
-class Device:
-    """What one rank is: where it runs and which part of the plan it holds."""
-
-    rank: int
-    """Global rank: the ``N`` of ``device_N.onnx`` and of torch.distributed."""
-    device: str
-    """Physical device name from the topology (``node3.gpu5``)."""
-    kind: str
-    """Device kind (from the topology)."""
-    stage: int
-    """Pipeline stage the rank belongs to."""
-    replica: int
-    """Data-parallel replica (0 .. dp-1)."""
-    tp_rank: int
-    """Position in its tensor-parallel group (0 .. tp-1)."""
-    tp: int
-    """Size of its tensor-parallel group."""
-    memory_bytes: float
-    """Estimated peak memory of the rank (weights, gradients, optimizer, activations)."""
-    capacity_bytes: float
-    """Memory of the device."""
-    weight_bytes: int | None
-    """Bytes of weight shards in ``device_<rank>.onnx`` (None when not emitted)."""
-
-    @property
-    def memory_fraction(self) -> float:
-        """Peak memory over capacity (0 when the kind declares no capacity)."""
-        return self.memory_bytes / self.capacity_bytes if self.capacity_bytes else 0.0
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """The step estimate and where its time goes."""
-
-    mode: str
-    """``training`` or ``inference``."""
-    objective: str
-    """``throughput`` or ``latency``."""
-    step_seconds: float
-    """A training/throughput step, or (latency) one request through the pipeline."""
-    breakdown: Mapping[str, float]
-    """The step split into compute, exposed TP traffic, pipeline transfers, bubble and
-    gradient sync (latency: compute, TP traffic and transfers), read off the slowest stage."""
-    samples_per_step: int
-    """Samples one step processes across all replicas."""
-    microbatches: int
-    """Micro-batches per replica per step."""
-    status: str
-    """Solver status: ``OPTIMAL`` (proven) or ``FEASIBLE`` (stopped at its limit)."""
-    bound_seconds: float | None
-    """The solver's lower bound on the step (equal to it when optimal)."""
-    gap: float | None
-    """Relative distance between the step and the bound (0 when optimal)."""
-    simulated_step_seconds: float | None
-    """The step as schedule.json's timeline simulates it (None when not emitted)."""
-
-    @property
-    def samples_per_second(self) -> float:
-        """Throughput (latency objective: 1 / latency)."""
-        return self.samples_per_step / self.step_seconds if self.step_seconds else 0.0
-
-
-class Summary:
-    """The plan's tables: rich-renderable (``rich.print(s)``) and plain text (``str(s)``)."""
-
-    def __init__(self, plan: Plan) -> None:
-        self._plan = plan
-
-    def __rich__(self) -> Any:
-        from rich.console import Group
-
-        from shardc.report.plan import render_links, render_plan
-
-        p = self._plan
-        from shardc.report.text import markup_safe
-
-        model = markup_safe(p.inputs["model"]["path"])
-        topology = markup_safe(p.inputs["topology"]["path"])
-        parts: list[Any] = [
-            f"[bold]{model}[/] on {topology} ({p.world_size} ranks)",
-            render_plan(p.data["partition"]),
-        ]
-        if p.schedule is not None:
-            parts.append(render_links(p.schedule, top=5))
-        return Group(*parts)
-
-    def __str__(self) -> str:
-        from rich.console import Console
-
-        out = io.StringIO()
-        Console(file=out, width=100, color_system=None).print(self)
-        return out.getvalue()
-
-    def __repr__(self) -> str:
-        return str(self)
 
 
 class Plan:
@@ -206,6 +95,7 @@ class Plan:
         timings: Mapping[str, float] | None = None,
         compile_seconds: float | None = None,
         source: onnx.ModelProto | None = None,
+        typed: PlanData | None = None,
     ) -> None:
         if files is None and root is None:
             raise PlanError("a Plan needs its files or a folder", hint="use shardc.compile")
@@ -217,7 +107,8 @@ class Plan:
         self.timings = dict(timings or {})
         self.compile_seconds = compile_seconds
         self.source = source
-        from shardc.emit.planfolder import parse_plan, read_plan_folder
+        self._typed = typed
+        from shardc.plan.folder import parse_plan, read_plan_folder
 
         # validated before any other file is read: every property may then trust it
         self._folder = read_plan_folder(root) if self._files is None and root else None
@@ -236,6 +127,7 @@ class Plan:
             timings=built.timings,
             compile_seconds=built.seconds,
             source=source if isinstance(source, onnx.ModelProto) else None,
+            typed=built.typed,
         )
 
     @classmethod
@@ -254,7 +146,7 @@ class Plan:
         folder is replaced only with ``force=True``.
         """
         from shardc.emit.outdir import write_outdir
-        from shardc.emit.planfolder import anchor_paths
+        from shardc.plan.folder import anchor_paths
 
         files = {name: self._read(name) for name in self.file_names}
         # recorded paths are relative to where compile ran, or to the folder loaded from
@@ -263,6 +155,8 @@ class Plan:
         if self._files is not None:
             self._files["plan.json"] = files["plan.json"]
             self.data = json.loads(files["plan.json"])
+            self._typed = None  # the records now name the inputs from the new folder
+            self.__dict__.pop("typed", None)
         self.path = dest
         return dest
 
@@ -286,7 +180,7 @@ class Plan:
                 raise PlanError(f"the plan has no {name}")
             return self._files[name]
         assert self._folder is not None
-        from shardc.emit.planfolder import MAX_JSON_BYTES, MAX_MODEL_BYTES, MAX_SIDE_BYTES
+        from shardc.plan.folder import MAX_JSON_BYTES, MAX_MODEL_BYTES, MAX_SIDE_BYTES
 
         limit = MAX_JSON_BYTES.get(name, MAX_SIDE_BYTES if name.endswith(".weights") else 0)
         return self._folder.read(name, limit=limit or MAX_MODEL_BYTES)
@@ -324,99 +218,85 @@ class Plan:
         return int(self.data["partition"]["devices_used"])
 
     @cached_property
+    def typed(self) -> PlanData:
+        """The frozen, typed Plan (:class:`~shardc.plan.model.PlanData`) these files hold:
+        the same object compile wrote them from, whether compiled here or loaded.
+        """
+        if self._typed is not None:
+            return self._typed
+        return PlanData.from_json(self.data, self.schedule)
+
+    @property
     def stages(self) -> tuple[Stage, ...]:
         """The pipeline stages in order."""
-        out, offset = [], 0
-        for st in self.data["partition"]["stages"]:
-            n = self.dp * st["tp"]
-            out.append(
-                Stage(
-                    index=st["index"],
-                    kind=st["kind"],
-                    tp=st["tp"],
-                    blocks=(st["blocks"][0], st["blocks"][1]),
-                    recompute=st["recompute"],
-                    seconds=st["seconds"],
-                    memory_bytes=st["memory_bytes"],
-                    capacity_bytes=st["capacity_bytes"],
-                    groups=tuple(tuple(g) for g in st["groups"]),
-                    ranks=tuple(range(offset, offset + n)),
-                )
-            )
-            offset += n
-        return tuple(out)
+        return self.typed.stages
 
-    @cached_property
-    def devices(self) -> tuple[Device, ...]:
-        """Every rank, by rank: device, stage, replica, TP rank, memory.
+    @property
+    def ranks(self) -> tuple[Rank, ...]:
+        """Every rank, by rank: device, stage, replica, TP rank, memory, device file.
 
         Ranks are numbered stage outermost, then replica, then TP rank (Megatron's order,
         and the order of ``device_<rank>.onnx``), whether or not device files were emitted.
         """
-        emitted = {r["rank"]: r for r in self.data.get("emission", {}).get("ranks", [])}
-        out = []
-        for st in self.stages:
-            for replica, group in enumerate(st.groups):
-                for t, name in enumerate(group):
-                    rank = st.ranks[replica * st.tp + t]
-                    out.append(
-                        Device(
-                            rank=rank,
-                            device=name,
-                            kind=st.kind,
-                            stage=st.index,
-                            replica=replica,
-                            tp_rank=t,
-                            tp=st.tp,
-                            memory_bytes=st.memory_bytes,
-                            capacity_bytes=st.capacity_bytes,
-                            weight_bytes=emitted[rank]["weight_bytes"] if rank in emitted else None,
-                        )
-                    )
-        return tuple(sorted(out, key=lambda d: d.rank))
+        return self.typed.ranks
 
     @property
-    def memory(self) -> dict[str, Device]:
-        """Peak memory by device name: ``plan.memory["cpu0"].memory_fraction``."""
-        return {d.device: d for d in self.devices}
+    def devices(self) -> tuple[Rank, ...]:
+        """The ranks (the name this property had first)."""
+        return self.ranks
 
-    @cached_property
+    @property
+    def programs(self) -> Programs | None:
+        """Every rank's program outline: compute segments and comms (None if not lowered)."""
+        return self.typed.programs
+
+    @property
+    def comms(self) -> Mapping[int, tuple[Comm, ...]]:
+        """Every rank's communications with bytes, links, algorithm and seconds, by rank."""
+        return self.typed.comms
+
+    @property
+    def syncs(self) -> tuple[Sync, ...]:
+        """The data-parallel gradient sync of each stage (training)."""
+        return self.typed.syncs
+
+    @property
+    def timeline(self) -> Timeline | None:
+        """The step in time: every rank's events, link loads, step time (None if not
+        lowered).
+        """
+        return self.typed.timeline
+
+    @property
+    def memory(self) -> dict[str, Rank]:
+        """Peak memory by device name: ``plan.memory["cpu0"].memory_fraction``."""
+        return {d.device: d for d in self.ranks}
+
+    @property
     def estimate(self) -> Estimate:
         """Step time, its breakdown, throughput and how sure the solver is."""
-        part = self.data["partition"]
-        solver = part["solver"]
-        sched = self.schedule
-        return Estimate(
-            mode=part["mode"],
-            objective=part["objective"],
-            step_seconds=part["step_seconds"],
-            breakdown=dict(part["breakdown"]),
-            samples_per_step=part["samples_per_step"],
-            microbatches=part["microbatches"],
-            status=solver["status"],
-            bound_seconds=solver["bound_seconds"],
-            gap=solver["gap"],
-            simulated_step_seconds=sched["step_seconds"] if sched else None,
-        )
+        return self.typed.estimate
 
     @cached_property
     def schedule(self) -> dict[str, Any] | None:
         """schedule.json as data: every rank's events in time (None when not emitted)."""
         if "schedule.json" not in self.file_names:
             return None
-        from shardc.emit.planfolder import check_schedule, loads
+        from shardc.plan.folder import check_schedule, loads
 
         return check_schedule(loads(self._read("schedule.json"), "schedule.json"), self.data)
 
     @cached_property
     def analysis(self) -> dict[str, Any]:
         """analysis.json: what ``shardc inspect`` reports about the model."""
-        from shardc.emit.planfolder import loads
+        from shardc.plan.folder import loads
 
         return dict(loads(self._read("analysis.json"), "analysis.json"))
 
     def summary(self) -> Summary:
         """The plan's tables; ``print(plan.summary())`` or ``rich.print(plan.summary())``."""
+        from shardc.report.plan import Summary
+
         return Summary(self)
 
     def __rich__(self) -> Any:

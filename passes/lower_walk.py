@@ -1,0 +1,353 @@
+"""The lowering walk: one (stage, TP rank)'s nodes, comm nodes and weight shards.
+
+Why one walk per (stage, tensor-parallel rank): every replica of a stage runs the same
+nodes on the same weight shards; only the peers of its Send/Recv differ. So the walk
+builds a :class:`~shardc.plan.lowered.Template` per (stage, tp rank), and the device-file
+writer instantiates it per replica from the Plan's priced programs.
+
+The walk follows, on one device, what :meth:`StrategyTable.resolve` decided for the
+stage's tensor-parallel degree: each node reads its inputs in the layout its strategy
+wants, and whatever layout is missing is made from a copy on hand with the steps of
+:func:`shardc.sharding.reshard` — a collective becomes a ``shardc`` node; a slice is
+cut from a weight at lowering time or taken from an activation with a ``Slice``; a
+scale is a ``Mul``. Values cross stages whole: the sender makes a replicated
+copy, every receiving tp rank gets one from the sender of the same index modulo the
+sender's degree. Weights are cut by :mod:`shardc.passes.lower_weights`, single nodes
+rewritten for their shard by :mod:`shardc.passes.lower_nodes`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from shardc.ir import Node
+from shardc.passes.lower_experts import ExpertEmitter
+from shardc.passes.lower_nodes import LoweringError, NodeRewrites, static_shape, tp_dim
+from shardc.passes.lower_weights import WeightViews
+from shardc.passes.precision import priced_graph
+from shardc.plan.lowered import PendingComm, Template
+from shardc.plan.program import DOMAIN
+from shardc.sharding import Reshard, Strategy, TensorSharding, reshard
+
+if TYPE_CHECKING:
+    from shardc.pipeline import CompileState
+
+_COLLECTIVE = {
+    "all_reduce": "AllReduce",
+    "all_gather": "AllGather",
+    "reduce_scatter": "ReduceScatter",
+    "all_to_all": "AllToAll",
+}
+_COST_OP = {v: k for k, v in _COLLECTIVE.items()}
+"""Node type -> the cost model's name for the collective."""
+
+
+class Walk(WeightViews, NodeRewrites):
+    """Builds the template of one (stage, tp rank)."""
+
+    def __init__(
+        self,
+        state: CompileState,
+        stage: int,
+        tp_rank: int,
+        tp: int,
+        nodes: Sequence[str],
+        resolution: Any,
+        cross: Mapping[str, tuple[int, tuple[int, ...]]],
+        tags: Mapping[str, int],
+        tps: Sequence[int],
+    ) -> None:
+        self.state, self.graph = state, state.graph
+        assert state.strategies is not None, "emission runs after the strategy table is built"
+        self.table = state.strategies
+        self.t = Template(stage, tp_rank, tp)
+        self.rank, self.tp = tp_rank, tp
+        self.nodes = nodes
+        self.res = resolution
+        self.cross, self.tags, self.tps = cross, tags, tps
+        self.copies: dict[str, dict[TensorSharding | None, str]] = defaultdict(dict)
+        self.fresh = 0
+        self.initializers = set(state.model.graph.initializers)
+        self.lazy: dict[str, Node] = {}
+        """Weight views (see :meth:`_weight_view`) by output, made on demand per layout."""
+        for node in self.graph.nodes:  # in order, so a view of a view is seen as one
+            if self._weight_view(node):
+                self.lazy[node.outputs[0]] = node
+        self.pieces = self._fused()
+        self.experts = ExpertEmitter(self)
+
+    # -- naming -----------------------------------------------------------------------
+    def _name(self, base: str, what: str) -> str:
+        self.fresh += 1
+        return f"{base}__{what}{self.fresh}"
+
+    def _emit(self, node: onnx.NodeProto) -> None:
+        self.t.nodes.append(node)
+
+    # -- values -----------------------------------------------------------------------
+    def _whole(self, v: str) -> TensorSharding | None:
+        t = self.graph.values[v].type
+        if t is None or t.shape is None:
+            return None
+        return TensorSharding.replicated(len(t.shape))
+
+    def get(self, v: str, want: TensorSharding | None, pieces: int = 1) -> str:
+        """The local name of value ``v`` in layout ``want`` (None: as it is on hand)."""
+        if v in self.initializers:
+            if want is not None and want.partial:
+                unscaled = self._initializer(v, TensorSharding(want.dims), pieces)
+                return self._scale(unscaled)
+            return self._initializer(v, want, pieces)
+        if v in self.lazy:
+            return self._dequantized(v, want, pieces)
+        have = self.copies.get(v)
+        if not have:
+            raise LoweringError(f"value {v!r} is not available on stage {self.t.stage}")
+        if want is None:
+            return next(iter(have.values()))
+        if want in have:
+            return have[want]
+        best: tuple[int, TensorSharding | None, tuple[Reshard, ...]] | None = None
+        for src in have:
+            base = src if src is not None else self._whole(v)
+            if base is None or base.rank != want.rank:
+                continue
+            steps = reshard(base, want)
+            cost = sum(s.communicates for s in steps)
+            if best is None or cost < best[0]:
+                best = (cost, src, steps)
+        if best is None:
+            return next(iter(have.values()))
+        _, src, steps = best
+        name = have[src]
+        layout = src if src is not None else self._whole(v)
+        assert layout is not None
+        for step in steps:
+            name = self._reshard(v, name, layout, step)
+            layout = _after(layout, step)
+            have[layout] = name
+        return name
+
+    def _reshard(self, v: str, name: str, layout: TensorSharding, step: Reshard) -> str:
+        if step.axis != "tp":
+            raise LoweringError(f"value {v!r}: resharding along {step.axis!r} is not emitted yet")
+        if step.op == "scale":
+            return self._scale(name)
+        if step.op == "slice":
+            return self._split(v, name, step.dst_dim)
+        out = self._name(v, step.op)
+        nbytes = self._bytes(v) * layout.local_fraction({"tp": self.tp})
+        if step.op == "all_gather":
+            nbytes *= self.tp
+        dim = step.dst_dim if step.op in ("reduce_scatter", "all_to_all") else step.src_dim
+        concat = -1
+        if step.op == "all_to_all":
+            # split along the new dim, send piece j to rank j, join what arrives along the
+            # dim that was split: one exchange turns a src_dim split into a dst_dim split
+            assert step.src_dim is not None
+            concat = step.src_dim
+        op = _COLLECTIVE[step.op]
+        pending = PendingComm(
+            op, name, out, nbytes, axis=dim if dim is not None else -1, concat_axis=concat
+        )
+        self._comm_node(op, [name], [out], pending)
+        return out
+
+    def _split(self, v: str, name: str, dim: int | None) -> str:
+        """Replicated → this rank's piece along ``dim`` (a local Slice, no traffic)."""
+        assert dim is not None
+        t = self.graph.values[v].type
+        size = t.shape[dim] if t is not None and t.shape is not None else None
+        if not isinstance(size, int):
+            raise LoweringError(f"value {v!r}: cannot slice a dim of unknown size")
+        step = size // self.tp
+        out = self._name(v, "slice")
+        if (self.state.model.opset() or 18) < 10:  # Slice-1: bounds are attributes
+            lo, hi = self.rank * step, (self.rank + 1) * step
+            slice1 = helper.make_node("Slice", [name], [out], name=out, starts=[lo], ends=[hi])
+            slice1.attribute.append(helper.make_attribute("axes", [dim]))
+            self._emit(slice1)
+            return out
+        consts = {}
+        for key, val in (
+            ("starts", self.rank * step),
+            ("ends", (self.rank + 1) * step),
+            ("axes", dim),
+        ):
+            cname = self._name(v, key)
+            self.t.initializers[cname] = numpy_helper.from_array(
+                np.array([val], dtype=np.int64), cname
+            )
+            consts[key] = cname
+        self._emit(
+            helper.make_node(
+                "Slice", [name, consts["starts"], consts["ends"], consts["axes"]], [out], name=out
+            )
+        )
+        return out
+
+    # -- the walk -----------------------------------------------------------------------
+    def run(self) -> Template:
+        """Inputs and receives first (in producer order), then the nodes, sending each
+        cross-stage value and gathering each graph output as soon as it is made.
+        """
+        graph, initializers = self.graph, self.initializers
+        produced = {o for n in self.nodes for o in graph.node(n).outputs if o}
+        needed: list[str] = []
+        for n in self.nodes:
+            for v in reads(graph.node(n), graph):
+                if v not in produced and v not in initializers and v not in needed:
+                    needed.append(v)
+        order = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
+        for v in sorted(needed, key=lambda x: (order.get(x, -1), x)):
+            if v in self.lazy:  # a weight view: made here from the stored weight, not sent
+                continue
+            if v in graph.inputs:
+                self.t.inputs.append(v)
+            elif v in self.cross:
+                src = self.cross[v][0]
+                self._comm_node(
+                    "Recv",
+                    [],
+                    [v],
+                    PendingComm(
+                        "Recv",
+                        v,
+                        v,
+                        self._bytes(v),
+                        peer=(src, self.rank % self.tps[src]),
+                        tag=self.tags[v],
+                    ),
+                    recv_of=v,
+                )
+            else:
+                raise LoweringError(f"stage {self.t.stage} reads {v!r}, which no stage produces")
+            self.copies[v][self._whole(v)] = v
+        for name in self.nodes:
+            node = graph.node(name)
+            strat: Strategy = self.res.strategies[name]
+            if node.outputs and node.outputs[0] in self.lazy:  # made per layout by get()
+                self.t.steps.append(("node", name))
+                continue
+            k = max((self.pieces.get(o, 1) for o in node.outputs if o), default=1)
+            if node.qualified_op == "com.microsoft::Attention" and tp_dim(strat) is not None:
+                k = 3  # its QKV weight and bias hold Q, K and V side by side
+            if self.experts.owns(name):  # rows chosen by routing: no Slice may cut them
+                outs = self.experts.node(node)
+            else:
+                ins = [
+                    self.get(v, strat.inputs[i] if i < len(strat.inputs) else None, k)
+                    if v
+                    else ""
+                    for i, v in enumerate(node.inputs)
+                ]
+                outs = list(node.outputs)
+                for k, out in enumerate(outs):
+                    layout = self.res.layouts.get(out) if out else None
+                    if out in graph.outputs and layout is not None and not layout.is_replicated:
+                        outs[k] = f"{out}__local"
+                self._node(node, strat, ins, outs)
+            self.t.steps.append(("node", name))
+            for out, local in zip(node.outputs, outs, strict=True):
+                if not out:
+                    continue
+                self.copies[out][self.res.layouts.get(out) or self._whole(out)] = local
+                if out in graph.outputs:
+                    whole = self.get(out, self._whole(out))
+                    if whole != out:
+                        self._emit(helper.make_node("Identity", [whole], [out], name=f"{out}__out"))
+                    self.t.outputs.append(out)
+                if out in self.cross and self.cross[out][0] == self.t.stage:
+                    self._send(out)
+        if self.t.stage == len(self.tps) - 1:  # outputs no node makes: inputs, weights
+            made = {o for n in graph.nodes for o in n.outputs if o}
+            for out in (o for o in graph.outputs if o not in made):
+                if out in initializers:
+                    self._initializer(out, None)
+                elif out not in self.t.inputs:
+                    self.t.inputs.append(out)
+                self.t.outputs.append(out)
+        return self.t
+
+    def _bytes(self, v: str) -> float:
+        """Size of ``v`` as the plan prices it (``--dtype``): for the timeline's transfer
+        times only; the types written into the program are the model's (``self.graph``).
+        """
+        return float(priced_graph(self.state).values[v].nbytes or 0)
+
+    def _send(self, v: str) -> None:
+        """The replicated value to every receiving rank whose index maps onto this one."""
+        whole = self.get(v, self._whole(v))
+        for k in self.cross[v][1]:
+            for r in range(self.tps[k]):
+                if r % self.tp == self.rank:
+                    self._comm_node(
+                        "Send",
+                        [whole],
+                        [],
+                        PendingComm(
+                            "Send", whole, "", self._bytes(v), peer=(k, r), tag=self.tags[v]
+                        ),
+                    )
+
+    def _comm_node(
+        self, op: str, ins: list[str], outs: list[str], pending: PendingComm, recv_of: str = ""
+    ) -> None:
+        attrs: dict[str, Any] = {"tag": pending.tag}
+        if op in ("Send", "Recv"):
+            attrs["peer"] = -1  # set per replica
+        else:
+            attrs["group"] = [-1]
+        if recv_of:
+            t = self.graph.values[recv_of].type
+            shape = static_shape(t)
+            if t is None or shape is None:
+                raise LoweringError(f"{recv_of!r} crosses stages with an unknown shape")
+            attrs["dtype"] = int(t.dtype.value)  # the model's own, whatever --dtype priced
+            # typed explicitly: a scalar's shape is an empty list, whose type ONNX cannot guess
+            ints = onnx.AttributeProto.INTS
+            attrs["shape"] = helper.make_attribute("shape", shape, attr_type=ints)
+        if pending.axis >= 0:
+            attrs["axis"] = pending.axis
+        name = self._name(pending.value or (outs[0] if outs else op), op.lower())
+        shape_attr = attrs.pop("shape", None)
+        node = helper.make_node(op, ins, outs, name=name, domain=DOMAIN, **attrs)
+        if shape_attr is not None:  # typed above; kept in make_node's sorted attribute order
+            node.attribute.append(shape_attr)
+            node.attribute.sort(key=lambda a: a.name)
+        self._emit(node)
+        self.t.steps.append(("comm", (len(self.t.nodes) - 1, pending)))
+
+
+def _after(layout: TensorSharding, step: Reshard) -> TensorSharding:
+    dims = list(layout.dims)
+    partial = layout.partial
+    if step.op in ("all_reduce", "reduce_scatter") and partial == step.axis:
+        partial = None
+    if step.op == "scale":
+        partial = step.axis
+    if step.src_dim is not None:
+        dims[step.src_dim] = None
+    if step.dst_dim is not None:
+        dims[step.dst_dim] = step.axis
+    return TensorSharding(tuple(dims), partial)
+
+
+def reads(node: Any, graph: Any) -> list[str]:
+    """The node's inputs, then the values of ``graph`` its bodies (If/Loop/Scan) capture:
+    a rank must hold those too, though no edge of the outer graph says so.
+    """
+    names = list(node.present_inputs)
+    stack = list(node.subgraphs)
+    while stack:
+        body = stack.pop(0)
+        names += [v for v in body.outer if v in graph.values and v not in names]
+        for inner in body.nodes:
+            stack.extend(inner.subgraphs)
+    return names

@@ -1,0 +1,380 @@
+"""schedule.json: every rank's programs laid out in time for one step.
+
+Why simulate instead of summing stage times: a pipeline's step time is set by who waits
+for whom (the bubble, a Recv waiting on a late Send, a collective waiting on its slowest
+member), and the report, the trace and ``shardc check-plan`` all need the *same* answer.
+So the timeline is computed once, here, from the ``seconds`` the cost model put on each
+:class:`~shardc.emit.program.Compute` and :class:`~shardc.emit.program.Comm` step.
+
+Format ``shardc-schedule/1`` (machine-checkable: ``schedule.schema.json`` next to this
+module, loaded by :func:`schedule_schema`). Times are seconds, as floats, never rounded.
+
+Top level: ``format``, ``mode`` (``training`` or ``inference``), ``schedule`` (``1f1b``
+or ``gpipe``), ``microbatches``, ``dp``, ``stages``, ``step_seconds`` (the end of the
+last event on any device), ``devices`` and ``links``.
+
+``devices`` holds one entry per rank, by rank: the rank's identity (``rank``, ``device``,
+``kind``, ``stage``, ``replica``, ``tp_rank``, ``tp``), ``busy_seconds`` (the sum of
+its event durations) and ``events`` in issue order, which never overlap. Every event has
+``type`` (``compute`` or ``comm``), ``phase`` (``forward``, ``backward`` or ``sync``),
+``microbatch`` (-1 for sync), ``name`` (a compute run's label, a comm event's op),
+``start``, ``duration`` and ``end``. Comm events also carry ``op``, ``value``,
+``bytes``, ``group``, ``peer``, ``tag``, ``axis``, ``algorithm`` and ``links``.
+
+``links`` summarises every link a comm event crosses, heaviest first (bytes descending,
+then name). One definition, used by the tables, the report and the trace:
+
+* ``transfers``: each transfer once. A Send and its Recv are one transfer, credited at
+  the Send with the links of both ends. A collective call (its group, op, tag, phase
+  and micro-batch) is one transfer on each link of its ring, whichever members list it.
+* ``bytes``: what those transfers put on the link in one direction: a Send's bytes; for
+  a collective, one member's ``bytes`` (what each member sends, which is what each hop
+  of the ring carries), not the sum over members, which crossed other hops.
+* ``busy_seconds``: the length of the *union* of those transfers' intervals (for a
+  collective, its members' intervals), so concurrent transfers are not counted twice
+  and it never exceeds the step.
+
+So ``bytes / busy_seconds`` is the link's achieved rate while busy: at most its bandwidth
+when the cost model priced every transfer on it at no more than that bandwidth. The DP
+sync is the known exception: priced overlapped with the last backward, its event lasts
+only the exposed part of the reduction, yet carries all of its bytes (so the fabric the
+replicas share is not shown idle).
+
+How the timeline is built:
+
+* a forward pass of micro-batch m on a rank is its program's steps in order, each lasting
+  its ``seconds``;
+* a Recv is matched to the Send with the same sender (the Recv's peer), receiver, tag,
+  phase and micro-batch (the k-th such Recv to the k-th such Send). It starts when the
+  rank is free and the Send has started, and lasts the Send's duration, so it never ends
+  before the Send does. A Send never waits;
+* a collective starts when every member of its group has reached it, at the latest
+  member's ready time, and lasts the member's own ``seconds``. Members issue a group's
+  collectives in the same order, so the k-th collective over a group in a phase and
+  micro-batch matches across members (counting per group, not over all collectives, so a
+  rank that also talks to a sub-group still lines up);
+* training adds the backward pass of micro-batch m: the forward steps reversed, compute
+  lasting ``backward_factor`` times its forward time, comm steps the same time with Send
+  and Recv swapped (gradients flow back: a forward Send to p becomes a Recv from p with
+  the same tag, and vice versa; collectives keep their op). The per-stage order of passes
+  is 1F1B (``min(stages - stage - 1, M)`` warm-up forwards, then one forward / one
+  backward, then the remaining backwards) or GPipe (all forwards, then all backwards).
+  After its last backward each rank runs one ``sync`` event (a comm event, op
+  ``AllReduce``, named ``dp sync + optimizer``) lasting ``stage_sync_seconds[stage]``
+  over the ranks of the same stage and tensor-parallel rank in every replica. Its
+  ``bytes`` are ``stage_sync_bytes[stage]`` (one device's gradients, what the partitioner
+  priced the reduction on) and its ``links`` the ring over those ranks' devices
+  (:attr:`~shardc.emit.program.DeviceProgram.sync_links`), so the inter-replica fabric
+  shows in ``links`` like any collective's (none when nothing is synced);
+* inference runs forwards only, micro-batches in order.
+
+The result depends on the programs alone: no clock, no set order, so the same
+:class:`~shardc.emit.program.Programs` always gives an identical dict. Programs whose
+Recvs lack Sends, whose collective members disagree, or that deadlock raise
+:class:`~shardc.errors.ShardcError` naming the ranks and steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from shardc.plan.program import Link, Programs, links_of
+from shardc.plan.program_checks import check_programs
+from shardc.plan.simulate import (
+    SYNC_NAME,
+    Simulation,
+    event_json,
+    rank_items,
+    sync_group,
+)
+
+FORMAT = "shardc-schedule/1"
+
+__all__ = ["FORMAT", "SYNC_NAME", "Event", "LinkLoad", "RankTimeline", "Timeline",
+           "build_schedule", "build_timeline", "schedule_schema"]
+
+
+def schedule_schema() -> dict[str, Any]:
+    """The JSON Schema of schedule.json, shipped with the package so readers can check files."""
+    return json.loads(_schema_text())
+
+
+@functools.cache
+def _schema_text() -> str:
+    return (
+        resources.files("shardc.plan").joinpath("schedule.schema.json").read_text(encoding="utf-8")
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of one rank: a compute run or a communication, placed in time."""
+
+    type: str
+    """``compute`` or ``comm``."""
+    phase: str
+    """``forward``, ``backward`` or ``sync``."""
+    microbatch: int
+    """-1 for the sync."""
+    name: str
+    start: float
+    duration: float
+    end: float
+    op: str = ""
+    """The comm op as issued ('' for compute); a backward Send is the forward Recv."""
+    value: str = ""
+    nbytes: float = 0.0
+    group: tuple[int, ...] = ()
+    peer: int = -1
+    tag: int = 0
+    axis: int = -1
+    algorithm: str = ""
+    links: tuple[Link, ...] = ()
+
+    @property
+    def is_comm(self) -> bool:
+        """True for a communication event."""
+        return self.type == "comm"
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as schedule.json writes it."""
+        out: dict[str, Any] = {
+            "type": self.type,
+            "phase": self.phase,
+            "microbatch": self.microbatch,
+            "name": self.name,
+            "start": self.start,
+            "duration": self.duration,
+            "end": self.end,
+        }
+        if self.is_comm:
+            out.update(
+                op=self.op, value=self.value, bytes=self.nbytes, group=list(self.group),
+                peer=self.peer, tag=self.tag, axis=self.axis, algorithm=self.algorithm,
+                links=[str(x) for x in self.links],
+            )
+        return out
+
+    @classmethod
+    def from_json(cls, ev: dict[str, Any]) -> Event:
+        """An event of a (validated) schedule.json."""
+        base = cls(ev["type"], ev["phase"], ev["microbatch"], ev["name"], ev["start"],
+                   ev["duration"], ev["end"])
+        if ev["type"] != "comm":
+            return base
+        return cls(
+            base.type, base.phase, base.microbatch, base.name, base.start, base.duration,
+            base.end, op=ev["op"], value=ev["value"], nbytes=ev["bytes"],
+            group=tuple(ev["group"]), peer=ev["peer"], tag=ev["tag"], axis=ev["axis"],
+            algorithm=ev["algorithm"], links=links_of(ev["links"]),
+        )
+
+
+@dataclass(frozen=True)
+class RankTimeline:
+    """One rank's identity and its events in issue order (they never overlap)."""
+
+    rank: int
+    device: str
+    kind: str
+    stage: int
+    replica: int
+    tp_rank: int
+    tp: int
+    busy_seconds: float
+    """The sum of its event durations."""
+    events: tuple[Event, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The rank as schedule.json writes it."""
+        return {
+            "rank": self.rank, "device": self.device, "kind": self.kind, "stage": self.stage,
+            "replica": self.replica, "tp_rank": self.tp_rank, "tp": self.tp,
+            "busy_seconds": self.busy_seconds, "events": [e.to_json() for e in self.events],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RankTimeline:
+        """A rank of a (validated) schedule.json."""
+        return cls(d["rank"], d["device"], d["kind"], d["stage"], d["replica"], d["tp_rank"],
+                   d["tp"], d["busy_seconds"], tuple(Event.from_json(e) for e in d["events"]))
+
+
+@dataclass(frozen=True)
+class LinkLoad:
+    """What one link carries in a step (see the module docstring for the definitions)."""
+
+    link: Link
+    nbytes: float
+    busy_seconds: float
+    transfers: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The link as schedule.json writes it."""
+        return {"link": str(self.link), "bytes": self.nbytes,
+                "busy_seconds": self.busy_seconds, "transfers": self.transfers}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LinkLoad:
+        """A link of a (validated) schedule.json."""
+        return cls(Link.parse(d["link"]), d["bytes"], d["busy_seconds"], d["transfers"])
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Every rank's events in time for one step, and the load on every link."""
+
+    mode: str
+    schedule: str
+    microbatches: int
+    dp: int
+    stages: int
+    step_seconds: float
+    """The end of the last event on any device."""
+    devices: tuple[RankTimeline, ...]
+    """By rank."""
+    links: tuple[LinkLoad, ...] = field(default=())
+    """Heaviest first (bytes descending, then name)."""
+    format: str = FORMAT
+
+    def rank(self, r: int) -> RankTimeline:
+        """Rank ``r``'s events."""
+        return self.devices[r]
+
+    def to_json(self) -> dict[str, Any]:
+        """schedule.json as data."""
+        return {
+            "format": self.format, "mode": self.mode, "schedule": self.schedule,
+            "microbatches": self.microbatches, "dp": self.dp, "stages": self.stages,
+            "step_seconds": self.step_seconds,
+            "devices": [d.to_json() for d in self.devices],
+            "links": [x.to_json() for x in self.links],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Timeline:
+        """A (validated) schedule.json as a Timeline."""
+        return cls(
+            d["mode"], d["schedule"], d["microbatches"], d["dp"], d["stages"], d["step_seconds"],
+            tuple(RankTimeline.from_json(x) for x in d["devices"]),
+            tuple(LinkLoad.from_json(x) for x in d["links"]), d["format"],
+        )
+
+
+def build_timeline(programs: Programs) -> Timeline:
+    """``programs`` laid out in time (see the module docstring)."""
+    return Timeline.from_json(build_schedule(programs))
+
+
+def build_schedule(programs: Programs) -> dict[str, Any]:
+    """Lay ``programs`` out in time as the schedule.json object (see the module docstring)."""
+    by_rank = check_programs(programs)
+    items = {
+        r: rank_items(programs, prog, sync_group(by_rank, prog)) for r, prog in by_rank.items()
+    }
+    timeline = Simulation(items)
+    timeline.run()
+
+    devices: list[dict[str, Any]] = []
+    step = 0.0
+    for r, prog in by_rank.items():
+        events = [
+            event_json(item, start, duration)
+            for item, (start, duration) in zip(items[r], timeline.times[r], strict=True)
+        ]
+        busy = 0.0
+        for ev in events:
+            busy += ev["duration"]
+            step = max(step, ev["end"])
+        devices.append(
+            {
+                "rank": prog.rank,
+                "device": prog.device,
+                "kind": prog.kind,
+                "stage": prog.stage,
+                "replica": prog.replica,
+                "tp_rank": prog.tp_rank,
+                "tp": prog.tp,
+                "busy_seconds": busy,
+                "events": events,
+            }
+        )
+    return {
+        "format": FORMAT,
+        "mode": programs.mode,
+        "schedule": programs.schedule,
+        "microbatches": programs.microbatches,
+        "dp": programs.dp,
+        "stages": programs.stages,
+        "step_seconds": step,
+        "devices": devices,
+        "links": _link_summary(devices, timeline.recv_of),
+    }
+
+
+@dataclass
+class _LinkLoad:
+    nbytes: float = 0.0
+    transfers: int = 0
+    spans: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _link_summary(
+    devices: list[dict[str, Any]], recv_of: dict[tuple[int, int], tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """Per link: bytes sent over it, transfers, and the time any transfer used it."""
+    by_rank = {dev["rank"]: dev["events"] for dev in devices}
+    acc: dict[str, _LinkLoad] = {}
+    calls: dict[tuple[Any, ...], int] = {}  # k-th call of a collective on each member
+    seen: set[tuple[Any, ...]] = set()  # (call, link) already credited
+    for dev in devices:
+        for i, ev in enumerate(dev["events"]):
+            if ev["type"] != "comm" or ev["op"] == "Recv":
+                continue  # a Recv is credited at its Send
+            links = list(ev["links"])
+            call: tuple[Any, ...] = ("p2p", dev["rank"], i)
+            if ev["op"] == "Send" and (dev["rank"], i) in recv_of:
+                rr, ri = recv_of[(dev["rank"], i)]
+                links += by_rank[rr][ri]["links"]
+            elif ev["op"] != "Send":
+                key = (dev["rank"], ev["op"], tuple(ev["group"]), ev["tag"], ev["phase"],
+                       ev["microbatch"])
+                calls[key] = calls.get(key, -1) + 1
+                call = (*key[1:], calls[key])
+            for link in dict.fromkeys(links):
+                load = acc.setdefault(link, _LinkLoad())
+                load.spans.append((ev["start"], ev["end"]))
+                if (call, link) not in seen:
+                    seen.add((call, link))
+                    load.nbytes += ev["bytes"]
+                    load.transfers += 1
+    ordered = sorted(acc.items(), key=lambda item: (-item[1].nbytes, item[0]))
+    return [
+        {
+            "link": link,
+            "bytes": load.nbytes,
+            "busy_seconds": _union_length(load.spans),
+            "transfers": load.transfers,
+        }
+        for link, load in ordered
+    ]
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``spans``: time covered by at least one of them."""
+    busy = 0.0
+    ordered = sorted(spans)
+    if not ordered:
+        return busy
+    cur_start, cur_end = ordered[0]
+    for start, end in ordered[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return busy + (cur_end - cur_start)
