@@ -19,25 +19,24 @@ A rank that owns no pair runs the region on zero rows, which onnxruntime allows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shardc.emit.onnx_model import attribute_proto
+from shardc.frontend.onnx_model import attribute_proto
 from shardc.ir import Node
 from shardc.partition.experts import ExpertRegion, ExpertRule
 from shardc.passes.lower_nodes import LoweringError
-
-if TYPE_CHECKING:
-    from shardc.passes.lower_walk import Walk
 
 
 class ExpertEmitter:
     """Writes the expert regions the plan spreads over the walk's group."""
 
-    def __init__(self, walk: Walk) -> None:
+    def __init__(self, walk: Any) -> None:
+        # ``walk`` is the :class:`shardc.passes.lower_walk.Walk` that owns this emitter; not
+        # imported for its type, since the walk imports this module (no cycle in a part).
         self.walk = walk
         graph, res, table = walk.graph, walk.res, walk.table
         assert table is not None

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shardc.emit.onnx_model import attribute_proto
 from shardc.errors import ShardcError
+from shardc.frontend.onnx_model import attribute_proto
 from shardc.ir import Node, TensorType
 from shardc.sharding import Strategy
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shardc.emit.onnx_model import attribute_proto
+from shardc.frontend.onnx_model import attribute_proto
 from shardc.ir import Node
 from shardc.passes.lower_nodes import LoweringError
 from shardc.plan.lowered import SliceRecord

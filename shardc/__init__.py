@@ -33,8 +33,9 @@ from shardc.errors import (
     TopologyError,
 )
 from shardc.frontend import load_model
+from shardc.handle import Plan
 from shardc.partition.options import PartitionOptions, Pins, parse_pins
-from shardc.plan import Device, Estimate, Plan, Stage
+from shardc.plan import Device, Estimate, Stage
 from shardc.train import parallelize
 from shardc.version import __version__
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from shardc.cost.graph import GraphCosts
 from shardc.ir import DType, Graph, Model
-from shardc.passes.annotate_costs import GraphCosts
 
 
 def tokens_and_samples(graph: Graph) -> tuple[int | None, int | None]:

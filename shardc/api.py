@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardc.build import Inputs, PlanOptions, build, sha256_bytes, sha256_file
 from shardc.errors import OptionError, ShardcWarning
-from shardc.plan import Plan
+from shardc.handle import Plan
 from shardc.progress import Progress, progress_for
 from shardc.vocabulary import default
 

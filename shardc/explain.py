@@ -22,8 +22,11 @@ from shardc.errors import OptionError
 from shardc.explanation import STRATEGY_WHY, CommStep, Explanation
 
 if TYPE_CHECKING:
-    from shardc.plan import Plan
     from shardc.plan.program import Comm
+
+Plan = Any
+"""The :class:`shardc.handle.Plan` being explained. Not imported, even for typing: the
+handle calls explain, so an arrow back would close a cycle between the layers."""
 
 
 
@@ -70,7 +73,7 @@ def _index(plan: Plan) -> dict[int, _Rank]:
             inputs=frozenset(i.name for i in model.graph.input),
             slices=json.loads(meta.get("shardc.slices", "{}")),
         )
-    plan._explain_index = out  # type: ignore[attr-defined]
+    plan._explain_index = out
     return out
 
 

@@ -21,15 +21,14 @@ from shardc.ir import Graph, Model, verify_graph
 from shardc.partition.options import PartitionOptions
 
 if TYPE_CHECKING:
+    from shardc.cost.graph import GraphCosts, Precision
+    from shardc.ir.blocks import BlockChain
     from shardc.partition.search import PartitionResult
-    from shardc.passes.annotate_costs import GraphCosts
-    from shardc.passes.coarsen import BlockChain
-    from shardc.passes.precision import Precision
-    from shardc.passes.strategies import StrategyTable
     from shardc.plan.lowered import Lowering
     from shardc.plan.model import PlanData
     from shardc.plan.program import Programs
     from shardc.plan.timeline import Timeline
+    from shardc.strategy.table import StrategyTable
 
 
 @dataclass(frozen=True)

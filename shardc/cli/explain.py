@@ -25,7 +25,7 @@ def explain_cmd(outdir: Path, name: str | None, as_json: bool) -> None:
     stage, sharding and communication of that node, activation or weight, and the reasons.
     """
     from shardc.cli.options import console
-    from shardc.plan import Plan
+    from shardc.handle import Plan
 
     plan = Plan.load(outdir)
     if name is None:

@@ -19,9 +19,9 @@ import click
 from rich.table import Table
 
 from shardc.cli.options import console
-from shardc.serving.step import QUANTS, Quant
 from shardc.errors import OptionError
 from shardc.report.text import markup_safe
+from shardc.serving.step import QUANTS, Quant
 
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--isl", type=int, help="Serving: prompt length in tokens (input sequence)."),

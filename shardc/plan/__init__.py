@@ -1,12 +1,13 @@
 """The Plan: the one typed object between deciding (the passes up to ``partition``) and
-writing (emit), and the user-facing handle over a compiled or loaded plan.
+writing (emit), as frozen data.
 
-``shardc.plan.model.PlanData`` is the frozen, typed Plan; :class:`Plan` wraps it with its
-folder (``Plan.load``, ``save``, ``verify``, ``explain``). The folder has one writer
+``shardc.plan.model.PlanData`` is the frozen, typed Plan; :class:`shardc.handle.Plan` (what
+users hold) wraps it with its folder (``Plan.load``, ``save``, ``verify``, ``explain``):
+the handle sits above the writers and runners it calls, the data below the passes that
+make it. The folder has one writer
 (:mod:`shardc.emit.outputs`) and one reader (:mod:`shardc.plan.folder`).
 """
 
-from shardc.plan.handle import Plan, PlanError
 from shardc.plan.model import Estimate, PlanData
 from shardc.plan.program import Comm, Compute, DeviceProgram, Link, Programs, Sync
 from shardc.plan.records import Device, Rank, Stage
@@ -21,9 +22,7 @@ __all__ = [
     "Event",
     "Link",
     "LinkLoad",
-    "Plan",
     "PlanData",
-    "PlanError",
     "Programs",
     "Rank",
     "Stage",

@@ -10,10 +10,10 @@ disaggregated, shapes and counts (:mod:`.search`); a frozen :class:`ServingPlan`
 
 from __future__ import annotations
 
-from shardc.serving.step import Parallel, Quant
 from shardc.serving.arch import MLA, ServingModel, from_onnx, from_synth_config
 from shardc.serving.planner import ServingOptions, plan_serving
 from shardc.serving.result import Instance, KVTransferPlan, ParetoRow, ServingPlan
+from shardc.serving.step import Parallel, Quant
 from shardc.serving.workload import Workload, parse_duration, workload
 
 __all__ = [

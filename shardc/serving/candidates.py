@@ -19,6 +19,8 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from shardc.serving.arch import ServingModel
+from shardc.serving.fabric import Fabric, Pool
 from shardc.serving.step import (
     Parallel,
     Quant,
@@ -30,8 +32,6 @@ from shardc.serving.step import (
     expert_imbalance,
     step_time,
 )
-from shardc.serving.arch import ServingModel
-from shardc.serving.fabric import Fabric, Pool
 from shardc.serving.workload import Workload, parse_duration
 
 OVERHEAD_TAG = "step_overhead_per_layer"

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shardc.serving.step import Quant, element_bytes
 from shardc.errors import InfeasibleError, OptionError
 from shardc.serving.arch import ServingModel
 from shardc.serving.candidates import (
@@ -27,6 +26,7 @@ from shardc.serving.candidates import (
 from shardc.serving.fabric import Fabric
 from shardc.serving.result import Instance, KVTransferPlan, ParetoRow, ServingPlan
 from shardc.serving.search import Choice, search
+from shardc.serving.step import Quant, element_bytes
 from shardc.serving.workload import Workload
 from shardc.topology import Topology
 

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING
 
 from shardc.cost.comm import Tier, collective_time
 from shardc.cost.compute import DeviceSpec, node_time
-from shardc.serving.expert_comm import expert_alltoall
 from shardc.cost.memory import FP8_DEEPSEEK_V3
 from shardc.cost.ops import NodeCost
 from shardc.ir import DType
+from shardc.serving.expert_comm import expert_alltoall
 
 if TYPE_CHECKING:
     from shardc.serving.arch import ServingModel

@@ -170,7 +170,7 @@ def export_config(plan: Any | str | os.PathLike[str], fmt: str) -> Exported:
     """The plan as ``fmt`` (``megatron`` or ``torchtitan``)."""
     if fmt not in FORMATS:
         raise OptionError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
-    from shardc.plan import Plan
+    from shardc.handle import Plan
 
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     v = plan_view(p)

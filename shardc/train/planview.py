@@ -27,7 +27,7 @@ import onnx
 from shardc.errors import ShardcError
 
 if TYPE_CHECKING:
-    from shardc.plan import Plan
+    from shardc.handle import Plan
 
 
 class TrainPlanError(ShardcError):
@@ -121,7 +121,7 @@ def node_of(device: str) -> str:
 
 def plan_view(plan: Plan | str | os.PathLike[str]) -> PlanView:
     """The training view of ``plan`` (a :class:`shardc.plan.Plan` or a plan folder)."""
-    from shardc.plan import Plan
+    from shardc.handle import Plan
 
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from shardc.cost.comm import Tier
+from shardc.serving import MLA, ServingModel
 from shardc.serving.expert_comm import distinct_targets, expert_alltoall
 from shardc.serving.step import (
     M_TILE,
@@ -18,7 +19,6 @@ from shardc.serving.step import (
     accepted_tokens,
     step_time,
 )
-from shardc.serving import MLA, ServingModel
 
 
 @dataclass(frozen=True)

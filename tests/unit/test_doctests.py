@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["shardc", "shardc.api", "shardc.plan.handle", "shardc.errors"]
+MODULES = ["shardc", "shardc.api", "shardc.handle", "shardc.errors"]
 
 
 @pytest.mark.parametrize("name", MODULES)
