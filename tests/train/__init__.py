@@ -1,0 +1,1 @@
+"""The training tests (a package, so its conftest does not shadow tests/conftest.py)."""
