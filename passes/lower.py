@@ -8,6 +8,10 @@ one template per (stage, TP rank), walked by :class:`~shardc.passes.lower_walk.W
 every rank's unpriced program: compute segments (runs of nodes between comm steps) and
 comm steps with their ranks, bytes and tags.
 
+A stage the partitioner made sequence parallel runs Megatron-SP: its norms, residual adds
+and dropout on ``seq_tp`` (:func:`~shardc.partition.megatron.sequence_shards`), so each
+row product's all-reduce is emitted as a reduce-scatter and each column input gathered.
+
 A stage is one contiguous run of blocks today; a stage holding several chunks (virtual
 stages) would add templates per chunk, and the comm steps may be any of
 :data:`~shardc.plan.program.COMM_OPS`.
@@ -21,6 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shardc.ir import Graph
+from shardc.partition.megatron import sequence_shards
 from shardc.partition.split import tp_rule
 from shardc.passes.lower_walk import Walk, reads
 from shardc.passes.lower_weights import DeclaredWeights, weights_available
@@ -110,7 +115,10 @@ def lower(state: CompileState) -> Lowering:
     programs: list[DeviceProgram] = []
     for j, st in enumerate(part.stages):
         sizes = {"tp": st.tp}
-        resolution = table.resolve(graph, rule.choose(sizes), sizes)
+        chosen = rule.choose(sizes)
+        if st.sequence_parallel and st.tp > 1:  # the partitioner's decision, emitted
+            chosen.update(sequence_shards(graph, table, chosen, sizes))
+        resolution = table.resolve(graph, chosen, sizes)
         resolutions.append(resolution)
         for t in range(st.tp):
             tmpl = Walk(state, j, t, st.tp, stages[j], resolution, cross, tags, tps).run()

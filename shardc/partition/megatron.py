@@ -9,7 +9,11 @@ product is *row* when everything it reads comes, through followers only, from op
 already split by heads or columns; *column* when everything it feeds is split by heads
 or is another product. The embedding and the LM head go vocab-parallel when the degree
 divides the vocabulary. Mixture-of-experts layers go expert parallel over the same group
-(:mod:`shardc.partition.experts`). What the rule cannot split stays replicated, and
+(:mod:`shardc.partition.experts`). With sequence parallelism (Korthikanti et al. 2022)
+the ops TP leaves replicated between a row product's output and the next column input
+(norms, residual adds, dropout) run on ``seq_tp``, a sequence shard per device, so each
+all-reduce becomes a reduce-scatter and an all-gather. What the rule cannot split stays
+replicated, and
 :meth:`StrategyTable.resolve` prices every reshard the choice implies, so a graph that
 is not a transformer gets a correct (if unambitious) plan rather than a wrong one.
 """
@@ -60,6 +64,25 @@ def reachable(graph: Graph, table: StrategyTable, node: Node, down: bool) -> set
     return found
 
 
+def _near(graph: Graph, node: str, down: bool) -> list[str]:
+    """The node's consumers (``down``) or producers, by name."""
+    n = graph.node(node)
+    if down:
+        return [c.name for o in n.outputs if o for c in graph.consumers(o)]
+    return [p.name for i in n.present_inputs if (p := graph.producer(i)) is not None]
+
+
+def _closure(graph: Graph, starts: set[str], inside: set[str], down: bool) -> set[str]:
+    """``starts`` and every node reached from them through nodes of ``inside`` only."""
+    seen, todo = set(starts), list(starts)
+    while todo:
+        for m in _near(graph, todo.pop(), down):
+            if m in inside and m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
 class MegatronRule:
     """The rule for one graph: who feeds whom is found once, then any degree is cheap."""
 
@@ -103,8 +126,12 @@ class MegatronRule:
                     found |= reachable(graph, table, c, down=True) if follows else {c.name}
         return found - seen
 
-    def choose(self, sizes: Mapping[str, int]) -> dict[str, Strategy]:
-        """Node name -> strategy for a tensor-parallel group of ``sizes['tp']`` devices."""
+    def choose(
+        self, sizes: Mapping[str, int], sequence_parallel: bool = False
+    ) -> dict[str, Strategy]:
+        """Node name -> strategy for a tensor-parallel group of ``sizes['tp']`` devices,
+        the replicated stretches split along the sequence when ``sequence_parallel``.
+        """
         if sizes.get("tp", 1) <= 1:
             return {}
         graph, table = self.graph, self.table
@@ -127,11 +154,51 @@ class MegatronRule:
             elif not after and "vocab" in legal:
                 chosen[node.name] = legal["vocab"]
         chosen.update(self.experts.choose(sizes))
+        if sequence_parallel:
+            chosen.update(sequence_shards(graph, table, chosen, sizes))
         return chosen
 
 
+def sequence_shards(
+    graph: Graph, table: StrategyTable, chosen: Mapping[str, Strategy], sizes: Mapping[str, int]
+) -> dict[str, Strategy]:
+    """The ops Megatron-SP runs on sequence shards, pinned to ``seq_tp``.
+
+    Found from the graph's structure after playing ``chosen`` through it: the ops left
+    replicated that lie downstream of a value TP all-reduces (a row product's or the
+    vocab embedding's partial sum) and upstream of a split op that reads them whole (the
+    next column input, the LM head), both through replicated ops only. That is the
+    residual stream with its norms, adds and dropout, whatever the export calls them.
+    The mask and position arithmetic, reached from neither, stays whole, and so does a
+    product TP cannot split (grouped K/V heads fewer than the degree) with what follows
+    it up to the heads. Ops in the stretch with no ``seq_tp`` strategy (a view that
+    cannot split) derive their layout from their inputs as usual.
+    """
+    base = table.resolve(graph, chosen, sizes)
+    whole = {n for n, s in base.strategies.items() if s.is_replicated}
+    starts = {s.consumer for s in base.collectives if s.step.op == "all_reduce"}
+    down = _closure(graph, starts & whole, whole, down=True)
+    ends = set()  # whole ops feeding a split op that reads them whole: a column input
+    for name, strat in base.strategies.items():
+        if name in whole:
+            continue
+        for i, v in enumerate(graph.node(name).inputs):
+            p = graph.producer(v) if v else None
+            lay = strat.inputs[i] if i < len(strat.inputs) else None
+            if p is not None and p.name in whole and lay is not None and lay.is_replicated:
+                ends.add(p.name)
+    up = _closure(graph, ends, whole, down=False)
+    out: dict[str, Strategy] = {}
+    for node in graph.nodes:
+        if node.name in down and node.name in up:
+            legal = {s.name: s for s in table.legal(node, graph, sizes)}
+            if "seq_tp" in legal:
+                out[node.name] = legal["seq_tp"]
+    return out
+
+
 def megatron_choice(
-    graph: Graph, table: StrategyTable, sizes: Mapping[str, int]
+    graph: Graph, table: StrategyTable, sizes: Mapping[str, int], sequence_parallel: bool = False
 ) -> dict[str, Strategy]:
     """Node name -> strategy for a tensor-parallel group of ``sizes['tp']`` devices."""
-    return MegatronRule(graph, table).choose(sizes)
+    return MegatronRule(graph, table).choose(sizes, sequence_parallel)
