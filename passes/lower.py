@@ -20,7 +20,7 @@ stages) would add templates per chunk, and the comm steps may be any of
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from shardc.passes.lower_weights import DeclaredWeights, weights_available
 from shardc.pipeline import Pass
 from shardc.plan.lowered import Lowering, Template
 from shardc.plan.program import Comm, Compute, DeviceProgram, Programs
+from shardc.sharding import TensorSharding
 
 if TYPE_CHECKING:
     from shardc.pipeline import CompileState
@@ -97,6 +98,31 @@ def rank_numbering(state: CompileState) -> Any:
     return rank_of
 
 
+def _sequence_crossings(
+    state: CompileState,
+    cross: Mapping[str, tuple[int, tuple[int, ...]]],
+    resolutions: Sequence[Any],
+) -> dict[str, TensorSharding]:
+    """Cross-stage values that travel as sequence shards, with their layout: those whose
+    producer and readers are all sequence-parallel stages of one TP degree holding the
+    value in the same split layout (the residual stream between SP stages). Rank t sends
+    its shard to rank t, as Megatron-SP does, where a whole value would be gathered
+    first; the partitioner prices these transfers sharded.
+    """
+    part = state.partition
+    assert part is not None
+    out: dict[str, TensorSharding] = {}
+    for v, (src, readers) in cross.items():
+        stages = [part.stages[k] for k in (src, *readers)]
+        if not all(s.sequence_parallel and s.tp == stages[0].tp > 1 for s in stages):
+            continue
+        layouts = {resolutions[k].layouts.get(v) for k in (src, *readers)}
+        (layout,) = layouts if len(layouts) == 1 else (None,)
+        if layout is not None and layout.partial is None and not layout.is_replicated:
+            out[v] = layout
+    return out
+
+
 def lower(state: CompileState) -> Lowering:
     """Every (stage, TP rank)'s template and every rank's unpriced program."""
     part, graph, table = state.partition, state.graph, state.strategies
@@ -113,15 +139,19 @@ def lower(state: CompileState) -> Lowering:
     templates: dict[tuple[int, int], Template] = {}
     resolutions = []
     programs: list[DeviceProgram] = []
-    for j, st in enumerate(part.stages):
+    for st in part.stages:
         sizes = {"tp": st.tp}
         chosen = rule.choose(sizes)
         if st.sequence_parallel and st.tp > 1:  # the partitioner's decision, emitted
             chosen.update(sequence_shards(graph, table, chosen, sizes))
-        resolution = table.resolve(graph, chosen, sizes)
-        resolutions.append(resolution)
+        resolutions.append(table.resolve(graph, chosen, sizes))
+    shards = _sequence_crossings(state, cross, resolutions)
+    for j, st in enumerate(part.stages):
+        resolution = resolutions[j]
         for t in range(st.tp):
-            tmpl = Walk(state, j, t, st.tp, stages[j], resolution, cross, tags, tps).run()
+            tmpl = Walk(
+                state, j, t, st.tp, stages[j], resolution, cross, tags, tps, shards
+            ).run()
             templates[(j, t)] = tmpl
             for r in range(part.dp):
                 group = tuple(rank_of(j, r, k) for k in range(st.tp))

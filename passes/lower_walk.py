@@ -12,8 +12,10 @@ wants, and whatever layout is missing is made from a copy on hand with the steps
 cut from a weight at lowering time or taken from an activation with a ``Slice``; a
 scale is a ``Mul``. Values cross stages whole: the sender makes a replicated
 copy, every receiving tp rank gets one from the sender of the same index modulo the
-sender's degree. Weights are cut by :mod:`shardc.passes.lower_weights`, single nodes
-rewritten for their shard by :mod:`shardc.passes.lower_nodes`.
+sender's degree; between sequence-parallel stages of one degree the residual stream
+travels as sequence shards instead, rank t's to rank t. Weights are cut by
+:mod:`shardc.passes.lower_weights`, single nodes rewritten for their shard by
+:mod:`shardc.passes.lower_nodes`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Walk(WeightViews, NodeRewrites):
         cross: Mapping[str, tuple[int, tuple[int, ...]]],
         tags: Mapping[str, int],
         tps: Sequence[int],
+        shards: Mapping[str, TensorSharding] | None = None,
     ) -> None:
         self.state, self.graph = state, state.graph
         assert state.strategies is not None, "emission runs after the strategy table is built"
@@ -71,6 +74,8 @@ class Walk(WeightViews, NodeRewrites):
         self.nodes = nodes
         self.res = resolution
         self.cross, self.tags, self.tps = cross, tags, tps
+        self.shards = shards or {}
+        """Cross-stage values that travel as this rank's sequence shard (see lower)."""
         self.copies: dict[str, dict[TensorSharding | None, str]] = defaultdict(dict)
         self.fresh = 0
         self.initializers = set(state.model.graph.initializers)
@@ -212,6 +217,8 @@ class Walk(WeightViews, NodeRewrites):
                 self.t.inputs.append(v)
             elif v in self.cross:
                 src = self.cross[v][0]
+                layout = self.shards.get(v)
+                share = layout.local_fraction({"tp": self.tp}) if layout is not None else 1.0
                 self._comm_node(
                     "Recv",
                     [],
@@ -220,12 +227,15 @@ class Walk(WeightViews, NodeRewrites):
                         "Recv",
                         v,
                         v,
-                        self._bytes(v),
+                        self._bytes(v) * share,
                         peer=(src, self.rank % self.tps[src]),
                         tag=self.tags[v],
                     ),
                     recv_of=v,
                 )
+                if layout is not None:
+                    self.copies[v][layout] = v
+                    continue
             else:
                 raise LoweringError(f"stage {self.t.stage} reads {v!r}, which no stage produces")
             self.copies[v][self._whole(v)] = v
@@ -283,7 +293,9 @@ class Walk(WeightViews, NodeRewrites):
 
     def _send(self, v: str) -> None:
         """The replicated value to every receiving rank whose index maps onto this one."""
-        whole = self.get(v, self._whole(v))
+        layout = self.shards.get(v)
+        share = layout.local_fraction({"tp": self.tp}) if layout is not None else 1.0
+        whole = self.get(v, layout or self._whole(v))
         for k in self.cross[v][1]:
             for r in range(self.tps[k]):
                 if r % self.tp == self.rank:
@@ -292,7 +304,8 @@ class Walk(WeightViews, NodeRewrites):
                         [whole],
                         [],
                         PendingComm(
-                            "Send", whole, "", self._bytes(v), peer=(k, r), tag=self.tags[v]
+                            "Send", whole, "", self._bytes(v) * share, peer=(k, r),
+                            tag=self.tags[v],
                         ),
                     )
 
@@ -309,6 +322,8 @@ class Walk(WeightViews, NodeRewrites):
             shape = static_shape(t)
             if t is None or shape is None:
                 raise LoweringError(f"{recv_of!r} crosses stages with an unknown shape")
+            if (layout := self.shards.get(recv_of)) is not None:  # this rank's shard
+                shape = [d // self.tp if a else d for d, a in zip(shape, layout.dims, strict=True)]
             attrs["dtype"] = int(t.dtype.value)  # the model's own, whatever --dtype priced
             # typed explicitly: a scalar's shape is an empty list, whose type ONNX cannot guess
             ints = onnx.AttributeProto.INTS

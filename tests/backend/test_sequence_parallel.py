@@ -24,6 +24,7 @@ from shardc.emit.devices import emit
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.partition.pricing import SP_OPS
 from shardc.passes.partition import costing_for
+from shardc.passes.precision import priced_graph
 from shardc.plan.program import Comm
 from shardc.runtime.inprocess import run_inprocess
 from shardc.topology import load_topology
@@ -88,6 +89,13 @@ def check_sp_plan(path: Path, pins: str, devices: int) -> None:
             if isinstance(step, Comm) and step.op in TP_COMM:
                 b = producer_block[step.value.split("__")[0]]
                 emitted.setdefault(b, Counter())[(COST_OP[step.op], step.nbytes)] += 1
+    # between SP stages the residual stream travels as sequence shards, as priced
+    priced = priced_graph(state)
+    for prog in state.plan.programs.programs:
+        for step in prog.steps:
+            if isinstance(step, Comm) and step.op in ("Send", "Recv"):
+                whole = priced.values[step.value.split("__")[0]].nbytes
+                assert step.nbytes * prog.tp == whole, (step, whole)
     costing = costing_for(state)
     for st in part.stages:
         charged = costing.choice(st.tp).comm
@@ -103,7 +111,7 @@ def check_sp_plan(path: Path, pins: str, devices: int) -> None:
 PINS = [
     ("tp=2,pp=1,dp=1,sp=on", 2),
     ("tp=4,pp=1,dp=1,sp=on", 4),
-    # PP_PIN
+    ("tp=2,pp=2,dp=1,sp=on", 4),
     ("tp=2,pp=1,dp=2,sp=on", 4),
 ]
 
