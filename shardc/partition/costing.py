@@ -92,7 +92,7 @@ class Costing(PartPrices):
                     continue
                 dp_group = [g[0] for g in groups]
                 sps = self.settings.sequence_parallel if tp > 1 and training else (False,)
-                for sp in sps if self.has_sequence else (False,):
+                for sp in sps if self.sequence_splits(tp) else (False,):
                     p2p = self._p2p(kind, tp, dp, groups, sp)
                     for rc in recomputes if training else ("none",):
                         out.append(self._config(kind, tp, rc, sp, dp, dp_group, p2p))
@@ -161,9 +161,9 @@ class Costing(PartPrices):
         return frozenset(weights(pro) & weights(epi))
 
     @cached_property
-    def has_sequence(self) -> bool:
-        """Whether the blocks pass a ``[batch, sequence, …]`` activation (rank 3 or more,
-        a sequence longer than one): what sequence parallelism splits.
+    def sequence_length(self) -> int:
+        """The sequence length of the ``[batch, sequence, …]`` activation the blocks pass
+        (rank 3 or more), 1 if none: what sequence parallelism splits.
         """
         _, block, _, _ = self.sections
         inside = set(block)
@@ -175,8 +175,19 @@ class Costing(PartPrices):
                     continue
                 shape = t.shape or ()
                 if len(shape) >= 3 and isinstance(shape[1], int) and shape[1] > 1:
-                    return True
-        return False
+                    return shape[1]
+        return 1
+
+    @property
+    def has_sequence(self) -> bool:
+        """Whether the blocks pass a sequence longer than one."""
+        return self.sequence_length > 1
+
+    def sequence_splits(self, tp: int) -> bool:
+        """Whether sequence parallelism over ``tp`` devices can be emitted: the sequence
+        divides (else the norms cannot run on shards and the plan would say SP but run TP).
+        """
+        return self.has_sequence and self.sequence_length % tp == 0
 
     def _training_terms(
         self,

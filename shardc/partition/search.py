@@ -71,6 +71,7 @@ def search(
             "there is no sequence to split",
             hint="drop sp=on (sequence parallelism needs a sequence dim of length > 1)",
         )
+    _refuse_unsplit_sequence(costing, options, mode)
     tps = tp_degrees(costing, options)
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
     widths = candidate_widths(n, options, b)
@@ -236,3 +237,22 @@ def _second_pass(
             best = (*key, sol, problem)
     return best
 
+
+def _refuse_unsplit_sequence(costing: Costing, options: PartitionOptions, mode: str) -> None:
+    """``sp=on`` where no stage could run it: one line, before any search (else the pin
+    would be dropped and the plan would quietly run plain tensor parallelism).
+    """
+    pins = options.pins
+    for j, want in [(None, {"sp": pins.sp, "tp": pins.tp}), *pins.stages.items()]:
+        if not want.get("sp", pins.sp):
+            continue
+        where = "--pin sp=on" if j is None else f"--pin stage{j}.sp=on"
+        if mode != "training":
+            raise OptionError(f"{where}: sequence parallelism is for training (--mode training)")
+        tp = want.get("tp", pins.tp)
+        if isinstance(tp, int) and tp > 1 and not costing.sequence_splits(tp):
+            raise OptionError(
+                f"{where}: the sequence (length {costing.sequence_length}) does not split "
+                f"over tp={tp}",
+                hint="pick a tp that divides the sequence length, or drop sp=on",
+            )

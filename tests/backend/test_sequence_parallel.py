@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 
+from shardc.cli.main import cli
 from shardc.compiler import build_plan, partition_model
 from shardc.emit.devices import emit
 from shardc.partition.options import PartitionOptions, parse_pins
@@ -124,3 +126,44 @@ def test_gpt2_sequence_parallel(gpt2_path: Path, pins: str, devices: int) -> Non
 @pytest.mark.parametrize("pins,devices", PINS)
 def test_llama_sequence_parallel(llama_path: Path, pins: str, devices: int) -> None:
     check_sp_plan(llama_path, pins, devices)
+
+
+# -- bad input: sp=on where the stage cannot run it ----------------------------------------------
+BAD_SP = {
+    "sequence 6 over tp=4": (["--pin", "tp=4,sp=on"], "tp=4"),
+    "stage pin over tp=4": (["--pin", "stage0.tp=4,stage0.sp=on"], "tp=4"),
+    "inference": (["--mode", "inference", "--pin", "tp=2,sp=on"], "training"),
+}
+
+
+@pytest.fixture(scope="module")
+def seq6(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("seq6") / "gpt.onnx"
+    r = CliRunner().invoke(cli, ["synth", "gpt", "--layers", "2", "--hidden", "64", "--heads",
+                                 "4", "--vocab", "256", "--seq", "6", "--batch", "2",
+                                 "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    return str(out)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SP))
+def test_sp_pin_that_cannot_be_emitted_is_a_one_line_error(
+    seq6: str, tmp_path: Path, case: str
+) -> None:
+    """A sequence of 6 does not split 4 ways: the norms could not run on shards, so the
+    plan would say SP and run plain TP. One line, exit 2, nothing written.
+    """
+    flags, names = BAD_SP[case]
+    out = tmp_path / "plan"
+    topo = str(ROOT / "topologies/localhost.topo")
+    r = CliRunner().invoke(
+        cli, ["compile", seq6, "--topology", topo, "--set", "devices=4", "-o", str(out), *flags]
+    )
+    err = r.stderr.strip()
+    assert r.exit_code == 2, (case, r.output, err)
+    assert len(err.splitlines()) == 1 and "sp=on" in err and names in err, (case, err)
+    assert "Traceback" not in r.output + err
+    assert not out.exists()
+    ok = CliRunner().invoke(cli, ["compile", seq6, "--topology", topo, "--set", "devices=2",
+                                  "--pin", "tp=2,sp=on", "-o", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output  # 6 splits 2 ways
