@@ -23,10 +23,13 @@ from click.testing import CliRunner
 from shardc.cli.main import cli
 from shardc.compiler import build_plan, partition_model
 from shardc.emit.devices import emit
+from shardc.frontend import load_model
+from shardc.partition.megatron import megatron_choice
 from shardc.partition.options import PartitionOptions, parse_pins
 from shardc.partition.pricing import SP_OPS
 from shardc.passes.partition import costing_for
 from shardc.passes.precision import priced_graph
+from shardc.passes.strategies import build_table
 from shardc.plan.program import Comm
 from shardc.runtime.inprocess import run_inprocess
 from shardc.topology import load_topology
@@ -175,3 +178,39 @@ def test_sp_pin_that_cannot_be_emitted_is_a_one_line_error(
     ok = CliRunner().invoke(cli, ["compile", seq6, "--topology", topo, "--set", "devices=2",
                                   "--pin", "tp=2,sp=on", "-o", str(tmp_path / "ok")])
     assert ok.exit_code == 0, ok.output  # 6 splits 2 ways
+
+
+# -- the rule alone, and the plan folder under torch.distributed -----------------------------------
+@pytest.mark.parametrize("tp", [2, 4])
+def test_sequence_shards_are_found_from_the_graph(
+    gpt2_path: Path, llama_path: Path, tp: int
+) -> None:
+    """GPT-2 (LayerNormalization, Conv1D views) and Llama (decomposed RMSNorm, grouped
+    K/V heads that 4 devices cannot split): with SP every all-reduce of the plain choice
+    becomes one reduce-scatter, each column input one all-gather, and nothing else moves.
+    """
+    for path in (gpt2_path, llama_path):
+        model = load_model(path)
+        graph = model.graph
+        table, _ = build_table(graph, model.opset() or 18)
+        sizes = {"tp": tp}
+        plain = [c.step.op for c in table.resolve(graph, megatron_choice(graph, table, sizes),
+                                                   sizes).collectives]
+        chosen = megatron_choice(graph, table, sizes, sequence_parallel=True)
+        ops = [c.step.op for c in table.resolve(graph, chosen, sizes).collectives]
+        assert set(plain) == {"all_reduce"}
+        assert Counter(ops) == {"reduce_scatter": len(plain), "all_gather": len(plain)}, path
+        seq = {graph.node(n).op_type for n, s in chosen.items() if s.name == "seq_tp"}
+        assert {"Add"} <= seq and seq & {"LayerNormalization", "ReduceMean"}, seq
+
+
+@pytest.mark.slow
+def test_sp_plan_folder_verifies_over_torch_distributed(llama_path: Path, tmp_path: Path) -> None:
+    """``shardc verify --procs`` on a written tp=2 x pp=2 SP folder: four gloo processes."""
+    out = tmp_path / "plan"
+    topo = str(ROOT / "topologies/localhost.topo")
+    r = CliRunner().invoke(cli, ["compile", str(llama_path), "--topology", topo, "--set",
+                                 "devices=4", "--pin", "tp=2,pp=2,sp=on", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    v = CliRunner().invoke(cli, ["verify", str(out), "--procs", "--json"])
+    assert v.exit_code == 0, v.output
