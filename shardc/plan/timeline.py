@@ -218,6 +218,23 @@ class RankTimeline:
     """The sum of its event durations."""
     events: tuple[Event, ...]
 
+    def program_events(self, stages: int, interleave: int) -> tuple[Event, ...]:
+        """The forward events that are this rank's device-program steps, every
+        micro-batch's: all of them with one chunk; with v > 1, chunk 0's without the
+        wrap-around hand-offs (the last stage's forward Sends, the first stage's forward
+        Recvs), since the device program runs the stage's blocks as one pass and the
+        chunks and those hand-offs are the timeline's (see the module docstring).
+        """
+        forward = [e for e in self.events if e.phase == "forward"]
+        if interleave <= 1:
+            return tuple(forward)
+        return tuple(
+            e for e in forward
+            if e.chunk == 0
+            and not (e.op == "Send" and self.stage == stages - 1)
+            and not (e.op == "Recv" and self.stage == 0)
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The rank as schedule.json writes it."""
         return {
