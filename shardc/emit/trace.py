@@ -6,18 +6,19 @@ link. It is a pure function of the schedule dict, so it can never disagree with 
 
 Layout: one process per rank (``pid`` = rank, named ``rank R: device (kind), stage S``)
 with one thread holding a complete event (``"ph": "X"``) per schedule event; a rank's
-events never overlap, except overlapped Sends (``p2p_overlapped``), which run on their own
-stream and so get their own thread, ``p2p sends``. Under interleaved 1F1B a slice's title
-names its chunk: ``F3c1 block 2`` is micro-batch 3's forward of chunk 1. One more process,
-``links`` (``pid`` = number of ranks), shows each transfer *once* on every link it
-crosses, counted as schedule.json's link summary counts them: a Send and its Recv are one
-transfer (the Send's interval), a collective call is one transfer (from its first member's
-start to its last member's end). Trace viewers expect the slices of a track to nest, and
-concurrent transfers on a link do not, so each link gets as many tracks as it has
-transfers at once: ``nvl0`` then ``nvl0 #2`` ... (the first track that is free takes the
-next transfer). Flow arrows (``"ph": "s"`` / ``"f"``) join every Send to its Recv across
-the rank processes. Links are listed heaviest first, as in the link summary. Times are
-microseconds (the format's unit); ``displayTimeUnit`` is ``ms``.
+events never overlap, except overlapped Sends and Recvs (``p2p_overlapped``), which run on
+their own stream and so get their own threads, ``p2p sends`` and ``p2p recvs``. Under
+interleaved 1F1B a slice's title names its chunk: ``F3c1 block 2`` is micro-batch 3's
+forward of chunk 1. One more process, ``links`` (``pid`` = number of ranks), shows each
+transfer *once* on every link it crosses, counted as schedule.json's link summary counts
+them: a Send and its Recv are one transfer (the Send's interval), a collective call is one
+transfer (from its first member's start to its last member's end). Trace viewers expect
+the slices of a track to nest, and concurrent transfers on a link do not, so each link
+gets as many tracks as it has transfers at once: ``nvl0`` then ``nvl0 #2`` ... (the first
+track that is free takes the next transfer). Flow arrows (``"ph": "s"`` / ``"f"``) join
+every Send to its Recv across the rank processes. Links are listed heaviest first, as in
+the link summary. Times are microseconds (the format's unit); ``displayTimeUnit`` is
+``ms``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _US = 1e6
 """Trace timestamps are microseconds; the schedule's are seconds."""
 
 _PHASE_LETTER = {"forward": "F", "backward": "B"}
+_P2P_TID = {"Send": 1, "Recv": 2}
+"""Threads of overlapped Sends and Recvs (``p2p_overlapped``): their own streams."""
 
 Event = dict[str, Any]
 
@@ -51,10 +54,11 @@ def chrome_trace(schedule: dict[str, Any]) -> dict[str, Any]:
         label = f"rank {rank}: {dev['device']} ({dev['kind']}), stage {dev['stage']}"
         meta += _process(rank, label, rank)
         meta.append(_thread_name(rank, 0, "steps"))
-        if overlapped and any(ev.get("op") == "Send" for ev in dev["events"]):
-            meta.append(_thread_name(rank, 1, "p2p sends"))
+        for tid, op in ((1, "Send"), (2, "Recv")):
+            if overlapped and any(ev.get("op") == op for ev in dev["events"]):
+                meta.append(_thread_name(rank, tid, f"p2p {op.lower()}s"))
         for ev in dev["events"]:
-            tid = 1 if overlapped and ev.get("op") == "Send" else 0
+            tid = _P2P_TID.get(ev.get("op", ""), 0) if overlapped else 0
             slices.append(
                 _slice(_title(ev, chunks), ev["start"], ev["end"], ev, rank, tid, _args(rank, ev))
             )
@@ -160,13 +164,13 @@ def _flows(
 ) -> list[Event]:
     """An arrow from each Send's slice to its Recv's slice (flow start, flow end)."""
     out: list[Event] = []
-    send_tid = 1 if overlapped else 0
+    send_tid, recv_tid = (1, 2) if overlapped else (0, 0)
     for n, (sender, send, receiver, recv) in enumerate(pairs, start=1):
         common = {"name": "transfer", "cat": "send-recv", "id": n}
         out.append(
             {**common, "tid": send_tid, "ph": "s", "pid": sender, "ts": send["start"] * _US}
         )
-        out.append({**common, "tid": 0, "ph": "f", "bp": "e", "pid": receiver,
+        out.append({**common, "tid": recv_tid, "ph": "f", "bp": "e", "pid": receiver,
                     "ts": recv["start"] * _US})
     return out
 

@@ -217,8 +217,9 @@ def _phase_items(
     for i, step in enumerate(ordered):
         if isinstance(step, Compute):
             seconds = step.seconds * backward_factor if backward else step.seconds
-            name = step.label if chunks == 1 else f"{step.label} (chunk {chunk})"
-            items.append(_Item(phase, mb, i, len(ordered), name, seconds * share, chunk=chunk))
+            items.append(
+                _Item(phase, mb, i, len(ordered), step.label, seconds * share, chunk=chunk)
+            )
             continue
         op = _SWAP.get(step.op, step.op) if backward else step.op
         key: tuple[Any, ...] = (op, step.peer, step.tag) if op in _P2P else (step.group,)
@@ -252,10 +253,11 @@ class Simulation:
     Start times follow from the dependencies alone (a rank's previous event, a Send, the
     members of a collective), so the order ranks are visited in changes nothing.
 
-    With ``overlap_p2p`` a Send runs beside its rank's compute (Megatron-LM's
-    ``overlap_p2p_comm``: isend/irecv on their own stream), so the rank's next step does
-    not wait for it, and a Recv, posted ahead, lasts only until the data arrives: the
-    exposed part of the transfer, nothing once it arrived while the rank was busy.
+    With ``overlap_p2p`` Sends and Recvs run beside their rank's compute (Megatron-LM's
+    ``overlap_p2p_comm``: isend/irecv on their own stream): the rank's next step does not
+    wait for a Send, and a Recv, posted ahead, is the transfer as its receiver sees it
+    (the Send's interval); the next step waits only until it ends, so only the part of
+    a transfer the rank had nothing else to do during is exposed.
     """
 
     def __init__(self, items: dict[int, list[_Item]], overlap_p2p: bool = False) -> None:
@@ -304,8 +306,10 @@ class Simulation:
                 break
             start, duration = placed
             times.append((start, duration))
-            if not (self.overlap_p2p and item.op == "Send"):
+            if not (self.overlap_p2p and item.op in _P2P):
                 self.free[r] = start + duration
+            elif item.op == "Recv":  # the data is needed by what follows
+                self.free[r] = max(self.free[r], start + duration)
         return woken
 
     def _place(self, r: int, item: _Item, woken: list[int]) -> tuple[float, float] | None:
@@ -323,10 +327,9 @@ class Simulation:
             sender, index = issued[item.occurrence]
             self.recv_of[(sender, index)] = (r, len(self.times[r]))
             send_start, send_seconds = self.times[sender][index]
-            start = max(free, send_start)
             if self.overlap_p2p:
-                return start, max(0.0, send_start + send_seconds - start)
-            return start, send_seconds
+                return send_start, send_seconds
+            return max(free, send_start), send_seconds
         key = self._wait_key(r, item)
         arrived = self.arrivals.setdefault(key, {})
         arrived.setdefault(r, free)

@@ -18,11 +18,11 @@ as 1 and false.)
 
 ``devices`` holds one entry per rank, by rank: the rank's identity (``rank``, ``device``,
 ``kind``, ``stage``, ``replica``, ``tp_rank``, ``tp``), ``busy_seconds`` (the sum of
-its event durations, overlapped Sends left out) and ``events`` in issue order, which
-never overlap, except that with ``p2p_overlapped`` a Send overlaps what follows it (it
-runs on its own stream). Every event has ``type`` (``compute`` or ``comm``), ``phase``
+its event durations, overlapped Sends and Recvs left out) and ``events`` in issue order,
+which never overlap, except that with ``p2p_overlapped`` Sends and Recvs run on their
+own stream and may overlap the rest. Every event has ``type`` (``compute`` or ``comm``), ``phase``
 (``forward``, ``backward`` or ``sync``), ``microbatch`` (-1 for sync), ``name`` (a
-compute run's label, with ``(chunk c)`` when v > 1; a comm event's op), ``start``,
+compute run's label, a comm event's op), ``start``,
 ``duration`` and ``end``; every forward and backward event its ``chunk`` (0 .. v−1) and
 ``virtual_stage`` (``chunk·stages + stage``, the model stage it runs). Comm events also
 carry ``op``, ``value``, ``bytes``, ``group``, ``peer``, ``tag``, ``axis``, ``algorithm``
@@ -56,10 +56,12 @@ How the timeline is built:
   micro-batch's chunks). It starts when the rank is free and the Send has started, and
   lasts the Send's duration, so it never ends before the Send does. A Send never waits.
   With ``p2p_overlapped`` (the partitioner priced pipeline transfers as overlapped, as
-  Megatron-LM's ``overlap_p2p_comm`` runs them) a Send does not hold its rank (the next
-  step starts when the Send does) and a Recv lasts only until the Send ends (zero when the
-  data arrived while the rank was busy): only the fill and drain show the transfers on
-  the critical path, while ``links`` still carries every transfer's bytes;
+  Megatron-LM's ``overlap_p2p_comm`` runs them) Sends and Recvs run on their own stream:
+  a Send does not hold its rank (the next step starts when the Send does); a Recv,
+  posted ahead, spans its Send's interval, and the rank's next step starts once it ends,
+  so a transfer that ends while the rank computes costs nothing and only the fill and
+  drain show transfers on the critical path; ``links`` still carries every transfer's
+  bytes;
 * a collective starts when every member of its group has reached it, at the latest
   member's ready time, and lasts the member's own ``seconds``. Members issue a group's
   collectives in the same order, so the k-th collective over a group in a phase and
@@ -360,7 +362,7 @@ def build_schedule(
         ]
         busy = 0.0
         for ev in events:
-            if not (overlap_p2p and ev.get("op") == "Send"):
+            if not (overlap_p2p and ev.get("op") in ("Send", "Recv")):
                 busy += ev["duration"]
             step = max(step, ev["end"])
         devices.append(

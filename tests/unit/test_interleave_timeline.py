@@ -83,7 +83,7 @@ def test_chunk_events_and_the_extra_hand_offs(stages: int) -> None:
         computes = [e for e in dev["events"] if e["type"] == "compute"]
         assert len(computes) == 2 * m * v  # a forward and a backward per (mb, chunk)
         for e in computes:
-            assert e["name"] == f"block {dev['stage']} (chunk {e['chunk']})"
+            assert e["name"] == f"block {dev['stage']}"
             assert e["virtual_stage"] == e["chunk"] * stages + dev["stage"]
             assert e["duration"] == pytest.approx((F if e["phase"] == "forward" else B) / v)
     # the last stage's chunk c hands off to the first stage's chunk c + 1, and back
@@ -114,9 +114,18 @@ def test_sends_run_beside_compute_and_only_fill_and_drain_are_exposed() -> None:
     after_send = [(a, b) for a, b in pairwise(ev0) if a.get("op") == "Send"]
     assert after_send
     for a, b in after_send:  # the next step does not wait for the Send to end
-        assert b["start"] == a["start"] if b["type"] == "compute" else b["start"] >= a["start"]
+        if b["type"] == "compute":
+            assert b["start"] == a["start"]
     assert any(b["start"] < a["end"] for a, b in after_send)
-    busy = sum(e["duration"] for e in ev0 if e.get("op") != "Send")
+    # a Recv spans its Send; what follows it waits for its end, and no longer
+    ev1 = overlapped["devices"][1]["events"]
+    sends = {(e["phase"], e["microbatch"]): e for e in ev0 if e.get("op") == "Send"}
+    for a, b in pairwise(ev1):
+        if a.get("op") == "Recv":
+            send = sends[(a["phase"], a["microbatch"])]
+            assert (a["start"], a["end"]) == (send["start"], send["end"])
+            assert b["start"] >= a["end"]
+    busy = sum(e["duration"] for e in ev0 if e.get("op") not in ("Send", "Recv"))
     assert overlapped["devices"][0]["busy_seconds"] == pytest.approx(busy)
     # the links carry the same bytes and transfers either way
     assert [(x["link"], x["bytes"], x["transfers"]) for x in overlapped["links"]] == [
@@ -124,15 +133,16 @@ def test_sends_run_beside_compute_and_only_fill_and_drain_are_exposed() -> None:
     ]
     # the trace puts overlapped Sends on their own thread, so a rank's tracks still nest
     trace = chrome_trace(overlapped)["traceEvents"]
-    sends = [e for e in trace if e.get("ph") == "X" and " Send " in e["name"]]
-    assert sends and all(e["tid"] == 1 for e in sends)
+    p2p = [e for e in trace if e.get("ph") == "X" and e["pid"] < stages]
+    assert {e["tid"] for e in p2p if " Send " in e["name"]} == {1}
+    assert {e["tid"] for e in p2p if " Recv " in e["name"]} == {2}
 
 
 def test_trace_names_the_chunks_and_output_is_deterministic() -> None:
     one = build_schedule(_pipe(4, 8, 0.1), 2, True)
     assert json.dumps(one) == json.dumps(build_schedule(_pipe(4, 8, 0.1), 2, True))
     titles = {e["name"] for e in chrome_trace(one)["traceEvents"] if e.get("ph") == "X"}
-    assert {"F0c0 block 0 (chunk 0)", "F0c1 block 0 (chunk 1)", "B7c1 block 3 (chunk 1)"} <= titles
+    assert {"F0c0 block 0", "F0c1 block 0", "B7c1 block 3", "F2c0 Send to 0"} <= titles
 
 
 # --- compiled plans: the timeline against the partitioner's estimate ------------------
@@ -200,3 +210,24 @@ def test_an_interleaved_plan_still_verifies(tmp_path: Path) -> None:
     assert json.loads((out / "schedule.json").read_text())["interleave"] == 2
     r = runner.invoke(cli, ["verify", str(out)])
     assert r.exit_code == 0, r.output
+
+
+def test_an_interleaved_plan_reads_back_the_programs_compile_built(
+    llama8: Path, tmp_path: Path
+) -> None:
+    """The folder's program outlines come from the timeline: chunk 0's events without
+    the wrap-around hand-offs, compute and collectives scaled back by v.
+    """
+    from dataclasses import replace
+
+    from shardc.plan.folder import read_plan
+
+    plan = _compile(llama8, 4, 2)
+    read = read_plan(plan.save(tmp_path / "plan"))
+    assert read.timeline == plan.typed.timeline
+    built, back = plan.typed.programs, read.programs
+    assert built is not None and back is not None
+    for a, b in zip(built.programs, back.programs, strict=True):
+        want = [replace(s, nodes=()) if isinstance(s, Compute) else replace(s, output="")
+                for s in a.steps]
+        assert b.steps == tuple(want)  # exact: v = 2 scales by a power of two
