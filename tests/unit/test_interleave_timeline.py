@@ -231,3 +231,20 @@ def test_an_interleaved_plan_reads_back_the_programs_compile_built(
         want = [replace(s, nodes=()) if isinstance(s, Compute) else replace(s, output="")
                 for s in a.steps]
         assert b.steps == tuple(want)  # exact: v = 2 scales by a power of two
+
+
+def test_plain_1f1b_keeps_its_events_and_only_the_overlap_moves_them() -> None:
+    """With one chunk: the same events in the same order, chunk 0, virtual stage = stage;
+    only overlapping the transfers changes their times (and shortens the step).
+    """
+    blocking = build_schedule(_pipe(4, 8, 0.1))
+    overlapped = build_schedule(_pipe(4, 8, 0.1), 1, True)
+
+    def shape(out: dict[str, Any]) -> list[list[tuple[Any, ...]]]:
+        return [[(e["phase"], e["microbatch"], e["name"], e.get("op"), e.get("chunk"),
+                  e.get("virtual_stage")) for e in d["events"]] for d in out["devices"]]
+
+    assert shape(blocking) == shape(overlapped)
+    assert {e.get("virtual_stage") for d in blocking["devices"] for e in d["events"]
+            if e["phase"] != "sync"} == set(range(4))
+    assert overlapped["step_seconds"] < blocking["step_seconds"]
