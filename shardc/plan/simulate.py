@@ -98,7 +98,8 @@ def _pass_order(schedule: str, stages: int, stage: int, m: int) -> list[tuple[st
 
 def interleaved_order(stages: int, stage: int, m: int, v: int) -> list[tuple[str, int, int]]:
     """(phase, micro-batch, chunk) in Megatron-LM's interleaved 1F1B order (Narayanan et
-    al. 2021 §2.2.2; ``get_forward_backward_func`` of megatron.core.pipeline_parallel).
+    al. 2021 §2.2.2; ``forward_backward_pipelining_with_interleaving`` and its schedule
+    table in megatron/core/pipeline_parallel/schedules.py, micro-batch group size ``p``).
 
     Micro-batches go in groups of ``stages``: a group's forwards run chunk 0 for every
     micro-batch of the group, then chunk 1, ...; its backwards the chunks in reverse. A
