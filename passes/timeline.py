@@ -5,15 +5,20 @@ a Recv waiting on a late Send, a collective waiting on its slowest member). The 
 the simulation are the Plan's (:mod:`shardc.plan.timeline`), so a plan read back from its
 folder has the very same timeline; this pass runs them once, at compile time.
 
-The order of passes within a rank's step is 1F1B or GPipe today; interleaved schedules
-(virtual stages) belong in :mod:`shardc.plan.simulate`'s pass order.
+The layout follows the partitioner's decisions: ``partition.interleave`` model chunks per
+rank (interleaved 1F1B, :mod:`shardc.plan.simulate`'s pass order) and pipeline transfers
+overlapped with compute when it priced them so (``partition.p2p_overlapped``). The
+hand-offs interleaving adds (last stage to first) are priced here, on the topology's
+route, like the lowered Sends (passes/price.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shardc.cost.network import point_to_point
 from shardc.pipeline import Pass
+from shardc.plan.program import Link, route_links
 from shardc.plan.timeline import build_timeline
 
 if TYPE_CHECKING:
@@ -22,8 +27,19 @@ if TYPE_CHECKING:
 
 def run(state: CompileState) -> CompileState:
     """Lay the priced programs out in time."""
-    assert state.programs is not None
-    return state.with_(timeline=build_timeline(state.programs))
+    programs, part, topo = state.programs, state.partition, state.topology
+    assert programs is not None
+    if part is None or topo is None:
+        return state.with_(timeline=build_timeline(programs))
+    device = {p.rank: p.device for p in programs.programs}
+
+    def route(sender: int, receiver: int, nbytes: float) -> tuple[float, tuple[Link, ...]]:
+        a, b = device[sender], device[receiver]
+        links = route_links(topo.route(a, b).nodes)
+        return point_to_point(topo, a, b, nbytes).seconds, links
+
+    timeline = build_timeline(programs, part.interleave, part.p2p_overlapped, route)
+    return state.with_(timeline=timeline)
 
 
 def dump(state: CompileState) -> str:
@@ -31,7 +47,8 @@ def dump(state: CompileState) -> str:
     t = state.timeline
     assert t is not None
     lines = [f"step {t.step_seconds * 1e3:.4f} ms ({t.mode}, {t.schedule}, "
-             f"{t.microbatches} micro-batches, dp={t.dp}, {t.stages} stages)"]
+             f"{t.microbatches} micro-batches, dp={t.dp}, {t.stages} stages, "
+             f"v={t.interleave}, p2p {'overlapped' if t.p2p_overlapped else 'blocking'})"]
     for d in t.devices:
         lines.append(f"rank {d.rank} ({d.device}): {len(d.events)} events, "
                      f"busy {d.busy_seconds * 1e3:.4f} ms")

@@ -6,16 +6,19 @@ link. It is a pure function of the schedule dict, so it can never disagree with 
 
 Layout: one process per rank (``pid`` = rank, named ``rank R: device (kind), stage S``)
 with one thread holding a complete event (``"ph": "X"``) per schedule event; a rank's
-events never overlap. One more process, ``links`` (``pid`` = number of ranks), shows
-each transfer *once* on every link it crosses, counted as schedule.json's link summary
-counts them: a Send and its Recv are one transfer (the Send's interval), a collective
-call is one transfer (from its first member's start to its last member's end). Trace
-viewers expect the slices of a track to nest, and concurrent transfers on a link do not,
-so each link gets as many tracks as it has transfers at once: ``nvl0`` then ``nvl0 #2``
-... (the first track that is free takes the next transfer). Flow arrows (``"ph": "s"`` /
-``"f"``) join every Send to its Recv across the rank processes. Links are listed
-heaviest first, as in the link summary. Times are microseconds (the format's unit);
-``displayTimeUnit`` is ``ms``.
+events never overlap, except overlapped Sends and Recvs (``p2p_overlapped``), which run on
+their own stream and so get their own threads, ``p2p sends`` and ``p2p recvs``. Under
+interleaved 1F1B a slice's title names its chunk: ``F3c1 block 2`` is micro-batch 3's
+forward of chunk 1. One more process, ``links`` (``pid`` = number of ranks), shows each
+transfer *once* on every link it crosses, counted as schedule.json's link summary counts
+them: a Send and its Recv are one transfer (the Send's interval), a collective call is one
+transfer (from its first member's start to its last member's end). Trace viewers expect
+the slices of a track to nest, and concurrent transfers on a link do not, so each link
+gets as many tracks as it has transfers at once: ``nvl0`` then ``nvl0 #2`` ... (the first
+track that is free takes the next transfer). Flow arrows (``"ph": "s"`` / ``"f"``) join
+every Send to its Recv across the rank processes. Links are listed heaviest first, as in
+the link summary. Times are microseconds (the format's unit); ``displayTimeUnit`` is
+``ms``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ _US = 1e6
 """Trace timestamps are microseconds; the schedule's are seconds."""
 
 _PHASE_LETTER = {"forward": "F", "backward": "B"}
+_P2P_TID = {"Send": 1, "Recv": 2}
+"""Threads of overlapped Sends and Recvs (``p2p_overlapped``): their own streams."""
 
 Event = dict[str, Any]
 
@@ -33,6 +38,8 @@ Event = dict[str, Any]
 def chrome_trace(schedule: dict[str, Any]) -> dict[str, Any]:
     """The Chrome Trace Event Format object for ``schedule`` (a :func:`build_schedule` dict)."""
     devices = sorted(schedule["devices"], key=lambda d: d["rank"])
+    overlapped = bool(schedule.get("p2p_overlapped", False))
+    chunks = int(schedule.get("interleave", 1))
     links_pid = max((d["rank"] for d in devices), default=-1) + 1
     # Heaviest first, as summarised; a link only the events name (a hand-made schedule) last.
     names = dict.fromkeys(entry["link"] for entry in schedule.get("links", []))
@@ -47,8 +54,14 @@ def chrome_trace(schedule: dict[str, Any]) -> dict[str, Any]:
         label = f"rank {rank}: {dev['device']} ({dev['kind']}), stage {dev['stage']}"
         meta += _process(rank, label, rank)
         meta.append(_thread_name(rank, 0, "steps"))
+        for tid, op in ((1, "Send"), (2, "Recv")):
+            if overlapped and any(ev.get("op") == op for ev in dev["events"]):
+                meta.append(_thread_name(rank, tid, f"p2p {op.lower()}s"))
         for ev in dev["events"]:
-            slices.append(_slice(_title(ev), ev["start"], ev["end"], ev, rank, 0, _args(rank, ev)))
+            tid = _P2P_TID.get(ev.get("op", ""), 0) if overlapped else 0
+            slices.append(
+                _slice(_title(ev, chunks), ev["start"], ev["end"], ev, rank, tid, _args(rank, ev))
+            )
 
     pairs = _send_recv_pairs(devices)
     transfers = _transfers(devices, pairs)
@@ -82,7 +95,7 @@ def chrome_trace(schedule: dict[str, Any]) -> dict[str, Any]:
                 if on == lane:
                     event["tid"] = tid
                     slices.append(event)
-    flows = _flows(devices, pairs)
+    flows = _flows(devices, pairs, overlapped)
     return {"traceEvents": meta + slices + flows, "displayTimeUnit": "ms"}
 
 
@@ -146,13 +159,19 @@ def _transfers(
     return out
 
 
-def _flows(devices: list[Event], pairs: list[tuple[int, Event, int, Event]]) -> list[Event]:
+def _flows(
+    devices: list[Event], pairs: list[tuple[int, Event, int, Event]], overlapped: bool
+) -> list[Event]:
     """An arrow from each Send's slice to its Recv's slice (flow start, flow end)."""
     out: list[Event] = []
+    send_tid, recv_tid = (1, 2) if overlapped else (0, 0)
     for n, (sender, send, receiver, recv) in enumerate(pairs, start=1):
-        common = {"name": "transfer", "cat": "send-recv", "id": n, "tid": 0}
-        out.append({**common, "ph": "s", "pid": sender, "ts": send["start"] * _US})
-        out.append({**common, "ph": "f", "bp": "e", "pid": receiver, "ts": recv["start"] * _US})
+        common = {"name": "transfer", "cat": "send-recv", "id": n}
+        out.append(
+            {**common, "tid": send_tid, "ph": "s", "pid": sender, "ts": send["start"] * _US}
+        )
+        out.append({**common, "tid": recv_tid, "ph": "f", "bp": "e", "pid": receiver,
+                    "ts": recv["start"] * _US})
     return out
 
 
@@ -173,11 +192,15 @@ def _thread_name(pid: int, tid: int, name: str) -> Event:
     return {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}
 
 
-def _title(ev: Event) -> str:
-    """Short slice text: ``F3 block 2``, ``B0 Recv from 1``, ``dp sync + optimizer``."""
+def _title(ev: Event, chunks: int = 1) -> str:
+    """Short slice text: ``F3 block 2``, ``B0 Recv from 1``, ``dp sync + optimizer``;
+    ``F3c1 ...`` for chunk 1 when the rank runs several chunks.
+    """
     if ev["phase"] == "sync":
         return str(ev["name"])
     prefix = f"{_PHASE_LETTER.get(ev['phase'], ev['phase'])}{ev['microbatch']}"
+    if chunks > 1:
+        prefix += f"c{ev.get('chunk', 0)}"
     if ev["type"] == "compute":
         return f"{prefix} {ev['name'] or 'compute'}"
     if ev["op"] == "Send":
@@ -196,6 +219,9 @@ def _args(rank: int, ev: Event) -> dict[str, Any]:
         "start_s": ev["start"],
         "duration_s": ev["duration"],
     }
+    if "chunk" in ev:
+        args["chunk"] = ev["chunk"]
+        args["virtual_stage"] = ev["virtual_stage"]
     if ev["type"] == "compute":
         args["label"] = ev["name"]
         return args

@@ -184,17 +184,20 @@ def _programs(partition: Partition, ranks: tuple[Rank, ...], timeline: Timeline)
     for r, dev in zip(ranks, timeline.devices, strict=True):
         steps: list[Compute | Comm] = []
         sync_links: tuple[Any, ...] = ()
-        for ev in dev.events:
+        v = timeline.interleave  # a chunk's compute and collectives are 1/v of the stage's
+        program = dev.program_events(timeline.stages, v)
+        for ev in (*program, *(e for e in dev.events if e.phase == "sync")):
+            share = 1 if ev.op in ("Send", "Recv") else v
             if ev.phase == "sync":
                 sync_bytes[dev.stage], sync_seconds[dev.stage] = ev.nbytes, ev.duration
                 sync_links = ev.links
-            elif ev.phase != "forward" or ev.microbatch != 0:
+            elif ev.microbatch != 0:
                 continue
             elif ev.is_comm:
-                steps.append(Comm(ev.op, ev.value, "", ev.nbytes, ev.group, ev.peer, ev.tag,
-                                  ev.axis, ev.algorithm, ev.duration, ev.links))
+                steps.append(Comm(ev.op, ev.value, "", ev.nbytes * share, ev.group, ev.peer,
+                                  ev.tag, ev.axis, ev.algorithm, ev.duration * share, ev.links))
             else:
-                steps.append(Compute((), ev.duration, ev.name))
+                steps.append(Compute((), ev.duration * share, ev.name))
         programs.append(DeviceProgram(
             r.rank, r.device, r.kind, r.stage, r.replica, r.tp_rank, r.tp, tuple(steps),
             r.inputs, r.outputs, r.memory_bytes, r.weight_bytes or 0, sync_links,

@@ -10,8 +10,8 @@ the event loop that starts each item when its dependencies allow.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shardc.errors import ShardcError
@@ -47,6 +47,11 @@ class _Item:
     """Bytes of a comm event with no forward step (the sync); else the step's."""
     links: tuple[Link, ...] = ()
     """Links of a comm event with no forward step (the sync); else the step's."""
+    chunk: int = 0
+    """The model chunk (virtual stage ``chunk·stages + stage``) it belongs to."""
+    share: float = 1.0
+    """Fraction of the step's bytes it carries: a chunk's collectives are ``1/v`` of the
+    stage's (its share of the blocks), a hand-off between chunks is a whole one."""
 
     @property
     def is_comm(self) -> bool:
@@ -91,17 +96,87 @@ def _pass_order(schedule: str, stages: int, stage: int, m: int) -> list[tuple[st
     return order
 
 
+def interleaved_order(stages: int, stage: int, m: int, v: int) -> list[tuple[str, int, int]]:
+    """(phase, micro-batch, chunk) in Megatron-LM's interleaved 1F1B order (Narayanan et
+    al. 2021 §2.2.2; ``forward_backward_pipelining_with_interleaving`` and its schedule
+    table in megatron/core/pipeline_parallel/schedules.py, micro-batch group size ``p``).
+
+    Micro-batches go in groups of ``stages``: a group's forwards run chunk 0 for every
+    micro-batch of the group, then chunk 1, ...; its backwards the chunks in reverse. A
+    rank warms up with ``(stages − stage − 1)·2 + (v − 1)·stages`` forwards (all of them
+    when there are fewer), then alternates one forward / one backward, then drains.
+    """
+    groups = [range(g, min(g + stages, m)) for g in range(0, m, stages)]
+    fwd = [(mb, c) for grp in groups for c in range(v) for mb in grp]
+    bwd = [(mb, v - 1 - c) for grp in groups for c in range(v) for mb in grp]
+    total = m * v
+    warmup = min((stages - stage - 1) * 2 + (v - 1) * stages, total)
+    order = [("forward", *fwd[i]) for i in range(warmup)]
+    for i in range(total - warmup):
+        order += [("forward", *fwd[warmup + i]), ("backward", *bwd[i])]
+    order += [("backward", *bwd[i]) for i in range(total - warmup, total)]
+    return order
+
+
+Route = Callable[[int, int, float], tuple[float, tuple[Link, ...]]]
+"""(sender rank, receiver rank, bytes) -> (seconds, links) of a point-to-point transfer."""
+
+
+def wrap_steps(
+    by_rank: dict[int, DeviceProgram], stages: int, route: Route | None
+) -> dict[int, tuple[tuple[Comm, ...], tuple[Comm, ...]]]:
+    """Per rank, the hand-offs interleaving adds: (Recvs before a chunk, Sends after it).
+
+    With v chunks, the last stage's chunk c hands its output to the first stage's chunk
+    c + 1, a transfer plain 1F1B never makes. It carries what the last stage receives from
+    the stage before it (the values that cross a block boundary); rank ``(S−1, replica,
+    t)`` sends to ``(0, replica, t)``. Priced by ``route`` when given, else at the copied
+    Recv's time and links.
+    """
+    out: dict[int, tuple[list[Comm], list[Comm]]] = {r: ([], []) for r in by_rank}
+    first = {(p.replica, p.tp_rank): p.rank for p in by_rank.values() if p.stage == 0}
+    for prog in by_rank.values():
+        head = first.get((prog.replica, prog.tp_rank))
+        if prog.stage != stages - 1 or head is None:
+            continue
+        for step in prog.steps:
+            if not (isinstance(step, Comm) and step.op == "Recv"
+                    and by_rank[step.peer].stage == stages - 2):
+                continue
+            seconds, links = route(prog.rank, head, step.nbytes) if route else (
+                step.seconds, step.links)
+            comm = replace(step, seconds=seconds, links=links)
+            out[prog.rank][1].append(replace(comm, op="Send", output="", peer=head))
+            out[head][0].append(replace(comm, peer=prog.rank))
+    return {r: (tuple(a), tuple(b)) for r, (a, b) in out.items()}
+
+
 def rank_items(
-    programs: Programs, prog: DeviceProgram, sync_group: tuple[int, ...]
+    programs: Programs,
+    prog: DeviceProgram,
+    sync_group: tuple[int, ...],
+    interleave: int = 1,
+    wrap: tuple[tuple[Comm, ...], tuple[Comm, ...]] = ((), ()),
 ) -> list[_Item]:
+    """What ``prog`` issues in one step, in order; with ``interleave`` v > 1 each pass is
+    v chunk passes, each running ``1/v`` of the stage's compute and collectives.
+    """
     m = programs.microbatches
-    if programs.mode == "inference":
-        order = [("forward", i) for i in range(m)]
-    else:
-        order = _pass_order(programs.schedule, programs.stages, prog.stage, m)
     items: list[_Item] = []
-    for phase, mb in order:
-        items += _phase_items(prog.steps, phase, mb, programs.backward_factor)
+    seen: dict[tuple[str, int], dict[tuple[Any, ...], int]] = {}
+    if interleave > 1 and programs.mode == "training" and programs.schedule == "1f1b":
+        for phase, mb, c in interleaved_order(programs.stages, prog.stage, m, interleave):
+            steps = [*(wrap[0] if c > 0 else ()), *prog.steps,
+                     *(wrap[1] if c < interleave - 1 else ())]
+            items += _phase_items(steps, phase, mb, programs.backward_factor,
+                                  seen.setdefault((phase, mb), {}), c, interleave)
+    else:
+        if programs.mode == "inference":
+            order = [("forward", i) for i in range(m)]
+        else:
+            order = _pass_order(programs.schedule, programs.stages, prog.stage, m)
+        for phase, mb in order:
+            items += _phase_items(prog.steps, phase, mb, programs.backward_factor, {})
     if programs.mode == "training":
         seconds = float(programs.stage_sync_seconds.get(prog.stage, 0.0))
         nbytes = float(programs.stage_sync_bytes.get(prog.stage, 0.0))
@@ -125,16 +200,27 @@ def rank_items(
 
 
 def _phase_items(
-    steps: Sequence[Compute | Comm], phase: str, mb: int, backward_factor: float
+    steps: Sequence[Compute | Comm],
+    phase: str,
+    mb: int,
+    backward_factor: float,
+    seen: dict[tuple[Any, ...], int],
+    chunk: int = 0,
+    chunks: int = 1,
 ) -> list[_Item]:
+    """One pass of one chunk; ``seen`` counts matching keys over the micro-batch's
+    chunks, so the k-th Send of a key pairs with the k-th Recv whatever chunk issues it.
+    """
     backward = phase == "backward"
     ordered = list(reversed(steps)) if backward else list(steps)
-    seen: dict[tuple[Any, ...], int] = {}
+    share = 1.0 / chunks
     items = []
     for i, step in enumerate(ordered):
         if isinstance(step, Compute):
             seconds = step.seconds * backward_factor if backward else step.seconds
-            items.append(_Item(phase, mb, i, len(ordered), step.label, seconds))
+            items.append(
+                _Item(phase, mb, i, len(ordered), step.label, seconds * share, chunk=chunk)
+            )
             continue
         op = _SWAP.get(step.op, step.op) if backward else step.op
         key: tuple[Any, ...] = (op, step.peer, step.tag) if op in _P2P else (step.group,)
@@ -147,11 +233,13 @@ def _phase_items(
                 i,
                 len(ordered),
                 op,
-                step.seconds,
+                step.seconds if op in _P2P else step.seconds * share,
                 op=op,
                 comm=step,
                 group=step.group,
                 occurrence=k,
+                chunk=chunk,
+                share=1.0 if op in _P2P else share,
             )
         )
     return items
@@ -165,10 +253,17 @@ class Simulation:
 
     Start times follow from the dependencies alone (a rank's previous event, a Send, the
     members of a collective), so the order ranks are visited in changes nothing.
+
+    With ``overlap_p2p`` Sends and Recvs run beside their rank's compute (Megatron-LM's
+    ``overlap_p2p_comm``: isend/irecv on their own stream): the rank's next step does not
+    wait for a Send, and a Recv, posted ahead, is the transfer as its receiver sees it
+    (the Send's interval); the next step waits only until it ends, so only the part of
+    a transfer the rank had nothing else to do during is exposed.
     """
 
-    def __init__(self, items: dict[int, list[_Item]]) -> None:
+    def __init__(self, items: dict[int, list[_Item]], overlap_p2p: bool = False) -> None:
         self.items = items
+        self.overlap_p2p = overlap_p2p
         self.times: dict[int, list[tuple[float, float]]] = {r: [] for r in items}
         self.free = dict.fromkeys(items, 0.0)
         self.sends: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
@@ -212,7 +307,10 @@ class Simulation:
                 break
             start, duration = placed
             times.append((start, duration))
-            self.free[r] = start + duration
+            if not (self.overlap_p2p and item.op in _P2P):
+                self.free[r] = start + duration
+            elif item.op == "Recv":  # the data is needed by what follows
+                self.free[r] = max(self.free[r], start + duration)
         return woken
 
     def _place(self, r: int, item: _Item, woken: list[int]) -> tuple[float, float] | None:
@@ -230,6 +328,8 @@ class Simulation:
             sender, index = issued[item.occurrence]
             self.recv_of[(sender, index)] = (r, len(self.times[r]))
             send_start, send_seconds = self.times[sender][index]
+            if self.overlap_p2p:
+                return send_start, send_seconds
             return max(free, send_start), send_seconds
         key = self._wait_key(r, item)
         arrived = self.arrivals.setdefault(key, {})
@@ -262,7 +362,10 @@ class Simulation:
         return text  # pragma: no cover - compute never blocks
 
 
-def event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
+def event_json(
+    item: _Item, start: float, duration: float, stage: int, stages: int
+) -> dict[str, Any]:
+    """The item placed at ``start`` as schedule.json writes it."""
     event: dict[str, Any] = {
         "type": "comm" if item.is_comm else "compute",
         "phase": item.phase,
@@ -272,6 +375,9 @@ def event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
         "duration": duration,
         "end": start + duration,
     }
+    if item.phase != "sync":
+        event["chunk"] = item.chunk
+        event["virtual_stage"] = item.chunk * stages + stage
     if not item.is_comm:
         return event
     c = item.comm
@@ -279,7 +385,7 @@ def event_json(item: _Item, start: float, duration: float) -> dict[str, Any]:
         {
             "op": item.op,
             "value": c.value if c else "",
-            "bytes": float(c.nbytes) if c else item.nbytes,
+            "bytes": float(c.nbytes) * item.share if c else item.nbytes,
             "group": list(item.group),
             "peer": c.peer if c else -1,
             "tag": c.tag if c else 0,

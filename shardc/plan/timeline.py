@@ -10,16 +10,23 @@ Format ``shardc-schedule/1`` (machine-checkable: ``schedule.schema.json`` next t
 module, loaded by :func:`schedule_schema`). Times are seconds, as floats, never rounded.
 
 Top level: ``format``, ``mode`` (``training`` or ``inference``), ``schedule`` (``1f1b``
-or ``gpipe``), ``microbatches``, ``dp``, ``stages``, ``step_seconds`` (the end of the
-last event on any device), ``devices`` and ``links``.
+or ``gpipe``), ``microbatches``, ``dp``, ``stages``, ``interleave`` (v, model chunks per
+rank; 1 is plain 1F1B), ``p2p_overlapped`` (pipeline Sends run beside compute),
+``step_seconds`` (the end of the last event on any device), ``devices`` and ``links``.
+(``interleave`` and ``p2p_overlapped`` are absent from files written before them: read
+as 1 and false.)
 
 ``devices`` holds one entry per rank, by rank: the rank's identity (``rank``, ``device``,
 ``kind``, ``stage``, ``replica``, ``tp_rank``, ``tp``), ``busy_seconds`` (the sum of
-its event durations) and ``events`` in issue order, which never overlap. Every event has
-``type`` (``compute`` or ``comm``), ``phase`` (``forward``, ``backward`` or ``sync``),
-``microbatch`` (-1 for sync), ``name`` (a compute run's label, a comm event's op),
-``start``, ``duration`` and ``end``. Comm events also carry ``op``, ``value``,
-``bytes``, ``group``, ``peer``, ``tag``, ``axis``, ``algorithm`` and ``links``.
+its event durations, overlapped Sends and Recvs left out) and ``events`` in issue order,
+which never overlap, except that with ``p2p_overlapped`` Sends and Recvs run on their
+own stream and may overlap the rest. Every event has ``type`` (``compute`` or ``comm``), ``phase``
+(``forward``, ``backward`` or ``sync``), ``microbatch`` (-1 for sync), ``name`` (a
+compute run's label, a comm event's op), ``start``,
+``duration`` and ``end``; every forward and backward event its ``chunk`` (0 .. v−1) and
+``virtual_stage`` (``chunk·stages + stage``, the model stage it runs). Comm events also
+carry ``op``, ``value``, ``bytes``, ``group``, ``peer``, ``tag``, ``axis``, ``algorithm``
+and ``links``.
 
 ``links`` summarises every link a comm event crosses, heaviest first (bytes descending,
 then name). One definition, used by the tables, the report and the trace:
@@ -45,9 +52,16 @@ How the timeline is built:
 * a forward pass of micro-batch m on a rank is its program's steps in order, each lasting
   its ``seconds``;
 * a Recv is matched to the Send with the same sender (the Recv's peer), receiver, tag,
-  phase and micro-batch (the k-th such Recv to the k-th such Send). It starts when the
-  rank is free and the Send has started, and lasts the Send's duration, so it never ends
-  before the Send does. A Send never waits;
+  phase and micro-batch (the k-th such Recv to the k-th such Send, counted over the
+  micro-batch's chunks). It starts when the rank is free and the Send has started, and
+  lasts the Send's duration, so it never ends before the Send does. A Send never waits.
+  With ``p2p_overlapped`` (the partitioner priced pipeline transfers as overlapped, as
+  Megatron-LM's ``overlap_p2p_comm`` runs them) Sends and Recvs run on their own stream:
+  a Send does not hold its rank (the next step starts when the Send does); a Recv,
+  posted ahead, spans its Send's interval, and the rank's next step starts once it ends,
+  so a transfer that ends while the rank computes costs nothing and only the fill and
+  drain show transfers on the critical path; ``links`` still carries every transfer's
+  bytes;
 * a collective starts when every member of its group has reached it, at the latest
   member's ready time, and lasts the member's own ``seconds``. Members issue a group's
   collectives in the same order, so the k-th collective over a group in a phase and
@@ -58,7 +72,16 @@ How the timeline is built:
   and Recv swapped (gradients flow back: a forward Send to p becomes a Recv from p with
   the same tag, and vice versa; collectives keep their op). The per-stage order of passes
   is 1F1B (``min(stages - stage - 1, M)`` warm-up forwards, then one forward / one
-  backward, then the remaining backwards) or GPipe (all forwards, then all backwards).
+  backward, then the remaining backwards) or GPipe (all forwards, then all backwards);
+* interleaved 1F1B (``interleave`` v > 1, training, 1F1B; Narayanan et al. 2021
+  §2.2.2): each rank runs v chunks; chunk c of stage j is virtual stage ``c·S + j``. A
+  pass of one chunk is the rank's steps with compute and collectives at ``1/v`` of their
+  time and bytes (the chunk's share of the stage's blocks) and whole Sends/Recvs (a
+  hand-off per chunk: v times the traffic); the last stage's chunk c sends to the first
+  stage's chunk c + 1 what it receives from the stage before it (the wrap-around
+  hand-off, :func:`~shardc.plan.simulate.wrap_steps`). Passes follow Megatron-LM's order
+  (:func:`~shardc.plan.simulate.interleaved_order`), so the bubble is ``(S − 1)/v``
+  slots instead of ``S − 1``.
   After its last backward each rank runs one ``sync`` event (a comm event, op
   ``AllReduce``, named ``dp sync + optimizer``) lasting ``stage_sync_seconds[stage]``
   over the ranks of the same stage and tensor-parallel rank in every replica. Its
@@ -82,14 +105,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from shardc.plan.linkload import link_summary
 from shardc.plan.program import Link, Programs, links_of
 from shardc.plan.program_checks import check_programs
 from shardc.plan.simulate import (
     SYNC_NAME,
+    Route,
     Simulation,
     event_json,
     rank_items,
     sync_group,
+    wrap_steps,
 )
 
 FORMAT = "shardc-schedule/1"
@@ -134,6 +160,10 @@ class Event:
     axis: int = -1
     algorithm: str = ""
     links: tuple[Link, ...] = ()
+    chunk: int = 0
+    """The model chunk (0 .. v−1); 0 for the sync."""
+    virtual_stage: int = -1
+    """``chunk·stages + stage``; -1 for the sync."""
 
     @property
     def is_comm(self) -> bool:
@@ -151,6 +181,8 @@ class Event:
             "duration": self.duration,
             "end": self.end,
         }
+        if self.phase != "sync":
+            out.update(chunk=self.chunk, virtual_stage=self.virtual_stage)
         if self.is_comm:
             out.update(
                 op=self.op, value=self.value, bytes=self.nbytes, group=list(self.group),
@@ -162,15 +194,15 @@ class Event:
     @classmethod
     def from_json(cls, ev: dict[str, Any]) -> Event:
         """An event of a (validated) schedule.json."""
-        base = cls(ev["type"], ev["phase"], ev["microbatch"], ev["name"], ev["start"],
-                   ev["duration"], ev["end"])
+        place = {"chunk": ev.get("chunk", 0), "virtual_stage": ev.get("virtual_stage", -1)}
         if ev["type"] != "comm":
-            return base
+            return cls(ev["type"], ev["phase"], ev["microbatch"], ev["name"], ev["start"],
+                       ev["duration"], ev["end"], **place)
         return cls(
-            base.type, base.phase, base.microbatch, base.name, base.start, base.duration,
-            base.end, op=ev["op"], value=ev["value"], nbytes=ev["bytes"],
+            ev["type"], ev["phase"], ev["microbatch"], ev["name"], ev["start"],
+            ev["duration"], ev["end"], op=ev["op"], value=ev["value"], nbytes=ev["bytes"],
             group=tuple(ev["group"]), peer=ev["peer"], tag=ev["tag"], axis=ev["axis"],
-            algorithm=ev["algorithm"], links=links_of(ev["links"]),
+            algorithm=ev["algorithm"], links=links_of(ev["links"]), **place,
         )
 
 
@@ -188,6 +220,23 @@ class RankTimeline:
     busy_seconds: float
     """The sum of its event durations."""
     events: tuple[Event, ...]
+
+    def program_events(self, stages: int, interleave: int) -> tuple[Event, ...]:
+        """The forward events that are this rank's device-program steps, every
+        micro-batch's: all of them with one chunk; with v > 1, chunk 0's without the
+        wrap-around hand-offs (the last stage's forward Sends, the first stage's forward
+        Recvs), since the device program runs the stage's blocks as one pass and the
+        chunks and those hand-offs are the timeline's (see the module docstring).
+        """
+        forward = [e for e in self.events if e.phase == "forward"]
+        if interleave <= 1:
+            return tuple(forward)
+        return tuple(
+            e for e in forward
+            if e.chunk == 0
+            and not (e.op == "Send" and self.stage == stages - 1)
+            and not (e.op == "Recv" and self.stage == 0)
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The rank as schedule.json writes it."""
@@ -240,6 +289,10 @@ class Timeline:
     links: tuple[LinkLoad, ...] = field(default=())
     """Heaviest first (bytes descending, then name)."""
     format: str = FORMAT
+    interleave: int = 1
+    """Model chunks per rank (interleaved 1F1B when above 1)."""
+    p2p_overlapped: bool = False
+    """Pipeline Sends run beside compute; only exposed waits sit on the critical path."""
 
     def rank(self, r: int) -> RankTimeline:
         """Rank ``r``'s events."""
@@ -250,6 +303,7 @@ class Timeline:
         return {
             "format": self.format, "mode": self.mode, "schedule": self.schedule,
             "microbatches": self.microbatches, "dp": self.dp, "stages": self.stages,
+            "interleave": self.interleave, "p2p_overlapped": self.p2p_overlapped,
             "step_seconds": self.step_seconds,
             "devices": [d.to_json() for d in self.devices],
             "links": [x.to_json() for x in self.links],
@@ -262,33 +316,55 @@ class Timeline:
             d["mode"], d["schedule"], d["microbatches"], d["dp"], d["stages"], d["step_seconds"],
             tuple(RankTimeline.from_json(x) for x in d["devices"]),
             tuple(LinkLoad.from_json(x) for x in d["links"]), d["format"],
+            d.get("interleave", 1), d.get("p2p_overlapped", False),
         )
 
 
-def build_timeline(programs: Programs) -> Timeline:
+def build_timeline(
+    programs: Programs,
+    interleave: int = 1,
+    overlap_p2p: bool = False,
+    route: Route | None = None,
+) -> Timeline:
     """``programs`` laid out in time (see the module docstring)."""
-    return Timeline.from_json(build_schedule(programs))
+    return Timeline.from_json(build_schedule(programs, interleave, overlap_p2p, route))
 
 
-def build_schedule(programs: Programs) -> dict[str, Any]:
-    """Lay ``programs`` out in time as the schedule.json object (see the module docstring)."""
+def build_schedule(
+    programs: Programs,
+    interleave: int = 1,
+    overlap_p2p: bool = False,
+    route: Route | None = None,
+) -> dict[str, Any]:
+    """Lay ``programs`` out in time as the schedule.json object (see the module docstring).
+
+    ``interleave`` is v, the model chunks per rank; ``overlap_p2p`` runs pipeline Sends
+    beside compute; ``route`` prices the hand-offs interleaving adds (the last stage to
+    the first), which the programs do not hold.
+    """
+    if interleave < 1:
+        raise ValueError(f"interleave must be at least 1, got {interleave}")
     by_rank = check_programs(programs)
+    wraps = wrap_steps(by_rank, programs.stages, route) if interleave > 1 else {}
     items = {
-        r: rank_items(programs, prog, sync_group(by_rank, prog)) for r, prog in by_rank.items()
+        r: rank_items(programs, prog, sync_group(by_rank, prog), interleave,
+                      wraps.get(r, ((), ())))
+        for r, prog in by_rank.items()
     }
-    timeline = Simulation(items)
+    timeline = Simulation(items, overlap_p2p)
     timeline.run()
 
     devices: list[dict[str, Any]] = []
     step = 0.0
     for r, prog in by_rank.items():
         events = [
-            event_json(item, start, duration)
+            event_json(item, start, duration, prog.stage, programs.stages)
             for item, (start, duration) in zip(items[r], timeline.times[r], strict=True)
         ]
         busy = 0.0
         for ev in events:
-            busy += ev["duration"]
+            if not (overlap_p2p and ev.get("op") in ("Send", "Recv")):
+                busy += ev["duration"]
             step = max(step, ev["end"])
         devices.append(
             {
@@ -310,71 +386,9 @@ def build_schedule(programs: Programs) -> dict[str, Any]:
         "microbatches": programs.microbatches,
         "dp": programs.dp,
         "stages": programs.stages,
+        "interleave": interleave,
+        "p2p_overlapped": overlap_p2p,
         "step_seconds": step,
         "devices": devices,
-        "links": _link_summary(devices, timeline.recv_of),
+        "links": link_summary(devices, timeline.recv_of),
     }
-
-
-@dataclass
-class _LinkLoad:
-    nbytes: float = 0.0
-    transfers: int = 0
-    spans: list[tuple[float, float]] = field(default_factory=list)
-
-
-def _link_summary(
-    devices: list[dict[str, Any]], recv_of: dict[tuple[int, int], tuple[int, int]]
-) -> list[dict[str, Any]]:
-    """Per link: bytes sent over it, transfers, and the time any transfer used it."""
-    by_rank = {dev["rank"]: dev["events"] for dev in devices}
-    acc: dict[str, _LinkLoad] = {}
-    calls: dict[tuple[Any, ...], int] = {}  # k-th call of a collective on each member
-    seen: set[tuple[Any, ...]] = set()  # (call, link) already credited
-    for dev in devices:
-        for i, ev in enumerate(dev["events"]):
-            if ev["type"] != "comm" or ev["op"] == "Recv":
-                continue  # a Recv is credited at its Send
-            links = list(ev["links"])
-            call: tuple[Any, ...] = ("p2p", dev["rank"], i)
-            if ev["op"] == "Send" and (dev["rank"], i) in recv_of:
-                rr, ri = recv_of[(dev["rank"], i)]
-                links += by_rank[rr][ri]["links"]
-            elif ev["op"] != "Send":
-                key = (dev["rank"], ev["op"], tuple(ev["group"]), ev["tag"], ev["phase"],
-                       ev["microbatch"])
-                calls[key] = calls.get(key, -1) + 1
-                call = (*key[1:], calls[key])
-            for link in dict.fromkeys(links):
-                load = acc.setdefault(link, _LinkLoad())
-                load.spans.append((ev["start"], ev["end"]))
-                if (call, link) not in seen:
-                    seen.add((call, link))
-                    load.nbytes += ev["bytes"]
-                    load.transfers += 1
-    ordered = sorted(acc.items(), key=lambda item: (-item[1].nbytes, item[0]))
-    return [
-        {
-            "link": link,
-            "bytes": load.nbytes,
-            "busy_seconds": _union_length(load.spans),
-            "transfers": load.transfers,
-        }
-        for link, load in ordered
-    ]
-
-
-def _union_length(spans: list[tuple[float, float]]) -> float:
-    """Length of the union of ``spans``: time covered by at least one of them."""
-    busy = 0.0
-    ordered = sorted(spans)
-    if not ordered:
-        return busy
-    cur_start, cur_end = ordered[0]
-    for start, end in ordered[1:]:
-        if start > cur_end:
-            busy += cur_end - cur_start
-            cur_start, cur_end = start, end
-        else:
-            cur_end = max(cur_end, end)
-    return busy + (cur_end - cur_start)

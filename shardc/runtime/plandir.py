@@ -156,7 +156,11 @@ class PlanDir:
         for every micro-batch; a runner that followed one while the other was edited
         would pair the wrong messages, so a disagreement stops the run first.
         """
-        events = self._events(rank)
+        timeline = self.typed.timeline
+        if timeline is None:
+            return
+        # interleaved: the device program is one pass of the stage, the chunks are the timeline's
+        events = list(timeline.rank(rank).program_events(timeline.stages, timeline.interleave))
         if not events:
             return
         program = [_comm_key(n) for n in comm_nodes]

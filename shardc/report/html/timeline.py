@@ -69,6 +69,8 @@ def _event_title(device: dict[str, Any], ev: dict[str, Any]) -> str:
     what = ev.get("phase", "")
     if ev.get("microbatch", -1) >= 0:
         what += f" µb {ev['microbatch']}"
+    if "chunk" in ev:  # interleaved 1F1B: the model chunk (virtual stage) it runs
+        what += f" chunk {ev['chunk']} (virtual stage {ev['virtual_stage']})"
     text = (
         f"rank {device['rank']} {device.get('device', '')}: {what}, {ev.get('name', '')}, "
         f"{_seconds(ev['duration'])} from {_seconds(ev['start'])}"
@@ -155,10 +157,11 @@ def _timeline(plan: dict[str, Any], schedule: dict[str, Any]) -> str:
                 f'fill="{_CAT_COLOUR[cat]}"><title>{escape(_event_title(d, ev))}</title></rect>'
             )
             mb = ev.get("microbatch", -1)
-            if not thin and mb >= 0 and w >= text_width(str(mb), 10) + 4:
+            tag = f"{mb}c{ev.get('chunk', 0)}" if schedule.get("interleave", 1) > 1 else str(mb)
+            if not thin and mb >= 0 and w >= text_width(tag, 10) + 4:
                 svg.append(
                     f'<text x="{x + w / 2:.2f}" y="{by + bar_h - 3:g}" text-anchor="middle" '
-                    f'font-size="10" fill="#ffffff" pointer-events="none">{mb}</text>'
+                    f'font-size="10" fill="#ffffff" pointer-events="none">{tag}</text>'
                 )
     if planned:
         x = label_w + planned * scale
