@@ -194,9 +194,9 @@ def compile_cmd(
     if report_path is not None:
         from shardc.report.html import render_html
 
-        if timeline is None:
+        if timeline is None or built.typed is None:
             raise OptionError("--report needs the emitted schedule", hint="pass --emit")
-        page = render_html(part, timeline, topology, model=str(model))
+        page = render_html(built.typed, topology, model=str(model))
         write_file(report_path, page.encode(), force=force)
     from shardc.plan.folder import anchor_paths
 

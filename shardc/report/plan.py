@@ -7,6 +7,7 @@ a script reads cannot disagree.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group
@@ -22,7 +23,7 @@ def _seconds(s: float | None) -> str:
     return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
 
-def _pins(pins: dict[str, Any]) -> str:
+def _pins(pins: Mapping[str, Any]) -> str:
     """Pins as the user would type them back: ``tp=8 pp=4 stage0.blocks=20``."""
     out = [f"{k}={v}" for k, v in sorted(pins.items()) if k != "stages"]
     for j, fields in sorted(pins.get("stages", {}).items(), key=lambda kv: int(kv[0])):

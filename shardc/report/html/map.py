@@ -12,9 +12,10 @@ import math
 import re
 from collections import Counter
 from html import escape, unescape
-from typing import Any
 
+from shardc.plan.model import PlanData
 from shardc.plan.program import Link as PlanLink
+from shardc.plan.timeline import LinkLoad
 from shardc.report.html.common import (
     LOAD_HIGH,
     LOAD_LOW,
@@ -48,9 +49,8 @@ _KIND_SWATCH = re.compile(r'^<rect x="[-\d.]+" y="[-\d.]+" width="16" height="16
 _KIND_TEXT = re.compile(r'^<text [^>]*class="k">(?P<kind>[^<]*)</text>$')
 
 
-def _link_ends(name: str) -> tuple[str, str] | None:
-    """The two ends of a schedule link, as the Plan reads its names (None: a named bus)."""
-    link = PlanLink.parse(name)
+def _link_ends(link: PlanLink) -> tuple[str, str] | None:
+    """The two ends of a timeline link (None: a link known by one name only)."""
     return (link.a, link.b) if link.b else None
 
 
@@ -67,7 +67,7 @@ _Load = tuple[float, int, float]  # bytes over the edge's links, links used, bus
 
 
 def _edge_loads(
-    schedule: dict[str, Any], topology: Topology, glyphs: dict[str, str]
+    links: tuple[LinkLoad, ...], topology: Topology, glyphs: dict[str, str]
 ) -> dict[_EdgeKey, _Load]:
     """The traffic of each drawn (folded) edge, and of its busiest physical link.
 
@@ -77,8 +77,8 @@ def _edge_loads(
     by_ends = _links_by_ends(topology)
     loads: dict[_EdgeKey, _Load] = {}
     used: dict[_EdgeKey, set[tuple[str, str]]] = {}  # a link may be listed per direction
-    for entry in schedule.get("links") or ():
-        ends = _link_ends(entry["link"])
+    for entry in links:
+        ends = _link_ends(entry.link)
         if ends is None:
             continue
         link = by_ends.get((min(ends), max(ends)))
@@ -86,14 +86,14 @@ def _edge_loads(
             continue
         ga, gb = sorted((glyphs[link.a], glyphs[link.b]))
         key = (ga, gb, link.kind, link.plane, units.human(link.bandwidth, units.BANDWIDTH))
-        nbytes = float(entry.get("bytes") or 0.0)
+        nbytes = float(entry.nbytes or 0.0)
         total, _, busiest = loads.get(key, (0.0, 0, 0.0))
         used.setdefault(key, set()).add((min(ends), max(ends)))
         loads[key] = (total + nbytes, len(used[key]), max(busiest, nbytes))
     return loads
 
 
-def _placed_svg(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology) -> str:
+def _placed_svg(plan: PlanData, topology: Topology) -> str:
     """:func:`render_svg`'s drawing with device boxes filled by stage and links by load.
 
     The drawing folds repeated hardware, so one box may stand for devices of several
@@ -108,7 +108,7 @@ def _placed_svg(plan: dict[str, Any], schedule: dict[str, Any], topology: Topolo
     for device in topology.devices:
         stage = placed.get(device.name, (None,))[0]
         per_glyph.setdefault(glyphs[device.name], Counter())[stage] += 1
-    loads = _edge_loads(schedule, topology, glyphs)
+    loads = _edge_loads(_link_loads(plan), topology, glyphs)
     peak = max((busiest for _, _, busiest in loads.values()), default=0.0)
     kinds = set(topology.kinds)
 
@@ -206,7 +206,7 @@ def _restyle_link(
     return line.replace("</title>", escape(note) + "</title>", 1)
 
 
-def _placement_grid(plan: dict[str, Any], topology: Topology) -> str:
+def _placement_grid(plan: PlanData, topology: Topology) -> str:
     """One square per device, grouped as the names group them: the folded drawing
     shows shares, this shows exactly which device holds which stage.
     """
@@ -261,29 +261,28 @@ def _placement_grid(plan: dict[str, Any], topology: Topology) -> str:
     )
 
 
-def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
-    links = sorted(
-        schedule.get("links") or (), key=lambda k: (-float(k.get("bytes") or 0.0), k["link"])
-    )[:TOP_LINKS]
+def _link_table(plan: PlanData, topology: Topology) -> str:
+    every = _link_loads(plan)
+    links = sorted(every, key=lambda k: (-float(k.nbytes or 0.0), str(k.link)))[:TOP_LINKS]
     if not links:
         return '<p class="note">the schedule crosses no links.</p>'
     by_ends = _links_by_ends(topology)
-    step = schedule.get("step_seconds") or 0.0
-    peak = float(links[0].get("bytes") or 0.0) or 1.0
+    step = plan.timeline.step_seconds if plan.timeline is not None else 0.0
+    peak = float(links[0].nbytes or 0.0) or 1.0
     rows = []
     for i, entry in enumerate(links):
-        ends = _link_ends(entry["link"])
+        ends = _link_ends(entry.link)
         link = by_ends.get((min(ends), max(ends))) if ends else None
         kind = f"{link.kind} ({link.plane})" if link else "-"
         bw = units.human(link.bandwidth, units.BANDWIDTH, 3) if link else "-"
-        nbytes = float(entry.get("bytes") or 0.0)
-        busy = float(entry.get("busy_seconds") or 0.0)
+        nbytes = float(entry.nbytes or 0.0)
+        busy = float(entry.busy_seconds or 0.0)
         util = f"{busy / step:.0%}" if step else "-"
         rows.append(
-            f'<tr><td class="num">{i + 1}</td><td>{escape(entry["link"])}</td>'
+            f'<tr><td class="num">{i + 1}</td><td>{escape(str(entry.link))}</td>'
             f"<td>{escape(kind)}</td><td class='num'>{escape(bw)}</td>"
             f"<td>{_bar(nbytes / peak, '#dc2626')}{escape(_bytes(nbytes))}</td>"
-            f'<td class="num">{int(entry.get("transfers") or 0)}</td>'
+            f'<td class="num">{int(entry.transfers or 0)}</td>'
             f'<td class="num">{escape(_seconds(busy))}</td><td class="num">{escape(util)}</td></tr>'
         )
     head = "".join(
@@ -292,7 +291,7 @@ def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
     )
     return (
         f'<h2 style="margin-top:16px">Busiest links (top {len(links)} of '
-        f"{len(schedule.get('links') or ())})</h2>"
+        f"{len(every)})</h2>"
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
         '<p class="note">bytes: what the transfers put on the link in one direction (a '
@@ -302,8 +301,13 @@ def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
     )
 
 
-def _topology(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology) -> str:
-    stages = sorted(st["index"] for st in plan["stages"])
+def _link_loads(plan: PlanData) -> tuple[LinkLoad, ...]:
+    """The load on every link in the plan's timeline (none without one)."""
+    return plan.timeline.links if plan.timeline is not None else ()
+
+
+def _topology(plan: PlanData, topology: Topology) -> str:
+    stages = sorted(st.index for st in plan.stages)
     legend = "".join(
         f"<span>{_swatch(_tint(_stage_colour(j), 0.45))}stage {j}</span>" for j in stages
     )
@@ -320,12 +324,12 @@ def _topology(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology
         "(×N), so a device box is filled in slices by the share of its devices in each "
         "stage.</p>"
         f'<div class="legend">{legend}</div>'
-        f'<div class="scroll" style="margin-top:8px">{_placed_svg(plan, schedule, topology)}'
+        f'<div class="scroll" style="margin-top:8px">{_placed_svg(plan, topology)}'
         "</div>"
         '<h2 style="margin-top:16px">Devices by stage</h2>'
         '<p class="sub">one square per compute device, grouped by name; the number is the '
         "stage.</p>"
         f'<div class="legend" style="margin-bottom:8px">{grid_legend}</div>'
         f'<div class="scroll">{_placement_grid(plan, topology)}</div>'
-        f"{_link_table(schedule, topology)}</section>"
+        f"{_link_table(plan, topology)}</section>"
     )
