@@ -35,12 +35,8 @@ from shardc.report.plan import _seconds
 from shardc.topology import units
 from shardc.topology.hierarchy import fold, glyph_map
 from shardc.topology.model import Link, Topology
-from shardc.topology.svg import render_svg, text_width
+from shardc.topology.svg import leaf_positions, render_svg, text_width
 
-_NODE = re.compile(
-    r'^<rect class="node" data-name="(?P<name>[^"]*)" x="(?P<x>[-\d.]+)" y="(?P<y>[-\d.]+)" '
-    r'width="(?P<w>[-\d.]+)" height="(?P<h>[-\d.]+)"'
-)
 _LINK = re.compile(r'^<path class="link" data-from="(?P<a>[^"]*)" data-to="(?P<b>[^"]*)"')
 _LINK_TITLE = re.compile(
     r"<title>(?P<kind>\S+) \((?P<plane>[^)]*)\): \d+ link\(s\) of (?P<bw>[^<]*)"
@@ -103,6 +99,7 @@ def _placed_svg(plan: PlanData, topology: Topology) -> str:
     """
     svg = render_svg(topology)
     glyphs = glyph_map(fold(topology))
+    boxes = leaf_positions(topology)
     placed = _stage_devices(plan)
     per_glyph: dict[str, Counter] = {}
     for device in topology.devices:
@@ -111,6 +108,12 @@ def _placed_svg(plan: PlanData, topology: Topology) -> str:
     loads = _edge_loads(_link_loads(plan), topology, glyphs)
     peak = max((busiest for _, _, busiest in loads.values()), default=0.0)
     kinds = set(topology.kinds)
+    # a device box's line in the drawing, known from where the layout put it
+    node_lines = {
+        f'<rect class="node" data-name="{escape(name)}" x="{x}" y="{y}" ': name
+        for name, (x, y, _, _) in boxes.items()
+        if name in per_glyph
+    }
 
     out: list[str] = [f'<div id="{TOPOLOGY_ID}">']
     lines = svg.rstrip("\n").split("\n")
@@ -124,10 +127,10 @@ def _placed_svg(plan: PlanData, topology: Topology) -> str:
             if text and unescape(text["kind"]) in kinds:
                 skip = 1
                 continue
-        node = _NODE.match(line)
-        if node and unescape(node["name"]) in per_glyph:
+        glyph = node_lines.get(line[: line.find(" width=") + 1])
+        if glyph is not None:
             out.append(line)
-            out.append(_stage_slices(node, per_glyph[unescape(node["name"])]))
+            out.append(_stage_slices(boxes[glyph], per_glyph[glyph]))
             continue
         link = _LINK.match(line)
         if link:
@@ -152,8 +155,11 @@ def _scoped(style: str) -> str:
     return re.sub(r"(<style>|})([^{}<]+)\{", scope, style)
 
 
-def _stage_slices(node: re.Match[str], stages: Counter) -> str:
-    x, y, w, h = (float(node[k]) for k in ("x", "y", "w", "h"))
+def _stage_slices(box: tuple[float, float, float, float], stages: Counter) -> str:
+    """The stages' shares of a device box, as slices filled over it (``box`` as
+    :func:`~shardc.topology.svg.leaf_positions` gives it).
+    """
+    x, y, w, h = (float(v) for v in box)
     total = sum(stages.values())
     order = sorted(s for s in stages if s is not None) + ([None] if None in stages else [])
     parts = [
