@@ -2,8 +2,12 @@
 placement (which stage runs where) and the link load painted over it, and the tables of
 the placement and the busiest links beside it.
 
-Its own module because it works on the drawn SVG itself (recognising its boxes and
-paths and restyling them), which nothing else in the report does.
+Its own module because it works on the drawn SVG itself, which nothing else in the
+report does. The plan's side is typed (the ranks place devices, the timeline's
+:class:`~shardc.plan.timeline.LinkLoad` s give each link's traffic) and the device boxes'
+positions come from the layout as data (:func:`~shardc.topology.svg.leaf_positions`);
+the link paths and the legend are still restyled in the drawing's text, since the
+drawing offers no hook to style them.
 """
 
 from __future__ import annotations
