@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from shardc import jsonutil
 from shardc.pipeline import Pass
 from shardc.plan.model import PlanData, stage_ranks
-from shardc.plan.records import Partition, Rank
+from shardc.plan.records import Block, Partition, Rank
 
 if TYPE_CHECKING:
     from shardc.pipeline import CompileState
@@ -44,8 +44,18 @@ def assemble(state: CompileState) -> PlanData:
         timeline=state.timeline,
         weights=dict(sorted(weights.items())),
         device_files=not lowering.declared_only,
+        blocks=_blocks(state),
         warnings=state.warnings,
     )
+
+
+def _blocks(state: CompileState) -> tuple[Block, ...]:
+    """The model's chain of blocks, each with the nodes of the graph it holds: what
+    ``explain`` needs to name a node's block from the plan folder alone.
+    """
+    if state.blocks is None:
+        return ()
+    return tuple(Block(b.role, tuple(b.nodes)) for b in state.blocks.blocks)
 
 
 def run(state: CompileState) -> CompileState:

@@ -4,8 +4,8 @@ Read from the plan folder only — plan.json (stages, chosen strategies), the de
 (which ranks hold the node, which ``shardc``-domain ops touch its values, how each weight
 was sliced: the ``shardc.slices`` metadata) and schedule.json (what each transfer costs
 and which links it crosses) — so a plan loaded from disk explains itself exactly as one
-compiled in this process. When the compiler's state is at hand, the node's block is
-named too.
+compiled in this process. The node's block is named from the chain of blocks plan.json
+records (``emission.blocks``).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def _upstream(st: _Rank, values: list[str], hops: int = 3) -> list[tuple[str, on
 
 def _stage_reasons(plan: Plan, stages: list[int], node: str | None) -> list[str]:
     out = []
-    state = plan.state
+    block = plan.typed.block_of(node) if node else None
     for j in stages:
         st = plan.stages[j]
         first, last = st.blocks
@@ -195,16 +195,12 @@ def _stage_reasons(plan: Plan, stages: list[int], node: str | None) -> list[str]
             where += " and the model's start"
         if j == plan.pp - 1:
             where += " and its end"
-        if node and state is not None and state.blocks is not None:
-            try:
-                block = state.blocks.blocks[state.blocks.block_of(node)]
-            except KeyError:
-                block = None
-            if block is not None and block.role == "repeated":
-                k = state.blocks.repeated.index(block.index)
-                where = f"the node is in repeated block {k}; " + where
-            elif block is not None:
-                where = f"the node is in the model's {block.role}; " + where
+        if block is not None:
+            role, k = block
+            where = (
+                f"the node is in repeated block {k}; " if k is not None
+                else f"the node is in the model's {role}; "
+            ) + where
         out.append(
             f"{where}: the partitioner's split, {st.seconds * 1e3:.3g} ms per micro-batch on "
             f"{st.kind} with tp={st.tp}"

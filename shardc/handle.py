@@ -318,6 +318,14 @@ class Plan:
 
         return explain(self, name)
 
+    def apply(self, model: Any, **options: Any) -> Any:
+        """``model`` (a ``torch.nn.Module``) sharded as this plan says on this rank: a
+        :class:`shardc.train.ParallelModel`; see :func:`shardc.train.apply` for ``options``.
+        """
+        from shardc.train import apply
+
+        return apply(self, model, **options)
+
     # ------------------------------------------------------------------ device programs
     def device_model(self, rank: int) -> onnx.ModelProto:
         """Rank ``rank``'s program (``device_<rank>.onnx``), its weights loaded."""

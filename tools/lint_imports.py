@@ -1,6 +1,7 @@
 """Run import-linter's layering contracts (pyproject.toml) on shardc as it installs.
 
     python tools/lint_imports.py                 # check; exit 1 naming each broken contract
+                                                 # (or one import-linter cannot read)
     python tools/lint_imports.py --root DIR      # check another checkout (the tests use this)
 
 Why a wrapper and not a bare ``lint-imports``: two top-level folders install *inside* the

@@ -190,13 +190,12 @@ def compile_cmd(
         click.echo(plain_safe(f"--- after {name} ---\n{text}", keep_newlines=True), err=True)
     warn(built.warnings)
     plan, files, timeline = built.plan, built.files, built.schedule
-    part = plan["partition"]
     if report_path is not None:
         from shardc.report.html import render_html
 
-        if timeline is None:
+        if timeline is None or built.typed is None:
             raise OptionError("--report needs the emitted schedule", hint="pass --emit")
-        page = render_html(part, timeline, topology, model=str(model))
+        page = render_html(built.typed, topology, model=str(model))
         write_file(report_path, page.encode(), force=force)
     from shardc.plan.folder import anchor_paths
 
@@ -218,9 +217,10 @@ def compile_cmd(
         f"[bold]{markup_safe(model)}[/] on {markup_safe(topology_path)} "
         f"({len(topology.compute_devices)} compute devices)"
     )
-    term.print(render_plan(part))
-    if timeline is not None:
-        term.print(render_links(timeline, top=5))
+    if built.typed is not None:
+        term.print(render_plan(built.typed))
+        if built.typed.timeline is not None:
+            term.print(render_links(built.typed, top=5))
     term.print(
         f"wrote {markup_safe(outdir)}/ ({len(files)} files: plan.json, analysis.json"
         + (f", {len(plan['emission']['ranks'])} device models" if "emission" in plan else "")

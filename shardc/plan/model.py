@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardc.plan.program import Comm, Compute, DeviceProgram, Programs, Sync
-from shardc.plan.records import Inputs, Options, Partition, Rank, Stage, frozen
+from shardc.plan.records import Block, Inputs, Options, Partition, Rank, Stage, frozen
 from shardc.plan.timeline import Timeline
 
 PLAN_FORMAT = "shardc-plan/1"
@@ -76,6 +76,9 @@ class PlanData:
     """Bytes of each original weight the device files shard (None without device files)."""
     device_files: bool = False
     """Whether device files were written (plan.json then lists them)."""
+    blocks: tuple[Block, ...] = ()
+    """The model's chain of blocks in order, each with its nodes (empty when the model
+    folded into none, or the plan has no device files to explain)."""
     shardc: str = ""
     """The shardc version that made the plan."""
     format: str = PLAN_FORMAT
@@ -109,6 +112,17 @@ class PlanData:
         """The data-parallel sync of each stage (training; empty otherwise)."""
         return self.programs.syncs if self.programs is not None else ()
 
+    def block_of(self, node: str) -> tuple[str, int | None] | None:
+        """The role of the block holding ``node`` and, for a repeated block, which one it
+        is (0-based among the repeated blocks); None when the plan does not say.
+        """
+        k = 0
+        for b in self.blocks:
+            if node in b.nodes:
+                return b.role, (k if b.role == "repeated" else None)
+            k += b.role == "repeated"
+        return None
+
     def program(self, rank: int) -> DeviceProgram:
         """Rank ``rank``'s program outline."""
         if self.programs is None:
@@ -131,6 +145,8 @@ class PlanData:
                 "ranks": [r.to_json() for r in self.ranks],
                 "weights": dict(sorted((self.weights or {}).items())),
             }
+            if self.blocks:
+                out["emission"]["blocks"] = [b.to_json() for b in self.blocks]
         return out
 
     @classmethod
@@ -150,6 +166,7 @@ class PlanData:
             options=Options.from_json(plan["options"]),
             weights=frozen(emission["weights"]) if emission else None,
             device_files=bool(emission),
+            blocks=tuple(Block.from_json(b) for b in (emission or {}).get("blocks", ())),
             shardc=plan["shardc"],
             format=plan["format"],
         )

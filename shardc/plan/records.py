@@ -323,3 +323,25 @@ class Options:
     def from_json(cls, d: Mapping[str, Any]) -> Options:
         """``options`` of a validated plan.json."""
         return cls(frozen({k: frozen(v) if isinstance(v, Mapping) else v for k, v in d.items()}))
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the model's chain as the partitioner folded it: its role and its
+    nodes. Recorded (in plan.json's ``emission.blocks``) so that ``explain`` names a
+    node's block from the plan folder alone, not from the compiler's state.
+    """
+
+    role: str
+    """``repeated`` for the blocks the stages split; otherwise the model's start, end or
+    another part the partitioner keeps whole."""
+    nodes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The block as plan.json writes it."""
+        return {"role": self.role, "nodes": list(self.nodes)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Block:
+        """A block of a validated plan.json."""
+        return cls(d["role"], tuple(d["nodes"]))

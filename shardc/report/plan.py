@@ -1,17 +1,20 @@
 """The plan summary: stages, memory against capacity, the step and how it was found.
 
-Renders the ``partition`` section of plan.json, so the table a user reads and the file
-a script reads cannot disagree.
+Renders the typed Plan (its partition records and the timeline's link loads), the numbers
+plan.json and schedule.json hold, so the table a user reads and the file a script reads
+cannot disagree.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 
+from shardc.plan.model import PlanData
 from shardc.report.summary import human
 from shardc.report.text import markup_safe
 
@@ -22,7 +25,7 @@ def _seconds(s: float | None) -> str:
     return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
 
-def _pins(pins: dict[str, Any]) -> str:
+def _pins(pins: Mapping[str, Any]) -> str:
     """Pins as the user would type them back: ``tp=8 pp=4 stage0.blocks=20``."""
     out = [f"{k}={v}" for k, v in sorted(pins.items()) if k != "stages"]
     for j, fields in sorted(pins.get("stages", {}).items(), key=lambda kv: int(kv[0])):
@@ -30,82 +33,84 @@ def _pins(pins: dict[str, Any]) -> str:
     return " ".join(out)
 
 
-def render_plan(plan: dict[str, Any]) -> Group:
-    """Rich tables for the ``partition`` section of a plan."""
-    solver = plan["solver"]
+def render_plan(plan: PlanData) -> Group:
+    """Rich tables for the plan's partition: its shape, step, solver, stages and breakdown."""
+    part = plan.partition
+    solver = part.solver
     head = Table(show_header=False, title="plan", title_justify="left")
     head.add_column(style="bold")
     head.add_column()
     head.add_row(
         "shape",
-        f"dp={plan['dp']} × pp={plan['pp']} (tp per stage below), {plan['devices_used']} devices",
+        f"dp={part.dp} × pp={part.pp} (tp per stage below), {part.devices_used} devices",
     )
-    head.add_row("objective", markup_safe(f"{plan['mode']} {plan['objective']}"))
-    if plan["objective"] == "latency":
-        head.add_row("latency", _seconds(plan["step_seconds"]))
+    head.add_row("objective", markup_safe(f"{part.mode} {part.objective}"))
+    if part.objective == "latency":
+        head.add_row("latency", _seconds(part.step_seconds))
     else:
+        interleave = part.interleave or 1
         head.add_row(
             "step",
-            f"{_seconds(plan['step_seconds'])} for {plan['samples_per_step']} samples "
-            f"({plan['microbatches']} micro-batches per replica, {markup_safe(plan['schedule'])}"
-            + (f", {plan['interleave']} virtual stages per device" if plan.get("interleave", 1) > 1
-               else "")
+            f"{_seconds(part.step_seconds)} for {part.samples_per_step} samples "
+            f"({part.microbatches} micro-batches per replica, {markup_safe(part.schedule)}"
+            + (f", {interleave} virtual stages per device" if interleave > 1 else "")
             + ")",
         )
-        if plan["step_seconds"]:
+        if part.step_seconds:
             head.add_row(
-                "throughput", f"{plan['samples_per_step'] / plan['step_seconds']:.4g} samples/s"
+                "throughput", f"{part.samples_per_step / part.step_seconds:.4g} samples/s"
             )
-    gap = solver["gap"]
-    status = solver["status"]
+    gap = solver.gap
+    status = solver.status
     if status != "OPTIMAL":
-        status += f" (bound {_seconds(solver['bound_seconds'])}"
+        status += f" (bound {_seconds(solver.bound_seconds)}"
         status += f", gap {gap:.1%})" if gap is not None else ")"
     head.add_row("solver", markup_safe(status))
-    if plan["pins"]:
-        head.add_row("pins", markup_safe(_pins(plan["pins"])))
+    if part.pins:
+        head.add_row("pins", markup_safe(_pins(part.pins)))
 
     stages = Table(title="stages (one replica; every replica is alike)", title_justify="left")
     for col in ("#", "kind", "tp", "blocks", "recompute", "µbatch", "memory", "TP bw"):
         stages.add_column(
             col, justify="left" if col in ("kind", "recompute") else "right", no_wrap=True
         )
-    for st in plan["stages"]:
-        first, last = st["blocks"]
-        share = st["memory_bytes"] / st["capacity_bytes"] if st["capacity_bytes"] else 0.0
-        domain = st["tp_domain_bandwidth"]
+    for st in plan.stages:
+        first, last = st.blocks
+        share = st.memory_bytes / st.capacity_bytes if st.capacity_bytes else 0.0
+        domain = st.tp_domain_bandwidth
         stages.add_row(
-            str(st["index"]),
-            markup_safe(st["kind"]),
-            str(st["tp"]),
+            str(st.index),
+            markup_safe(st.kind),
+            str(st.tp),
             f"{first}–{last}",
-            markup_safe(st["recompute"]) + (" +SP" if st.get("sequence_parallel") else ""),
-            _seconds(st["seconds"]),
-            f"{human(st['memory_bytes'], 'B')} {share:.0%}",
-            f"{domain / 1e9:.3g} GB/s" if st["tp"] > 1 and domain else "-",
+            markup_safe(st.recompute) + (" +SP" if st.sequence_parallel else ""),
+            _seconds(st.seconds),
+            f"{human(st.memory_bytes, 'B')} {share:.0%}",
+            f"{domain / 1e9:.3g} GB/s" if st.tp > 1 and domain else "-",
         )
 
     parts = Table(title="where the time goes", title_justify="left")
     parts.add_column("part")
     parts.add_column("time", justify="right")
     parts.add_column("share", justify="right")
-    total = sum(plan["breakdown"].values()) or 1.0
-    for name, t in plan["breakdown"].items():
+    total = sum(part.breakdown.values()) or 1.0
+    for name, t in part.breakdown.items():
         parts.add_row(markup_safe(name), _seconds(t), f"{t / total:.0%}")
     return Group(head, stages, parts)
 
 
-def render_links(schedule: dict[str, Any], top: int = 5) -> Table:
-    """The busiest links of the simulated step (schedule.json's ``links``)."""
+def render_links(plan: PlanData, top: int = 5) -> Table:
+    """The busiest links of the simulated step (the timeline's link loads, heaviest first)."""
     table = Table(title=f"busiest links (top {top})", title_justify="left")
     for col in ("link", "bytes", "transfers", "busy"):
         table.add_column(col, justify="left" if col == "link" else "right", no_wrap=True)
-    for link in schedule.get("links", [])[:top]:
+    loads = plan.timeline.links if plan.timeline is not None else ()
+    for load in loads[:top]:
         table.add_row(
-            markup_safe(link["link"]),
-            human(link["bytes"], "B"),
-            str(link["transfers"]),
-            _seconds(link["busy_seconds"]),
+            markup_safe(str(load.link)),
+            human(load.nbytes, "B"),
+            str(load.transfers),
+            _seconds(load.busy_seconds),
         )
     return table
 
@@ -124,14 +129,16 @@ class Summary:
         p = self._plan
         from shardc.report.text import markup_safe
 
-        model = markup_safe(p.inputs["model"]["path"])
-        topology = markup_safe(p.inputs["topology"]["path"])
+        typed = p.typed
+        inputs = typed.inputs
+        model = markup_safe(inputs.model.path if inputs is not None else "-")
+        topology = markup_safe(inputs.topology.path if inputs is not None else "-")
         parts: list[Any] = [
-            f"[bold]{model}[/] on {topology} ({p.world_size} ranks)",
-            render_plan(p.data["partition"]),
+            f"[bold]{model}[/] on {topology} ({typed.partition.devices_used} ranks)",
+            render_plan(typed),
         ]
-        if p.schedule is not None:
-            parts.append(render_links(p.schedule, top=5))
+        if typed.timeline is not None:
+            parts.append(render_links(typed, top=5))
         return Group(*parts)
 
     def __str__(self) -> str:

@@ -4,7 +4,9 @@ Why an adapter and not direct reads of ``plan.data`` all over :mod:`shardc.train
 object is being reshaped into a typed package, and the trainer should depend on the few
 facts it uses (mesh shape, rank placement, per-stage blocks/TP/SP/recompute, ZeRO, the
 schedule, micro-batches, virtual stages, dtype, per-node strategies), not on the layout of
-plan.json. This module is the only place in :mod:`shardc.train` that reads the plan.
+plan.json. This module is the only place in :mod:`shardc.train` that reads the plan, and
+it reads the typed Plan (``plan.typed``: the partition, stage and rank records), never the
+plan.json dict.
 
 >>> import shardc
 >>> plan = shardc.compile("examples/models/tiny_gpt2.onnx", "topologies/localhost.topo",
@@ -20,7 +22,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -125,56 +127,60 @@ def plan_view(plan: Plan | str | os.PathLike[str]) -> PlanView:
 
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
-    part: Mapping[str, Any] = plan.data["partition"]
-    if part.get("mode") not in (None, "training"):
+    typed = plan.typed
+    part = typed.partition
+    if part.mode != "training":
         raise TrainPlanError(
-            f"the plan was compiled with --mode {part.get('mode')}; training needs one "
+            f"the plan was compiled with --mode {part.mode}; training needs one "
             "compiled for training",
             hint="recompile with --mode training",
         )
-    raw_stages = {int(s["index"]): s for s in part["stages"]}
     stages = tuple(
         StageView(
             index=s.index,
             blocks=s.blocks,
             tp=s.tp,
-            sequence_parallel=bool(raw_stages[s.index].get("sequence_parallel", False)),
+            sequence_parallel=bool(s.sequence_parallel),
             recompute=s.recompute,
             ranks=s.ranks,
             devices=tuple(d for g in s.groups for d in g),
         )
-        for s in plan.stages
+        for s in typed.stages
     )
     ranks = tuple(
         RankView(rank=d.rank, device=d.device, stage=d.stage, replica=d.replica, tp_rank=d.tp_rank)
-        for d in plan.devices
+        for d in typed.ranks
     )
     per_node: dict[str, int] = {}
     for r in ranks:
         per_node[node_of(r.device)] = per_node.get(node_of(r.device), 0) + 1
     model_path = None
-    recorded = str(plan.inputs.get("model", {}).get("path", ""))
+    recorded = typed.inputs.model.path if typed.inputs is not None else ""
     if recorded and not recorded.startswith("<"):
         p = Path(recorded)
         if not p.is_absolute() and plan.path is not None:
             p = plan.path / p
         model_path = p
+    options = typed.options
     return PlanView(
-        world_size=plan.world_size,
-        pp=plan.pp,
-        dp=plan.dp,
-        interleave=int(part.get("interleave", 1) or 1),
-        microbatches=int(part["microbatches"]),
-        schedule=str(part.get("schedule", plan.options.get("schedule", "1f1b"))),
-        zero=int(plan.options.get("zero", 0) or 0),
-        dtype=plan.options.get("dtype"),
-        mode=str(part.get("mode", "training")),
+        world_size=part.devices_used,
+        pp=part.pp,
+        dp=part.dp,
+        interleave=int(part.interleave or 1),
+        microbatches=part.microbatches,
+        schedule=part.schedule,
+        zero=int((options.get("zero", 0) if options is not None else 0) or 0),
+        dtype=options.dtype if options is not None else None,
+        mode=part.mode,
         stages=stages,
         ranks=ranks,
-        strategies=dict(part.get("strategies", {})),
-        blocks=int(part.get("blocks", 0)),
-        step_seconds=float(part["step_seconds"]),
-        breakdown=dict(part.get("breakdown", {})),
+        # plain strings in plan.json's (sorted) order, however the Plan was made
+        strategies={
+            k: str(getattr(v, "value", v)) for k, v in sorted((part.strategies or {}).items())
+        },
+        blocks=int(part.blocks or 0),
+        step_seconds=part.step_seconds,
+        breakdown=dict(sorted(part.breakdown.items())),
         model_path=model_path,
         source=plan.source,
         devices_per_node=per_node,

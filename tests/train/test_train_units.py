@@ -118,6 +118,8 @@ def test_wrong_world_and_missing_gpu_are_one_line_errors(
 ) -> None:
     with pytest.raises(TrainPlanError, match="simulate_devices=True"):
         apply(plans["dgx"], H.build("llama"), simulate_devices=False)
+    with pytest.raises(TrainPlanError, match="simulate_devices=True"):  # the handle's door
+        shardc.Plan.load(plans["dgx"]).apply(H.build("llama"), simulate_devices=False)
     dist.init_process_group(
         "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
     )

@@ -75,14 +75,31 @@ def test_a_new_top_level_module_must_be_given_a_layer(
     assert "shardc.stray" in out
 
 
+def _add_ignore(checkout: Path, entry: str) -> None:
+    """Add ``entry`` to the "pipeline" contract's ignore_imports list of ``checkout``."""
+    pyproject = checkout / "pyproject.toml"
+    head = 'id = "pipeline"'
+    before, after = pyproject.read_text().split(head, 1)
+    assert "ignore_imports = [\n" in after
+    after = after.replace("ignore_imports = [\n", f'ignore_imports = [\n    "{entry}",\n', 1)
+    pyproject.write_text(before + head + after)
+
+
 def test_a_stale_ignore_entry_fails_so_the_lists_shrink(
     checkout: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    pyproject = checkout / "pyproject.toml"
-    entry = '    "shardc.build -> shardc",  # back half: removed by the typed-Plan work\n'
-    text = pyproject.read_text()
-    assert entry in text
-    pyproject.write_text(text.replace(entry, entry + '    "shardc.ir -> shardc.cli",\n'))
+    _add_ignore(checkout, "shardc.ir -> shardc.cli")
     code, out = _check(checkout, capfd)
     assert code == 1
     assert "No matches for ignored import shardc.ir -> shardc.cli" in out
+
+
+def test_a_misconfigured_contract_fails(checkout: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """import-linter rejects a contract it cannot read (here a wildcard inside a module
+    name) without checking it: that must fail the check, not pass with the contract
+    silently unchecked.
+    """
+    _add_ignore(checkout, "shardc.ir.ver*fy -> shardc.cli")
+    code, out = _check(checkout, capfd)
+    assert code != 0
+    assert "is not configured correctly" in out

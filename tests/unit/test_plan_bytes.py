@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 GOLDEN = {
     "analysis.json": "a80b051642863cc9befaa3427d512c675054abbc4463175f9a39027940a700f4",
-    "device_0.onnx": "011fcaaf75ebf0d6ad7ee7d5a2273693880db87b4daf3d52291f2085f8450c2a",
-    "device_1.onnx": "e01674f95c3c07aa85b3702d36eed7bacd6d41fe8fb82a14ee7ef3b08f2ced91",
-    "device_2.onnx": "89ccc568114df6806ae9f67ce9f8068d7da82bd66eb6f2b18f30cd9f73f251a4",
-    "device_3.onnx": "1efdfcfcfe40c7ff512fafe4f5a898a792ef6d4463f015555eb707db90380666",
-    "plan.json": "9a4e94c0653559820c6f9491d05891d847e914ce029e29dd522adf8ba8217648",
+    "device_0.onnx": "aab723902f9c09dbf4f1d1d2f4dc84face113076713b89b894b076545f1f4277",
+    "device_1.onnx": "357d9300026c17169ff5a643f79d131f48e7d302aae40163dbb3e9385bc75bb5",
+    "device_2.onnx": "3750d8652f131757675ba9182ed78c5c981629cd2422b499708d5aacdcfbada2",
+    "device_3.onnx": "e3e9ab686123ccb9f79490a25ca8c1d5057df4e3078d1b22ccc6864bd766212f",
+    "plan.json": "2b2a2f0b2cf21b1dbbda076503108960764f67cd552655cbe0e442fcae795697",
     "schedule.json": "3227cb2220ef116fac97fe221163b88a3b4241e4e32f1f89110e5e4356fbc587",
     "trace.json": "6b7b2d19c6d440fd2117239d1b4d9f5ef55af00478d7bdd9b2cf0966dd2bd146",
 }
@@ -39,7 +39,11 @@ schedule.json and trace.json changed on purpose with issue #14 (items 2, 5): the
 now runs pipeline Sends/Recvs beside compute as the partitioner prices them
 (``p2p_overlapped``), and records ``interleave``, ``p2p_overlapped`` and each event's
 ``chunk`` and ``virtual_stage``; the trace puts overlapped Sends and Recvs on threads of
-their own. (The other digests were already out of date at 1b29c73, before that change.)
+their own. The device programs changed with #14 item 6: with NCCL's base latency priced
+(ring 8.4 µs, tree 0), a 2-rank all-reduce is priced as ``tree`` rather than ``direct``,
+and each comm node records the algorithm it was priced with. plan.json changed with the
+cost model's figures (#14 items 4-6) and ``emission.blocks`` (explain names a node's block
+from the folder alone).
 """
 
 

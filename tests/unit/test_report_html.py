@@ -22,7 +22,10 @@ from typing import Any
 
 import pytest
 
-from shardc.report.html import render_html
+from shardc.plan.model import PlanData, stage_ranks
+from shardc.plan.records import InputRecord, Inputs, Partition
+from shardc.plan.timeline import Timeline
+from shardc.report import html as report_html
 from shardc.topology import load_topology
 from shardc.topology.model import Topology
 
@@ -34,6 +37,27 @@ GIB = 1024**3
 
 # ---------------------------------------------------------------------------------------
 # Fixtures: plans and schedules
+
+
+def typed_plan(plan: dict[str, Any], schedule: dict[str, Any]) -> PlanData:
+    """The typed Plan the report reads, from a ``partition`` section (or a plan.json that
+    names its model) and a schedule document, as :mod:`shardc.plan.folder` would read them.
+    """
+    inputs = None
+    if "partition" in plan:
+        path = plan["inputs"]["model"]["path"]
+        inputs = Inputs(InputRecord(path), InputRecord("localhost.topo"))
+        plan = plan["partition"]
+    partition = Partition.from_json(plan)
+    return PlanData(partition, stage_ranks(partition), timeline=Timeline.from_json(schedule),
+                    inputs=inputs)
+
+
+def render_html(
+    plan: dict[str, Any], schedule: dict[str, Any], topology: Topology, *, model: str | None = None
+) -> str:
+    """The page for the dict fixtures below (the report itself reads only the typed Plan)."""
+    return report_html.render_html(typed_plan(plan, schedule), topology, model=model)
 
 
 def small_plan(devices: int = 4, tp: int = 1) -> dict[str, Any]:

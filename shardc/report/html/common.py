@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
-from typing import Any
 
+from shardc.plan.model import PlanData
 from shardc.report.summary import human
 
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -95,18 +95,8 @@ def _bytes(n: float | None) -> str:
     return human(n, "B") if n is not None else "-"
 
 
-def _stage_devices(plan: dict[str, Any]) -> dict[str, tuple[int, int, int, int]]:
-    """Device name -> (stage, replica, tp rank, process rank).
-
-    Ranks are numbered as :mod:`shardc.emit.program` numbers them (stage outermost, then
-    replica, then tensor-parallel rank), so the page names ranks as the runtime does.
+def _stage_devices(plan: PlanData) -> dict[str, tuple[int, int, int, int]]:
+    """Device name -> (stage, replica, tp rank, process rank), from the plan's ranks (so
+    the page names ranks as the runtime does).
     """
-    out: dict[str, tuple[int, int, int, int]] = {}
-    offset = 0
-    for st in plan["stages"]:
-        groups = st.get("groups") or []
-        for replica, group in enumerate(groups):
-            for tp_rank, name in enumerate(group):
-                out[name] = (st["index"], replica, tp_rank, offset + replica * st["tp"] + tp_rank)
-        offset += sum(len(g) for g in groups)
-    return out
+    return {r.device: (r.stage, r.replica, r.tp_rank, r.rank) for r in plan.ranks}

@@ -2,8 +2,12 @@
 placement (which stage runs where) and the link load painted over it, and the tables of
 the placement and the busiest links beside it.
 
-Its own module because it works on the drawn SVG itself (recognising its boxes and
-paths and restyling them), which nothing else in the report does.
+Its own module because it works on the drawn SVG itself, which nothing else in the
+report does. The plan's side is typed (the ranks place devices, the timeline's
+:class:`~shardc.plan.timeline.LinkLoad` s give each link's traffic) and the device boxes'
+positions come from the layout as data (:func:`~shardc.topology.svg.leaf_positions`);
+the link paths and the legend are still restyled in the drawing's text, since the
+drawing offers no hook to style them.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import math
 import re
 from collections import Counter
 from html import escape, unescape
-from typing import Any
 
+from shardc.plan.model import PlanData
 from shardc.plan.program import Link as PlanLink
+from shardc.plan.timeline import LinkLoad
 from shardc.report.html.common import (
     LOAD_HIGH,
     LOAD_LOW,
@@ -34,12 +39,8 @@ from shardc.report.plan import _seconds
 from shardc.topology import units
 from shardc.topology.hierarchy import fold, glyph_map
 from shardc.topology.model import Link, Topology
-from shardc.topology.svg import render_svg, text_width
+from shardc.topology.svg import leaf_positions, render_svg, text_width
 
-_NODE = re.compile(
-    r'^<rect class="node" data-name="(?P<name>[^"]*)" x="(?P<x>[-\d.]+)" y="(?P<y>[-\d.]+)" '
-    r'width="(?P<w>[-\d.]+)" height="(?P<h>[-\d.]+)"'
-)
 _LINK = re.compile(r'^<path class="link" data-from="(?P<a>[^"]*)" data-to="(?P<b>[^"]*)"')
 _LINK_TITLE = re.compile(
     r"<title>(?P<kind>\S+) \((?P<plane>[^)]*)\): \d+ link\(s\) of (?P<bw>[^<]*)"
@@ -48,9 +49,8 @@ _KIND_SWATCH = re.compile(r'^<rect x="[-\d.]+" y="[-\d.]+" width="16" height="16
 _KIND_TEXT = re.compile(r'^<text [^>]*class="k">(?P<kind>[^<]*)</text>$')
 
 
-def _link_ends(name: str) -> tuple[str, str] | None:
-    """The two ends of a schedule link, as the Plan reads its names (None: a named bus)."""
-    link = PlanLink.parse(name)
+def _link_ends(link: PlanLink) -> tuple[str, str] | None:
+    """The two ends of a timeline link (None: a link known by one name only)."""
     return (link.a, link.b) if link.b else None
 
 
@@ -67,7 +67,7 @@ _Load = tuple[float, int, float]  # bytes over the edge's links, links used, bus
 
 
 def _edge_loads(
-    schedule: dict[str, Any], topology: Topology, glyphs: dict[str, str]
+    links: tuple[LinkLoad, ...], topology: Topology, glyphs: dict[str, str]
 ) -> dict[_EdgeKey, _Load]:
     """The traffic of each drawn (folded) edge, and of its busiest physical link.
 
@@ -77,8 +77,8 @@ def _edge_loads(
     by_ends = _links_by_ends(topology)
     loads: dict[_EdgeKey, _Load] = {}
     used: dict[_EdgeKey, set[tuple[str, str]]] = {}  # a link may be listed per direction
-    for entry in schedule.get("links") or ():
-        ends = _link_ends(entry["link"])
+    for entry in links:
+        ends = _link_ends(entry.link)
         if ends is None:
             continue
         link = by_ends.get((min(ends), max(ends)))
@@ -86,14 +86,14 @@ def _edge_loads(
             continue
         ga, gb = sorted((glyphs[link.a], glyphs[link.b]))
         key = (ga, gb, link.kind, link.plane, units.human(link.bandwidth, units.BANDWIDTH))
-        nbytes = float(entry.get("bytes") or 0.0)
+        nbytes = float(entry.nbytes or 0.0)
         total, _, busiest = loads.get(key, (0.0, 0, 0.0))
         used.setdefault(key, set()).add((min(ends), max(ends)))
         loads[key] = (total + nbytes, len(used[key]), max(busiest, nbytes))
     return loads
 
 
-def _placed_svg(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology) -> str:
+def _placed_svg(plan: PlanData, topology: Topology) -> str:
     """:func:`render_svg`'s drawing with device boxes filled by stage and links by load.
 
     The drawing folds repeated hardware, so one box may stand for devices of several
@@ -103,14 +103,21 @@ def _placed_svg(plan: dict[str, Any], schedule: dict[str, Any], topology: Topolo
     """
     svg = render_svg(topology)
     glyphs = glyph_map(fold(topology))
+    boxes = leaf_positions(topology)
     placed = _stage_devices(plan)
     per_glyph: dict[str, Counter] = {}
     for device in topology.devices:
         stage = placed.get(device.name, (None,))[0]
         per_glyph.setdefault(glyphs[device.name], Counter())[stage] += 1
-    loads = _edge_loads(schedule, topology, glyphs)
+    loads = _edge_loads(_link_loads(plan), topology, glyphs)
     peak = max((busiest for _, _, busiest in loads.values()), default=0.0)
     kinds = set(topology.kinds)
+    # a device box's line in the drawing, known from where the layout put it
+    node_lines = {
+        f'<rect class="node" data-name="{escape(name)}" x="{x}" y="{y}" ': name
+        for name, (x, y, _, _) in boxes.items()
+        if name in per_glyph
+    }
 
     out: list[str] = [f'<div id="{TOPOLOGY_ID}">']
     lines = svg.rstrip("\n").split("\n")
@@ -124,10 +131,10 @@ def _placed_svg(plan: dict[str, Any], schedule: dict[str, Any], topology: Topolo
             if text and unescape(text["kind"]) in kinds:
                 skip = 1
                 continue
-        node = _NODE.match(line)
-        if node and unescape(node["name"]) in per_glyph:
+        glyph = node_lines.get(line[: line.find(" width=") + 1])
+        if glyph is not None:
             out.append(line)
-            out.append(_stage_slices(node, per_glyph[unescape(node["name"])]))
+            out.append(_stage_slices(boxes[glyph], per_glyph[glyph]))
             continue
         link = _LINK.match(line)
         if link:
@@ -152,8 +159,11 @@ def _scoped(style: str) -> str:
     return re.sub(r"(<style>|})([^{}<]+)\{", scope, style)
 
 
-def _stage_slices(node: re.Match[str], stages: Counter) -> str:
-    x, y, w, h = (float(node[k]) for k in ("x", "y", "w", "h"))
+def _stage_slices(box: tuple[float, float, float, float], stages: Counter) -> str:
+    """The stages' shares of a device box, as slices filled over it (``box`` as
+    :func:`~shardc.topology.svg.leaf_positions` gives it).
+    """
+    x, y, w, h = (float(v) for v in box)
     total = sum(stages.values())
     order = sorted(s for s in stages if s is not None) + ([None] if None in stages else [])
     parts = [
@@ -206,7 +216,7 @@ def _restyle_link(
     return line.replace("</title>", escape(note) + "</title>", 1)
 
 
-def _placement_grid(plan: dict[str, Any], topology: Topology) -> str:
+def _placement_grid(plan: PlanData, topology: Topology) -> str:
     """One square per device, grouped as the names group them: the folded drawing
     shows shares, this shows exactly which device holds which stage.
     """
@@ -261,29 +271,28 @@ def _placement_grid(plan: dict[str, Any], topology: Topology) -> str:
     )
 
 
-def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
-    links = sorted(
-        schedule.get("links") or (), key=lambda k: (-float(k.get("bytes") or 0.0), k["link"])
-    )[:TOP_LINKS]
+def _link_table(plan: PlanData, topology: Topology) -> str:
+    every = _link_loads(plan)
+    links = sorted(every, key=lambda k: (-float(k.nbytes or 0.0), str(k.link)))[:TOP_LINKS]
     if not links:
         return '<p class="note">the schedule crosses no links.</p>'
     by_ends = _links_by_ends(topology)
-    step = schedule.get("step_seconds") or 0.0
-    peak = float(links[0].get("bytes") or 0.0) or 1.0
+    step = plan.timeline.step_seconds if plan.timeline is not None else 0.0
+    peak = float(links[0].nbytes or 0.0) or 1.0
     rows = []
     for i, entry in enumerate(links):
-        ends = _link_ends(entry["link"])
+        ends = _link_ends(entry.link)
         link = by_ends.get((min(ends), max(ends))) if ends else None
         kind = f"{link.kind} ({link.plane})" if link else "-"
         bw = units.human(link.bandwidth, units.BANDWIDTH, 3) if link else "-"
-        nbytes = float(entry.get("bytes") or 0.0)
-        busy = float(entry.get("busy_seconds") or 0.0)
+        nbytes = float(entry.nbytes or 0.0)
+        busy = float(entry.busy_seconds or 0.0)
         util = f"{busy / step:.0%}" if step else "-"
         rows.append(
-            f'<tr><td class="num">{i + 1}</td><td>{escape(entry["link"])}</td>'
+            f'<tr><td class="num">{i + 1}</td><td>{escape(str(entry.link))}</td>'
             f"<td>{escape(kind)}</td><td class='num'>{escape(bw)}</td>"
             f"<td>{_bar(nbytes / peak, '#dc2626')}{escape(_bytes(nbytes))}</td>"
-            f'<td class="num">{int(entry.get("transfers") or 0)}</td>'
+            f'<td class="num">{int(entry.transfers or 0)}</td>'
             f'<td class="num">{escape(_seconds(busy))}</td><td class="num">{escape(util)}</td></tr>'
         )
     head = "".join(
@@ -292,7 +301,7 @@ def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
     )
     return (
         f'<h2 style="margin-top:16px">Busiest links (top {len(links)} of '
-        f"{len(schedule.get('links') or ())})</h2>"
+        f"{len(every)})</h2>"
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
         '<p class="note">bytes: what the transfers put on the link in one direction (a '
@@ -302,8 +311,13 @@ def _link_table(schedule: dict[str, Any], topology: Topology) -> str:
     )
 
 
-def _topology(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology) -> str:
-    stages = sorted(st["index"] for st in plan["stages"])
+def _link_loads(plan: PlanData) -> tuple[LinkLoad, ...]:
+    """The load on every link in the plan's timeline (none without one)."""
+    return plan.timeline.links if plan.timeline is not None else ()
+
+
+def _topology(plan: PlanData, topology: Topology) -> str:
+    stages = sorted(st.index for st in plan.stages)
     legend = "".join(
         f"<span>{_swatch(_tint(_stage_colour(j), 0.45))}stage {j}</span>" for j in stages
     )
@@ -320,12 +334,12 @@ def _topology(plan: dict[str, Any], schedule: dict[str, Any], topology: Topology
         "(×N), so a device box is filled in slices by the share of its devices in each "
         "stage.</p>"
         f'<div class="legend">{legend}</div>'
-        f'<div class="scroll" style="margin-top:8px">{_placed_svg(plan, schedule, topology)}'
+        f'<div class="scroll" style="margin-top:8px">{_placed_svg(plan, topology)}'
         "</div>"
         '<h2 style="margin-top:16px">Devices by stage</h2>'
         '<p class="sub">one square per compute device, grouped by name; the number is the '
         "stage.</p>"
         f'<div class="legend" style="margin-bottom:8px">{grid_legend}</div>'
         f'<div class="scroll">{_placement_grid(plan, topology)}</div>'
-        f"{_link_table(schedule, topology)}</section>"
+        f"{_link_table(plan, topology)}</section>"
     )

@@ -7,8 +7,8 @@ one short place, apart from the code that renders each section.
 from __future__ import annotations
 
 from html import escape
-from typing import Any
 
+from shardc.plan.model import PlanData
 from shardc.report.html.map import _topology
 from shardc.report.html.tables import _breakdown, _header, _memory, _stages
 from shardc.report.html.timeline import _timeline
@@ -49,23 +49,19 @@ svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",san
 """
 
 
-def render_html(
-    plan: dict[str, Any],
-    schedule: dict[str, Any],
-    topology: Topology,
-    *,
-    model: str | None = None,
-) -> str:
-    """The report page for a plan, its schedule and the cluster it was planned for.
+def render_html(plan: PlanData, topology: Topology, *, model: str | None = None) -> str:
+    """The report page for a typed Plan (its partition, ranks and timeline) and the cluster
+    it was planned for.
 
-    ``plan`` is the ``partition`` section of plan.json (a whole plan.json is accepted too,
-    and then names the model); ``schedule`` is a ``shardc-schedule/1`` document. ``model``
-    names the model in the header where the plan cannot.
+    ``model`` names the model in the header; by default the file name the plan records.
+    The plan must hold its timeline (a compiled, lowered plan, or a folder with its
+    schedule.json).
     """
-    if "partition" in plan:
-        path = plan.get("inputs", {}).get("model", {}).get("path")
-        model = model or (str(path).replace("\\", "/").rsplit("/", 1)[-1] if path else None)
-        plan = plan["partition"]
+    if plan.timeline is None:
+        raise ValueError("the report needs the plan's timeline (compile with --emit)")
+    if model is None and plan.inputs is not None:
+        path = plan.inputs.model.path
+        model = path.replace("\\", "/").rsplit("/", 1)[-1] if path else None
     title = f"shardc plan: {model}" if model else "shardc plan"
     parts = [
         "<!DOCTYPE html>",
@@ -78,14 +74,14 @@ def render_html(
         "</head>",
         "<body>",
         "<main>",
-        _header(plan, schedule, topology, title, model),
+        _header(plan, topology, title, model),
         _stages(plan),
         '<div class="cols">',
         _breakdown(plan),
         _memory(plan, topology),
         "</div>",
-        _timeline(plan, schedule),
-        _topology(plan, schedule, topology),
+        _timeline(plan),
+        _topology(plan, topology),
         "</main>",
         "</body>",
         "</html>",

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 from html import escape
-from typing import Any
 
+from shardc.plan.model import PlanData
+from shardc.plan.records import Stage
 from shardc.report.html.common import (
     _EXTRA_COLOURS,
     BREAKDOWN_COLOURS,
@@ -27,19 +28,14 @@ from shardc.topology.model import Topology
 from shardc.topology.svg import text_width
 
 
-def _header(
-    plan: dict[str, Any],
-    schedule: dict[str, Any],
-    topology: Topology,
-    title: str,
-    model: str | None,
-) -> str:
-    solver = plan["solver"]
-    status, gap = solver["status"], solver.get("gap")
+def _header(plan: PlanData, topology: Topology, title: str, model: str | None) -> str:
+    part = plan.partition
+    solver = part.solver
+    status, gap = solver.status, solver.gap
     klass = "ok" if status == "OPTIMAL" else "warn" if status == "FEASIBLE" else "bad"
     solved = f'<span class="badge {klass}">{escape(status)}</span>'
     if status != "OPTIMAL":
-        detail = f"bound {_seconds(solver.get('bound_seconds'))}"
+        detail = f"bound {_seconds(solver.bound_seconds)}"
         detail += f", gap {gap:.1%}" if gap is not None else ""
         solved += f" {escape(detail)}"
     elif gap is not None:
@@ -48,14 +44,14 @@ def _header(
     facts = [
         _fact("model", escape(model or "-")),
         _fact("topology", escape(f"{topology.name} ({len(compute)} compute devices)")),
-        _fact("objective", escape(f"{plan['mode']} {plan['objective']}")),
+        _fact("objective", escape(f"{part.mode} {part.objective}")),
         _fact(
             "shape",
-            escape(f"dp={plan['dp']} × pp={plan['pp']}, {plan['devices_used']} devices"),
+            escape(f"dp={part.dp} × pp={part.pp}, {part.devices_used} devices"),
         ),
     ]
-    step = plan["step_seconds"]
-    if plan["objective"] == "latency":
+    step = part.step_seconds
+    if part.objective == "latency":
         facts.append(_fact("latency", escape(_seconds(step))))
     else:
         facts.append(_fact("step time", escape(_seconds(step))))
@@ -63,19 +59,18 @@ def _header(
             _fact(
                 "batch",
                 escape(
-                    f"{plan['samples_per_step']} samples, {plan['microbatches']} micro-batches "
-                    f"per replica ({plan['schedule']})"
+                    f"{part.samples_per_step} samples, {part.microbatches} micro-batches "
+                    f"per replica ({part.schedule})"
                 ),
             )
         )
-        rate = f"{plan['samples_per_step'] / step:.4g} samples/s" if step else "-"
+        rate = f"{part.samples_per_step / step:.4g} samples/s" if step else "-"
         facts.append(_fact("throughput", escape(rate)))
     facts.append(_fact("solver", solved))
-    sched = schedule.get("step_seconds")
-    if sched is not None:
-        facts.append(_fact("timeline step", escape(_seconds(sched))))
-    if plan.get("pins"):
-        facts.append(_fact("pins", escape(_pins(plan["pins"]))))
+    if plan.timeline is not None:
+        facts.append(_fact("timeline step", escape(_seconds(plan.timeline.step_seconds))))
+    if part.pins:
+        facts.append(_fact("pins", escape(_pins(part.pins))))
     return "\n".join(
         [
             "<header>",
@@ -88,28 +83,27 @@ def _header(
     )
 
 
-def _stages(plan: dict[str, Any]) -> str:
+def _stages(plan: PlanData) -> str:
     head = "".join(
         f'<th class="{"num" if c in ("#", "tp", "µbatch", "TP bw") else ""}">{escape(c)}</th>'
         for c in ("#", "kind", "tp", "blocks", "recompute", "µbatch", "memory", "TP bw")
     )
     rows = []
-    for st in plan["stages"]:
-        first, last = st["blocks"]
-        cap = st.get("capacity_bytes")
-        share = st["memory_bytes"] / cap if cap else 0.0
-        domain = st.get("tp_domain_bandwidth")
-        bw = f"{domain / 1e9:.3g} GB/s" if st["tp"] > 1 and domain else "-"
-        memory = f"{_bytes(st['memory_bytes'])} of {_bytes(cap)} ({share:.0%})"
+    for st in plan.stages:
+        first, last = st.blocks
+        cap = st.capacity_bytes
+        share = st.memory_bytes / cap if cap else 0.0
+        domain = st.tp_domain_bandwidth
+        bw = f"{domain / 1e9:.3g} GB/s" if st.tp > 1 and domain else "-"
+        memory = f"{_bytes(st.memory_bytes)} of {_bytes(cap)} ({share:.0%})"
         rows.append(
             "<tr>"
-            f'<td class="num">{_swatch(_stage_colour(st["index"]))}{st["index"]}</td>'
-            f"<td>{escape(st['kind'])}</td>"
-            f'<td class="num">{st["tp"]}</td>'
+            f'<td class="num">{_swatch(_stage_colour(st.index))}{st.index}</td>'
+            f"<td>{escape(st.kind)}</td>"
+            f'<td class="num">{st.tp}</td>'
             f"<td>{first}–{last}</td>"
-            f"<td>{escape(str(st['recompute']) + (' +SP' if st.get('sequence_parallel') else ''))}"
-            "</td>"
-            f'<td class="num">{escape(_seconds(st["seconds"]))}</td>'
+            f"<td>{escape(str(st.recompute) + (' +SP' if st.sequence_parallel else ''))}</td>"
+            f'<td class="num">{escape(_seconds(st.seconds))}</td>'
             f"<td>{_bar(share)}{escape(memory)}</td>"
             f'<td class="num">{escape(bw)}</td>'
             "</tr>"
@@ -123,9 +117,9 @@ def _stages(plan: dict[str, Any]) -> str:
     )
 
 
-def _breakdown(plan: dict[str, Any]) -> str:
+def _breakdown(plan: PlanData) -> str:
     """The step as a stacked bar: which part to attack first is the widest one."""
-    parts = list(plan["breakdown"].items())
+    parts = list(plan.partition.breakdown.items())
     known = [p for p in parts if p[0] in BREAKDOWN_COLOURS]
     known.sort(key=lambda p: list(BREAKDOWN_COLOURS).index(p[0]))
     parts = known + sorted(p for p in parts if p[0] not in BREAKDOWN_COLOURS)
@@ -165,7 +159,7 @@ def _breakdown(plan: dict[str, Any]) -> str:
     )
     return (
         '<section id="breakdown" style="flex:0 1 580px"><h2>Where the step goes</h2>'
-        f'<p class="sub">{escape(_seconds(plan["step_seconds"]))} per step, as the planner '
+        f'<p class="sub">{escape(_seconds(plan.partition.step_seconds))} per step, as the planner '
         "priced it.</p>"
         f'<div class="scroll">{"".join(svg)}</div>'
         '<table style="margin-top:8px"><thead><tr><th>part</th><th class="num">time</th>'
@@ -173,32 +167,29 @@ def _breakdown(plan: dict[str, Any]) -> str:
     )
 
 
-def _memory(plan: dict[str, Any], topology: Topology) -> str:
+def _memory(plan: PlanData, topology: Topology) -> str:
     """Peak memory per device against capacity, per device kind: the binding limit."""
-    kinds: dict[str, list[dict[str, Any]]] = {}
-    for st in plan["stages"]:
-        kinds.setdefault(st["kind"], []).append(st)
+    kinds: dict[str, list[Stage]] = {}
+    for st in plan.stages:
+        kinds.setdefault(st.kind, []).append(st)
     in_topo = Counter(d.kind.name for d in topology.devices)
     rows = []
     for kind in sorted(kinds):
         stages = kinds[kind]
-        cap = max((st.get("capacity_bytes") or 0.0) for st in stages)
-        peak = max(stages, key=lambda st: (st["memory_bytes"], -st["index"]))
-        used = sum(len(st.get("groups") or []) * st["tp"] for st in stages)
-        share = peak["memory_bytes"] / cap if cap else 0.0
+        cap = max((st.capacity_bytes or 0.0) for st in stages)
+        peak = max(stages, key=lambda st: (st.memory_bytes, -st.index))
+        used = sum(len(st.groups) * st.tp for st in stages)
+        share = peak.memory_bytes / cap if cap else 0.0
         marks = [
-            (
-                st["memory_bytes"] / cap if cap else 0.0,
-                f"stage {st['index']}: {_bytes(st['memory_bytes'])}",
-            )
+            (st.memory_bytes / cap if cap else 0.0, f"stage {st.index}: {_bytes(st.memory_bytes)}")
             for st in stages
         ]
         rows.append(
             f"<tr><td>{escape(kind)}</td>"
             f'<td class="num">{used} of {in_topo.get(kind, 0)}</td>'
             f"<td>{_bar(share, marks=marks)}{escape(f'{share:.0%}')}</td>"
-            f'<td class="num">{escape(_bytes(peak["memory_bytes"]))} '
-            f"(stage {peak['index']})</td>"
+            f'<td class="num">{escape(_bytes(peak.memory_bytes))} '
+            f"(stage {peak.index})</td>"
             f'<td class="num">{escape(_bytes(cap))}</td></tr>'
         )
     return (
