@@ -24,7 +24,7 @@ timeline (the same objects whether compiled here or loaded from the folder):
 
 >>> c = plan.comms[0][0]
 >>> c.op, c.group, c.nbytes, c.algorithm, str(c.links[0])
-('AllReduce', (0, 1), 8192.0, 'direct', 'cpu0<->loopback')
+('AllReduce', (0, 1), 8192.0, 'tree', 'cpu0<->loopback')
 >>> plan.timeline.step_seconds == plan.estimate.simulated_step_seconds
 True
 >>> shardc.Plan.load(plan.folder()).timeline == plan.timeline

@@ -279,7 +279,7 @@ def _class(cls: type, heading: str = "###") -> list[str]:
 def render_api() -> str:
     """docs/api.md: the public Python API, from its docstrings."""
     import shardc
-    from shardc import errors, explain, plan, progress
+    from shardc import errors, explain, handle, plan, progress
 
     out = [
         "# Python API reference",
@@ -301,11 +301,11 @@ def render_api() -> str:
         fn = getattr(shardc, name)
         out += [f"### `shardc.{name}()`", "", *_code(_signature(f"shardc.{name}", fn))]
         out += [_doc(fn), ""]
-    out += ["## The plan", "", _doc(plan), ""]
+    out += ["## The plan", "", _doc(plan), "", _doc(handle), ""]
     from shardc.report.plan import Summary
 
     classes: tuple[type, ...] = (
-        plan.Plan, Summary, plan.PlanData, plan.Stage, plan.Rank, plan.Estimate,
+        handle.Plan, Summary, plan.PlanData, plan.Stage, plan.Rank, plan.Estimate,
         plan.DeviceProgram, plan.Comm, plan.Compute, plan.Link, plan.Sync, plan.Timeline,
         plan.Event, plan.LinkLoad,
     )

@@ -93,15 +93,14 @@ def test_api_callback_advances_per_search_solve() -> None:
     search = [c for c in calls if c[0].startswith("partition dp=")]
     assert list(dict.fromkeys(c[0] for c in search)) == [f"partition dp={dp}" for dp in widths]
     start = next(c[1] for c in calls if c[0] == "partition")
-    passes = 7  # load model, five passes, emit
+    passes = 11  # load model, nine passes (five deciding, four building the Plan), emit
     assert {c[2] for c in search} == {passes - 1 + units}  # known before the first solve
     assert sorted({c[1] for c in search}) == list(range(start, start + units + 1))
     done = [c[1] for c in calls]
     assert done == sorted(done)
-    assert calls[-2:] == [
-        ("emit", start + units, start + units + 1),
-        ("done",) + (start + units + 1,) * 2,
-    ]
+    plan_passes = 4  # lower, price, timeline, plan: after the search, before emit
+    last = start + units + plan_passes
+    assert calls[-2:] == [("emit", last, last + 1), ("done",) + (last + 1,) * 2]
 
 
 def test_cli_bar_runs_through_the_search(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
