@@ -26,7 +26,23 @@ text widths every step shares), :mod:`.layout`, :mod:`.routing`, :mod:`.labels`,
 :mod:`.draw`, which runs them in turn and writes the SVG.
 """
 
-from shardc.topology.svg.draw import leaf_positions, render_svg
-from shardc.topology.svg.geometry import text_width
+from shardc.topology.svg.draw import (
+    DrawnEdge,
+    LinkStyle,
+    LinkStyler,
+    Overlay,
+    leaf_positions,
+    render_svg,
+)
+from shardc.topology.svg.geometry import Rect, text_width
 
-__all__ = ["leaf_positions", "render_svg", "text_width"]
+__all__ = [
+    "DrawnEdge",
+    "LinkStyle",
+    "LinkStyler",
+    "Overlay",
+    "Rect",
+    "leaf_positions",
+    "render_svg",
+    "text_width",
+]

@@ -4,12 +4,19 @@ legend written out.
 
 Its own module so that the steps stay free of SVG markup: this is the one place that
 turns their geometry into the bytes ``shardc topo show --svg`` and the HTML report print.
+
+The report paints a plan over the drawing (stage fills on the device boxes, link load on
+the paths). It does so through :func:`render_svg`'s hooks, which hand it the drawing's
+own data (a box's glyph and rectangle, an edge's ends, kind and width) and take back
+what to draw: it never reads the SVG text back.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
 
 from shardc.topology import units
@@ -24,6 +31,7 @@ from shardc.topology.svg.geometry import (
     ORIGIN_Y,
     PAD,
     STACK,
+    Rect,
     _up,
     text_width,
 )
@@ -32,7 +40,67 @@ from shardc.topology.svg.layout import Box, _leaf_text, _Links, _place, _Scene, 
 from shardc.topology.svg.routing import _Edge, _path_d, _Router
 
 
-def _draw_box(box: Box, x: int, y: int, fills: dict[str, str], svg: list[str]) -> None:
+@dataclass(frozen=True)
+class DrawnEdge:
+    """One folded edge as :func:`render_svg` draws it, handed to its ``link_style`` hook.
+
+    Why: a caller that styles the edges by something of its own (the report: bytes a
+    plan puts on the links) needs to know which physical links each path stands for;
+    these are the fields the drawing folds links by, plus what it drew.
+    """
+
+    a: str  # glyph names of the two ends (as :func:`~shardc.topology.hierarchy.glyph_map`
+    b: str  # names them), a <= b; equal for a mesh drawn as a loop
+    kind: str  # link kind
+    plane: str
+    bandwidth: float  # of one of the links, bytes/s
+    count: int  # how many links the edge stands for
+    width: float  # the stroke width drawn, px, as written (to 0.1)
+
+
+@dataclass(frozen=True)
+class LinkStyle:
+    """How to draw one edge's path instead of the default (None: keep the default).
+
+    Only the path changes: the edge's label and leader keep the link kind's colour, so
+    the drawing still says what kind of link it is.
+    """
+
+    colour: str | None = None  # stroke colour, "#rrggbb"
+    width: float | None = None  # stroke width, px
+    opacity: float = 0.8  # stroke opacity
+    note: str = ""  # text appended to the path's tooltip
+
+
+Overlay = Callable[[str, Rect], str | None]
+"""Glyph name and its box ``(x, y, w, h)`` -> SVG markup drawn over the box (None: nothing)."""
+LinkStyler = Callable[[DrawnEdge], LinkStyle | None]
+"""An edge as drawn -> how to draw its path instead (None: as by default)."""
+
+_STYLE = (  # the drawing's CSS classes: selector, declarations
+    (".g", "font-size:13px;font-weight:bold;fill:#1e293b"),
+    (".l", "font-size:12px;text-anchor:middle;fill:#0f172a"),
+    (".s", "font-size:10px;text-anchor:middle;fill:#475569"),
+    (".e", "font-size:10px;font-weight:bold;paint-order:stroke;stroke:#fff;stroke-width:3px"),
+    (".k", "font-size:11px;fill:#1e293b"),
+    (".n", "font-size:10px;fill:#64748b"),
+    (".t", "font-size:15px;font-weight:bold"),
+)
+
+
+def _style(scope: str | None) -> str:
+    """The ``<style>`` element, each selector inside ``#scope`` when one is given.
+
+    Why scope: a ``<style>`` in an SVG inlined into HTML applies to the whole page, so
+    its one-letter classes would restyle the page's elements and the page's rules
+    could reach into the drawing.
+    """
+    inside = f"#{scope} " if scope is not None else ""
+    return "<style>" + "".join(f"{inside}{sel}{{{rules}}}" for sel, rules in _STYLE) + "</style>"
+
+
+def _draw_box(box: Box, x: int, y: int, fills: dict[str, str], svg: list[str],
+              overlay: Overlay | None = None) -> None:
     entry = box.entry
     assert entry is not None
     if entry.what == "group":
@@ -54,6 +122,9 @@ def _draw_box(box: Box, x: int, y: int, fills: dict[str, str], svg: list[str]) -
         style = f'rx="3" fill="{fills[entry.kind]}" stroke="#334155"{dash}'
     svg.append(f'<rect class="node" data-name="{escape(entry.path)}" x="{x}" y="{y}" '
                f'width="{box.w}" height="{box.h}" {style}/>')
+    over = overlay(entry.path, (x, y, box.w, box.h)) if overlay is not None else None
+    if over is not None:  # over the box's fill, under its labels
+        svg.append(over)
     svg.append(f'<text x="{x + box.w / 2:g}" y="{y + 15}" class="l">{escape(label)}</text>')
     svg.append(f'<text x="{x + box.w / 2:g}" y="{y + 29}" class="s">{escape(sub)}</text>')
 
@@ -85,7 +156,13 @@ def _links(edges: list[_Edge], devices: set[str]) -> _Links:
     return _Links(pairs, loops, devices)
 
 
-def _legend(topo: Topology, fills: dict[str, str], y: int, svg: list[str]) -> float:
+def _legend(topo: Topology, fills: dict[str, str], y: int, svg: list[str],
+            kind_swatches: bool = True) -> float:
+    """Writes the legend at ``y``; returns its width.
+
+    Without ``kind_swatches`` the device-kind fills are left out but their room is kept,
+    so the drawing's size does not depend on them.
+    """
     x: float = PAD
     for kind in sorted({link.kind for link in topo.links}):
         colour = LINK_COLOURS.get(kind, "#334155")
@@ -94,9 +171,10 @@ def _legend(topo: Topology, fills: dict[str, str], y: int, svg: list[str]) -> fl
         svg.append(f'<text x="{x + 30:g}" y="{y + 4}" class="k">{escape(kind)}</text>')
         x += 40 + text_width(kind, 11)
     for kind, fill in sorted(fills.items()):
-        svg.append(f'<rect x="{x:g}" y="{y - 8}" width="16" height="16" fill="{fill}" '
-                   'stroke="#334155"/>')
-        svg.append(f'<text x="{x + 22:g}" y="{y + 4}" class="k">{escape(kind)}</text>')
+        if kind_swatches:
+            svg.append(f'<rect x="{x:g}" y="{y - 8}" width="16" height="16" fill="{fill}" '
+                       'stroke="#334155"/>')
+            svg.append(f'<text x="{x + 22:g}" y="{y + 4}" class="k">{escape(kind)}</text>')
         x += 34 + text_width(kind, 11)
     note = "line width grows with the bandwidth of one link; ×N: links or instances folded"
     svg.append(f'<text x="{PAD}" y="{y + 24}" class="k n">{escape(note)}</text>')
@@ -123,8 +201,23 @@ def leaf_positions(topo: Topology) -> dict[str, tuple[float, float, float, float
     return dict(scene.leaves)
 
 
-def render_svg(topo: Topology) -> str:
-    """The SVG document for ``topo`` (folded hierarchy, routed folded links, legend)."""
+def render_svg(topo: Topology, *, overlay: Overlay | None = None,
+               link_style: LinkStyler | None = None, kind_legend: bool = True,
+               style_scope: str | None = None) -> str:
+    """The SVG document for ``topo`` (folded hierarchy, routed folded links, legend).
+
+    The hooks let a caller paint over the drawing with the drawing's own data rather
+    than by reading its text back (the HTML report's placement map uses all four;
+    without them the bytes are those ``shardc topo show --svg`` writes):
+
+    * ``overlay`` -- called for every device range and switch box with its glyph name
+      and rectangle; what it returns is drawn over the box, under its labels.
+    * ``link_style`` -- called for every edge; a :class:`LinkStyle` restyles its path.
+    * ``kind_legend`` -- False leaves the device kinds' fill swatches out of the legend
+      (for a caller whose overlay hides the fills).
+    * ``style_scope`` -- an element id that every CSS selector is kept inside, for a
+      drawing inlined into an HTML page (see :func:`_style`).
+    """
     entries = fold(topo)
     edges = _folded(topo, glyph_map(entries))
     devices = {e.path for _depth, e in walk(entries) if e.what == "device"}
@@ -146,12 +239,7 @@ def render_svg(topo: Topology) -> str:
     texts: list[str] = []
     right, bottom = float(ORIGIN_X + root.w), float(ORIGIN_Y + root.h)
     for edge in edges:
-        title = (f"{edge.kind} ({edge.plane}): {edge.count} link(s) of "
-                 f"{units.human(edge.bandwidth, units.BANDWIDTH)}")
-        lines.append(f'<path class="link" data-from="{escape(edge.a)}" '
-                     f'data-to="{escape(edge.b)}" d="{_path_d(edge.points)}" fill="none" '
-                     f'stroke="{edge.colour}" stroke-width="{edge.width:.1f}" '
-                     f'stroke-opacity="0.8"><title>{escape(title)}</title></path>')
+        lines.append(_link_path(edge, link_style))
         for px, py in edge.points:
             right, bottom = max(right, px), max(bottom, py)
     for n in sorted(range(len(edges)), key=lambda n: _order(scene, edges[n])):
@@ -168,7 +256,7 @@ def render_svg(topo: Topology) -> str:
 
     legend_y = int(bottom) + 30
     legend: list[str] = []
-    legend_w = _legend(topo, fills, legend_y, legend)
+    legend_w = _legend(topo, fills, legend_y, legend, kind_legend)
     header = (f"{topo.name}: {_count(topo.devices, 'device')}, "
               f"{_count(topo.switches, 'switch')}, {_count(topo.links, 'link')}; "
               f"planes {', '.join(topo.planes)}")
@@ -181,20 +269,34 @@ def render_svg(topo: Topology) -> str:
     leaves: list[str] = []
     for box, x, y in scene.drawn:
         if box.entry is not None and box.entry.what != "group":
-            _draw_box(box, x, y, fills, leaves)
+            _draw_box(box, x, y, fills, leaves, overlay)
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
-        "<style>.g{font-size:13px;font-weight:bold;fill:#1e293b}"
-        ".l{font-size:12px;text-anchor:middle;fill:#0f172a}"
-        ".s{font-size:10px;text-anchor:middle;fill:#475569}"
-        ".e{font-size:10px;font-weight:bold;paint-order:stroke;stroke:#fff;stroke-width:3px}"
-        ".k{font-size:11px;fill:#1e293b}.n{font-size:10px;fill:#64748b}"
-        ".t{font-size:15px;font-weight:bold}</style>",
+        _style(style_scope),
         '<rect width="100%" height="100%" fill="#ffffff"/>',
         f'<text x="{PAD}" y="24" class="t">{escape(header)}</text>',
         *body, *lines, *leaves, *texts, *legend, "</svg>",
     ]) + "\n"
+
+
+def _link_path(edge: _Edge, link_style: LinkStyler | None) -> str:
+    """The edge's ``<path>``, styled by ``link_style`` where it says so."""
+    colour, width = edge.colour, f"{edge.width:.1f}"
+    style = None
+    if link_style is not None:
+        style = link_style(DrawnEdge(edge.a, edge.b, edge.kind, edge.plane, edge.bandwidth,
+                                     edge.count, float(width)))
+    title = (f"{edge.kind} ({edge.plane}): {edge.count} link(s) of "
+             f"{units.human(edge.bandwidth, units.BANDWIDTH)}")
+    opacity = 0.8
+    if style is not None:
+        colour = style.colour if style.colour is not None else colour
+        width = f"{style.width:.1f}" if style.width is not None else width
+        opacity, title = style.opacity, title + style.note
+    return (f'<path class="link" data-from="{escape(edge.a)}" data-to="{escape(edge.b)}" '
+            f'd="{_path_d(edge.points)}" fill="none" stroke="{colour}" stroke-width="{width}" '
+            f'stroke-opacity="{opacity:g}"><title>{escape(title)}</title></path>')
 
 
 def _order(scene: _Scene, edge: _Edge) -> tuple:
