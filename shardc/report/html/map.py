@@ -2,20 +2,18 @@
 placement (which stage runs where) and the link load painted over it, and the tables of
 the placement and the busiest links beside it.
 
-Its own module because it works on the drawn SVG itself, which nothing else in the
-report does. The plan's side is typed (the ranks place devices, the timeline's
-:class:`~shardc.plan.timeline.LinkLoad` s give each link's traffic) and the device boxes'
-positions come from the layout as data (:func:`~shardc.topology.svg.leaf_positions`);
-the link paths and the legend are still restyled in the drawing's text, since the
-drawing offers no hook to style them.
+Its own module because it paints over the topology drawing, which nothing else in the
+report does. Both sides are data: the plan's (the ranks place devices, the timeline's
+:class:`~shardc.plan.timeline.LinkLoad` s give each link's traffic) and the drawing's,
+through :func:`~shardc.topology.svg.render_svg`'s hooks (each device box's glyph and
+rectangle, each edge's ends, kind, plane and bandwidth); the SVG is never read back.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
-from html import escape, unescape
+from html import escape
 
 from shardc.plan.model import PlanData
 from shardc.plan.program import Link as PlanLink
@@ -39,14 +37,7 @@ from shardc.report.plan import _seconds
 from shardc.topology import units
 from shardc.topology.hierarchy import fold, glyph_map
 from shardc.topology.model import Link, Topology
-from shardc.topology.svg import leaf_positions, render_svg, text_width
-
-_LINK = re.compile(r'^<path class="link" data-from="(?P<a>[^"]*)" data-to="(?P<b>[^"]*)"')
-_LINK_TITLE = re.compile(
-    r"<title>(?P<kind>\S+) \((?P<plane>[^)]*)\): \d+ link\(s\) of (?P<bw>[^<]*)"
-)
-_KIND_SWATCH = re.compile(r'^<rect x="[-\d.]+" y="[-\d.]+" width="16" height="16" fill="#')
-_KIND_TEXT = re.compile(r'^<text [^>]*class="k">(?P<kind>[^<]*)</text>$')
+from shardc.topology.svg import DrawnEdge, LinkStyle, LinkStyler, Rect, render_svg, text_width
 
 
 def _link_ends(link: PlanLink) -> tuple[str, str] | None:
@@ -62,14 +53,15 @@ def _links_by_ends(topology: Topology) -> dict[tuple[str, str], Link]:
     return out
 
 
-_EdgeKey = tuple[str, str, str, str, str]  # glyph pair, link kind, plane, bandwidth text
+_EdgeKey = tuple[str, str, str, str, float]  # glyph pair, link kind, plane, bandwidth
 _Load = tuple[float, int, float]  # bytes over the edge's links, links used, busiest link
 
 
 def _edge_loads(
     links: tuple[LinkLoad, ...], topology: Topology, glyphs: dict[str, str]
 ) -> dict[_EdgeKey, _Load]:
-    """The traffic of each drawn (folded) edge, and of its busiest physical link.
+    """The traffic of each drawn (folded) edge, and of its busiest physical link, keyed
+    as the drawing folds links (:class:`~shardc.topology.svg.DrawnEdge`'s fields).
 
     The edges are shaded by the busiest link, not the sum: contention is per link, and a
     sum would make an edge that folds 256 lightly used links outshine a hot spine link.
@@ -85,7 +77,7 @@ def _edge_loads(
         if link is None or link.a not in glyphs or link.b not in glyphs:
             continue
         ga, gb = sorted((glyphs[link.a], glyphs[link.b]))
-        key = (ga, gb, link.kind, link.plane, units.human(link.bandwidth, units.BANDWIDTH))
+        key = (ga, gb, link.kind, link.plane, link.bandwidth)
         nbytes = float(entry.nbytes or 0.0)
         total, _, busiest = loads.get(key, (0.0, 0, 0.0))
         used.setdefault(key, set()).add((min(ends), max(ends)))
@@ -98,70 +90,33 @@ def _placed_svg(plan: PlanData, topology: Topology) -> str:
 
     The drawing folds repeated hardware, so one box may stand for devices of several
     stages: it is filled in slices, one per stage, as wide as that stage's share. The
-    device-kind swatches of the drawing's legend are dropped (the fill no longer shows
+    device-kind swatches of the drawing's legend are left out (the fill no longer shows
     the kind; each box still names it).
     """
-    svg = render_svg(topology)
     glyphs = glyph_map(fold(topology))
-    boxes = leaf_positions(topology)
     placed = _stage_devices(plan)
     per_glyph: dict[str, Counter] = {}
     for device in topology.devices:
         stage = placed.get(device.name, (None,))[0]
         per_glyph.setdefault(glyphs[device.name], Counter())[stage] += 1
+
+    def slices(glyph: str, box: Rect) -> str | None:
+        return _stage_slices(box, per_glyph[glyph]) if glyph in per_glyph else None
+
     loads = _edge_loads(_link_loads(plan), topology, glyphs)
-    peak = max((busiest for _, _, busiest in loads.values()), default=0.0)
-    kinds = set(topology.kinds)
-    # a device box's line in the drawing, known from where the layout put it
-    node_lines = {
-        f'<rect class="node" data-name="{escape(name)}" x="{x}" y="{y}" ': name
-        for name, (x, y, _, _) in boxes.items()
-        if name in per_glyph
-    }
-
-    out: list[str] = [f'<div id="{TOPOLOGY_ID}">']
-    lines = svg.rstrip("\n").split("\n")
-    skip = 0
-    for i, line in enumerate(lines):
-        if skip:
-            skip -= 1
-            continue
-        if _KIND_SWATCH.match(line) and i + 1 < len(lines):
-            text = _KIND_TEXT.match(lines[i + 1])
-            if text and unescape(text["kind"]) in kinds:
-                skip = 1
-                continue
-        glyph = node_lines.get(line[: line.find(" width=") + 1])
-        if glyph is not None:
-            out.append(line)
-            out.append(_stage_slices(boxes[glyph], per_glyph[glyph]))
-            continue
-        link = _LINK.match(line)
-        if link:
-            out.append(_restyle_link(line, link, loads, peak))
-            continue
-        out.append(_scoped(line) if line.startswith("<style>") else line)
-    out.append("</div>")
-    return "\n".join(out)
+    svg = render_svg(
+        topology,
+        overlay=slices,
+        link_style=_load_style(loads),
+        kind_legend=False,
+        style_scope=TOPOLOGY_ID,
+    )
+    return f'<div id="{TOPOLOGY_ID}">\n{svg.rstrip()}\n</div>'
 
 
-def _scoped(style: str) -> str:
-    """The drawing's ``<style>`` with every selector kept inside the drawing.
-
-    A ``<style>`` in inline SVG applies to the whole page: its one-letter classes would
-    restyle the page's own elements, and the page's rules could reach into the drawing.
-    """
-
-    def scope(m: re.Match[str]) -> str:
-        selectors = ",".join(f"#{TOPOLOGY_ID} {sel.strip()}" for sel in m[2].split(","))
-        return f"{m[1]}{selectors}{{"
-
-    return re.sub(r"(<style>|})([^{}<]+)\{", scope, style)
-
-
-def _stage_slices(box: tuple[float, float, float, float], stages: Counter) -> str:
-    """The stages' shares of a device box, as slices filled over it (``box`` as
-    :func:`~shardc.topology.svg.leaf_positions` gives it).
+def _stage_slices(box: Rect, stages: Counter) -> str:
+    """The stages' shares of a device box, as slices filled over it (``box``:
+    ``(x, y, w, h)`` as :func:`render_svg`'s overlay hook gives it).
     """
     x, y, w, h = (float(v) for v in box)
     total = sum(stages.values())
@@ -183,37 +138,30 @@ def _stage_slices(box: tuple[float, float, float, float], stages: Counter) -> st
     return "".join(g)
 
 
-def _restyle_link(
-    line: str,
-    link: re.Match[str],
-    loads: dict[_EdgeKey, _Load],
-    peak: float,
-) -> str:
-    title = _LINK_TITLE.search(line)
-    if title is None:
-        return line
-    key = (
-        unescape(link["a"]),
-        unescape(link["b"]),
-        unescape(title["kind"]),
-        unescape(title["plane"]),
-        unescape(title["bw"]),
-    )
-    load = loads.get(key)
-    if load is None or not peak:
-        return line.replace('stroke-opacity="0.8"', 'stroke-opacity="0.25"')
-    total, count, busiest = load
-    share = busiest / peak
-    width = re.search(r'stroke-width="([\d.]+)"', line)
-    base = float(width[1]) if width else 2.0
-    line = re.sub(r'stroke="#[0-9a-fA-F]{6}"', f'stroke="{_mix(LOAD_LOW, LOAD_HIGH, share)}"', line)
-    line = re.sub(r'stroke-width="[\d.]+"', f'stroke-width="{base + 1 + 7 * share:.1f}"', line)
-    line = line.replace('stroke-opacity="0.8"', 'stroke-opacity="0.95"')
-    note = (
-        f"; this step: {_bytes(total)} over {count} link(s), the busiest {_bytes(busiest)} "
-        f"({share:.0%} of the busiest link anywhere)"
-    )
-    return line.replace("</title>", escape(note) + "</title>", 1)
+def _load_style(loads: dict[_EdgeKey, _Load]) -> LinkStyler:
+    """Each drawn edge coloured and thickened by its busiest link's share of the
+    busiest link anywhere; edges the step leaves idle faded.
+    """
+    peak = max((busiest for _, _, busiest in loads.values()), default=0.0)
+
+    def style(edge: DrawnEdge) -> LinkStyle:
+        load = loads.get((edge.a, edge.b, edge.kind, edge.plane, edge.bandwidth))
+        if load is None or not peak:
+            return LinkStyle(opacity=0.25)
+        total, count, busiest = load
+        share = busiest / peak
+        note = (
+            f"; this step: {_bytes(total)} over {count} link(s), the busiest "
+            f"{_bytes(busiest)} ({share:.0%} of the busiest link anywhere)"
+        )
+        return LinkStyle(
+            colour=_mix(LOAD_LOW, LOAD_HIGH, share),
+            width=edge.width + 1 + 7 * share,
+            opacity=0.95,
+            note=note,
+        )
+
+    return style
 
 
 def _placement_grid(plan: PlanData, topology: Topology) -> str:
