@@ -31,7 +31,6 @@ from shardc.topology.svg.draw import (
     LinkStyle,
     LinkStyler,
     Overlay,
-    leaf_positions,
     render_svg,
 )
 from shardc.topology.svg.geometry import Rect, text_width
@@ -42,7 +41,6 @@ __all__ = [
     "LinkStyler",
     "Overlay",
     "Rect",
-    "leaf_positions",
     "render_svg",
     "text_width",
 ]

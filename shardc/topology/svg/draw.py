@@ -186,21 +186,6 @@ def _count(items: tuple, noun: str) -> str:
                                      else "s")
 
 
-def leaf_positions(topo: Topology) -> dict[str, tuple[float, float, float, float]]:
-    """Where :func:`render_svg` draws each device range and switch: glyph name (as
-    :func:`~shardc.topology.hierarchy.glyph_map` names it) -> ``(x, y, width, height)``.
-
-    Why: a picture drawn over the topology's (the HTML report's stage fills) needs the
-    boxes as data, not read back out of the SVG. Runs the layout step only.
-    """
-    entries = fold(topo)
-    edges = _folded(topo, glyph_map(entries))
-    devices = {e.path for _depth, e in walk(entries) if e.what == "device"}
-    scene = _Scene()
-    _place(layout(None, entries, _links(edges, devices)), ORIGIN_X, ORIGIN_Y, scene)
-    return dict(scene.leaves)
-
-
 def render_svg(topo: Topology, *, overlay: Overlay | None = None,
                link_style: LinkStyler | None = None, kind_legend: bool = True,
                style_scope: str | None = None) -> str:
