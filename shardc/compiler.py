@@ -92,10 +92,13 @@ def analyse(
 
 
 def partition_model(model: ModelLike, topology: Any, **kwargs: Any) -> PipelineResult:
-    """Load ``model`` and run every pass onto ``topology``: partitioned, then the Plan
-    built (``state.plan``).
+    """Load ``model`` and partition it onto ``topology`` (``state.partition``); no Plan.
+
+    Why it stops there: deciding is what a script exploring configurations asks for, and
+    lowering a 70 B model onto 32 devices (every rank's program) costs minutes and
+    gigabytes it did not ask for; :func:`build_plan` carries a state on to the Plan.
     """
-    return analyse(model, topology=topology, passes=default_passes(), **kwargs)
+    return analyse(model, topology=topology, passes=partition_passes(), **kwargs)
 
 
 def build_plan(state: CompileState, *, lowered: bool = True) -> PipelineResult:

@@ -108,3 +108,20 @@ def test_price_uses_the_cost_models_own_functions() -> None:
                 want = group_collective(topo, COST_OP[c.op], c.nbytes, members)
                 assert c.algorithm == want.algorithm
             assert c.seconds == want.seconds
+
+
+def test_partition_model_decides_without_lowering() -> None:
+    """partition_model stops at the partition: scripts that explore configurations do not
+    pay for every rank's program (a 70 B model on 32 devices took minutes and 10 GB when
+    it lowered); build_plan carries the state on when the Plan is wanted.
+    """
+    from shardc.compiler import build_plan, partition_model
+    from shardc.partition.options import PartitionOptions, parse_pins
+    from shardc.topology import load_topology
+
+    root = Path(__file__).resolve().parents[2]
+    topo = load_topology(root / "topologies/localhost.topo", {"devices": 2})
+    options = PartitionOptions(pins=parse_pins(["tp=2"]))
+    state = partition_model(root / "examples/models/tiny_gpt2.onnx", topo, partition=options).state
+    assert state.partition is not None and state.programs is None and state.plan is None
+    assert build_plan(state).state.plan is not None
