@@ -4,20 +4,9 @@ The formulas per op live in :mod:`shardc.cost.flops`; this module applies them: 
 rule, the per-element table or the category an op falls in, the bytes each node reads
 and writes, and the type its arithmetic runs in.
 
-Conventions (what a FLOP is here, so figures compare with papers):
-
-* a multiply-add is 2 FLOPs: MatMul ``[.., M, K] x [.., K, N]`` costs ``2·batch·M·N·K``;
-  Gemm adds ``M·N`` for the bias; Conv costs ``2·N·Cout·prod(out_spatial)·Cin/group·prod(kernel)``;
-* basic elementwise ops cost 1 FLOP per output element; transcendental ones cost the
-  few FLOPs listed in :data:`ELEMENTWISE_FLOPS` (a polynomial approximation's worth);
-* fused normalisations and Softmax cost what their unfused patterns cost per element
-  (LayerNorm 7: mean, subtract, square, mean, scale, γ, β; RMSNorm 4: square, mean,
-  scale, γ; Softmax 5: max, subtract, exp, sum, divide), so an exported pattern and a
-  fused op agree (tested);
-* data movement (Transpose, Concat, Gather…) costs no FLOPs but reads and writes bytes;
-  pure views (Reshape, Squeeze, Identity…) move nothing;
-* ``bytes_read`` counts what the kernel touches: a Gather on an embedding table reads
-  the selected rows, not the table, while ``param_bytes`` still counts the whole table.
+What a FLOP is here (multiply-add = 2, per-element costs, fused normalisations priced
+as their unfused patterns, bytes read by a Gather) is stated once, in
+:mod:`shardc.cost.flops`, next to the formulas that follow it.
 """
 
 from __future__ import annotations
