@@ -266,7 +266,7 @@ def _replayed(plan: PlanData, replay: Mapping[str, Any], label: str) -> PlanData
     """``plan`` with the original's record of the options and the solver; an error when
     the plan no longer prices the same.
     """
-    part = plan.partition
+    part = plan.pipeline
     if [s.to_json() for s in part.stages] != replay["partition"]["stages"]:
         raise OptionError(
             f"{label}: the plan no longer prices the same on this input "

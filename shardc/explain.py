@@ -254,7 +254,7 @@ def _explain_node(plan: Plan, index: dict[int, _Rank], name: str, ranks: list[in
     node = index[ranks[0]].nodes[name]
     devices, stages = _placement(index, ranks)
     tp = max(index[r].tp for r in ranks)
-    chosen = (plan.typed.partition.strategies or {}).get(name)
+    chosen = (plan.typed.pipeline.strategies or {}).get(name)
     reasons = _stage_reasons(plan, stages, name)
     if tp == 1:
         strategy = None
@@ -324,7 +324,7 @@ def _explain_weight(
             for c in index[r].consumers.get(local, [])
         }
     )
-    strategies = (plan.typed.partition.strategies or {})
+    strategies = (plan.typed.pipeline.strategies or {})
     for u in users:
         if u in strategies:
             reasons.append(f"read by {u!r}, which is {strategies[u]}-split: so is this weight")

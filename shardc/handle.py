@@ -50,6 +50,7 @@ from shardc.errors import OptionError, ShardcError
 from shardc.plan.model import Estimate, PlanData
 from shardc.plan.program import Comm, Programs, Sync
 from shardc.plan.records import Rank, Stage
+from shardc.plan.serving import ServingPlan
 from shardc.plan.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from shardc.explanation import Explanation
     from shardc.pipeline import CompileState
     from shardc.report.plan import Summary
+    from shardc.report.serving_explain import DeviceExplanation
 
 _FIXED = ("plan.json", "analysis.json", "schedule.json", "trace.json")
 
@@ -203,19 +205,37 @@ class Plan:
         return self.data["options"]
 
     @property
+    def serving(self) -> ServingPlan | None:
+        """The serving plan (``compile --mode serving``): instances with their devices,
+        parallelism, batch and KV capacity, TTFT/TPOT, tokens/s, the KV hand-off and the
+        expert all-to-all with the links they load, the Pareto table. None for a pipeline
+        plan.
+        """
+        return self.typed.serving
+
+    def _partition(self) -> Mapping[str, Any]:
+        if "partition" not in self.data:
+            raise PlanError("a serving plan has no pipeline partition",
+                            hint="its instances are in plan.serving")
+        part: Mapping[str, Any] = self.data["partition"]
+        return part
+
+    @property
     def dp(self) -> int:
         """Data-parallel replicas."""
-        return int(self.data["partition"]["dp"])
+        return int(self._partition()["dp"])
 
     @property
     def pp(self) -> int:
         """Pipeline stages."""
-        return int(self.data["partition"]["pp"])
+        return int(self._partition()["pp"])
 
     @property
     def world_size(self) -> int:
         """Ranks the plan runs on (one per device used)."""
-        return int(self.data["partition"]["devices_used"])
+        if "serving" in self.data:
+            return int(self.data["serving"]["devices_used"])
+        return int(self._partition()["devices_used"])
 
     @cached_property
     def typed(self) -> PlanData:
@@ -274,7 +294,10 @@ class Plan:
 
     @property
     def estimate(self) -> Estimate:
-        """Step time, its breakdown, throughput and how sure the solver is."""
+        """Step time, its breakdown, throughput and how sure the solver is (a pipeline
+        plan's; a serving plan's figures are in :attr:`serving`).
+        """
+        self._partition()
         return self.typed.estimate
 
     @cached_property
@@ -303,17 +326,26 @@ class Plan:
         return self.summary().__rich__()
 
     def __repr__(self) -> str:
+        s = self.serving
+        if s is not None:
+            return (f"<Plan serving {s.mode} instances={len(s.instances)} "
+                    f"devices={s.devices_used} ttft={s.ttft:.4g}s tpot={s.tpot:.4g}s>")
         tps = [s.tp for s in self.stages]
         return (
             f"<Plan dp={self.dp} pp={self.pp} tp={tps} ranks={self.world_size} "
             f"step={self.estimate.step_seconds:.4g}s {self.estimate.status}>"
         )
 
-    def explain(self, name: str) -> Explanation:
+    def explain(self, name: str) -> Explanation | DeviceExplanation:
         """Where node or value ``name`` went and why: stage, ranks, sharding, communication.
 
-        Raises :class:`OptionError` (with close matches) when no rank has ``name``.
+        Raises :class:`OptionError` (with close matches) when no rank has ``name``. On a
+        serving plan, ``name`` is a device: its instance, role and the traffic through it.
         """
+        if self.serving is not None:
+            from shardc.report.serving_explain import explain_device
+
+            return explain_device(self.typed, name)
         from shardc.explain import explain
 
         return explain(self, name)

@@ -130,12 +130,12 @@ def compile_cmd(
     """Partition MODEL onto the cluster in --topology and write the plan to OUTDIR."""
     serving = {k: chosen.pop(k) for k in SERVING_KEYS}
     if chosen["mode"] == "serving":
-        if report_path or plan_path or chosen["warm_start"] or dump_after:
-            raise OptionError("--report, --plan, --warm-start and --dump-after do not apply to "
-                              "--mode serving yet")
+        if plan_path or chosen["warm_start"] or dump_after:
+            raise OptionError("--plan, --warm-start and --dump-after do not apply to "
+                              "--mode serving")
         run_serving(model, topology_path, include_path, sets, outdir, chosen["pins"],
                     chosen["dtype"], chosen["time_limit"], chosen["seed"], force, quiet, as_json,
-                    **serving)
+                    report_path, **serving)
         return
     given = [k for k in SERVING_KEYS if serving.get(k) not in (None, "0", "bf16", 0, 0.8)]
     if given:

@@ -1,26 +1,28 @@
-"""``shardc compile MODEL --mode serving``: the serving options, the run and the summary.
+"""``shardc compile MODEL --mode serving``: the serving options, the run and the output.
 
 Thin, like every command: the options become a :class:`~shardc.serving.Workload` and
-:class:`~shardc.serving.ServingOptions`, :func:`~shardc.serving.plan_serving` decides, and
-this module prints both phases, the instances, TTFT/TPOT, tokens/s and the Pareto table
-(or ``--json``: the plan's ``serving`` section, canonical, byte-identical across runs).
-The plan is written as ``OUTDIR/serving.json`` (one atomic file write); until the typed
-Plan carries it, ``compile --mode serving`` writes no plan.json.
+:class:`~shardc.serving.ServingOptions`, :func:`~shardc.serving.plan_serving` decides,
+the typed Plan (:class:`~shardc.plan.model.PlanData` with its ``serving`` section) is
+written by the one writer (:func:`shardc.emit.outputs.plan_files`) as ``OUTDIR/plan.json``
+(format ``shardc-plan/2``), and :mod:`shardc.report.serving` prints both phases, the
+instances, the KV hand-off, the all-to-all, TTFT/TPOT, tokens/s and the Pareto table
+(``--json``: what compile's ``--json`` prints for any plan, canonical, byte-identical
+across runs; ``--report``: the HTML page with the map).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
+from shardc import jsonutil
 from shardc.cli.options import console
 from shardc.errors import OptionError
-from shardc.report.text import markup_safe
 from shardc.serving.step import QUANTS, Quant
 
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
@@ -100,25 +102,26 @@ def parse_serving_pins(items: tuple[str, ...]) -> Pins:
 def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...],
                 sets: tuple[str, ...], outdir: Path, pins: tuple[str, ...], dtype: str | None,
                 time_limit: float, seed: int, force: bool, quiet: bool, as_json: bool,
-                **serving: Any) -> None:
-    """Plan serving for MODEL on the topology; write OUTDIR/serving.json and print it."""
+                report_path: Path | None = None, **serving: Any) -> None:
+    """Plan serving for MODEL on the topology; write OUTDIR/plan.json and print it."""
     from shardc.cli.options import parse_sets
-    from shardc.emit.outdir import write_file
+    from shardc.emit.outdir import check_target, write_file, write_outdir
+    from shardc.emit.outputs import plan_files
+    from shardc.plan.folder import anchor_paths
     from shardc.serving import ServingOptions, from_onnx, plan_serving, workload
     from shardc.topology import load_topology
     from shardc.topology.loader import find_topology
 
-    target = outdir / "serving.json"
-    if target.exists() and not force:
-        raise OptionError(f"{str(target)!r} already exists", hint="pass --force to replace it")
+    check_target(outdir, force=force)
     wl = workload(isl=serving["isl"], osl=serving["osl"], lengths=serving["lengths"],
                   rate=serving["request_rate"], concurrency=serving["concurrency"],
                   prefix_hit=serving["prefix_hit"], ttft=serving["ttft"], tpot=serving["tpot"])
     if dtype is not None and dtype not in QUANTS:
         raise OptionError(f"--dtype {dtype}: serving prices {', '.join(QUANTS)}")
     ints, kinds, mode = parse_serving_pins(pins)
-    topology = load_topology(find_topology(topology_path, include_path), parse_sets(sets),
-                             include_path=include_path)
+    topology_file = find_topology(topology_path, include_path)
+    overrides = parse_sets(sets)
+    topology = load_topology(topology_file, overrides, include_path=include_path)
     arch = from_onnx(model)
     weights = serving["weight_dtype"] or dtype or (arch.dtype if arch.dtype in QUANTS else "bf16")
     opts = ServingOptions(
@@ -126,70 +129,51 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
         mtp=serving["mtp"], acceptance=serving["mtp_acceptance"] if serving["mtp"] else 0.0,
         pins=ints, kinds=kinds, mode=mode, time_limit=time_limit, seed=seed,
     )
-    plan = plan_serving(arch, topology, wl, opts)
-    text = plan.to_json()
-    write_file(target, text.encode(), force=force)
+    typed = _typed_plan(plan_serving(arch, topology, wl, opts), model, topology_path,
+                        topology_file, overrides, {
+                            **{k: (str(v) if isinstance(v, Path) else v)
+                               for k, v in sorted(serving.items())},
+                            "dtype": dtype, "pins": list(pins), "time_limit": time_limit,
+                            "seed": seed})
+    if report_path is not None:
+        from shardc.report.html import render_html
+
+        write_file(report_path, render_html(typed, topology, model=model.name).encode(),
+                   force=force)
+    files = plan_files(typed)
+    # plan.json names the model and topology relative to the plan folder, as for any plan
+    files["plan.json"] = anchor_paths(files["plan.json"], outdir)
+    write_outdir(outdir, files, force=force)
     if as_json:
-        sys.stdout.write(text)
+        out = {"plan": json.loads(files["plan.json"]), "outdir": str(outdir)}
+        sys.stdout.write(jsonutil.dumps(out))
         return
     if not quiet:
-        _print(plan.to_dict(), f"{model} on {topology_path}", target)
+        from shardc.report.serving import render_serving
+
+        term = console()
+        for line in render_serving(typed, f"{model} on {topology_path}"):
+            term.print(line, soft_wrap=True)
+        term.print(f"wrote {outdir}/plan.json", markup=False, highlight=False)
 
 
-def _ms(x: float) -> str:
-    return f"{x * 1e3:.4g} ms"
+def _typed_plan(plan: Any, model: Path, topology_path: Path, topology_file: Path,
+                overrides: dict[str, Any], options: dict[str, Any]) -> Any:
+    """The typed Plan of a serving plan: its ``serving`` section and the record of what was
+    compiled with which options (the same ``inputs`` record a pipeline plan has).
+    """
+    from shardc.build import sha256_file
+    from shardc.plan.model import SERVING_FORMAT, PlanData
+    from shardc.plan.records import InputRecord, Inputs, Options, frozen
+    from shardc.version import __version__
 
-
-def _print(p: dict[str, Any], title: str, target: Path) -> None:
-    term = console()
-    wl = p["workload"]
-    term.print(f"[bold]{markup_safe(title)}[/]: serving, isl {wl['isl']:g}, osl {wl['osl']:g}, "
-               f"prefix hit {wl['prefix_hit']:.0%}")
-    term.print(f"{p['mode']}: TTFT {_ms(p['ttft_s'])}, TPOT {_ms(p['tpot_s'])}; "
-               f"{p['output_tokens_per_s']:.4g} output tokens/s "
-               f"({p['tokens_per_s_per_device']:.4g} per device, "
-               f"{p['tokens_per_s_per_user']:.3g} per user), "
-               f"{p['input_tokens_per_s']:.4g} input tokens/s; "
-               f"{p['devices_used']} of {p['devices_total']} devices", soft_wrap=True)
-    table = Table(title="instances")
-    for col in ("role", "count", "kind", "devices", "tp", "dp", "ep", "pp", "batch",
-                "redundant", "step", "memory/dev", "KV capacity", "bound by"):
-        table.add_column(col)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for inst in p["instances"]:
-        groups.setdefault((inst["role"], inst["kind"]), []).append(inst)
-    for (role, kind), insts in groups.items():
-        i = insts[0]
-        parts = {k: v for k, v in i["step_breakdown_seconds"].items() if k != "ep_alltoall_total"}
-        bound = max(parts, key=lambda k: parts[k]) if parts else ""
-        batch = f"{i['batch']} tok" if role == "prefill" else f"{i['batch']} seq"
-        table.add_row(role, str(len(insts)), kind, str(len(i["devices"])), str(i["tp"]),
-                      str(i["dp"]), str(i["ep"]), str(i["pp"]), batch,
-                      str(i["redundant_experts"]), _ms(i["step_seconds"]),
-                      f"{i['memory_per_device_bytes'] / 1e9:.3g} GB",
-                      f"{i['kv_capacity_tokens']:.3g} tok", bound)
-    term.print(table)
-    kv = p["kv_transfer"]
-    if kv:
-        alt = ", ".join(f"{k} {_ms(v)}" for k, v in sorted(kv["alternatives"].items()))
-        term.print(f"KV transfer prefill->decode: {kv['bytes_per_request'] / 1e6:.4g} MB/request "
-                   f"over {kv['plane']} ({kv['link_kinds']}, {kv['streams']} streams) in "
-                   f"{_ms(kv['seconds'])}" + (f"; other planes: {alt}" if alt else ""),
-                   soft_wrap=True)
-    a = p["alternative"]
-    if a.get("status") == "feasible":
-        term.print(f"best {a['mode']}: {a['tokens_per_s_per_device']:.4g} tokens/s/device at "
-                   f"TPOT {_ms(a['tpot_s'])} ({a['decode']})", soft_wrap=True)
-    else:
-        term.print(f"{a['mode']}: {a['status']}")
-    pareto = Table(title="throughput vs TPOT (best plan at each target)")
-    for col in ("TPOT target", "mode", "TPOT", "TTFT", "tokens/s/device", "tokens/s/user",
-                "devices", "decode instance"):
-        pareto.add_column(col)
-    for r in p["pareto"]:
-        pareto.add_row(_ms(r["tpot_target_s"]), r["mode"], _ms(r["tpot_s"]), _ms(r["ttft_s"]),
-                       f"{r['tokens_per_s_per_device']:.4g}", f"{r['tokens_per_s_per_user']:.3g}",
-                       str(r["devices"]), r["decode"])
-    if p["pareto"]:
-        term.print(pareto)
-    term.print(f"wrote {markup_safe(target)}")
+    inputs = Inputs(
+        InputRecord(str(model), sha256_file(model)),
+        InputRecord(str(topology_path), sha256_file(topology_file),
+                    frozen(dict(sorted(overrides.items())))),
+    )
+    return PlanData(
+        partition=None, ranks=(), inputs=inputs,
+        options=Options(frozen({"mode": "serving", **options})), shardc=__version__,
+        format=SERVING_FORMAT, serving=plan,
+    )

@@ -37,7 +37,13 @@ from pathlib import Path
 
 from shardc.errors import OptionError
 from shardc.owner import is_alive, owner_tag
-from shardc.plan.folder import MAX_JSON_BYTES, PLAN_FORMAT, PlanFolderError, loads
+from shardc.plan.folder import (
+    MAX_JSON_BYTES,
+    PLAN_FORMAT,
+    SERVING_FORMAT,
+    PlanFolderError,
+    loads,
+)
 
 _FAULT_ENV = "SHARDC_OUTDIR_FAULT"
 """Test hook: ``write``, ``exchange``, ``swapped`` or ``aside`` kills this process with
@@ -155,7 +161,7 @@ def is_plan_folder(path: Path) -> bool:
         data = loads(head, str(plan))
     except (OSError, PlanFolderError):
         return False
-    return isinstance(data, dict) and data.get("format") == PLAN_FORMAT
+    return isinstance(data, dict) and data.get("format") in (PLAN_FORMAT, SERVING_FORMAT)
 
 
 def _check_replaceable(dest: Path) -> None:

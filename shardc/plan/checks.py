@@ -137,6 +137,13 @@ def _short(message: str) -> str:
 def check_plan(data: Any, where: str = "plan.json") -> dict[str, Any]:
     """plan.json as data, validated: the schema, then what ties its sections together."""
     validate(data, "plan", where)
+    if "serving" in data:
+        from shardc.plan.serving import check_serving
+
+        problem = check_serving(data["serving"])
+        if problem:
+            raise PlanFolderError(problem, where=where)
+        return dict(data)
     part = data["partition"]
     stages = part["stages"]
     if [st["index"] for st in stages] != list(range(len(stages))):
@@ -181,6 +188,8 @@ def check_plan(data: Any, where: str = "plan.json") -> dict[str, Any]:
 def check_schedule(data: Any, plan: dict[str, Any], where: str = "schedule.json") -> dict[str, Any]:
     """schedule.json as data, validated against its schema and against plan.json."""
     validate(data, "schedule", where)
+    if "partition" not in plan:
+        raise PlanFolderError("a serving plan has no pipeline schedule", where=where)
     part = plan["partition"]
     if data["microbatches"] != part["microbatches"] or data["dp"] != part["dp"]:
         raise PlanFolderError(

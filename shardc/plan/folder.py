@@ -41,11 +41,12 @@ from shardc.plan.checks import (
     plan_schema,
     validate,
 )
-from shardc.plan.model import PLAN_FORMAT, PlanData
+from shardc.plan.model import PLAN_FORMAT, SERVING_FORMAT, PlanData
 
 __all__ = [
     "MAX_DEPTH", "MAX_JSON_BYTES", "MAX_MODEL_BYTES", "MAX_SIDE_BYTES", "PLAN_FORMAT",
-    "PlanFolder", "PlanFolderError", "anchor_paths", "check_plan", "check_schedule", "loads",
+    "SERVING_FORMAT", "PlanFolder", "PlanFolderError", "anchor_paths", "check_plan",
+    "check_schedule", "loads",
     "parse_plan", "plan_schema", "read_plan", "read_plan_folder", "resolve_input", "validate",
 ]
 

@@ -12,6 +12,12 @@ What it holds: the inputs and options compiled (records), the partitioner's answ
 communication's bytes, links, algorithm and seconds (:class:`~shardc.plan.program.Programs`),
 and the timeline (:class:`~shardc.plan.timeline.Timeline`: events, link loads, step time).
 plan.json is :meth:`PlanData.to_json`; schedule.json is ``timeline.to_json()``.
+
+A serving plan (``compile --mode serving``) is the same object with ``serving`` (the
+instances, KV hand-off, all-to-all traffic, TTFT/TPOT and Pareto table of
+:mod:`shardc.plan.serving`) instead of a partition, written as format
+:data:`SERVING_FORMAT`: a reader that predates serving plans refuses the format instead
+of failing on the missing partition.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ from typing import Any
 
 from shardc.plan.program import Comm, Compute, DeviceProgram, Programs, Sync
 from shardc.plan.records import Block, Inputs, Options, Partition, Rank, Stage, frozen
+from shardc.plan.serving import ServingPlan
 from shardc.plan.timeline import Timeline
 
 PLAN_FORMAT = "shardc-plan/1"
+SERVING_FORMAT = "shardc-plan/2"
+"""plan.json's format when it holds a serving plan (``serving`` instead of ``partition``)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,8 @@ class Estimate:
 class PlanData:
     """The compiled plan (see the module docstring)."""
 
-    partition: Partition
+    partition: Partition | None
+    """The pipeline plan (None for a serving plan)."""
     ranks: tuple[Rank, ...]
     """Every rank, by rank (Megatron's order: stage, replica, TP rank)."""
     programs: Programs | None = None
@@ -83,17 +93,29 @@ class PlanData:
     """The shardc version that made the plan."""
     format: str = PLAN_FORMAT
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    serving: ServingPlan | None = None
+    """The serving plan (``compile --mode serving``; None for a pipeline plan)."""
 
     # ------------------------------------------------------------------ what readers ask
     @property
     def stages(self) -> tuple[Stage, ...]:
-        """The pipeline stages in order."""
-        return self.partition.stages
+        """The pipeline stages in order (none in a serving plan)."""
+        return self.partition.stages if self.partition is not None else ()
+
+    @property
+    def pipeline(self) -> Partition:
+        """The partition, for readers that only take pipeline plans (LookupError on a
+        serving plan: its instances are in :attr:`serving`).
+        """
+        if self.partition is None:
+            raise LookupError("a serving plan has no pipeline partition (see its serving "
+                              "section)")
+        return self.partition
 
     @property
     def estimate(self) -> Estimate:
         """Step time, its breakdown, throughput and how sure the solver is."""
-        p = self.partition
+        p = self.pipeline
         return Estimate(
             p.mode, p.objective, p.step_seconds, p.breakdown, p.samples_per_step,
             p.microbatches, p.solver.status, p.solver.bound_seconds, p.solver.gap,
@@ -138,8 +160,11 @@ class PlanData:
             "shardc": self.shardc,
             "inputs": self.inputs.to_json(),
             "options": self.options.to_json(),
-            "partition": self.partition.to_json(),
         }
+        if self.partition is not None:
+            out["partition"] = self.partition.to_json()
+        if self.serving is not None:
+            out["serving"] = self.serving.to_json()
         if self.device_files:
             out["emission"] = {
                 "ranks": [r.to_json() for r in self.ranks],
@@ -152,6 +177,12 @@ class PlanData:
     @classmethod
     def from_json(cls, plan: Mapping[str, Any], schedule: Mapping[str, Any] | None) -> PlanData:
         """The Plan of a validated plan.json and schedule.json (see :mod:`.folder`)."""
+        if "serving" in plan:
+            return cls(
+                partition=None, ranks=(), inputs=Inputs.from_json(plan["inputs"]),
+                options=Options.from_json(plan["options"]), shardc=plan["shardc"],
+                format=plan["format"], serving=ServingPlan.from_json(plan["serving"]),
+            )
         partition = Partition.from_json(plan["partition"])
         emission = plan.get("emission")
         emitted = {r["rank"]: r for r in emission["ranks"]} if emission else {}

@@ -35,7 +35,7 @@ def _pins(pins: Mapping[str, Any]) -> str:
 
 def render_plan(plan: PlanData) -> Group:
     """Rich tables for the plan's partition: its shape, step, solver, stages and breakdown."""
-    part = plan.partition
+    part = plan.pipeline
     solver = part.solver
     head = Table(show_header=False, title="plan", title_justify="left")
     head.add_column(style="bold")
@@ -133,8 +133,13 @@ class Summary:
         inputs = typed.inputs
         model = markup_safe(inputs.model.path if inputs is not None else "-")
         topology = markup_safe(inputs.topology.path if inputs is not None else "-")
+        if typed.serving is not None:
+            from shardc.report.serving import render_serving
+
+            return Group(*render_serving(typed, f"{inputs.model.path} on "
+                                         f"{inputs.topology.path}" if inputs else "plan"))
         parts: list[Any] = [
-            f"[bold]{model}[/] on {topology} ({typed.partition.devices_used} ranks)",
+            f"[bold]{model}[/] on {topology} ({typed.pipeline.devices_used} ranks)",
             render_plan(typed),
         ]
         if typed.timeline is not None:

@@ -61,7 +61,8 @@ class PlanDir:
             raise PlanFolderError(
                 "no emission section, so no device programs to run",
                 where=str(self.path / "plan.json"),
-                hint="compile without --no-emit",
+                hint="a serving plan (--mode serving) lists instances, not device programs"
+                if "serving" in self.plan else "compile without --no-emit",
             )
         # validated now (the runners read the schedule in every rank's loop), and typed
         self.typed = PlanData.from_json(self.plan, self.folder.schedule())
@@ -73,11 +74,11 @@ class PlanDir:
 
     @property
     def dp(self) -> int:
-        return self.typed.partition.dp
+        return self.typed.pipeline.dp
 
     @property
     def microbatches(self) -> int:
-        return self.typed.partition.microbatches or 1
+        return self.typed.pipeline.microbatches or 1
 
     def device_model(self, rank: int) -> onnx.ModelProto:
         """Rank ``rank``'s program, its side weight file (if any) read from the folder."""

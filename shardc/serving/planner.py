@@ -1,10 +1,12 @@
-"""``plan_serving``: a model, a topology and a workload in, a :class:`ServingPlan` out.
+"""``plan_serving``: a model, a topology and a workload in, a
+:class:`~shardc.plan.serving.ServingPlan` out (plan.json's ``serving`` section).
 
 The recipe: read the pools the topology offers; price every instance shape on every pool
 its role tag allows (:mod:`.candidates`); let CP-SAT choose shapes and counts under the
 targets (:mod:`.search`); bind the chosen instances to concrete devices, pool by pool in
 rank order (whole scale-up islands stay whole); price the KV hand-off on the real devices
-over every plane that joins them; repeat the choice at a ladder of TPOT targets for the
+over every plane that joins them, and route it and the expert all-to-all on the topology
+(:mod:`.traffic`); repeat the choice at a ladder of TPOT targets for the
 Pareto table. When nothing meets the targets, say which phase misses, by how much, and
 what would be met.
 """
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shardc.errors import InfeasibleError, OptionError
+from shardc.plan.records import frozen
+from shardc.plan.serving import KVHandoff, ParetoPoint, ServingInstance, ServingPlan
 from shardc.serving.arch import ServingModel
 from shardc.serving.candidates import (
     Candidate,
@@ -24,9 +28,9 @@ from shardc.serving.candidates import (
     prefill_candidates,
 )
 from shardc.serving.fabric import Fabric
-from shardc.serving.result import Instance, KVTransferPlan, ParetoRow, ServingPlan
 from shardc.serving.search import Choice, search
 from shardc.serving.step import Quant, element_bytes
+from shardc.serving.traffic import expert_traffic, kv_links
 from shardc.serving.workload import Workload
 from shardc.topology import Topology
 
@@ -133,10 +137,10 @@ def _explain_infeasible(m: ServingModel, wl: Workload, pre: dict[str, list[Candi
     )
 
 
-def _bind(choice: Choice, fabric: Fabric, moe: bool) -> list[Instance]:
+def _bind(choice: Choice, fabric: Fabric, moe: bool) -> list[ServingInstance]:
     """Concrete devices per instance: each pool's devices in rank order, prefill first."""
     nxt = {p.kind.name: 0 for p in fabric.pools}
-    out: list[Instance] = []
+    out: list[ServingInstance] = []
     groups: list[tuple[Candidate, int]] = []
     if choice.prefill is not None:
         groups.append((choice.prefill, choice.prefill_count))
@@ -147,18 +151,18 @@ def _bind(choice: Choice, fabric: Fabric, moe: bool) -> list[Instance]:
             start = nxt[pool.kind.name]
             devs = pool.devices[start:start + cand.devices]
             nxt[pool.kind.name] = start + cand.devices
-            out.append(Instance(
+            out.append(ServingInstance(
                 cand.role, i, pool.kind.name, tuple(devs), cand.par.tp, cand.par.dp, cand.par.pp,
                 cand.par.ep if moe else 1, cand.redundant, cand.batch, cand.chunk,
-                cand.step.seconds,
-                cand.memory_per_device, cand.kv_capacity_tokens,
-                tuple(sorted(cand.step.parts.items())), cand.output_rate, cand.request_rate,
+                cand.step.seconds, cand.memory_per_device, cand.kv_capacity_tokens,
+                frozen(dict(sorted(cand.step.parts.items()))), cand.output_rate,
+                cand.request_rate,
             ))
     return out
 
 
-def _kv_plan(choice: Choice, instances: Sequence[Instance], fabric: Fabric,
-             nbytes: float) -> KVTransferPlan | None:
+def _kv_plan(choice: Choice, instances: Sequence[ServingInstance], fabric: Fabric,
+             nbytes: float, requests_per_s: float) -> KVHandoff | None:
     if choice.prefill is None or choice.transfer is None:
         return None
     p = next(i for i in instances if i.role == "prefill")
@@ -169,8 +173,13 @@ def _kv_plan(choice: Choice, instances: Sequence[Instance], fabric: Fabric,
     best = options[0]
     rho = choice.prefill.request_rate / max(p.dp, 1) * best.seconds
     seconds = best.seconds / (1.0 - rho) if rho < 1 else choice.transfer.seconds
-    return KVTransferPlan(best.plane, best.link_kinds, nbytes, seconds, best.streams,
-                          tuple((o.plane, o.seconds) for o in options[1:]))
+    pairs = max(1, min(sum(i.role == "prefill" for i in instances),
+                       sum(i.role == "decode" for i in instances)))
+    links = kv_links(fabric, p.devices[:p.tp], d.devices[:d.tp], best.plane, nbytes,
+                     requests_per_s / pairs)
+    return KVHandoff(best.plane, best.link_kinds, nbytes, seconds, best.streams,
+                     frozen({o.plane: o.seconds for o in options[1:]}), nbytes * requests_per_s,
+                     links)
 
 
 def plan_serving(m: ServingModel, topo: Topology, wl: Workload,
@@ -198,7 +207,7 @@ def plan_serving(m: ServingModel, topo: Topology, wl: Workload,
             "devices": other.devices, "tpot_s": round(other.tpot, 6),
             "ttft_s": round(other.ttft, 6), "decode": other.decode.describe(),
         })
-    pareto: list[ParetoRow] = []
+    pareto: list[ParetoPoint] = []
     if opts.pareto:
         targets = sorted(set(PARETO_TPOT) | ({wl.tpot} if wl.tpot else set()))
         for target in targets:
@@ -206,20 +215,21 @@ def plan_serving(m: ServingModel, topo: Topology, wl: Workload,
                          time_limit=opts.time_limit / 4, seed=opts.seed)
             if got:
                 c = got[0]
-                pareto.append(ParetoRow(target, c.mode, c.tpot, c.ttft, c.per_device,
+                pareto.append(ParetoPoint(target, c.mode, c.tpot, c.ttft, c.per_device,
                                         1.0 / c.tpot, c.devices, c.decode.describe()))
     requests = best.output_rate / wl.osl
     total = sum(len(p.devices) for p in fabric.pools)
-    return ServingPlan(
+    plan = ServingPlan(
         mode=best.mode,
-        model=tuple(sorted(m.as_dict().items())),
-        workload=tuple(sorted(wl.as_dict().items())),
-        quant=(("activations", opts.quant.activations), ("combine", opts.quant.combine),
-               ("dispatch", opts.quant.dispatch), ("kv", opts.quant.kv),
-               ("mtp", opts.mtp), ("mtp_acceptance", opts.acceptance),
-               ("weights", opts.quant.weights)),
+        model=frozen(dict(sorted(m.as_dict().items()))),
+        workload=frozen(dict(sorted(wl.as_dict().items()))),
+        precision=frozen({
+            "activations": opts.quant.activations, "combine": opts.quant.combine,
+            "dispatch": opts.quant.dispatch, "kv": opts.quant.kv, "mtp": opts.mtp,
+            "mtp_acceptance": opts.acceptance, "weights": opts.quant.weights}),
         instances=tuple(instances),
-        kv_transfer=_kv_plan(best, instances, fabric, kv_bytes),
+        kv_transfer=_kv_plan(best, instances, fabric, kv_bytes, requests),
+        expert_traffic=expert_traffic(m, fabric, instances, opts.quant, opts.mtp),
         ttft=best.ttft,
         tpot=best.tpot,
         output_tokens_per_s=best.output_rate,
@@ -227,8 +237,10 @@ def plan_serving(m: ServingModel, topo: Topology, wl: Workload,
         devices_used=best.devices,
         devices_total=total,
         requests_per_s=requests,
-        alternative=tuple(sorted(alternative.items())),
+        alternative=frozen(dict(sorted(alternative.items()))),
         pareto=tuple(pareto),
-        solver=(("candidates", sum(len(v) for d in (pre, dec, agg) for v in d.values())),
-                ("plans_compared", len(choices)), ("status", best.status)),
+        solver=frozen({"candidates": sum(len(v) for d in (pre, dec, agg) for v in d.values()),
+                       "plans_compared": len(choices), "status": best.status}),
     )
+    # through the written rounding: the plan returned is the plan plan.json reads back
+    return ServingPlan.from_json(plan.to_json())

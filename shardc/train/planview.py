@@ -128,7 +128,7 @@ def plan_view(plan: Plan | str | os.PathLike[str]) -> PlanView:
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
     typed = plan.typed
-    part = typed.partition
+    part = typed.pipeline
     if part.mode != "training":
         raise TrainPlanError(
             f"the plan was compiled with --mode {part.mode}; training needs one "

@@ -55,14 +55,19 @@ def render_html(plan: PlanData, topology: Topology, *, model: str | None = None)
 
     ``model`` names the model in the header; by default the file name the plan records.
     The plan must hold its timeline (a compiled, lowered plan, or a folder with its
-    schedule.json).
+    schedule.json), or be a serving plan (its page: :mod:`.serving`).
     """
-    if plan.timeline is None:
-        raise ValueError("the report needs the plan's timeline (compile with --emit)")
     if model is None and plan.inputs is not None:
         path = plan.inputs.model.path
         model = path.replace("\\", "/").rsplit("/", 1)[-1] if path else None
     title = f"shardc plan: {model}" if model else "shardc plan"
+    if plan.serving is not None:
+        from shardc.report.html.serving import render_serving_html
+
+        return render_serving_html(plan, topology, f"shardc serving plan: {model or '-'}", _CSS,
+                                   model)
+    if plan.timeline is None:
+        raise ValueError("the report needs the plan's timeline (compile with --emit)")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',

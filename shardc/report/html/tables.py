@@ -29,7 +29,7 @@ from shardc.topology.svg import text_width
 
 
 def _header(plan: PlanData, topology: Topology, title: str, model: str | None) -> str:
-    part = plan.partition
+    part = plan.pipeline
     solver = part.solver
     status, gap = solver.status, solver.gap
     klass = "ok" if status == "OPTIMAL" else "warn" if status == "FEASIBLE" else "bad"
@@ -119,7 +119,7 @@ def _stages(plan: PlanData) -> str:
 
 def _breakdown(plan: PlanData) -> str:
     """The step as a stacked bar: which part to attack first is the widest one."""
-    parts = list(plan.partition.breakdown.items())
+    parts = list(plan.pipeline.breakdown.items())
     known = [p for p in parts if p[0] in BREAKDOWN_COLOURS]
     known.sort(key=lambda p: list(BREAKDOWN_COLOURS).index(p[0]))
     parts = known + sorted(p for p in parts if p[0] not in BREAKDOWN_COLOURS)
@@ -159,7 +159,7 @@ def _breakdown(plan: PlanData) -> str:
     )
     return (
         '<section id="breakdown" style="flex:0 1 580px"><h2>Where the step goes</h2>'
-        f'<p class="sub">{escape(_seconds(plan.partition.step_seconds))} per step, as the planner '
+        f'<p class="sub">{escape(_seconds(plan.pipeline.step_seconds))} per step, as the planner '
         "priced it.</p>"
         f'<div class="scroll">{"".join(svg)}</div>'
         '<table style="margin-top:8px"><thead><tr><th>part</th><th class="num">time</th>'

@@ -93,7 +93,7 @@ def _timeline(plan: PlanData) -> str:
     if not devices:
         return head + '<p class="sub">the schedule has no devices.</p></section>'
     rows, note = _timeline_rows(devices)
-    planned = plan.partition.step_seconds or 0.0
+    planned = plan.pipeline.step_seconds or 0.0
     span = max([schedule.step_seconds or 0.0, planned] + [ev.end for d in rows for ev in d.events])
     span = span if span > 0 else 1e-9
     labels = [f"rank {d.rank}  {d.device}" for d in rows]
