@@ -137,6 +137,7 @@ def _short(message: str) -> str:
 def check_plan(data: Any, where: str = "plan.json") -> dict[str, Any]:
     """plan.json as data, validated: the schema, then what ties its sections together."""
     validate(data, "plan", where)
+    _check_format(data, where)
     if "serving" in data:
         from shardc.plan.serving import check_serving
 
@@ -183,6 +184,22 @@ def check_plan(data: Any, where: str = "plan.json") -> dict[str, Any]:
                     f"emission.ranks[{i}]: stage, replica or tp_rank out of range", where=where
                 )
     return dict(data)
+
+
+def _check_format(data: dict[str, Any], where: str) -> None:
+    """A pipeline plan (``partition``, shardc-plan/1) or a serving plan (``serving``,
+    shardc-plan/2): exactly one, under its own format.
+    """
+    serving, fmt = "serving" in data, data["format"]
+    if serving and "partition" in data:
+        raise PlanFolderError("the top level: has both partition and serving", where=where)
+    if not serving and "partition" not in data:
+        raise PlanFolderError("partition: required (or serving, for a serving plan)",
+                              where=where)
+    want = "shardc-plan/2" if serving else "shardc-plan/1"
+    if fmt != want:
+        what = "a serving plan" if serving else "a pipeline plan (partition)"
+        raise PlanFolderError(f"format: {fmt!r} is not {what}'s format {want!r}", where=where)
 
 
 def check_schedule(data: Any, plan: dict[str, Any], where: str = "schedule.json") -> dict[str, Any]:

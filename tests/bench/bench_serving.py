@@ -124,7 +124,7 @@ def cloudmatrix() -> list[dict[str, Any]]:
             "decode/NPU": dec, "decode ratio": dec / published,
             "kv plane": kv.plane if kv else "-",
             "kv ms": kv.seconds * 1e3 if kv else 0.0,
-            "kv other planes ms": {k: round(v * 1e3, 3) for k, v in kv.alternatives} if kv else {},
+            "kv other planes ms": {k: round(v * 1e3, 3) for k, v in kv.alternatives.items()} if kv else {},
         })
     return rows
 
