@@ -148,8 +148,8 @@ class KVHandoff:
     bytes_per_s: float
     """Hand-off traffic at the plan's request rate, all instances together."""
     links: tuple[LinkTraffic, ...]
-    """The links the first prefill -> decode pair's streams cross, busiest first; the
-    other pairs cross their own copies of them."""
+    """The links the hand-off crosses, busiest first, requests spread evenly over every
+    (prefill instance, decode TP group) pair; ``nbytes`` is one request's average."""
 
     def to_json(self) -> dict[str, Any]:
         """The section as plan.json writes it."""

@@ -87,7 +87,7 @@ INSTANCE_COLUMNS = ("role", "count", "kind", "devices each", "tp", "dp", "ep", "
 
 def instance_rows(s: ServingPlan) -> list[tuple[str, ...]]:
     """One row per (role, kind): what :data:`INSTANCE_COLUMNS` name."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for role, kind, insts in s.groups():
         i = insts[0]
         every = tuple(d for x in insts for d in x.devices)

@@ -17,6 +17,7 @@ from shardc.errors import OptionError
 from shardc.plan.model import PlanData
 from shardc.plan.serving import LinkTraffic
 from shardc.report.serving import batch_text, link_name, ms, rate, size
+from shardc.report.summary import human
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def explain_device(plan: PlanData, name: str) -> DeviceExplanation:
             f"here: pipeline stage {pos['stage']}, attention-DP rank {pos['dp_rank']}, "
             f"TP rank {pos['tp_rank']}",
             f"step {ms(inst.step_seconds)}, bound by {inst.bound}; "
-            f"{size(inst.memory_per_device_bytes)} per device, KV cache for "
+            f"{human(inst.memory_per_device_bytes, 'B')} per device, KV cache for "
             f"{inst.kv_capacity_tokens:.3g} tokens in the instance",
         ]
         if s.kv_transfer is not None:

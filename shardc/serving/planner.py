@@ -173,10 +173,7 @@ def _kv_plan(choice: Choice, instances: Sequence[ServingInstance], fabric: Fabri
     best = options[0]
     rho = choice.prefill.request_rate / max(p.dp, 1) * best.seconds
     seconds = best.seconds / (1.0 - rho) if rho < 1 else choice.transfer.seconds
-    pairs = max(1, min(sum(i.role == "prefill" for i in instances),
-                       sum(i.role == "decode" for i in instances)))
-    links = kv_links(fabric, p.devices[:p.tp], d.devices[:d.tp], best.plane, nbytes,
-                     requests_per_s / pairs)
+    links = kv_links(fabric, instances, best.plane, nbytes, requests_per_s)
     return KVHandoff(best.plane, best.link_kinds, nbytes, seconds, best.streams,
                      frozen({o.plane: o.seconds for o in options[1:]}), nbytes * requests_per_s,
                      links)
@@ -198,7 +195,9 @@ def plan_serving(m: ServingModel, topo: Topology, wl: Workload,
     other = next((c for c in choices if c.mode != best.mode), None)
     alternative: dict[str, object] = {"mode": "aggregated" if best.mode == "disaggregated"
                                       else "disaggregated"}
-    if other is None:
+    if other is None and opts.mode is not None:
+        alternative["status"] = f"left out by --pin mode={opts.mode}"
+    elif other is None:
         alternative["status"] = "no feasible plan" if (
             agg if best.mode == "disaggregated" else pre) else "not allowed on these devices"
     else:

@@ -83,20 +83,34 @@ def _records(load: dict[_Hop, float], per_s: float) -> tuple[LinkTraffic, ...]:
     return tuple(LinkTraffic(p, a, b, v, v * per_s) for (p, a, b), v in ordered)
 
 
-def kv_links(fabric: Fabric, src: Sequence[str], dst: Sequence[str], plane: str,
-             nbytes: float, requests_per_s: float) -> tuple[LinkTraffic, ...]:
-    """The hops one request's KV cache crosses from prefill ranks ``src`` to decode ranks
-    ``dst`` on ``plane`` (one stream per rank pair, as :meth:`Fabric.kv_transfers` splits
-    it), with the load at ``requests_per_s`` spread over the instances.
+def kv_links(fabric: Fabric, instances: Sequence[ServingInstance], plane: str, nbytes: float,
+             requests_per_s: float) -> tuple[LinkTraffic, ...]:
+    """The hops the KV hand-off loads on ``plane``, all instances together.
+
+    Requests are spread evenly over every (prefill instance, decode TP group) pair: a
+    prefill instance's first TP group sends, each TP group of a decode instance (every
+    attention-DP rank of every stage holds its own sequences' cache) receives, one stream
+    per rank pair, as :meth:`Fabric.kv_transfers` splits one request. ``nbytes`` of a hop
+    is what one request puts on it on average, ``bytes_per_s`` the load at
+    ``requests_per_s``.
     """
-    streams = max(1, min(len(src), len(dst)))
+    senders = [i.devices[:i.tp] for i in instances if i.role == "prefill"]
+    receivers = [i.devices[k:k + i.tp] for i in instances if i.role == "decode"
+                 for k in range(0, len(i.devices), i.tp)]
+    pairs = len(senders) * len(receivers)
+    if not pairs:
+        return ()
     load: dict[_Hop, float] = {}
-    for i in range(streams):
-        if src[i] == dst[i]:
-            continue
-        route = fabric.topo.route(src[i], dst[i], plane)
-        for u, v in zip(route.nodes, route.nodes[1:], strict=False):
-            load[(plane, u, v)] = load.get((plane, u, v), 0.0) + nbytes / streams
+    trees: dict[str, dict[str, tuple[float, float, str, int]]] = {}
+    for src in senders:
+        for dst in receivers:
+            streams = max(1, min(len(src), len(dst)))
+            for k in range(streams):
+                if src[k] == dst[k]:
+                    continue
+                tree = trees.setdefault(src[k], _tree(fabric, plane, src[k]))
+                for u, v in _path(tree, dst[k]):
+                    load[(plane, u, v)] = load.get((plane, u, v), 0.0) + nbytes / streams / pairs
     return _records(load, requests_per_s)
 
 

@@ -43,6 +43,7 @@ def test_every_example_has_a_test() -> None:
         "make_models.py",  # rebuilds examples/models/; exercised by the bundled model itself
         "hf_compile.py",
         "cli_walkthrough.sh",
+        "serving_walkthrough.sh",
         "custom_topology.py",
         "h200_pair.topo",
         "whatif.py",
@@ -67,6 +68,30 @@ def test_cli_walkthrough_runs_every_command(tmp_path: Path) -> None:
         assert f"== {step}." in r.stdout
     assert "identical" in r.stdout and r.stdout.count("ok: ") == 2
     assert (tmp_path / "plan.html").is_file() and (tmp_path / "llama16" / "plan.json").is_file()
+
+
+def test_serving_walkthrough_prints_what_docs_serving_md_shows(tmp_path: Path) -> None:
+    """The serving walk-through runs as written, and docs/serving.md's sample output is
+    what it prints (each sample line, paths aside, is part of a line printed)."""
+    env = {**os.environ, "COLUMNS": "160",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["bash", str(EXAMPLES / "serving_walkthrough.sh"), str(tmp_path)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for step in range(1, 7):
+        assert f"== {step}." in r.stdout
+    assert r.stdout.count("\nok\n") == 1 and "decode instance 0 of 8" in r.stdout
+    assert "expert all-to-all, decode (ep 16" in r.stdout
+    html = (tmp_path / "moe.html").read_text()
+    assert "prefill devices" in html and "expert all-to-all links" in html
+    printed = r.stdout.splitlines()
+    doc = (ROOT / "docs" / "serving.md").read_text()
+    samples = re.findall(r"```text\n(.*?)```", doc, re.S)
+    assert len(samples) >= 3
+    for block in samples:
+        for line in block.splitlines():
+            if line.strip() and line.strip() != "…":
+                assert any(line in p for p in printed), f"docs/serving.md: {line!r} not printed"
 
 
 def test_custom_topology_plans_tp_inside_a_node() -> None:

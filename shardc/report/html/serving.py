@@ -58,8 +58,8 @@ def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def _links_table(title: str, links: tuple[LinkTraffic, ...], unit: str) -> str:
     if not links:
         return f'<p class="note">{escape(title)}: crosses no links.</p>'
-    rows = [(str(i + 1), link_name(x), size(x.nbytes), rate(x.bytes_per_s))
-            for i, x in enumerate(links[:10])]
+    rows: list[tuple[str, ...]] = [(str(i + 1), link_name(x), size(x.nbytes), rate(x.bytes_per_s))
+                                   for i, x in enumerate(links[:10])]
     return (f'<h3 style="font-size:14px;margin:12px 0 6px">{escape(title)}: busiest links '
             f"(top {len(rows)} of {len(links)})</h3>"
             + _table(("#", "link", f"bytes {unit}", "load"), rows))
@@ -106,7 +106,7 @@ def _role_slices(box: Rect, roles: Counter) -> str:
     """A device box filled in slices by the share of its devices in each role."""
     x, y, w, h = (float(v) for v in box)
     total = sum(roles.values())
-    order = [r for r in ("prefill", "decode", "aggregated") if r in roles]
+    order: list[str | None] = [r for r in ("prefill", "decode", "aggregated") if r in roles]
     order += [None] if None in roles else []
     title = ", ".join(f"{r or 'not used'}: {roles[r]}" for r in order)
     g = [f"<g><title>{escape(title)}</title>"]
@@ -178,7 +178,7 @@ def render_serving_html(plan: PlanData, topology: Topology, title: str, css: str
         + f'<p class="note">{escape(alternative_line(s))}</p></section>',
         '<section id="traffic"><h2>KV hand-off and expert all-to-all</h2>'
         + "".join(f'<p class="sub">{escape(t)}</p>' for t in traffic)
-        + (_links_table("KV hand-off (first prefill → decode pair)", s.kv_transfer.links,
+        + (_links_table("KV hand-off (all prefill → decode pairs)", s.kv_transfer.links,
                         "per request") if s.kv_transfer else "")
         + "".join(_links_table(f"expert all-to-all, {e.role} instance 0", e.links,
                                "per step") for e in s.expert_traffic)
