@@ -72,7 +72,8 @@ def test_cli_walkthrough_runs_every_command(tmp_path: Path) -> None:
 
 def test_serving_walkthrough_prints_what_docs_serving_md_shows(tmp_path: Path) -> None:
     """The serving walk-through runs as written, and docs/serving.md's sample output is
-    what it prints (each sample line, paths aside, is part of a line printed)."""
+    what it prints (each sample line, paths aside, is part of a line printed).
+    """
     env = {**os.environ, "COLUMNS": "160",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     r = subprocess.run(["bash", str(EXAMPLES / "serving_walkthrough.sh"), str(tmp_path)],
