@@ -153,10 +153,10 @@ def compile(
     """
     if mode == "serving":
         raise OptionError(
-            "shardc.compile plans training and inference; serving plans are not on the "
-            "Plan yet",
-            hint="use `shardc compile MODEL --topology T --mode serving ...` "
-            "(or shardc.serving.planner.plan_serving)",
+            "shardc.compile plans training and inference; serving plans are made by "
+            "`shardc compile MODEL --topology T --mode serving ...`",
+            hint="read one with shardc.Plan.load(folder).serving, or plan in-process with "
+            "shardc.serving.plan_serving",
         )
     proto, model_record = _model(model, example_inputs)
     overrides = dict(params or {})
