@@ -48,7 +48,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_plan_json_reads_back_as_the_same_plan(compiled: Path) -> None:
+def test_plan_json_reads_back_as_the_same_plan(compiled: Path, tmp_path: Path) -> None:
     data = json.loads((compiled / "plan" / "plan.json").read_bytes())
     assert data["format"] == SERVING_FORMAT and "partition" not in data
     typed = read_plan(compiled / "plan")
@@ -67,6 +67,7 @@ def test_plan_json_reads_back_as_the_same_plan(compiled: Path) -> None:
     assert s.kv_transfer.links[0].a.startswith(("node0", "ib")), s.kv_transfer.links[0]
     assert s.tokens_per_s_per_user == pytest.approx(1 / s.tpot)
     assert "serving disaggregated" in repr(plan)
+    assert shardc.Plan.load(plan.save(tmp_path / "copy")).serving == s
     with pytest.raises(ShardcError, match="serving plan has no pipeline partition"):
         plan.dp  # noqa: B018
 
