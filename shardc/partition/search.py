@@ -92,6 +92,10 @@ def search(
             continue
         max_stages = min(options.max_stages, blocks, max(1, n // dp))
         for v in interleaves(options, blocks, mode == "training"):
+            if v > 1 and max(max_stages, options.pins.pp or 1) < 2:
+                # one stage: no ring for the chunks to walk
+                reasons.append(f"dp={dp}: v={v} needs two stages; {n} devices hold one")
+                continue
             problem = PartitionProblem(
                 blocks=blocks,
                 configs=configs,

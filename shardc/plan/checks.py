@@ -153,6 +153,7 @@ def check_plan(data: Any, where: str = "plan.json") -> dict[str, Any]:
             )
         if st["blocks"][0] > st["blocks"][1]:
             raise PlanFolderError(f"partition.stages[{j}].blocks: first > last", where=where)
+    _check_chunks(part, where)
     used = part["dp"] * sum(st["tp"] for st in stages)
     if part["devices_used"] != used:
         raise PlanFolderError(
@@ -262,3 +263,37 @@ def _is(value: Any, kind: str) -> bool:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_chunks(part: dict[str, Any], where: str) -> None:
+    """Interleaved stages: each holds ``interleave`` runs of ``blocks``' count, and
+    together the runs tile the chain in Megatron's order (chunk c of stage j is the
+    chain's chunk ``c·pp + j``), which the device programs and training rely on.
+    """
+    stages = part["stages"]
+    v = part.get("interleave") or 1
+    has = [st.get("chunks") is not None for st in stages]
+    if not any(has) and v == 1:
+        return
+    if not all(has):
+        raise PlanFolderError(
+            f"partition: interleave is {v} but not every stage lists its chunks", where=where
+        )
+    start = 0
+    for c in range(v):
+        for j, st in enumerate(stages):
+            runs = st["chunks"]
+            n = st["blocks"][1] - st["blocks"][0] + 1
+            if len(runs) != v:
+                raise PlanFolderError(
+                    f"partition.stages[{j}].chunks: {len(runs)} runs, interleave is {v}",
+                    where=where,
+                )
+            lo, hi = runs[c]
+            if lo != start or (hi - lo + 1) * v != n:
+                raise PlanFolderError(
+                    f"partition.stages[{j}].chunks[{c}]: [{lo}, {hi}] is not the chain's chunk "
+                    f"{c * len(stages) + j} of {n // v} blocks from block {start}",
+                    where=where,
+                )
+            start = hi + 1
