@@ -218,7 +218,8 @@ class Walk(WeightViews, NodeRewrites):
 
     def _receive(self, nodes: Sequence[str], produced: set[str]) -> None:
         """The graph inputs and cross-stage values ``nodes`` read that this rank does not
-        hold yet, in producer order."""
+        hold yet, in producer order.
+        """
         graph, initializers = self.graph, self.initializers
         needed: list[str] = []
         for n in nodes:

@@ -78,11 +78,6 @@ class Stage:
     count. None with one chunk: ``blocks`` is the run held."""
 
     @property
-    def runs(self) -> tuple[tuple[int, int], ...]:
-        """The runs of blocks the stage holds, in the order its device runs them."""
-        return self.chunks or (self.blocks,)
-
-    @property
     def held(self) -> str:
         """The blocks held, for people: ``0–3``, or with chunks ``0, 4`` / ``0–1, 4–5``."""
         if self.chunks is None:

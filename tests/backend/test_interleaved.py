@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import models
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -34,8 +35,6 @@ import shardc.api as api
 from shardc.cli.main import cli
 from shardc.partition.chunks import chunk_blocks
 from shardc.plan.program import Comm
-
-import models
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPO = str(ROOT / "topologies/localhost.topo")
@@ -133,7 +132,7 @@ def test_llama_interleaved_verifies(llama_8: Path, tmp_path: Path, devices: int,
 
 
 def test_four_chunks_per_stage_verify(gpt2_8: Path, tmp_path: Path) -> None:
-    """v = 4 at pp = 2: each stage holds four single-block chunks."""
+    """Four chunks per stage (v = 4) at pp = 2, each a single block."""
     check_interleaved(gpt2_8, 2, "pp=2,tp=1,dp=1,v=4", tmp_path)
 
 
