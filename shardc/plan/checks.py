@@ -189,6 +189,15 @@ def check_schedule(data: Any, plan: dict[str, Any], where: str = "schedule.json"
             f"({part['microbatches']}/{part['dp']})",
             where=where,
         )
+    chunked = all(st.get("chunks") is not None for st in part["stages"])
+    if bool(data.get("chunked_programs")) != chunked or data.get("interleave", 1) != (
+        part.get("interleave") or 1
+    ):
+        raise PlanFolderError(
+            "interleave/chunked_programs disagree with plan.json's interleave and its "
+            "stages' chunks",
+            where=where,
+        )
     ranks = [d["rank"] for d in data["devices"]]
     if ranks != list(range(part["devices_used"])):
         raise PlanFolderError(
@@ -268,17 +277,17 @@ def _is_int(x: Any) -> bool:
 def _check_chunks(part: dict[str, Any], where: str) -> None:
     """Interleaved stages: each holds ``interleave`` runs of ``blocks``' count, and
     together the runs tile the chain in Megatron's order (chunk c of stage j is the
-    chain's chunk ``c·pp + j``), which the device programs and training rely on.
+    chain's chunk ``c·pp + j``), which the device programs and training rely on. A plan
+    whose stages list no chunks (written before they were recorded) ran each stage as one
+    pass and is read as such.
     """
     stages = part["stages"]
     v = part.get("interleave") or 1
     has = [st.get("chunks") is not None for st in stages]
-    if not any(has) and v == 1:
+    if not any(has):
         return
     if not all(has):
-        raise PlanFolderError(
-            f"partition: interleave is {v} but not every stage lists its chunks", where=where
-        )
+        raise PlanFolderError("partition: some stages list their chunks, others not", where=where)
     start = 0
     for c in range(v):
         for j, st in enumerate(stages):

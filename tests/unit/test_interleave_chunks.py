@@ -80,3 +80,20 @@ def test_check_plan_refuses_chunks_out_of_order(folder: Path, tmp_path: Path) ->
     assert r.exit_code == 2, r.output
     assert "chunks[0]" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) <= 2
+
+
+def test_check_plan_refuses_chunked_programs_without_recorded_chunks(
+    folder: Path, tmp_path: Path
+) -> None:
+    """The schedule says the programs hold their chunks; plan.json must say which."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    plan = json.loads((bad / "plan.json").read_text())
+    for st in plan["partition"]["stages"]:
+        del st["chunks"]
+    (bad / "plan.json").write_text(json.dumps(plan))
+    r = CliRunner().invoke(cli, ["check-plan", str(bad)])
+    assert r.exit_code == 2, r.output
+    assert "chunked_programs disagree" in r.output and "Traceback" not in r.output
