@@ -75,11 +75,6 @@ def chunk_nodes(state: CompileState) -> list[list[tuple[str, ...]]]:
     return out
 
 
-def stage_nodes(state: CompileState) -> list[tuple[str, ...]]:
-    """Node names of each pipeline stage (all its chunks), in graph order."""
-    return [tuple(n for c in chunks for n in c) for chunks in chunk_nodes(state)]
-
-
 def _cross_stage(
     graph: Graph, stages: Sequence[Sequence[str]]
 ) -> tuple[dict[str, tuple[int, tuple[int, ...]]], dict[str, int]]:
