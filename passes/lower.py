@@ -12,9 +12,16 @@ A stage the partitioner made sequence parallel runs Megatron-SP: its norms, resi
 and dropout on ``seq_tp`` (:func:`~shardc.partition.megatron.sequence_shards`), so each
 row product's all-reduce is emitted as a reduce-scatter and each column input gathered.
 
-A stage is one contiguous run of blocks today; a stage holding several chunks (virtual
-stages) would add templates per chunk, and the comm steps may be any of
-:data:`~shardc.plan.program.COMM_OPS`.
+An interleaved plan (v model chunks per stage, Narayanan et al. 2021 §2.2.2) gives
+stage ``j`` the chain's chunks ``j, j + pp, …`` (``partition.stages[j].chunks``). Its
+program walks them in that order, one after the other: each chunk receives what it reads
+from other stages at its start (the previous chunk's output from stage ``j − 1``, or from
+the last stage when ``j = 0``: the wrap-around) and sends what it makes as soon as it is
+made, so a micro-batch goes round the ring of stages v times. Cross-stage values are
+found per stage, not per chunk: a value one chunk makes and a later chunk of the same
+stage reads never leaves the device, and a stage receives a value once. The program marks
+where each chunk begins (:attr:`~shardc.plan.program.DeviceProgram.chunk_starts`), which
+the timeline runs in Megatron's interleaved order.
 """
 
 from __future__ import annotations
@@ -38,23 +45,33 @@ if TYPE_CHECKING:
     from shardc.pipeline import CompileState
 
 
-def stage_nodes(state: CompileState) -> list[tuple[str, ...]]:
-    """Node names of each pipeline stage, in graph order (ends ride with the end stages)."""
+def chunk_nodes(state: CompileState) -> list[list[tuple[str, ...]]]:
+    """Per pipeline stage, the node names of each model chunk it holds, in graph order.
+
+    One chunk per stage unless the plan interleaves: then stage ``j`` holds the runs of
+    blocks ``partition.stages[j].chunks`` lists (chunk ``c`` is the chain's chunk
+    ``c·pp + j``, :mod:`shardc.partition.chunks`). The model's ends ride with the chain's
+    first and last chunk: stage 0's chunk 0 and the last stage's last chunk.
+    """
     part, chain = state.partition, state.blocks
     assert part is not None and chain is not None
     repeated = chain.repeated or tuple(b.index for b in chain.blocks)
+    runs = [st.chunks or (st.blocks,) for st in part.stages]
     if not repeated:  # no nodes at all: every output is an input or a weight
-        return [() for _ in part.stages]
+        return [[() for _ in r] for r in runs]
     first_rep, last_rep = repeated[0], repeated[-1]
-    out: list[tuple[str, ...]] = []
-    for j, st in enumerate(part.stages):
-        lo, hi = st.blocks
-        keep = set(range(repeated[lo], repeated[hi] + 1))
-        if j == 0:
-            keep |= {b.index for b in chain.blocks if b.index < first_rep}
-        if j == len(part.stages) - 1:
-            keep |= {b.index for b in chain.blocks if b.index > last_rep}
-        out.append(tuple(n for b in chain.blocks if b.index in keep for n in b.nodes))
+    last = len(part.stages) - 1
+    out: list[list[tuple[str, ...]]] = []
+    for j, stage_runs in enumerate(runs):
+        chunks = []
+        for c, (lo, hi) in enumerate(stage_runs):
+            keep = set(range(repeated[lo], repeated[hi] + 1))
+            if j == 0 and c == 0:
+                keep |= {b.index for b in chain.blocks if b.index < first_rep}
+            if j == last and c == len(stage_runs) - 1:
+                keep |= {b.index for b in chain.blocks if b.index > last_rep}
+            chunks.append(tuple(n for b in chain.blocks if b.index in keep for n in b.nodes))
+        out.append(chunks)
     return out
 
 
@@ -131,7 +148,8 @@ def lower(state: CompileState) -> Lowering:
     if declared:  # a what-if: shapes for the programs, no bytes to cut
         model = replace(state.model, weights=DeclaredWeights(state.model.weights))
         state = state.with_(model=model)
-    stages = stage_nodes(state)
+    chunks = chunk_nodes(state)
+    stages = [tuple(n for c in cs for n in c) for cs in chunks]
     cross, tags = _cross_stage(graph, stages)
     tps = [s.tp for s in part.stages]
     rule = tp_rule(graph, table, state.options.partition.pins.rule)
@@ -150,11 +168,13 @@ def lower(state: CompileState) -> Lowering:
         resolution = resolutions[j]
         for t in range(st.tp):
             tmpl = Walk(
-                state, j, t, st.tp, stages[j], resolution, cross, tags, tps, shards
+                state, j, t, st.tp, stages[j], resolution, cross, tags, tps, shards,
+                chunks=chunks[j] if len(chunks[j]) > 1 else None,
             ).run()
             templates[(j, t)] = tmpl
             for r in range(part.dp):
                 group = tuple(rank_of(j, r, k) for k in range(st.tp))
+                steps, starts = _steps(state, tmpl, group, rank_of, r)
                 programs.append(
                     DeviceProgram(
                         rank=rank_of(j, r, t),
@@ -164,7 +184,8 @@ def lower(state: CompileState) -> Lowering:
                         replica=r,
                         tp_rank=t,
                         tp=st.tp,
-                        steps=_steps(state, tmpl, group, rank_of, r),
+                        steps=steps,
+                        chunk_starts=starts,
                         inputs=tuple(tmpl.inputs),
                         outputs=tuple(tmpl.outputs),
                         memory_bytes=st.memory_bytes,
@@ -180,11 +201,19 @@ def lower(state: CompileState) -> Lowering:
 
 def _steps(
     state: CompileState, tmpl: Template, group: tuple[int, ...], rank_of: Any, replica: int
-) -> tuple[Compute | Comm, ...]:
-    """One replica's steps of a template: node runs between comm steps, comms with ranks."""
+) -> tuple[tuple[Compute | Comm, ...], tuple[int, ...]]:
+    """One replica's steps of a template: node runs between comm steps, comms with ranks;
+    and where each model chunk's steps begin (empty with one chunk).
+    """
     steps: list[Compute | Comm] = []
     run: list[str] = []
-    for what, item in tmpl.steps:
+    starts: list[int] = []
+    for i, (what, item) in enumerate(tmpl.steps):
+        if i in tmpl.chunk_starts:  # a chunk's segments never merge with the last one's
+            if run:
+                steps.append(Compute(tuple(run), 0.0, _label(state, run)))
+                run = []
+            starts.append(len(steps))
         if what == "node":
             run.append(item)
             continue
@@ -200,7 +229,7 @@ def _steps(
             steps.append(Comm(p.op, p.value, p.output, p.nbytes, group, -1, p.tag, p.axis))
     if run:
         steps.append(Compute(tuple(run), 0.0, _label(state, run)))
-    return tuple(steps)
+    return tuple(steps), tuple(starts)
 
 
 def _label(state: CompileState, run: Sequence[str]) -> str:

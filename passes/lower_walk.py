@@ -65,6 +65,7 @@ class Walk(WeightViews, NodeRewrites):
         tags: Mapping[str, int],
         tps: Sequence[int],
         shards: Mapping[str, TensorSharding] | None = None,
+        chunks: Sequence[Sequence[str]] | None = None,
     ) -> None:
         self.state, self.graph = state, state.graph
         assert state.strategies is not None, "emission runs after the strategy table is built"
@@ -72,6 +73,9 @@ class Walk(WeightViews, NodeRewrites):
         self.t = Template(stage, tp_rank, tp)
         self.rank, self.tp = tp_rank, tp
         self.nodes = nodes
+        self.chunks = chunks
+        """The stage's model chunks (interleaved plans): each receives what it reads at its
+        own start, so a chunk never waits on a value a later hand-off brings."""
         self.res = resolution
         self.cross, self.tags, self.tps = cross, tags, tps
         self.shards = shards or {}
@@ -199,15 +203,29 @@ class Walk(WeightViews, NodeRewrites):
 
     # -- the walk -----------------------------------------------------------------------
     def run(self) -> Template:
-        """Inputs and receives first (in producer order), then the nodes, sending each
-        cross-stage value and gathering each graph output as soon as it is made.
+        """Per chunk (one unless interleaved): its inputs and receives first (in producer
+        order), then its nodes, sending each cross-stage value and gathering each graph
+        output as soon as it is made.
+        """
+        produced: set[str] = set()
+        for nodes in self.chunks or (self.nodes,):
+            if self.chunks:
+                self.t.chunk_starts.append(len(self.t.steps))
+            produced |= {o for n in nodes for o in self.graph.node(n).outputs if o}
+            self._receive(nodes, produced)
+            self._walk(nodes)
+        return self._finish()
+
+    def _receive(self, nodes: Sequence[str], produced: set[str]) -> None:
+        """The graph inputs and cross-stage values ``nodes`` read that this rank does not
+        hold yet, in producer order.
         """
         graph, initializers = self.graph, self.initializers
-        produced = {o for n in self.nodes for o in graph.node(n).outputs if o}
         needed: list[str] = []
-        for n in self.nodes:
+        for n in nodes:
             for v in reads(graph.node(n), graph):
-                if v not in produced and v not in initializers and v not in needed:
+                if (v not in produced and v not in initializers and v not in needed
+                        and v not in self.copies):
                     needed.append(v)
         order = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
         for v in sorted(needed, key=lambda x: (order.get(x, -1), x)):
@@ -239,7 +257,11 @@ class Walk(WeightViews, NodeRewrites):
             else:
                 raise LoweringError(f"stage {self.t.stage} reads {v!r}, which no stage produces")
             self.copies[v][self._whole(v)] = v
-        for name in self.nodes:
+
+    def _walk(self, nodes: Sequence[str]) -> None:
+        """``nodes`` in order on this rank's shards (see the module docstring)."""
+        graph = self.graph
+        for name in nodes:
             node = graph.node(name)
             strat: Strategy = self.res.strategies[name]
             if node.outputs and node.outputs[0] in self.lazy:  # made per layout by get()
@@ -275,6 +297,10 @@ class Walk(WeightViews, NodeRewrites):
                     self.t.outputs.append(out)
                 if out in self.cross and self.cross[out][0] == self.t.stage:
                     self._send(out)
+
+    def _finish(self) -> Template:
+        """The template, with the graph outputs no node makes on the last stage."""
+        graph, initializers = self.graph, self.initializers
         if self.t.stage == len(self.tps) - 1:  # outputs no node makes: inputs, weights
             made = {o for n in graph.nodes for o in n.outputs if o}
             for out in (o for o in graph.outputs if o not in made):

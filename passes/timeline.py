@@ -8,8 +8,9 @@ folder has the very same timeline; this pass runs them once, at compile time.
 The layout follows the partitioner's decisions: ``partition.interleave`` model chunks per
 rank (interleaved 1F1B, :mod:`shardc.plan.simulate`'s pass order) and pipeline transfers
 overlapped with compute when it priced them so (``partition.p2p_overlapped``). The
-hand-offs interleaving adds (last stage to first) are priced here, on the topology's
-route, like the lowered Sends (passes/price.py).
+hand-offs interleaving adds (last stage to first) are lowered Sends of the chunked
+programs, priced with the rest (passes/price.py); ``route`` prices them only for programs
+that hold a stage as one pass (then the timeline adds them, on the topology's route).
 """
 
 from __future__ import annotations

@@ -190,6 +190,8 @@ def _stage_reasons(plan: Plan, stages: list[int], node: str | None) -> list[str]
         st = plan.stages[j]
         first, last = st.blocks
         held = f"block {first}" if first == last else f"blocks {first}–{last}"
+        if st.chunks is not None:  # interleaved: v runs, chunk c of stage j is c·pp + j
+            held = f"blocks {st.held} ({len(st.chunks)} interleaved chunks)"
         where = f"stage {j} holds repeated {held}"
         if j == 0:
             where += " and the model's start"

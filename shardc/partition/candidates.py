@@ -184,6 +184,12 @@ def interleaves(options: PartitionOptions, blocks: int, training: bool) -> list[
     if v is not None:
         if v > 1 and (options.schedule != "1f1b" or not training):
             raise OptionError(f"--pin v={v}: interleaving needs training with the 1f1b schedule")
+        if v > 1 and options.pins.pp == 1:
+            raise OptionError(
+                f"--pin v={v},pp=1: interleaving runs v model chunks per pipeline stage "
+                "around a ring of stages; one stage has no ring",
+                hint="pin pp=2 or more, or v=1",
+            )
         if blocks % v:
             raise OptionError(
                 f"--pin v={v}: the model's {blocks} blocks do not split into {v} interleaved "

@@ -62,7 +62,8 @@ def stage_counts(problem: PartitionProblem) -> list[int]:
     """The stage counts :func:`solve` settles, one CP-SAT model each (unless skipped)."""
     if problem.pinned_stages:
         return [problem.pinned_stages]
-    return list(range(1, min(problem.max_stages, problem.blocks) + 1))
+    first = 2 if problem.interleave > 1 else 1  # v chunks need a ring of stages to walk
+    return list(range(first, min(problem.max_stages, problem.blocks) + 1))
 
 
 def solve(

@@ -220,6 +220,8 @@ def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
         out.append(f"stages hold {sum(s.blocks for s in stages)} blocks, the model has {p.blocks}")
     if any(s.blocks < 1 for s in stages):
         out.append("every stage needs at least one block")
+    if p.interleave > 1 and len(stages) < 2:
+        out.append(f"interleaving (v={p.interleave}) needs at least two pipeline stages")
     if p.interleave > 1 and any(s.blocks % p.interleave for s in stages):
         out.append(f"every stage's blocks must split into {p.interleave} interleaved chunks")
     used: dict[str, int] = {}

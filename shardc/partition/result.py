@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shardc.partition.chunks import chunk_blocks
 from shardc.partition.options import PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
 from shardc.partition.problem import (
@@ -53,6 +54,10 @@ class StageResult:
     """Gradient bytes one device of the stage syncs per step, as ``sync_seconds`` priced
     them (:meth:`~shardc.partition.costing.Costing.sync_bytes`): the schedule's sync events
     carry them, so link accounting sees the data-parallel traffic."""
+    chunks: tuple[tuple[int, int], ...] = ()
+    """With interleave v > 1: the v runs of blocks the stage really holds, (first, last)
+    in chunk order (:func:`~shardc.partition.chunks.chunk_blocks`); ``blocks`` then gives
+    only their count. Empty with one chunk (``blocks`` is the run)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for plan.json."""
@@ -72,7 +77,7 @@ class StageResult:
             "capacity_bytes": self.capacity_bytes,
             "in_flight": self.in_flight,
             "groups": [list(g) for g in self.groups],
-        }
+        } | ({"chunks": [list(c) for c in self.chunks]} if self.chunks else {})
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,10 @@ def build_result(
     pro, block, epi, _ = costing.sections
     out: list[StageResult] = []
     first = 0
+    chunks = (
+        chunk_blocks([s.blocks for s in stages], problem.interleave)
+        if problem.interleave > 1 else ((),) * len(stages)
+    )
     strategies: dict[str, str] = {}
     for j, st in enumerate(stages):
         c = problem.config(st.config)
@@ -238,11 +247,13 @@ def build_result(
                 groups=tuple(placement.tp_group(r, j) for r in range(problem.dp)),
                 sequence_parallel=sp,
                 sync_bytes=synced,
+                chunks=chunks[j],
             )
         )
         first += st.blocks
         if c.tp > 1:
-            names = _stage_nodes(costing, j, len(stages), out[-1].blocks)
+            runs = chunks[j] or (out[-1].blocks,)
+            names = [n for run in runs for n in _stage_nodes(costing, j, len(stages), run)]
             for node in names:
                 s = costing.choice(c.tp).strategies[node]
                 if not s.is_replicated and node not in costing.table.follows:

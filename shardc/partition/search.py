@@ -83,6 +83,12 @@ def search(
     timed_out = False
     if options.pins.pp and options.pins.pp > blocks:
         raise OptionError(f"--pin pp={options.pins.pp}: the model has only {blocks} blocks")
+    if (options.pins.v or 1) > 1 and n < 2:
+        raise OptionError(
+            f"--pin v={options.pins.v}: interleaving needs at least two pipeline stages, "
+            "and the topology has one device",
+            hint="pin v=1, or compile for two or more devices",
+        )
     problems: list[tuple[PartitionProblem, float]] = []
     for dp in widths:
         m = microbatches(options, dp, b)
@@ -92,6 +98,11 @@ def search(
             continue
         max_stages = min(options.max_stages, blocks, max(1, n // dp))
         for v in interleaves(options, blocks, mode == "training"):
+            if v > 1 and max(max_stages, options.pins.pp or 1) < 2:
+                # one stage: no ring for the chunks to walk
+                reasons.append(f"dp={dp}: v={v} needs two pipeline stages; {n} devices "
+                               f"over dp={dp} replicas leave one")
+                continue
             problem = PartitionProblem(
                 blocks=blocks,
                 configs=configs,

@@ -161,6 +161,7 @@ def check_plan(data: Any, where: str = "plan.json") -> dict[str, Any]:
             )
         if st["blocks"][0] > st["blocks"][1]:
             raise PlanFolderError(f"partition.stages[{j}].blocks: first > last", where=where)
+    _check_chunks(part, where)
     used = part["dp"] * sum(st["tp"] for st in stages)
     if part["devices_used"] != used:
         raise PlanFolderError(
@@ -212,6 +213,15 @@ def check_schedule(data: Any, plan: dict[str, Any], where: str = "schedule.json"
         raise PlanFolderError(
             f"microbatches/dp ({data['microbatches']}/{data['dp']}) disagree with plan.json "
             f"({part['microbatches']}/{part['dp']})",
+            where=where,
+        )
+    chunked = all(st.get("chunks") is not None for st in part["stages"])
+    if bool(data.get("chunked_programs")) != chunked or data.get("interleave", 1) != (
+        part.get("interleave") or 1
+    ):
+        raise PlanFolderError(
+            "interleave/chunked_programs disagree with plan.json's interleave and its "
+            "stages' chunks",
             where=where,
         )
     ranks = [d["rank"] for d in data["devices"]]
@@ -288,3 +298,37 @@ def _is(value: Any, kind: str) -> bool:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_chunks(part: dict[str, Any], where: str) -> None:
+    """Interleaved stages: each holds ``interleave`` runs of ``blocks``' count, and
+    together the runs tile the chain in Megatron's order (chunk c of stage j is the
+    chain's chunk ``c·pp + j``), which the device programs and training rely on. A plan
+    whose stages list no chunks (written before they were recorded) ran each stage as one
+    pass and is read as such.
+    """
+    stages = part["stages"]
+    v = part.get("interleave") or 1
+    has = [st.get("chunks") is not None for st in stages]
+    if not any(has):
+        return
+    if not all(has):
+        raise PlanFolderError("partition: some stages list their chunks, others not", where=where)
+    start = 0
+    for c in range(v):
+        for j, st in enumerate(stages):
+            runs = st["chunks"]
+            n = st["blocks"][1] - st["blocks"][0] + 1
+            if len(runs) != v:
+                raise PlanFolderError(
+                    f"partition.stages[{j}].chunks: {len(runs)} runs, interleave is {v}",
+                    where=where,
+                )
+            lo, hi = runs[c]
+            if lo != start or (hi - lo + 1) * v != n:
+                raise PlanFolderError(
+                    f"partition.stages[{j}].chunks[{c}]: [{lo}, {hi}] is not the chain's chunk "
+                    f"{c * len(stages) + j} of {n // v} blocks from block {start}",
+                    where=where,
+                )
+            start = hi + 1

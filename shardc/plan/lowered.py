@@ -79,6 +79,9 @@ class Template:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     weight_bytes: int = 0
+    chunk_starts: list[int] = field(default_factory=list)
+    """Index into ``steps`` where each model chunk begins (interleaved plans; empty with
+    one chunk)."""
 
     @property
     def comm_nodes(self) -> list[tuple[int, PendingComm]]:

@@ -229,19 +229,25 @@ def _programs(partition: Partition, ranks: tuple[Rank, ...], timeline: Timeline)
     programs = []
     sync_bytes: dict[int, float] = {}
     sync_seconds: dict[int, float] = {}
+    chunked = timeline.chunked_programs
     for r, dev in zip(ranks, timeline.devices, strict=True):
         steps: list[Compute | Comm] = []
+        starts: list[int] = []
         sync_links: tuple[Any, ...] = ()
-        v = timeline.interleave  # a chunk's compute and collectives are 1/v of the stage's
-        program = dev.program_events(timeline.stages, v)
+        # one-pass programs: a chunk's compute and collectives are 1/v of the stage's
+        v = 1 if chunked else timeline.interleave
+        program = dev.program_events(timeline.stages, timeline.interleave, chunked)
         for ev in (*program, *(e for e in dev.events if e.phase == "sync")):
             share = 1 if ev.op in ("Send", "Recv") else v
             if ev.phase == "sync":
                 sync_bytes[dev.stage], sync_seconds[dev.stage] = ev.nbytes, ev.duration
                 sync_links = ev.links
-            elif ev.microbatch != 0:
                 continue
-            elif ev.is_comm:
+            if ev.microbatch != 0:
+                continue
+            if chunked and len(starts) == ev.chunk:  # the first step of the next chunk
+                starts.append(len(steps))
+            if ev.is_comm:
                 steps.append(Comm(ev.op, ev.value, "", ev.nbytes * share, ev.group, ev.peer,
                                   ev.tag, ev.axis, ev.algorithm, ev.duration * share, ev.links))
             else:
@@ -249,6 +255,7 @@ def _programs(partition: Partition, ranks: tuple[Rank, ...], timeline: Timeline)
         programs.append(DeviceProgram(
             r.rank, r.device, r.kind, r.stage, r.replica, r.tp_rank, r.tp, tuple(steps),
             r.inputs, r.outputs, r.memory_bytes, r.weight_bytes or 0, sync_links,
+            tuple(starts) if len(starts) > 1 else (),
         ))
     return Programs(
         tuple(programs), timeline.mode, timeline.schedule, timeline.microbatches, timeline.dp,

@@ -159,9 +159,22 @@ class DeviceProgram:
     sync_links: tuple[Link, ...] = ()
     """Links the data-parallel gradient sync of this rank crosses: the ring over its
     stage's devices of the same TP rank in every replica (training, dp > 1)."""
+    chunk_starts: tuple[int, ...] = ()
+    """Interleaved plans: the index in ``steps`` where each of the rank's model chunks
+    begins (chunk c of stage j is virtual stage ``c·stages + j``); empty when the
+    program is one chunk."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sync_links", links_of(self.sync_links))
+        object.__setattr__(self, "chunk_starts", tuple(self.chunk_starts))
+
+    @property
+    def chunks(self) -> tuple[tuple[Step, ...], ...]:
+        """The steps of each model chunk, in order (all of them as one without chunks)."""
+        if not self.chunk_starts:
+            return (self.steps,)
+        ends = (*self.chunk_starts[1:], len(self.steps))
+        return tuple(self.steps[a:b] for a, b in zip(self.chunk_starts, ends, strict=True))
 
     @property
     def comms(self) -> tuple[Comm, ...]:

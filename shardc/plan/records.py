@@ -71,6 +71,18 @@ class Stage:
     p2p_seconds: float | None = None
     sync_seconds: float | None = None
     in_flight: int | None = None
+    chunks: tuple[tuple[int, int], ...] | None = None
+    """Interleaved plans (v > 1): the v runs of blocks the stage holds, (first, last) in
+    chunk order; chunk c of stage j is the chain's chunk ``c·pp + j``
+    (:func:`~shardc.partition.chunks.chunk_blocks`), and ``blocks`` gives only their
+    count. None with one chunk: ``blocks`` is the run held."""
+
+    @property
+    def held(self) -> str:
+        """The blocks held, for people: ``0–3``, or with chunks ``0, 4`` / ``0–1, 4–5``."""
+        if self.chunks is None:
+            return f"{self.blocks[0]}–{self.blocks[1]}"
+        return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in self.chunks)
 
     def to_json(self) -> dict[str, Any]:
         """The stage as plan.json writes it."""
@@ -84,6 +96,7 @@ class Stage:
         for key in ("sequence_parallel", "compute_seconds", "tp_comm_seconds", "p2p_seconds",
                     "sync_seconds", "in_flight"):
             _put(out, key, getattr(self, key))
+        _put(out, "chunks", None if self.chunks is None else [list(c) for c in self.chunks])
         return out
 
     @classmethod
@@ -95,6 +108,7 @@ class Stage:
             tuple(tuple(g) for g in st["groups"]), st["tp_domain_bandwidth"], ranks,
             st.get("sequence_parallel"), st.get("compute_seconds"), st.get("tp_comm_seconds"),
             st.get("p2p_seconds"), st.get("sync_seconds"), st.get("in_flight"),
+            None if st.get("chunks") is None else tuple((c[0], c[1]) for c in st["chunks"]),
         )
 
 

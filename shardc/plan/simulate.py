@@ -159,17 +159,31 @@ def rank_items(
     wrap: tuple[tuple[Comm, ...], tuple[Comm, ...]] = ((), ()),
 ) -> list[_Item]:
     """What ``prog`` issues in one step, in order; with ``interleave`` v > 1 each pass is
-    v chunk passes, each running ``1/v`` of the stage's compute and collectives.
+    v chunk passes: the program's own chunks when it has them (interleaved lowering,
+    :attr:`~shardc.plan.program.DeviceProgram.chunk_starts`), else the whole program at
+    ``1/v`` of its compute and collectives with ``wrap`` added (programs lowered as one
+    pass per stage).
     """
     m = programs.microbatches
     items: list[_Item] = []
     seen: dict[tuple[str, int], dict[tuple[Any, ...], int]] = {}
+    chunks = prog.chunks
+    if len(chunks) > 1 and len(chunks) != interleave:
+        raise ShardcError(
+            f"rank {prog.rank}'s program holds {len(chunks)} model chunks but the schedule "
+            f"interleaves {interleave}", where="schedule",
+        )
     if interleave > 1 and programs.mode == "training" and programs.schedule == "1f1b":
         for phase, mb, c in interleaved_order(programs.stages, prog.stage, m, interleave):
+            seen_mb = seen.setdefault((phase, mb), {})
+            if len(chunks) > 1:
+                items += _phase_items(chunks[c], phase, mb, programs.backward_factor,
+                                      seen_mb, c)
+                continue
             steps = [*(wrap[0] if c > 0 else ()), *prog.steps,
                      *(wrap[1] if c < interleave - 1 else ())]
             items += _phase_items(steps, phase, mb, programs.backward_factor,
-                                  seen.setdefault((phase, mb), {}), c, interleave)
+                                  seen_mb, c, interleave)
     else:
         if programs.mode == "inference":
             order = [("forward", i) for i in range(m)]

@@ -13,8 +13,9 @@ Top level: ``format``, ``mode`` (``training`` or ``inference``), ``schedule`` (`
 or ``gpipe``), ``microbatches``, ``dp``, ``stages``, ``interleave`` (v, model chunks per
 rank; 1 is plain 1F1B), ``p2p_overlapped`` (pipeline Sends run beside compute),
 ``step_seconds`` (the end of the last event on any device), ``devices`` and ``links``.
-(``interleave`` and ``p2p_overlapped`` are absent from files written before them: read
-as 1 and false.)
+``chunked_programs`` (true when the device programs hold their v model chunks; absent
+otherwise). (``interleave`` and ``p2p_overlapped`` are absent from files written before
+them: read as 1 and false.)
 
 ``devices`` holds one entry per rank, by rank: the rank's identity (``rank``, ``device``,
 ``kind``, ``stage``, ``replica``, ``tp_rank``, ``tp``), ``busy_seconds`` (the sum of
@@ -74,8 +75,13 @@ How the timeline is built:
   is 1F1B (``min(stages - stage - 1, M)`` warm-up forwards, then one forward / one
   backward, then the remaining backwards) or GPipe (all forwards, then all backwards);
 * interleaved 1F1B (``interleave`` v > 1, training, 1F1B; Narayanan et al. 2021
-  §2.2.2): each rank runs v chunks; chunk c of stage j is virtual stage ``c·S + j``. A
-  pass of one chunk is the rank's steps with compute and collectives at ``1/v`` of their
+  §2.2.2): each rank runs v chunks; chunk c of stage j is virtual stage ``c·S + j``.
+  Compiled plans lower each chunk as its own part of the device program
+  (``chunked_programs``): a pass of chunk c is those steps, at their own times and bytes,
+  the wrap-around hand-off (the last stage's chunk c to the first stage's chunk c + 1)
+  among them, so the timeline's extra traffic is what the programs send. Programs
+  lowered as one pass per stage (hand-built ones) are cut up here instead: a pass of one
+  chunk is the rank's steps with compute and collectives at ``1/v`` of their
   time and bytes (the chunk's share of the stage's blocks) and whole Sends/Recvs (a
   hand-off per chunk: v times the traffic); the last stage's chunk c sends to the first
   stage's chunk c + 1 what it receives from the stage before it (the wrap-around
@@ -221,15 +227,18 @@ class RankTimeline:
     """The sum of its event durations."""
     events: tuple[Event, ...]
 
-    def program_events(self, stages: int, interleave: int) -> tuple[Event, ...]:
+    def program_events(
+        self, stages: int, interleave: int, chunked: bool = False
+    ) -> tuple[Event, ...]:
         """The forward events that are this rank's device-program steps, every
-        micro-batch's: all of them with one chunk; with v > 1, chunk 0's without the
-        wrap-around hand-offs (the last stage's forward Sends, the first stage's forward
-        Recvs), since the device program runs the stage's blocks as one pass and the
-        chunks and those hand-offs are the timeline's (see the module docstring).
+        micro-batch's: all of them with one chunk, or when the programs hold their chunks
+        (``chunked``: the timeline's ``chunked_programs``); else, with v > 1, chunk 0's
+        without the wrap-around hand-offs (the last stage's forward Sends, the first
+        stage's forward Recvs), since such a program runs the stage's blocks as one pass
+        and the chunks and those hand-offs are the timeline's (see the module docstring).
         """
         forward = [e for e in self.events if e.phase == "forward"]
-        if interleave <= 1:
+        if interleave <= 1 or chunked:
             return tuple(forward)
         return tuple(
             e for e in forward
@@ -293,6 +302,9 @@ class Timeline:
     """Model chunks per rank (interleaved 1F1B when above 1)."""
     p2p_overlapped: bool = False
     """Pipeline Sends run beside compute; only exposed waits sit on the critical path."""
+    chunked_programs: bool = False
+    """The programs hold their model chunks (interleaved lowering): each chunk event is
+    a program step at its own time and bytes, the wrap-around hand-offs included."""
 
     def rank(self, r: int) -> RankTimeline:
         """Rank ``r``'s events."""
@@ -304,6 +316,7 @@ class Timeline:
             "format": self.format, "mode": self.mode, "schedule": self.schedule,
             "microbatches": self.microbatches, "dp": self.dp, "stages": self.stages,
             "interleave": self.interleave, "p2p_overlapped": self.p2p_overlapped,
+            **({"chunked_programs": True} if self.chunked_programs else {}),
             "step_seconds": self.step_seconds,
             "devices": [d.to_json() for d in self.devices],
             "links": [x.to_json() for x in self.links],
@@ -317,6 +330,7 @@ class Timeline:
             tuple(RankTimeline.from_json(x) for x in d["devices"]),
             tuple(LinkLoad.from_json(x) for x in d["links"]), d["format"],
             d.get("interleave", 1), d.get("p2p_overlapped", False),
+            d.get("chunked_programs", False),
         )
 
 
@@ -345,7 +359,8 @@ def build_schedule(
     if interleave < 1:
         raise ValueError(f"interleave must be at least 1, got {interleave}")
     by_rank = check_programs(programs)
-    wraps = wrap_steps(by_rank, programs.stages, route) if interleave > 1 else {}
+    chunked = any(p.chunk_starts for p in by_rank.values())
+    wraps = wrap_steps(by_rank, programs.stages, route) if interleave > 1 and not chunked else {}
     items = {
         r: rank_items(programs, prog, sync_group(by_rank, prog), interleave,
                       wraps.get(r, ((), ())))
@@ -388,6 +403,7 @@ def build_schedule(
         "stages": programs.stages,
         "interleave": interleave,
         "p2p_overlapped": overlap_p2p,
+        **({"chunked_programs": True} if chunked else {}),
         "step_seconds": step,
         "devices": devices,
         "links": link_summary(devices, timeline.recv_of),

@@ -75,14 +75,13 @@ def render_plan(plan: PlanData) -> Group:
             col, justify="left" if col in ("kind", "recompute") else "right", no_wrap=True
         )
     for st in plan.stages:
-        first, last = st.blocks
         share = st.memory_bytes / st.capacity_bytes if st.capacity_bytes else 0.0
         domain = st.tp_domain_bandwidth
         stages.add_row(
             str(st.index),
             markup_safe(st.kind),
             str(st.tp),
-            f"{first}–{last}",
+            st.held,
             markup_safe(st.recompute) + (" +SP" if st.sequence_parallel else ""),
             _seconds(st.seconds),
             f"{human(st.memory_bytes, 'B')} {share:.0%}",

@@ -160,8 +160,10 @@ class PlanDir:
         timeline = self.typed.timeline
         if timeline is None:
             return
-        # interleaved: the device program is one pass of the stage, the chunks are the timeline's
-        events = list(timeline.rank(rank).program_events(timeline.stages, timeline.interleave))
+        # interleaved: every chunk's events when the program holds its chunks; else the
+        # program is one pass of the stage and the chunks are the timeline's
+        events = list(timeline.rank(rank).program_events(
+            timeline.stages, timeline.interleave, timeline.chunked_programs))
         if not events:
             return
         program = [_comm_key(n) for n in comm_nodes]

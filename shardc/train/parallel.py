@@ -89,14 +89,18 @@ def _device(view: PlanView, simulate_devices: bool) -> torch.device:
 def _virtual_ranges(view: PlanView, stage: int) -> list[tuple[int, range]]:
     """(torch stage index, blocks) of each model chunk this pipeline rank holds.
 
-    With v virtual stages the plan gives stage j ``v`` equal chunks of its blocks; torch's
-    interleaved schedule wants chunk c of rank j to be model stage ``c * pp + j``, so the
-    chunks are laid out in that order along the chain.
+    With v virtual stages the plan records the runs of blocks stage j holds
+    (``chunks``, chunk c being model stage ``c * pp + j``, the order torch's interleaved
+    schedule wants), and the device programs were lowered from the same runs; a plan
+    written before it recorded them gets the same layout computed here.
     """
     v = view.interleave
     if v == 1:
         a, b = view.stages[stage].blocks
         return [(stage, range(a, b + 1))]
+    if view.stages[stage].chunks:
+        return [(c * view.pp + stage, range(a, b + 1))
+                for c, (a, b) in enumerate(view.stages[stage].chunks)]
     sizes = [(s.blocks[1] - s.blocks[0] + 1) // v for s in view.stages]
     out, start = [], 0
     for c in range(v):

@@ -51,6 +51,9 @@ class StageView:
     """Global ranks, replica by replica, TP rank fastest (the plan's order)."""
     devices: tuple[str, ...]
     """Physical device of each rank in ``ranks``."""
+    chunks: tuple[tuple[int, int], ...] = ()
+    """Interleaved plans: the runs of blocks the stage holds, (first, last) in chunk
+    order, as plan.json records them (empty with one chunk: ``blocks`` is the run)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ def plan_view(plan: Plan | str | os.PathLike[str]) -> PlanView:
             recompute=s.recompute,
             ranks=s.ranks,
             devices=tuple(d for g in s.groups for d in g),
+            chunks=s.chunks or (),
         )
         for s in typed.stages
     )

@@ -21,7 +21,7 @@ from shardc.cli.main import cli
 from shardc.emit.trace import chrome_trace
 from shardc.plan.program import Comm, Compute, DeviceProgram, Programs
 from shardc.plan.simulate import interleaved_order
-from shardc.plan.timeline import build_schedule, build_timeline, schedule_schema
+from shardc.plan.timeline import build_schedule, schedule_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 F, B = 1.0, 2.0
@@ -173,12 +173,17 @@ def test_timeline_agrees_with_the_partitioners_estimate(llama8: Path, pp: int) -
     plan = _compile(llama8, pp, 2)
     part, programs, timeline = plan.state.partition, plan.state.programs, plan.timeline
     assert (part.interleave, timeline.interleave, timeline.p2p_overlapped) == (2, 2, True)
-    plain = build_timeline(programs, 1, True)  # the same programs as plain 1F1B
+    # the same model as plain 1F1B: the chunked programs walk the ring v times per
+    # micro-batch, so they cannot be laid out one pass per stage; compile v = 1 instead
+    plain = _compile(llama8, pp, 1).timeline
+    assert plain.interleave == 1 and not plain.chunked_programs
+    assert timeline.chunked_programs
+    assert all(len(p.chunks) == 2 for p in programs.programs)
     est, sim = part.step_seconds, timeline.step_seconds
     slot = max(s.seconds for s in part.stages)  # the slowest stage's forward + backward
     saved = (pp - 1) * (1 - 1 / 2) * slot  # bubble (p−1)·slot shrinks to (p−1)/v·slot
     print(f"pp={pp} v=2: partitioner {est * 1e3:.3f} ms, timeline {sim * 1e3:.3f} ms "
-          f"({(sim - est) / est:+.2%}); the same programs as plain 1F1B "
+          f"({(sim - est) / est:+.2%}); the v=1 plan "
           f"{plain.step_seconds * 1e3:.3f} ms, saved {(plain.step_seconds - sim) * 1e3:.3f} ms "
           f"(formula {saved * 1e3:.3f} ms)")
     # The partitioner prices every slot at the slowest stage's time; the timeline runs
@@ -193,9 +198,10 @@ def test_timeline_agrees_with_the_partitioners_estimate(llama8: Path, pp: int) -
 
 
 def test_an_interleaved_plan_still_verifies(tmp_path: Path) -> None:
-    """The device programs hold each stage as one pass (chunks are the timeline's), so
-    the runner's check that a program issues its comms in the schedule's order reads
-    chunk 0 without the wrap-around hand-offs; the plan runs and matches the model.
+    """The device programs hold each stage's v chunks (the wrap-around hand-offs
+    among their Sends and Recvs), so the runner's check that a program issues its comms
+    in the schedule's order reads every chunk's events; the plan runs and matches the
+    model.
     """
     model, out = tmp_path / "g.onnx", tmp_path / "out"
     runner = CliRunner()
@@ -215,8 +221,8 @@ def test_an_interleaved_plan_still_verifies(tmp_path: Path) -> None:
 def test_an_interleaved_plan_reads_back_the_programs_compile_built(
     llama8: Path, tmp_path: Path
 ) -> None:
-    """The folder's program outlines come from the timeline: chunk 0's events without
-    the wrap-around hand-offs, compute and collectives scaled back by v.
+    """The folder's program outlines come from the timeline: every chunk's forward
+    events of micro-batch 0, at their own times, and where each chunk begins.
     """
     from dataclasses import replace
 
@@ -230,7 +236,8 @@ def test_an_interleaved_plan_reads_back_the_programs_compile_built(
     for a, b in zip(built.programs, back.programs, strict=True):
         want = [replace(s, nodes=()) if isinstance(s, Compute) else replace(s, output="")
                 for s in a.steps]
-        assert b.steps == tuple(want)  # exact: v = 2 scales by a power of two
+        assert b.steps == tuple(want)
+        assert b.chunk_starts == a.chunk_starts and len(a.chunk_starts) == 2
 
 
 def test_plain_1f1b_keeps_its_events_and_only_the_overlap_moves_them() -> None:

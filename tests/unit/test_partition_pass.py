@@ -223,6 +223,10 @@ def test_inference_latency_uses_one_replica(gpt) -> None:
         (["--objective", "latency"], "latency is for inference"),
         (["--warm-start", "missing.json"], "--warm-start"),
         (["--time-limit", "0"], "must be positive"),
+        (["--mode", "training", "--pin", "v=2,pp=1"], "one stage has no ring"),
+        (["--mode", "training", "--pin", "v=3"], "4 blocks do not split into 3"),
+        (["--mode", "training", "--pin", "v=2,pp=4"], "pp × v = 8 equal chunks"),
+        (["--mode", "training", "--pin", "v=2,dp=4"], "v=2 needs two pipeline stages"),
     ],
 )
 def test_cli_mistakes_are_one_line_errors(gpt, tmp_path: Path, args: list[str], words: str) -> None:

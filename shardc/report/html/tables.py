@@ -90,7 +90,6 @@ def _stages(plan: PlanData) -> str:
     )
     rows = []
     for st in plan.stages:
-        first, last = st.blocks
         cap = st.capacity_bytes
         share = st.memory_bytes / cap if cap else 0.0
         domain = st.tp_domain_bandwidth
@@ -101,7 +100,7 @@ def _stages(plan: PlanData) -> str:
             f'<td class="num">{_swatch(_stage_colour(st.index))}{st.index}</td>'
             f"<td>{escape(st.kind)}</td>"
             f'<td class="num">{st.tp}</td>'
-            f"<td>{first}–{last}</td>"
+            f"<td>{escape(st.held)}</td>"
             f"<td>{escape(str(st.recompute) + (' +SP' if st.sequence_parallel else ''))}</td>"
             f'<td class="num">{escape(_seconds(st.seconds))}</td>'
             f"<td>{_bar(share)}{escape(memory)}</td>"
