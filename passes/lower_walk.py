@@ -20,6 +20,7 @@ travels as sequence shards instead, rank t's to rank t. Weights are cut by
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,8 @@ class Walk(WeightViews, NodeRewrites):
                 self.lazy[node.outputs[0]] = node
         self.pieces = self._fused()
         self.experts = ExpertEmitter(self)
+        self.boundary = boundary_layouts(state, tp)
+        """Graph inputs and outputs held split at the program's edge (the KV cache)."""
 
     # -- naming -----------------------------------------------------------------------
     def _name(self, base: str, what: str) -> str:
@@ -215,6 +218,10 @@ class Walk(WeightViews, NodeRewrites):
                 continue
             if v in graph.inputs:
                 self.t.inputs.append(v)
+                if v in self.boundary:  # fed as this rank's shard: no Slice, no traffic
+                    self._local_type(v)
+                    self.copies[v][self.boundary[v]] = v
+                    continue
             elif v in self.cross:
                 src = self.cross[v][0]
                 layout = self.shards.get(v)
@@ -269,7 +276,10 @@ class Walk(WeightViews, NodeRewrites):
                     continue
                 self.copies[out][self.res.layouts.get(out) or self._whole(out)] = local
                 if out in graph.outputs:
-                    whole = self.get(out, self._whole(out))
+                    keep = self.boundary.get(out) or self._whole(out)
+                    if out in self.boundary:
+                        self._local_type(out)
+                    whole = self.get(out, keep)
                     if whole != out:
                         self._emit(helper.make_node("Identity", [whole], [out], name=f"{out}__out"))
                     self.t.outputs.append(out)
@@ -284,6 +294,16 @@ class Walk(WeightViews, NodeRewrites):
                     self.t.inputs.append(out)
                 self.t.outputs.append(out)
         return self.t
+
+    def _local_type(self, v: str) -> None:
+        """Record the shape this rank's program declares for boundary value ``v``."""
+        t = self.graph.values[v].type
+        assert t is not None and t.shape is not None
+        dim = self.boundary[v].dim_of("tp")
+        shape = list(t.shape)
+        if dim is not None:
+            shape[dim] = shape[dim] // self.tp
+        self.t.local_shapes[v] = tuple(shape)
 
     def _bytes(self, v: str) -> float:
         """Size of ``v`` as the plan prices it (``--dtype``): for the timeline's transfer
@@ -352,6 +372,40 @@ def _after(layout: TensorSharding, step: Reshard) -> TensorSharding:
     if step.dst_dim is not None:
         dims[step.dst_dim] = step.axis
     return TensorSharding(tuple(dims), partial)
+
+
+KV_METADATA = "shardc.kv_cache"
+"""Model metadata naming the KV-cache inputs/outputs of a serving phase graph (written by
+:mod:`shardc.synth.cache` and :mod:`shardc.frontend.kv_export`)."""
+
+
+def boundary_layouts(state: CompileState, tp: int) -> dict[str, TensorSharding]:
+    """The layout each KV-cache input and output keeps at a rank's program edge.
+
+    Why: a decode step reads the cache the prefill (or the previous step) wrote, on the
+    same rank. Gathering a head-split cache whole at every output and slicing it again at
+    every input would move the whole cache each step; instead each rank's program reads
+    and writes only its heads (the entry's ``heads_axis`` split over ``tp`` contiguous
+    blocks, as the weights' heads are), so rank r's present cache is rank r's next past
+    cache. An entry without a heads axis (MLA's latent), or whose heads do not divide by
+    ``tp``, stays whole on every rank.
+    """
+    record = dict(state.model.metadata).get(KV_METADATA)
+    if record is None or tp == 1:
+        return {}
+    out: dict[str, TensorSharding] = {}
+    values = state.graph.values
+    for entry in json.loads(record)["entries"]:
+        axis = entry.get("heads_axis")
+        for role in ("past", "present"):
+            name = entry[role]
+            t = values[name].type if name in values else None
+            if axis is None or t is None or t.shape is None:
+                continue
+            size = t.shape[axis]
+            if isinstance(size, int) and size % tp == 0:
+                out[name] = TensorSharding.split(len(t.shape), axis, "tp")
+    return out
 
 
 def reads(node: Any, graph: Any) -> list[str]:

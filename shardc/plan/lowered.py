@@ -79,6 +79,8 @@ class Template:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     weight_bytes: int = 0
+    local_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Inputs/outputs this rank holds a shard of (the KV cache), by their local shape."""
 
     @property
     def comm_nodes(self) -> list[tuple[int, PendingComm]]:
