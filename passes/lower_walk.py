@@ -20,7 +20,6 @@ travels as sequence shards instead, rank t's to rank t. Weights are cut by
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from shardc.passes.precision import priced_graph
 from shardc.plan.lowered import PendingComm, Template
 from shardc.plan.program import DOMAIN
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard
+from shardc.strategy.resolve import pinned_layouts
 
 if TYPE_CHECKING:
     from shardc.pipeline import CompileState
@@ -87,8 +87,9 @@ class Walk(WeightViews, NodeRewrites):
                 self.lazy[node.outputs[0]] = node
         self.pieces = self._fused()
         self.experts = ExpertEmitter(self)
-        self.boundary = boundary_layouts(state, tp)
-        """Graph inputs and outputs held split at the program's edge (the KV cache)."""
+        self.boundary = pinned_layouts(self.graph, self.table, {"tp": tp}) if tp > 1 else {}
+        """Graph inputs and outputs held split at the program's edge (the KV cache, see
+        :func:`~shardc.strategy.table.kv_pins`): each rank reads and writes its heads."""
 
     # -- naming -----------------------------------------------------------------------
     def _name(self, base: str, what: str) -> str:
@@ -267,7 +268,8 @@ class Walk(WeightViews, NodeRewrites):
                 outs = list(node.outputs)
                 for k, out in enumerate(outs):
                     layout = self.res.layouts.get(out) if out else None
-                    if out in graph.outputs and layout is not None and not layout.is_replicated:
+                    split = layout is not None and not layout.is_replicated
+                    if out in graph.outputs and (split or out in self.boundary):
                         outs[k] = f"{out}__local"
                 self._node(node, strat, ins, outs)
             self.t.steps.append(("node", name))
@@ -372,40 +374,6 @@ def _after(layout: TensorSharding, step: Reshard) -> TensorSharding:
     if step.dst_dim is not None:
         dims[step.dst_dim] = step.axis
     return TensorSharding(tuple(dims), partial)
-
-
-KV_METADATA = "shardc.kv_cache"
-"""Model metadata naming the KV-cache inputs/outputs of a serving phase graph (written by
-:mod:`shardc.synth.cache` and :mod:`shardc.frontend.kv_export`)."""
-
-
-def boundary_layouts(state: CompileState, tp: int) -> dict[str, TensorSharding]:
-    """The layout each KV-cache input and output keeps at a rank's program edge.
-
-    Why: a decode step reads the cache the prefill (or the previous step) wrote, on the
-    same rank. Gathering a head-split cache whole at every output and slicing it again at
-    every input would move the whole cache each step; instead each rank's program reads
-    and writes only its heads (the entry's ``heads_axis`` split over ``tp`` contiguous
-    blocks, as the weights' heads are), so rank r's present cache is rank r's next past
-    cache. An entry without a heads axis (MLA's latent), or whose heads do not divide by
-    ``tp``, stays whole on every rank.
-    """
-    record = dict(state.model.metadata).get(KV_METADATA)
-    if record is None or tp == 1:
-        return {}
-    out: dict[str, TensorSharding] = {}
-    values = state.graph.values
-    for entry in json.loads(record)["entries"]:
-        axis = entry.get("heads_axis")
-        for role in ("past", "present"):
-            name = entry[role]
-            t = values[name].type if name in values else None
-            if axis is None or t is None or t.shape is None:
-                continue
-            size = t.shape[axis]
-            if isinstance(size, int) and size % tp == 0:
-                out[name] = TensorSharding.split(len(t.shape), axis, "tp")
-    return out
 
 
 def reads(node: Any, graph: Any) -> list[str]:

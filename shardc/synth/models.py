@@ -191,3 +191,22 @@ def _lm_head(g: GraphBuilder, h: str, res: Resolved, table: str) -> None:
         else:
             w = g.matrix("weight", [res.hidden, res.vocab], EMBED_INIT, quantize=False)
         g.op("MatMul", [h, w], output_name="logits")
+
+
+def build_phases(arch: str, config: SynthConfig, decode_file: str, *,
+                 context: int | None = None, with_weights: bool = False,
+                 seed: int = 0) -> tuple[ModelProto, ModelProto]:
+    """The serving phase pair of ``arch``: the prefill graph, its ``shardc.kv_cache``
+    metadata naming ``decode_file`` (where the caller saves the decode graph, beside it),
+    and the decode-step graph; same weights (see :mod:`shardc.synth.cache`).
+    """
+    prefill = build(arch, config, with_weights=with_weights, seed=seed, phase="prefill",
+                    context=context)
+    decode = build(arch, config, with_weights=with_weights, seed=seed, phase="decode",
+                   context=context)
+    for prop in prefill.metadata_props:
+        if prop.key == KV_METADATA:
+            record = json.loads(prop.value)
+            record["decode"] = decode_file
+            prop.value = json.dumps(record, sort_keys=True)
+    return prefill, decode

@@ -1,0 +1,211 @@
+"""``shardc verify`` of a serving plan's programs: a prefill, then decode steps, sharded.
+
+Why a generation and not one forward: the serving programs are only right if the cache
+each rank writes is the cache the next program on that rank reads. So the check runs what
+a server runs: every prefill rank's program on the prompt, the hand-off of each rank's
+present K/V to the decode ranks (direct when both phases split it alike, else re-laid:
+joined along its heads axis, split again), then ``steps`` decode steps, each rank's
+updated cache fed back to its next step. onnxruntime runs the original prefill and
+decode graphs the same way with whole caches. Both sides get the same tokens: each step
+feeds the reference's greedy token, so a near-tie in the logits cannot fork the two runs
+(whether the sharded run would have picked the same token is reported per step).
+
+Tolerance: a step passes when the largest absolute error of its logits, over every rank
+that outputs them, is at most ``rtol`` times the largest reference magnitude (``RTOL`` by
+dtype, fp32 1e-5: sharding reorders sums); the cache after the last step is compared the
+same way, each rank's shard against the matching slice of the reference cache.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from shardc.emit.program import cpu_session
+from shardc.errors import ModelError, OptionError
+from shardc.runtime.inprocess import run_programs
+from shardc.runtime.plandir import PlanDir
+from shardc.runtime.program import RankProgram
+from shardc.runtime.verify_report import RTOL
+
+PROGRAMS = "programs.json"
+
+Arrays = dict[str, np.ndarray]
+
+
+def programs_folder(path: str | Path) -> Path | None:
+    """The serving programs folder at ``path`` (the folder itself or ``path/programs``)."""
+    for where in (Path(path), Path(path) / "programs"):
+        if (where / PROGRAMS).is_file():
+            return where
+    return None
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """The logits of one step against the original's."""
+
+    step: str
+    position: int
+    max_abs: float
+    max_rel: float
+    tol: float
+    ok: bool
+    same_token: bool
+    """Whether every rank's greedy token equals the reference's."""
+
+
+@dataclass
+class ServingReport:
+    """What :func:`verify_serving` found."""
+
+    folder: str
+    runner: str
+    handoff: str
+    steps: list[StepCheck] = field(default_factory=list)
+    cache_max_rel: float = 0.0
+    cache_ok: bool = True
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every step and the final cache within tolerance."""
+        return self.cache_ok and all(s.ok for s in self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {"folder": self.folder, "runner": self.runner, "handoff": self.handoff,
+                "ok": self.ok, "cache_max_rel": self.cache_max_rel, "cache_ok": self.cache_ok,
+                "steps": [{"step": s.step, "position": s.position, "max_abs": s.max_abs,
+                           "max_rel": s.max_rel, "tol": s.tol, "ok": s.ok,
+                           "same_token": s.same_token} for s in self.steps]}
+
+    def lines(self) -> list[str]:
+        """One line per step, then the cache and the verdict."""
+        out = [f"{s.step:<9} position {s.position:>4}: logits max abs err {s.max_abs:.3g}, "
+               f"rel {s.max_rel:.3g} (tol {s.tol:g}) {'ok' if s.ok else 'MISMATCH'}"
+               f"{'' if s.same_token else ', greedy token differs'}" for s in self.steps]
+        out.append(f"KV cache after the last step: max rel err {self.cache_max_rel:.3g} "
+                   f"{'ok' if self.cache_ok else 'MISMATCH'}; hand-off {self.handoff}")
+        return out
+
+
+class _Phase:
+    """One phase's rank programs and its original graph."""
+
+    def __init__(self, root: Path, phase: str, info: Mapping[str, Any]):
+        self.folder = PlanDir(root / info["folder"])
+        self.programs = {r: RankProgram(self.folder.device_model(r), r)
+                         for r in range(self.folder.world_size)}
+        path = Path(info["graph"]["path"])
+        if not path.is_file():
+            raise OptionError(f"{root}: the original {phase} graph {str(path)!r} is not on disk")
+        try:
+            self.original = onnx.load(str(path))
+        except Exception as exc:  # protobuf decode errors have no common base
+            raise ModelError(f"cannot load ({str(exc).splitlines()[0]})", where=str(path)) from None
+        self.session = cpu_session(self.original, log_level=3)
+
+    def run(self, feeds: Mapping[int, Arrays]) -> dict[int, Arrays]:
+        """Every rank's program on its own feeds (in-process collectives)."""
+        return run_programs(self.programs, feeds)
+
+    def reference(self, feeds: Arrays) -> Arrays:
+        """The original graph on whole inputs."""
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds), strict=True))
+
+
+def _shard(whole: np.ndarray, layout: Mapping[str, int] | None, rank: int) -> np.ndarray:
+    if layout is None:
+        return whole
+    return np.split(whole, layout["parts"], axis=layout["axis"])[rank]
+
+
+def _join(shards: Sequence[np.ndarray], layout: Mapping[str, int] | None) -> np.ndarray:
+    return shards[0] if layout is None else np.concatenate(shards, axis=layout["axis"])
+
+
+def _compare(got: Mapping[int, Arrays], want: np.ndarray, rtol: float) -> tuple[float, float, bool]:
+    """Largest error of every rank's ``logits`` against ``want``, and the greedy agreement."""
+    outs = [o["logits"] for o in got.values() if "logits" in o]
+    if not outs:
+        raise OptionError("no rank of the programs outputs logits")
+    scale = float(np.abs(want).max()) or 1.0
+    err = max(float(np.abs(o.astype(np.float64) - want).max()) for o in outs)
+    same = all(np.array_equal(o[:, -1].argmax(-1), want[:, -1].argmax(-1)) for o in outs)
+    return err, err / scale, same
+
+
+def verify_serving(path: str | Path, *, steps: int = 4, seed: int = 0,
+                   rtol: float | None = None) -> ServingReport:
+    """Run the serving programs at ``path``: a prefill and ``steps`` decode steps, all
+    ranks in this process, against onnxruntime on the original graphs (module doc).
+    """
+    root = programs_folder(path)
+    if root is None:
+        raise OptionError(f"{path}: no {PROGRAMS} (not a serving plan with programs)")
+    index = json.loads((root / PROGRAMS).read_text())
+    start = time.perf_counter()
+    pre = _Phase(root, "prefill", index["phases"]["prefill"])
+    dec = _Phase(root, "decode", index["phases"]["decode"])
+    ids_info = pre.session.get_inputs()[0]
+    batch, prompt = (int(d) for d in ids_info.shape)
+    context = int(index["context"])
+    if steps < 1 or prompt + steps > context:
+        raise OptionError(f"--steps {steps}: the cache holds {context} rows, the prompt "
+                          f"{prompt}: use 1..{context - prompt}")
+    vocab = int(pre.session.get_outputs()[0].shape[-1])
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(batch, prompt), dtype=np.int64)
+    report = ServingReport(str(root), "in-process", index["handoff"])
+    cache = index["cache"]
+
+    got = pre.run({r: {"input_ids": ids} for r in pre.programs})
+    ref = pre.reference({"input_ids": ids})
+    tol = rtol if rtol is not None else RTOL.get(ref["logits"].dtype, 0.0)
+    report.steps.append(_check("prefill", prompt - 1, got, ref["logits"], tol))
+    past: dict[int, Arrays] = {r: {} for r in dec.programs}
+    for e in cache:  # the hand-off: direct when both phases split alike, else re-laid
+        shards = [got[r][e["present"]] for r in sorted(got)]
+        if e.get("prefill") == e.get("decode") and len(shards) == len(past):
+            for r in past:
+                past[r][e["past"]] = shards[r]
+        else:
+            whole = _join(shards, e.get("prefill"))
+            for r in past:
+                past[r][e["past"]] = _shard(whole, e.get("decode"), r)
+    ref_past = {e["past"]: ref[e["present"]] for e in cache}
+    token = ref["logits"][:, -1:].argmax(-1).astype(np.int64)
+    for k in range(steps):
+        pos = np.array([prompt + k], dtype=np.int64)
+        feeds = {r: {"input_ids": token, index["position"]: pos, **past[r]} for r in past}
+        got = dec.run(feeds)
+        ref = dec.reference({"input_ids": token, index["position"]: pos, **ref_past})
+        report.steps.append(_check(f"decode {k + 1}", prompt + k, got, ref["logits"], tol))
+        past = {r: {e["past"]: got[r][e["present"]] for e in cache} for r in got}
+        ref_past = {e["past"]: ref[e["present"]] for e in cache}
+        token = ref["logits"][:, -1:].argmax(-1).astype(np.int64)
+    worst = 0.0
+    for e in cache:
+        want = ref_past[e["past"]]
+        scale = float(np.abs(want).max()) or 1.0
+        for r in past:
+            mine = _shard(want, e.get("decode"), r)
+            worst = max(worst, float(np.abs(past[r][e["past"]] - mine).max()) / scale)
+    report.cache_max_rel, report.cache_ok = worst, worst <= tol
+    report.wall_seconds = time.perf_counter() - start
+    return report
+
+
+def _check(step: str, position: int, got: Mapping[int, Arrays], want: np.ndarray,
+           tol: float) -> StepCheck:
+    err, rel, same = _compare(got, want, tol)
+    return StepCheck(step, position, err, rel, tol, rel <= tol, same)
