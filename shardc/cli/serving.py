@@ -5,7 +5,9 @@ Thin, like every command: the options become a :class:`~shardc.serving.Workload`
 this module prints both phases, the instances, TTFT/TPOT, tokens/s and the Pareto table
 (or ``--json``: the plan's ``serving`` section, canonical, byte-identical across runs).
 The plan is written as ``OUTDIR/serving.json`` (one atomic file write); until the typed
-Plan carries it, ``compile --mode serving`` writes no plan.json.
+Plan carries it, ``compile --mode serving`` writes no plan.json. A model with a KV cache
+(a phase pair, see :mod:`shardc.serving_build`) also gets ``OUTDIR/programs/``: each
+instance's prefill and decode-step programs per rank.
 """
 
 from __future__ import annotations
@@ -128,12 +130,34 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
     )
     plan = plan_serving(arch, topology, wl, opts)
     text = plan.to_json()
+    programs = _programs(model, topology, topology_path, sets, plan.to_dict(), time_limit, seed)
     write_file(target, text.encode(), force=force)
+    if programs:
+        from shardc.emit.outdir import write_outdir
+
+        write_outdir(outdir / "programs", programs, force=force)
     if as_json:
         sys.stdout.write(text)
         return
     if not quiet:
         _print(plan.to_dict(), f"{model} on {topology_path}", target)
+        if programs:
+            console().print(f"wrote {markup_safe(outdir / 'programs')}: prefill and decode-step "
+                            "programs per rank (shardc verify checks them)")
+
+
+def _programs(model: Path, topology: Any, topology_path: Path, sets: tuple[str, ...],
+              serving: dict[str, Any], time_limit: float, seed: int) -> dict[str, bytes]:
+    """The per-rank prefill and decode programs when MODEL is a phase pair (a prefill
+    graph naming its decode-step graph; :mod:`shardc.serving_build`), else none."""
+    from shardc.cli.options import parse_sets
+    from shardc.serving_build import phase_pair, program_files
+
+    pair = phase_pair(model)
+    if pair is None:
+        return {}
+    record = {"path": str(topology_path), "set": dict(sorted(parse_sets(sets).items()))}
+    return program_files(pair, topology, record, serving, time_limit=time_limit, seed=seed)
 
 
 def _ms(x: float) -> str:
