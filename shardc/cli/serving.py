@@ -149,7 +149,8 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
 def _programs(model: Path, topology: Any, topology_path: Path, sets: tuple[str, ...],
               serving: dict[str, Any], time_limit: float, seed: int) -> dict[str, bytes]:
     """The per-rank prefill and decode programs when MODEL is a phase pair (a prefill
-    graph naming its decode-step graph; :mod:`shardc.serving_build`), else none."""
+    graph naming its decode-step graph; :mod:`shardc.serving_build`), else none.
+    """
     from shardc.cli.options import parse_sets
     from shardc.serving_build import phase_pair, program_files
 

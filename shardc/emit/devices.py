@@ -169,7 +169,8 @@ def _value_info(
     v: Any, extra: Mapping[str, bytes], local: tuple[int, ...] | None = None
 ) -> onnx.ValueInfoProto:
     """The declared type of a program input/output: ``local``'s shape when the rank holds
-    a shard of it (the KV cache), else the value's own."""
+    a shard of it (the KV cache), else the value's own.
+    """
     t = v.type
     if t is None:
         kept = extra.get(f"type/{v.name}")

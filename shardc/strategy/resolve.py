@@ -153,7 +153,8 @@ def pinned_layouts(
     graph: Graph, table: Table, axis_sizes: Mapping[str, int] | None
 ) -> dict[str, TensorSharding]:
     """The table's pinned edge layouts that hold under ``axis_sizes``: a split dim must
-    divide by its axis' degree, else the value stays whole (KV heads fewer than TP)."""
+    divide by its axis' degree, else the value stays whole (KV heads fewer than TP).
+    """
     out = {}
     for v, layout in getattr(table, "pinned", {}).items():
         t = graph.values[v].type

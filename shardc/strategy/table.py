@@ -286,7 +286,8 @@ def build_table(
     graph: Graph, opset: int = 18, pinned: Mapping[str, TensorSharding] | None = None
 ) -> tuple[StrategyTable, list[str]]:
     """Strategies of every node of ``graph``, and the warnings to report; ``pinned``:
-    the layouts fixed at the graph's edge (:func:`kv_pins`)."""
+    the layouts fixed at the graph's edge (:func:`kv_pins`).
+    """
     params = param_values(graph)
     labels: dict[str, tuple[str | None, ...]] = {
         v: input_labels(graph.values[v]) for v in graph.inputs if v not in params

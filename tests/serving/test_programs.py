@@ -71,7 +71,8 @@ def _inputs(path: Path) -> dict[str, list[int]]:
 @pytest.mark.parametrize("arch", ["llama", "moe", "deepseek", "gpt"])
 def test_synth_phases_generate_what_the_full_model_computes(tmp_path: Path, arch: str) -> None:
     """Prefill then 4 cached decode steps give the logits the uncached graph gives for
-    the whole sequence: the cache graphs are the same model."""
+    the whole sequence: the cache graphs are the same model.
+    """
     model = _pair(tmp_path, arch)
     pre = ort.InferenceSession(str(model))
     dec = ort.InferenceSession(str(tmp_path / "m.decode.onnx"))
@@ -94,7 +95,8 @@ def test_synth_phases_generate_what_the_full_model_computes(tmp_path: Path, arch
 
 def test_llama_tp2_cache_is_each_ranks_heads(tmp_path: Path) -> None:
     """TP=2: each rank's programs read and write half the KV heads, no collective touches
-    the cache, and 4 decode steps match onnxruntime on the originals."""
+    the cache, and 4 decode steps match onnxruntime on the originals.
+    """
     index = _programs(_pair(tmp_path, "llama"), tmp_path / "out", 2, 2)
     assert index["handoff"] == "direct"
     assert all(e["prefill"] == e["decode"] == {"axis": 1, "parts": 2} for e in index["cache"])
@@ -108,7 +110,8 @@ def test_llama_tp2_cache_is_each_ranks_heads(tmp_path: Path) -> None:
 
 def test_moe_tp2_runs_its_experts_expert_parallel(tmp_path: Path) -> None:
     """TP=2 on a synth MoE: each rank stores 2 of the 4 experts whole (EP=2) in both
-    phases, and prefill + 4 decode steps match."""
+    phases, and prefill + 4 decode steps match.
+    """
     index = _programs(_pair(tmp_path, "moe"), tmp_path / "out", 2, 2)
     for phase in ("prefill", "decode"):
         m = onnx.load(str(tmp_path / "out" / "programs" / phase / "device_0.onnx"))
@@ -121,7 +124,8 @@ def test_moe_tp2_runs_its_experts_expert_parallel(tmp_path: Path) -> None:
 
 def test_mla_latent_cache_stays_whole_on_every_rank(tmp_path: Path) -> None:
     """DeepSeek-shaped MLA under TP=2: the compressed cache has no heads axis, so every
-    rank holds it whole; the heads are still split and the generation matches."""
+    rank holds it whole; the heads are still split and the generation matches.
+    """
     index = _programs(_pair(tmp_path, "deepseek"), tmp_path / "out", 2, 2)
     assert {e["name"] for e in index["cache"]} == {"latent", "rope_key"}
     assert all(e["prefill"] is None and e["decode"] is None for e in index["cache"])
@@ -139,7 +143,8 @@ def test_handoff_to_a_wider_decode_instance_is_relaid(tmp_path: Path) -> None:
 
 def test_swapped_rank_programs_fail_verification(tmp_path: Path) -> None:
     """The check can fail: decode rank 0 running rank 1's program reads the other heads'
-    cache, and the logits part ways."""
+    cache, and the logits part ways.
+    """
     _programs(_pair(tmp_path, "llama"), tmp_path / "out", 2, 2)
     dec = tmp_path / "out" / "programs" / "decode"
     a, b = dec / "device_0.onnx", dec / "device_1.onnx"
@@ -203,7 +208,8 @@ def hf_llama_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_hf_llama_export_with_cache_tp2(hf_llama_pair: Path, tmp_path: Path) -> None:
     """The exported Hugging Face Llama with past key values, TP=2: its cache split by heads
-    on both phases, prefill + 4 decode steps match onnxruntime on the export."""
+    on both phases, prefill + 4 decode steps match onnxruntime on the export.
+    """
     model = tmp_path / "m.onnx"
     for f in hf_llama_pair.parent.iterdir():
         shutil.copy(f, tmp_path / f.name)

@@ -223,7 +223,8 @@ def moe() -> tuple[Graph, StrategyTable, list[str]]:
 
 def test_moe_expert_weights_split_over_the_tp_group(moe) -> None:
     """Stacked expert weights split along the experts dim over the tensor-parallel group:
-    expert parallelism with EP = TP, as the serving programs run it."""
+    expert parallelism with EP = TP, as the serving programs run it.
+    """
     graph, table, warnings = moe
     assert warnings == []
     experts = [
