@@ -14,12 +14,12 @@ only (Llama/Qwen/GPT-2 shapes): a mixture of experts is refused by name.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from shardc.errors import ModelError
 
+_VIEWS = frozenset({"Reshape", "Identity", "Cast", "Unsqueeze", "Squeeze", "Flatten"})
 _DTYPES = {"FLOAT": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16"}
 
 
@@ -40,8 +40,12 @@ def sizes_from_graph(path: Path) -> dict[str, Any]:
         graph.initializers)
     where = str(path)
     ids = next((i for i in graph.inputs if "ids" in i), graph.inputs[0] if graph.inputs else "")
+    token = {ids}  # the ids and their views (GPT-2's export reshapes them first)
+    for n in graph.nodes:
+        if n.op_type in _VIEWS and n.inputs and n.inputs[0] in token:
+            token.add(n.outputs[0])
     embed = next((n for n in graph.nodes if n.op_type == "Gather" and len(n.inputs) > 1
-                  and n.inputs[1] == ids and n.inputs[0] in weights), None)
+                  and n.inputs[1] in token and n.inputs[0] in weights), None)
     table = _shape(graph, embed.inputs[0]) if embed is not None else None
     if table is None or len(table) != 2:
         raise ModelError("no token embedding (a Gather of a weight by the token ids) found",
@@ -59,19 +63,17 @@ def sizes_from_graph(path: Path) -> dict[str, Any]:
         raise ModelError("a mixture-of-experts export: its expert sizes are not read from the "
                          "graph yet", where=where,
                          hint="build the model with `shardc synth moe` or `deepseek`")
-    widths: Counter[int] = Counter()
-    for n in graph.nodes:
-        if n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] in weights:
-            w = _shape(graph, n.inputs[1])
-            if w is not None and len(w) == 2 and w[0] == hidden and w[1] != vocab:
-                widths[w[1]] += 1
+    mats = [w for n in graph.nodes
+            if n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 and n.inputs[1] in weights
+            and (w := _shape(graph, n.inputs[1])) is not None and len(w) == 2]
+    widths = {w[1] for w in mats if w[0] == hidden and w[1] != vocab}
     kv_width = min((w for w in widths if w % head_dim == 0), default=heads * head_dim)
     kv_heads = min(heads, kv_width // head_dim)
     for out in graph.outputs:  # a KV cache output [B, kv_heads, rows, head_dim] says it best
         s = _shape(graph, out)
         if out.startswith("present.") and s is not None and len(s) == 4 and s[3] == head_dim:
             kv_heads = s[1]
-    ffn = max((w for w in widths if w not in (heads * head_dim, kv_heads * head_dim)),
+    ffn = max((w[0] for w in mats if w[1] == hidden and w[0] != heads * head_dim),
               default=4 * hidden)
     logits = graph.values[graph.outputs[0]].type
     dtype = _DTYPES.get(logits.dtype.name if logits is not None else "", "bf16")

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from shardc.cli.main import cli
 from shardc.emit.outdir import write_outdir
 from shardc.runtime.serving_verify import verify_serving
+from shardc.serving import from_onnx
 from shardc.serving_build import phase_pair, program_files
 from shardc.synth import SynthConfig, build, build_phases, save
 from shardc.topology import load_topology
@@ -213,6 +214,8 @@ def test_hf_llama_export_with_cache_tp2(hf_llama_pair: Path, tmp_path: Path) -> 
     model = tmp_path / "m.onnx"
     for f in hf_llama_pair.parent.iterdir():
         shutil.copy(f, tmp_path / f.name)
+    sizes = from_onnx(model)  # no synth metadata: read from the graph
+    assert (sizes.layers, sizes.heads, sizes.kv_heads, sizes.ffn) == (2, 4, 2, 128)
     index = _programs(model, tmp_path / "out", 2, 2)
     assert index["handoff"] == "direct" and len(index["cache"]) == 4
     assert all(e["decode"] == {"axis": 1, "parts": 2} for e in index["cache"])
