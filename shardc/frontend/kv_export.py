@@ -118,6 +118,7 @@ def export_phases(model: Any, prefill_path: Path, *, batch: int, prompt: int,
             program = torch.onnx.export(module, args, dynamo=True, opset_version=18,
                                         input_names=inputs, output_names=["logits", *present],
                                         verbose=False)
+            assert program is not None, "the dynamo exporter returns a program"
             program.save(str(path))
             proto = onnx.load(str(path))
             record = {"phase": phase, "context": context, "batch": batch,
