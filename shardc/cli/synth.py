@@ -64,6 +64,9 @@ def _size(n: float, unit: str = "B") -> str:
 @click.option("--v-head-dim", type=int, help="MLA per-head value width (deepseek). [128]")
 @click.option("--route-groups", type=int, help="Node-limited routing: groups a token's experts "
               "may span, recorded for serving plans (deepseek). [4]")
+@click.option("--expert-groups", type=int, help="Group-limited routing in the graph: routed "
+              "experts in this many groups, a token's top-k taken within its --route-groups "
+              "best groups, as DeepSeek-V3 routes (deepseek; V3: 8). [0: off]")
 @click.option("--vocab", type=int, help="Vocabulary size. [gpt: 50257; deepseek: 129280; "
               "else 32000]")
 @click.option("--seq", type=int, help="Sequence length; symbolic 'seq' if omitted.")

@@ -37,7 +37,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "moe": dict(kv_heads=2, ffn=32, experts=4, top_k=2, capacity_factor=2.0),
     "deepseek": dict(ffn=32, experts=4, top_k=2, dense_layers=1, dense_ffn=96, q_lora_rank=16,
                      kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16,
-                     shared_experts=1, capacity_factor=2.0),
+                     shared_experts=1, capacity_factor=2.0, expert_groups=2, route_groups=1),
     "gpt": {},
 }
 CONTEXT = 12
@@ -92,6 +92,32 @@ def test_synth_phases_generate_what_the_full_model_computes(tmp_path: Path, arch
         cache = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, feeds), strict=True))
     want = full.run(None, {"input_ids": seq})[0][:, -1]
     assert np.abs(cache["logits"][:, 0] - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_group_limited_routing_keeps_a_tokens_experts_in_its_best_groups() -> None:
+    """DeepSeek-V3's node-limited routing: with 4 groups of 2 experts and 1 group per token,
+    each token's top-2 experts share a group; with every group allowed, the router is the
+    ungrouped one (same experts, same logits)."""
+    from onnx import TensorProto, helper
+
+    cfg = {**BASE, **SIZES["deepseek"], "experts": 8, "capacity_factor": 4.0}
+    ids = np.random.default_rng(0).integers(0, 128, (2, 6))
+
+    def run(groups: int | None, route: int) -> tuple[np.ndarray, np.ndarray]:
+        m = build("deepseek", SynthConfig(**{**cfg, "expert_groups": groups,
+                                             "route_groups": route}), with_weights=True)
+        m.graph.output.append(helper.make_tensor_value_info(
+            "layers.1.moe.topk.indices", TensorProto.INT64, None))
+        logits, chosen = ort.InferenceSession(m.SerializeToString()).run(
+            None, {"input_ids": ids})
+        return logits, chosen
+
+    free_logits, free = run(None, 4)
+    _, limited = run(4, 1)
+    all_logits, every = run(4, 4)
+    assert max(len(set(r)) for r in (free // 2).reshape(-1, 2)) == 2  # free routing spans 2
+    assert all(len(set(r)) == 1 for r in (limited // 2).reshape(-1, 2))
+    assert (every == free).all() and np.array_equal(all_logits, free_logits)
 
 
 def test_llama_tp2_cache_is_each_ranks_heads(tmp_path: Path) -> None:
