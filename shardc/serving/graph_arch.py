@@ -32,7 +32,8 @@ def _shape(graph: Any, v: str) -> tuple[int, ...] | None:
 
 def sizes_from_graph(path: Path) -> dict[str, Any]:
     """A ``shardc synth``-style config dict (see :func:`~shardc.serving.arch.from_synth_config`)
-    of the dense decoder at ``path``, read from its graph (module doc)."""
+    of the dense decoder at ``path``, read from its graph (module doc).
+    """
     from shardc.frontend import load_model
 
     graph = load_model(str(path)).graph

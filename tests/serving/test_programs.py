@@ -97,7 +97,8 @@ def test_synth_phases_generate_what_the_full_model_computes(tmp_path: Path, arch
 def test_group_limited_routing_keeps_a_tokens_experts_in_its_best_groups() -> None:
     """DeepSeek-V3's node-limited routing: with 4 groups of 2 experts and 1 group per token,
     each token's top-2 experts share a group; with every group allowed, the router is the
-    ungrouped one (same experts, same logits)."""
+    ungrouped one (same experts, same logits).
+    """
     from onnx import TensorProto, helper
 
     cfg = {**BASE, **SIZES["deepseek"], "experts": 8, "capacity_factor": 4.0}
