@@ -100,8 +100,8 @@ def program_files(
                 f"{phase} instance has {inst['pp']} pipeline stages: its programs are "
                 "written for pp=1 only", hint="pin the phase's pp=1 (--pin pp=1)")
         tp = int(inst["tp"])
-        options = PlanOptions(mode="inference", pins=(f"tp={tp},pp=1,dp=1",),
-                              time_limit=time_limit, seed=seed)
+        pins = f"tp={tp},pp=1,dp=1,kind={inst['kind']}"  # one TP group of the instance's kind
+        options = PlanOptions(mode="inference", pins=(pins,), time_limit=time_limit, seed=seed)
         built = build(Inputs(path, {"path": str(path)}, topology, topology_record), options,
                       emit=True)
         phases[phase] = built.files

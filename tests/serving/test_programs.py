@@ -56,8 +56,8 @@ def _programs(model: Path, out: Path, tp_prefill: int, tp_decode: int) -> dict[s
     pair = phase_pair(model)
     assert pair is not None
     serving = {"instances": [
-        {"role": "prefill", "tp": tp_prefill, "pp": 1, "ep": tp_prefill, "kind": "cpu"},
-        {"role": "decode", "tp": tp_decode, "pp": 1, "ep": tp_decode, "kind": "cpu"}]}
+        {"role": "prefill", "tp": tp_prefill, "pp": 1, "ep": tp_prefill, "kind": "cpu_share"},
+        {"role": "decode", "tp": tp_decode, "pp": 1, "ep": tp_decode, "kind": "cpu_share"}]}
     topology = load_topology(TOPO, {"devices": 4})
     write_outdir(out / "programs", program_files(pair, topology, {"path": str(TOPO)}, serving))
     index: dict[str, Any] = json.loads((out / "programs" / "programs.json").read_text())
@@ -159,6 +159,17 @@ def test_mla_latent_cache_stays_whole_on_every_rank(tmp_path: Path) -> None:
     assert all(e["prefill"] is None and e["decode"] is None for e in index["cache"])
     report = verify_serving(tmp_path / "out", steps=4)
     assert report.ok, report.lines()
+
+
+def test_programs_are_byte_identical_across_runs(tmp_path: Path) -> None:
+    model = _pair(tmp_path, "llama")
+    _programs(model, tmp_path / "a", 2, 2)
+    _programs(model, tmp_path / "b", 2, 2)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
+                   if p.is_file())
+    assert len(files) > 10
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
 
 def test_handoff_to_a_wider_decode_instance_is_relaid(tmp_path: Path) -> None:
