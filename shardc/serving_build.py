@@ -76,6 +76,18 @@ def _instance(serving: Mapping[str, Any], phase: str) -> Mapping[str, Any]:
     raise OptionError(f"the serving plan has no instance that runs {phase}")
 
 
+def refusal(serving: Mapping[str, Any]) -> str | None:
+    """Why the instances of ``serving`` get no programs (a phase with pipeline stages), or
+    None: the plan is still written, the programs are not.
+    """
+    for phase in ("prefill", "decode"):
+        inst = _instance(serving, phase)
+        if inst["pp"] > 1:
+            return (f"the {phase} instance has {inst['pp']} pipeline stages and programs are "
+                    "lowered for pp=1 only (pin pp=1 to get them)")
+    return None
+
+
 def program_files(
     pair: tuple[Path, Path],
     topology: Any,
@@ -95,10 +107,9 @@ def program_files(
     meta: dict[str, Any] = {}
     for phase, path in zip(("prefill", "decode"), pair, strict=True):
         inst = _instance(serving, phase)
-        if inst["pp"] > 1:
-            raise OptionError(
-                f"{phase} instance has {inst['pp']} pipeline stages: its programs are "
-                "written for pp=1 only", hint="pin the phase's pp=1 (--pin pp=1)")
+        why = refusal(serving)
+        if why is not None:
+            raise OptionError(f"no serving programs: {why}")
         tp = int(inst["tp"])
         pins = f"tp={tp},pp=1,dp=1,kind={inst['kind']}"  # one TP group of the instance's kind
         options = PlanOptions(mode="inference", pins=(pins,), time_limit=time_limit, seed=seed)

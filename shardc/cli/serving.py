@@ -130,12 +130,19 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
     )
     plan = plan_serving(arch, topology, wl, opts)
     text = plan.to_json()
-    programs = _programs(model, topology, topology_path, sets, plan.to_dict(), time_limit, seed)
+    programs, skipped = _programs(model, topology, topology_path, sets, plan.to_dict(),
+                                  time_limit, seed)
     write_file(target, text.encode(), force=force)
     if programs:
         from shardc.emit.outdir import write_outdir
 
         write_outdir(outdir / "programs", programs, force=force)
+    elif (outdir / "programs" / "programs.json").is_file():  # an earlier run's: now stale
+        import shutil
+
+        shutil.rmtree(outdir / "programs")
+    if skipped:
+        click.echo(f"shardc: no programs written: {skipped}", err=True)
     if as_json:
         sys.stdout.write(text)
         return
@@ -147,18 +154,24 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
 
 
 def _programs(model: Path, topology: Any, topology_path: Path, sets: tuple[str, ...],
-              serving: dict[str, Any], time_limit: float, seed: int) -> dict[str, bytes]:
+              serving: dict[str, Any], time_limit: float,
+              seed: int) -> tuple[dict[str, bytes], str | None]:
     """The per-rank prefill and decode programs when MODEL is a phase pair (a prefill
-    graph naming its decode-step graph; :mod:`shardc.serving_build`), else none.
+    graph naming its decode-step graph; :mod:`shardc.serving_build`), else none; and why
+    a phase pair got none.
     """
     from shardc.cli.options import parse_sets
-    from shardc.serving_build import phase_pair, program_files
+    from shardc.serving_build import phase_pair, program_files, refusal
 
     pair = phase_pair(model)
     if pair is None:
-        return {}
+        return {}, None
+    why = refusal(serving)
+    if why is not None:
+        return {}, why
     record = {"path": str(topology_path), "set": dict(sorted(parse_sets(sets).items()))}
-    return program_files(pair, topology, record, serving, time_limit=time_limit, seed=seed)
+    files = program_files(pair, topology, record, serving, time_limit=time_limit, seed=seed)
+    return files, None
 
 
 def _ms(x: float) -> str:

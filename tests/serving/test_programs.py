@@ -222,6 +222,15 @@ def test_cli_compile_serving_writes_programs_and_verify_checks_them(tmp_path: Pa
     assert run.exit_code == 2 and "--steps 9" in run.output
 
 
+def test_pipelined_instances_get_no_programs_and_say_why() -> None:
+    from shardc.serving_build import refusal
+
+    inst = {"role": "aggregated", "tp": 2, "pp": 1, "ep": 2, "kind": "cpu_share"}
+    assert refusal({"instances": [inst]}) is None
+    why = refusal({"instances": [{**inst, "pp": 2}]})
+    assert why is not None and "prefill instance has 2 pipeline stages" in why
+
+
 def test_the_decode_graph_is_refused_as_a_serving_model(tmp_path: Path) -> None:
     _pair(tmp_path, "llama")
     run = CliRunner().invoke(cli, [
