@@ -82,7 +82,7 @@ def verify_cmd(
     from shardc.runtime.verify import verify
 
     if not (outdir / "plan.json").is_file() and programs_folder(outdir) is not None:
-        _verify_serving(outdir, procs, inputs, rtol, seed, steps, as_json)
+        _verify_serving(outdir, procs, inputs, rtol, seed, steps, timeout, as_json)
         return
 
     report = verify(outdir, inputs, procs=procs, model=model, rtol=rtol, seed=seed, timeout=timeout)
@@ -102,15 +102,15 @@ def verify_cmd(
 
 
 def _verify_serving(outdir: Path, procs: bool, inputs: Path | None, rtol: float | None,
-                    seed: int, steps: int, as_json: bool) -> None:
-    """A serving plan's programs: prefill and decode steps (in-process)."""
+                    seed: int, steps: int, timeout: float, as_json: bool) -> None:
+    """A serving plan's programs: prefill and decode steps (in-process, or --procs)."""
     from shardc.errors import OptionError
     from shardc.runtime.serving_verify import verify_serving
 
-    if procs or inputs is not None:
-        flag = "--procs" if procs else "--inputs"
-        raise OptionError(f"{flag}: serving programs are verified in-process on seeded prompts")
-    report = verify_serving(outdir, steps=steps, seed=seed, rtol=rtol)
+    if inputs is not None:
+        raise OptionError("--inputs: serving programs are verified on seeded prompts")
+    report = verify_serving(outdir, steps=steps, seed=seed, rtol=rtol, procs=procs,
+                            timeout=timeout)
     if as_json:
         sys.stdout.write(jsonutil.dumps(report.to_json()))
     else:

@@ -145,9 +145,11 @@ def _compare(got: Mapping[int, Arrays], want: np.ndarray, rtol: float) -> tuple[
 
 
 def verify_serving(path: str | Path, *, steps: int = 4, seed: int = 0,
-                   rtol: float | None = None) -> ServingReport:
+                   rtol: float | None = None, procs: bool = False,
+                   timeout: float = 120.0) -> ServingReport:
     """Run the serving programs at ``path``: a prefill and ``steps`` decode steps, all
-    ranks in this process, against onnxruntime on the original graphs (module doc).
+    ranks in this process (or one process per rank over torch.distributed with
+    ``procs``), against onnxruntime on the original graphs (module doc).
     """
     root = programs_folder(path)
     if root is None:
@@ -156,22 +158,76 @@ def verify_serving(path: str | Path, *, steps: int = 4, seed: int = 0,
     start = time.perf_counter()
     pre = _Phase(root, "prefill", index["phases"]["prefill"])
     dec = _Phase(root, "decode", index["phases"]["decode"])
-    ids_info = pre.session.get_inputs()[0]
-    batch, prompt = (int(d) for d in ids_info.shape)
+    batch, prompt = (int(d) for d in pre.session.get_inputs()[0].shape)
     context = int(index["context"])
     if steps < 1 or prompt + steps > context:
         raise OptionError(f"--steps {steps}: the cache holds {context} rows, the prompt "
                           f"{prompt}: use 1..{context - prompt}")
     vocab = int(pre.session.get_outputs()[0].shape[-1])
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, size=(batch, prompt), dtype=np.int64)
-    report = ServingReport(str(root), "in-process", index["handoff"])
-    cache = index["cache"]
+    ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, prompt), dtype=np.int64)
+    want, tokens, final = _reference(pre, dec, index, ids, steps)
+    positions = np.arange(prompt, prompt + steps, dtype=np.int64)
+    if procs:
+        if len(pre.programs) != len(dec.programs) or index["handoff"] != "direct":
+            raise OptionError(f"--procs: the prefill ({len(pre.programs)} ranks) and decode "
+                              f"({len(dec.programs)} ranks) programs hand the cache off "
+                              "re-laid; that runs in-process only (drop --procs)")
+        from shardc.runtime.launch import run_processes
 
-    got = pre.run({r: {"input_ids": ids} for r in pre.programs})
+        result = run_processes(root, {(0, 0): {"ids": ids, "tokens": tokens,
+                                               "positions": positions}},
+                               timeout=timeout, worker="shardc.runtime.serving_worker",
+                               world=len(pre.programs))
+        got = result.outputs
+        runner = f"{len(got)} processes, torch.distributed"
+    else:
+        got = _inprocess(pre, dec, index, ids, tokens, positions)
+        runner = "in-process"
+    report = ServingReport(str(root), runner, index["handoff"])
+    tol = rtol if rtol is not None else RTOL.get(want[0].dtype, 0.0)
+    for k, ref in enumerate(want):
+        mine = {r: {"logits": got[r][k]["logits"]} for r in got if k in got[r]}
+        name = "prefill" if k == 0 else f"decode {k}"
+        report.steps.append(_check(name, prompt - 1 + k, mine, ref, tol))
+    worst = 0.0
+    for e in index["cache"]:
+        whole = final[e["past"]]
+        scale = float(np.abs(whole).max()) or 1.0
+        for r in (r for r in got if steps in got[r]):
+            shard = got[r][steps][f"cache/{e['past']}"]
+            worst = max(worst, float(np.abs(shard - _shard(whole, e.get("decode"), r)).max())
+                        / scale)
+    report.cache_max_rel, report.cache_ok = worst, worst <= tol
+    report.wall_seconds = time.perf_counter() - start
+    return report
+
+
+def _reference(pre: _Phase, dec: _Phase, index: Mapping[str, Any], ids: np.ndarray,
+               steps: int) -> tuple[list[np.ndarray], np.ndarray, Arrays]:
+    """The originals' logits per step, the greedy tokens fed at each decode step
+    ``[steps, B, 1]``, and the final cache."""
+    cache = index["cache"]
     ref = pre.reference({"input_ids": ids})
-    tol = rtol if rtol is not None else RTOL.get(ref["logits"].dtype, 0.0)
-    report.steps.append(_check("prefill", prompt - 1, got, ref["logits"], tol))
+    logits, tokens = [ref["logits"]], []
+    for k in range(steps):
+        token = ref["logits"][:, -1:].argmax(-1).astype(np.int64)
+        pos = np.array([ids.shape[1] + k], dtype=np.int64)
+        past = {e["past"]: ref[e["present"]] for e in cache}
+        ref = dec.reference({"input_ids": token, index["position"]: pos, **past})
+        logits.append(ref["logits"])
+        tokens.append(token)
+    return logits, np.stack(tokens), {e["past"]: ref[e["present"]] for e in cache}
+
+
+def _inprocess(pre: _Phase, dec: _Phase, index: Mapping[str, Any], ids: np.ndarray,
+               tokens: np.ndarray, positions: np.ndarray) -> dict[int, dict[int, Arrays]]:
+    """Every rank's logits per step and final cache (``cache/<past>`` at the last step),
+    all ranks in this process: the layout the process runner returns."""
+    cache = index["cache"]
+    got = pre.run({r: {"input_ids": ids} for r in pre.programs})
+    out: dict[int, dict[int, Arrays]] = {r: {} for r in dec.programs}
+    for r in got:
+        out.setdefault(r, {})[0] = {"logits": got[r]["logits"]}
     past: dict[int, Arrays] = {r: {} for r in dec.programs}
     for e in cache:  # the hand-off: direct when both phases split alike, else re-laid
         shards = [got[r][e["present"]] for r in sorted(got)]
@@ -182,27 +238,17 @@ def verify_serving(path: str | Path, *, steps: int = 4, seed: int = 0,
             whole = _join(shards, e.get("prefill"))
             for r in past:
                 past[r][e["past"]] = _shard(whole, e.get("decode"), r)
-    ref_past = {e["past"]: ref[e["present"]] for e in cache}
-    token = ref["logits"][:, -1:].argmax(-1).astype(np.int64)
-    for k in range(steps):
-        pos = np.array([prompt + k], dtype=np.int64)
-        feeds = {r: {"input_ids": token, index["position"]: pos, **past[r]} for r in past}
-        got = dec.run(feeds)
-        ref = dec.reference({"input_ids": token, index["position"]: pos, **ref_past})
-        report.steps.append(_check(f"decode {k + 1}", prompt + k, got, ref["logits"], tol))
+    for k, token in enumerate(tokens):
+        pos = positions[k:k + 1]
+        got = dec.run({r: {"input_ids": token, index["position"]: pos, **past[r]}
+                       for r in past})
+        for r in got:
+            out[r][k + 1] = {"logits": got[r]["logits"]}
         past = {r: {e["past"]: got[r][e["present"]] for e in cache} for r in got}
-        ref_past = {e["past"]: ref[e["present"]] for e in cache}
-        token = ref["logits"][:, -1:].argmax(-1).astype(np.int64)
-    worst = 0.0
-    for e in cache:
-        want = ref_past[e["past"]]
-        scale = float(np.abs(want).max()) or 1.0
-        for r in past:
-            mine = _shard(want, e.get("decode"), r)
-            worst = max(worst, float(np.abs(past[r][e["past"]] - mine).max()) / scale)
-    report.cache_max_rel, report.cache_ok = worst, worst <= tol
-    report.wall_seconds = time.perf_counter() - start
-    return report
+    last = len(tokens)
+    for r in past:
+        out[r][last].update({f"cache/{name}": v for name, v in past[r].items()})
+    return out
 
 
 def _check(step: str, position: int, got: Mapping[int, Arrays], want: np.ndarray,

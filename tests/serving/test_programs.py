@@ -150,6 +150,23 @@ def test_moe_tp2_runs_its_experts_expert_parallel(tmp_path: Path) -> None:
     assert report.ok, report.lines()
 
 
+def test_moe_ep2_over_gloo_processes(tmp_path: Path) -> None:
+    """The same programs, one process per rank over torch.distributed (gloo): each rank
+    keeps its cache in its own process from the prefill to the last decode step."""
+    _programs(_pair(tmp_path, "moe"), tmp_path / "out", 2, 2)
+    report = verify_serving(tmp_path / "out", steps=3, procs=True)
+    assert report.ok and report.runner.startswith("2 processes"), report.lines()
+    assert len(report.steps) == 4
+
+
+def test_procs_refuse_a_relaid_handoff(tmp_path: Path) -> None:
+    from shardc.errors import OptionError
+
+    _programs(_pair(tmp_path, "llama"), tmp_path / "out", 1, 2)
+    with pytest.raises(OptionError, match="re-laid"):
+        verify_serving(tmp_path / "out", steps=2, procs=True)
+
+
 def test_mla_latent_cache_stays_whole_on_every_rank(tmp_path: Path) -> None:
     """DeepSeek-shaped MLA under TP=2: the compressed cache has no heads axis, so every
     rank holds it whole; the heads are still split and the generation matches.
