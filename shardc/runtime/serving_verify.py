@@ -205,7 +205,8 @@ def verify_serving(path: str | Path, *, steps: int = 4, seed: int = 0,
 def _reference(pre: _Phase, dec: _Phase, index: Mapping[str, Any], ids: np.ndarray,
                steps: int) -> tuple[list[np.ndarray], np.ndarray, Arrays]:
     """The originals' logits per step, the greedy tokens fed at each decode step
-    ``[steps, B, 1]``, and the final cache."""
+    ``[steps, B, 1]``, and the final cache.
+    """
     cache = index["cache"]
     ref = pre.reference({"input_ids": ids})
     logits, tokens = [ref["logits"]], []
@@ -222,7 +223,8 @@ def _reference(pre: _Phase, dec: _Phase, index: Mapping[str, Any], ids: np.ndarr
 def _inprocess(pre: _Phase, dec: _Phase, index: Mapping[str, Any], ids: np.ndarray,
                tokens: np.ndarray, positions: np.ndarray) -> dict[int, dict[int, Arrays]]:
     """Every rank's logits per step and final cache (``cache/<past>`` at the last step),
-    all ranks in this process: the layout the process runner returns."""
+    all ranks in this process: the layout the process runner returns.
+    """
     cache = index["cache"]
     got = pre.run({r: {"input_ids": ids} for r in pre.programs})
     out: dict[int, dict[int, Arrays]] = {r: {} for r in dec.programs}

@@ -152,7 +152,8 @@ def test_moe_tp2_runs_its_experts_expert_parallel(tmp_path: Path) -> None:
 
 def test_moe_ep2_over_gloo_processes(tmp_path: Path) -> None:
     """The same programs, one process per rank over torch.distributed (gloo): each rank
-    keeps its cache in its own process from the prefill to the last decode step."""
+    keeps its cache in its own process from the prefill to the last decode step.
+    """
     _programs(_pair(tmp_path, "moe"), tmp_path / "out", 2, 2)
     report = verify_serving(tmp_path / "out", steps=3, procs=True)
     assert report.ok and report.runner.startswith("2 processes"), report.lines()
