@@ -28,6 +28,8 @@ class Table(Protocol):
     @property
     def free(self) -> frozenset[str]: ...
     @property
+    def pinned(self) -> Mapping[str, TensorSharding]: ...
+    @property
     def follows(self) -> frozenset[str]: ...
     @property
     def by_node(self) -> Mapping[str, tuple[Strategy, ...]]: ...
@@ -156,7 +158,7 @@ def pinned_layouts(
     divide by its axis' degree, else the value stays whole (KV heads fewer than TP).
     """
     out = {}
-    for v, layout in getattr(table, "pinned", {}).items():
+    for v, layout in table.pinned.items():
         t = graph.values[v].type
         if t is None or t.shape is None:
             continue
