@@ -81,7 +81,9 @@ def run_processes(
     ``worker`` is the module each rank runs (the serving programs' worker runs a prefill
     and decode steps; ``plan`` is then the programs folder, ``world`` its ranks).
     """
-    world = world if world is not None else plan.world_size
+    if world is None:
+        assert isinstance(plan, PlanDir), "a programs folder names its world size"
+        world = plan.world_size
     remove_stale_runs()
     with _signals_end_the_run(), _run_folder() as work:
         np.savez(

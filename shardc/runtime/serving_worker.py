@@ -60,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
             out[f"m{k + 1}/logits"] = got["logits"]
             past = {e["past"]: got[e["present"]] for e in cache}
         out.update({f"m{len(tokens)}/cache/{name}": v for name, v in past.items()})
-        np.savez(work / f"out{rank}.npz", **out)  # type: ignore[arg-type]
-        timings = {"compute": [], "comm": [], "order": list(range(len(tokens) + 1))}
+        np.savez(work / f"out{rank}.npz", **out)
+        compute: list[float] = []
+        comm: list[float] = []
         for runner in runners.values():
-            timings["compute"] += runner.program.timings.compute
-            timings["comm"] += runner.program.timings.comm
+            compute += runner.program.timings.compute
+            comm += runner.program.timings.comm
+        timings = {"compute": compute, "comm": comm, "order": list(range(len(tokens) + 1))}
         (work / f"rank{rank}.json").write_text(json.dumps(timings))
         for runner in reversed(list(runners.values())):
             runner.close()
