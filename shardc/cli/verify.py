@@ -81,9 +81,14 @@ def verify_cmd(
     from shardc.runtime.serving_verify import programs_folder
     from shardc.runtime.verify import verify
 
-    if not (outdir / "plan.json").is_file() and programs_folder(outdir) is not None:
+    if programs_folder(outdir) is not None:  # a serving plan with programs/
         _verify_serving(outdir, procs, inputs, rtol, seed, steps, timeout, as_json)
         return
+    if programs_folder(outdir.parent) is not None:
+        from shardc.errors import OptionError
+
+        raise OptionError(f"{outdir} is one phase of a serving plan's programs: its KV cache "
+                          "comes from the other phase", hint=f"verify {outdir.parent}")
 
     report = verify(outdir, inputs, procs=procs, model=model, rtol=rtol, seed=seed, timeout=timeout)
     if as_json:

@@ -238,6 +238,8 @@ def test_cli_compile_serving_writes_programs_and_verify_checks_them(tmp_path: Pa
     assert report["ok"] and [s["step"] for s in report["steps"]][-1] == "decode 5"
     run = CliRunner().invoke(cli, ["verify", str(tmp_path / "out"), "--steps", "9"])
     assert run.exit_code == 2 and "--steps 9" in run.output
+    run = CliRunner().invoke(cli, ["verify", str(tmp_path / "out" / "programs" / "decode")])
+    assert run.exit_code == 2 and "one phase of a serving plan" in run.output
 
 
 def test_pipelined_instances_get_no_programs_and_say_why() -> None:
