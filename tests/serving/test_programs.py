@@ -288,3 +288,21 @@ def test_hf_llama_export_with_cache_tp2(hf_llama_pair: Path, tmp_path: Path) -> 
     assert all(e["decode"] == {"axis": 1, "parts": 2} for e in index["cache"])
     report = verify_serving(tmp_path / "out", steps=4)
     assert report.ok and all(s.same_token for s in report.steps), report.lines()
+
+
+@pytest.mark.slow
+def test_hf_gpt2_export_with_cache_tp2(tmp_path: Path) -> None:
+    """GPT-2 (fused QKV, learned positions) exported with its cache, TP=2 (opt-in: one
+    more pair of exports).
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    import models
+
+    from shardc.frontend.kv_export import export_phases
+
+    model = tmp_path / "m.onnx"
+    export_phases(models.gpt2().inner, model, batch=2, prompt=6, context=CONTEXT, vocab=256)
+    index = _programs(model, tmp_path / "out", 2, 2)
+    assert all(e["decode"] == {"axis": 1, "parts": 2} for e in index["cache"])
+    report = verify_serving(tmp_path / "out", steps=4)
+    assert report.ok, report.lines()
