@@ -155,6 +155,11 @@ def verify_serving(path: str | Path, *, steps: int = 4, seed: int = 0,
     if root is None:
         raise OptionError(f"{path}: no {PROGRAMS} (not a serving plan with programs)")
     index = json.loads((root / PROGRAMS).read_text())
+    for _, info in sorted(index["phases"].items()):
+        if not (root / info["folder"] / "device_0.onnx").is_file():
+            raise OptionError(f"{root / info['folder']}: no device programs to run: the model's "
+                              "weights were declared only", hint="build it with "
+                              "`shardc synth ... --with-weights` (or export real weights)")
     start = time.perf_counter()
     pre = _Phase(root, "prefill", index["phases"]["prefill"])
     dec = _Phase(root, "decode", index["phases"]["decode"])
