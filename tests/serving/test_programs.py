@@ -242,6 +242,18 @@ def test_cli_compile_serving_writes_programs_and_verify_checks_them(tmp_path: Pa
     assert run.exit_code == 2 and "one phase of a serving plan" in run.output
 
 
+def test_programs_of_declared_weights_are_refused_by_verify(tmp_path: Path) -> None:
+    from shardc.errors import OptionError
+
+    prefill, decode = build_phases("llama", SynthConfig(**BASE, **SIZES["llama"]),
+                                   "m.decode.onnx", context=CONTEXT)  # weights declared
+    save(decode, tmp_path / "m.decode.onnx")
+    save(prefill, tmp_path / "m.onnx")
+    _programs(tmp_path / "m.onnx", tmp_path / "out", 2, 2)
+    with pytest.raises(OptionError, match="weights were declared only"):
+        verify_serving(tmp_path / "out")
+
+
 def test_pipelined_instances_get_no_programs_and_say_why() -> None:
     from shardc.serving_build import refusal
 
