@@ -36,6 +36,7 @@ from shardc.passes.precision import priced_graph
 from shardc.plan.lowered import PendingComm, Template
 from shardc.plan.program import DOMAIN
 from shardc.sharding import Reshard, Strategy, TensorSharding, reshard
+from shardc.strategy.resolve import pinned_layouts
 
 if TYPE_CHECKING:
     from shardc.pipeline import CompileState
@@ -90,6 +91,9 @@ class Walk(WeightViews, NodeRewrites):
                 self.lazy[node.outputs[0]] = node
         self.pieces = self._fused()
         self.experts = ExpertEmitter(self)
+        self.boundary = pinned_layouts(self.graph, self.table, {"tp": tp}) if tp > 1 else {}
+        """Graph inputs and outputs held split at the program's edge (the KV cache, see
+        :func:`~shardc.strategy.table.kv_pins`): each rank reads and writes its heads."""
 
     # -- naming -----------------------------------------------------------------------
     def _name(self, base: str, what: str) -> str:
@@ -233,6 +237,10 @@ class Walk(WeightViews, NodeRewrites):
                 continue
             if v in graph.inputs:
                 self.t.inputs.append(v)
+                if v in self.boundary:  # fed as this rank's shard: no Slice, no traffic
+                    self._local_type(v)
+                    self.copies[v][self.boundary[v]] = v
+                    continue
             elif v in self.cross:
                 src = self.cross[v][0]
                 layout = self.shards.get(v)
@@ -282,7 +290,8 @@ class Walk(WeightViews, NodeRewrites):
                 outs = list(node.outputs)
                 for k, out in enumerate(outs):
                     layout = self.res.layouts.get(out) if out else None
-                    if out in graph.outputs and layout is not None and not layout.is_replicated:
+                    split = layout is not None and not layout.is_replicated
+                    if out in graph.outputs and (split or out in self.boundary):
                         outs[k] = f"{out}__local"
                 self._node(node, strat, ins, outs)
             self.t.steps.append(("node", name))
@@ -291,7 +300,10 @@ class Walk(WeightViews, NodeRewrites):
                     continue
                 self.copies[out][self.res.layouts.get(out) or self._whole(out)] = local
                 if out in graph.outputs:
-                    whole = self.get(out, self._whole(out))
+                    keep = self.boundary.get(out) or self._whole(out)
+                    if out in self.boundary:
+                        self._local_type(out)
+                    whole = self.get(out, keep)
                     if whole != out:
                         self._emit(helper.make_node("Identity", [whole], [out], name=f"{out}__out"))
                     self.t.outputs.append(out)
@@ -310,6 +322,16 @@ class Walk(WeightViews, NodeRewrites):
                     self.t.inputs.append(out)
                 self.t.outputs.append(out)
         return self.t
+
+    def _local_type(self, v: str) -> None:
+        """Record the shape this rank's program declares for boundary value ``v``."""
+        t = self.graph.values[v].type
+        assert t is not None and t.shape is not None
+        dim = self.boundary[v].dim_of("tp")
+        shape = list(t.shape)
+        if dim is not None:
+            shape[dim] = shape[dim] // self.tp
+        self.t.local_shapes[v] = tuple(shape)
 
     def _bytes(self, v: str) -> float:
         """Size of ``v`` as the plan prices it (``--dtype``): for the timeline's transfer

@@ -11,7 +11,13 @@ from __future__ import annotations
 from shardc.ir import Node
 from shardc.pipeline import CompileState, Pass
 from shardc.strategy.resolve import ReshardStep, Resolution, derive, resolve
-from shardc.strategy.table import StrategyTable, build_table, input_labels, loop_label
+from shardc.strategy.table import (
+    StrategyTable,
+    build_table,
+    input_labels,
+    kv_pins,
+    loop_label,
+)
 
 __all__ = [
     "PASS",
@@ -29,7 +35,8 @@ __all__ = [
 
 def run(state: CompileState) -> CompileState:
     """Fill ``state.strategies`` and warn about ops that can only be replicated."""
-    table, warnings = build_table(state.graph, state.model.opset() or 18)
+    pinned = kv_pins(state.graph, state.model.metadata)
+    table, warnings = build_table(state.graph, state.model.opset() or 18, pinned)
     return state.with_(strategies=table).warn(*warnings)
 
 

@@ -64,7 +64,8 @@ class StrategyName(StrEnum):
     CHANNELS = "channels"
     """Convolution and normalisation channels split over ``tp``."""
     EXPERTS = "experts"
-    """Mixture-of-experts experts split over ``ep`` (all-to-all dispatch)."""
+    """Mixture-of-experts experts split: stacked expert weights over the ``tp`` group (EP =
+    TP, whole experts per rank); the dispatch/combine rules over ``ep`` (all-to-all)."""
 
 
 MODES = ("training", "inference", "serving")

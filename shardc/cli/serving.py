@@ -8,6 +8,8 @@ written by the one writer (:func:`shardc.emit.outputs.plan_files`) as ``OUTDIR/p
 instances, the KV hand-off, the all-to-all, TTFT/TPOT, tokens/s and the Pareto table
 (``--json``: what compile's ``--json`` prints for any plan, canonical, byte-identical
 across runs; ``--report``: the HTML page with the map).
+A model with a KV cache (a phase pair, see :mod:`shardc.serving_build`) also gets
+``OUTDIR/programs/``: each instance's prefill and decode-step programs per rank.
 """
 
 from __future__ import annotations
@@ -129,12 +131,15 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
         mtp=serving["mtp"], acceptance=serving["mtp_acceptance"] if serving["mtp"] else 0.0,
         pins=ints, kinds=kinds, mode=mode, time_limit=time_limit, seed=seed,
     )
-    typed = _typed_plan(plan_serving(arch, topology, wl, opts), model, topology_path,
+    plan = plan_serving(arch, topology, wl, opts)
+    typed = _typed_plan(plan, model, topology_path,
                         topology_file, overrides, {
                             **{k: (str(v) if isinstance(v, Path) else v)
                                for k, v in sorted(serving.items())},
                             "dtype": dtype, "pins": list(pins), "time_limit": time_limit,
                             "seed": seed})
+    programs, skipped = _programs(model, topology, topology_path, sets,
+                                  typed.serving.to_json(), time_limit, seed)
     if report_path is not None:
         from shardc.report.html import render_html
 
@@ -143,7 +148,10 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
     files = plan_files(typed)
     # plan.json names the model and topology relative to the plan folder, as for any plan
     files["plan.json"] = anchor_paths(files["plan.json"], outdir)
+    files.update({f"programs/{name}": data for name, data in programs.items()})
     write_outdir(outdir, files, force=force)
+    if skipped:
+        click.echo(f"shardc: no programs written: {skipped}", err=True)
     if as_json:
         out = {"plan": json.loads(files["plan.json"]), "outdir": str(outdir)}
         sys.stdout.write(jsonutil.dumps(out))
@@ -155,6 +163,30 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
         for line in render_serving(typed, f"{model} on {topology_path}"):
             term.print(line, soft_wrap=True)
         term.print(f"wrote {outdir}/plan.json", markup=False, highlight=False)
+        if programs:
+            term.print(f"wrote {outdir / 'programs'}: prefill and decode-step programs per "
+                       "rank (shardc verify checks them)", markup=False, highlight=False)
+
+
+def _programs(model: Path, topology: Any, topology_path: Path, sets: tuple[str, ...],
+              serving: dict[str, Any], time_limit: float,
+              seed: int) -> tuple[dict[str, bytes], str | None]:
+    """The per-rank prefill and decode programs when MODEL is a phase pair (a prefill
+    graph naming its decode-step graph; :mod:`shardc.serving_build`), else none; and why
+    a phase pair got none.
+    """
+    from shardc.cli.options import parse_sets
+    from shardc.serving_build import phase_pair, program_files, refusal
+
+    pair = phase_pair(model)
+    if pair is None:
+        return {}, None
+    why = refusal(serving)
+    if why is not None:
+        return {}, why
+    record = {"path": str(topology_path), "set": dict(sorted(parse_sets(sets).items()))}
+    files = program_files(pair, topology, record, serving, time_limit=time_limit, seed=seed)
+    return files, None
 
 
 def _typed_plan(plan: Any, model: Path, topology_path: Path, topology_file: Path,

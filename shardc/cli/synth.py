@@ -22,6 +22,7 @@ from shardc.synth import (
     SynthConfig,
     active_parameter_count,
     build,
+    build_phases,
     flops_per_token,
     graph_parameters,
     parameter_count,
@@ -63,6 +64,9 @@ def _size(n: float, unit: str = "B") -> str:
 @click.option("--v-head-dim", type=int, help="MLA per-head value width (deepseek). [128]")
 @click.option("--route-groups", type=int, help="Node-limited routing: groups a token's experts "
               "may span, recorded for serving plans (deepseek). [4]")
+@click.option("--expert-groups", type=int, help="Group-limited routing in the graph: routed "
+              "experts in this many groups, a token's top-k taken within its --route-groups "
+              "best groups, as DeepSeek-V3 routes (deepseek; V3: 8). [0: off]")
 @click.option("--vocab", type=int, help="Vocabulary size. [gpt: 50257; deepseek: 129280; "
               "else 32000]")
 @click.option("--seq", type=int, help="Sequence length; symbolic 'seq' if omitted.")
@@ -77,9 +81,15 @@ def _size(n: float, unit: str = "B") -> str:
 @click.option("--with-weights", is_flag=True,
               help="Write seeded random weights (small models) so the model runs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --with-weights.")
+@click.option("--cache", is_flag=True,
+              help="Serving: write the prefill graph (prompt in, KV cache out) to OUTPUT and "
+              "its decode-step graph (token and cache in, logits and cache out) beside it "
+              "as STEM.decode.onnx; needs --batch and --seq (the prompt length).")
+@click.option("--context", type=int,
+              help="Serving (--cache): rows of the KV cache, prompt plus output. [2*seq]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def synth(arch: str, output: Path, with_weights: bool, seed: int, as_json: bool,
-          **sizes: Any) -> None:
+          cache: bool, context: int | None, **sizes: Any) -> None:
     """Write the ONNX graph of an ARCH (gpt, llama, moe, deepseek) transformer of any size.
 
     Weights are external data that is never written (unless --with-weights), so a
@@ -91,7 +101,15 @@ def synth(arch: str, output: Path, with_weights: bool, seed: int, as_json: bool,
     config = SynthConfig(**sizes)
     res = resolve(arch, config)
     start = time.perf_counter()
-    model = build(arch, config, with_weights=with_weights, seed=seed)
+    decode_path = output.with_name(f"{output.name.removesuffix('.onnx')}.decode.onnx")
+    if cache:
+        model, decode = build_phases(arch, config, decode_path.name, context=context,
+                                     with_weights=with_weights, seed=seed)
+        save(decode, decode_path)
+    elif context is not None:
+        raise OptionError("--context sizes the KV cache: give it with --cache")
+    else:
+        model = build(arch, config, with_weights=with_weights, seed=seed)
     saved = save(model, output)
     seconds = time.perf_counter() - start
     params, _ = graph_parameters(model)
@@ -112,6 +130,8 @@ def synth(arch: str, output: Path, with_weights: bool, seed: int, as_json: bool,
         "forward_flops_per_token": per_token,
         "seconds": round(seconds, 3),
     }
+    if cache:
+        report["decode_model"] = str(decode_path)
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return

@@ -52,6 +52,13 @@ MISMATCH_EXIT = 3
     show_default=True,
     help="Seconds before a multi-process run is declared hung (with --procs).",
 )
+@click.option(
+    "--steps",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Serving programs: decode steps after the prefill.",
+)
 @json_option
 def verify_cmd(
     outdir: Path,
@@ -61,12 +68,27 @@ def verify_cmd(
     rtol: float | None,
     seed: int,
     timeout: float,
+    steps: int,
     as_json: bool,
 ) -> None:
-    """Run the plan in OUTDIR and the original model on the same inputs; compare outputs."""
+    """Run the plan in OUTDIR and the original model on the same inputs; compare outputs.
+
+    A serving plan's programs (OUTDIR/programs/) run a prefill and --steps decode steps,
+    each rank's KV cache fed back to its next step, against onnxruntime on the originals.
+    """
     from rich.console import Console
 
+    from shardc.runtime.serving_verify import programs_folder
     from shardc.runtime.verify import verify
+
+    if programs_folder(outdir) is not None:  # a serving plan with programs/
+        _verify_serving(outdir, procs, inputs, rtol, seed, steps, timeout, as_json)
+        return
+    if programs_folder(outdir.parent) is not None:
+        from shardc.errors import OptionError
+
+        raise OptionError(f"{outdir} is one phase of a serving plan's programs: its KV cache "
+                          "comes from the other phase", hint=f"verify {outdir.parent}")
 
     report = verify(outdir, inputs, procs=procs, model=model, rtol=rtol, seed=seed, timeout=timeout)
     if as_json:
@@ -81,4 +103,25 @@ def verify_cmd(
         bad = [o.name for o in report.outputs if not o.ok]
         if not as_json:
             click.echo(f"shardc: verification failed for {plain_safe(bad)}", err=True)
+        sys.exit(MISMATCH_EXIT)
+
+
+def _verify_serving(outdir: Path, procs: bool, inputs: Path | None, rtol: float | None,
+                    seed: int, steps: int, timeout: float, as_json: bool) -> None:
+    """A serving plan's programs: prefill and decode steps (in-process, or --procs)."""
+    from shardc.errors import OptionError
+    from shardc.runtime.serving_verify import verify_serving
+
+    if inputs is not None:
+        raise OptionError("--inputs: serving programs are verified on seeded prompts")
+    report = verify_serving(outdir, steps=steps, seed=seed, rtol=rtol, procs=procs,
+                            timeout=timeout)
+    if as_json:
+        sys.stdout.write(jsonutil.dumps(report.to_json()))
+    else:
+        for line in report.lines():
+            click.echo(line)
+        click.echo(f"{'ok' if report.ok else 'MISMATCH'}: {report.runner}, "
+                   f"{report.wall_seconds:.2f} s")
+    if not report.ok:
         sys.exit(MISMATCH_EXIT)

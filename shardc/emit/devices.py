@@ -70,8 +70,9 @@ def _instantiate(model: Model, tmpl: Template, prog: DeviceProgram) -> onnx.Mode
         _fill(nodes[index], c, p.concat_axis)
     graph = model.graph
     values = graph.values
-    inputs = [_value_info(values[v], graph.extra) for v in tmpl.inputs]
-    outputs = [_value_info(values[v], graph.extra) for v in tmpl.outputs]
+    local = tmpl.local_shapes
+    inputs = [_value_info(values[v], graph.extra, local.get(v)) for v in tmpl.inputs]
+    outputs = [_value_info(values[v], graph.extra, local.get(v)) for v in tmpl.outputs]
     initializers = [tmpl.initializers[k] for k in sorted(tmpl.initializers)]
     g = helper.make_graph(nodes, f"{graph.name}_rank{prog.rank}", inputs, outputs, initializers)
     opsets = dict(model.opset_imports)
@@ -164,7 +165,12 @@ def _set_int(node: onnx.NodeProto, name: str, value: int) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def _value_info(v: Any, extra: Mapping[str, bytes]) -> onnx.ValueInfoProto:
+def _value_info(
+    v: Any, extra: Mapping[str, bytes], local: tuple[int, ...] | None = None
+) -> onnx.ValueInfoProto:
+    """The declared type of a program input/output: ``local``'s shape when the rank holds
+    a shard of it (the KV cache), else the value's own.
+    """
     t = v.type
     if t is None:
         kept = extra.get(f"type/{v.name}")
@@ -173,6 +179,5 @@ def _value_info(v: Any, extra: Mapping[str, bytes]) -> onnx.ValueInfoProto:
         info = onnx.ValueInfoProto(name=v.name)
         info.type.ParseFromString(kept)  # a sequence or optional, as the model declared it
         return info
-    return helper.make_tensor_value_info(
-        v.name, t.dtype.value, None if t.shape is None else list(t.shape)
-    )
+    shape = list(local) if local is not None else None if t.shape is None else list(t.shape)
+    return helper.make_tensor_value_info(v.name, t.dtype.value, shape)

@@ -92,3 +92,22 @@ def state_files(state: Any, external_threshold: int = EXTERNAL_THRESHOLD) -> dic
         test = InputRecord("<test>")
         plan = replace(plan, inputs=Inputs(test, test), options=Options({}), shardc="test")
     return plan_files(plan, state.lowering, state.model, external_threshold=external_threshold)
+
+
+SERVING_PROGRAMS = "programs.json"
+"""The index of a serving plan's program folder (see :func:`serving_files`)."""
+
+
+def serving_files(phases: dict[str, dict[str, bytes]], index: dict[str, Any]) -> dict[str, bytes]:
+    """The files of a serving plan's ``programs/`` folder: ``programs.json`` (``index``)
+    and one plan folder per phase (``prefill/``, ``decode/``: each the folder
+    :func:`plan_files` writes, ``device_<rank>.onnx`` the rank's program).
+
+    Why a plan folder per phase: each phase's programs are an inference plan of its own
+    graph, so check-plan and explain read them unchanged; the index adds what joins them
+    (the KV cache entries, their layout on each phase's ranks, the hand-off).
+    """
+    files = {f"{phase}/{name}": data for phase, got in sorted(phases.items())
+             for name, data in got.items()}
+    files[SERVING_PROGRAMS] = jsonutil.dumps(index).encode()
+    return files

@@ -153,6 +153,10 @@ class MegatronRule:
                 tp_region.add(node.name)
             elif not after and "vocab" in legal:
                 chosen[node.name] = legal["vocab"]
+        for node in self.products:  # stacked expert weights [E, in, out]: whole experts
+            legal = {s.name: s for s in table.legal(node, graph, sizes)}  # per rank (EP = TP)
+            if "experts" in legal:
+                chosen[node.name] = legal["experts"]
         chosen.update(self.experts.choose(sizes))
         if sequence_parallel:
             chosen.update(sequence_shards(graph, table, chosen, sizes))

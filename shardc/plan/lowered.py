@@ -82,6 +82,8 @@ class Template:
     chunk_starts: list[int] = field(default_factory=list)
     """Index into ``steps`` where each model chunk begins (interleaved plans; empty with
     one chunk)."""
+    local_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Inputs/outputs this rank holds a shard of (the KV cache), by their local shape."""
 
     @property
     def comm_nodes(self) -> list[tuple[int, PendingComm]]:

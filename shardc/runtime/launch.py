@@ -65,19 +65,25 @@ def _free_port() -> int:
 
 
 def run_processes(
-    plan: PlanDir,
+    plan: PlanDir | Path,
     feeds: Mapping[tuple[int, int], Mapping[str, np.ndarray]],
     *,
     timeout: float = 120.0,
     check_shapes: bool = True,
     env: Mapping[str, str] | None = None,
+    worker: str = "shardc.runtime.worker",
+    world: int | None = None,
 ) -> ProcessResult:
     """Run the plan's step with one process per rank over torch.distributed.
 
     ``feeds[(replica, microbatch)]`` is what that replica's first stage reads for that
     micro-batch. Raises :class:`ExecutionError` naming the failing rank and op.
+    ``worker`` is the module each rank runs (the serving programs' worker runs a prefill
+    and decode steps; ``plan`` is then the programs folder, ``world`` its ranks).
     """
-    world = plan.world_size
+    if world is None:
+        assert isinstance(plan, PlanDir), "a programs folder names its world size"
+        world = plan.world_size
     remove_stale_runs()
     with _signals_end_the_run(), _run_folder() as work:
         np.savez(
@@ -96,7 +102,8 @@ def run_processes(
                 "SHARDC_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // world))
             ),
         )
-        cmd = [sys.executable, "-m", "shardc.runtime.worker", str(plan.path), str(work)]
+        path = plan if isinstance(plan, Path) else plan.path
+        cmd = [sys.executable, "-m", worker, str(path), str(work)]
         cmd += ["--timeout", str(timeout)] + (["--check-shapes"] if check_shapes else [])
         procs: dict[int, subprocess.Popen] = {}
         lifeline, keep = os.pipe()  # workers hold the read end; EOF: the launcher is gone

@@ -211,8 +211,8 @@ def from_synth_config(arch: str, cfg: dict[str, Any], name: str = "model") -> Se
 def from_onnx(path: Path) -> ServingModel:
     """Read a model file's architecture from its ``shardc.synth`` metadata.
 
-    Graph-only models (a Hugging Face export) carry no such record; recovering the sizes
-    from the graph is not done yet, so they are refused with a way forward.
+    Graph-only models (a Hugging Face export) carry no such record: a dense decoder's sizes
+    are read from its graph (:mod:`shardc.serving.graph_arch`).
     """
     import onnx
 
@@ -222,10 +222,8 @@ def from_onnx(path: Path) -> ServingModel:
         raise ModelError(f"cannot read {path}: {exc}".splitlines()[0]) from None
     props = {p.key: p.value for p in model.metadata_props}
     if "shardc.synth.config" not in props:
-        raise ModelError(
-            f"{path}: serving needs the model's architecture sizes, and this file has no "
-            "shardc.synth metadata",
-            hint="build the model with `shardc synth` (llama, moe or deepseek) at the same sizes",
-        )
+        from shardc.serving.graph_arch import sizes_from_graph
+
+        return from_synth_config("llama", sizes_from_graph(path), name=path.stem)
     cfg = json.loads(props["shardc.synth.config"])
     return from_synth_config(props.get("shardc.synth.arch", "llama"), cfg, name=path.stem)

@@ -28,6 +28,8 @@ class Table(Protocol):
     @property
     def free(self) -> frozenset[str]: ...
     @property
+    def pinned(self) -> Mapping[str, TensorSharding]: ...
+    @property
     def follows(self) -> frozenset[str]: ...
     @property
     def by_node(self) -> Mapping[str, tuple[Strategy, ...]]: ...
@@ -149,6 +151,26 @@ class Resolution:
         return tuple(r for r in self.reshards if r.step.communicates) + own
 
 
+def pinned_layouts(
+    graph: Graph, table: Table, axis_sizes: Mapping[str, int] | None
+) -> dict[str, TensorSharding]:
+    """The table's pinned edge layouts that hold under ``axis_sizes``: a split dim must
+    divide by its axis' degree, else the value stays whole (KV heads fewer than TP).
+    """
+    out = {}
+    for v, layout in table.pinned.items():
+        t = graph.values[v].type
+        if t is None or t.shape is None:
+            continue
+        ok = all(
+            a is None or (isinstance(n, int) and n % (axis_sizes or {}).get(a, 1) == 0)
+            for n, a in zip(t.shape, layout.dims, strict=True)
+        )
+        if ok and (axis_sizes is None or all(a in axis_sizes for a in layout.split_axes)):
+            out[v] = layout
+    return out
+
+
 def _sources(
     v: str, layouts: Mapping[str, TensorSharding | None], made: Mapping[str, list[TensorSharding]]
 ) -> list[TensorSharding]:
@@ -186,6 +208,9 @@ def resolve(
     partial value that was already reduced for someone else reads the reduced copy.
     """
     layouts: dict[str, TensorSharding | None] = dict.fromkeys(table.free)
+    for v, layout in pinned_layouts(graph, table, axis_sizes).items():
+        if v in layouts:  # a pinned input arrives split; a pinned output is resharded at
+            layouts[v] = layout  # the edge by the lowering (a local slice at most)
     made: dict[str, list[TensorSharding]] = defaultdict(list)
     picked: dict[str, Strategy] = {}
     steps: list[ReshardStep] = []

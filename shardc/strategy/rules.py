@@ -252,7 +252,7 @@ def product_loops(ctx: Ctx, a: int, b: int, wa: bool, wb: bool) -> list[Loop]:
             if d >= 0 and same(s[d], y[j]):
                 ins[i] = d
         if wb and b in ins:
-            loops.append(ctx.loop(S.EXPERTS, ins, {0: j}, axis="ep"))
+            loops.append(ctx.loop(S.EXPERTS, ins, {0: j}, axis="tp"))
         else:
             loops.append(
                 ctx.loop(

@@ -33,9 +33,10 @@ pass itself (:mod:`shardc.passes.strategies`) only runs :func:`build_table`.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shardc.ir import Graph, Node, Value
 from shardc.sharding import Strategy, TensorSharding, combine, legal_for
@@ -73,6 +74,9 @@ class StrategyTable:
     free: frozenset[str]
     """Values any layout of which costs nothing: weights, constants, what is computed from
     them alone, and graph inputs (the data loader hands each rank its part)."""
+    pinned: Mapping[str, TensorSharding] = field(default_factory=dict)
+    """Graph inputs and outputs held in a fixed layout at the program's edge: a serving
+    phase's KV cache, split along its heads axis (see :func:`kv_pins`)."""
 
     def of(self, node: str) -> tuple[Strategy, ...]:
         """Strategies of ``node``."""
@@ -248,8 +252,42 @@ def _dims_of(ctx: Ctx) -> tuple[OpDims, str | None]:
         return OpDims(known=False), f"{type(exc).__name__}: {exc}"
 
 
-def build_table(graph: Graph, opset: int = 18) -> tuple[StrategyTable, list[str]]:
-    """Strategies of every node of ``graph``, and the warnings to report."""
+KV_METADATA = "shardc.kv_cache"
+"""Model metadata naming a serving phase graph's KV-cache inputs and outputs (JSON with
+``entries``: per cached tensor its ``past`` and ``present`` names and ``heads_axis``),
+written by :mod:`shardc.synth.cache` and :mod:`shardc.frontend.kv_export`."""
+
+
+def kv_pins(graph: Graph, metadata: Sequence[tuple[str, str]]) -> dict[str, TensorSharding]:
+    """The KV-cache values of a serving phase graph, split along their heads axis.
+
+    Why pinned: a decode step reads the cache the prefill (or the previous step) wrote on
+    the same rank. Were the cache a free graph input, the partitioner could pick a
+    replicated attention and the lowering would gather the cache whole at every step;
+    pinned, each rank's program reads and writes only its heads (contiguous blocks, as the
+    weights' heads are split), so rank r's present cache is rank r's next past cache. An
+    entry without a heads axis (MLA's latent) is not pinned: it stays whole.
+    """
+    record = dict(metadata).get(KV_METADATA)
+    if record is None:
+        return {}
+    out: dict[str, TensorSharding] = {}
+    for entry in json.loads(record).get("entries", ()):
+        axis = entry.get("heads_axis")
+        for name in (entry.get("past"), entry.get("present")):
+            v = graph.values.get(name) if name else None
+            if axis is None or v is None or v.type is None or v.type.shape is None:
+                continue
+            out[name] = TensorSharding.split(len(v.type.shape), axis, "tp")
+    return out
+
+
+def build_table(
+    graph: Graph, opset: int = 18, pinned: Mapping[str, TensorSharding] | None = None
+) -> tuple[StrategyTable, list[str]]:
+    """Strategies of every node of ``graph``, and the warnings to report; ``pinned``:
+    the layouts fixed at the graph's edge (:func:`kv_pins`).
+    """
     params = param_values(graph)
     labels: dict[str, tuple[str | None, ...]] = {
         v: input_labels(graph.values[v]) for v in graph.inputs if v not in params
@@ -292,5 +330,6 @@ def build_table(graph: Graph, opset: int = 18) -> tuple[StrategyTable, list[str]
         dims=all_dims,
         labels=labels,
         free=params | {v for v in graph.inputs},
+        pinned=dict(pinned or {}),
     )
     return table, warnings + failed

@@ -31,7 +31,7 @@ from shardc.synth.counts import (
     parameter_count,
     weight_bytes,
 )
-from shardc.synth.models import build
+from shardc.synth.models import build, build_phases
 from shardc.synth.store import Saved, graph_parameters, save, weights_path_for
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "SynthConfig",
     "active_parameter_count",
     "build",
+    "build_phases",
     "capacity",
     "flops_per_token",
     "forward_flops",

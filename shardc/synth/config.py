@@ -28,6 +28,7 @@ ARCHS: tuple[str, ...] = ("gpt", "llama", "moe", "deepseek")
 DEEPSEEK_DEFAULTS: dict[str, int] = {
     "dense_layers": 3, "dense_ffn": 18432, "q_lora_rank": 1536, "kv_lora_rank": 512,
     "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "route_groups": 4,
+    "expert_groups": 0,
 }
 MOE_OPTIONS = ("experts", "top_k", "shared_experts", "capacity_factor")
 DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32", "fp8")
@@ -127,6 +128,7 @@ class SynthConfig:
     qk_rope_head_dim: int | None = None
     v_head_dim: int | None = None
     route_groups: int | None = None
+    expert_groups: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,11 @@ class Resolved:
     v_head_dim: int = 0
     route_groups: int = 0
     """Node-limited (group-limited) routing: a token's experts span at most this many
-    groups. Recorded for pricing; the graph's router picks the top-k over all experts."""
+    groups. Recorded for pricing; the graph routes by groups when ``expert_groups`` is set."""
+    expert_groups: int = 0
+    """Groups the routed experts are split into (DeepSeek-V3's ``n_group``: 8); 0 routes
+    over all experts. Set, the router picks ``route_groups`` groups by the sum of each
+    group's two best scores, then the top-k experts within them."""
 
     @property
     def head_dim(self) -> int:
@@ -207,7 +213,8 @@ def resolve(arch: str, cfg: SynthConfig) -> Resolved:
     precision(cfg.dtype)  # validates the name
     for field in ("layers", "hidden", "heads", "kv_heads", "ffn", "experts", "top_k", "vocab",
                   "seq", "batch", "max_positions", "dense_ffn", "kv_lora_rank",
-                  "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "route_groups"):
+                  "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "route_groups",
+                  "expert_groups"):
         value = getattr(cfg, field)
         if value is not None and (not isinstance(value, int) or value <= 0):
             flag = "--" + field.replace("_", "-")
@@ -283,6 +290,16 @@ def _deepseek(cfg: SynthConfig) -> Resolved:
          for k, v in DEEPSEEK_DEFAULTS.items()}
     if d["dense_layers"] > cfg.layers:
         raise OptionError(f"--dense-layers {d['dense_layers']} exceeds --layers {cfg.layers}")
+    groups = d["expert_groups"]
+    if groups:
+        fields = _moe_fields(cfg, 256, 8, 1)
+        experts, top_k = fields["experts"], fields["top_k"]
+        if experts % groups or d["route_groups"] > groups:
+            raise OptionError(f"--expert-groups {groups}: must divide --experts {experts} and "
+                              f"be at least --route-groups {d['route_groups']}")
+        if top_k > d["route_groups"] * (experts // groups):
+            raise OptionError(f"--top-k {top_k} exceeds the experts of --route-groups "
+                              f"{d['route_groups']} groups ({experts // groups} each)")
     if d["qk_rope_head_dim"] % 2:
         raise OptionError(f"--qk-rope-head-dim {d['qk_rope_head_dim']} is odd; RoPE rotates "
                           "pairs", hint="pick an even rope width")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 
-import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
+from shardc.synth.cache import KVCache, masked_scores
 from shardc.synth.config import Resolved
 from shardc.synth.graph import GraphBuilder
 from shardc.synth.weights import DEFAULT_INIT, Init
@@ -127,13 +127,24 @@ def _repeat_kv(g: GraphBuilder, x: str, heads: int, kv: int, d: int, label: str)
     return g.op("Reshape", [t, g.ints(0, 0, heads, d)], label=f"{label}_repeated")
 
 
+def _repeat_heads(g: GraphBuilder, x: str, heads: int, kv: int, rows: int, d: int,
+                  label: str) -> str:
+    """``[B, kv, rows, d]`` -> ``[B, heads, rows, d]``: `_repeat_kv` on a cached layout."""
+    t = g.op("Unsqueeze", [x, g.ints(2)], label=f"{label}_group")
+    t = g.op("Expand", [t, g.ints(1, 1, heads // kv, 1, 1)], label=f"{label}_repeat")
+    return g.op("Reshape", [t, g.ints(0, heads, rows, d)], label=f"{label}_repeated")
+
+
 def attention(g: GraphBuilder, x: str, res: Resolved, mask: str, bias: bool,
-              rope: tuple[str, str] | None) -> str:
+              rope: tuple[str, str] | None, cache: KVCache | None = None,
+              layer: int = 0) -> str:
     """Causal self-attention (MHA, or GQA when kv_heads < heads) of ``x [B, S, H]``.
 
     Q, K, V are separate projections so that a head-parallel split is a plain split of
     each weight's output dim. Scores are computed over the full S x S and masked with
-    Where, as eager attention does; FLOPs therefore count the full square.
+    Where, as eager attention does; FLOPs therefore count the full square. With a
+    ``cache`` (see :mod:`shardc.synth.cache`) the RoPE'd K and V are cached heads-first
+    and a decode step attends over the cache's rows.
     """
     heads, kv, d = res.heads, res.kv_heads, res.head_dim
     with g.scope("attn"):
@@ -146,21 +157,41 @@ def attention(g: GraphBuilder, x: str, res: Resolved, mask: str, bias: bool,
         if rope is not None:
             q = apply_rope(g, q, *rope, label="q")
             k = apply_rope(g, k, *rope, label="k")
-        if kv < heads:
+        if cache is not None:
+            k, v = _cached_kv(g, k, v, res, cache, layer)
+        elif kv < heads:
             k = _repeat_kv(g, k, heads, kv, d, "k")
             v = _repeat_kv(g, v, heads, kv, d, "v")
         q = g.op("Transpose", [q], label="q_t", perm=[0, 2, 1, 3])
-        k = g.op("Transpose", [k], label="k_t", perm=[0, 2, 3, 1])
-        v = g.op("Transpose", [v], label="v_t", perm=[0, 2, 1, 3])
+        if cache is None:
+            k = g.op("Transpose", [k], label="k_t", perm=[0, 2, 3, 1])
+            v = g.op("Transpose", [v], label="v_t", perm=[0, 2, 1, 3])
         scores = g.op("MatMul", [q, k], label="scores")
         scores = g.op("Mul", [scores, g.scalar(1.0 / math.sqrt(d))], label="scaled")
-        lowest = float(ml_dtypes.finfo(g.precision.np_act).min)
-        scores = g.op("Where", [mask, scores, g.scalar(lowest)], label="masked")
+        scores = masked_scores(g, scores, mask, cache)
         probs = g.op("Softmax", [scores], label="probs", axis=-1)
         ctx = g.op("MatMul", [probs, v], label="context")
         ctx = g.op("Transpose", [ctx], label="context_t", perm=[0, 2, 1, 3])
         ctx = g.op("Reshape", [ctx, g.ints(0, 0, heads * d)], label="context_flat")
         return linear(g, ctx, heads * d, res.hidden, "o_proj", bias)
+
+
+def _cached_kv(g: GraphBuilder, k: str, v: str, res: Resolved, cache: KVCache,
+               layer: int) -> tuple[str, str]:
+    """K ``[B, heads, d, rows]`` and V ``[B, heads, rows, d]`` read from the cache, after
+    writing this phase's ``[B, S, kv, d]`` K and V into it heads-first.
+    """
+    heads, kv, d = res.heads, res.kv_heads, res.head_dim
+    shape = [cache.batch, kv, cache.prompt, d]
+    out = []
+    for name, t in (("key", k), ("value", v)):
+        t = g.op("Transpose", [t], label=f"{name}_heads_first", perm=[0, 2, 1, 3])
+        t = cache.update(g, layer, name, t, shape, seq_axis=2, heads_axis=1)
+        rows = cache.context if cache.decoding else cache.prompt
+        if kv < heads:
+            t = _repeat_heads(g, t, heads, kv, rows, d, name[0])
+        out.append(t)
+    return g.op("Transpose", [out[0]], label="k_t", perm=[0, 1, 3, 2]), out[1]
 
 
 def gelu_mlp(g: GraphBuilder, x: str, hidden: int, ffn: int) -> str:

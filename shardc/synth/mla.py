@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import math
 
-import ml_dtypes
-
+from shardc.synth.cache import KVCache, masked_scores
 from shardc.synth.config import Resolved
 from shardc.synth.graph import GraphBuilder
 from shardc.synth.layers import apply_rope, linear, rms_norm
 
 
 def mla_attention(g: GraphBuilder, x: str, res: Resolved, mask: str,
-                  rope: tuple[str, str]) -> str:
-    """Causal MLA self-attention of ``x [B, S, H]``."""
+                  rope: tuple[str, str], cache: KVCache | None = None, layer: int = 0) -> str:
+    """Causal MLA self-attention of ``x [B, S, H]``.
+
+    With a ``cache`` the normed latent and the RoPE'd shared key are what is cached
+    (``[B, rows, kv_lora_rank]`` and ``[B, rows, rope]``), and the heads' keys and values
+    are expanded from the cached rows: the expanded form, not the absorbed one.
+    """
     h, n = res.hidden, res.heads
     nope, rp, v_dim, kv_rank = (res.qk_nope_head_dim, res.qk_rope_head_dim, res.v_head_dim,
                                 res.kv_lora_rank)
@@ -46,13 +50,19 @@ def mla_attention(g: GraphBuilder, x: str, res: Resolved, mask: str,
         latent, k_pe = g.op_n("Split", [ckv, g.ints(kv_rank, rp)], ["latent", "pe"],
                               label="kv_split", axis=-1)
         latent = rms_norm(g, latent, kv_rank, "kv_a_norm", res.norm_eps)
+        k_pe = g.op("Reshape", [k_pe, g.ints(0, 0, 1, rp)], label="k_pe_head")
+        k_pe = apply_rope(g, k_pe, *rope, label="k")
+        if cache is not None:
+            rows = [cache.batch, cache.prompt]
+            latent = cache.update(g, layer, "latent", latent, [*rows, kv_rank], 1, None)
+            k_pe = g.op("Reshape", [k_pe, g.ints(0, 0, rp)], label="k_pe_flat")
+            k_pe = cache.update(g, layer, "rope_key", k_pe, [*rows, rp], 1, None)
+            k_pe = g.op("Reshape", [k_pe, g.ints(0, 0, 1, rp)], label="k_pe_rows")
         kv = linear(g, latent, kv_rank, n * (nope + v_dim), "kv_b_proj")
         kv = g.op("Reshape", [kv, g.ints(0, 0, n, nope + v_dim)], label="kv_heads")
         k_nope, v = g.op_n("Split", [kv, g.ints(nope, v_dim)], ["k", "v"], label="kv_heads_split",
                            axis=-1)
         q_pe = apply_rope(g, q_pe, *rope, label="q")
-        k_pe = g.op("Reshape", [k_pe, g.ints(0, 0, 1, rp)], label="k_pe_head")
-        k_pe = apply_rope(g, k_pe, *rope, label="k")
         k_pe = g.op("Expand", [k_pe, g.ints(1, 1, n, 1)], label="k_pe_all_heads")
         q = g.op("Concat", [q_nope, q_pe], label="q_full", axis=-1)
         k = g.op("Concat", [k_nope, k_pe], label="k_full", axis=-1)
@@ -61,8 +71,7 @@ def mla_attention(g: GraphBuilder, x: str, res: Resolved, mask: str,
         v = g.op("Transpose", [v], label="v_t", perm=[0, 2, 1, 3])
         scores = g.op("MatMul", [q, k], label="scores")
         scores = g.op("Mul", [scores, g.scalar(1.0 / math.sqrt(qk))], label="scaled")
-        lowest = float(ml_dtypes.finfo(g.precision.np_act).min)
-        scores = g.op("Where", [mask, scores, g.scalar(lowest)], label="masked")
+        scores = masked_scores(g, scores, mask, cache)
         probs = g.op("Softmax", [scores], label="probs", axis=-1)
         ctx = g.op("MatMul", [probs, v], label="context")
         ctx = g.op("Transpose", [ctx], label="context_t", perm=[0, 2, 1, 3])

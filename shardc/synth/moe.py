@@ -46,6 +46,8 @@ def moe_ffn(g: GraphBuilder, x: str, res: Resolved, sizes: MoESizes) -> str:
         if g.dtype != TensorProto.FLOAT:  # route in fp32, as MoE kernels do (TopK has no bf16)
             logits = g.op("Cast", [logits], label="router_fp32", to=TensorProto.FLOAT)
         probs = g.op("Softmax", [logits], label="router_probs", axis=-1)
+        if res.expert_groups:
+            probs = _group_limited(g, probs, res)
         top_p, top_i = g.op_n("TopK", [probs, g.ints(k)], ["values", "indices"],
                               label="topk", axis=-1, largest=1, sorted=1)
         total = g.op("ReduceSum", [top_p, g.ints(-1)], label="topk_sum", keepdims=1)
@@ -84,6 +86,29 @@ def moe_ffn(g: GraphBuilder, x: str, res: Resolved, sizes: MoESizes) -> str:
             shared = swiglu(g, x, h, res.shared_experts * res.ffn, name="shared")
             routed = g.op("Add", [routed, shared], label="with_shared")
         return routed
+
+
+def _group_limited(g: GraphBuilder, probs: str, res: Resolved) -> str:
+    """``probs [B, S, E]`` with the experts outside each token's ``route_groups`` best
+    groups set to 0 (DeepSeek-V3's node-limited routing, its report §2.1.2: a group's score
+    is the sum of its two highest expert scores). Groups tied with the last one picked are
+    kept too. The top-k that follows then lies within at most ``route_groups`` groups.
+    """
+    groups, per = res.expert_groups, res.experts // res.expert_groups
+    with g.scope("group_limit"):
+        grouped = g.op("Reshape", [probs, g.ints(0, 0, groups, per)], label="by_group")
+        best, _ = g.op_n("TopK", [grouped, g.ints(min(2, per))], ["values", "indices"],
+                         label="group_best", axis=-1, largest=1, sorted=1)
+        score = g.op("ReduceSum", [best, g.ints(-1)], label="group_score", keepdims=0)
+        picked, _ = g.op_n("TopK", [score, g.ints(res.route_groups)], ["values", "indices"],
+                           label="groups_picked", axis=-1, largest=1, sorted=1)
+        last = g.op("ReduceMin", [picked, g.ints(-1)], label="last_group", keepdims=1)
+        keep = g.op("GreaterOrEqual", [score, last], label="group_kept")
+        keep = g.op("Expand", [g.op("Unsqueeze", [keep, g.ints(-1)], label="group_col"),
+                               g.ints(1, 1, 1, per)], label="expert_group_kept")
+        keep = g.op("Reshape", [keep, g.ints(0, 0, res.experts)], label="expert_kept")
+        zero = g.const(0.0, TensorProto.FLOAT)
+        return g.op("Where", [keep, probs, zero], label="group_limited_probs")
 
 
 def _rank_in_expert(g: GraphBuilder, expert: str, experts: int) -> str:

@@ -221,7 +221,10 @@ def moe() -> tuple[Graph, StrategyTable, list[str]]:
     return _table(load_model(build("moe", cfg)))
 
 
-def test_moe_expert_weights_split_over_ep(moe) -> None:
+def test_moe_expert_weights_split_over_the_tp_group(moe) -> None:
+    """Stacked expert weights split along the experts dim over the tensor-parallel group:
+    expert parallelism with EP = TP, as the serving programs run it.
+    """
     graph, table, warnings = moe
     assert warnings == []
     experts = [
@@ -232,9 +235,9 @@ def test_moe_expert_weights_split_over_ep(moe) -> None:
     assert len(experts) == 3
     for node in experts:
         s = table.named(node.name, "experts")
-        assert s.inputs[1] is not None and s.inputs[1].dims[0] == "ep"
-        assert s.inputs[0].dims[0] == "ep" and s.outputs[0].dims[0] == "ep"  # type: ignore[union-attr]
-        assert legal_for(s, node, graph, {"ep": 4})
+        assert s.inputs[1] is not None and s.inputs[1].dims[0] == "tp"
+        assert s.inputs[0].dims[0] == "tp" and s.outputs[0].dims[0] == "tp"  # type: ignore[union-attr]
+        assert legal_for(s, node, graph, {"tp": 4})
 
 
 def test_moe_dispatch_and_combine_are_all_to_all(moe) -> None:
