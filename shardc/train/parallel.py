@@ -39,6 +39,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
 from shardc.train.conv1d import CONV1D, split_factor
+from shardc.train.experts import ExpertParallel, expert_targets
 from shardc.train.launch import check_placement
 from shardc.train.modules import (
     LayerChain,
@@ -248,6 +249,14 @@ def _tensor_parallel(
         )
     styles = tp_styles(targets, sequence_parallel=sp, factors=factors,
                        sp_modules=norm_modules(m, scopes, targets))  # fmt: skip
+    experts = {f: e for f, e in expert_targets(mm, view.strategies).items() if _has(m, f)}
+    if experts and sp:
+        raise TrainPlanError(
+            f"{min(experts)} spreads experts over a sequence-parallel stage; shardc's torch "
+            "mapping gathers whole tokens for the experts only without sequence parallelism",
+            hint="pin sp=off for a mixture-of-experts model",
+        )
+    styles.update({f: ExpertParallel(e) for f, e in experts.items()})
     parallelize_module(m, mesh["tp"], styles)
     for fqn, k in factors.items():
         # GPT-2's attention cuts the fused output by a width it stores (``split_size``):
