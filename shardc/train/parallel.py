@@ -240,13 +240,6 @@ def _tensor_parallel(
         scopes = [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
     factors = {f: split_factor(mm.proto, node) for f, (_, cls, node) in targets.items()
                if cls == CONV1D}  # fmt: skip
-    fused = sorted(f for f, k in factors.items() if k > 1)
-    if fused and view.dp > 1 and view.zero >= 1:
-        raise TrainPlanError(
-            f"{fused[0]} is a fused projection split across TP ranks, and FSDP2 does not "
-            "shard such a strided parameter correctly on top (its gradients come out wrong)",
-            hint="compile with zero=0 (whole replicas), or without data parallelism",
-        )
     styles = tp_styles(targets, sequence_parallel=sp, factors=factors,
                        sp_modules=norm_modules(m, scopes, targets))  # fmt: skip
     experts = {f: e for f, e in expert_targets(mm, view.strategies).items() if _has(m, f)}

@@ -82,13 +82,15 @@ def test_two_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
 
 def test_four_ranks(exports: dict[str, Path], tmp_path: Path) -> None:
     """TP x DP (FSDP2 over DTensor shards) and TP x PP with sequence parallelism; GPT-2's
-    tied head and embedding, sharded differently, across TP x PP.
+    tied head and embedding, sharded differently, across TP x PP; GPT-2's fused q|k|v split
+    over TP under FSDP2 (ZeRO-2): its bias's gradient gathered whole in the right order.
     """
-    llama = exports["llama"]
+    llama, gpt2 = exports["llama"], exports["gpt2"]
     jobs = [
         (_plan(llama, tmp_path / "a", world=4, pins="tp=2,dp=2"), "llama", {}),
         (_plan(llama, tmp_path / "b", world=4, pins="tp=2,pp=2,sp=on"), "llama", {}),
-        (_plan(exports["gpt2"], tmp_path / "c", world=4, pins="tp=2,pp=2"), "gpt2", {}),
+        (_plan(gpt2, tmp_path / "c", world=4, pins="tp=2,pp=2"), "gpt2", {}),
+        (_plan(gpt2, tmp_path / "d", world=4, pins="tp=2,dp=2", zero=2), "gpt2", {}),
     ]
     res = H.spawn(4, jobs, tmp_path / "out")
     refs = {"llama": H.reference("llama"), "gpt2": H.reference("gpt2")}

@@ -69,4 +69,3 @@ def test_experts_on_four_ranks(mixtral: Path, reference: dict[str, Any], tmp_pat
         got = [res[r][j] for r in range(4)]
         _experts_split(got, ep=ep, dp=dp)
         _check(got, reference)
-
