@@ -139,7 +139,7 @@ def run_plan(
             return {"refused": str(e)}
         return {"refused": ""}
     pm = shardc.train.apply(plan_dir, model, **kw)
-    opt = torch.optim.SGD(list(pm.parameters()), lr=LR)
+    opt = pm.optimizer(torch.optim.SGD, lr=LR)
     # what this rank stores of each parameter (its shard), to check what the plan split
     local = {n: tuple(getattr(p, "_local_tensor", p).shape) for n, p in pm.named_parameters()}
     x, y = batch()
@@ -151,7 +151,10 @@ def run_plan(
         losses.append(loss)
         opt.step()
         opt.zero_grad()
-    return {"losses": losses, "grads": grads, "local": local}
+    inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer's own share
+    stepped = sum(len(g["params"]) for g in inner.param_groups)
+    return {"losses": losses, "grads": grads, "local": local, "stepped": stepped,
+            "optimizer": type(opt).__name__}  # fmt: skip
 
 
 def free_port() -> int:
