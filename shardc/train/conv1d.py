@@ -78,9 +78,8 @@ class Conv1DParallel(ParallelStyle):
         fwd = _column_forward if col else _row_forward
         module.forward = types.MethodType(fwd, module)
         module._shardc_tp = (device_mesh, self.sp)  # type: ignore[assignment]
-        module._shardc_bias = (  # type: ignore[assignment]
-            [_StridedShard(0, split_factor=self.factor)] if col and split else None
-        )
+        bias_split = [_StridedShard(0, split_factor=self.factor)] if col and split else None
+        module._shardc_bias = bias_split  # type: ignore[assignment]
         return module
 
 
