@@ -38,7 +38,10 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.parallel import ParallelStyle
+from torch.distributed.tensor.parallel import (
+    ParallelStyle,
+    PrepareModuleInputOutput,
+)
 
 from shardc.train.modules import ModelMap
 from shardc.train.planview import TrainPlanError
@@ -63,6 +66,29 @@ def expert_targets(mm: ModelMap, strategies: Mapping[str, str]) -> dict[str, int
             raise TrainPlanError(f"node {node} gathers experts from a value that is no weight")
         if out.setdefault(sc.module, dims[0]) != dims[0]:
             raise TrainPlanError(f"{sc.module} gathers from stacks of different expert counts")
+    return out
+
+
+def expert_styles(
+    experts: Mapping[str, int], *, sequence_parallel: bool
+) -> dict[str, ParallelStyle]:
+    """FQN -> style for every experts module, and under sequence parallelism for the MoE
+    block around it (its parent): the block gathers the sequence on the way in (the router
+    and the experts see every token, as the plan's experts strategy assumes) and hands on
+    its rank's slice on the way out. That is an all-gather and, after the experts'
+    all-reduce, a local slice: twice the bytes of the reduce-scatter the plan priced for the
+    combine, since the experts return ``[tokens, hidden]`` rows, not the sequence layout
+    a reduce-scatter would cut.
+    """
+    out: dict[str, ParallelStyle] = {f: ExpertParallel(e) for f, e in sorted(experts.items())}
+    if sequence_parallel:
+        for f in sorted(experts):
+            block = f.rsplit(".", 1)[0]
+            out[block] = PrepareModuleInputOutput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                use_local_input=True, output_layouts=(Replicate(),),
+                desired_output_layouts=(Shard(1),), use_local_output=True,
+            )  # fmt: skip
     return out
 
 

@@ -39,7 +39,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
 from shardc.train.conv1d import CONV1D, split_factor
-from shardc.train.experts import ExpertParallel, expert_targets
+from shardc.train.experts import expert_styles, expert_targets
 from shardc.train.launch import check_placement
 from shardc.train.modules import (
     LayerChain,
@@ -246,16 +246,14 @@ def _tensor_parallel(
         scopes = [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
     factors = {f: split_factor(mm.proto, node) for f, (_, cls, node) in targets.items()
                if cls == CONV1D}  # fmt: skip
-    styles = tp_styles(targets, sequence_parallel=sp, factors=factors,
-                       sp_modules=norm_modules(m, scopes, targets))  # fmt: skip
     experts = {f: e for f, e in expert_targets(mm, view.strategies).items() if _has(m, f)}
-    if experts and sp:
-        raise TrainPlanError(
-            f"{min(experts)} spreads experts over a sequence-parallel stage; shardc's torch "
-            "mapping gathers whole tokens for the experts only without sequence parallelism",
-            hint="pin sp=off for a mixture-of-experts model",
-        )
-    styles.update({f: ExpertParallel(e) for f, e in experts.items()})
+    # the MoE block around each experts module: its router and experts are no norms
+    moe = {f.rsplit(".", 1)[0] for f in experts}
+    norms = [
+        n for n in norm_modules(m, scopes, targets) if not any(n.startswith(f"{b}.") for b in moe)
+    ]
+    styles = tp_styles(targets, sequence_parallel=sp, factors=factors, sp_modules=norms)
+    styles.update(expert_styles(experts, sequence_parallel=sp))
     parallelize_module(m, mesh["tp"], styles)
     for fqn, k in factors.items():
         # GPT-2's attention cuts the fused output by a width it stores (``split_size``):
@@ -341,7 +339,13 @@ def _shard_data_parallel(
     if view.zero == 1 and not distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(m, process_group=dp_mesh.get_group())
+        # under pipelining every forward runs in no_sync and the stage prepares the last
+        # backward itself, so DDP never reaches the point where it rebuilds its buckets and
+        # its record of gradient order doubles each step (an internal assert on step 2);
+        # find_unused_parameters turns that rebuild off
+        return DistributedDataParallel(
+            m, process_group=dp_mesh.get_group(), find_unused_parameters=view.pp > 1
+        )
     if view.zero == 1:
         warnings.warn(
             "ZeRO-1 over tensor-parallel parameters runs as FSDP2's ZeRO-2 (gradients "

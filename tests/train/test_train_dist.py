@@ -36,6 +36,12 @@ def _plan(
 
 
 def _check(results: list[dict[str, Any]], ref: dict[str, Any], *, exact: bool = False) -> None:
+    pairs = [(a, b) for got in results for a, b in zip(got["losses"], ref["losses"], strict=True)]
+    loss_gap = max(abs(a / b - 1) for a, b in pairs)
+    grad_gap = max(
+        (g - ref["grads"][n]).abs().max().item() for got in results for n, g in got["grads"].items()
+    )
+    print(f"loss rel gap {loss_gap:.1e}, gradient abs gap {grad_gap:.1e}")  # figures (pytest -s)
     for rank, got in enumerate(results):
         assert got["losses"] == pytest.approx(ref["losses"], rel=LOSS_RTOL), rank
         if exact:
