@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 SEQ = 16
 VOCAB = 128
@@ -141,7 +142,8 @@ def run_plan(
     pm = shardc.train.apply(plan_dir, model, **kw)
     opt = pm.optimizer(torch.optim.SGD, lr=LR)
     # what this rank stores of each parameter (its shard), to check what the plan split
-    local = {n: tuple(getattr(p, "_local_tensor", p).shape) for n, p in pm.named_parameters()}
+    local = {n: tuple(p.to_local().shape if isinstance(p, DTensor) else p.shape)
+             for n, p in pm.named_parameters()}  # fmt: skip
     x, y = batch()
     losses, grads = [], {}
     for i in range(steps):
