@@ -51,7 +51,7 @@ def main() -> None:
         world = int(os.environ["WORLD_SIZE"])
         pm = shardc.parallelize(model, TOPOLOGY, example_inputs=(x[:2],), devices=world,
                                 pins=args.pins, microbatches=2)  # fmt: skip
-    opt = torch.optim.AdamW(list(pm.parameters()), lr=1e-2)
+    opt = pm.optimizer(torch.optim.AdamW, lr=1e-2)  # ZeRO-1: state sharded over replicas
     for step in range(args.steps):
         loss = pm.step(x, y, opt)
         if pm.rank == 0:

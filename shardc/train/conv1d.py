@@ -8,6 +8,15 @@ projection is split with ``_StridedShard(dim, split_factor=k)``: rank r gets
 ``[q_r | k_r | v_r]`` and ``full_tensor()`` gives back the unsplit layout, so parameters and
 gradients keep the unsplit model's meaning. The factor ``k`` is read from the graph (the
 GEMM's output is cut by a ``Split`` into k parts along its last axis), not from names.
+
+The fused bias is kept whole on every TP rank and sliced to ``[q_r | k_r | v_r]`` in the
+forward (a DTensor redistribution: no communication forward, an all-gather of 3·h numbers
+backward). Stored strided, it broke under FSDP2: FSDP shards dim 0, the dim TP strides, and
+labels its shard ``_StridedShard(0, 2)`` over ``_StridedShard(0, 3)``, a nesting DTensor
+reassembles in the wrong order. Training was right (each rank's local bytes were; the
+losses of three SGD steps matched one process to 1e-7) but every global view was not:
+``full_tensor()`` of the bias and its gradient came back permuted (errors of 1e-2), and so
+would a distributed checkpoint. A whole bias has no such nesting.
 """
 
 from __future__ import annotations
@@ -59,9 +68,9 @@ class Conv1DParallel(ParallelStyle):
         col = self.kind == "column"
         split: Any = _StridedShard if self.factor > 1 else None
         w_place = (split(1, split_factor=self.factor) if split else Shard(1)) if col else Shard(0)
-        b_place = (
-            (split(0, split_factor=self.factor) if split else Shard(0)) if col else Replicate()
-        )
+        # a fused bias stays whole on every TP rank (see _column_forward): FSDP2 would shard
+        # it along the very dim TP strides, and DTensor cannot compose two strided shards
+        b_place = Shard(0) if col and not split else Replicate()
         for name, place in (("weight", w_place), ("bias", b_place)):
             p = getattr(module, name)
             dt = distribute_tensor(p.detach(), device_mesh, [place])
@@ -69,6 +78,8 @@ class Conv1DParallel(ParallelStyle):
         fwd = _column_forward if col else _row_forward
         module.forward = types.MethodType(fwd, module)
         module._shardc_tp = (device_mesh, self.sp)  # type: ignore[assignment]
+        bias_split = [_StridedShard(0, split_factor=self.factor)] if col and split else None
+        module._shardc_bias = bias_split  # type: ignore[assignment]
         return module
 
 
@@ -78,7 +89,11 @@ def _column_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
         x = DTensor.from_local(x, mesh, [Shard(1) if sp else Replicate()], run_check=False)
     # every rank's gradient of the gathered input is its own share: partial, summed back
     full = x.redistribute(mesh, [Replicate()]).to_local(grad_placements=[Partial()])
-    w, b = self.weight.to_local(), self.bias.to_local()
+    w = self.weight.to_local()
+    b = self.bias
+    if self._shardc_bias is not None:  # this rank's [q_r | k_r | v_r] of a whole fused bias:
+        b = b.redistribute(mesh, self._shardc_bias)  # a local slice; gathered in backward
+    b = b.to_local()
     out = torch.addmm(b, full.reshape(-1, full.shape[-1]), w)
     return out.view(*full.shape[:-1], w.shape[1])
 

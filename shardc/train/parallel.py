@@ -39,6 +39,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
 from shardc.train.conv1d import CONV1D, split_factor
+from shardc.train.experts import expert_styles, expert_targets
 from shardc.train.launch import check_placement
 from shardc.train.modules import (
     LayerChain,
@@ -131,18 +132,24 @@ def apply(
     """
     # 1. the plan, this world, this model
     view = _training_view(plan)
+    tp = view.uniform_tp
+    if tp is None:
+        # torch's PipelineStage sends each activation from the one rank of a pp group that
+        # holds stage i to the one that holds stage i+1; every TP rank of a stage needs the
+        # whole gradient, so a wider stage would have ranks with no peer, and re-laying the
+        # tensors inside its TP group around each send and receive has no hook in the
+        # schedules (torchtitan and Megatron-LM likewise take one TP degree for all stages)
+        tps = ", ".join(f"stage{s.index} tp={s.tp}" for s in view.stages)
+        raise TrainPlanError(
+            f"the plan's stages differ in TP degree ({tps}); torch's pipelining pairs one rank "
+            "of each stage with one rank of the next, so every stage needs the same TP group size",
+            hint="pin one tp for every stage (--pin tp=N)",
+        )
     if simulate_devices is None:
         simulate_devices = os.environ.get("SHARDC_SIMULATE_DEVICES") == "1"
     device = _device(view, simulate_devices)
     rank = _world(view)
     check_placement(view, rank)
-    tp = view.uniform_tp
-    if tp is None:
-        raise TrainPlanError(
-            "stages with different TP degrees do not map to torch's pipelining, which pairs "
-            "ranks one to one between stages",
-            hint="pin one tp for every stage",
-        )
     stage = view.stages[view.rank(rank).stage]
     sp = stage.sequence_parallel and tp > 1
     mm, chain = _model_facts(view, model, example_inputs, needs_chain=sp or view.pp > 1
@@ -154,14 +161,14 @@ def apply(
     tied_groups = _tied_groups(view, mesh) if view.pp > 1 and aliases else {}
     # 3.-4. this rank's stage(s), cut before sharding
     chunks = _stage_chunks(model, view, chain, mesh, stage.index, sp)
-    for _, m, layers in chunks:
+    for c, (index, m, layers) in enumerate(chunks):
         blocks = [m.get_submodule(chain.layers[i]) for i in layers] if chain else []
         apply_recompute(blocks, stage.recompute)  # 5. inside FSDP's hooks
         if tp > 1:  # 6.
             _tensor_parallel(m, mm, chain, layers, view, mesh, sp)
             _retie(m, aliases)
         if view.dp > 1:  # 7. over the DTensors TP made
-            _shard_data_parallel(m, blocks, mesh["dp"], view)
+            chunks[c] = (index, _shard_data_parallel(m, blocks, mesh["dp"], view), layers)
     loss = loss_fn or token_loss
     n_virtual = view.pp * view.interleave
     return ParallelModel(
@@ -243,15 +250,14 @@ def _tensor_parallel(
         scopes = [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
     factors = {f: split_factor(mm.proto, node) for f, (_, cls, node) in targets.items()
                if cls == CONV1D}  # fmt: skip
-    fused = sorted(f for f, k in factors.items() if k > 1)
-    if fused and view.dp > 1 and view.zero >= 1:
-        raise TrainPlanError(
-            f"{fused[0]} is a fused projection split across TP ranks, and FSDP2 does not "
-            "shard such a strided parameter correctly on top (its gradients come out wrong)",
-            hint="compile with zero=0 (whole replicas), or without data parallelism",
-        )
-    styles = tp_styles(targets, sequence_parallel=sp, factors=factors,
-                       sp_modules=norm_modules(m, scopes, targets))  # fmt: skip
+    experts = {f: e for f, e in expert_targets(mm, view.strategies).items() if _has(m, f)}
+    # the MoE block around each experts module: its router and experts are no norms
+    moe = {f.rsplit(".", 1)[0] for f in experts}
+    norms = [
+        n for n in norm_modules(m, scopes, targets) if not any(n.startswith(f"{b}.") for b in moe)
+    ]
+    styles = tp_styles(targets, sequence_parallel=sp, factors=factors, sp_modules=norms)
+    styles.update(expert_styles(experts, sequence_parallel=sp))
     parallelize_module(m, mesh["tp"], styles)
     for fqn, k in factors.items():
         # GPT-2's attention cuts the fused output by a width it stores (``split_size``):
@@ -310,12 +316,18 @@ def _has(m: nn.Module, fqn: str) -> bool:
 
 def _shard_data_parallel(
     m: nn.Module, blocks: list[nn.Module], dp_mesh: Any, view: PlanView
-) -> None:
-    """ZeRO over the dp axis with FSDP2: every block its own unit, then the rest; ZeRO-0
-    with FSDP2's ``replicate`` (DDP's maths: whole copies, gradients all-reduced).
+) -> nn.Module:
+    """ZeRO over the dp axis; returns the module to run (a DDP wrapper for ZeRO-1).
 
-    ZeRO-3 reshards parameters after forward; ZeRO-1 and -2 keep them gathered until
-    backward, which is FSDP2's ZeRO-2 (torch has no mode sharding optimizer state alone).
+    * ZeRO-0: FSDP2's ``replicate`` (DDP's maths: whole copies, gradients all-reduced);
+    * ZeRO-1: ``DistributedDataParallel`` (whole parameters and gradients, all-reduced), the
+      optimizer state sharded by ``ZeroRedundancyOptimizer`` (:meth:`ParallelModel.optimizer`);
+    * ZeRO-2/3: FSDP2 ``fully_shard``, every block its own unit, then the rest; ZeRO-3
+      reshards parameters after forward, ZeRO-2 keeps them gathered until backward.
+
+    ZeRO-1 over tensor-parallel (DTensor) parameters runs as ZeRO-2, with a warning: DDP
+    takes plain tensors only, and ``ZeroRedundancyOptimizer`` broadcasts each updated
+    parameter with ``c10d.broadcast_``, for which DTensor has no sharding rule.
     """
     mp = MixedPrecisionPolicy()
     if view.dtype in ("bf16", "fp16"):
@@ -326,11 +338,31 @@ def _shard_data_parallel(
         for b in blocks:
             replicate(b, mesh=dp_mesh, mp_policy=mp)
         replicate(m, mesh=dp_mesh, mp_policy=mp)
-        return
+        return m
+    distributed = any(isinstance(p, DTensor) for p in m.parameters())
+    if view.zero == 1 and not distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # under pipelining every forward runs in no_sync and the stage prepares the last
+        # backward itself, so DDP never reaches the point where it rebuilds its buckets and
+        # its record of gradient order doubles each step (an internal assert on step 2);
+        # find_unused_parameters turns that rebuild off
+        return DistributedDataParallel(
+            m, process_group=dp_mesh.get_group(), find_unused_parameters=view.pp > 1
+        )
+    if view.zero == 1:
+        warnings.warn(
+            "ZeRO-1 over tensor-parallel parameters runs as FSDP2's ZeRO-2 (gradients "
+            "sharded too: the same maths and traffic, less memory than the plan priced): "
+            "DDP and ZeroRedundancyOptimizer take plain tensors, not DTensors",
+            ShardcWarning,
+            stacklevel=3,
+        )
     reshard = view.zero >= 3
     for b in blocks:
         fully_shard(b, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
     fully_shard(m, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
+    return m
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:

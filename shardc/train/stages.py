@@ -10,7 +10,7 @@ off the stages that do not hold them.
 Which modules are blocks and ends comes from the export's metadata
 (:func:`shardc.train.modules.layer_chain`). What the owner does *between* them (token plus
 position embeddings, rotary tables) is model code no metadata describes, so each family
-has a small entry here: ``rope`` (Llama, Mistral, Qwen2/3: ``rotary_emb`` over global
+has a small entry here: ``rope`` (Llama, Mistral, Mixtral, Qwen2/3: ``rotary_emb`` over global
 positions) and ``gpt2`` (learned positions). Other owners are refused with pp > 1.
 """
 
@@ -37,6 +37,7 @@ from shardc.train.planview import TrainPlanError
 FAMILIES = {
     "LlamaModel": "rope",
     "MistralModel": "rope",
+    "MixtralModel": "rope",
     "Qwen2Model": "rope",
     "Qwen3Model": "rope",
     "GPT2Model": "gpt2",

@@ -19,11 +19,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import loss_parallel
+from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
 from shardc.train.planview import PlanView, TrainPlanError
+
+
+def _unwrapped(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, DistributedDataParallel) else m
 
 
 def token_loss(logits: Any, labels: torch.Tensor) -> torch.Tensor:
@@ -36,8 +42,8 @@ class ParallelModel:
     """One rank's share of the model, as the plan placed it."""
 
     modules: tuple[nn.Module, ...]
-    """This rank's model chunks (one unless virtual stages); parameter FQNs are the
-    unsplit model's."""
+    """This rank's model chunks (one unless virtual stages), as they run (a DDP wrapper
+    under ZeRO-1); parameter FQNs are the unsplit model's."""
     mesh: DeviceMesh
     """The ``(pp, dp, tp)`` mesh."""
     view: PlanView
@@ -57,8 +63,8 @@ class ParallelModel:
 
     @property
     def module(self) -> nn.Module:
-        """The rank's (first) model chunk."""
-        return self.modules[0]
+        """The rank's (first) model chunk (inside its DDP wrapper under ZeRO-1)."""
+        return _unwrapped(self.modules[0])
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter this rank holds (for the optimizer)."""
@@ -66,8 +72,27 @@ class ParallelModel:
             yield from m.parameters()
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) under the unsplit model's names (a DDP wrapper's ``module.``
+        prefix dropped).
+        """
         for m in self.modules:
-            yield from m.named_parameters()
+            yield from _unwrapped(m).named_parameters()
+
+    @property
+    def _ddp(self) -> bool:
+        return any(isinstance(m, DistributedDataParallel) for m in self.modules)
+
+    def optimizer(self, cls: type[torch.optim.Optimizer], **options: Any) -> torch.optim.Optimizer:
+        """``cls(parameters, **options)``, with its state sharded over the replicas when the
+        plan says ZeRO-1 (torch's ``ZeroRedundancyOptimizer``: each replica steps its share
+        of the parameters and broadcasts them; gradients stay whole, all-reduced by DDP).
+        """
+        params = list(self.parameters())
+        if not self._ddp:
+            return cls(params, **options)
+        return ZeroRedundancyOptimizer(
+            params, optimizer_class=cls, process_group=self.mesh["dp"].get_group(), **options
+        )
 
     def _replica_rows(self, t: torch.Tensor) -> torch.Tensor:
         dp, m = self.view.dp, self.view.microbatches
@@ -82,7 +107,7 @@ class ParallelModel:
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.view.dtype or "")
-        if dt is None or self.view.dp > 1:  # FSDP's MixedPrecisionPolicy casts instead
+        if dt is None or (self.view.dp > 1 and not self._ddp):  # FSDP's MixedPrecisionPolicy casts
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dt)
 
@@ -97,7 +122,7 @@ class ParallelModel:
         with loss_parallel(), self._autocast():
             if self.schedule is None:
                 for xs, ys in zip(x.chunk(m), y.chunk(m), strict=True):
-                    out = self.module(xs)
+                    out = self.modules[0](xs)  # through DDP's wrapper, if any
                     loss = self.loss_fn(out, ys) / m
                     loss.backward()
                     total += loss.full_tensor() if isinstance(loss, DTensor) else loss.detach()

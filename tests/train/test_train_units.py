@@ -206,3 +206,14 @@ def test_hostfile_names_the_hosts_and_checks_slots(plans: dict[str, Path], tmp_p
     r = CliRunner().invoke(cli, ["launch", str(plans["pair"]), "--hostfile", str(bad), "--",
                                  "t.py"])  # fmt: skip
     assert r.exit_code == 2 and "slots=4 and the plan runs 8 ranks" in r.output
+
+
+def test_refuses_stages_of_different_tp_before_joining_a_world() -> None:
+    """A pipeline stage pairs one rank with one of the next stage: tp 2 then 1 is
+    refused from the plan alone (no process group needed), naming both degrees.
+    """
+    plan = shardc.compile("examples/models/tiny_gpt2.onnx", LOCAL, devices=3, quiet=True,
+                          pins="pp=2,dp=1,stage0.tp=2,stage1.tp=1")  # fmt: skip
+    with pytest.raises(TrainPlanError, match=r"stage0 tp=2, stage1 tp=1") as e:
+        apply(plan, H.build("gpt2"))
+    assert "\n" not in str(e.value)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 SEQ = 16
 VOCAB = 128
@@ -52,6 +53,24 @@ def build(family: str, layers: int = 2) -> LM:
             attn_implementation="sdpa",
         )
         inner: nn.Module = transformers.LlamaForCausalLM(cfg)
+    elif family == "mixtral":
+        # four experts, top-2: an even split over 2 and 4 ranks; four KV heads so that tp=4
+        # splits attention too; router jitter off (no noise)
+        cfg = transformers.MixtralConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            max_position_embeddings=64,
+            router_jitter_noise=0.0,
+            attn_implementation="sdpa",
+        )
+        inner = transformers.MixtralForCausalLM(cfg)
+        inner.set_experts_implementation("batched_mm")  # the implementation that exports
     else:
         cfg = transformers.GPT2Config(
             vocab_size=VOCAB,
@@ -114,8 +133,17 @@ def run_plan(
     import shardc.train
 
     model = build(family, layers)
+    if kw.pop("catch", False):  # a plan the test expects refused: its message
+        try:
+            shardc.train.apply(plan_dir, model, **kw)
+        except shardc.train.TrainPlanError as e:
+            return {"refused": str(e)}
+        return {"refused": ""}
     pm = shardc.train.apply(plan_dir, model, **kw)
-    opt = torch.optim.SGD(list(pm.parameters()), lr=LR)
+    opt = pm.optimizer(torch.optim.SGD, lr=LR)
+    # what this rank stores of each parameter (its shard), to check what the plan split
+    local = {n: tuple(p.to_local().shape if isinstance(p, DTensor) else p.shape)
+             for n, p in pm.named_parameters()}  # fmt: skip
     x, y = batch()
     losses, grads = [], {}
     for i in range(steps):
@@ -125,7 +153,10 @@ def run_plan(
         losses.append(loss)
         opt.step()
         opt.zero_grad()
-    return {"losses": losses, "grads": grads}
+    inner = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer's own share
+    stepped = sum(len(g["params"]) for g in inner.param_groups)
+    return {"losses": losses, "grads": grads, "local": local, "stepped": stepped,
+            "optimizer": type(opt).__name__}  # fmt: skip
 
 
 def free_port() -> int:
