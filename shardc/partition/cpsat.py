@@ -43,6 +43,7 @@ from shardc.partition.problem import (
     StagePlan,
     activation_factor,
     in_flight,
+    interleave_fits,
     score,
     violations,
 )
@@ -60,9 +61,9 @@ class _Attempt:
 
 def stage_counts(problem: PartitionProblem) -> list[int]:
     """The stage counts :func:`solve` settles, one CP-SAT model each (unless skipped)."""
-    if problem.pinned_stages:
-        return [problem.pinned_stages]
-    return list(range(1, min(problem.max_stages, problem.blocks) + 1))
+    counts = ([problem.pinned_stages] if problem.pinned_stages
+              else range(1, min(problem.max_stages, problem.blocks) + 1))
+    return [s for s in counts if interleave_fits(problem, s)]
 
 
 def solve(
@@ -84,6 +85,13 @@ def solve(
     start = time.perf_counter()
     settled = on_count or (lambda s: None)
     counts = stage_counts(problem)
+    if not counts:
+        raise InfeasibleError(
+            f"interleaving v={problem.interleave} needs the {problem.microbatches} "
+            f"micro-batches to be a multiple of the stage count"
+            + (f" ({problem.pinned_stages})" if problem.pinned_stages else ""),
+            hint="pick a global batch, dp or pp that makes them divide, or v=1",
+        )
     if hint is not None and len(hint) in counts:
         counts.remove(len(hint))
         counts.insert(0, len(hint))

@@ -171,6 +171,20 @@ def exposed_p2p(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
     )
 
 
+def interleave_fits(p: PartitionProblem, stages: int) -> bool:
+    """Whether ``stages`` can run the interleaved schedule over ``p.microbatches``.
+
+    Megatron-LM's interleaved 1F1B moves micro-batches in groups of S through each chunk
+    (:func:`shardc.plan.simulate.interleaved_order`); Narayanan et al. 2021 §2.2.2: "this
+    schedule requires the number of microbatches in a batch to be an integer multiple of
+    the degree of pipeline parallelism". With a short last group the first stage's next
+    chunk waits on a micro-batch still crossing the pipeline: the ``(S − 1)/v`` bubble no
+    longer holds, and the order :func:`interleaved_order` writes cannot even be run (a
+    rank waits on a hand-off scheduled after its own). So such a plan is not offered.
+    """
+    return p.interleave <= 1 or stages <= 1 or p.microbatches % stages == 0
+
+
 def activation_factor(p: PartitionProblem, stages: int) -> float:
     """Extra in-flight activations of interleaving: ``1 + (S − 1)/(S·v)`` (1 when v = 1)."""
     if p.interleave <= 1 or stages <= 1:
@@ -222,6 +236,9 @@ def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
         out.append("every stage needs at least one block")
     if p.interleave > 1 and any(s.blocks % p.interleave for s in stages):
         out.append(f"every stage's blocks must split into {p.interleave} interleaved chunks")
+    if not interleave_fits(p, len(stages)):
+        out.append(f"interleaving needs the {p.microbatches} micro-batches to be a multiple "
+                   f"of the {len(stages)} stages")
     used: dict[str, int] = {}
     for j, s in enumerate(stages):
         c = p.config(s.config)
