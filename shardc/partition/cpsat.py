@@ -42,6 +42,7 @@ from shardc.partition.problem import (
     Solution,
     StagePlan,
     activation_factor,
+    block_sync,
     in_flight,
     interleave_fits,
     score,
@@ -293,7 +294,7 @@ def _stage_time(m: cp_model.CpModel, p: PartitionProblem, s: int, j: int, x, y, 
 
 def _stage_sync(p: PartitionProblem, s: int, j: int, x, y, k: float):
     cs = p.configs
-    expr = sum(round(c.sync_seconds * k) * y[j][ci] for ci, c in enumerate(cs))
+    expr = sum(round(block_sync(p, c, s) * k) * y[j][ci] for ci, c in enumerate(cs))
     if j == 0:
         expr += sum(round(c.prologue_sync * k) * x[0][ci] for ci, c in enumerate(cs))
     if j == s - 1:
