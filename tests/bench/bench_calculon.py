@@ -49,6 +49,7 @@ import bench_practitioners as prac  # noqa: E402
 
 from shardc.cost.grid import GridConfig, StepEstimate  # noqa: E402
 from shardc.partition.grid import price_grid  # noqa: E402
+from shardc.partition.options import Pins  # noqa: E402
 
 DEFAULT_SRC = "/work/.mirror/calculon-ai+calculon/repo"
 RECOMPUTE = {"none": "none", "selective": "attn_only", "full": "full"}
@@ -246,14 +247,23 @@ def planners(calc: Calculon, every: int) -> list[str]:
         free = prac.search(costing, prac.PartitionOptions(global_batch=case.global_batch,
                                                           memory_reserve=prac.RESERVE))
         ours_cpu = time.process_time() - start
-        rcs = {s.recompute for s in free.stages}
-        heavy = "full" if "full" in rcs else "selective" if "selective" in rcs else "none"
-        tps = {s.tp for s in free.stages}
-        if len(tps) == 1:
-            picks.append((f"shardc free ({prac.describe(free)})", GridConfig(
-                tps.pop(), free.pp, free.dp, 1, case.global_batch, recompute=heavy,
-                sequence_parallel=any(s.sequence_parallel for s in free.stages),
-                interleave=free.interleave, zero_stage=1)))
+        plans = [("shardc free", free)]
+        if len({s.tp for s in free.stages}) > 1:
+            # Calculon has one TP degree per run: a plan mixing them is priced there as
+            # the best plan shardc finds with each of its degrees pinned on every stage.
+            uniform = [prac.search(costing, prac.PartitionOptions(
+                global_batch=case.global_batch, memory_reserve=prac.RESERVE,
+                pins=Pins(tp=t))) for t in sorted({s.tp for s in free.stages})]
+            plans.append(("shardc, one tp", min(uniform, key=lambda r: r.step_seconds)))
+        for label, plan in plans:
+            rcs = {s.recompute for s in plan.stages}
+            heavy = "full" if "full" in rcs else "selective" if "selective" in rcs else "none"
+            tps = {s.tp for s in plan.stages}
+            if len(tps) == 1:
+                picks.append((f"{label} ({prac.describe(plan)})", GridConfig(
+                    tps.pop(), plan.pp, plan.dp, 1, case.global_batch, recompute=heavy,
+                    sequence_parallel=any(s.sequence_parallel for s in plan.stages),
+                    interleave=plan.interleave, zero_stage=1)))
         priced: dict[str, tuple[float, float | None]] = {}
         for name, cfg in picks:
             ours = price_grid(costing, cfg, prac.RESERVE)
@@ -272,7 +282,7 @@ def planners(calc: Calculon, every: int) -> list[str]:
         lines.append(f"  shardc free plan as searched: {free.step_seconds:.2f} s, "
                      f"{free.status.lower()}, gap {free.gap or 0:.1%}")
         pick = case.practitioners[-1][0]  # Calculon's own pick (v = 6)
-        mine = [n for n in priced if n.startswith("shardc free")]
+        mine = [n for n in priced if n.startswith("shardc")]
         if mine and priced[pick][1] and priced[mine[0]][1]:
             (o1, t1), (o2, t2) = priced[mine[0]], priced[pick]
             lines.append(f"  shardc's plan vs Calculon's pick: {o1 / o2 - 1:+.1%} in shardc's "
