@@ -47,6 +47,10 @@ class GridConfig:
             raise OptionError(f"unknown schedule {self.schedule!r}", hint=f"use {SCHEDULES}")
         if self.interleave > 1 and (self.schedule != "1f1b" or self.pp == 1):
             raise OptionError("interleaved chunks need the 1f1b schedule and pp > 1")
+        if self.interleave > 1 and self.microbatches % self.pp:
+            # Narayanan et al. 2021 §2.2.2; shardc.partition.problem.interleave_fits
+            raise OptionError(f"interleaving needs the {self.microbatches} micro-batches "
+                              f"to be a multiple of pp={self.pp}")
 
     @property
     def devices(self) -> int:

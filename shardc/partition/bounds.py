@@ -17,6 +17,7 @@ from shardc.partition.problem import (
     Solution,
     StagePlan,
     activation_factor,
+    block_sync,
     in_flight,
     score,
     violations,
@@ -80,9 +81,9 @@ def lower_bound(p: PartitionProblem, s: int) -> float:
     t = max(t, memory_bound_pace(p, s))
     if p.interleave > 1:
         return (p.microbatches + (s - 1) / p.interleave) * t + (s - 1) * p.p2p_seconds + (
-            p.blocks * min(c.sync_seconds for c in p.configs) / s
+            p.blocks * min(block_sync(p, c, s) for c in p.configs) / s
         ) + fill
-    sync = p.blocks * min(c.sync_seconds for c in p.configs)
+    sync = p.blocks * min(block_sync(p, c, s) for c in p.configs)
     sync += min(c.prologue_sync for c in p.configs) + min(c.epilogue_sync for c in p.configs)
     if s == 1:
         sync -= max(c.tied_sync for c in p.configs)

@@ -130,6 +130,8 @@ class Costing(PartPrices):
             epilogue_seconds=e.seconds,
             epilogue_bytes=e.static + e_state + e.activation + e.workspace,
             sync_seconds=b_sync,
+            sync_overlap=(self.sync_overlap(b, dp, dp_group, rc)
+                          if training and dp > 1 else ()),
             prologue_sync=p_sync,
             epilogue_sync=e_sync,
             p2p_seconds=p2p,
@@ -247,16 +249,32 @@ class Costing(PartPrices):
         """
         if not part.params:
             return 0.0
+        pairs = self.sync_overlap(part, dp, group, recompute)
+        held = part.params / (dp if self.settings.zero >= 1 else 1)
+        return sum(max(0.0, t - w) for t, w in pairs) + optimizer_time(held, spec)
+
+    def sync_overlap(
+        self, part: PartCost, dp: int, group: Sequence[str], recompute: str = "none"
+    ) -> tuple[tuple[float, float], ...]:
+        """Each collective of a part's gradient sync with the compute that can hide it:
+        ``(seconds, window)`` pairs, the window 0 when the sync is not overlapped.
+
+        The window is one micro-batch's backward of the part for the gradient
+        reduction and its forward for the ZeRO weight all-gather: what a
+        non-interleaved stage has left once its last micro-batch makes the gradients
+        final. :func:`shardc.partition.problem.block_sync` widens it under interleaving.
+        """
+        if not part.params:
+            return ()
         ops = ("reduce_scatter", "all_gather") if self.settings.zero >= 1 else ("all_reduce",)
         nbytes = self.sync_bytes(part, dp)
         times = [self._collective(op, nbytes, group) for op in ops]
+        windows: tuple[float, ...] = (0.0, 0.0)
         if self.settings.overlap_dp and self.settings.mode == "training":
             passes = 4.0 if recompute == "full" else 3.0  # forward 1, backward 2 (+1)
             forward = part.compute / passes
             windows = (part.compute - forward, forward)  # backward for grads, forward for weights
-            times = [max(0.0, t - w) for t, w in zip(times, windows, strict=False)]
-        held = part.params / (dp if self.settings.zero >= 1 else 1)
-        return sum(times) + optimizer_time(held, spec)
+        return tuple(zip(times, windows, strict=False))
 
     def _p2p(self, kind: str, tp: int, dp: int, groups: list[list[str]], sp: bool = False) -> float:
         """One micro-batch's boundary traffic to the next stage's group (scatter/gather

@@ -42,7 +42,9 @@ from shardc.partition.problem import (
     Solution,
     StagePlan,
     activation_factor,
+    block_sync,
     in_flight,
+    interleave_fits,
     score,
     violations,
 )
@@ -60,10 +62,10 @@ class _Attempt:
 
 def stage_counts(problem: PartitionProblem) -> list[int]:
     """The stage counts :func:`solve` settles, one CP-SAT model each (unless skipped)."""
-    if problem.pinned_stages:
-        return [problem.pinned_stages]
     first = 2 if problem.interleave > 1 else 1  # v chunks need a ring of stages to walk
-    return list(range(first, min(problem.max_stages, problem.blocks) + 1))
+    counts = ([problem.pinned_stages] if problem.pinned_stages
+              else range(first, min(problem.max_stages, problem.blocks) + 1))
+    return [s for s in counts if interleave_fits(problem, s)]
 
 
 def solve(
@@ -85,6 +87,13 @@ def solve(
     start = time.perf_counter()
     settled = on_count or (lambda s: None)
     counts = stage_counts(problem)
+    if not counts:
+        raise InfeasibleError(
+            f"interleaving v={problem.interleave} needs the {problem.microbatches} "
+            f"micro-batches to be a multiple of the stage count"
+            + (f" ({problem.pinned_stages})" if problem.pinned_stages else ""),
+            hint="pick a global batch, dp or pp that makes them divide, or v=1",
+        )
     if hint is not None and len(hint) in counts:
         counts.remove(len(hint))
         counts.insert(0, len(hint))
@@ -286,7 +295,7 @@ def _stage_time(m: cp_model.CpModel, p: PartitionProblem, s: int, j: int, x, y, 
 
 def _stage_sync(p: PartitionProblem, s: int, j: int, x, y, k: float):
     cs = p.configs
-    expr = sum(round(c.sync_seconds * k) * y[j][ci] for ci, c in enumerate(cs))
+    expr = sum(round(block_sync(p, c, s) * k) * y[j][ci] for ci, c in enumerate(cs))
     if j == 0:
         expr += sum(round(c.prologue_sync * k) * x[0][ci] for ci, c in enumerate(cs))
     if j == s - 1:

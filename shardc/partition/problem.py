@@ -14,7 +14,8 @@ Scoring (the same function the solver's objective is checked against):
   (activations out, gradients back), which sits in every 1F1B slot;
 * per-step work outside the pipeline ``sync_j = n_j·sync(c_j) + [j = 0]·pro_sync(c_0) +
   [j = S−1]·epi_sync(c_S−1) − [S = 1]·tied_sync(c_0)`` (data-parallel gradient reduction,
-  optimizer step; a weight both ends read, a tied embedding and LM head, is synced once
+  optimizer step, :func:`block_sync`, whose overlap with the backward widens with
+  interleaving; a weight both ends read, a tied embedding and LM head, is synced once
   when one stage holds both, and held once: ``tied_bytes`` likewise);
 * **throughput** (1F1B or GPipe over M micro-batches): ``(M + (S − 1)/v)·max_j T_j +
   (S − 1)·p2p + max_j sync_j`` — the bubble is ``(S − 1)/v`` slots of the slowest stage
@@ -72,6 +73,11 @@ class StageConfig:
     tied_sync: float = 0.0
     """What ``prologue_sync + epilogue_sync`` count twice on a one-stage plan (the tied
     weight's gradient is reduced once)."""
+    sync_overlap: tuple[tuple[float, float], ...] = ()
+    """Per block, each collective of the gradient sync as ``(seconds, window)``: the
+    compute of one micro-batch that hides it on a plain 1F1B stage (``sync_seconds``
+    already charges ``max(0, seconds − window)``). Interleaving widens the window
+    (:func:`block_sync`); empty when there is nothing to sync."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,20 @@ def exposed_p2p(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> float:
     )
 
 
+def interleave_fits(p: PartitionProblem, stages: int) -> bool:
+    """Whether ``stages`` can run the interleaved schedule over ``p.microbatches``.
+
+    Megatron-LM's interleaved 1F1B moves micro-batches in groups of S through each chunk
+    (:func:`shardc.plan.simulate.interleaved_order`); Narayanan et al. 2021 §2.2.2: "this
+    schedule requires the number of microbatches in a batch to be an integer multiple of
+    the degree of pipeline parallelism". With a short last group the first stage's next
+    chunk waits on a micro-batch still crossing the pipeline: the ``(S − 1)/v`` bubble no
+    longer holds, and the order :func:`interleaved_order` writes cannot even be run (a
+    rank waits on a hand-off scheduled after its own). So such a plan is not offered.
+    """
+    return p.interleave <= 1 or stages <= 1 or p.microbatches % stages == 0
+
+
 def activation_factor(p: PartitionProblem, stages: int) -> float:
     """Extra in-flight activations of interleaving: ``1 + (S − 1)/(S·v)`` (1 when v = 1)."""
     if p.interleave <= 1 or stages <= 1:
@@ -178,10 +198,31 @@ def activation_factor(p: PartitionProblem, stages: int) -> float:
     return 1.0 + (stages - 1) / (stages * p.interleave)
 
 
+def block_sync(p: PartitionProblem, c: StageConfig, stages: int) -> float:
+    """Exposed sync of one block of ``c`` (plus its optimizer step) in an ``stages``-stage
+    pipeline: ``sync(c)`` of the module docstring.
+
+    Without interleaving a stage's gradients are final only after its last micro-batch's
+    backward, and that backward (the next step's first forward for the ZeRO weight
+    all-gather) is all that hides the sync: ``c.sync_seconds``. With v chunks per device
+    (Megatron-LM ``overlap_grad_reduce`` / ``overlap_param_gather`` with one bucket set
+    per model chunk), chunk c's gradients are final after the last group's S backwards
+    through it, and the S backwards of chunk c − 1 follow: v − 1 of every v blocks get a
+    window S times as wide; only the last chunk keeps the one-micro-batch window (the
+    forward order mirrors it for the all-gather).
+    """
+    v = p.interleave
+    if v <= 1 or stages <= 1 or not c.sync_overlap:
+        return c.sync_seconds
+    plain = sum(max(0.0, t - w) for t, w in c.sync_overlap)
+    wide = sum(max(0.0, t - stages * w) for t, w in c.sync_overlap)
+    return c.sync_seconds - plain + (plain + (v - 1) * wide) / v
+
+
 def stage_sync(p: PartitionProblem, stages: tuple[StagePlan, ...], j: int) -> float:
     """``sync_j`` of the module docstring."""
     c = p.config(stages[j].config)
-    t = stages[j].blocks * c.sync_seconds
+    t = stages[j].blocks * block_sync(p, c, len(stages))
     if j == 0:
         t += c.prologue_sync
     if j == len(stages) - 1:
@@ -224,6 +265,9 @@ def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
         out.append(f"interleaving (v={p.interleave}) needs at least two pipeline stages")
     if p.interleave > 1 and any(s.blocks % p.interleave for s in stages):
         out.append(f"every stage's blocks must split into {p.interleave} interleaved chunks")
+    if not interleave_fits(p, len(stages)):
+        out.append(f"interleaving needs the {p.microbatches} micro-batches to be a multiple "
+                   f"of the {len(stages)} stages")
     used: dict[str, int] = {}
     for j, s in enumerate(stages):
         c = p.config(s.config)

@@ -15,11 +15,17 @@ or ``CALCULON_SRC``; without one (or without a package index) it says so and sto
   (``bench_practitioners``), each priced by both tools. A shardc plan that mixes
   recomputation across stages is priced in Calculon with the heavier mode everywhere
   (Calculon has one mode per run).
-* **Search time**: shardc's whole free search (wall clock, one CP-SAT worker) against
-  Calculon's ``llm-optimal-execution`` on the same model, GPU count and batch, on one CPU
-  (``-c 1``), stopped after ``--calculon-limit`` seconds (its exhaustive search runs for
-  hours on two cores): what is printed is either its time or the limit it ran past, a
-  lower bound.
+* **Search time**: shardc's whole free search (CPU seconds, one CP-SAT worker) against
+  Calculon's ``llm-optimal-execution`` on the same model, GPU count and batch, in CPU
+  seconds of one process. Its exhaustive search evaluates millions of executions (about
+  100 CPU hours for 4,096 GPUs), so it is *measured on a sample and extrapolated*: a
+  driver run in Calculon's venv enumerates exactly the executions the command
+  enumerates (its outer parameters, then ``OptimalExecution.search`` for the inner
+  loops), evaluates every K-th one (``--calculon-sample``, default 20,000) with the same
+  ``compile`` + ``run`` + ``get_stats_json`` the search calls, and reports
+  ``executions × mean CPU per evaluation + the CPU of the enumeration itself``. Both
+  numbers are CPU time, so a loaded machine does not skew the ratio; Calculon's pool of
+  worker processes divides its wall clock by the cores, not its work.
 
 Run ``python tests/bench/bench_calculon.py [--calculon-src PATH]``.
 """
@@ -29,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,8 +47,9 @@ sys.path.insert(0, str(HERE))
 import bench_megatron as mega  # noqa: E402
 import bench_practitioners as prac  # noqa: E402
 
-from shardc.cost.grid import GridConfig  # noqa: E402
+from shardc.cost.grid import GridConfig, StepEstimate  # noqa: E402
 from shardc.partition.grid import price_grid  # noqa: E402
+from shardc.partition.options import Pins  # noqa: E402
 
 DEFAULT_SRC = "/work/.mirror/calculon-ai+calculon/repo"
 RECOMPUTE = {"none": "none", "selective": "attn_only", "full": "full"}
@@ -72,10 +78,15 @@ class Calculon:
     def __init__(self, exe: Path, systems: Path, folder: Path) -> None:
         self.exe, self.system, self.folder, self.n = exe, systems / "a100_80g.json", folder, 0
 
-    def seconds(self, *, layers: int, hidden: int, heads: int, gpus: int, tp: int, pp: int,
-                dp: int, batch: int, recompute: str, sp: bool, v: int = 1,
-                zero: bool = False, overlap: bool = False) -> float | None:
+    def seconds(self, **kwargs: object) -> float | None:
         """Calculon's step time for one execution, or None if it rejects it (memory)."""
+        stats = self.stats(**kwargs)  # type: ignore[arg-type]
+        return float(stats["total_time"]) if stats else None
+
+    def stats(self, *, layers: int, hidden: int, heads: int, gpus: int, tp: int, pp: int,
+              dp: int, batch: int, recompute: str, sp: bool, v: int = 1,
+              zero: bool = False, overlap: bool = False) -> dict | None:
+        """Calculon's statistics of one execution, or None if it rejects it (memory)."""
         self.n += 1
         app = {"hidden": hidden, "feedforward": 4 * hidden, "seq_size": 2048,
                "attn_heads": heads, "attn_size": hidden // heads, "num_blocks": layers}
@@ -95,7 +106,29 @@ class Calculon:
                               str(self.system), str(files[2])], capture_output=True, text=True)
         if run.returncode != 0 or not files[2].exists():
             return None
-        return float(json.loads(files[2].read_text())["total_time"])
+        return dict(json.loads(files[2].read_text()))
+
+
+def calculon_parts(stats: dict) -> dict[str, float]:
+    """Calculon's exposed step time in shardc's parts (its recomputation apart)."""
+    return {"compute": stats["fw_time"] + stats["bw_time"],
+            "recompute": stats["recompute_time"],
+            "tp comm": stats["tp_comm_exposed_time"] + stats["recomm_exposed_time"],
+            "pp send/recv": stats["pp_comm_exposed_time"], "bubble": stats["bubble_time"],
+            "dp sync": stats["dp_comm_exposed_time"], "optimizer": stats["optim_step_time"]}
+
+
+def shardc_parts(est: StepEstimate) -> dict[str, float]:
+    """The step time shardc exposes, in the same parts (recomputation inside compute)."""
+    b = est.breakdown()
+    return {"compute": b["compute"], "recompute": float("nan"), "tp comm": b["tp comm"],
+            "pp send/recv": b["pp send/recv"], "bubble": b["pipeline bubble"],
+            "dp sync": b["dp all-reduce"], "optimizer": b["optimizer"]}
+
+
+def parts_line(label: str, parts: dict[str, float]) -> str:
+    """One model's breakdown of one plan, seconds per part."""
+    return f"      {label:<9}" + " ".join(f"{k} {v:6.3f}" for k, v in parts.items())
 
 
 def table1(calc: Calculon) -> list[str]:
@@ -119,66 +152,145 @@ def table1(calc: Calculon) -> list[str]:
     return lines
 
 
-def calculon_search(calc: Calculon, gpus: int, batch: int, limit: float) -> tuple[float, bool]:
-    """Wall seconds of Calculon's ``llm-optimal-execution`` for GPT-3 175B on ``gpus``
-    A100 at ``batch`` on one CPU, and whether it finished within ``limit``.
+SAMPLER = r'''
+import sys, time, logging
+import calculon
+from calculon.llm import Llm
+from calculon.llm import optimal_execution as oe
+from calculon import System
+model, system, gpus, batch, K = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+state = {"n": 0, "timed": 0, "cpu": 0.0}
+
+class Skip(Llm.Error):
+    pass
+
+class Dummy:
+    def compile(self, syst, exe):
+        raise Skip("not sampled")
+
+class Sampled(Llm):
+    """Every K-th execution the search builds is evaluated as the search evaluates it."""
+    def __new__(cls, *args, **kwargs):
+        state["n"] += 1
+        return super().__new__(cls) if state["n"] % K == 0 else Dummy()
+    def compile(self, syst, exe):
+        self._t0 = time.process_time()
+        try:
+            return super().compile(syst, exe)
+        except Llm.Error:
+            state["cpu"] += time.process_time() - self._t0; state["timed"] += 1
+            raise
+    def run(self, syst):
+        try:
+            return super().run(syst)
+        finally:
+            state["cpu"] += time.process_time() - self._t0; state["timed"] += 1
+    def get_stats_json(self, layers):
+        t0 = time.process_time()
+        try:
+            return super().get_stats_json(layers)
+        finally:
+            state["cpu"] += time.process_time() - t0
+
+oe.Llm = Sampled
+logging.getLogger().setLevel(logging.CRITICAL)
+app = Llm.Application(calculon.io.read_json_file(model))
+syst = System(calculon.io.read_json_file(system))
+params = []  # OptimalExecution.run_command's outer loops, verbatim
+for tp in Llm.get_all_tensor_parallelisms(gpus, app.hidden, app.attn_heads):
+  for pp in Llm.get_all_pipeline_parallelisms(gpus, tp, app.num_blocks):
+    dp = Llm.get_data_parallelism(gpus, tp, pp)
+    for ppint in Llm.get_valid_pipeline_interleavings(app.num_blocks, pp):
+      bs = oe.OptimalExecution.get_batch_size(dp, batch)
+      if bs is None:
+        continue
+      for rc in ["full", "attn_only", "none"]:
+        for osh in ([True, False] if dp > 1 else [False]):
+          for cm in ["ar", "p2p_rs_ag", "rs_ag"]:
+            params.append((False, 1, False, gpus, batch, "float16", app, syst, tp, pp, dp,
+                           ppint, bs, rc, osh, cm, [True], False, True, True))
+t0 = time.process_time()
+for p in params:
+    oe.OptimalExecution.search(*p)
+total = time.process_time() - t0
+print(state["n"], state["timed"], state["cpu"], total - state["cpu"])
+'''
+
+
+def calculon_search(calc: Calculon, gpus: int, batch: int, every: int) -> tuple[float, str]:
+    """CPU seconds Calculon's ``llm-optimal-execution`` needs for GPT-3 175B on ``gpus``
+    A100 at ``batch``, extrapolated from every ``every``-th execution, and how.
     """
     src = calc.system.parent.parent
-    out = calc.folder / f"optimal{gpus}.json"
-    start = time.perf_counter()
-    # its own session, so that a timeout stops the worker processes it forks as well
-    proc = subprocess.Popen([str(calc.exe), "llm-optimal-execution", str(src / "models" /
-                             "gpt3-175B.json"), str(gpus), str(batch), "float16",
-                             str(calc.system), str(out), "-c", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return time.perf_counter() - start, False
-    return time.perf_counter() - start, True
+    driver = calc.folder / "sampler.py"
+    driver.write_text(SAMPLER)
+    out = subprocess.run([str(calc.exe.parent / "python"), str(driver),
+                          str(src / "models" / "gpt3-175B.json"), str(calc.system), str(gpus),
+                          str(batch), str(every)], capture_output=True, text=True, check=True)
+    n, timed, cpu, enum = out.stdout.split()
+    per = float(cpu) / int(timed)
+    total = int(n) * per + float(enum)
+    return total, (f"{int(n):,} executions; {int(timed)} evaluated (every {every:,}th), "
+                   f"{per * 1e3:.1f} ms CPU each; enumeration {float(enum):.0f} s CPU")
 
 
-def planners(calc: Calculon, limit: float) -> list[str]:
-    """GPT-3 175B at 1,536 on 1,024 and 4,096 GPUs: each plan in both tools' prices, and
-    both tools' search times.
+def planners(calc: Calculon, every: int) -> list[str]:
+    """GPT-3 175B at 1,536 on 1,024 and 4,096 GPUs: each plan in both tools' prices with
+    both breakdowns, shardc's plan against Calculon's pick in each, and the search times.
     """
     lines = []
     for case in prac.CASES[1:]:
         costing = prac.costing(case)
         lines.append(f"GPT-3 175B, {case.gpus} A100, batch {case.global_batch}:")
         picks = [(name, cfg) for name, cfg in case.practitioners]
-        start = time.perf_counter()
+        start = time.process_time()
         free = prac.search(costing, prac.PartitionOptions(global_batch=case.global_batch,
                                                           memory_reserve=prac.RESERVE))
-        ours_wall = time.perf_counter() - start
-        rcs = {s.recompute for s in free.stages}
-        heavy = "full" if "full" in rcs else "selective" if "selective" in rcs else "none"
-        tps = {s.tp for s in free.stages}
-        if len(tps) == 1:
-            picks.append((f"shardc free ({prac.describe(free)})", GridConfig(
-                tps.pop(), free.pp, free.dp, 1, case.global_batch, recompute=heavy,
-                sequence_parallel=any(s.sequence_parallel for s in free.stages),
-                interleave=free.interleave, zero_stage=1)))
+        ours_cpu = time.process_time() - start
+        plans = [("shardc free", free)]
+        if len({s.tp for s in free.stages}) > 1:
+            # Calculon has one TP degree per run: a plan mixing them is priced there as
+            # the best plan shardc finds with each of its degrees pinned on every stage.
+            uniform = [prac.search(costing, prac.PartitionOptions(
+                global_batch=case.global_batch, memory_reserve=prac.RESERVE,
+                pins=Pins(tp=t))) for t in sorted({s.tp for s in free.stages})]
+            plans.append(("shardc, one tp", min(uniform, key=lambda r: r.step_seconds)))
+        for label, plan in plans:
+            rcs = {s.recompute for s in plan.stages}
+            heavy = "full" if "full" in rcs else "selective" if "selective" in rcs else "none"
+            tps = {s.tp for s in plan.stages}
+            if len(tps) == 1:
+                picks.append((f"{label} ({prac.describe(plan)})", GridConfig(
+                    tps.pop(), plan.pp, plan.dp, 1, case.global_batch, recompute=heavy,
+                    sequence_parallel=any(s.sequence_parallel for s in plan.stages),
+                    interleave=plan.interleave, zero_stage=1)))
+        priced: dict[str, tuple[float, float | None]] = {}
         for name, cfg in picks:
             ours = price_grid(costing, cfg, prac.RESERVE)
-            theirs = calc.seconds(layers=96, hidden=12288, heads=96, gpus=case.gpus, tp=cfg.tp,
-                                  pp=cfg.pp, dp=cfg.dp, batch=cfg.global_batch,
-                                  recompute=cfg.recompute, sp=cfg.sequence_parallel,
-                                  v=cfg.interleave, zero=True, overlap=True)
+            stats = calc.stats(layers=96, hidden=12288, heads=96, gpus=case.gpus, tp=cfg.tp,
+                               pp=cfg.pp, dp=cfg.dp, batch=cfg.global_batch,
+                               recompute=cfg.recompute, sp=cfg.sequence_parallel,
+                               v=cfg.interleave, zero=True, overlap=True)
+            theirs = float(stats["total_time"]) if stats else None
+            priced[name] = (ours.seconds, theirs)
             shown = f"{theirs:8.2f} s" if theirs else "rejected"
             lines.append(f"  {name:<70} shardc {ours.seconds:7.2f} s"
                          f"{'' if ours.fits else ' (no fit)'}  Calculon {shown}")
+            lines.append(parts_line("shardc", shardc_parts(ours)))
+            if stats:
+                lines.append(parts_line("Calculon", calculon_parts(stats)))
         lines.append(f"  shardc free plan as searched: {free.step_seconds:.2f} s, "
                      f"{free.status.lower()}, gap {free.gap or 0:.1%}")
-        theirs_wall, done = calculon_search(calc, case.gpus, case.global_batch, limit)
-        ratio = theirs_wall / ours_wall if ours_wall else float("inf")
-        lines.append(f"  search time: shardc {ours_wall:.1f} s (whole free search, 1 CP-SAT "
-                     f"worker); Calculon llm-optimal-execution (1 CPU) "
-                     f"{'' if done else 'still running after '}{theirs_wall:.0f} s: "
-                     f"{'' if done else '>'}{ratio:.0f}x")
+        pick = case.practitioners[-1][0]  # Calculon's own pick (v = 6)
+        mine = [n for n in priced if n.startswith("shardc")]
+        if mine and priced[pick][1] and priced[mine[0]][1]:
+            (o1, t1), (o2, t2) = priced[mine[0]], priced[pick]
+            lines.append(f"  shardc's plan vs Calculon's pick: {o1 / o2 - 1:+.1%} in shardc's "
+                         f"model, {t1 / t2 - 1:+.1%} in Calculon's (goal: <= 0 and <= +5 %)")
+        theirs_cpu, how = calculon_search(calc, case.gpus, case.global_batch, every)
+        lines.append(f"  search time (CPU): shardc {ours_cpu:.1f} s (whole free search, 1 "
+                     f"CP-SAT worker); Calculon llm-optimal-execution ~{theirs_cpu:,.0f} s "
+                     f"(~{theirs_cpu / 3600:.0f} h; {how}): {theirs_cpu / ours_cpu:,.0f}x")
     return lines
 
 
@@ -186,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     """Install Calculon in a temporary venv and print both comparisons."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calculon-src", default=os.environ.get("CALCULON_SRC", DEFAULT_SRC))
-    ap.add_argument("--calculon-limit", type=float, default=300.0,
-                    help="seconds Calculon's optimal-execution search may run per case")
+    ap.add_argument("--calculon-sample", type=int, default=20000,
+                    help="evaluate every K-th execution of Calculon's search to time it")
     args = ap.parse_args(argv)
     src = Path(args.calculon_src)
     if not src.exists():
@@ -203,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         calc = Calculon(exe, folder / "calculon-src" / "systems", folder)
         print("Narayanan et al. 2021 Table 1, TFLOP/s per GPU by the paper's formula:")
         print("\n".join(table1(calc)), flush=True)
-        print("\n".join(planners(calc, args.calculon_limit)))
+        print("\n".join(planners(calc, args.calculon_sample)))
     return 0
 
 

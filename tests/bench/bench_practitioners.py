@@ -7,7 +7,7 @@ micro-batch 1), training, 1F1B, ZeRO-1, the default 5 % memory reserve:
 * 64 GPUs (``nodes=8``), global batch 64: practitioners run TP8 × PP8 with sequence
   parallelism and selective recomputation;
 * 1,024 GPUs, global batch 1,536: Calculon's pick tp2·pp16·dp32, selective + SP, 6
-  virtual stages (also priced at v = 1 and 2; the free search tries v ∈ {1, 2, 4});
+  virtual stages (also priced at v = 1 and 2; the free search tries v ∈ {1, 2, 3, 4, 6});
 * 4,096 GPUs, global batch 1,536: Calculon's pick tp8·pp16·dp32, SP, no recomputation,
   6 virtual stages (also v = 1 and 2).
 

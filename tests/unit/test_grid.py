@@ -83,6 +83,7 @@ def test_bubble_fraction_is_p_minus_1_over_m_v() -> None:
     {"recompute": "most"},
     {"schedule": "zigzag"},
     {"interleave": 2, "pp": 1},
+    {"interleave": 2, "pp": 4},  # 2 micro-batches, 4 stages: the groups of p do not fill
     {"tp": 0},
 ])
 def test_bad_grids_are_user_errors(kwargs: dict) -> None:

@@ -84,7 +84,7 @@ def _brute_force(costing, options: PartitionOptions) -> float:
         configs = costing.configs(dp, tps, RECOMPUTES)
         if not configs:
             continue
-        for v in [1] + [v for v in (2, 4) if blocks % v == 0 and blocks >= 2 * v]:
+        for v in [1] + [v for v in (2, 3, 4, 6) if blocks % v == 0 and blocks >= 2 * v]:
             p = PartitionProblem(
                 blocks=blocks,
                 configs=configs,

@@ -182,3 +182,47 @@ def test_solver_objective_equals_brute_force_optimum(blocks, times, cap, micro, 
     sol = solve(p)
     assert not violations(p, sol.stages)
     assert sol.seconds == pytest.approx(want, rel=1e-4)
+
+
+def test_interleaving_only_where_the_stages_divide_the_microbatches() -> None:
+    """Megatron's interleaved 1F1B moves micro-batches in groups of S (Narayanan et al.
+    2021 §2.2.2): with M = 12, 8 stages (12 % 8 = 4) are not offered, 4 and 6 are; a pinned
+    stage count that does not divide M is a one-line error, not a silently wrong bubble.
+    """
+    base = dict(
+        blocks=24,
+        configs=(_cfg("tp1", "gpu", 1, 1.0, static=0.1 * GB, act=0.01 * GB),),
+        devices={"gpu": 64},
+        capacity={"gpu": 100 * GB},
+        microbatches=12,
+        max_stages=8,
+        interleave=2,
+    )
+    p = PartitionProblem(**base)
+    sol = solve(p)
+    assert 12 % len(sol.stages) == 0
+    assert sol.seconds == pytest.approx(brute_force(p))
+    eight = tuple(StagePlan("tp1", 3) for _ in range(8))
+    assert any("multiple of the 8 stages" in v for v in violations(p, eight))
+    with pytest.raises(InfeasibleError, match="multiple of the stage count"):
+        solve(PartitionProblem(**{**base, "pinned_stages": 8}))
+    assert len(solve(PartitionProblem(**{**base, "pinned_stages": 6})).stages) == 6
+
+
+def test_interleaving_widens_the_window_that_hides_the_gradient_sync() -> None:
+    """A block's reduce-scatter of 3 s behind a 1 s backward exposes 2 s on plain 1F1B;
+    with v = 2 on 4 stages half the blocks (every chunk but the last) hide it behind the
+    4 backwards of the next chunk: (2 + 0) / 2 = 1 s, plus the 0.5 s optimizer step.
+    """
+    from shardc.partition.problem import block_sync
+
+    c = _cfg("tp1", "gpu", 1, 1.5, sync_seconds=2.5, sync_overlap=((3.0, 1.0),))
+    base = dict(blocks=8, configs=(c,), devices={"gpu": 8}, capacity={"gpu": 100 * GB},
+                microbatches=8)
+    assert block_sync(PartitionProblem(**base), c, 4) == pytest.approx(2.5)
+    two = PartitionProblem(**base, interleave=2)
+    assert block_sync(two, c, 4) == pytest.approx(1.5)
+    assert block_sync(two, c, 2) == pytest.approx(0.5 + (2.0 + 1.0) / 2)
+    assert block_sync(two, c, 1) == pytest.approx(2.5)  # one stage: nothing interleaves
+    plan = tuple(StagePlan("tp1", 2) for _ in range(4))
+    assert score(two, plan) == pytest.approx((8 + 3 / 2) * 3.0 + 2 * 1.5)
