@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shardc import jsonutil
-from shardc.emit.outputs import plan_files
+from shardc.emit.outputs import PlanFiles, plan_files
 from shardc.errors import OptionError
 from shardc.options import PlanOptions, complete_pins, read_json, warm_start_section
 from shardc.partition.options import PartitionOptions
@@ -105,11 +105,10 @@ class Inputs:
 class Built:
     """A compiled plan: the folder's files as bytes, plus what the caller may print."""
 
-    files: dict[str, bytes]
+    files: PlanFiles
+    """schedule.json and trace.json are made when first read (see :class:`PlanFiles`)."""
     plan: dict[str, Any]
     """plan.json as data (the same content as ``files["plan.json"]``)."""
-    schedule: dict[str, Any] | None
-    """schedule.json as data, or None when it was not written (``--no-emit``)."""
     result: Any
     """The :class:`shardc.pipeline.PipelineResult` (state, pass timings, dumps)."""
     warnings: tuple[str, ...]
@@ -117,6 +116,14 @@ class Built:
     """Wall time of the whole build."""
     typed: PlanData | None = None
     """The Plan the files were written from."""
+
+    @property
+    def schedule(self) -> dict[str, Any] | None:
+        """schedule.json as data, or None when it was not written (``--no-emit``); made
+        when asked for, since a large pipeline's timeline holds a million events.
+        """
+        timeline = self.typed.timeline if self.typed is not None else None
+        return timeline.to_json() if timeline is not None else None
 
     @property
     def timings(self) -> dict[str, float]:
@@ -204,7 +211,6 @@ def build(
     return Built(
         files=files,
         plan=plan.to_json(),
-        schedule=plan.timeline.to_json() if plan.timeline is not None else None,
         result=result,
         warnings=tuple(state.warnings),
         seconds=time.perf_counter() - start,

@@ -189,7 +189,8 @@ def compile_cmd(
     for name, text in built.result.dumps.items():
         click.echo(plain_safe(f"--- after {name} ---\n{text}", keep_newlines=True), err=True)
     warn(built.warnings)
-    plan, files, timeline = built.plan, built.files, built.schedule
+    plan, files = built.plan, built.files
+    timeline = built.typed.timeline if built.typed is not None else None
     if report_path is not None:
         from shardc.report.html import render_html
 
