@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 
@@ -59,7 +59,7 @@ def _indented(obj: Any, indent: int) -> str:
         """A scalar's text; None for a container."""
         t = type(o)
         if t is str:
-            return enc(o)  # type: ignore[no-any-return]
+            return enc(o)
         if t is float:
             if not isfinite(o):
                 raise _NotPlain

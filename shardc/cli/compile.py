@@ -201,7 +201,7 @@ def compile_cmd(
     from shardc.plan.folder import anchor_paths
 
     # plan.json names the model and topology relative to the plan folder: verify runs anywhere
-    files = {**files, "plan.json": anchor_paths(files["plan.json"], outdir)}
+    files["plan.json"] = anchor_paths(files["plan.json"], outdir)
     plan = json.loads(files["plan.json"])  # --json prints what the folder holds
     write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start
