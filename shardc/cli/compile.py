@@ -86,7 +86,7 @@ __all__ = ["compile_cmd"]
     help="Write schedule.json, trace.json and (when the model's weights are readable) "
     "device_<rank>.onnx. Default: the same, except that a model whose weights are declared "
     "only (a synth graph) gets the schedule only while it is quick to lay out (graph nodes "
-    "x replicas up to 50,000); --no-emit writes none of them.",
+    "x replicas x micro-batches up to 50,000); --no-emit writes none of them.",
 )
 @click.option(
     "--report",
