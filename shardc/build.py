@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shardc import jsonutil
-from shardc.emit.outputs import plan_files
+from shardc.emit.outputs import PlanFiles, plan_files
 from shardc.errors import OptionError
 from shardc.options import PlanOptions, complete_pins, read_json, warm_start_section
 from shardc.partition.options import PartitionOptions
@@ -105,11 +105,10 @@ class Inputs:
 class Built:
     """A compiled plan: the folder's files as bytes, plus what the caller may print."""
 
-    files: dict[str, bytes]
+    files: PlanFiles
+    """schedule.json and trace.json are made when first read (see :class:`PlanFiles`)."""
     plan: dict[str, Any]
     """plan.json as data (the same content as ``files["plan.json"]``)."""
-    schedule: dict[str, Any] | None
-    """schedule.json as data, or None when it was not written (``--no-emit``)."""
     result: Any
     """The :class:`shardc.pipeline.PipelineResult` (state, pass timings, dumps)."""
     warnings: tuple[str, ...]
@@ -119,15 +118,27 @@ class Built:
     """The Plan the files were written from."""
 
     @property
+    def schedule(self) -> dict[str, Any] | None:
+        """schedule.json as data, or None when it was not written (``--no-emit``); made
+        when asked for, since a large pipeline's timeline holds a million events.
+        """
+        timeline = self.typed.timeline if self.typed is not None else None
+        return timeline.to_json() if timeline is not None else None
+
+    @property
     def timings(self) -> dict[str, float]:
         """Seconds per pass, in run order."""
         return {t.name: round(t.seconds, 6) for t in self.result.timings}
 
 
 SCHEDULE_ONLY_BUDGET = 50_000
-"""Graph nodes times data-parallel replicas up to which a model whose weights are declared
-only still gets schedule.json and trace.json by default: laying out the programs costs
-about 0.1 ms per node and replica, so larger plans ask for it with ``--emit``."""
+"""Graph nodes times data-parallel replicas times micro-batches up to which a model whose
+weights are declared only still gets schedule.json and trace.json by default: laying out
+the step and writing its events costs about 0.2 ms per node, replica and micro-batch (a
+16-layer Llama on 4 replicas of 64 micro-batches: 236 k, 47 s of CPU and 790 MB of JSON),
+so larger plans ask for it with ``--emit``. Micro-batches count since each one is laid
+out again: the budget once left them out, and plans of a hundred micro-batches per
+replica then took minutes to compile."""
 
 
 def build(
@@ -204,7 +215,6 @@ def build(
     return Built(
         files=files,
         plan=plan.to_json(),
-        schedule=plan.timeline.to_json() if plan.timeline is not None else None,
         result=result,
         warnings=tuple(state.warnings),
         seconds=time.perf_counter() - start,
@@ -221,14 +231,15 @@ def _lowering_wanted(state: Any, emit: bool | None) -> tuple[bool, tuple[str, ..
     if weights_available(state):
         return True, ()
     lowered = True
+    part = state.partition
     if emit is None:
-        work = len(state.graph.nodes) * state.partition.dp
+        work = len(state.graph.nodes) * part.dp * part.microbatches
         lowered = work <= SCHEDULE_ONLY_BUDGET
     note = "the model's weights are not readable (declared only): no device models; " + (
         "schedule.json and trace.json written" if lowered else
-        f"schedule.json and trace.json skipped too ({state.partition.dp} replicas of "
-        f"{len(state.graph.nodes)} nodes take about {work / 1e4:.0f} s or more to "
-        "lay out; --emit writes them)"
+        f"schedule.json and trace.json skipped too ({part.dp} replicas of "
+        f"{part.microbatches} micro-batches of {len(state.graph.nodes)} nodes take about "
+        f"{work * 2e-4:.0f} s or more to lay out; --emit writes them)"
     )
     return lowered, (note,)
 

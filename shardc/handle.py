@@ -39,13 +39,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from shardc.emit.outputs import PlanFiles
 from shardc.errors import OptionError, ShardcError
 from shardc.plan.model import Estimate, PlanData
 from shardc.plan.program import Comm, Programs, Sync
@@ -101,7 +102,10 @@ class Plan:
     ) -> None:
         if files is None and root is None:
             raise PlanError("a Plan needs its files or a folder", hint="use shardc.compile")
-        self._files = dict(files) if files is not None else None
+        # a compile's PlanFiles stays lazy: schedule.json is made only if read or saved
+        self._files: MutableMapping[str, bytes] | None = (
+            None if files is None else files if isinstance(files, PlanFiles) else dict(files)
+        )
         self.path: Path | None = Path(root) if root is not None else None
         self.state = state
         self.topology = topology

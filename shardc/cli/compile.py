@@ -86,7 +86,7 @@ __all__ = ["compile_cmd"]
     help="Write schedule.json, trace.json and (when the model's weights are readable) "
     "device_<rank>.onnx. Default: the same, except that a model whose weights are declared "
     "only (a synth graph) gets the schedule only while it is quick to lay out (graph nodes "
-    "x replicas up to 50,000); --no-emit writes none of them.",
+    "x replicas x micro-batches up to 50,000); --no-emit writes none of them.",
 )
 @click.option(
     "--report",
@@ -189,7 +189,8 @@ def compile_cmd(
     for name, text in built.result.dumps.items():
         click.echo(plain_safe(f"--- after {name} ---\n{text}", keep_newlines=True), err=True)
     warn(built.warnings)
-    plan, files, timeline = built.plan, built.files, built.schedule
+    plan, files = built.plan, built.files
+    timeline = built.typed.timeline if built.typed is not None else None
     if report_path is not None:
         from shardc.report.html import render_html
 
@@ -200,7 +201,7 @@ def compile_cmd(
     from shardc.plan.folder import anchor_paths
 
     # plan.json names the model and topology relative to the plan folder: verify runs anywhere
-    files = {**files, "plan.json": anchor_paths(files["plan.json"], outdir)}
+    files["plan.json"] = anchor_paths(files["plan.json"], outdir)
     plan = json.loads(files["plan.json"])  # --json prints what the folder holds
     write_outdir(outdir, files, force=force)
     elapsed = time.perf_counter() - start

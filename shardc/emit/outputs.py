@@ -10,6 +10,8 @@ reader is :mod:`shardc.plan.folder`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, MutableMapping
+from functools import cache
 from typing import Any
 
 import onnx
@@ -54,6 +56,40 @@ def device_files(rank: int, model: onnx.ModelProto, threshold: int) -> dict[str,
     return {name: out.SerializeToString(deterministic=True), side: bytes(blob)}
 
 
+class PlanFiles(MutableMapping[str, bytes]):
+    """A plan folder's files by name, some of them made when first read.
+
+    Why lazy: schedule.json and trace.json hold every event of every rank (a pipeline of
+    a hundred micro-batches has about a million), and serialising them costs far more
+    than compiling; :func:`shardc.compile` returns a Plan that most callers only
+    question and never save. The names are known up front, the bytes are the same
+    whenever they are made, and each is made once.
+    """
+
+    def __init__(self, ready: dict[str, bytes], later: dict[str, Callable[[], bytes]]) -> None:
+        self._ready = ready
+        self._later = later
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._ready:
+            self._ready[name] = self._later.pop(name)()
+        return self._ready[name]
+
+    def __setitem__(self, name: str, data: bytes) -> None:
+        self._later.pop(name, None)
+        self._ready[name] = data
+
+    def __delitem__(self, name: str) -> None:
+        if self._later.pop(name, None) is None:
+            del self._ready[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._ready, *self._later])
+
+    def __len__(self) -> int:
+        return len(self._ready) + len(self._later)
+
+
 def plan_files(
     plan: PlanData,
     lowering: Lowering | None = None,
@@ -61,25 +97,30 @@ def plan_files(
     *,
     extra: dict[str, bytes] | None = None,
     external_threshold: int = EXTERNAL_THRESHOLD,
-) -> dict[str, bytes]:
+) -> PlanFiles:
     """Every file of ``plan``'s folder: plan.json, schedule.json and trace.json when the
     plan has a timeline, ``device_<rank>.onnx`` (and ``.weights``) when it has device
     files (which need ``lowering`` and the IR ``model``), plus ``extra`` (analysis.json).
+    schedule.json and trace.json are serialised when first read (see :class:`PlanFiles`).
     """
     files: dict[str, bytes] = dict(extra or {})
+    later: dict[str, Callable[[], bytes]] = {}
     if plan.device_files:
         assert lowering is not None and model is not None, "device files need the lowering"
         for rank, proto in sorted(device_models(plan, lowering, model).items()):
             files.update(device_files(rank, proto, external_threshold))
-    if plan.timeline is not None:
-        schedule = plan.timeline.to_json()
-        files["schedule.json"] = jsonutil.dumps(schedule).encode()
-        files["trace.json"] = jsonutil.dumps(chrome_trace(schedule), indent=None).encode()
+    timeline = plan.timeline
+    if timeline is not None:
+        schedule = cache(timeline.to_json)
+        later["schedule.json"] = lambda: jsonutil.dumps(schedule()).encode()
+        later["trace.json"] = lambda: jsonutil.dumps(
+            chrome_trace(schedule()), indent=None
+        ).encode()
     files["plan.json"] = jsonutil.dumps(plan.to_json()).encode()
-    return files
+    return PlanFiles(files, later)
 
 
-def state_files(state: Any, external_threshold: int = EXTERNAL_THRESHOLD) -> dict[str, bytes]:
+def state_files(state: Any, external_threshold: int = EXTERNAL_THRESHOLD) -> PlanFiles:
     """The folder's files of a compiled state whose Plan has no records yet (tests of single
     graphs): the Plan is given placeholder inputs and options.
     """

@@ -18,6 +18,7 @@ same steps (:mod:`shardc.plan.timeline`), not written as programs.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,15 @@ class Link:
 def links_of(items: Any) -> tuple[Link, ...]:
     """Links from :class:`Link` objects or their ``a<->b`` names."""
     return tuple(x if isinstance(x, Link) else Link.parse(x) for x in items)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def parse_links(names: tuple[str, ...]) -> tuple[Link, ...]:
+    """Links from their ``a<->b`` names, remembered: a timeline's events repeat the same
+    few routes for every micro-batch (a million events of a long pipeline, some with
+    dozens of hops), and parsing each anew cost more than laying the step out.
+    """
+    return tuple(Link.parse(x) for x in names)
 
 
 def route_links(nodes: Any) -> tuple[Link, ...]:

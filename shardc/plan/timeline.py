@@ -112,7 +112,7 @@ from importlib import resources
 from typing import Any
 
 from shardc.plan.linkload import link_summary
-from shardc.plan.program import Link, Programs, links_of
+from shardc.plan.program import Link, Programs, parse_links
 from shardc.plan.program_checks import check_programs
 from shardc.plan.simulate import (
     SYNC_NAME,
@@ -208,7 +208,7 @@ class Event:
             ev["type"], ev["phase"], ev["microbatch"], ev["name"], ev["start"],
             ev["duration"], ev["end"], op=ev["op"], value=ev["value"], nbytes=ev["bytes"],
             group=tuple(ev["group"]), peer=ev["peer"], tag=ev["tag"], axis=ev["axis"],
-            algorithm=ev["algorithm"], links=links_of(ev["links"]), **place,
+            algorithm=ev["algorithm"], links=parse_links(tuple(ev["links"])), **place,
         )
 
 

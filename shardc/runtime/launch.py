@@ -48,6 +48,13 @@ from shardc.runtime.plandir import PlanDir
 GRACE_SECONDS = 2.0
 """After the first failure, how long peers get to report their own view of it."""
 
+STARTUP_SECONDS = 300.0
+"""How long ranks may take to start (import, join the process group) before ``timeout``
+starts counting; a rank that cannot start makes its peers' rendezvous fail long before."""
+
+_STARTING = ("start-up", "starting", "joining the process group")
+"""Positions a worker publishes before its step begins (see :mod:`shardc.runtime.worker`)."""
+
 
 @dataclass
 class ProcessResult:
@@ -104,7 +111,10 @@ def run_processes(
         )
         path = plan if isinstance(plan, Path) else plan.path
         cmd = [sys.executable, "-m", worker, str(path), str(work)]
-        cmd += ["--timeout", str(timeout)] + (["--check-shapes"] if check_shapes else [])
+        # the launcher judges hangs; a worker's own timeout is the backstop, and must not
+        # fire first (its message would name the waiting peer, not the hung rank)
+        backstop = 2 * timeout + STARTUP_SECONDS
+        cmd += ["--timeout", str(backstop)] + (["--check-shapes"] if check_shapes else [])
         procs: dict[int, subprocess.Popen] = {}
         lifeline, keep = os.pipe()  # workers hold the read end; EOF: the launcher is gone
         try:
@@ -221,7 +231,15 @@ def _die_with(launcher: int) -> Callable[[], None]:
 
 
 def _wait(procs: Mapping[int, subprocess.Popen], work: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    """Until every rank has finished; raise naming the ranks that failed or hang.
+
+    Why ``timeout`` counts from when the last rank has started its step, not from the
+    launch: starting (importing torch and onnxruntime, joining the process group) takes
+    seconds on an idle machine and minutes on a loaded one, and a hang is a rank that
+    stops in its step. Start-up gets :data:`STARTUP_SECONDS` of its own.
+    """
+    deadline = time.monotonic() + STARTUP_SECONDS + timeout
+    started = False
     failed_at: float | None = None
     while True:
         codes = {r: p.poll() for r, p in procs.items()}
@@ -234,10 +252,13 @@ def _wait(procs: Mapping[int, subprocess.Popen], work: Path, timeout: float) -> 
         running = [r for r, c in codes.items() if c is None]
         if failed_at is not None and (not running or now - failed_at > GRACE_SECONDS):
             raise ExecutionError(_failure(work, bad, running))
+        if not started and all(_position(work, r) not in _STARTING for r in procs):
+            started, deadline = True, now + timeout
         if now > deadline:
             where = "; ".join(f"rank {r} at {_position(work, r)}" for r in running)
+            limit = f"{timeout:g} s" if started else f"{STARTUP_SECONDS + timeout:g} s of start-up"
             raise ExecutionError(
-                f"{len(running)} of {len(procs)} ranks did not finish within {timeout:g} s: "
+                f"{len(running)} of {len(procs)} ranks did not finish within {limit}: "
                 f"{where}",
                 hint="a rank waits on a peer that never sends, or is far slower than "
                 "expected; raise --timeout if it is only slow",

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = RankRunner(args.plan, timeout=args.timeout, check_shapes=args.check_shapes)
         runner.program.publish = publish
         _inject(runner, rank)
+        publish("reading its inputs")  # past start-up: the launcher's timeout counts now
         feeds_file = np.load(work / "feeds.npz")
         prefix = f"r{runner.replica}/"
         feeds: dict[int, dict[str, np.ndarray]] = {}

@@ -60,6 +60,22 @@ def test_declared_weights_still_get_schedule_trace_and_report(tmp_path: Path) ->
     assert sorted(p.name for p in none.iterdir()) == ["analysis.json", "plan.json"]
 
 
+def test_declared_weights_skip_the_schedule_when_micro_batches_make_it_long(
+    tmp_path: Path,
+) -> None:
+    """The budget counted nodes x replicas only: a what-if of 64 micro-batches per replica
+    wrote 790 MB of schedule and trace by default. Each micro-batch is laid out again.
+    """
+    model, plan = synth(tmp_path), tmp_path / "plan"
+    # ~150 nodes x 1 replica x 512 micro-batches: over the budget, though nodes x dp is not
+    result = CliRunner().invoke(cli, ["compile", str(model), "--topology", "localhost",
+                                      "--set", "devices=2", "--pin", "dp=1,pp=2",
+                                      "--global-batch", "1024", "-o", str(plan)])
+    assert result.exit_code == 0, result.output
+    assert "1 replicas of 512 micro-batches" in result.output
+    assert sorted(p.name for p in plan.iterdir()) == ["analysis.json", "plan.json"]
+
+
 def test_link_bytes_and_busy_time_agree_with_the_bandwidth(tmp_path: Path) -> None:
     """A tp=8 all-reduce was credited once per member on every ring link: 8x the bytes."""
     from shardc.topology import load_topology
