@@ -1,0 +1,157 @@
+"""Context-parallel programs reproduce the original model, with exactly the traffic listed.
+
+Context parallelism splits the sequence of every activation over a cp group; attention
+gathers K and V over the group (Llama 3's all-gather variant) and each rank reads its
+rows of the causal mask, positions and rotary tables. A tiny GPT-2 and a tiny Llama
+exported from ``transformers`` are compiled (plain, and with tensor and pipeline
+parallelism), rewritten for cp=2 and cp=4 by :func:`shardc.emit.context.emit_context`,
+and run in-process: every output-holding rank must match onnxruntime on the unsharded
+model. The CP traffic must be one all-gather per K and per V per layer plus one per
+output, each moving the bytes of the tensor it gathers, and priced by the cost model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from shardc.compiler import build_plan, partition_model
+from shardc.emit.context import context_seconds, emit_context
+from shardc.errors import OptionError
+from shardc.frontend import load_model
+from shardc.partition.context import ContextError, context_map
+from shardc.passes.strategies import build_table
+from shardc.runtime.inprocess import run_inprocess
+from shardc.topology import load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYERS = 2
+
+
+def _compile(path: Path, pins: str, devices: int) -> Any:
+    from shardc.partition.options import PartitionOptions, parse_pins
+
+    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
+    options = PartitionOptions(pins=parse_pins([pins]))
+    state = partition_model(path, topo, mode="training", partition=options).state
+    return build_plan(state).state
+
+
+def _reference(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.integers(0, 256, size=i.shape).astype(np.int64)
+             for i in sess.get_inputs()}
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    return feeds, want
+
+
+def check_cp_plan(path: Path, pins: str, devices: int, cp: int) -> float:
+    """Compile, rewrite for ``cp``, run; returns the max error (printed for the report)."""
+    state = _compile(path, pins, devices)
+    models, comms = emit_context(state, cp)
+    assert len(models) == cp * devices
+    feeds, want = _reference(path)
+    outs = run_inprocess(models, feeds)
+    worst, checked = 0.0, 0
+    for rank in outs:
+        for name, ref in want.items():
+            if name in outs[rank]:
+                np.testing.assert_allclose(outs[rank][name], ref, rtol=2e-4, atol=2e-4)
+                worst = max(worst, float(np.abs(outs[rank][name] - ref).max()))
+                checked += 1
+    assert checked >= cp  # every cp copy of the last stage holds the outputs
+    # the traffic: K and V of each layer on every rank, the outputs on the last stage's
+    graph = state.graph
+    for rank, listed in comms.items():
+        kv = [c for c in listed if c.value not in graph.outputs]
+        stage_layers = LAYERS // len(state.partition.stages)
+        assert len(kv) == 2 * stage_layers, (rank, kv)
+        for c in listed:
+            assert c.op == "all_gather" and len(c.group) == cp and rank in c.group
+            assert c.nbytes > 0
+    # priced by the cost model on the group's devices (localhost: one kind, one fabric)
+    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": cp * devices})
+    devs = dict(zip(sorted(models), [d.name for d in topo.compute_devices], strict=True))
+    assert context_seconds(topo, comms[0], devs) > 0.0
+    print(f"{path.stem} {pins} cp={cp}: max |error| {worst:.3g}")
+    return worst
+
+
+CASES = [
+    ("tp=1,pp=1,dp=1", 1, 2),
+    ("tp=1,pp=1,dp=1", 1, 4),
+    ("tp=2,pp=1,dp=1", 2, 2),
+    ("tp=2,pp=2,dp=1", 4, 2),
+]
+
+
+@pytest.mark.parametrize("pins,devices,cp", CASES)
+def test_gpt2_context_parallel(gpt2_path: Path, pins: str, devices: int, cp: int) -> None:
+    check_cp_plan(gpt2_path, pins, devices, cp)
+
+
+@pytest.mark.parametrize("pins,devices,cp", CASES)
+def test_llama_context_parallel(llama_path: Path, pins: str, devices: int, cp: int) -> None:
+    check_cp_plan(llama_path, pins, devices, cp)
+
+
+def test_the_mask_offset_is_what_makes_it_right(gpt2_path: Path) -> None:
+    """Negative control: every rank reading rows 0.. of the mask and positions (no offset)
+    must give wrong outputs, so the tests above cannot pass by accident.
+    """
+    state = _compile(gpt2_path, "tp=1,pp=1,dp=1", 1)
+    models, _ = emit_context(state, 2)
+    feeds, want = _reference(gpt2_path)
+    for m in models.values():  # move rank 1's row slices to rank 0's rows
+        for init in m.graph.initializer:
+            if "__cprows" in init.name and init.name.endswith(("_s", "_e")):
+                arr = onnx.numpy_helper.to_array(init).copy()
+                arr[...] = 0 if init.name.endswith("_s") else 8
+                init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    outs = run_inprocess(models, feeds)
+    name = next(iter(want))
+    assert float(np.abs(outs[1][name] - want[name]).max()) > 1e-2
+
+
+# -- bad input ---------------------------------------------------------------------------
+def _no_sequence(tmp_path: Path) -> Path:
+    """A two-layer MLP on [batch, features]: no sequence dim to split."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])
+    w = onnx.numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                           helper.make_node("Relu", ["h"], ["y"])], "mlp", [x], [y], [w])
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def _cmap(path: Path, cp: int) -> Any:
+    model = load_model(path)
+    table, _ = build_table(model.graph, model.opset() or 18)
+    inits = set(model.graph.initializers)
+    return context_map(model.graph, table.labels, cp,
+                       lambda v: model.weights.array(v) if v in inits else None)
+
+
+def test_cp_without_a_sequence_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ContextError) as err:
+        _cmap(_no_sequence(tmp_path), 2)
+    assert isinstance(err.value, OptionError)  # the CLI's exit 2
+    text = str(err.value)
+    assert len(text.splitlines()) == 1 and "cp" in text and "sequence" in text
+
+
+def test_cp_that_does_not_divide_the_sequence_is_a_one_line_error(gpt2_path: Path) -> None:
+    with pytest.raises(ContextError) as err:
+        _cmap(gpt2_path, 3)
+    text = str(err.value)
+    assert len(text.splitlines()) == 1 and "cp=3" in text and "length 16" in text
+    assert _cmap(gpt2_path, 4).length == 16  # 16 splits 4 ways
