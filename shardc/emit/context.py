@@ -195,17 +195,27 @@ def context_seconds(
     )
 
 
-def emit_context(state: Any, cp: int) -> tuple[dict[int, onnx.ModelProto], dict[int, list[CpComm]]]:
-    """A compiled state's device programs under a cp group of ``cp`` (see module doc)."""
+def emit_context(
+    state: Any, cp: int | None = None
+) -> tuple[dict[int, onnx.ModelProto], dict[int, list[CpComm]]]:
+    """A compiled state's device programs under its partition's cp degree (or ``cp``).
+
+    Every stage of a plan runs one cp degree (the search tries each degree as a plan-wide
+    choice, like the data-parallel width), so copy ``c`` of the whole plan is one chunk.
+    """
+    if cp is None:
+        cps = {s.cp for s in state.partition.stages}
+        if len(cps) != 1:
+            raise ContextError(f"--pin cp: stages run different cp degrees {sorted(cps)}; "
+                               "emission needs one")
+        (cp,) = cps
     from shardc.emit.devices import emit
     from shardc.partition.context import context_map
     from shardc.passes.lower import stage_nodes
     from shardc.passes.precision import priced_graph
 
-    graph, table, model = state.graph, state.strategies, state.model
-    inits = set(model.graph.initializers)
-    cmap = context_map(graph, table.labels, cp, lambda v: model.weights.array(v) if v in inits
-                       else None)
+    graph, table = state.graph, state.strategies
+    cmap = context_map(graph, table.labels, cp)
     priced = priced_graph(state)
     res = state.lowering.resolutions
     stage = {n: j for j, names in enumerate(stage_nodes(state)) for n in names}

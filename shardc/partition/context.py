@@ -48,7 +48,7 @@ _POINTWISE = frozenset({
     "Equal", "Less", "Greater", "And", "Or", "Not", "Max", "Min", "Abs", "Sin", "Cos",
     "Softmax", "LogSoftmax", "LayerNormalization", "SimplifiedLayerNormalization",
     "ReduceMean", "ReduceSum", "ReduceMax", "IsNaN", "Clip", "Silu", "FastGelu",
-    "BiasGelu", "SkipLayerNormalization", "Erf", "Floor", "Ceil", "Round", "Sign",
+    "BiasGelu", "SkipLayerNormalization", "Floor", "Ceil", "Round", "Sign",
 })
 _VIEWS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 _AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "LayerNormalization",
@@ -70,6 +70,10 @@ class ContextMap:
     """(node, input index, dim): a constant-derived operand cut to the rank's rows."""
     inputs: Mapping[str, int] = field(default_factory=dict)
     """Graph inputs that carry the sequence, and its dim: each rank slices its chunk."""
+    outputs: tuple[str, ...] = ()
+    """Chunked graph outputs: gathered over cp where the program ends."""
+    made_by: Mapping[str, str] = field(default_factory=dict)
+    """Chunked graph output -> the node that makes it."""
 
 
 def _shape(graph: Graph, v: str) -> tuple[int, ...] | None:
@@ -96,8 +100,25 @@ Consts = Callable[[str], Any]
 """A weight's array by name (None when it is not one): reads Slice axes, Reduce axes."""
 
 
+def graph_consts(graph: Graph) -> Consts:
+    """Small integer constants as the frontend recorded them (axes, shapes), else None."""
+    import numpy as np
+
+    def read(v: str) -> Any:
+        val = graph.values.get(v)
+        small = val.weight.small_value if val is not None and val.weight is not None else None
+        if small is None and val is not None:
+            small = val.const
+        return None if small is None else np.asarray(small)
+
+    return read
+
+
 def context_map(
-    graph: Graph, labels: Mapping[str, tuple[str | None, ...]], cp: int, consts: Consts
+    graph: Graph,
+    labels: Mapping[str, tuple[str | None, ...]],
+    cp: int,
+    consts: Consts | None = None,
 ) -> ContextMap:
     """Track the sequence from the graph inputs the strategy table labels ``seq``.
 
@@ -105,6 +126,7 @@ def context_map(
     sequence does not divide by ``cp``, or an op would need the whole sequence of a
     chunked value.
     """
+    consts = consts or graph_consts(graph)
     inputs: dict[str, int] = {}
     length = 0
     for v in graph.inputs:
@@ -131,7 +153,9 @@ def context_map(
         for o in node.outputs:
             if o and out is not None:
                 dims[o] = out
-    return ContextMap(length, dims, tuple(gathers), tuple(slices), inputs)
+    outs = tuple(o for o in graph.outputs if o in dims)
+    made = {o: p.name for o in outs if (p := graph.producer(o)) is not None}
+    return ContextMap(length, dims, tuple(gathers), tuple(slices), inputs, outs, made)
 
 
 def _refuse(node: Node, why: str) -> ContextError:
@@ -233,7 +257,7 @@ def _pointwise(
     if out[k] != length_of(shape0, k0):
         raise _refuse(node, "changes the size of the sequence dim")
     if node.op_type in _AXIS_OPS or node.op_type in _REDUCE:
-        axis = node.attr("axis", -1 if node.op_type != "LayerNormalization" else -1)
+        axis = node.attr("axis", -1)
         spans = _reduced(node, len(shape0), axis, consts)  # type: ignore[arg-type]
         if k0 in spans:
             raise _refuse(node, "normalises or reduces over the sequence")
@@ -272,3 +296,91 @@ def _reduced(node: Node, rank: int, axis: int, consts: Consts) -> set[int]:
     if op in ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization"):
         return set(range(int(axis) % rank, rank))
     return {int(axis) % rank}
+
+
+# -- pricing: what the emitted programs do, through the cost model's functions ------------
+def cp_scale(scale: Any, node: Node, n_in: int, n_out: int, cmap: ContextMap, cp: int) -> Any:
+    """A node's :class:`~shardc.cost.compute.ShardScale` under CP: FLOPs and every chunked
+    operand over ``cp``; weights, constant-derived values and the gathered K/V whole.
+
+    A node with no chunked output (the mask and position arithmetic) runs whole on every
+    rank, as the emitted programs run it, and keeps its scale.
+    """
+    from shardc.cost.compute import ShardScale
+
+    if not any(o in cmap.dims for o in node.outputs if o):
+        return scale
+    default = scale.flops if not scale.inputs and not scale.outputs else 1.0
+    gathered = {i for nd, i, _ in cmap.gathers if nd == node.name}
+
+    def frac(fractions: Sequence[float], k: int, value: str, whole: bool) -> float:
+        f = fractions[k] if k < len(fractions) else default
+        return f if whole or value not in cmap.dims else f / cp
+
+    ins = tuple(frac(scale.inputs, i, node.inputs[i] if i < len(node.inputs) else "",
+                     i in gathered) for i in range(n_in))
+    outs = tuple(frac(scale.outputs, j, node.outputs[j] if j < len(node.outputs) else "",
+                      False) for j in range(n_out))
+    return ShardScale(scale.flops / cp, ins, outs)
+
+
+def cp_collectives(
+    nodes: Sequence[str], cmap: ContextMap, operand_bytes: Callable[[str, int], float],
+    output_bytes: Callable[[str], float], training: bool, recompute: str,
+) -> list[tuple[str, float]]:
+    """(op, bytes) of the CP collectives a node set runs per micro-batch, as emitted:
+    each gathered K/V an all-gather in the forward (again under full recomputation) and a
+    reduce-scatter of its gradient in the backward; each chunked graph output an
+    all-gather (its backward is a local slice). Bytes are the gathered tensor's on one
+    rank of the TP group, the convention of every other collective the plan prices.
+    """
+    inside = set(nodes)
+    out: list[tuple[str, float]] = []
+    for nd, i, _ in cmap.gathers:
+        if nd in inside:
+            b = operand_bytes(nd, i)
+            out.append(("all_gather", b))
+            if training:
+                out.append(("reduce_scatter", b))
+                if recompute == "full":
+                    out.append(("all_gather", b))
+    out += [("all_gather", output_bytes(o)) for o in cmap.outputs
+            if cmap.made_by.get(o) in inside]
+    return out
+
+
+CP_MIN_SEQUENCE = 8192
+"""Shortest sequence for which the search offers cp > 1 unpinned. A bound on the search
+space, not a price: below it the K/V gathers cost more than the chunked activations save
+on every benchmark shardc runs, and offering cp there only multiplies the CP-SAT runs.
+``--pin cp=N`` works at any length the sequence divides."""
+
+MAX_CP = 16
+"""Largest cp the search offers (Llama 3 405B's long-context training used cp = 16)."""
+
+
+def cp_degrees(costing: Any, options: Any, devices: int) -> tuple[int, ...]:
+    """The cp degrees to search: the pin alone (checked: a one-line error if the graph
+    cannot run it), else 1 and, for long sequences, each power of two the sequence and the
+    devices allow.
+    """
+    pin = options.pins.cp
+    if pin is not None:
+        if pin > 1:
+            wants_sp = options.pins.sp or any(v.get("sp") for v in options.pins.stages.values())
+            if wants_sp:
+                raise ContextError(f"--pin cp={pin}: context parallelism is not combined with "
+                                   "sp=on; drop one of them")
+            costing.context(pin)
+        return (pin,)
+    if costing.sequence_length < CP_MIN_SEQUENCE:
+        return (1,)
+    out, cp = [1], 2
+    while cp <= min(devices, MAX_CP):
+        try:
+            costing.context(cp)
+        except ContextError:
+            break
+        out.append(cp)
+        cp *= 2
+    return tuple(out)

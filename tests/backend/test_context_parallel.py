@@ -12,6 +12,7 @@ output, each moving the bytes of the tensor it gathers, and priced by the cost m
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from shardc.compiler import build_plan, partition_model
 from shardc.emit.context import context_seconds, emit_context
 from shardc.errors import OptionError
 from shardc.frontend import load_model
-from shardc.partition.context import ContextError, context_map
+from shardc.partition.context import ContextError, context_map, cp_collectives
+from shardc.passes.lower import stage_nodes
+from shardc.passes.partition import costing_for
 from shardc.passes.strategies import build_table
 from shardc.runtime.inprocess import run_inprocess
 from shardc.topology import load_topology
@@ -53,9 +56,13 @@ def _reference(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]
 
 
 def check_cp_plan(path: Path, pins: str, devices: int, cp: int) -> float:
-    """Compile, rewrite for ``cp``, run; returns the max error (printed for the report)."""
-    state = _compile(path, pins, devices)
-    models, comms = emit_context(state, cp)
+    """Compile with ``cp`` pinned (the partitioner prices and places cp copies), emit,
+    run; returns the max error (printed for the report).
+    """
+    state = _compile(path, f"{pins},cp={cp}", cp * devices)
+    assert {s.cp for s in state.partition.stages} == {cp}
+    assert state.partition.devices_used == cp * devices
+    models, comms = emit_context(state)
     assert len(models) == cp * devices
     feeds, want = _reference(path)
     outs = run_inprocess(models, feeds)
@@ -80,8 +87,29 @@ def check_cp_plan(path: Path, pins: str, devices: int, cp: int) -> float:
     topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": cp * devices})
     devs = dict(zip(sorted(models), [d.name for d in topo.compute_devices], strict=True))
     assert context_seconds(topo, comms[0], devs) > 0.0
+    _charged_as_emitted(state, comms, cp)
     print(f"{path.stem} {pins} cp={cp}: max |error| {worst:.3g}")
     return worst
+
+
+def _charged_as_emitted(state: Any, comms: Any, cp: int) -> None:
+    """Each rank's emitted CP collectives are the forward ones the partitioner charged to
+    its stage's nodes: same ops, same bytes (:func:`cp_collectives`, forward only).
+    """
+    costing = costing_for(state)
+    cmap = costing.context(cp)
+    nodes = stage_nodes(state)
+    programs = state.plan.programs.programs
+    n = len(programs)
+    for rank, listed in comms.items():
+        prog = programs[rank % n]
+        tp = state.partition.stages[prog.stage].tp
+        ch, sizes = costing.choice(tp), {"tp": tp}
+        charged = cp_collectives(nodes[prog.stage], cmap,
+                                 lambda nd, i, ch=ch, sizes=sizes: costing.operand_bytes(
+                                     nd, i, ch, sizes),
+                                 costing._nbytes, training=False, recompute="none")
+        assert Counter(charged) == Counter((c.op, c.nbytes) for c in listed), rank
 
 
 CASES = [
@@ -106,8 +134,8 @@ def test_the_mask_offset_is_what_makes_it_right(gpt2_path: Path) -> None:
     """Negative control: every rank reading rows 0.. of the mask and positions (no offset)
     must give wrong outputs, so the tests above cannot pass by accident.
     """
-    state = _compile(gpt2_path, "tp=1,pp=1,dp=1", 1)
-    models, _ = emit_context(state, 2)
+    state = _compile(gpt2_path, "tp=1,pp=1,dp=1,cp=2", 2)
+    models, _ = emit_context(state)
     feeds, want = _reference(gpt2_path)
     for m in models.values():  # move rank 1's row slices to rank 0's rows
         for init in m.graph.initializer:
