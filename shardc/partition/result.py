@@ -64,7 +64,7 @@ class StageResult:
             "tp": self.tp,
             "recompute": self.recompute,
             "sequence_parallel": self.sequence_parallel,
-            "cp": self.cp,
+            **({"cp": self.cp} if self.cp > 1 else {}),
             "blocks": list(self.blocks),
             "seconds": self.seconds,
             "compute_seconds": self.compute_seconds,

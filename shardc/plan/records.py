@@ -71,6 +71,8 @@ class Stage:
     p2p_seconds: float | None = None
     sync_seconds: float | None = None
     in_flight: int | None = None
+    cp: int | None = None
+    """Context-parallel degree when above 1 (absent otherwise)."""
 
     def to_json(self) -> dict[str, Any]:
         """The stage as plan.json writes it."""
@@ -82,7 +84,7 @@ class Stage:
             "tp_domain_bandwidth": self.tp_domain_bandwidth,
         }
         for key in ("sequence_parallel", "compute_seconds", "tp_comm_seconds", "p2p_seconds",
-                    "sync_seconds", "in_flight"):
+                    "sync_seconds", "in_flight", "cp"):
             _put(out, key, getattr(self, key))
         return out
 
@@ -94,7 +96,7 @@ class Stage:
             st["recompute"], st["seconds"], st["memory_bytes"], st["capacity_bytes"],
             tuple(tuple(g) for g in st["groups"]), st["tp_domain_bandwidth"], ranks,
             st.get("sequence_parallel"), st.get("compute_seconds"), st.get("tp_comm_seconds"),
-            st.get("p2p_seconds"), st.get("sync_seconds"), st.get("in_flight"),
+            st.get("p2p_seconds"), st.get("sync_seconds"), st.get("in_flight"), st.get("cp"),
         )
 
 
@@ -183,7 +185,7 @@ class Partition:
         """``partition`` of a validated plan.json (stage ranks numbered as emitted)."""
         stages, offset = [], 0
         for st in d["stages"]:
-            n = d["dp"] * st["tp"]
+            n = d["dp"] * st["tp"] * st.get("cp", 1)
             stages.append(Stage.from_json(st, tuple(range(offset, offset + n))))
             offset += n
         strategies = d.get("strategies")

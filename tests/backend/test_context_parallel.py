@@ -20,13 +20,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+import shardc.partition.context as context_module
+from shardc.cli.main import cli
 from shardc.compiler import build_plan, partition_model
 from shardc.emit.context import context_seconds, emit_context
 from shardc.errors import OptionError
 from shardc.frontend import load_model
-from shardc.partition.context import ContextError, context_map, cp_collectives
+from shardc.partition.context import ContextError, context_map, cp_collectives, cp_degrees
 from shardc.passes.lower import stage_nodes
 from shardc.passes.partition import costing_for
 from shardc.passes.strategies import build_table
@@ -183,3 +186,51 @@ def test_cp_that_does_not_divide_the_sequence_is_a_one_line_error(gpt2_path: Pat
     text = str(err.value)
     assert len(text.splitlines()) == 1 and "cp=3" in text and "length 16" in text
     assert _cmap(gpt2_path, 4).length == 16  # 16 splits 4 ways
+
+
+# -- the decision ------------------------------------------------------------------------
+def _partition(path: Path, pins: str, devices: int) -> Any:
+    from shardc.partition.options import PartitionOptions, parse_pins
+
+    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
+    options = PartitionOptions(pins=parse_pins([pins] if pins else []))
+    return partition_model(path, topo, mode="training", partition=options).state
+
+
+def test_the_search_picks_cp_where_it_pays_and_not_where_it_does_not(
+    gpt2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search offers cp from :data:`CP_MIN_SEQUENCE` on (lowered here to the tiny
+    model's 16 tokens) and CP-SAT decides by price. One sequence per step on two devices
+    (dp=1, tp=1, pp=1 pinned): the two halves of the sequence on two devices beat one
+    device doing it all, so cp=2. Two sequences per step, nothing pinned: data
+    parallelism halves the work without the K/V all-gathers, so dp=2 and cp=1, though
+    cp=2 was offered.
+    """
+    monkeypatch.setattr(context_module, "CP_MIN_SEQUENCE", 16)
+    one = _partition(gpt2_path, "tp=1,pp=1,dp=1", 2)
+    assert [s.cp for s in one.partition.stages] == [2]
+    alone = _partition(gpt2_path, "tp=1,pp=1,dp=1,cp=1", 2).partition
+    assert one.partition.step_seconds < alone.step_seconds
+    two = _partition(gpt2_path, "", 2)
+    assert cp_degrees(costing_for(two), two.options.partition, 2) == (1, 2)  # offered
+    assert two.partition.dp == 2 and [s.cp for s in two.partition.stages] == [1]
+    monkeypatch.setattr(context_module, "CP_MIN_SEQUENCE", 8192)
+    assert cp_degrees(costing_for(two), two.options.partition, 2) == (1,)  # short: not searched
+
+
+@pytest.mark.parametrize(
+    "pins,needle",
+    [("cp=3", "does not split over cp=3"), ("cp=2,sp=on,tp=2", "not combined with sp=on")],
+)
+def test_cp_pins_that_cannot_run_exit_2_in_one_line(
+    gpt2_path: Path, tmp_path: Path, pins: str, needle: str
+) -> None:
+    out = tmp_path / "plan"
+    r = CliRunner().invoke(cli, ["compile", str(gpt2_path), "--topology",
+                                 str(ROOT / "topologies/localhost.topo"), "--set", "devices=4",
+                                 "--pin", pins, "-o", str(out)])
+    err = r.stderr.strip()
+    assert r.exit_code == 2, (r.output, err)
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert "Traceback" not in r.output + err and not out.exists()
