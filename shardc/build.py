@@ -185,8 +185,9 @@ def build(
     cps = sorted({s.cp for s in state.partition.stages} - {1})
     if cps and emit is not False:
         raise OptionError(
-            f"context parallelism (cp={cps[0]}): the plan folder's device programs and timeline for context "
-            "parallelism are not written yet (shardc.emit.context.emit_context builds them)",
+            f"context parallelism (cp={cps[0]}): the plan folder's device programs and "
+            "timeline are not written for it yet (shardc.emit.context.emit_context builds "
+            "the programs)",
             hint="--no-emit writes plan.json alone",
         )
     lowered, note = _lowering_wanted(state, emit)
