@@ -173,11 +173,19 @@ def _cmap(path: Path, cp: int) -> Any:
 
 
 def test_cp_without_a_sequence_is_a_one_line_error(tmp_path: Path) -> None:
+    path = _no_sequence(tmp_path)
     with pytest.raises(ContextError) as err:
-        _cmap(_no_sequence(tmp_path), 2)
+        _cmap(path, 2)
     assert isinstance(err.value, OptionError)  # the CLI's exit 2
     text = str(err.value)
     assert len(text.splitlines()) == 1 and "cp" in text and "sequence" in text
+    out = tmp_path / "plan"
+    r = CliRunner().invoke(cli, ["compile", str(path), "--topology",
+                                 str(ROOT / "topologies/localhost.topo"), "--set", "devices=2",
+                                 "--pin", "cp=2", "-o", str(out)])
+    err_line = r.stderr.strip()
+    assert r.exit_code == 2 and len(err_line.splitlines()) == 1, (r.output, err_line)
+    assert "no sequence" in err_line and not out.exists()
 
 
 def test_cp_that_does_not_divide_the_sequence_is_a_one_line_error(gpt2_path: Path) -> None:
