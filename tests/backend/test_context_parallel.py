@@ -119,7 +119,8 @@ CASES = [
     ("tp=1,pp=1,dp=1", 1, 2),
     ("tp=1,pp=1,dp=1", 1, 4),
     ("tp=2,pp=1,dp=1", 2, 2),
-    ("tp=2,pp=2,dp=1", 4, 2),
+    pytest.param("tp=2,pp=2,dp=1", 4, 2, marks=pytest.mark.slow),  # 8 ranks, pipelined
+    pytest.param("tp=1,pp=1,dp=2", 2, 2, marks=pytest.mark.slow),  # cp beside dp
 ]
 
 
