@@ -186,7 +186,7 @@ def build(
     if cps and emit is not False:
         raise OptionError(
             f"context parallelism (cp={cps[0]}): the plan folder's device programs and "
-            "timeline are not written for it yet (shardc.emit.context.emit_context builds "
+            "timeline are not written for it yet (shardc.passes.lower_context.emit_context builds "
             "the programs)",
             hint="--no-emit writes plan.json alone",
         )

@@ -78,9 +78,10 @@ class ContextMap:
 
 def _shape(graph: Graph, v: str) -> tuple[int, ...] | None:
     t = graph.values[v].type if v in graph.values else None
-    if t is None or t.shape is None or not all(isinstance(d, int) for d in t.shape):
+    dims = [d for d in (t.shape or ()) if isinstance(d, int)] if t is not None else []
+    if t is None or t.shape is None or len(dims) != len(t.shape):
         return None
-    return tuple(int(d) for d in t.shape)
+    return tuple(dims)
 
 
 def _view_dim(inp: Sequence[int], k: int, out: Sequence[int], length: int) -> int | None:
@@ -194,7 +195,9 @@ def _out_dim(
             raise _refuse(node, "mixes the sequence with inner dims")
         return j
     if op == "Transpose":
-        perm = list(node.attr("perm") or reversed(range(len(out))))  # type: ignore[call-overload]
+        given = node.attr("perm")
+        perm = [int(p) for p in given] if isinstance(given, tuple) else list(
+            reversed(range(len(out))))
         return perm.index(held[0])
     if op in ("MatMul", "Gemm"):
         a, b = ins[0], ins[1]
@@ -214,10 +217,10 @@ def _out_dim(
         return axis + held[1]
     if op in ("Split", "Slice", "Concat"):
         k = held.get(0, next(iter(held.values())))
-        axis = _axes(node, graph, consts)
+        cut = _axes(node, graph, consts)
         if op == "Concat" and len(held) != len([v for v in node.inputs if v]):
             raise _refuse(node, "joins chunked and whole values")
-        if k in axis:
+        if k in cut:
             raise _refuse(node, "cuts along the sequence")
         return k
     if op in _POINTWISE:
@@ -254,7 +257,7 @@ def _pointwise(
     shape0 = ins[i0]
     assert shape0 is not None
     k = k0 + len(out) - len(shape0)
-    if out[k] != length_of(shape0, k0):
+    if out[k] != shape0[k0]:
         raise _refuse(node, "changes the size of the sequence dim")
     if node.op_type in _AXIS_OPS or node.op_type in _REDUCE:
         axis = node.attr("axis", -1)
@@ -272,27 +275,23 @@ def _pointwise(
                 raise _refuse(node, f"broadcasts {v!r} against the sequence")
             slices.append((node.name, i, d))
     for i, d in held.items():
-        if d + len(out) - len(ins[i] or ()) != k:  # type: ignore[arg-type]
+        if d + len(out) - len(ins[i] or ()) != k:
             raise _refuse(node, "meets two chunked values along different dims")
     return k
-
-
-def length_of(shape: Sequence[int], k: int) -> int:
-    """Size of dim ``k`` (named for what the check means: the chunked dim's size)."""
-    return shape[k]
 
 
 def _reduced(node: Node, rank: int, axis: int, consts: Consts) -> set[int]:
     """Dims a norm, softmax or reduction works across."""
     op = node.op_type
     if op in _REDUCE:
-        axes = node.attr("axes")
+        given = node.attr("axes")
+        axes = [int(a) for a in given] if isinstance(given, tuple) else None
         if axes is None and len(node.inputs) > 1 and node.inputs[1]:
             arr = consts(node.inputs[1])
             axes = None if arr is None else [int(a) for a in arr.reshape(-1)]
         if axes is None:
             return set(range(rank))
-        return {int(a) % rank for a in axes}  # type: ignore[union-attr]
+        return {a % rank for a in axes}
     if op in ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization"):
         return set(range(int(axis) % rank, rank))
     return {int(axis) % rank}

@@ -4,7 +4,7 @@ Context parallelism splits the sequence of every activation over a cp group; att
 gathers K and V over the group (Llama 3's all-gather variant) and each rank reads its
 rows of the causal mask, positions and rotary tables. A tiny GPT-2 and a tiny Llama
 exported from ``transformers`` are compiled (plain, and with tensor and pipeline
-parallelism), rewritten for cp=2 and cp=4 by :func:`shardc.emit.context.emit_context`,
+parallelism), rewritten for cp=2 and cp=4 by :func:`shardc.passes.lower_context.emit_context`,
 and run in-process: every output-holding rank must match onnxruntime on the unsharded
 model. The CP traffic must be one all-gather per K and per V per layer plus one per
 output, each moving the bytes of the tensor it gathers, and priced by the cost model.
@@ -26,11 +26,12 @@ from onnx import TensorProto, helper
 import shardc.partition.context as context_module
 from shardc.cli.main import cli
 from shardc.compiler import build_plan, partition_model
-from shardc.emit.context import context_seconds, emit_context
+from shardc.emit.devices import emit
 from shardc.errors import OptionError
 from shardc.frontend import load_model
 from shardc.partition.context import ContextError, context_map, cp_collectives, cp_degrees
 from shardc.passes.lower import stage_nodes
+from shardc.passes.lower_context import context_seconds, emit_context
 from shardc.passes.partition import costing_for
 from shardc.passes.strategies import build_table
 from shardc.runtime.inprocess import run_inprocess
@@ -65,7 +66,7 @@ def check_cp_plan(path: Path, pins: str, devices: int, cp: int) -> float:
     state = _compile(path, f"{pins},cp={cp}", cp * devices)
     assert {s.cp for s in state.partition.stages} == {cp}
     assert state.partition.devices_used == cp * devices
-    models, comms = emit_context(state)
+    models, comms = emit_context(state, emit(state).models)
     assert len(models) == cp * devices
     feeds, want = _reference(path)
     outs = run_inprocess(models, feeds)
@@ -139,7 +140,7 @@ def test_the_mask_offset_is_what_makes_it_right(gpt2_path: Path) -> None:
     must give wrong outputs, so the tests above cannot pass by accident.
     """
     state = _compile(gpt2_path, "tp=1,pp=1,dp=1,cp=2", 2)
-    models, _ = emit_context(state)
+    models, _ = emit_context(state, emit(state).models)
     feeds, want = _reference(gpt2_path)
     for m in models.values():  # move rank 1's row slices to rank 0's rows
         for init in m.graph.initializer:

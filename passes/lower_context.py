@@ -196,9 +196,10 @@ def context_seconds(
 
 
 def emit_context(
-    state: Any, cp: int | None = None
+    state: Any, models: Mapping[int, onnx.ModelProto], cp: int | None = None
 ) -> tuple[dict[int, onnx.ModelProto], dict[int, list[CpComm]]]:
-    """A compiled state's device programs under its partition's cp degree (or ``cp``).
+    """A compiled state's device programs (``models``, as :func:`shardc.emit.devices.emit`
+    writes them) under its partition's cp degree (or ``cp``).
 
     Every stage of a plan runs one cp degree (the search tries each degree as a plan-wide
     choice, like the data-parallel width), so copy ``c`` of the whole plan is one chunk.
@@ -209,7 +210,6 @@ def emit_context(
             raise ContextError(f"--pin cp: stages run different cp degrees {sorted(cps)}; "
                                "emission needs one")
         (cp,) = cps
-    from shardc.emit.devices import emit
     from shardc.partition.context import context_map
     from shardc.passes.lower import stage_nodes
     from shardc.passes.precision import priced_graph
@@ -227,4 +227,4 @@ def emit_context(
         nbytes[(node, i)] = float(priced.values[graph.node(node).inputs[i]].nbytes or 0) * frac
     for o in graph.outputs:
         nbytes[o] = float(priced.values[o].nbytes or 0)
-    return context_programs(emit(state).models, cmap, cp, nbytes)
+    return context_programs(models, cmap, cp, nbytes)
