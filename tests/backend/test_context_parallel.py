@@ -199,10 +199,10 @@ def test_cp_that_does_not_divide_the_sequence_is_a_one_line_error(gpt2_path: Pat
 
 
 # -- the decision ------------------------------------------------------------------------
-def _partition(path: Path, pins: str, devices: int) -> Any:
+def _partition(path: Path, pins: str, devices: int, **sets: Any) -> Any:
     from shardc.partition.options import PartitionOptions, parse_pins
 
-    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
+    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices, **sets})
     options = PartitionOptions(pins=parse_pins([pins] if pins else []))
     return partition_model(path, topo, mode="training", partition=options).state
 
@@ -244,3 +244,24 @@ def test_cp_pins_that_cannot_run_exit_2_in_one_line(
     assert r.exit_code == 2, (r.output, err)
     assert len(err.splitlines()) == 1 and needle in err, err
     assert "Traceback" not in r.output + err and not out.exists()
+
+
+def test_the_search_picks_cp_when_nothing_else_fits(
+    gpt2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sequences per step on two devices with tp=1, pp=1: data parallelism is faster
+    (above) but each replica keeps a whole sequence's activations; with device memory
+    between the two plans' least needs (any recomputation), only cp=2 (half the
+    activations, plus the gathered K/V) fits, and the search takes it. The capacity is set from the priced plans, so the test
+    holds whatever the memory model charges, as long as cp saves memory.
+    """
+    monkeypatch.setattr(context_module, "CP_MIN_SEQUENCE", 16)
+    def need(pins: str) -> float:  # full recomputation keeps the least
+        return float(_partition(gpt2_path, f"{pins},recompute=full", 2).partition.stages[0]
+                     .memory_bytes)
+
+    dp_need, cp_need = need("tp=1,pp=1,dp=2,cp=1"), need("tp=1,pp=1,dp=1,cp=2")
+    assert cp_need < dp_need
+    per_device = (cp_need + dp_need) / 2
+    tight = _partition(gpt2_path, "tp=1,pp=1", 2, memory_gib=2 * per_device / 2**30).partition
+    assert [s.cp for s in tight.stages] == [2] and tight.dp == 1
