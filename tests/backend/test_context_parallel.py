@@ -265,3 +265,29 @@ def test_the_search_picks_cp_when_nothing_else_fits(
     per_device = (cp_need + dp_need) / 2
     tight = _partition(gpt2_path, "tp=1,pp=1", 2, memory_gib=2 * per_device / 2**30).partition
     assert [s.cp for s in tight.stages] == [2] and tight.dp == 1
+
+
+def test_cp_memory_is_the_chunk_plus_the_gathered_kv(llama_path: Path) -> None:
+    """Per device under cp=2, a block keeps half of every activation that carries the
+    sequence, all of those that do not (mask, rotary tables), and the other half of each
+    gathered K and V (backward reads them whole); its compute is at most half plus the
+    whole-sequence arithmetic every rank repeats.
+    """
+    from shardc.cost import activations as acts
+
+    state = _partition(llama_path, "tp=1,pp=1,dp=1,cp=2", 2)
+    costing = costing_for(state)
+    _, block, _, _ = costing.sections
+    kind = state.partition.stages[0].kind
+    one, two = (costing.part(block, kind, 1, "none", False, cp) for cp in (1, 2))
+    cmap = costing.context(2)
+    saved = acts.saved_tensors(costing.graph, block, costing.gradient_values,
+                               dropout=costing.dropout)
+    chunked = sum(t.nbytes for t in saved if t.value.split("#", 1)[0] in cmap.dims)
+    whole = sum(t.nbytes for t in saved) - chunked
+    kv = sum(costing.operand_bytes(n, i, costing.choice(1), {"tp": 1})
+             for n, i, _ in cmap.gathers if n in set(block))
+    assert kv > 0 and chunked > 0
+    assert one.activation == pytest.approx(chunked + whole)
+    assert two.activation == pytest.approx(chunked / 2 + whole + kv / 2)
+    assert two.compute < one.compute and two.static == one.static  # weights are not split
