@@ -154,9 +154,34 @@ def context_map(
         for o in node.outputs:
             if o and out is not None:
                 dims[o] = out
+    gathers = _gather_early(graph, dims, gathers)
     outs = tuple(o for o in graph.outputs if o in dims)
     made = {o: p.name for o in outs if (p := graph.producer(o)) is not None}
     return ContextMap(length, dims, tuple(gathers), tuple(slices), inputs, outs, made)
+
+
+_CHAIN = frozenset({"Reshape", "Expand", "Unsqueeze", "Squeeze", "Transpose"})
+
+
+def _gather_early(
+    graph: Graph, dims: dict[str, int], gathers: list[tuple[str, int, int]]
+) -> list[tuple[str, int, int]]:
+    """Each K/V gather moved up the chain of views that feeds it alone (Llama's
+    grouped-query repeat, the transpose of K): the views then run on the whole sequence,
+    so K and V cross the cp group once per KV head, not once per query head.
+    """
+    out = []
+    for name, i, _ in gathers:
+        v = graph.node(name).inputs[i]
+        while True:
+            p = graph.producer(v)
+            if (p is None or p.op_type not in _CHAIN or v in graph.outputs
+                    or len(graph.consumers(v)) != 1 or p.inputs[0] not in dims):
+                break
+            dims.pop(v, None)  # made whole: its reshape target keeps the full sequence
+            name, i, v = p.name, 0, p.inputs[0]
+        out.append((name, i, dims[v]))
+    return out
 
 
 def _refuse(node: Node, why: str) -> ContextError:
