@@ -8,43 +8,33 @@ data-parallel programs the plan already verifies are kept node for node, and eac
 gets (1) its chunk of the token input, (2) reshape targets and received shapes shrunk
 along the sequence, (3) an all-gather over its cp group of every K and V (Llama 3's
 all-gather attention), (4) its rows of the causal mask, positions and rotary tables, and
-(5) an all-gather of each output's chunks. Rank ``c·N + r`` is copy ``c`` of rank ``r``
-of an ``N``-rank plan; the cp groups are ``{c·N + r}`` over ``c``, so a cp group spans
-replicas of one rank and TP groups stay inside a copy.
+(5) an all-gather of each output's chunks.
 
-:func:`context_traffic` lists the collectives this emits with the bytes each moves, and
-:func:`context_seconds` prices them through the cost model's own
-:func:`~shardc.cost.network.group_collective` (the function the partitioner's TP
-traffic is priced by).
+:func:`context_lowering` makes the copies part of the lowering (called by the ``lower``
+pass when the partition's cp > 1): ``cp`` programs per rank, ranked and placed as the
+partitioner placed them, each K/V and output gather an ordinary
+:class:`~shardc.plan.program.Comm` on the cp group, so ``price`` times it with the cost
+model's :func:`~shardc.cost.network.group_collective` over the group's real devices and the
+timeline, schedule.json and the report see it. :func:`context_model` is the device-file
+side: the rewrite above of a rank's instantiated model, its gathers filled from the
+rank's priced CP comms in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from shardc.cost.network import group_collective
 from shardc.partition.context import ContextError, ContextMap
-from shardc.plan.program import DOMAIN
-from shardc.topology.model import Topology
+from shardc.plan.lowered import Lowering
+from shardc.plan.program import DOMAIN, Comm, Compute
 
 _SHAPE_ARG = {"Reshape": 1, "Expand": 1}
-
-
-@dataclass(frozen=True)
-class CpComm:
-    """One collective CP adds to a rank's program."""
-
-    op: str
-    value: str
-    nbytes: float
-    """Bytes of the gathered result on one rank (the convention of the walk's comms)."""
-    group: tuple[int, ...]
 
 
 def _base(name: str) -> str:
@@ -56,38 +46,13 @@ def _const(name: str, array: np.ndarray, out: list[onnx.TensorProto]) -> str:
     return name
 
 
-def context_programs(
-    models: Mapping[int, onnx.ModelProto],
-    cmap: ContextMap,
-    cp: int,
-    nbytes: Mapping[tuple[str, int] | str, float],
-) -> tuple[dict[int, onnx.ModelProto], dict[int, list[CpComm]]]:
-    """The ``cp × N`` rank programs of an ``N``-rank plan, and each one's CP traffic.
-
-    ``nbytes`` gives the bytes each gather moves as the plan prices them: per
-    (node, input) for K and V, per output name for the outputs.
+def context_model(
+    proto: onnx.ModelProto, cmap: ContextMap, cp: int, c: int, comms: Sequence[Comm]
+) -> onnx.ModelProto:
+    """Copy ``c``'s device model from its rank's instantiated model (its tensor- and
+    pipeline-parallel comm nodes already filled with the copy's ranks) and its priced CP
+    gathers ``comms`` (:func:`is_context_comm`, in program order; see the module doc).
     """
-    n = len(models)
-    if sorted(models) != list(range(n)):
-        raise ContextError("--pin cp: the plan's ranks are not numbered 0..N-1")
-    out: dict[int, onnx.ModelProto] = {}
-    comms: dict[int, list[CpComm]] = {}
-    for c in range(cp):
-        for r, proto in sorted(models.items()):
-            out[c * n + r], comms[c * n + r] = _rank(proto, cmap, cp, c, r, n, nbytes)
-    return out, comms
-
-
-def _rank(
-    proto: onnx.ModelProto,
-    cmap: ContextMap,
-    cp: int,
-    c: int,
-    r: int,
-    n: int,
-    nbytes: Mapping[tuple[str, int] | str, float],
-) -> tuple[onnx.ModelProto, list[CpComm]]:
-    """Copy ``c`` of rank ``r``'s program (see the module doc for what changes)."""
     m = onnx.ModelProto()
     m.CopyFrom(proto)
     g = m.graph
@@ -95,8 +60,8 @@ def _rank(
     added: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
     rename: dict[str, str] = {}
-    traffic: list[CpComm] = []
-    group = tuple(k * n + r for k in range(cp))
+    pending = list(comms)
+    finals: list[tuple[str, str]] = []
     chunk = cmap.length // cp
     outputs = {o.name for o in g.output}
     gathers = {(nd, i): d for nd, i, d in cmap.gathers}
@@ -110,10 +75,13 @@ def _rank(
         nodes.append(helper.make_node("Slice", [value, s, e, a], [name], name=name))
         return name
 
-    def gather(value: str, dim: int, out: str, nbytes: float) -> None:
-        nodes.append(helper.make_node("AllGather", [value], [out], name=f"{out}__cpgather",
-                                      domain=DOMAIN, group=list(group), tag=0, axis=dim))
-        traffic.append(CpComm("all_gather", _base(out), nbytes, group))
+    def gather(value: str, dim: int, out: str) -> None:
+        if not pending:
+            raise ContextError(f"--pin cp: rank copy {c} has no priced gather for {out!r}")
+        step = pending.pop(0)
+        nodes.append(helper.make_node(
+            "AllGather", [value], [out], name=f"{out}__cpgather", domain=DOMAIN,
+            group=list(step.group), tag=step.tag, algorithm=step.algorithm, axis=dim))
 
     for inp in g.input:
         if inp.name in cmap.inputs:
@@ -124,8 +92,8 @@ def _rank(
         for i, v in enumerate(nd.input):
             if v in rename:
                 nd.input[i] = rename[v]
-        if nd.domain == DOMAIN:
-            _remap(nd, c, n, cmap, cp)
+        if nd.domain == DOMAIN and nd.op_type == "Recv":
+            _shrink(nd, cmap, cp)
         seq = cmap.dims.get(_base(nd.output[0])) if nd.output else None
         if nd.op_type in _SHAPE_ARG and seq is not None and nd.domain == "":
             arg = _SHAPE_ARG[nd.op_type]
@@ -136,35 +104,30 @@ def _rank(
         for i, v in enumerate(list(nd.input)):
             if (nd.name, i) in gathers:
                 whole = f"{v}__cpwhole{len(nodes)}"
-                gather(v, gathers[(nd.name, i)], whole, nbytes.get((nd.name, i), 0.0))
+                gather(v, gathers[(nd.name, i)], whole)
                 nd.input[i] = whole
             elif (nd.name, i) in slices:
                 nd.input[i] = cut(v, slices[(nd.name, i)], "rows")
-        finals = []
         for j, o in enumerate(nd.output):
             if o in outputs and cmap.dims.get(_base(o)) is not None:
                 local = f"{o}__cplocal"
                 nd.output[j] = rename[o] = local
                 finals.append((local, o))
         nodes.append(nd)
-        for local, o in finals:
-            gather(local, cmap.dims[_base(o)], o, nbytes.get(o, 0.0))
+    for local, o in finals:  # last, in the order made: the program's own order
+        gather(local, cmap.dims[_base(o)], o)
+    if pending:
+        raise ContextError(f"--pin cp: rank copy {c}: {len(pending)} priced gathers unplaced")
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(added)
-    return m, traffic
+    return m
 
 
-def _remap(nd: onnx.NodeProto, c: int, n: int, cmap: ContextMap, cp: int) -> None:
-    """A comm node of copy ``c``: its group or peer moved into the copy; a received
-    chunked value's shape shrunk along the sequence.
-    """
+def _shrink(nd: onnx.NodeProto, cmap: ContextMap, cp: int) -> None:
+    """A Recv of a chunked value: its declared shape shrunk along the sequence."""
     for a in nd.attribute:
-        if a.name == "group":
-            a.ints[:] = [c * n + g if g >= 0 else g for g in a.ints]
-        elif a.name == "peer" and a.i >= 0:
-            a.i = c * n + a.i
-        elif a.name == "shape" and nd.op_type == "Recv":
+        if a.name == "shape":
             seq = cmap.dims.get(_base(nd.output[0]))
             if seq is not None:
                 a.ints[seq] //= cp
@@ -184,47 +147,129 @@ def _shape_const(
     raise ContextError(f"--pin cp: the shape {name!r} of a chunked reshape is not a constant")
 
 
-def context_seconds(
-    topology: Topology, comms: Sequence[CpComm], devices: Mapping[int, str]
-) -> float:
-    """One rank's CP collectives timed by the cost model on its cp group's devices."""
-    return sum(
-        group_collective(topology, c.op, c.nbytes, [devices[k] for k in c.group]).seconds
-        for c in comms
-        if len(c.group) > 1 and c.nbytes > 0
-    )
+# -- the lowering: cp copies of every rank as ordinary programs ---------------------------
 
 
-def emit_context(
-    state: Any, models: Mapping[int, onnx.ModelProto], cp: int | None = None
-) -> tuple[dict[int, onnx.ModelProto], dict[int, list[CpComm]]]:
-    """A compiled state's device programs (``models``, as :func:`shardc.emit.devices.emit`
-    writes them) under its partition's cp degree (or ``cp``).
-
-    Every stage of a plan runs one cp degree (the search tries each degree as a plan-wide
-    choice, like the data-parallel width), so copy ``c`` of the whole plan is one chunk.
+def _gather_bytes(
+    state: Any, resolutions: Sequence[Any], cmap: ContextMap
+) -> dict[tuple[str, int] | str, float]:
+    """Bytes each CP gather moves as the partitioner charged them: the gathered K/V on one
+    TP rank (its strategy's layout), each chunked output whole.
     """
-    if cp is None:
-        cps = {s.cp for s in state.partition.stages}
-        if len(cps) != 1:
-            raise ContextError(f"--pin cp: stages run different cp degrees {sorted(cps)}; "
-                               "emission needs one")
-        (cp,) = cps
-    from shardc.partition.context import context_map
     from shardc.passes.lower import stage_nodes
     from shardc.passes.precision import priced_graph
 
-    graph, table = state.graph, state.strategies
-    cmap = context_map(graph, table.labels, cp)
+    graph, part = state.graph, state.partition
     priced = priced_graph(state)
-    res = state.lowering.resolutions
     stage = {n: j for j, names in enumerate(stage_nodes(state)) for n in names}
-    nbytes: dict[tuple[str, int] | str, float] = {}
+    out: dict[tuple[str, int] | str, float] = {}
     for node, i, _ in cmap.gathers:
         j = stage[node]
-        lay = res[j].strategies[node].inputs[i] if res else None
-        frac = lay.local_fraction({"tp": state.partition.stages[j].tp}) if lay else 1.0
-        nbytes[(node, i)] = float(priced.values[graph.node(node).inputs[i]].nbytes or 0) * frac
+        lay = resolutions[j].strategies[node].inputs[i] if resolutions else None
+        frac = lay.local_fraction({"tp": part.stages[j].tp}) if lay else 1.0
+        out[(node, i)] = float(priced.values[graph.node(node).inputs[i]].nbytes or 0) * frac
     for o in graph.outputs:
-        nbytes[o] = float(priced.values[o].nbytes or 0)
-    return context_programs(models, cmap, cp, nbytes)
+        out[o] = float(priced.values[o].nbytes or 0)
+    return out
+
+
+def context_lowering(state: Any, lowering: Lowering) -> Lowering:
+    """``lowering`` (an ``N``-rank plan) as the ``cp × N`` ranks context parallelism runs.
+
+    Why in the lowering: the price, timeline and plan passes then see each K/V all-gather
+    as an ordinary :class:`~shardc.plan.program.Comm` with its bytes and cp group, priced on
+    the devices the partitioner placed: copy ``c`` of (stage ``j``, replica ``r``, TP rank
+    ``t``) sits on the placement's device ``(r, j, c·tp + t)`` (the stage's group is ``cp``
+    TP groups side by side, :meth:`~shardc.partition.costing.Costing.configs`). Ranks keep
+    Megatron's order with the copy between replica and TP rank: ``offset_j + (r·cp + c)·tp
+    + t``, so a stage's ranks stay contiguous and each TP group stays inside a copy.
+    """
+    part = state.partition
+    cps = {s.cp for s in part.stages}
+    if len(cps) != 1:
+        raise ContextError(f"--pin cp: stages run different cp degrees {sorted(cps)}; "
+                           "emission needs one")
+    (cp,) = cps
+    from shardc.partition.context import context_map
+
+    cmap = context_map(state.graph, state.strategies.labels, cp)
+    nbytes = _gather_bytes(state, lowering.resolutions, cmap)
+    offsets, acc = [], 0
+    for s in part.stages:
+        offsets.append(acc)
+        acc += part.dp * s.tp * cp
+    base = {p.rank: p for p in lowering.programs.programs}
+
+    def rank(b: int, c: int) -> int:
+        p = base[b]
+        return offsets[p.stage] + (p.replica * cp + c) * p.tp + p.tp_rank
+
+    programs = []
+    for p in lowering.programs.programs:
+        for c in range(cp):
+            group = tuple(rank(p.rank, k) for k in range(cp))
+            steps = _copy_steps(p.steps, cmap, group, nbytes, lambda b, c=c: rank(b, c),
+                                set(p.outputs), state.graph)
+            device = part.placement.devices[(p.replica, p.stage, c * p.tp + p.tp_rank)]
+            programs.append(replace(p, rank=rank(p.rank, c), device=device, steps=steps,
+                                    copy=c))
+    programs.sort(key=lambda q: q.rank)
+    unpriced = replace(lowering.programs, programs=tuple(programs))
+    return replace(lowering, programs=unpriced, context=(cmap, cp))
+
+
+def is_context_comm(c: Comm) -> bool:
+    """Whether ``c`` is a CP gather :func:`context_lowering` added (by its names)."""
+    return "__cpwhole" in c.output or c.value.endswith("__cplocal")
+
+
+def _copy_steps(
+    steps: Sequence[Compute | Comm],
+    cmap: ContextMap,
+    group: tuple[int, ...],
+    nbytes: Mapping[tuple[str, int] | str, float],
+    rank: Callable[[int], int],
+    outputs: set[str],
+    graph: Any,
+) -> tuple[Compute | Comm, ...]:
+    """One copy's steps: comm ranks moved into the copy; before each node that reads a
+    gathered K/V an all-gather of it, and of each chunked output an all-gather of
+    it once the program has run (the order :func:`context_model` puts the nodes in).
+    """
+    gathers: dict[str, list[tuple[int, int]]] = {}
+    for nd, i, d in cmap.gathers:
+        gathers.setdefault(nd, []).append((i, d))
+    chunked = [o for o in cmap.outputs if o in outputs]
+
+    def out_gather(o: str) -> Comm:
+        return Comm("AllGather", f"{o}__cplocal", o, nbytes.get(o, 0.0), group, -1, 0,
+                    cmap.dims[o])
+
+    out: list[Compute | Comm] = []
+    for s in steps:
+        if isinstance(s, Comm):
+            out.append(replace(s, group=tuple(rank(g) for g in s.group),
+                               peer=rank(s.peer) if s.peer >= 0 else s.peer))
+            continue
+        run: list[str] = []
+        for n in s.nodes:
+            if n in gathers:
+                if run:
+                    out.append(Compute(tuple(run), 0.0, s.label))
+                    run = []
+                for i, d in sorted(gathers[n]):
+                    v = graph.node(n).inputs[i]
+                    out.append(Comm("AllGather", v, f"{v}__cpwhole", nbytes.get((n, i), 0.0),
+                                    group, -1, 0, d))
+            run.append(n)
+        if run:
+            out.append(Compute(tuple(run), 0.0, s.label))
+    return (*out, *(out_gather(o) for o in _made_order(chunked, cmap, steps)))
+
+
+def _made_order(chunked: Sequence[str], cmap: ContextMap, steps: Sequence[Any]) -> list[str]:
+    """The chunked outputs in the order their nodes run (the rewrite gathers them last, in
+    that order)."""
+    order = {n: k for k, n in enumerate(n for s in steps if isinstance(s, Compute)
+                                        for n in s.nodes)}
+    return sorted(chunked, key=lambda o: order.get(cmap.made_by[o], len(order)))

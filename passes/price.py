@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shardc.cost.compute import ShardScale
 from shardc.cost.network import group_collective, point_to_point
 from shardc.cost.phases import prefill_time
+from shardc.partition.context import cp_scale
 from shardc.pipeline import Pass
 from shardc.plan.program import Comm, Compute, DeviceProgram, Link, Programs, route_links
 from shardc.sharding import shard_scale
@@ -73,9 +74,14 @@ def _compute(
     assert costs is not None
     sizes = {"tp": p.tp}
     groups: dict[ShardScale, list[Any]] = defaultdict(list)
+    context = state.lowering.context if state.lowering is not None else None
     for n in seg.nodes:
         cost = costs.nodes[n]
-        groups[shard_scale(resolution.strategies[n], cost, sizes)].append(cost)
+        scale = shard_scale(resolution.strategies[n], cost, sizes)
+        if context is not None:  # a sequence chunk, as the partitioner priced it
+            scale = cp_scale(scale, state.graph.node(n), len(cost.input_bytes),
+                             len(cost.output_bytes), *context)
+        groups[scale].append(cost)
     kind = kinds[p.device]
     return sum(prefill_time(g, kind, shard=s).seconds for s, g in groups.items())
 

@@ -182,14 +182,6 @@ def build(
     )
     state = result.state
     assert state.costs is not None and state.partition is not None
-    cps = sorted({s.cp for s in state.partition.stages} - {1})
-    if cps and emit is not False:
-        raise OptionError(
-            f"context parallelism (cp={cps[0]}): the plan folder's device programs and "
-            "timeline are not written for it yet (shardc.passes.lower_context.emit_context builds "
-            "the programs)",
-            hint="--no-emit writes plan.json alone",
-        )
     lowered, note = _lowering_wanted(state, emit)
     building = plan_passes(lowered=lowered)
     rest = Pipeline(building, given=filled(state)).run(

@@ -99,3 +99,6 @@ class Lowering:
     hold each shard's type and dims, no bytes, so no device file can be written."""
     resolutions: tuple[Any, ...] = ()
     """Per stage, the strategy resolution lowering followed (what pricing prices)."""
+    context: Any = None
+    """Context parallelism (cp > 1): ``(ContextMap, cp)``, where the sequence lives and the
+    degree; the programs are then ``cp`` copies of every rank (``passes.lower_context``)."""

@@ -159,6 +159,8 @@ class DeviceProgram:
     sync_links: tuple[Link, ...] = ()
     """Links the data-parallel gradient sync of this rank crosses: the ring over its
     stage's devices of the same TP rank in every replica (training, dp > 1)."""
+    copy: int = 0
+    """Context parallelism: which of the ``cp`` sequence chunks this rank runs (0 without)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sync_links", links_of(self.sync_links))
