@@ -179,7 +179,7 @@ def lower(state: CompileState) -> Lowering:
     if any(st.cp > 1 for st in part.stages):  # every rank copied once per sequence chunk
         from shardc.passes.lower_context import context_lowering
 
-        return context_lowering(state, lowering)
+        return context_lowering(state, lowering, stages)
     return lowering
 
 

@@ -59,20 +59,22 @@ def _context_models(
 ) -> dict[int, onnx.ModelProto]:
     """Context parallelism: each copy's model is its rank's template filled with the
     copy's own comms, then rewritten for its sequence chunk with its CP gathers
-    (:func:`shardc.passes.lower_context.context_model`).
+    (:func:`shardc.emit.context.context_model`).
     """
     from dataclasses import replace
 
-    from shardc.passes.lower_context import context_model, is_context_comm
+    from shardc.emit.context import context_model
+    from shardc.plan.lowered import is_context_comm
 
     cmap, cp = lowering.context
     assert plan.programs is not None
     out = {}
     for p in plan.programs.programs:
-        own = tuple(s for s in p.steps if not (isinstance(s, Comm) and is_context_comm(s)))
+        own = tuple(s for s in p.steps
+                    if not (isinstance(s, Comm) and is_context_comm(s.output, s.value)))
         proto = _instantiate(model, lowering.templates[(p.stage, p.tp_rank)],
                              replace(p, steps=own))
-        gathers = [c for c in p.comms if is_context_comm(c)]
+        gathers = [c for c in p.comms if is_context_comm(c.output, c.value)]
         out[p.rank] = context_model(proto, cmap, cp, p.copy, gathers)
         for k, v in (("shardc.cp", str(cp)), ("shardc.cp_copy", str(p.copy))):
             out[p.rank].metadata_props.add(key=k, value=v)

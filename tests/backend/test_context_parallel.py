@@ -5,7 +5,8 @@ gathers K and V over the group (Llama 3's all-gather variant) and each rank read
 rows of the causal mask, positions and rotary tables. A tiny GPT-2 and a tiny Llama
 exported from ``transformers`` are compiled (plain, and with tensor and pipeline
 parallelism) with cp=2 and cp=4 pinned (the ``lower`` pass copies every rank per sequence
-chunk, :func:`shardc.passes.lower_context.context_lowering`), emitted and run in-process: every output-holding rank must match onnxruntime on the unsharded
+chunk, :func:`shardc.passes.lower_context.context_lowering`), emitted and run in-process:
+every output-holding rank must match onnxruntime on the unsharded
 model. The CP traffic must be one all-gather per K and per V per layer plus one per
 output, each moving the bytes of the tensor it gathers, and priced by the cost model.
 """
@@ -31,9 +32,9 @@ from shardc.errors import OptionError
 from shardc.frontend import load_model
 from shardc.partition.context import ContextError, context_map, cp_collectives, cp_degrees
 from shardc.passes.lower import stage_nodes
-from shardc.passes.lower_context import is_context_comm
 from shardc.passes.partition import costing_for
 from shardc.passes.strategies import build_table
+from shardc.plan.lowered import is_context_comm
 from shardc.runtime.inprocess import run_inprocess
 from shardc.topology import load_topology
 
@@ -68,7 +69,7 @@ def check_cp_plan(path: Path, pins: str, devices: int, cp: int) -> float:
     assert state.partition.devices_used == cp * devices
     models = emit(state).models
     programs = state.plan.programs.programs
-    comms = {p.rank: [c for c in p.comms if is_context_comm(c)] for p in programs}
+    comms = {p.rank: [c for c in p.comms if is_context_comm(c.output, c.value)] for p in programs}
     assert len(models) == cp * devices
     feeds, want = _reference(path)
     outs = run_inprocess(models, feeds)
