@@ -82,7 +82,7 @@ def context_lowering(
         for c in range(cp):
             group = tuple(rank(p.rank, k) for k in range(cp))
             steps = _copy_steps(p.steps, cmap, group, nbytes, lambda b, c=c: rank(b, c),
-                                set(p.outputs), state.graph)
+                                set(p.outputs), state.graph, cp)
             device = part.placement.devices[(p.replica, p.stage, c * p.tp + p.tp_rank)]
             programs.append(replace(p, rank=rank(p.rank, c), device=device, steps=steps,
                                     copy=c))
@@ -99,8 +99,11 @@ def _copy_steps(
     rank: Callable[[int], int],
     outputs: set[str],
     graph: Any,
+    cp: int,
 ) -> tuple[Compute | Comm, ...]:
-    """One copy's steps: comm ranks moved into the copy; before each node that reads a
+    """One copy's steps: comm ranks moved into the copy, their bytes the chunk's (the
+    tensor- and pipeline-parallel traffic of activations is over cp, the partitioner's
+    ``nbytes / cp``); before each node that reads a
     gathered K/V an all-gather of it, and of each chunked output an all-gather of
     it once the program has run (the order :func:`shardc.emit.context.context_model`
     puts the nodes in).
@@ -117,8 +120,10 @@ def _copy_steps(
     out: list[Compute | Comm] = []
     for s in steps:
         if isinstance(s, Comm):
+            # a copy moves its chunk: the bytes over cp, as the partitioner charged them
             out.append(replace(s, group=tuple(rank(g) for g in s.group),
-                               peer=rank(s.peer) if s.peer >= 0 else s.peer))
+                               peer=rank(s.peer) if s.peer >= 0 else s.peer,
+                               nbytes=s.nbytes / cp))
             continue
         run: list[str] = []
         for n in s.nodes:

@@ -98,7 +98,8 @@ def test_schedule_bytes_of_cp_gathers_are_what_the_partitioner_charged(
     """Per rank, the forward comm events of micro-batch 0 on the rank's cp group in
     schedule.json carry exactly the bytes :func:`cp_collectives` charged its stage's nodes
     (forward: one all-gather per K and V, one per chunked output), each priced (seconds)
-    on links of the topology.
+    on links of the topology; and a copy's TP collectives move its chunk (the partitioner's
+    ``nbytes / cp``).
     """
     from shardc.compiler import build_plan, partition_model
     from shardc.partition.options import PartitionOptions, parse_pins
@@ -125,6 +126,18 @@ def test_schedule_bytes_of_cp_gathers_are_what_the_partitioner_charged(
                                  costing._nbytes, training=False, recompute="none")
         assert got and Counter(("all_gather", e["bytes"]) for e in got) == Counter(charged)
         assert all(e["op"] == "AllGather" and e["duration"] > 0 and e["links"] for e in got)
+    if "tp=2" in pins:  # the TP traffic of a copy is its chunk's: the plain plan's over cp
+        plain = tmp_path / "plain"
+        _compile(llama_path, plain, pins.replace("cp=2,", ""), devices // 2)
+        base = json.loads((plain / "schedule.json").read_text())
+
+        def tp_bytes(dev: dict, group: list[int]) -> list[float]:
+            return [e["bytes"] for e in dev["events"] if e["type"] == "comm"
+                    and e["phase"] == "forward" and e["microbatch"] == 0
+                    and e["group"] == group]
+
+        want = tp_bytes(base["devices"][0], [0, 1])
+        assert want and tp_bytes(schedule["devices"][2], [2, 3]) == [b / 2 for b in want]
 
 
 @pytest.mark.slow
