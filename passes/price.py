@@ -54,8 +54,11 @@ def price(state: CompileState) -> Programs:
                 steps.append(replace(s, seconds=_compute(state, s, resolution, p, kinds)))
             else:
                 steps.append(_comm(topo, s, p.device, device_of))
-        # the gradient sync's ring: this stage and TP rank in every replica, by replica
-        replicas = [part.placement.devices[(q, p.stage, p.tp_rank)] for q in range(part.dp)]
+        # the gradient sync's ring: this stage and TP rank in every replica, by replica (and
+        # in every context-parallel copy: cp copies hold the same weights, dp x cp reduce)
+        cp = part.stages[p.stage].cp
+        replicas = [part.placement.devices[(q, p.stage, c * p.tp + p.tp_rank)]
+                    for q in range(part.dp) for c in range(cp)]
         sync_links = ring_links(topo, replicas) if training else ()
         out.append(replace(p, steps=tuple(steps), sync_links=sync_links))
     return replace(
