@@ -196,7 +196,12 @@ def lower(state: CompileState) -> Lowering:
     unpriced = Programs(
         tuple(programs), part.mode, part.schedule, part.microbatches, part.dp, len(part.stages)
     )
-    return Lowering(templates, unpriced, declared, tuple(resolutions))
+    lowering = Lowering(templates, unpriced, declared, tuple(resolutions))
+    if any(st.cp > 1 for st in part.stages):  # every rank copied once per sequence chunk
+        from shardc.passes.lower_context import context_lowering
+
+        return context_lowering(state, lowering, stages)
+    return lowering
 
 
 def _steps(

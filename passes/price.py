@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shardc.cost.compute import ShardScale
 from shardc.cost.network import group_collective, point_to_point
 from shardc.cost.phases import prefill_time
+from shardc.partition.context import cp_scale
 from shardc.pipeline import Pass
 from shardc.plan.program import Comm, Compute, DeviceProgram, Link, Programs, route_links
 from shardc.sharding import shard_scale
@@ -53,8 +54,11 @@ def price(state: CompileState) -> Programs:
                 steps.append(replace(s, seconds=_compute(state, s, resolution, p, kinds)))
             else:
                 steps.append(_comm(topo, s, p.device, device_of))
-        # the gradient sync's ring: this stage and TP rank in every replica, by replica
-        replicas = [part.placement.devices[(q, p.stage, p.tp_rank)] for q in range(part.dp)]
+        # the gradient sync's ring: this stage and TP rank in every replica, by replica (and
+        # in every context-parallel copy: cp copies hold the same weights, dp x cp reduce)
+        cp = part.stages[p.stage].cp
+        replicas = [part.placement.devices[(q, p.stage, c * p.tp + p.tp_rank)]
+                    for q in range(part.dp) for c in range(cp)]
         sync_links = ring_links(topo, replicas) if training else ()
         out.append(replace(p, steps=tuple(steps), sync_links=sync_links))
     return replace(
@@ -73,9 +77,14 @@ def _compute(
     assert costs is not None
     sizes = {"tp": p.tp}
     groups: dict[ShardScale, list[Any]] = defaultdict(list)
+    context = state.lowering.context if state.lowering is not None else None
     for n in seg.nodes:
         cost = costs.nodes[n]
-        groups[shard_scale(resolution.strategies[n], cost, sizes)].append(cost)
+        scale = shard_scale(resolution.strategies[n], cost, sizes)
+        if context is not None:  # a sequence chunk, as the partitioner priced it
+            scale = cp_scale(scale, state.graph.node(n), len(cost.input_bytes),
+                             len(cost.output_bytes), *context)
+        groups[scale].append(cost)
     kind = kinds[p.device]
     return sum(prefill_time(g, kind, shard=s).seconds for s, g in groups.items())
 

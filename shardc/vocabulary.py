@@ -145,7 +145,9 @@ OPTIONS: Mapping[str, Option] = {
         Option("pins", (), "Fix part of the answer: tp=8, pp=4,dp=16, kind=h100, "
                "stage0.kind=h20, stage1.blocks=30, recompute=full, rule=split (tensor "
                "parallel splits every op it can, batch first, not only Megatron's weight "
-               "products: for graphs that are not transformers). With tp, pp, dp and every "
+               "products: for graphs that are not transformers), cp=2 (context "
+               "parallelism: each stage's sequence split over 2 copies, K/V all-gathered: "
+               "2x the ranks). With tp, pp, dp and every "
                "stage's blocks pinned, compile evaluates that configuration.",
                metavar="KEY=VALUE[,...]", cli="--pin"),
         Option("recompute", None, "Activation recomputation for every stage (same as --pin "

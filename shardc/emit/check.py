@@ -173,7 +173,9 @@ def _check_weights(
         except (KeyError, ValueError) as exc:
             report.problems.append(f"rank {rank}: no readable shardc metadata ({exc})")
             continue
-        by_replica[int(meta["shardc.replica"])].append((rank, model))
+        # a context-parallel copy holds every weight again: checked as a replica of its own
+        cp, copy = int(meta.get("shardc.cp", "1")), int(meta.get("shardc.cp_copy", "0"))
+        by_replica[int(meta["shardc.replica"]) * cp + copy].append((rank, model))
     report.weights = len(original)
     report.weight_bytes = sum(original.values())
     for replica, members in sorted(by_replica.items()):

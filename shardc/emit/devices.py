@@ -42,13 +42,43 @@ class Emission:
 def device_models(plan: PlanData, lowering: Lowering, model: Model) -> dict[int, onnx.ModelProto]:
     """Every rank's ONNX model, checked to load in onnxruntime (unless a what-if)."""
     assert plan.programs is not None, "device files need a lowered plan"
-    models = {
-        p.rank: _instantiate(model, lowering.templates[(p.stage, p.tp_rank)], p)
-        for p in plan.programs.programs
-    }
+    if lowering.context is not None:
+        models = _context_models(plan, lowering, model)
+    else:
+        models = {
+            p.rank: _instantiate(model, lowering.templates[(p.stage, p.tp_rank)], p)
+            for p in plan.programs.programs
+        }
     if not lowering.declared_only:  # a what-if has no bytes to load
         _refuse_unloadable(models)
     return models
+
+
+def _context_models(
+    plan: PlanData, lowering: Lowering, model: Model
+) -> dict[int, onnx.ModelProto]:
+    """Context parallelism: each copy's model is its rank's template filled with the
+    copy's own comms, then rewritten for its sequence chunk with its CP gathers
+    (:func:`shardc.emit.context.context_model`).
+    """
+    from dataclasses import replace
+
+    from shardc.emit.context import context_model
+    from shardc.plan.lowered import is_context_comm
+
+    cmap, cp = lowering.context
+    assert plan.programs is not None
+    out = {}
+    for p in plan.programs.programs:
+        own = tuple(s for s in p.steps
+                    if not (isinstance(s, Comm) and is_context_comm(s.output, s.value)))
+        proto = _instantiate(model, lowering.templates[(p.stage, p.tp_rank)],
+                             replace(p, steps=own))
+        gathers = [c for c in p.comms if is_context_comm(c.output, c.value)]
+        out[p.rank] = context_model(proto, cmap, cp, p.copy, gathers)
+        for k, v in (("shardc.cp", str(cp)), ("shardc.cp_copy", str(p.copy))):
+            out[p.rank].metadata_props.add(key=k, value=v)
+    return out
 
 
 def emit(state: Any) -> Emission:

@@ -64,7 +64,7 @@ def lower_bound(p: PartitionProblem, s: int) -> float:
     rate = max(1.0 / c.block_seconds for c in cs)
     per_device: dict[str, float] = {}
     for c in cs:
-        per_device[c.kind] = max(per_device.get(c.kind, 0.0), 1.0 / (c.block_seconds * c.tp))
+        per_device[c.kind] = max(per_device.get(c.kind, 0.0), 1.0 / (c.block_seconds * c.width))
     device_rate = sum(r * p.devices.get(k, 0) / p.dp for k, r in per_device.items())
     # the ends and transfers in block-equivalents of whichever configuration carries them
     extra = min(c.prologue_seconds / c.block_seconds for c in cs)
@@ -127,7 +127,7 @@ def memory_bound_pace(p: PartitionProblem, s: int) -> float:
                 c.epilogue_seconds if j == s - 1 else 0.0
             )
             ends += c.p2p_seconds * p.interleave if s > 1 and not p.overlap_p2p else 0.0
-            opts.append((min(cap, float(p.blocks)), ends, c.block_seconds, p.dp * c.tp))
+            opts.append((min(cap, float(p.blocks)), ends, c.block_seconds, p.dp * c.width))
         if not opts:
             return float("inf")
         rows.append(opts)
@@ -193,7 +193,7 @@ def fits_in_total(p: PartitionProblem) -> bool:
     least ``L`` times the cheapest ``dp · tp · w`` of any configuration.
     """
     cheapest = min(
-        p.dp * c.tp * (c.block_static_bytes + c.block_activation_bytes) for c in p.configs
+        p.dp * c.width * (c.block_static_bytes + c.block_activation_bytes) for c in p.configs
     )
     total = sum(p.capacity.get(k, 0.0) * n for k, n in p.devices.items())
     return p.blocks * cheapest <= total

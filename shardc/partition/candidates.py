@@ -144,6 +144,7 @@ def warm_hint(
                     s["tp"],
                     s["recompute"] if warm.get("mode") == "training" else None,
                     bool(s.get("sequence_parallel")),
+                    int(s.get("cp", 1)),
                 ),
                 int(s["blocks"][1]) - int(s["blocks"][0]) + 1,
             )

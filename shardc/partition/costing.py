@@ -78,48 +78,62 @@ class Costing(PartPrices):
         return out
 
     def configs(
-        self, dp: int, tps: Mapping[str, Sequence[int]], recomputes: Sequence[str]
+        self,
+        dp: int,
+        tps: Mapping[str, Sequence[int]],
+        recomputes: Sequence[str],
+        cp: int = 1,
     ) -> tuple[StageConfig, ...]:
         """Every (kind, tp, recompute, sequence parallel) that has ``dp`` groups of ``tp``
-        devices.
+        devices, each ``cp`` times over (context parallelism; SP is not combined with it).
         """
         training = self.settings.mode == "training"
         out = []
         for kind in sorted(tps):
             for tp in tps[kind]:
-                groups = self.groups(kind, tp, dp)
+                groups = self.groups(kind, tp * cp, dp)
                 if groups is None:
                     continue
-                dp_group = [g[0] for g in groups]
+                # gradients are reduced over every copy of a weight: dp x cp devices
+                dp_group = [g[k * tp] for g in groups for k in range(cp)]
                 sps = self.settings.sequence_parallel if tp > 1 and training else (False,)
-                for sp in sps if self.sequence_splits(tp) else (False,):
-                    p2p = self._p2p(kind, tp, dp, groups, sp)
+                for sp in sps if self.sequence_splits(tp) and cp == 1 else (False,):
+                    p2p = self._p2p(kind, tp, dp, self.groups(kind, tp, dp) or groups, sp) / cp
                     for rc in recomputes if training else ("none",):
-                        out.append(self._config(kind, tp, rc, sp, dp, dp_group, p2p))
+                        out.append(self._config(kind, tp, rc, sp, dp, dp_group, p2p, cp))
         return tuple(out)
 
     def _config(
-        self, kind: str, tp: int, rc: str, sp: bool, dp: int, dp_group: list[str], p2p: float
+        self,
+        kind: str,
+        tp: int,
+        rc: str,
+        sp: bool,
+        dp: int,
+        dp_group: list[str],
+        p2p: float,
+        cp: int = 1,
     ) -> StageConfig:
         """One stage configuration priced from its parts (block, prologue, epilogue)."""
         pro, block, epi, _ = self.sections
         spec = self.kinds[kind]
         training = self.settings.mode == "training"
-        b = self.part(block, kind, tp, rc, sp)
-        p = self.part(pro, kind, tp, "none", sp) if pro else _ZERO
-        e = self.part(epi, kind, tp, "none", sp) if epi else _ZERO
+        b = self.part(block, kind, tp, rc, sp, cp)
+        p = self.part(pro, kind, tp, "none", sp, cp) if pro else _ZERO
+        e = self.part(epi, kind, tp, "none", sp, cp) if epi else _ZERO
+        dp = dp * cp  # weights are replicated over cp: their state and sync span dp x cp
         b_state, b_sync = self._training_terms(b, dp, dp_group, spec, rc)
         p_state, p_sync = self._training_terms(p, dp, dp_group, spec)
         e_state, e_sync = self._training_terms(e, dp, dp_group, spec)
         tied_bytes = tied_sync = 0.0
         if pro and epi and self.tied:  # one stage holding both ends holds the weight once
-            both = self.part(pro + epi, kind, tp, "none", sp)
+            both = self.part(pro + epi, kind, tp, "none", sp, cp)
             w_state, w_sync = self._training_terms(both, dp, dp_group, spec)
             ends = p.static + p_state + e.static + e_state
             tied_bytes = max(0.0, ends - both.static - w_state)
             tied_sync = max(0.0, p_sync + e_sync - w_sync)
         return StageConfig(
-            name=config_name(kind, tp, rc if training else None, sp),
+            name=config_name(kind, tp, rc if training else None, sp, cp),
             kind=kind,
             tp=tp,
             block_seconds=b.seconds,
@@ -140,6 +154,7 @@ class Costing(PartPrices):
             sequence_parallel=sp,
             tied_bytes=tied_bytes,
             tied_sync=tied_sync,
+            cp=cp,
         )
 
     @cached_property
@@ -303,9 +318,14 @@ class Costing(PartPrices):
         return one * (2 if self.settings.mode == "training" else 1)
 
 
-def config_name(kind: str, tp: int, recompute: str | None, sp: bool = False) -> str:
-    """A stage configuration's name: ``kind/tpN[/recompute][/sp]`` (plan.json reads it)."""
-    return f"{kind}/tp{tp}" + (f"/{recompute}" if recompute else "") + ("/sp" if sp else "")
+def config_name(
+    kind: str, tp: int, recompute: str | None, sp: bool = False, cp: int = 1
+) -> str:
+    """A stage configuration's name: ``kind/tpN[/recompute][/sp][/cpN]`` (plan.json reads
+    it).
+    """
+    return (f"{kind}/tp{tp}" + (f"/{recompute}" if recompute else "") + ("/sp" if sp else "")
+            + (f"/cp{cp}" if cp > 1 else ""))
 
 
 _ZERO = PartCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)

@@ -98,7 +98,7 @@ def solve(
         counts.remove(len(hint))
         counts.insert(0, len(hint))
     attempts: list[_Attempt] = []
-    fewest = problem.dp * min(c.tp for c in problem.configs)
+    fewest = problem.dp * min(c.width for c in problem.configs)
     evens: dict[int, Solution | None] = {}
     per_stage = blocks_per_stage(problem)
     for s in counts:
@@ -323,7 +323,7 @@ def _add_devices(m: cp_model.CpModel, p: PartitionProblem, s: int, x, on) -> Non
     """[devices] a kind's stages use at most the devices of that kind."""
     for kind in sorted({c.kind for c in p.configs}):
         use = sum(
-            p.dp * c.tp * x[j][ci]
+            p.dp * c.width * x[j][ci]
             for j in range(s)
             for ci, c in enumerate(p.configs)
             if c.kind == kind
@@ -346,9 +346,10 @@ def _why(p: PartitionProblem, attempts: list[_Attempt]) -> str:
     families = sorted({f for a in attempts for f in a.core})
     if "capacity" in families and "memory" not in families:
         c = min(
-            p.configs, key=lambda c: p.dp * c.tp * (c.block_static_bytes + c.block_activation_bytes)
+            p.configs,
+            key=lambda c: p.dp * c.width * (c.block_static_bytes + c.block_activation_bytes),
         )
-        need = p.blocks * p.dp * c.tp * (c.block_static_bytes + c.block_activation_bytes)
+        need = p.blocks * p.dp * c.width * (c.block_static_bytes + c.block_activation_bytes)
         total = sum(p.capacity.get(k, 0.0) * n for k, n in p.devices.items())
         return (
             f"the model does not fit in the whole pool: its {p.blocks} blocks need "

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     pass
 
 
+from shardc.partition.context import ContextMap, context_map, cp_collectives, cp_scale
 from shardc.partition.pricing import SP_OPS, GraphPrices, PartCost, TensorChoice
 
 
@@ -30,7 +31,13 @@ class PartPrices(GraphPrices):
     """:meth:`part`: a prologue, block or epilogue on one device of a ``tp`` group."""
 
     def part(
-        self, nodes: Iterable[str], kind: str, tp: int, recompute: str, sp: bool = False
+        self,
+        nodes: Iterable[str],
+        kind: str,
+        tp: int,
+        recompute: str,
+        sp: bool = False,
+        cp: int = 1,
     ) -> PartCost:
         """A node set on one device of a ``tp`` group of ``kind`` (weights and activations
         per device; traffic timed on the group placement would use with one replica).
@@ -39,10 +46,14 @@ class PartPrices(GraphPrices):
         replicated (norms, residual adds, dropout) run on 1/t of the sequence, each TP
         all-reduce becomes a reduce-scatter plus an all-gather, and the activations TP
         leaves replicated are stored split by t.
+
+        ``cp`` (context parallelism, :mod:`shardc.partition.context`): the node set on one
+        of ``cp`` sequence chunks, as the emitted programs run it; its K/V all-gathers timed
+        on the cp group, the gathered K/V kept for backward.
         """
         nodes = tuple(nodes)
         sp = sp and tp > 1
-        key = (nodes[:1], len(nodes), kind, tp, recompute, sp)
+        key = (nodes[:1], len(nodes), kind, tp, recompute, sp, cp)
         if key in self._parts:
             return self._parts[key]
         spec = self.kinds[kind]
@@ -56,6 +67,12 @@ class PartPrices(GraphPrices):
             else shard_scale(ch.strategies[n], c, sizes)
             for n, c in zip(nodes, node_costs, strict=True)
         ]
+        cmap = self.context(cp) if cp > 1 else None
+        if cmap is not None:
+            scales = [
+                cp_scale(s, self.graph.node(n), len(c.input_bytes), len(c.output_bytes), cmap, cp)
+                for n, s, c in zip(nodes, scales, node_costs, strict=True)
+            ]
         core = self._attention_core(nodes)
         share = 0.0
         if recompute == "selective" and core:
@@ -76,13 +93,23 @@ class PartPrices(GraphPrices):
         blocks = {self.chain.block_of(n) for n in nodes}
         passes = (2 + (recompute == "full")) if training else 1
         comm = passes * sum(
-            self._collective(one, nbytes, group)
+            self._collective(one, nbytes / cp, group)
             for b in sorted(blocks)
             for op, nbytes in ch.comm.get(b, ())
             for one in (SP_OPS.get(op, (op,)) if sp else (op,))
         )
         weight_bytes, params = self._weights(nodes, ch, sizes)
-        act_all, act_kept, inputs = self._activations(nodes, ch, sizes, sp)
+        act_all, act_kept, inputs = self._activations(nodes, ch, sizes, sp, cmap, cp)
+        if cmap is not None:
+            ring = (self.groups(kind, tp * cp, 1) or [[]])[0][::tp]
+            cp_comm = cp_collectives(nodes, cmap, lambda n, i: self.operand_bytes(n, i, ch, sizes),
+                                     self._nbytes, training, recompute)
+            comm += sum(self._collective(op, nbytes, ring) for op, nbytes in cp_comm)
+            whole_kv = sum(self.operand_bytes(n, i, ch, sizes)
+                           for n, i, _ in cmap.gathers if n in set(nodes))
+            if training:  # the gathered K and V are what backward reads
+                act_all += whole_kv * (1 - 1 / cp)
+                act_kept += whole_kv * (1 - 1 / cp)
         if not training:
             activation = 0.0
             workspace = max(
@@ -142,8 +169,31 @@ class PartPrices(GraphPrices):
         ops = {n.op_type for n in self.graph}
         return "Dropout" not in ops and "LayerNormalization" in ops
 
+    def operand_bytes(self, node: str, i: int, ch: TensorChoice, sizes: Mapping[str, int]) -> float:
+        """Bytes of input ``i`` of ``node`` as one TP rank reads it (its strategy's layout)."""
+        v = self.graph.node(node).inputs[i]
+        strat = ch.strategies.get(node)
+        lay = strat.inputs[i] if strat is not None and i < len(strat.inputs) else None
+        return self._nbytes(v) * (lay.local_fraction(sizes) if lay is not None else 1.0)
+
+    @cached_property
+    def _contexts(self) -> dict[int, ContextMap]:
+        return {}
+
+    def context(self, cp: int) -> ContextMap:
+        """Where the sequence lives under ``cp`` (raises :class:`ContextError`)."""
+        if cp not in self._contexts:
+            self._contexts[cp] = context_map(self.graph, self.table.labels, cp)
+        return self._contexts[cp]
+
     def _activations(
-        self, nodes: Sequence[str], ch: TensorChoice, sizes: Mapping[str, int], sp: bool
+        self,
+        nodes: Sequence[str],
+        ch: TensorChoice,
+        sizes: Mapping[str, int],
+        sp: bool,
+        cmap: ContextMap | None = None,
+        cp: int = 1,
     ) -> tuple[float, float, float]:
         """(what fused kernels keep for backward, without the attention core, the block's
         inputs alone) per device: :mod:`shardc.cost.activations`, each tensor at the
@@ -155,8 +205,10 @@ class PartPrices(GraphPrices):
         tp = sizes.get("tp", 1)
 
         def share(value: str) -> float:
-            f = self._fraction(value.split("#", 1)[0], ch, sizes)
-            return f / tp if sp and f >= 1.0 else f
+            base = value.split("#", 1)[0]
+            f = self._fraction(base, ch, sizes)
+            f = f / tp if sp and f >= 1.0 else f
+            return f / cp if cmap is not None and base in cmap.dims else f
 
         all_ = sum(t.nbytes * share(t.value) for t in saved)
         kept = sum(t.nbytes * share(t.value) for t in saved if not t.core)

@@ -78,6 +78,14 @@ class StageConfig:
     compute of one micro-batch that hides it on a plain 1F1B stage (``sync_seconds``
     already charges ``max(0, seconds − window)``). Interleaving widens the window
     (:func:`block_sync`); empty when there is nothing to sync."""
+    cp: int = 1
+    """Context-parallel degree: the stage's sequence split over ``cp`` copies of its TP
+    group (:mod:`shardc.partition.context`)."""
+
+    @property
+    def width(self) -> int:
+        """Devices of one replica of the stage: ``tp · cp``."""
+        return self.tp * self.cp
 
 
 @dataclass(frozen=True)
@@ -275,7 +283,7 @@ def violations(p: PartitionProblem, stages: tuple[StagePlan, ...]) -> list[str]:
             out.append(f"stage {j} is pinned to {'/'.join(p.pinned[j])}, not {s.config}")
         if j in p.pinned_blocks and s.blocks != p.pinned_blocks[j]:
             out.append(f"stage {j} is pinned to {p.pinned_blocks[j]} blocks, not {s.blocks}")
-        used[c.kind] = used.get(c.kind, 0) + p.dp * c.tp
+        used[c.kind] = used.get(c.kind, 0) + p.dp * c.width
         if stage_bytes(p, stages, j) > p.capacity[c.kind]:
             out.append(
                 f"stage {j} needs {stage_bytes(p, stages, j):.4g} B on {c.kind}, "

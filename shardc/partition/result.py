@@ -50,6 +50,8 @@ class StageResult:
     groups: tuple[tuple[str, ...], ...]
     """Per replica, the devices of the stage's TP group in tp-rank order."""
     sequence_parallel: bool = False
+    cp: int = 1
+    """Context-parallel degree: ``cp`` copies of the TP group, each on a sequence chunk."""
     sync_bytes: float = 0.0
     """Gradient bytes one device of the stage syncs per step, as ``sync_seconds`` priced
     them (:meth:`~shardc.partition.costing.Costing.sync_bytes`): the schedule's sync events
@@ -67,6 +69,7 @@ class StageResult:
             "tp": self.tp,
             "recompute": self.recompute,
             "sequence_parallel": self.sequence_parallel,
+            **({"cp": self.cp} if self.cp > 1 else {}),
             "blocks": list(self.blocks),
             "seconds": self.seconds,
             "compute_seconds": self.compute_seconds,
@@ -123,7 +126,7 @@ class PartitionResult:
     @property
     def devices_used(self) -> int:
         """Devices the plan occupies."""
-        return sum(self.dp * s.tp for s in self.stages)
+        return sum(self.dp * s.tp * s.cp for s in self.stages)
 
     def breakdown(self) -> dict[str, float]:
         """The step split into compute, exposed TP traffic, pipeline transfers, bubble and
@@ -201,7 +204,8 @@ def build_result(
     stages = sol.stages
     placement = place(
         costing.topology,
-        [StageDemand(problem.config(s.config).kind, problem.config(s.config).tp) for s in stages],
+        [StageDemand(problem.config(s.config).kind, problem.config(s.config).width)
+         for s in stages],
         problem.dp,
     )
     pro, block, epi, _ = costing.sections
@@ -215,20 +219,20 @@ def build_result(
     for j, st in enumerate(stages):
         c = problem.config(st.config)
         sp = c.sequence_parallel
-        b_part = costing.part(block, c.kind, c.tp, c.recompute, sp)
+        b_part = costing.part(block, c.kind, c.tp, c.recompute, sp, c.cp)
         ends = []
         if j == 0 and pro:
-            ends.append(costing.part(pro, c.kind, c.tp, "none", sp))
+            ends.append(costing.part(pro, c.kind, c.tp, "none", sp, c.cp))
         if j == len(stages) - 1 and epi:
-            ends.append(costing.part(epi, c.kind, c.tp, "none", sp))
+            ends.append(costing.part(epi, c.kind, c.tp, "none", sp, c.cp))
         compute = st.blocks * b_part.compute + sum(e.compute for e in ends)
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
-        synced = st.blocks * costing.sync_bytes(b_part, problem.dp)
+        synced = st.blocks * costing.sync_bytes(b_part, problem.dp * c.cp)
         if len(ends) == 2 and costing.tied:  # a tied embedding / head is synced once
-            ends_part = costing.part(pro + epi, c.kind, c.tp, "none", sp)
-            synced += costing.sync_bytes(ends_part, problem.dp)
+            ends_part = costing.part(pro + epi, c.kind, c.tp, "none", sp, c.cp)
+            synced += costing.sync_bytes(ends_part, problem.dp * c.cp)
         else:
-            synced += sum(costing.sync_bytes(e, problem.dp) for e in ends)
+            synced += sum(costing.sync_bytes(e, problem.dp * c.cp) for e in ends)
         out.append(
             StageResult(
                 index=j,
@@ -246,6 +250,7 @@ def build_result(
                 in_flight=in_flight(problem, len(stages), j),
                 groups=tuple(placement.tp_group(r, j) for r in range(problem.dp)),
                 sequence_parallel=sp,
+                cp=c.cp,
                 sync_bytes=synced,
                 chunks=chunks[j],
             )

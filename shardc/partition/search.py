@@ -33,6 +33,7 @@ from shardc.partition.candidates import (
     warm_hint,
     why,
 )
+from shardc.partition.context import cp_degrees
 from shardc.partition.cpsat import solve, stage_counts
 from shardc.partition.options import PartitionOptions
 from shardc.partition.problem import PartitionProblem, Solution
@@ -90,9 +91,9 @@ def search(
             hint="pin v=1, or compile for two or more devices",
         )
     problems: list[tuple[PartitionProblem, float]] = []
-    for dp in widths:
+    for dp, cp in [(w, c) for w in widths for c in cp_degrees(costing, options, n // w)]:
         m = microbatches(options, dp, b)
-        configs = costing.configs(dp, tps, recomputes)
+        configs = costing.configs(dp, tps, recomputes, cp)
         if not configs:
             tried.append((dp, "no configuration", None))
             continue
@@ -130,7 +131,7 @@ def search(
     # The even grids of every width are incumbents before any CP-SAT run: the best of
     # them is the cutoff every width must beat, and widths are tried best grid first.
     grids = {
-        (problem.dp, problem.interleave): min(
+        _width(problem): min(
             (
                 u.seconds / per
                 for s in range(1, problem.max_stages + 1)
@@ -144,7 +145,7 @@ def search(
     problems.sort(
         key=lambda t: (
             t[0].dp != warm_dp,
-            grids[(t[0].dp, t[0].interleave)],
+            grids[_width(t[0])],
             t[0].dp,
             t[0].interleave,
         )
@@ -247,6 +248,11 @@ def _second_pass(
         if key < best[:3]:
             best = (*key, sol, problem)
     return best
+
+
+def _width(problem: PartitionProblem) -> tuple[int, int, int]:
+    """A problem's (dp, v, cp): the grids' key (every config of a problem has one cp)."""
+    return problem.dp, problem.interleave, problem.configs[0].cp if problem.configs else 1
 
 
 def _refuse_unsplit_sequence(costing: Costing, options: PartitionOptions, mode: str) -> None:

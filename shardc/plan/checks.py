@@ -154,18 +154,21 @@ def check_plan(data: Any, where: str = "plan.json") -> dict[str, Any]:
             f"partition.pp is {part['pp']} but there are {len(stages)} stages", where=where
         )
     for j, st in enumerate(stages):
-        if len(st["groups"]) != part["dp"] or any(len(g) != st["tp"] for g in st["groups"]):
+        width = st["tp"] * st.get("cp", 1)  # context parallelism: cp TP groups side by side
+        if len(st["groups"]) != part["dp"] or any(len(g) != width for g in st["groups"]):
+            cp = f" × cp={st['cp']}" if "cp" in st else ""
             raise PlanFolderError(
-                f"partition.stages[{j}].groups: not dp={part['dp']} groups of tp={st['tp']}",
+                f"partition.stages[{j}].groups: not dp={part['dp']} groups of tp={st['tp']}{cp}",
                 where=where,
             )
         if st["blocks"][0] > st["blocks"][1]:
             raise PlanFolderError(f"partition.stages[{j}].blocks: first > last", where=where)
     _check_chunks(part, where)
-    used = part["dp"] * sum(st["tp"] for st in stages)
+    used = part["dp"] * sum(st["tp"] * st.get("cp", 1) for st in stages)
     if part["devices_used"] != used:
         raise PlanFolderError(
-            f"partition.devices_used is {part['devices_used']}, dp × Σ tp is {used}", where=where
+            f"partition.devices_used is {part['devices_used']}, dp × Σ tp·cp is {used}",
+            where=where
         )
     emission = data.get("emission")
     if emission is not None:

@@ -104,3 +104,18 @@ class Lowering:
     hold each shard's type and dims, no bytes, so no device file can be written."""
     resolutions: tuple[Any, ...] = ()
     """Per stage, the strategy resolution lowering followed (what pricing prices)."""
+    context: Any = None
+    """Context parallelism (cp > 1): ``(ContextMap, cp)``, where the sequence lives and the
+    degree; the programs are then ``cp`` copies of every rank (``passes.lower_context``)."""
+
+
+CP_WHOLE = "__cpwhole"
+"""Suffix of a K/V value gathered whole over the cp group (the lowering and the device
+files name it alike, so a program's CP gathers are known by name)."""
+CP_LOCAL = "__cplocal"
+"""Suffix of a rank's chunk of a graph output, gathered into the output."""
+
+
+def is_context_comm(output: str, value: str) -> bool:
+    """Whether a comm step (its ``output`` and ``value``) is a CP gather the lowering added."""
+    return CP_WHOLE in output or value.endswith(CP_LOCAL)

@@ -210,11 +210,11 @@ def stage_ranks(
     out = []
     for st in partition.stages:
         for replica, group in enumerate(st.groups):
-            for t, name in enumerate(group):
-                rank = st.ranks[replica * st.tp + t]
+            for t, name in enumerate(group):  # under cp: cp TP groups side by side
+                rank = st.ranks[replica * len(group) + t]
                 e = (emitted or {}).get(rank, {})
                 out.append(Rank(
-                    rank, name, st.kind, st.index, replica, t, st.tp, st.memory_bytes,
+                    rank, name, st.kind, st.index, replica, t % st.tp, st.tp, st.memory_bytes,
                     st.capacity_bytes, tuple(e.get("inputs", ())), tuple(e.get("outputs", ())),
                     e.get("weight_bytes"), e.get("file"),
                 ))

@@ -8,7 +8,8 @@ function of them.
 Ranks are numbered the way Megatron numbers them and :mod:`shardc.partition.place`
 allocates devices: stage outermost, then replica, then tensor-parallel rank, so
 ``rank = (stage_offset + replica * tp_j + tp_rank)`` where ``stage_offset`` counts the
-devices of the earlier stages.
+devices of the earlier stages. Under context parallelism the copy sits between replica and
+TP rank: ``stage_offset + (replica * cp + copy) * tp_j + tp_rank``.
 
 A program is the *forward* pass of one micro-batch: compute segments (runs of graph
 nodes) and communication steps (:class:`Comm`) in the order the device issues them.
@@ -173,6 +174,8 @@ class DeviceProgram:
     """Interleaved plans: the index in ``steps`` where each of the rank's model chunks
     begins (chunk c of stage j is virtual stage ``c·stages + j``); empty when the
     program is one chunk."""
+    copy: int = 0
+    """Context parallelism: which of the ``cp`` sequence chunks this rank runs (0 without)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sync_links", links_of(self.sync_links))

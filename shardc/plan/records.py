@@ -83,6 +83,8 @@ class Stage:
         if self.chunks is None:
             return f"{self.blocks[0]}–{self.blocks[1]}"
         return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in self.chunks)
+    cp: int | None = None
+    """Context-parallel degree when above 1 (absent otherwise)."""
 
     def to_json(self) -> dict[str, Any]:
         """The stage as plan.json writes it."""
@@ -94,7 +96,7 @@ class Stage:
             "tp_domain_bandwidth": self.tp_domain_bandwidth,
         }
         for key in ("sequence_parallel", "compute_seconds", "tp_comm_seconds", "p2p_seconds",
-                    "sync_seconds", "in_flight"):
+                    "sync_seconds", "in_flight", "cp"):
             _put(out, key, getattr(self, key))
         _put(out, "chunks", None if self.chunks is None else [list(c) for c in self.chunks])
         return out
@@ -109,6 +111,7 @@ class Stage:
             st.get("sequence_parallel"), st.get("compute_seconds"), st.get("tp_comm_seconds"),
             st.get("p2p_seconds"), st.get("sync_seconds"), st.get("in_flight"),
             None if st.get("chunks") is None else tuple((c[0], c[1]) for c in st["chunks"]),
+            st.get("cp"),
         )
 
 
@@ -197,7 +200,7 @@ class Partition:
         """``partition`` of a validated plan.json (stage ranks numbered as emitted)."""
         stages, offset = [], 0
         for st in d["stages"]:
-            n = d["dp"] * st["tp"]
+            n = d["dp"] * st["tp"] * st.get("cp", 1)
             stages.append(Stage.from_json(st, tuple(range(offset, offset + n))))
             offset += n
         strategies = d.get("strategies")

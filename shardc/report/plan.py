@@ -82,7 +82,8 @@ def render_plan(plan: PlanData) -> Group:
             markup_safe(st.kind),
             str(st.tp),
             st.held,
-            markup_safe(st.recompute) + (" +SP" if st.sequence_parallel else ""),
+            markup_safe(st.recompute) + (" +SP" if st.sequence_parallel else "")
+            + (f" +CP{st.cp}" if st.cp else ""),
             _seconds(st.seconds),
             f"{human(st.memory_bytes, 'B')} {share:.0%}",
             f"{domain / 1e9:.3g} GB/s" if st.tp > 1 and domain else "-",

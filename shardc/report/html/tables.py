@@ -95,13 +95,15 @@ def _stages(plan: PlanData) -> str:
         domain = st.tp_domain_bandwidth
         bw = f"{domain / 1e9:.3g} GB/s" if st.tp > 1 and domain else "-"
         memory = f"{_bytes(st.memory_bytes)} of {_bytes(cap)} ({share:.0%})"
+        recompute = (str(st.recompute) + (" +SP" if st.sequence_parallel else "")
+                     + (f" +CP{st.cp}" if st.cp else ""))
         rows.append(
             "<tr>"
             f'<td class="num">{_swatch(_stage_colour(st.index))}{st.index}</td>'
             f"<td>{escape(st.kind)}</td>"
             f'<td class="num">{st.tp}</td>'
             f"<td>{escape(st.held)}</td>"
-            f"<td>{escape(str(st.recompute) + (' +SP' if st.sequence_parallel else ''))}</td>"
+            f"<td>{escape(recompute)}</td>"
             f'<td class="num">{escape(_seconds(st.seconds))}</td>'
             f"<td>{_bar(share)}{escape(memory)}</td>"
             f'<td class="num">{escape(bw)}</td>'

@@ -1,0 +1,150 @@
+"""Context parallelism in the lowering: every rank of a plan copied ``cp`` times, copy
+``c`` running the ``c``-th chunk of the sequence.
+
+Why in the lowering (called by the ``lower`` pass when the partition's cp > 1): the
+``price``, ``timeline`` and ``plan`` passes then see each K/V and output all-gather as an
+ordinary :class:`~shardc.plan.program.Comm` with its bytes and cp group, priced by the
+cost model's :func:`~shardc.cost.network.group_collective` over the group's real devices,
+and schedule.json, the trace, the link load and the report carry them. Copies are placed
+where the partitioner placed them, so cp groups ride the links it priced. The device files
+are :func:`shardc.emit.context.context_model`'s rewrite of each copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from shardc.partition.context import ContextError, ContextMap
+from shardc.plan.lowered import CP_LOCAL, CP_WHOLE, Lowering
+from shardc.plan.program import Comm, Compute
+
+
+def _gather_bytes(
+    state: Any, resolutions: Sequence[Any], cmap: ContextMap, stages: Sequence[Sequence[str]]
+) -> dict[tuple[str, int] | str, float]:
+    """Bytes each CP gather moves as the partitioner charged them: the gathered K/V on one
+    TP rank (its strategy's layout), each chunked output whole.
+    """
+    from shardc.passes.precision import priced_graph
+
+    graph, part = state.graph, state.partition
+    priced = priced_graph(state)
+    stage = {n: j for j, names in enumerate(stages) for n in names}
+    out: dict[tuple[str, int] | str, float] = {}
+    for node, i, _ in cmap.gathers:
+        j = stage[node]
+        lay = resolutions[j].strategies[node].inputs[i] if resolutions else None
+        frac = lay.local_fraction({"tp": part.stages[j].tp}) if lay else 1.0
+        out[(node, i)] = float(priced.values[graph.node(node).inputs[i]].nbytes or 0) * frac
+    for o in graph.outputs:
+        out[o] = float(priced.values[o].nbytes or 0)
+    return out
+
+
+def context_lowering(
+    state: Any, lowering: Lowering, stages: Sequence[Sequence[str]]
+) -> Lowering:
+    """``lowering`` (an ``N``-rank plan, ``stages`` the nodes of each stage) as the ``cp × N``
+    ranks context parallelism runs.
+
+    Why in the lowering: the price, timeline and plan passes then see each K/V all-gather
+    as an ordinary :class:`~shardc.plan.program.Comm` with its bytes and cp group, priced on
+    the devices the partitioner placed: copy ``c`` of (stage ``j``, replica ``r``, TP rank
+    ``t``) sits on the placement's device ``(r, j, c·tp + t)`` (the stage's group is ``cp``
+    TP groups side by side, :meth:`~shardc.partition.costing.Costing.configs`). Ranks keep
+    Megatron's order with the copy between replica and TP rank: ``offset_j + (r·cp + c)·tp
+    + t``, so a stage's ranks stay contiguous and each TP group stays inside a copy.
+    """
+    part = state.partition
+    cps = {s.cp for s in part.stages}
+    if len(cps) != 1:
+        raise ContextError(f"--pin cp: stages run different cp degrees {sorted(cps)}; "
+                           "emission needs one")
+    (cp,) = cps
+    from shardc.partition.context import context_map
+
+    cmap = context_map(state.graph, state.strategies.labels, cp)
+    nbytes = _gather_bytes(state, lowering.resolutions, cmap, stages)
+    offsets, acc = [], 0
+    for s in part.stages:
+        offsets.append(acc)
+        acc += part.dp * s.tp * cp
+    base = {p.rank: p for p in lowering.programs.programs}
+
+    def rank(b: int, c: int) -> int:
+        p = base[b]
+        return offsets[p.stage] + (p.replica * cp + c) * p.tp + p.tp_rank
+
+    programs = []
+    for p in lowering.programs.programs:
+        for c in range(cp):
+            group = tuple(rank(p.rank, k) for k in range(cp))
+            steps = _copy_steps(p.steps, cmap, group, nbytes, lambda b, c=c: rank(b, c),
+                                set(p.outputs), state.graph, cp)
+            device = part.placement.devices[(p.replica, p.stage, c * p.tp + p.tp_rank)]
+            programs.append(replace(p, rank=rank(p.rank, c), device=device, steps=steps,
+                                    copy=c))
+    programs.sort(key=lambda q: q.rank)
+    unpriced = replace(lowering.programs, programs=tuple(programs))
+    return replace(lowering, programs=unpriced, context=(cmap, cp))
+
+
+def _copy_steps(
+    steps: Sequence[Compute | Comm],
+    cmap: ContextMap,
+    group: tuple[int, ...],
+    nbytes: Mapping[tuple[str, int] | str, float],
+    rank: Callable[[int], int],
+    outputs: set[str],
+    graph: Any,
+    cp: int,
+) -> tuple[Compute | Comm, ...]:
+    """One copy's steps: comm ranks moved into the copy, their bytes the chunk's (the
+    tensor- and pipeline-parallel traffic of activations is over cp, the partitioner's
+    ``nbytes / cp``); before each node that reads a
+    gathered K/V an all-gather of it, and of each chunked output an all-gather of
+    it once the program has run (the order :func:`shardc.emit.context.context_model`
+    puts the nodes in).
+    """
+    gathers: dict[str, list[tuple[int, int]]] = {}
+    for nd, i, d in cmap.gathers:
+        gathers.setdefault(nd, []).append((i, d))
+    chunked = [o for o in cmap.outputs if o in outputs]
+
+    def out_gather(o: str) -> Comm:
+        return Comm("AllGather", f"{o}{CP_LOCAL}", o, nbytes.get(o, 0.0), group, -1, 0,
+                    cmap.dims[o])
+
+    out: list[Compute | Comm] = []
+    for s in steps:
+        if isinstance(s, Comm):
+            # a copy moves its chunk: the bytes over cp, as the partitioner charged them
+            out.append(replace(s, group=tuple(rank(g) for g in s.group),
+                               peer=rank(s.peer) if s.peer >= 0 else s.peer,
+                               nbytes=s.nbytes / cp))
+            continue
+        run: list[str] = []
+        for n in s.nodes:
+            if n in gathers:
+                if run:
+                    out.append(Compute(tuple(run), 0.0, s.label))
+                    run = []
+                for i, d in sorted(gathers[n]):
+                    v = graph.node(n).inputs[i]
+                    out.append(Comm("AllGather", v, f"{v}{CP_WHOLE}", nbytes.get((n, i), 0.0),
+                                    group, -1, 0, d))
+            run.append(n)
+        if run:
+            out.append(Compute(tuple(run), 0.0, s.label))
+    return (*out, *(out_gather(o) for o in _made_order(chunked, cmap, steps)))
+
+
+def _made_order(chunked: Sequence[str], cmap: ContextMap, steps: Sequence[Any]) -> list[str]:
+    """The chunked outputs in the order their nodes run (the rewrite gathers them last, in
+    that order).
+    """
+    order = {n: k for k, n in enumerate(n for s in steps if isinstance(s, Compute)
+                                        for n in s.nodes)}
+    return sorted(chunked, key=lambda o: order.get(cmap.made_by[o], len(order)))
