@@ -101,7 +101,7 @@ def program_files(
     ``to_dict()``): both phases compiled under their instance's TP degree, one rank per
     device of one TP group (a data-parallel replica runs the same programs).
     """
-    phases: dict[str, dict[str, bytes]] = {}
+    phases: dict[str, Mapping[str, bytes]] = {}
     layouts: dict[str, dict[str, Any]] = {}
     info: dict[str, Any] = {}
     meta: dict[str, Any] = {}

@@ -10,7 +10,7 @@ reader is :mod:`shardc.plan.folder`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from functools import cache
 from typing import Any
 
@@ -139,7 +139,9 @@ SERVING_PROGRAMS = "programs.json"
 """The index of a serving plan's program folder (see :func:`serving_files`)."""
 
 
-def serving_files(phases: dict[str, dict[str, bytes]], index: dict[str, Any]) -> dict[str, bytes]:
+def serving_files(
+    phases: Mapping[str, Mapping[str, bytes]], index: dict[str, Any]
+) -> dict[str, bytes]:
     """The files of a serving plan's ``programs/`` folder: ``programs.json`` (``index``)
     and one plan folder per phase (``prefill/``, ``decode/``: each the folder
     :func:`plan_files` writes, ``device_<rank>.onnx`` the rank's program).
