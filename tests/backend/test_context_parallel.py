@@ -31,7 +31,7 @@ from shardc.emit.devices import emit
 from shardc.errors import OptionError
 from shardc.frontend import load_model
 from shardc.partition.context import ContextError, context_map, cp_collectives, cp_degrees
-from shardc.passes.lower import stage_nodes
+from shardc.passes.lower import chunk_nodes
 from shardc.passes.partition import costing_for
 from shardc.passes.strategies import build_table
 from shardc.plan.lowered import is_context_comm
@@ -104,7 +104,7 @@ def _charged_as_emitted(state: Any, comms: Any, cp: int) -> None:
     """
     costing = costing_for(state)
     cmap = costing.context(cp)
-    nodes = stage_nodes(state)
+    nodes = [tuple(n for chunk in chunks for n in chunk) for chunks in chunk_nodes(state)]
     programs = state.plan.programs.programs
     for rank, listed in comms.items():
         prog = programs[rank]

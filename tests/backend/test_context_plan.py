@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from shardc.cli.main import cli
 from shardc.partition.context import cp_collectives
-from shardc.passes.lower import stage_nodes
+from shardc.passes.lower import chunk_nodes
 from shardc.passes.partition import costing_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_schedule_bytes_of_cp_gathers_are_what_the_partitioner_charged(
     state = partition_model(llama_path, topo, mode="training", partition=options).state
     state = build_plan(state).state
     costing = costing_for(state)
-    cmap, nodes = costing.context(2), stage_nodes(state)
+    cmap, nodes = costing.context(2), [tuple(n for chunk in chunks for n in chunk) for chunks in chunk_nodes(state)]
     for dev in schedule["devices"]:
         rank, tp, stage = dev["rank"], dev["tp"], dev["stage"]
         cp_group = sorted({rank % tp + k * tp for k in range(2)})  # one stage, one replica
