@@ -16,6 +16,11 @@ stages. Per device and layer, each piece is a roofline of :func:`shardc.cost.com
 * **batch-dependent GEMM efficiency**: tensor-core GEMMs run on tiles of ``M_TILE`` rows,
   so an expert that receives 3 tokens costs the FLOPs of 64 (and the bytes of its whole
   weight); the padded FLOPs go into the roofline;
+* **the latency floor**: every GEMM, grouped expert GEMM, norm, activation and attention
+  op is one ``node_time`` call, so the kind's per-kernel ``launch`` and its efficiency
+  curves by op size (a 10 µs GEMM runs below a 1 ms one) apply kernel by kernel; the
+  kind's ``step_overhead_per_layer`` tag adds what the attention op costs beyond its
+  kernels (RoPE, KV append, scheduling: fitted per kind, see the stock kinds);
 * **communication**: TP all-reduce of each layer's output (priced by
   :func:`shardc.cost.comm.collective_time`) and the EP dispatch/combine
   (:mod:`shardc.serving.expert_comm`; decode-only steps use the low-latency kernels).
@@ -142,13 +147,16 @@ class StepContext:
     overlap: bool = True
     imbalance: float = 1.0
     """Tokens on the busiest expert rank over the mean (see `expert_imbalance`)."""
+    redundant: int = 0
+    """Redundant expert slots over the EP group (DeepSeek's EPLB): each rank holds
+    ``ceil((experts + redundant) / ep)`` experts, whose weights a step may read."""
     pp_bandwidth: float = math.inf
     """Bandwidth (B/s) of a pipeline stage hand-off."""
     pp_latency: float = 0.0
     layer_overhead: float = 0.0
-    """Fixed seconds per layer per step that no roofline sees: kernel launch and
-    synchronisation gaps, norms, RoPE, sampling. 0 unless the device kind gives one
-    (``tag step_overhead_per_layer 20us``); see `shardc.serving.candidates`."""
+    """Fixed seconds per layer per step that the kernels' rooflines and launches miss: the
+    attention op's RoPE / KV-append / scheduling gaps. 0 unless the device kind gives
+    one (``tag step_overhead_per_layer 8us``); see `shardc.serving.candidates`."""
 
 
 def _gemm(m: float, k: float, n: float, quant: Quant, kind: DeviceSpec, *, groups: int = 1,
@@ -250,10 +258,12 @@ def _moe_layer(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
     are read. The shared expert and the router run on the device's own tokens.
     """
     ep = par.ep
-    slots = math.ceil(m.experts / ep)
+    slots = math.ceil((m.experts + ctx.redundant) / ep)
     routed = tokens * m.top_k / ep * ctx.imbalance  # rows on the busiest device
     per_expert = routed / slots
-    p_active = 1.0 - (1.0 - m.top_k / m.experts) ** max(tokens, 0.0)
+    # a slot is read when some token picks its expert; a replicated expert's tokens are
+    # split among its copies, so each copy sees the picks over (experts + redundant) slots
+    p_active = 1.0 - (1.0 - m.top_k / (m.experts + ctx.redundant)) ** max(tokens, 0.0)
     f, h = m.expert_ffn, m.hidden
     t_exp = (_gemm(per_expert, h, 2 * f, quant, kind, groups=slots, weight_fraction=p_active)
              + _gemm(per_expert, f, h, quant, kind, groups=slots, weight_fraction=p_active)
