@@ -184,7 +184,8 @@ def _gemm(m: float, k: float, n: float, quant: Quant, kind: DeviceSpec, *, group
 
 def _elementwise(values: float, quant: Quant, kind: DeviceSpec, passes: float = 2.0) -> float:
     """One fused memory-bound kernel (RMSNorm + residual add, SwiGLU's gate) over
-    ``values`` activations, read and written ``passes`` times in all: it pays a launch."""
+    ``values`` activations, read and written ``passes`` times in all: it pays a launch.
+    """
     if values <= 0:
         return 0.0
     nbytes = int(values * passes * element_bytes(quant.activations))

@@ -53,7 +53,7 @@ def table(system: str) -> pd.DataFrame:
 
 
 def curve(points: list[tuple[float, float]], top: float, x: np.ndarray) -> np.ndarray:
-    """shardc's log-linear efficiency curve (cost/compute.py `efficiency`), vectorised."""
+    """Shardc's log-linear efficiency curve (cost/compute.py `efficiency`), vectorised."""
     xs = np.log([p[0] for p in points])
     ys = [p[1] for p in points]
     return np.where(x >= points[-1][0], top, np.interp(np.log(np.maximum(x, 1e-30)), xs, ys))
@@ -101,7 +101,8 @@ def fit(system: str) -> dict[str, object]:
         for name in ("compute_curve", "memory_curve"):
             pts = list(p[name])  # type: ignore[call-overload]
             for i, (x, _) in enumerate(pts):
-                def with_point(v: float, i: int = i, x: float = x) -> dict[str, object]:
+                def with_point(v: float, i: int = i, x: float = x, name: str = name,
+                               pts: list[tuple[float, float]] = pts) -> dict[str, object]:
                     return {**p, name: [*pts[:i], (x, v), *pts[i + 1:]]}
                 best = min(grid, key=lambda v: loss(with_point(float(v))))
                 pts[i] = (x, float(best))

@@ -174,7 +174,7 @@ def aic_search(model: str, system: str, isl: int, osl: int, tmp: Path) -> tuple[
 
 
 def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict[str, Any]:
-    """shardc's plan as an AIConfigurator ``cli_estimate`` configuration."""
+    """Shardc's plan as an AIConfigurator ``cli_estimate`` configuration."""
     hf, m, _ = MODELS[model]
     inst = {i.role: i for i in plan.instances}
     count = {r: sum(1 for i in plan.instances if i.role == r) for r in inst}

@@ -1,5 +1,6 @@
 """Issue #16's bad serving input through the CLI: one line naming what and why, exit 2,
-nothing written. The planner's messages themselves are checked in test_search.py."""
+nothing written. The planner's messages themselves are checked in test_search.py.
+"""
 
 from __future__ import annotations
 
