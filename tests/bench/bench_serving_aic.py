@@ -254,7 +254,8 @@ def main(tmp: Path) -> dict[str, Any]:
 @pytest.mark.bench
 def test_against_aiconfigurator(tmp_path: Path) -> None:
     out = main(tmp_path)
-    rows = [r for r in out["same"] if "TTFT ratio" in r]
+    rows = [r for r in out["same"] if "TTFT ratio" in r and r["TTFT ratio"] == r["TTFT ratio"]]
+    assert len(rows) >= 20  # a shape shardc finds out of memory has no ratio (NaN)
     assert all(0.2 < r["TTFT ratio"] < 5 and 0.2 < r["TPOT ratio"] < 5 for r in rows)
     assert all(r["AIC: tokens/s/gpu"] > 0 for r in out["searches"])
 
