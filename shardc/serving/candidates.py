@@ -158,6 +158,7 @@ def _context(fabric: Fabric, pool: Pool, par: Parallel, m: ServingModel, redunda
     return StepContext(
         tp_tiers=fabric.tiers(devs[:par.tp]), ep_tiers=fabric.tiers(devs[:par.ep]),
         overlap=opts.overlap, imbalance=expert_imbalance(tokens * m.top_k, par.ep, frac),
+        redundant=redundant,
         pp_bandwidth=hop[0], pp_latency=hop[1],
         layer_overhead=parse_duration(overhead, f"kind {pool.kind.name}: tag {OVERHEAD_TAG}")
         if overhead else 0.0,

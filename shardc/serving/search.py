@@ -166,6 +166,10 @@ def _solve(prefill: Sequence[Candidate], decode: Sequence[Candidate], wl: Worklo
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     solver.parameters.max_deterministic_time = time_limit
+    # backstop: on some candidate sets (Llama-8B, 2 H100 nodes, --concurrency 256 with the
+    # fitted kinds) CP-SAT's single-worker search stops advancing deterministic time and
+    # never returns; a wall-clock cap ends it (only such runs can then differ run to run)
+    solver.parameters.max_time_in_seconds = max(10.0, 5.0 * time_limit)
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None

@@ -16,6 +16,11 @@ stages. Per device and layer, each piece is a roofline of :func:`shardc.cost.com
 * **batch-dependent GEMM efficiency**: tensor-core GEMMs run on tiles of ``M_TILE`` rows,
   so an expert that receives 3 tokens costs the FLOPs of 64 (and the bytes of its whole
   weight); the padded FLOPs go into the roofline;
+* **the latency floor**: every GEMM, grouped expert GEMM, norm, activation and attention
+  op is one ``node_time`` call, so the kind's per-kernel ``launch`` and its efficiency
+  curves by op size (a 10 µs GEMM runs below a 1 ms one) apply kernel by kernel; the
+  kind's ``step_overhead_per_layer`` tag adds what the attention op costs beyond its
+  kernels (RoPE, KV append, scheduling: fitted per kind, see the stock kinds);
 * **communication**: TP all-reduce of each layer's output (priced by
   :func:`shardc.cost.comm.collective_time`) and the EP dispatch/combine
   (:mod:`shardc.serving.expert_comm`; decode-only steps use the low-latency kernels).
@@ -142,34 +147,56 @@ class StepContext:
     overlap: bool = True
     imbalance: float = 1.0
     """Tokens on the busiest expert rank over the mean (see `expert_imbalance`)."""
+    redundant: int = 0
+    """Redundant expert slots over the EP group (DeepSeek's EPLB): each rank holds
+    ``ceil((experts + redundant) / ep)`` experts, whose weights a step may read."""
     pp_bandwidth: float = math.inf
     """Bandwidth (B/s) of a pipeline stage hand-off."""
     pp_latency: float = 0.0
     layer_overhead: float = 0.0
-    """Fixed seconds per layer per step that no roofline sees: kernel launch and
-    synchronisation gaps, norms, RoPE, sampling. 0 unless the device kind gives one
-    (``tag step_overhead_per_layer 20us``); see `shardc.serving.candidates`."""
+    """Fixed seconds per layer per step that the kernels' rooflines and launches miss: the
+    attention op's RoPE / KV-append / scheduling gaps. 0 unless the device kind gives
+    one (``tag step_overhead_per_layer 8us``); see `shardc.serving.candidates`."""
 
 
-def _gemm(m: float, params: float, quant: Quant, kind: DeviceSpec, *, tiles: int = 1,
-          weight_fraction: float = 1.0) -> tuple[float, float, float]:
-    """(seconds, compute s, memory s) of ``tiles`` GEMMs of m rows against ``params`` weights."""
-    if params <= 0 or tiles <= 0:
-        return 0.0, 0.0, 0.0
-    rows = math.ceil(max(m, 0.0) / M_TILE) * M_TILE if m > 0 else 0
-    act = _DTYPES[quant.activations].bits / 8
-    width = math.sqrt(params / max(tiles, 1))  # activations in and out ~ m·width each
+def _gemm(m: float, k: float, n: float, quant: Quant, kind: DeviceSpec, *, groups: int = 1,
+          weight_fraction: float = 1.0) -> float:
+    """Seconds of one GEMM kernel: ``m`` rows of width ``k`` against a ``k×n`` weight.
+
+    ``groups`` > 1 is a grouped GEMM (one kernel over that many experts' weights, ``m``
+    rows each, padded to whole tiles); ``weight_fraction`` of the weights is read (the
+    experts some token routed to). One :func:`node_time` call is one kernel, so the kind's
+    launch cost and its size-dependent efficiency curve apply per kernel.
+    """
+    if k <= 0 or n <= 0 or groups <= 0 or m <= 0:
+        return 0.0
+    rows = math.ceil(m / M_TILE) * M_TILE
+    act = element_bytes(quant.activations)
+    weights = k * n * groups * quant.weight_bytes
     cost = NodeCost(
-        flops=int(2 * rows * params), bytes_read=int(params * quant.weight_bytes * weight_fraction
-                                                     + m * width * act * tiles),
-        bytes_written=int(m * width * act * tiles), param_bytes=int(params * quant.weight_bytes),
+        flops=int(2 * rows * k * n * groups),
+        bytes_read=int(weights * weight_fraction + m * k * act * groups),
+        bytes_written=int(m * n * act * groups), param_bytes=int(weights),
         dtype=quant.gemm_dtype, kind="matmul",
     )
-    est = node_time(cost, kind)
-    return est.seconds, est.compute_seconds, est.memory_seconds
+    return node_time(cost, kind).seconds
+
+
+def _elementwise(values: float, quant: Quant, kind: DeviceSpec, passes: float = 2.0) -> float:
+    """One fused memory-bound kernel (RMSNorm + residual add, SwiGLU's gate) over
+    ``values`` activations, read and written ``passes`` times in all: it pays a launch.
+    """
+    if values <= 0:
+        return 0.0
+    nbytes = int(values * passes * element_bytes(quant.activations))
+    cost = NodeCost(flops=0, bytes_read=nbytes, bytes_written=0, param_bytes=0,
+                    dtype=_DTYPES[quant.activations], kind="norm")
+    return node_time(cost, kind).seconds
 
 
 def _attention_core(flops: float, nbytes: float, quant: Quant, kind: DeviceSpec) -> float:
+    if flops <= 0 and nbytes <= 0:
+        return 0.0
     cost = NodeCost(flops=int(flops), bytes_read=int(nbytes), bytes_written=0, param_bytes=0,
                     dtype=_DTYPES[quant.activations], kind="attention")
     return node_time(cost, kind).seconds
@@ -183,6 +210,29 @@ def _allreduce(tiers: Sequence[Sequence[Tier]], nbytes: float) -> float:
         except ValueError:
             continue
     return 0.0 if best == math.inf else best
+
+
+def _attention_gemms(m: ServingModel, rows: float, tp: int, quant: Quant,
+                     kind: DeviceSpec) -> float:
+    """The attention projections of one layer on one device, one kernel each.
+
+    GQA: the fused QKV GEMM and the output projection. MLA: the fused down-projections
+    of Q and KV (``q_a``, ``kv_a``: replicated, each rank runs them whole), ``q_b``, the
+    absorbed ``kv_b`` (two batched GEMMs), and the output projection.
+    """
+    h = m.hidden
+    if m.mla is None:
+        qkv = (m.heads + 2 * m.kv_heads) * m.head_dim / tp
+        o_in = m.heads * m.head_dim / tp
+        return _gemm(rows, h, qkv, quant, kind) + _gemm(rows, o_in, h, quant, kind)
+    a = m.mla
+    qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+    down = (a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim
+    t = _gemm(rows, h, down, quant, kind)
+    t += _gemm(rows, a.q_lora_rank or h, m.heads * qk / tp, quant, kind)
+    kv_b = a.kv_lora_rank * m.heads * (a.qk_nope_head_dim + a.v_head_dim) / tp
+    t += _gemm(rows, a.kv_lora_rank, kv_b / a.kv_lora_rank / 2, quant, kind, groups=2)
+    return t + _gemm(rows, m.heads * a.v_head_dim / tp, h, quant, kind)
 
 
 def expert_imbalance(tokens: float, ranks: int, redundant_fraction: float) -> float:
@@ -200,11 +250,45 @@ def expert_imbalance(tokens: float, ranks: int, redundant_fraction: float) -> fl
     return 1.0 + excess / (1.0 + 4.0 * redundant_fraction * ranks)
 
 
+def _moe_layer(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
+               tokens: float, ctx: StepContext, low_latency: bool) -> tuple[float, float, float]:
+    """(routed experts s, shared expert + router s, all-to-all s) of one MoE layer.
+
+    Routed experts run as two grouped GEMMs (gate+up, down) over the device's expert
+    slots, each expert's rows padded to whole tiles; only the experts some token picked
+    are read. The shared expert and the router run on the device's own tokens.
+    """
+    ep = par.ep
+    slots = math.ceil((m.experts + ctx.redundant) / ep)
+    routed = tokens * m.top_k / ep * ctx.imbalance  # rows on the busiest device
+    per_expert = routed / slots
+    # a slot is read when some token picks its expert; a replicated expert's tokens are
+    # split among its copies, so each copy sees the picks over (experts + redundant) slots
+    p_active = 1.0 - (1.0 - m.top_k / (m.experts + ctx.redundant)) ** max(tokens, 0.0)
+    f, h = m.expert_ffn, m.hidden
+    t_exp = (_gemm(per_expert, h, 2 * f, quant, kind, groups=slots, weight_fraction=p_active)
+             + _gemm(per_expert, f, h, quant, kind, groups=slots, weight_fraction=p_active)
+             + _elementwise(routed * 2 * f, quant, kind, 1.5))
+    own = tokens / ep
+    t_sh = _gemm(own, h, m.experts, quant, kind)  # router
+    if m.shared_experts:
+        sf = m.shared_experts * f
+        t_sh += (_gemm(own, h, 2 * sf, quant, kind) + _gemm(own, sf, h, quant, kind)
+                 + _elementwise(own * 2 * sf, quant, kind, 1.5))
+    a2a = expert_alltoall(
+        ctx.ep_tiers, tokens_per_rank=own, hidden=h, top_k=m.top_k,
+        dispatch_bytes=element_bytes(quant.dispatch),
+        combine_bytes=element_bytes(quant.combine),
+        route_nodes=m.route_nodes, low_latency=low_latency,
+    ) if ep > 1 else None
+    return t_exp, t_sh, a2a.seconds if a2a else 0.0
+
+
 def step_time(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
               shape: StepShape, ctx: StepContext) -> StepEstimate:
     """Time of one step of the instance: every layer once (a token crosses all stages)."""
-    tp, dp, ep = par.tp, par.dp, par.ep
-    act = _DTYPES[quant.activations].bits / 8
+    tp, dp = par.tp, par.dp
+    act = element_bytes(quant.activations)
     dec_tok = shape.decode_seqs * shape.tokens_per_seq
     tokens = dec_tok + shape.prefill_tokens  # whole instance
     per_rank = tokens / dp  # each attention-DP rank's tokens
@@ -213,57 +297,47 @@ def step_time(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
     def add(key: str, seconds: float, times: float = 1.0) -> None:
         parts[key] = parts.get(key, 0.0) + seconds * times
 
-    # attention, per layer per device
-    t_proj, _, _ = _gemm(per_rank, m.attention_params / tp, quant, kind, tiles=4)
+    # attention, per layer per device: projections, the core over the cache, norms
+    t_proj = _attention_gemms(m, per_rank, tp, quant, kind)
     seqs = shape.decode_seqs / dp
-    kv_b = element_bytes(quant.kv)
-    kv_read = seqs * shape.decode_context * m.kv_values_per_token_layer * kv_b / m.kv_split(tp)
+    kv_read = seqs * shape.decode_context * m.kv_values_per_token_layer * element_bytes(
+        quant.kv) / m.kv_split(tp)
     core_flops = (dec_tok / dp) * shape.decode_context * m.attention_flops_per_position(
         absorbed=True) / tp
     core_flops += (shape.prefill_tokens / dp) * shape.prefill_context * (
         m.attention_flops_per_position(absorbed=False)) / tp
-    t_core = _attention_core(core_flops, kv_read, quant, kind)
+    t_core = _attention_core(core_flops, kv_read, quant, kind) + ctx.layer_overhead
+    t_norm = 2 * _elementwise(per_rank * m.hidden, quant, kind)
     t_ar = _allreduce(ctx.tp_tiers, per_rank * m.hidden * act) if tp > 1 else 0.0
     add("attention_weights", t_proj, m.layers)
     add("attention_core_kv", t_core, m.layers)
+    add("norms", t_norm, m.layers)
     add("tp_allreduce", t_ar, m.layers)
 
-    # dense FFN layers (TP inside the DP rank)
+    # dense FFN layers (TP inside the DP rank): gate+up, SwiGLU, down, all-reduce
     dense = m.layers - m.moe_layers
     if dense:
-        t_ffn, _, _ = _gemm(per_rank, m.dense_ffn_params / tp, quant, kind, tiles=3)
-        add("dense_ffn", t_ffn + t_ar, dense)
+        f = m.ffn / tp
+        t_ffn = (_gemm(per_rank, m.hidden, 2 * f, quant, kind)
+                 + _gemm(per_rank, f, m.hidden, quant, kind)
+                 + _elementwise(per_rank * 2 * f, quant, kind, 1.5))
+        add("dense_ffn", t_ffn, dense)
+        add("tp_allreduce", t_ar, dense)
 
     # MoE layers (EP over the stage's tp·dp devices)
     if m.moe_layers:
-        slots = math.ceil(m.experts / ep)
-        routed = tokens * m.top_k / ep * ctx.imbalance  # rows on the busiest device
-        per_expert = routed / slots
-        p_active = 1.0 - (1.0 - m.top_k / m.experts) ** max(tokens, 0.0)
-        t_exp, _, _ = _gemm(per_expert, slots * m.expert_params, quant, kind, tiles=3 * slots,
-                            weight_fraction=p_active)
-        t_sh, _, _ = _gemm(tokens / ep, m.shared_experts * m.expert_params, quant, kind, tiles=3)
-        a2a = expert_alltoall(
-            ctx.ep_tiers, tokens_per_rank=tokens / ep, hidden=m.hidden, top_k=m.top_k,
-            dispatch_bytes=element_bytes(quant.dispatch),
-            combine_bytes=element_bytes(quant.combine),
-            route_nodes=m.route_nodes, low_latency=shape.prefill_tokens == 0,
-        ) if ep > 1 else None
-        comm = a2a.seconds if a2a else 0.0
-        compute = t_exp + t_sh + t_proj + t_core + t_ar
+        t_exp, t_sh, comm = _moe_layer(m, kind, par, quant, tokens, ctx,
+                                       low_latency=shape.prefill_tokens == 0)
+        compute = t_exp + t_sh + t_proj + t_core + t_norm + t_ar
         layer = max(compute, comm) if ctx.overlap else compute + comm
         add("experts", t_exp, m.moe_layers)
         add("shared_experts", t_sh, m.moe_layers)
         add("ep_alltoall_exposed", layer - compute, m.moe_layers)
         parts["ep_alltoall_total"] = comm * m.moe_layers
 
-    if ctx.layer_overhead:
-        add("layer_overhead", ctx.layer_overhead, m.layers)
-
     # LM head over the tokens that produce logits (decode tokens, one per prompt)
     head_rows = dec_tok / dp + (shape.prefill_tokens / dp > 0)
-    t_head, _, _ = _gemm(head_rows, m.vocab * m.hidden / tp, quant, kind)
-    add("lm_head", t_head)
+    add("lm_head", _gemm(head_rows, m.hidden, m.vocab / tp, quant, kind))
     # a token crosses the pp stages one after another, each holding 1/pp of the layers:
     # the parts above, summed over all layers, are that latency; plus the hand-offs
     if par.pp > 1:

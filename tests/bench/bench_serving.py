@@ -18,8 +18,9 @@ Run: ``pytest -m bench tests/bench/bench_serving.py -s`` or ``python tests/bench
 4. **Compile time**: a DeepSeek-V3-shaped serving plan on CloudMatrix384.
 
 Nothing is fitted to these figures: the H800 kind's efficiencies are DeepGEMM's and
-FlashMLA's published kernel rates (topologies/deepseek_h800.topo), the Ascend and H20
-kinds keep their stock values, so every comparison here is held out.
+FlashMLA's published kernel rates with the H100 kernel fit's small-GEMM curve and launch
+(topologies/deepseek_h800.topo), the Ascend kinds take Huawei msmodeling's factors, the
+H20 the H100 kernel fit, so every comparison here is held out.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ def test_fp8_weights_halve_the_weight_reads_and_batching_amortises_them() -> Non
     assert fp8.parts["dense_ffn"] == pytest.approx(bf16.parts["dense_ffn"] / 2, rel=2e-2)
     batch = step_time(DENSE, Kind(), Parallel(), Quant(), StepShape(decode_seqs=32,
                       decode_context=1), StepContext())
-    assert batch.parts["dense_ffn"] == pytest.approx(bf16.parts["dense_ffn"], rel=5e-2)
+    # the weights are read once either way; 32 rows only add their activations' bytes
+    assert bf16.parts["dense_ffn"] < batch.parts["dense_ffn"] < 1.08 * bf16.parts["dense_ffn"]
 
 
 def test_small_gemms_pay_for_a_whole_tile() -> None:
@@ -75,7 +76,8 @@ def test_prefill_is_compute_bound_at_two_flops_per_weight_per_token() -> None:
     est = step_time(DENSE, kind, Parallel(), Quant(),
                     StepShape(prefill_tokens=tokens, prefill_context=tokens / 2), StepContext())
     per_layer = 2 * tokens * 3 * 1024 * 4096 / 1e15
-    assert est.parts["dense_ffn"] == pytest.approx(2 * per_layer, rel=1e-3)
+    swiglu = tokens * 2 * 4096 * 1.5 * 2 / 1e14  # the gate kernel: read 2f, write f, bf16
+    assert est.parts["dense_ffn"] == pytest.approx(2 * (per_layer + swiglu), rel=1e-3)
     core = 2 * tokens * (tokens / 2) * 4 * 8 * 128 / 1e15  # 2 layers of QK and PV
     assert est.parts["attention_core_kv"] == pytest.approx(core, rel=1e-3)
 
