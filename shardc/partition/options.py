@@ -37,6 +37,9 @@ class Pins:
     """Sequence parallelism on every TP stage (True), on none (False), or chosen (None)."""
     v: int | None = None
     """Virtual stages per device (interleaved 1F1B); None lets the solver choose."""
+    ep: int | None = None
+    """Expert parallelism across data-parallel replicas (training): ``ep`` consecutive
+    replicas share each MoE layer's experts, tokens dispatched and combined by all-to-all."""
     stages: Mapping[int, Mapping[str, str | int | bool]] = field(default_factory=dict)
 
     @property
@@ -50,7 +53,7 @@ class Pins:
         """The pins as given, for plan.json."""
         out: dict[str, Any] = {
             k: getattr(self, k)
-            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp", "v")
+            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp", "v", "ep")
             if getattr(self, k) is not None
         }
         if self.stages:
@@ -104,7 +107,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
                     if sub == "sp"
                     else _positive(key, value)
                 )
-            elif key in ("tp", "pp", "dp", "v"):
+            elif key in ("tp", "pp", "dp", "v", "ep"):
                 values[key] = _positive(key, value)
             elif key == "kind":
                 values[key] = value
@@ -122,7 +125,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 values[key] = value
             else:
                 raise OptionError(
-                    f"--pin {key}: unknown; pin tp, pp, dp, v, kind, recompute, rule, sp"
+                    f"--pin {key}: unknown; pin tp, pp, dp, v, ep, kind, recompute, rule, sp"
                     " or stageN.(kind|tp|blocks|recompute|sp)"
                 )
     if values.get("pp") is not None:

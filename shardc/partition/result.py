@@ -53,6 +53,10 @@ class StageResult:
     """Gradient bytes one device of the stage syncs per step, as ``sync_seconds`` priced
     them (:meth:`~shardc.partition.costing.Costing.sync_bytes`): the schedule's sync events
     carry them, so link accounting sees the data-parallel traffic."""
+    ep: int = 1
+    """Replicas sharing each MoE layer's experts (:mod:`shardc.partition.expert_ep`)."""
+    ep_comm_seconds: float = 0.0
+    """Dispatch + combine all-to-alls of one micro-batch, forward and backward."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for plan.json."""
@@ -72,6 +76,7 @@ class StageResult:
             "capacity_bytes": self.capacity_bytes,
             "in_flight": self.in_flight,
             "groups": [list(g) for g in self.groups],
+            **({"ep": self.ep, "ep_comm_seconds": self.ep_comm_seconds} if self.ep > 1 else {}),
         }
 
 

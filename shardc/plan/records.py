@@ -71,6 +71,11 @@ class Stage:
     p2p_seconds: float | None = None
     sync_seconds: float | None = None
     in_flight: int | None = None
+    ep: int | None = None
+    """Expert parallelism across data-parallel replicas: consecutive replicas of the stage
+    sharing one MoE layer's experts, tokens exchanged by all-to-all (absent: 1)."""
+    ep_comm_seconds: float | None = None
+    """The dispatch + combine all-to-alls of one micro-batch, forward and backward."""
 
     def to_json(self) -> dict[str, Any]:
         """The stage as plan.json writes it."""
@@ -82,7 +87,7 @@ class Stage:
             "tp_domain_bandwidth": self.tp_domain_bandwidth,
         }
         for key in ("sequence_parallel", "compute_seconds", "tp_comm_seconds", "p2p_seconds",
-                    "sync_seconds", "in_flight"):
+                    "sync_seconds", "in_flight", "ep", "ep_comm_seconds"):
             _put(out, key, getattr(self, key))
         return out
 
@@ -95,6 +100,7 @@ class Stage:
             tuple(tuple(g) for g in st["groups"]), st["tp_domain_bandwidth"], ranks,
             st.get("sequence_parallel"), st.get("compute_seconds"), st.get("tp_comm_seconds"),
             st.get("p2p_seconds"), st.get("sync_seconds"), st.get("in_flight"),
+            st.get("ep"), st.get("ep_comm_seconds"),
         )
 
 

@@ -69,6 +69,24 @@ def expert_targets(mm: ModelMap, strategies: Mapping[str, str]) -> dict[str, int
     return out
 
 
+def expert_ep_targets(mm: ModelMap) -> dict[str, int]:
+    """Module FQN -> number of experts, for every module gathering rows of a stacked weight
+    (``Gather``/``GatherND`` of an initializer of rank >= 3 by run-time ids): the experts
+    modules an ``ep`` group spreads whatever the stage's TP strategies are (an embedding's
+    gather reads a matrix, not a stack).
+    """
+    inits = {t.name: tuple(t.dims) for t in mm.proto.graph.initializer}
+    out: dict[str, int] = {}
+    for node in mm.proto.graph.node:
+        dims = inits.get(node.input[0]) if node.input else None
+        if node.op_type not in ("Gather", "GatherND") or not dims or len(dims) < 3:
+            continue
+        sc = mm.module_of(node.name)
+        if out.setdefault(sc.module, dims[0]) != dims[0]:
+            raise TrainPlanError(f"{sc.module} gathers from stacks of different expert counts")
+    return dict(sorted(out.items()))
+
+
 def expert_styles(
     experts: Mapping[str, int], *, sequence_parallel: bool
 ) -> dict[str, ParallelStyle]:

@@ -51,6 +51,8 @@ class StageView:
     """Global ranks, replica by replica, TP rank fastest (the plan's order)."""
     devices: tuple[str, ...]
     """Physical device of each rank in ``ranks``."""
+    ep: int = 1
+    """Consecutive replicas sharing each MoE layer's experts (all-to-all dispatch)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def plan_view(plan: Plan | str | os.PathLike[str]) -> PlanView:
             recompute=s.recompute,
             ranks=s.ranks,
             devices=tuple(d for g in s.groups for d in g),
+            ep=s.ep or 1,
         )
         for s in typed.stages
     )

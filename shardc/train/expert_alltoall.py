@@ -1,0 +1,132 @@
+"""Expert parallelism across data-parallel replicas (``ep`` in the plan): DeepSpeed-MoE's
+and Megatron's ``--expert-model-parallel-size``, on torch.
+
+What the plan says: ``ep`` consecutive data-parallel replicas of a stage form an *ep
+group*; the ``E`` stacked experts of every MoE layer are spread over it, ``E/ep`` whole
+experts per rank. Unlike expert parallelism over a tensor-parallel group
+(:mod:`shardc.train.experts`), the replicas' tokens *differ*, so
+
+* **dispatch** is an all-to-all: each rank sorts its (token, expert) pairs by the rank
+  holding the expert and sends each destination its rows, expert ids and routing weights
+  (the row counts are exchanged first: routing decides them at run time);
+* the destination runs its local experts on what it received (the module's own
+  implementation, its weights only), the routing weight applied there as the module does;
+* **combine** is the reverse all-to-all: every row returns to the rank it came from and is
+  added onto its token.
+
+Both all-to-alls are ``torch.distributed.nn.functional.all_to_all_single``, whose backward
+is the reverse exchange, so token gradients go home and expert gradients gather every
+replica's pairs. That makes an expert's gradient the *sum* over the ep group's local
+losses, where a dense weight's is one replica's: the expert gradient is scaled by 1/ep on
+the way in, and the data-parallel reduction of the expert weights runs over the replicas
+holding the *same* experts only (``edp = dp/ep``), not over the ep group (the caller
+shards the experts module over the ``edp`` mesh dim before the rest of the model).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.nn.functional import all_to_all_single
+from torch.distributed.tensor import Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ParallelStyle
+
+from shardc.train.planview import TrainPlanError
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return g * ctx.scale, None
+
+
+class ExpertAllToAll(ParallelStyle):
+    """Spread a stacked-experts module's experts over an ep mesh of data-parallel replicas
+    (see the module doc); the module's parameters stay DTensors ``Shard(0)`` over it.
+    """
+
+    def __init__(self, experts: int) -> None:
+        super().__init__()
+        self.experts = experts
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        e = device_mesh.size()
+        if self.experts % e:
+            raise TrainPlanError(f"{self.experts} experts do not spread over ep={e} ranks")
+        stacked = [
+            name
+            for name, p in module.named_parameters(recurse=False)
+            if p.dim() >= 1 and p.shape[0] == self.experts
+        ]
+        if not stacked:
+            raise TrainPlanError(
+                f"{type(module).__name__} has no parameter stacked over {self.experts} experts"
+            )
+        for name in stacked:
+            p = getattr(module, name)
+            dt = distribute_tensor(p.detach(), device_mesh, [Shard(0)])
+            module.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
+        module._shardc_a2a = (device_mesh, self.experts, tuple(stacked))  # type: ignore[assignment]
+        module._shardc_inner = False  # type: ignore[assignment]
+        module.forward = types.MethodType(_a2a_forward, module)
+        return module
+
+
+def _exchange(t: torch.Tensor, send: list[int], recv: list[int], group: Any) -> torch.Tensor:
+    """Rows of ``t`` (``send[i]`` for rank i, in order) out; ``recv[i]`` rows from rank i in."""
+    out = t.new_empty((sum(recv), *t.shape[1:]))
+    if t.requires_grad:
+        got: torch.Tensor = all_to_all_single(out, t, recv, send, group=group)
+        return got
+    dist.all_to_all_single(out, t.contiguous(), recv, send, group=group)
+    return out
+
+
+def _a2a_forward(
+    self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    if self._shardc_inner:  # the local call below: the module's own implementation
+        out: torch.Tensor = type(self).forward(self, hidden_states, top_k_index, top_k_weights)
+        return out
+    mesh, experts, stacked = self._shardc_a2a
+    group, e = mesh.get_group(), mesh.size()
+    n = experts // e
+    k = top_k_index.shape[-1]
+    flat = top_k_index.reshape(-1)
+    # dispatch: pairs sorted by the rank holding their expert, counts exchanged first
+    dest = torch.div(flat, n, rounding_mode="floor")
+    order = torch.sort(dest, stable=True).indices
+    tokens = torch.div(order, k, rounding_mode="floor")
+    send_counts = torch.bincount(dest, minlength=e)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    send, recv = send_counts.tolist(), recv_counts.tolist()
+    rows = _exchange(hidden_states[tokens], send, recv, group)
+    ids = _exchange((flat[order] - dest[order] * n).unsqueeze(1), send, recv, group)
+    weights = _exchange(top_k_weights.reshape(-1)[order].unsqueeze(1), send, recv, group)
+    local = {name: _ScaleGrad.apply(getattr(self, name).to_local(), 1.0 / e) for name in stacked}
+    whole = getattr(self, "num_experts", None)
+    self._shardc_inner = True
+    if whole is not None:
+        self.num_experts = n  # the implementations size their masks by it
+    try:
+        out = torch.func.functional_call(self, local, (rows, ids, weights))
+    finally:
+        self._shardc_inner = False
+        if whole is not None:
+            self.num_experts = whole
+    # combine: every row home, added onto its token
+    back = _exchange(out.to(hidden_states.dtype), recv, send, group)
+    return torch.zeros_like(hidden_states).index_add(0, tokens, back)
