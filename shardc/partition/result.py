@@ -243,6 +243,8 @@ def build_result(
                 groups=tuple(placement.tp_group(r, j) for r in range(problem.dp)),
                 sequence_parallel=sp,
                 sync_bytes=synced,
+                ep=costing.settings.ep,
+                ep_comm_seconds=st.blocks * costing.ep_seconds(c.kind, c.tp, problem.dp),
             )
         )
         first += st.blocks

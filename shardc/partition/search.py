@@ -34,6 +34,7 @@ from shardc.partition.candidates import (
     why,
 )
 from shardc.partition.cpsat import solve, stage_counts
+from shardc.partition.expert_ep import check_ep
 from shardc.partition.options import PartitionOptions
 from shardc.partition.problem import PartitionProblem, Solution
 from shardc.partition.result import PartitionResult, StageResult, build_result
@@ -73,8 +74,13 @@ def search(
         )
     _refuse_unsplit_sequence(costing, options, mode)
     tps = tp_degrees(costing, options)
+    ep = options.pins.ep or 1
+    if ep > 1:
+        stage_tps = [int(v["tp"]) for v in options.pins.stages.values() if "tp" in v]
+        check_ep(costing, ep, [options.pins.tp or 1, *stage_tps], options.pins.dp)
+        tps = {k: [1] for k in tps}  # TP stages spread experts over TP instead
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
-    widths = candidate_widths(n, options, b)
+    widths = [w for w in candidate_widths(n, options, b) if w % ep == 0]
     warm = options.warm_start
     capacity = capacities(costing, options)
     best: tuple[float, int, int, Solution, PartitionProblem] | None = None
