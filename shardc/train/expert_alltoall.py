@@ -14,7 +14,7 @@ experts per rank. Unlike expert parallelism over a tensor-parallel group
 * **combine** is the reverse all-to-all: every row returns to the rank it came from and is
   added onto its token.
 
-Both all-to-alls are ``torch.distributed.nn.functional.all_to_all_single``, whose backward
+Both all-to-alls are ``all_to_all_single_autograd`` (torch's functional collectives), whose backward
 is the reverse exchange, so token gradients go home and expert gradients gather every
 replica's pairs. That makes an expert's gradient the *sum* over the ep group's local
 losses, where a dense weight's is one replica's: the expert gradient is scaled by 1/ep on
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._functional_collectives import all_to_all_single_autograd
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.nn.functional import all_to_all_single
 from torch.distributed.tensor import Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle
 
@@ -86,10 +86,10 @@ class ExpertAllToAll(ParallelStyle):
 
 def _exchange(t: torch.Tensor, send: list[int], recv: list[int], group: Any) -> torch.Tensor:
     """Rows of ``t`` (``send[i]`` for rank i, in order) out; ``recv[i]`` rows from rank i in."""
-    out = t.new_empty((sum(recv), *t.shape[1:]))
     if t.requires_grad:
-        got: torch.Tensor = all_to_all_single(out, t, recv, send, group=group)
+        got: torch.Tensor = all_to_all_single_autograd(t.contiguous(), recv, send, group)
         return got
+    out = t.new_empty((sum(recv), *t.shape[1:]))
     dist.all_to_all_single(out, t.contiguous(), recv, send, group=group)
     return out
 

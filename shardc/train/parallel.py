@@ -152,7 +152,7 @@ def apply(
     mm, chain = _model_facts(view, model, example_inputs, needs_chain=sp or view.pp > 1
                              or stage.recompute != "none")  # fmt: skip
     # 2. the mesh, in the plan's rank order (stage, replica, TP rank)
-    mesh = _mesh(view, device, tp, stage.ep)
+    mesh, dp_mesh = _mesh(view, device, tp, stage.ep)
     model.to(device)
     aliases = _aliases(model)
     tied_groups = _tied_groups(view, mesh) if view.pp > 1 and aliases else {}
@@ -168,7 +168,7 @@ def apply(
         if view.dp > 1:  # 7. over the DTensors TP made
             for e in experts:  # their own units first, reduced over edp only
                 _shard_data_parallel(e, [], mesh["edp"], view)
-            chunks[c] = (index, _shard_data_parallel(m, blocks, mesh["dp"], view), layers)
+            chunks[c] = (index, _shard_data_parallel(m, blocks, dp_mesh, view), layers)
     loss = loss_fn or token_loss
     n_virtual = view.pp * view.interleave
     return ParallelModel(
@@ -306,13 +306,14 @@ def _schedule(
     return Schedule1F1B(stages[0], view.microbatches, loss_fn=loss)
 
 
-def _mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> Any:
-    """The (pp, dp, tp) mesh in the plan's rank order; under ``ep`` the dp axis is made of
-    (edp, ep), consecutive replicas forming an ep group, and flattened back into ``dp``.
+def _mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> tuple[Any, Any]:
+    """The (pp, dp, tp) mesh in the plan's rank order, and its dp mesh; under ``ep`` the dp
+    axis is made of (edp, ep), consecutive replicas forming an ep group, flattened back.
     """
     if ep == 1:
-        return init_device_mesh(device.type, (view.pp, view.dp, tp),
+        mesh = init_device_mesh(device.type, (view.pp, view.dp, tp),
                                 mesh_dim_names=("pp", "dp", "tp"))  # fmt: skip
+        return mesh, mesh["dp"]
     if tp > 1 or view.dp % ep:
         raise TrainPlanError(
             f"ep={ep} over dp={view.dp}, tp={tp}: apply spreads experts over whole "
@@ -321,8 +322,7 @@ def _mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> Any:
         )
     mesh = init_device_mesh(device.type, (view.pp, view.dp // ep, ep, tp),
                             mesh_dim_names=("pp", "edp", "ep", "tp"))  # fmt: skip
-    mesh["edp", "ep"]._flatten("dp")
-    return mesh
+    return mesh, mesh["edp", "ep"]._flatten("dp")
 
 
 def _expert_data_parallel(
@@ -384,7 +384,7 @@ def _shard_data_parallel(
         )
     if view.zero == 1:
         warnings.warn(
-            "ZeRO-1 over tensor-parallel parameters runs as FSDP2's ZeRO-2 (gradients "
+            "ZeRO-1 over tensor- or expert-parallel parameters runs as FSDP2's ZeRO-2 (gradients "
             "sharded too: the same maths and traffic, less memory than the plan priced): "
             "DDP and ZeroRedundancyOptimizer take plain tensors, not DTensors",
             ShardcWarning,
