@@ -11,6 +11,7 @@ second within 2e-7 relative, gradients within ~3e-8).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 import train_harness as H
 from test_train_dist import _check, _plan
 
+import shardc.errors
 import shardc.train
 
 EXPERTS = 4
@@ -125,3 +127,39 @@ def test_ep_across_replicas_more(mixtral: Path, reference: dict[str, Any], tmp_p
         got = [res[r][j] for r in range(4)]
         _experts_split(got, ep=ep)
         _check(got, reference)
+
+
+def test_ep_planned(mixtral: Path, tmp_path: Path) -> None:
+    """The planner's side of ``--pin ep``: plan.json records ep per stage; the stage time
+    carries the all-to-alls (forward and backward) priced over the topology, a wider ep
+    group costs more per rank and stores fewer experts; bad pins are one-line errors.
+    """
+    plans = {
+        pins: shardc.compile(str(mixtral), "topologies/localhost.topo", quiet=True, devices=4,
+                             pins=pins, microbatches=2, zero=0)
+        for pins in ("dp=4", "ep=2", "ep=4")
+    }  # fmt: skip
+    stages = {p: plan.data["partition"]["stages"][0] for p, plan in plans.items()}
+    print(
+        {p: (s.get("ep"), s.get("ep_comm_seconds"), s["memory_bytes"]) for p, s in stages.items()}
+    )
+    assert "ep" not in stages["dp=4"] and stages["ep=2"]["ep"] == 2
+    for p in ("ep=2", "ep=4"):
+        s, base = stages[p], stages["dp=4"]
+        assert s["ep_comm_seconds"] > 0
+        assert s["seconds"] == pytest.approx(base["seconds"] + s["ep_comm_seconds"])
+    assert stages["ep=4"]["ep_comm_seconds"] > stages["ep=2"]["ep_comm_seconds"]
+    assert stages["ep=4"]["memory_bytes"] < stages["ep=2"]["memory_bytes"]
+    assert stages["ep=2"]["memory_bytes"] < stages["dp=4"]["memory_bytes"]
+    bad = {
+        "ep=3": "4 experts (indexed by",
+        "ep=2,tp=2": "runs on tp=1 stages",
+        "ep=2,dp=3": "ep must divide the data-parallel width dp=3",
+    }
+    for pins, why in bad.items():
+        with pytest.raises(shardc.errors.OptionError, match=re.escape(why)):
+            shardc.compile(str(mixtral), "topologies/localhost.topo", quiet=True, devices=4,
+                           pins=pins)  # fmt: skip
+    gpt2 = H.export("gpt2", tmp_path / "gpt2.onnx")
+    with pytest.raises(shardc.errors.OptionError, match="no mixture-of-experts layer"):
+        shardc.compile(str(gpt2), "topologies/localhost.topo", quiet=True, devices=2, pins="ep=2")
