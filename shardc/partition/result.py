@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shardc.partition import expert_ep as xep
 from shardc.partition.options import PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
 from shardc.partition.problem import (
@@ -219,7 +220,11 @@ def build_result(
             ends.append(costing.part(epi, c.kind, c.tp, "none", sp))
         compute = st.blocks * b_part.compute + sum(e.compute for e in ends)
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
-        synced = st.blocks * costing.sync_bytes(b_part, problem.dp)
+        b_sync = b_part
+        if costing.settings.ep > 1:  # expert gradients: 1/ep of theirs, as the sync priced
+            experts, _ = xep.expert_params(costing, block)
+            b_sync = xep.synced_part(b_part, experts, costing.settings.ep)
+        synced = st.blocks * costing.sync_bytes(b_sync, problem.dp)
         if len(ends) == 2 and costing.tied:  # a tied embedding / head is synced once
             ends_part = costing.part(pro + epi, c.kind, c.tp, "none", sp)
             synced += costing.sync_bytes(ends_part, problem.dp)

@@ -32,11 +32,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed._functional_collectives import all_to_all_single_autograd
-from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
-from torch.distributed.tensor.parallel import ParallelStyle
+from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
-from shardc.train.planview import TrainPlanError
+from shardc.train.experts import expert_ep_targets
+from shardc.train.modules import ModelMap
+from shardc.train.planview import PlanView, TrainPlanError
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -130,3 +132,42 @@ def _a2a_forward(
     # combine: every row home, added onto its token
     back = _exchange(out.to(hidden_states.dtype), recv, send, group)
     return torch.zeros_like(hidden_states).index_add(0, tokens, back)
+
+
+def ep_mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> tuple[Any, Any]:
+    """The (pp, dp, tp) mesh in the plan's rank order, and its dp mesh; under ``ep`` the dp
+    axis is made of (edp, ep), consecutive replicas forming an ep group, flattened back.
+    """
+    if ep == 1:
+        mesh = init_device_mesh(device.type, (view.pp, view.dp, tp),
+                                mesh_dim_names=("pp", "dp", "tp"))  # fmt: skip
+        return mesh, mesh["dp"]
+    if tp > 1 or view.dp % ep:
+        raise TrainPlanError(
+            f"ep={ep} over dp={view.dp}, tp={tp}: apply spreads experts over whole "
+            "data-parallel replicas (ep dividing dp, tp=1)",
+            hint="pin tp=1 and an ep that divides dp",
+        )
+    mesh = init_device_mesh(device.type, (view.pp, view.dp // ep, ep, tp),
+                            mesh_dim_names=("pp", "edp", "ep", "tp"))  # fmt: skip
+    return mesh, mesh["edp", "ep"]._flatten("dp")
+
+
+def expert_data_parallel(m: nn.Module, mm: ModelMap, mesh: Any, ep: int) -> list[nn.Module]:
+    """The experts modules of ``m`` spread over the ep mesh dim (all-to-all dispatch)."""
+    if ep == 1:
+        return []
+    experts = {f: e for f, e in expert_ep_targets(mm).items() if _has(m, f)}
+    if not experts:
+        raise TrainPlanError(f"the plan pins ep={ep} and the model has no experts module")
+    parallelize_module(m, mesh["ep"], {f: ExpertAllToAll(e) for f, e in experts.items()})
+    return [m.get_submodule(f) for f in experts]
+
+
+def _has(m: nn.Module, fqn: str) -> bool:
+    """Whether ``m`` holds ``fqn`` with parameters (a pipeline stage keeps some blocks)."""
+    try:
+        sub = m.get_submodule(fqn)
+    except AttributeError:
+        return False
+    return any(True for _ in sub.parameters())

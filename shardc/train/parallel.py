@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.pipelining import (
     PipelineStage,
@@ -39,8 +38,8 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
 from shardc.train.conv1d import CONV1D, split_factor
-from shardc.train.expert_alltoall import ExpertAllToAll
-from shardc.train.experts import expert_ep_targets, expert_styles, expert_targets
+from shardc.train.expert_alltoall import ep_mesh, expert_data_parallel
+from shardc.train.experts import expert_styles, expert_targets
 from shardc.train.launch import check_placement
 from shardc.train.modules import (
     LayerChain,
@@ -152,7 +151,7 @@ def apply(
     mm, chain = _model_facts(view, model, example_inputs, needs_chain=sp or view.pp > 1
                              or stage.recompute != "none")  # fmt: skip
     # 2. the mesh, in the plan's rank order (stage, replica, TP rank)
-    mesh, dp_mesh = _mesh(view, device, tp, stage.ep)
+    mesh, dp_mesh = ep_mesh(view, device, tp, stage.ep)
     model.to(device)
     aliases = _aliases(model)
     tied_groups = _tied_groups(view, mesh) if view.pp > 1 and aliases else {}
@@ -164,7 +163,7 @@ def apply(
         if tp > 1:  # 6.
             _tensor_parallel(m, mm, chain, layers, view, mesh, sp)
             _retie(m, aliases)
-        experts = _expert_data_parallel(m, mm, view, mesh, stage.ep)
+        experts = expert_data_parallel(m, mm, mesh, stage.ep)
         if view.dp > 1:  # 7. over the DTensors TP made
             for e in experts:  # their own units first, reduced over edp only
                 _shard_data_parallel(e, [], mesh["edp"], view)
@@ -304,38 +303,6 @@ def _schedule(
     if view.schedule == "gpipe":
         return ScheduleGPipe(stages[0], view.microbatches, loss_fn=loss)
     return Schedule1F1B(stages[0], view.microbatches, loss_fn=loss)
-
-
-def _mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> tuple[Any, Any]:
-    """The (pp, dp, tp) mesh in the plan's rank order, and its dp mesh; under ``ep`` the dp
-    axis is made of (edp, ep), consecutive replicas forming an ep group, flattened back.
-    """
-    if ep == 1:
-        mesh = init_device_mesh(device.type, (view.pp, view.dp, tp),
-                                mesh_dim_names=("pp", "dp", "tp"))  # fmt: skip
-        return mesh, mesh["dp"]
-    if tp > 1 or view.dp % ep:
-        raise TrainPlanError(
-            f"ep={ep} over dp={view.dp}, tp={tp}: apply spreads experts over whole "
-            "data-parallel replicas (ep dividing dp, tp=1)",
-            hint="pin tp=1 and an ep that divides dp",
-        )
-    mesh = init_device_mesh(device.type, (view.pp, view.dp // ep, ep, tp),
-                            mesh_dim_names=("pp", "edp", "ep", "tp"))  # fmt: skip
-    return mesh, mesh["edp", "ep"]._flatten("dp")
-
-
-def _expert_data_parallel(
-    m: nn.Module, mm: ModelMap, view: PlanView, mesh: Any, ep: int
-) -> list[nn.Module]:
-    """The experts modules of ``m`` spread over the ep mesh dim (all-to-all dispatch)."""
-    if ep == 1:
-        return []
-    experts = {f: e for f, e in expert_ep_targets(mm).items() if _has(m, f)}
-    if not experts:
-        raise TrainPlanError(f"the plan pins ep={ep} and the model has no experts module")
-    parallelize_module(m, mesh["ep"], {f: ExpertAllToAll(e) for f, e in experts.items()})
-    return [m.get_submodule(f) for f in experts]
 
 
 def _has(m: nn.Module, fqn: str) -> bool:
