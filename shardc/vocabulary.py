@@ -144,7 +144,9 @@ OPTIONS: Mapping[str, Option] = {
         Option("pins", (), "Fix part of the answer: tp=8, pp=4,dp=16, kind=h100, "
                "stage0.kind=h20, stage1.blocks=30, recompute=full, rule=split (tensor "
                "parallel splits every op it can, batch first, not only Megatron's weight "
-               "products: for graphs that are not transformers). With tp, pp, dp and every "
+               "products: for graphs that are not transformers), ep=2 (training: MoE experts "
+               "split over 2 data-parallel replicas, tokens moved by all-to-all). With tp, "
+               "pp, dp and every "
                "stage's blocks pinned, compile evaluates that configuration.",
                metavar="KEY=VALUE[,...]", cli="--pin"),
         Option("recompute", None, "Activation recomputation for every stage (same as --pin "
