@@ -116,14 +116,15 @@ def test_ep_across_replicas(mixtral: Path, reference: dict[str, Any], tmp_path: 
 @pytest.mark.slow
 def test_ep_across_replicas_more(mixtral: Path, reference: dict[str, Any], tmp_path: Path) -> None:
     """Four ranks: ep=2 over dp=4 under ZeRO-0 (``replicate`` over edp) and ep=4 (one
-    expert per rank, edp=1) under ZeRO-1.
+    expert per rank, edp=1) under ZeRO-1; ep=2 over dp=2 with two pipeline stages.
     """
     jobs = [
         (_plan(mixtral, tmp_path / "a", world=4, pins="ep=2", zero=0), "mixtral", {}),
         (_plan(mixtral, tmp_path / "b", world=4, pins="ep=4", zero=1), "mixtral", {}),
+        (_plan(mixtral, tmp_path / "c", world=4, pins="ep=2,pp=2", zero=1), "mixtral", {}),
     ]
     res = H.spawn(4, jobs, tmp_path / "out4")
-    for j, ep in enumerate([2, 4]):
+    for j, ep in enumerate([2, 4, 2]):
         got = [res[r][j] for r in range(4)]
         _experts_split(got, ep=ep)
         _check(got, reference)
