@@ -112,7 +112,7 @@ class Costing(PartPrices):
         b_state, b_sync = self._training_terms(b, dp, dp_group, spec, rc)
         a2a = 0.0
         if self.settings.ep > 1 and training:  # experts across replicas (partition.expert_ep)
-            a2a, b_state, b_sync = self._expert_ep(block, b, dp, dp_group, spec, rc, b_state)
+            a2a, b_state, b_sync = self._expert_ep(block, b, tp, dp, dp_group, spec, rc, b_state)
         p_state, p_sync = self._training_terms(p, dp, dp_group, spec)
         e_state, e_sync = self._training_terms(e, dp, dp_group, spec)
         tied_bytes = tied_sync = 0.0
@@ -145,13 +145,13 @@ class Costing(PartPrices):
         )
 
     def _expert_ep(
-        self, block: Sequence[str], b: PartCost, dp: int, dp_group: list[str], spec: DeviceKind,
-        rc: str, b_state: float,
+        self, block: Sequence[str], b: PartCost, tp: int, dp: int, dp_group: list[str],
+        spec: DeviceKind, rc: str, b_state: float,
     ) -> tuple[float, float, float]:  # fmt: skip
         """(all-to-all seconds, state bytes, sync seconds) of a block under ``Settings.ep``."""
         ep = self.settings.ep
-        params, nbytes = xep.expert_params(self, block)
-        a2a = xep.block_alltoall(self, block, dp_group[:ep])
+        params, nbytes = xep.expert_params(self, block, tp)
+        a2a = xep.block_alltoall(self, block, dp_group[:ep], tp)
         state = b_state - xep.saved_bytes(params, nbytes, ep, self.settings.zero)
         sync = self._sync(xep.synced_part(b, params, ep), dp, dp_group, spec, rc)
         return a2a, state, sync
@@ -164,7 +164,7 @@ class Costing(PartPrices):
         if groups is None:
             return 0.0
         _, block, _, _ = self.sections
-        return xep.block_alltoall(self, block, [g[0] for g in groups][: self.settings.ep])
+        return xep.block_alltoall(self, block, [g[0] for g in groups][: self.settings.ep], tp)
 
     @cached_property
     def tied(self) -> frozenset[str]:

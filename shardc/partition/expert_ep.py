@@ -21,8 +21,10 @@ another rank of the group travels there and back:
   experts, ``1/ep`` of the bytes; priced here as the part's sync with those bytes removed
   from the dp group's collective (the smaller group's ring factor is not modelled).
 
-Stages with tensor parallelism keep EP over their TP group (:mod:`shardc.partition.experts`);
-combining both is refused at the pin (the torch side runs ep over tp=1 stages only).
+With tensor parallelism the stage's TP group first spreads the experts
+(:mod:`shardc.partition.experts`: tokens whole, local selection, all-reduce combine), and
+each TP rank's share is spread again over its ep peers (the same TP rank in ``ep``
+replicas): ``E/(ep·tp)`` experts per rank, ``1/tp`` of the pairs on the all-to-all.
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ def check_ep(costing: Costing, ep: int, tp_pins: Sequence[int], dp: int | None) 
     inside = set(block)
     if not any(set(r.nodes) <= inside for r in found):
         raise OptionError(f"{where}: no MoE layer sits in the model's repeated blocks")
-    if any(t > 1 for t in tp_pins):
-        raise OptionError(f"{where}: expert parallelism across replicas runs on tp=1 stages "
-                          "(a TP stage spreads its experts over its TP group)",
-                          hint="pin tp=1 with ep, or drop ep")  # fmt: skip
+    for t in tp_pins:
+        if any(r.experts % (ep * t) for r in found):
+            raise OptionError(f"{where}: with tp={t} the experts spread over ep x tp = "
+                              f"{ep * t} ranks, which do not divide them")  # fmt: skip
     if dp is not None and dp % ep:
         raise OptionError(f"{where}: ep must divide the data-parallel width dp={dp}")
 
@@ -81,9 +83,17 @@ def _elem(costing: Costing, value: str) -> tuple[int, float]:
     return numel, nbytes / max(rows * numel, 1)
 
 
-def block_alltoall(costing: Costing, block: Sequence[str], group: Sequence[str]) -> float:
+def fits(costing: Costing, ep: int, tp: int) -> bool:
+    """Whether every MoE layer's experts split over ``ep x tp`` ranks."""
+    return all(r.experts % (ep * tp) == 0 for r in regions(costing))
+
+
+def block_alltoall(
+    costing: Costing, block: Sequence[str], group: Sequence[str], tp: int = 1
+) -> float:
     """Seconds of one micro-batch's dispatch + combine, forward and backward, for the MoE
-    layers of ``block`` over the ep group's devices ``group``.
+    layers of ``block`` over the ep group's devices ``group``; under TP each rank of the
+    group moves its TP share of the pairs (``1/tp``: the pairs of its own experts).
     """
     inside = set(block)
     views = tier_options(costing.topology, group)
@@ -94,15 +104,17 @@ def block_alltoall(costing: Costing, block: Sequence[str], group: Sequence[str])
         out = costing.graph.node(r.exit).outputs[0]
         for value, is_dispatch in [*((e, True) for e in r.entries), (out, False)]:
             hidden, elem = _elem(costing, value)
-            est = expert_alltoall(views, tokens_per_rank=r.pairs, hidden=hidden, top_k=1,
+            est = expert_alltoall(views, tokens_per_rank=r.pairs / tp, hidden=hidden, top_k=1,
                                   dispatch_bytes=elem, combine_bytes=elem)  # fmt: skip
             one = est.dispatch_seconds if is_dispatch else est.combine_seconds
             seconds += 2 * one  # forward, and its reverse in backward
     return seconds
 
 
-def expert_params(costing: Costing, block: Sequence[str]) -> tuple[float, float]:
-    """(parameters, weight bytes) of the stacked expert weights ``block`` gathers."""
+def expert_params(costing: Costing, block: Sequence[str], tp: int = 1) -> tuple[float, float]:
+    """(parameters, weight bytes) of the stacked expert weights ``block`` gathers, as one
+    rank of a ``tp`` group holds them (the experts strategy gives each ``1/tp``).
+    """
     inside = set(block)
     seen: set[str] = set()
     params = nbytes = 0.0
@@ -117,7 +129,7 @@ def expert_params(costing: Costing, block: Sequence[str]) -> tuple[float, float]
             t = costing.graph.values[w].type
             params += float(t.numel or 0) if t is not None else 0.0
             nbytes += float(costing.graph.values[w].nbytes or 0)
-    return params, nbytes
+    return params / tp, nbytes / tp
 
 
 def saved_bytes(params: float, nbytes: float, ep: int, zero: int) -> float:

@@ -222,7 +222,7 @@ def build_result(
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
         b_sync = b_part
         if costing.settings.ep > 1:  # expert gradients: 1/ep of theirs, as the sync priced
-            experts, _ = xep.expert_params(costing, block)
+            experts, _ = xep.expert_params(costing, block, c.tp)
             b_sync = xep.synced_part(b_part, experts, costing.settings.ep)
         synced = st.blocks * costing.sync_bytes(b_sync, problem.dp)
         if len(ends) == 2 and costing.tied:  # a tied embedding / head is synced once

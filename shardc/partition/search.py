@@ -34,7 +34,7 @@ from shardc.partition.candidates import (
     why,
 )
 from shardc.partition.cpsat import solve, stage_counts
-from shardc.partition.expert_ep import check_ep
+from shardc.partition.expert_ep import check_ep, fits
 from shardc.partition.options import PartitionOptions
 from shardc.partition.problem import PartitionProblem, Solution
 from shardc.partition.result import PartitionResult, StageResult, build_result
@@ -78,7 +78,7 @@ def search(
     if ep > 1:
         stage_tps = [int(v["tp"]) for v in options.pins.stages.values() if "tp" in v]
         check_ep(costing, ep, [options.pins.tp or 1, *stage_tps], options.pins.dp)
-        tps = {k: [1] for k in tps}  # TP stages spread experts over TP instead
+        tps = {k: [t for t in v if fits(costing, ep, t)] for k, v in tps.items()}
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
     widths = [w for w in candidate_widths(n, options, b) if w % ep == 0]
     warm = options.warm_start

@@ -36,7 +36,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
-from shardc.train.experts import expert_ep_targets
+from shardc.train.experts import _combine, _enter, expert_ep_targets
 from shardc.train.modules import ModelMap
 from shardc.train.planview import PlanView, TrainPlanError
 
@@ -59,14 +59,14 @@ class ExpertAllToAll(ParallelStyle):
     (see the module doc); the module's parameters stay DTensors ``Shard(0)`` over it.
     """
 
-    def __init__(self, experts: int) -> None:
+    def __init__(self, experts: int, ep: DeviceMesh, tp: DeviceMesh | None = None) -> None:
         super().__init__()
-        self.experts = experts
+        self.experts, self.ep, self.tp = experts, ep, tp
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-        e = device_mesh.size()
+        e = device_mesh.size()  # ep, or ep x tp flattened (ep outer)
         if self.experts % e:
-            raise TrainPlanError(f"{self.experts} experts do not spread over ep={e} ranks")
+            raise TrainPlanError(f"{self.experts} experts do not spread over {e} ranks")
         stacked = [
             name
             for name, p in module.named_parameters(recurse=False)
@@ -80,7 +80,7 @@ class ExpertAllToAll(ParallelStyle):
             p = getattr(module, name)
             dt = distribute_tensor(p.detach(), device_mesh, [Shard(0)])
             module.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
-        module._shardc_a2a = (device_mesh, self.experts, tuple(stacked))  # type: ignore[assignment]
+        module._shardc_a2a = (self.ep, self.tp, self.experts, tuple(stacked))  # type: ignore[assignment]
         module._shardc_inner = False  # type: ignore[assignment]
         module.forward = types.MethodType(_a2a_forward, module)
         return module
@@ -102,22 +102,30 @@ def _a2a_forward(
     if self._shardc_inner:  # the local call below: the module's own implementation
         out: torch.Tensor = type(self).forward(self, hidden_states, top_k_index, top_k_weights)
         return out
-    mesh, experts, stacked = self._shardc_a2a
+    mesh, tp_mesh, experts, stacked = self._shardc_a2a
     group, e = mesh.get_group(), mesh.size()
-    n = experts // e
+    tp, t = (1, 0) if tp_mesh is None else (tp_mesh.size(), tp_mesh.get_local_rank())
+    block = experts // e  # experts of one ep rank, split again over its TP group
+    n = block // tp
+    x, w = hidden_states, top_k_weights
+    if tp_mesh is not None:  # tokens whole over TP: identity forward, all-reduce backward
+        x, w = _enter(x, tp_mesh), _enter(w, tp_mesh)
     k = top_k_index.shape[-1]
     flat = top_k_index.reshape(-1)
-    # dispatch: pairs sorted by the rank holding their expert, counts exchanged first
-    dest = torch.div(flat, n, rounding_mode="floor")
+    # this TP rank's share of the pairs (all of them without TP)
+    pairs = (torch.div(flat % block, n, rounding_mode="floor") == t).nonzero().squeeze(1)
+    flat = flat[pairs]
+    # dispatch: pairs sorted by the ep rank holding their expert, counts exchanged first
+    dest = torch.div(flat, block, rounding_mode="floor")
     order = torch.sort(dest, stable=True).indices
-    tokens = torch.div(order, k, rounding_mode="floor")
+    tokens = torch.div(pairs[order], k, rounding_mode="floor")
     send_counts = torch.bincount(dest, minlength=e)
     recv_counts = torch.empty_like(send_counts)
     dist.all_to_all_single(recv_counts, send_counts, group=group)
     send, recv = send_counts.tolist(), recv_counts.tolist()
-    rows = _exchange(hidden_states[tokens], send, recv, group)
-    ids = _exchange((flat[order] - dest[order] * n).unsqueeze(1), send, recv, group)
-    weights = _exchange(top_k_weights.reshape(-1)[order].unsqueeze(1), send, recv, group)
+    rows = _exchange(x[tokens], send, recv, group)
+    ids = _exchange((flat[order] - dest[order] * block - t * n).unsqueeze(1), send, recv, group)
+    weights = _exchange(w.reshape(-1)[pairs[order]].unsqueeze(1), send, recv, group)
     local = {name: _ScaleGrad.apply(getattr(self, name).to_local(), 1.0 / e) for name in stacked}
     whole = getattr(self, "num_experts", None)
     self._shardc_inner = True
@@ -130,8 +138,9 @@ def _a2a_forward(
         if whole is not None:
             self.num_experts = whole
     # combine: every row home, added onto its token
-    back = _exchange(out.to(hidden_states.dtype), recv, send, group)
-    return torch.zeros_like(hidden_states).index_add(0, tokens, back)
+    back = _exchange(out.to(x.dtype), recv, send, group)
+    part = torch.zeros_like(x).index_add(0, tokens, back)
+    return part if tp_mesh is None else _combine(part, tp_mesh)
 
 
 def ep_mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> tuple[Any, Any]:
@@ -142,11 +151,10 @@ def ep_mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> tuple[Any
         mesh = init_device_mesh(device.type, (view.pp, view.dp, tp),
                                 mesh_dim_names=("pp", "dp", "tp"))  # fmt: skip
         return mesh, mesh["dp"]
-    if tp > 1 or view.dp % ep:
+    if view.dp % ep:
         raise TrainPlanError(
-            f"ep={ep} over dp={view.dp}, tp={tp}: apply spreads experts over whole "
-            "data-parallel replicas (ep dividing dp, tp=1)",
-            hint="pin tp=1 and an ep that divides dp",
+            f"ep={ep} does not divide dp={view.dp}: the ep group is made of whole replicas",
+            hint="pin an ep that divides dp",
         )
     mesh = init_device_mesh(device.type, (view.pp, view.dp // ep, ep, tp),
                             mesh_dim_names=("pp", "edp", "ep", "tp"))  # fmt: skip
@@ -160,7 +168,12 @@ def expert_data_parallel(m: nn.Module, mm: ModelMap, mesh: Any, ep: int) -> list
     experts = {f: e for f, e in expert_ep_targets(mm).items() if _has(m, f)}
     if not experts:
         raise TrainPlanError(f"the plan pins ep={ep} and the model has no experts module")
-    parallelize_module(m, mesh["ep"], {f: ExpertAllToAll(e) for f, e in experts.items()})
+    tp = mesh["tp"].size()
+    # the experts' weights live on the ep x tp ranks of a replica group (ep outer)
+    owner = mesh["ep"] if tp == 1 else mesh["ep", "tp"]._flatten("ep_tp")
+    tp_mesh = mesh["tp"] if tp > 1 else None
+    styles = {f: ExpertAllToAll(e, mesh["ep"], tp_mesh) for f, e in experts.items()}
+    parallelize_module(m, owner, styles)  # type: ignore[arg-type]
     return [m.get_submodule(f) for f in experts]
 
 

@@ -256,7 +256,10 @@ def _tensor_parallel(
         n for n in norm_modules(m, scopes, targets) if not any(n.startswith(f"{b}.") for b in moe)
     ]
     styles = tp_styles(targets, sequence_parallel=sp, factors=factors, sp_modules=norms)
-    styles.update(expert_styles(experts, sequence_parallel=sp))
+    ep_styles = expert_styles(experts, sequence_parallel=sp)
+    if view.stages[0].ep > 1:  # the experts go to the ep x tp ranks (expert_alltoall)
+        ep_styles = {f: s for f, s in ep_styles.items() if f not in experts}
+    styles.update(ep_styles)
     parallelize_module(m, mesh["tp"], styles)
     for fqn, k in factors.items():
         # GPT-2's attention cuts the fused output by a width it stores (``split_size``):

@@ -96,20 +96,27 @@ def test_experts_on_eight_ranks(mixtral: Path, reference: dict[str, Any], tmp_pa
 
 def test_ep_across_replicas(mixtral: Path, reference: dict[str, Any], tmp_path: Path) -> None:
     """``--pin ep``: experts split over data-parallel replicas whose tokens differ, dispatch
-    and combine by all-to-all. dp=2 ep=2 at two ranks (ZeRO-1 as FSDP2), and dp=4 ep=2
-    under ZeRO-3 at four (expert gradients reduced over the two replicas holding the same
-    experts, by their own FSDP unit over ``edp``). Each rank stores ``4/ep`` experts (then
+    and combine by all-to-all. dp=2 ep=2 at two ranks (ZeRO-1 as FSDP2); at four, dp=4 ep=2
+    under ZeRO-3 (expert gradients reduced over the two replicas holding the same experts,
+    by their own FSDP unit over ``edp``) and dp=2 tp=2 ep=2 (one expert per rank: TP picks
+    its ranks' pairs, the all-to-all runs between the same TP rank of two replicas). Each rank stores ``4/ep`` experts (then
     cut by FSDP over edp); loss and gradients match one process (tolerances above;
     observed: losses bit-exact, gradients within 1.5e-8; without the expert gradients'
     1/ep scaling the gap is 1.8e-3, so the check bites).
     """
     two = _plan(mixtral, tmp_path / "ep2", world=2, pins="ep=2")
     assert [s.ep for s in shardc.train.plan_view(two).stages] == [2]
+    res = H.spawn(2, [(two, "mixtral", {})], tmp_path / "out2")
+    got = [res[r][0] for r in range(2)]
+    _experts_split(got, ep=2)
+    _check(got, reference)
     four = _plan(mixtral, tmp_path / "ep2dp4", world=4, pins="ep=2", zero=3)
-    for plan, world, ep, edp in [(two, 2, 2, 1), (four, 4, 2, 2)]:
-        res = H.spawn(world, [(plan, "mixtral", {})], tmp_path / f"out{world}")
-        got = [res[r][0] for r in range(world)]
-        _experts_split(got, ep=ep, dp=edp)
+    eptp = _plan(mixtral, tmp_path / "ep2tp2", world=4, pins="ep=2,tp=2,sp=off", zero=1)
+    assert [(s.ep, s.tp) for s in shardc.train.plan_view(eptp).stages] == [(2, 2)]
+    res = H.spawn(4, [(four, "mixtral", {}), (eptp, "mixtral", {})], tmp_path / "out4")
+    for j, (split, edp) in enumerate([(2, 2), (4, 1)]):
+        got = [res[r][j] for r in range(4)]
+        _experts_split(got, ep=split, dp=edp)
         _check(got, reference)
 
 
@@ -154,7 +161,7 @@ def test_ep_planned(mixtral: Path, tmp_path: Path) -> None:
     assert stages["ep=2"]["memory_bytes"] < stages["dp=4"]["memory_bytes"]
     bad = {
         "ep=3": "4 experts (indexed by",
-        "ep=2,tp=2": "runs on tp=1 stages",
+        "ep=4,tp=2": "the experts spread over ep x tp = 8 ranks",
         "ep=2,dp=3": "ep must divide the data-parallel width dp=3",
     }
     for pins, why in bad.items():
