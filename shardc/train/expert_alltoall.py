@@ -21,6 +21,13 @@ losses, where a dense weight's is one replica's: the expert gradient is scaled b
 the way in, and the data-parallel reduction of the expert weights runs over the replicas
 holding the *same* experts only (``edp = dp/ep``), not over the ep group (the caller
 shards the experts module over the ``edp`` mesh dim before the rest of the model).
+
+With tensor parallelism (mesh ``(pp, edp, ep, tp)``), tokens are whole on the TP ranks of
+a replica as in :mod:`shardc.train.experts`: each TP rank keeps the pairs of its share of
+every ep rank's experts (identity forward, all-reduce backward on the tokens), exchanges
+them with the *same TP rank* of its ep peers, and the TP group all-reduces the combined
+partial sums. Expert ``x`` lives on ep rank ``x // (E/ep)``, TP rank
+``(x mod E/ep) // (E/(ep·tp))``: the weights are ``Shard(0)`` over ``(ep, tp)`` flattened.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
-from shardc.train.experts import _combine, _enter, expert_ep_targets
+from shardc.train.experts import combine_group, enter_group, expert_ep_targets
 from shardc.train.modules import ModelMap
 from shardc.train.planview import PlanView, TrainPlanError
 
@@ -109,7 +116,7 @@ def _a2a_forward(
     n = block // tp
     x, w = hidden_states, top_k_weights
     if tp_mesh is not None:  # tokens whole over TP: identity forward, all-reduce backward
-        x, w = _enter(x, tp_mesh), _enter(w, tp_mesh)
+        x, w = enter_group(x, tp_mesh), enter_group(w, tp_mesh)
     k = top_k_index.shape[-1]
     flat = top_k_index.reshape(-1)
     # this TP rank's share of the pairs (all of them without TP)
@@ -140,7 +147,7 @@ def _a2a_forward(
     # combine: every row home, added onto its token
     back = _exchange(out.to(x.dtype), recv, send, group)
     part = torch.zeros_like(x).index_add(0, tokens, back)
-    return part if tp_mesh is None else _combine(part, tp_mesh)
+    return part if tp_mesh is None else combine_group(part, tp_mesh)
 
 
 def ep_mesh(view: PlanView, device: torch.device, tp: int, ep: int) -> tuple[Any, Any]:

@@ -110,13 +110,15 @@ def expert_styles(
     return out
 
 
-def _enter(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
-    """Identity forward; backward all-reduces the rank's partial gradient over ``mesh``."""
+def enter_group(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+    """Identity forward; backward all-reduces the rank's partial gradient over ``mesh``
+    (a token whole on every rank of the group, each rank computing some of its pairs).
+    """
     d = DTensor.from_local(t, mesh, [Replicate()], run_check=False)
     return d.to_local(grad_placements=[Partial()])
 
 
-def _combine(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+def combine_group(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
     """All-reduce forward (partial sums with disjoint support); identity backward."""
     d = DTensor.from_local(t, mesh, [Partial()], run_check=False)
     out: torch.Tensor = d.redistribute(mesh, [Replicate()]).to_local()
@@ -162,8 +164,8 @@ def _expert_forward(
     mesh, experts, stacked = self._shardc_ep
     n = experts // mesh.size()
     lo = mesh.get_local_rank() * n
-    x = _enter(hidden_states, mesh)
-    w = _enter(top_k_weights, mesh)
+    x = enter_group(hidden_states, mesh)
+    w = enter_group(top_k_weights, mesh)
     k = top_k_index.shape[-1]
     flat = top_k_index.reshape(-1)
     # dispatch: the (token, expert) pairs routed to this rank's experts, in pair order
@@ -184,4 +186,4 @@ def _expert_forward(
             self.num_experts = whole
     # combine: each pair's output back on its token, summed over ranks
     part = torch.zeros_like(x).index_add(0, tokens, out.to(x.dtype))
-    return _combine(part, mesh)
+    return combine_group(part, mesh)
