@@ -28,7 +28,8 @@ def costing_for(state: CompileState) -> Costing:
         state.blocks,
         state.strategies,
         state.topology,
-        Settings(mode=opts.mode, zero=opts.partition.zero, tp_rule=opts.partition.pins.rule),
+        Settings(mode=opts.mode, zero=opts.partition.zero, tp_rule=opts.partition.pins.rule,
+                 ep=opts.partition.pins.ep or 1),
     )
 
 

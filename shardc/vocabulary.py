@@ -147,7 +147,8 @@ OPTIONS: Mapping[str, Option] = {
                "parallel splits every op it can, batch first, not only Megatron's weight "
                "products: for graphs that are not transformers), cp=2 (context "
                "parallelism: each stage's sequence split over 2 copies, K/V all-gathered: "
-               "2x the ranks). With tp, pp, dp and every "
+               "2x the ranks), ep=2 (training: MoE experts split over 2 data-parallel replicas, "
+               "tokens moved by all-to-all). With tp, pp, dp and every "
                "stage's blocks pinned, compile evaluates that configuration.",
                metavar="KEY=VALUE[,...]", cli="--pin"),
         Option("recompute", None, "Activation recomputation for every stage (same as --pin "

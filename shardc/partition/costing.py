@@ -37,6 +37,7 @@ from shardc.cost import memory as mem
 from shardc.cost.compute import optimizer_time
 from shardc.cost.network import pipeline_transfer
 from shardc.errors import InfeasibleError
+from shardc.partition import expert_ep as xep
 from shardc.partition.place import _take_groups
 from shardc.partition.problem import StageConfig
 
@@ -123,6 +124,9 @@ class Costing(PartPrices):
         e = self.part(epi, kind, tp, "none", sp, cp) if epi else _ZERO
         dp = dp * cp  # weights are replicated over cp: their state and sync span dp x cp
         b_state, b_sync = self._training_terms(b, dp, dp_group, spec, rc)
+        a2a = 0.0
+        if self.settings.ep > 1 and training:  # experts across replicas (partition.expert_ep)
+            a2a, b_state, b_sync = self._expert_ep(block, b, tp, dp, dp_group, spec, rc, b_state)
         p_state, p_sync = self._training_terms(p, dp, dp_group, spec)
         e_state, e_sync = self._training_terms(e, dp, dp_group, spec)
         tied_bytes = tied_sync = 0.0
@@ -136,7 +140,7 @@ class Costing(PartPrices):
             name=config_name(kind, tp, rc if training else None, sp, cp),
             kind=kind,
             tp=tp,
-            block_seconds=b.seconds,
+            block_seconds=b.seconds + a2a,
             block_static_bytes=b.static + b_state,
             block_activation_bytes=b.activation,
             prologue_seconds=p.seconds,
@@ -156,6 +160,28 @@ class Costing(PartPrices):
             tied_sync=tied_sync,
             cp=cp,
         )
+
+    def _expert_ep(
+        self, block: Sequence[str], b: PartCost, tp: int, dp: int, dp_group: list[str],
+        spec: DeviceKind, rc: str, b_state: float,
+    ) -> tuple[float, float, float]:  # fmt: skip
+        """(all-to-all seconds, state bytes, sync seconds) of a block under ``Settings.ep``."""
+        ep = self.settings.ep
+        params, nbytes = xep.expert_params(self, block, tp)
+        a2a = xep.block_alltoall(self, block, dp_group[:ep], tp)
+        state = b_state - xep.saved_bytes(params, nbytes, ep, self.settings.zero)
+        sync = self._sync(xep.synced_part(b, params, ep), dp, dp_group, spec, rc)
+        return a2a, state, sync
+
+    def ep_seconds(self, kind: str, tp: int, dp: int) -> float:
+        """One block's ep all-to-alls per micro-batch on ``kind`` (0 without ep)."""
+        if self.settings.ep <= 1 or self.settings.mode != "training":
+            return 0.0
+        groups = self.groups(kind, tp, dp)
+        if groups is None:
+            return 0.0
+        _, block, _, _ = self.sections
+        return xep.block_alltoall(self, block, [g[0] for g in groups][: self.settings.ep], tp)
 
     @cached_property
     def tied(self) -> frozenset[str]:

@@ -40,6 +40,9 @@ class Pins:
     cp: int | None = None
     """Context-parallel degree of every stage (:mod:`shardc.partition.context`); None lets
     the solver choose (it offers cp > 1 for long sequences only)."""
+    ep: int | None = None
+    """Expert parallelism across data-parallel replicas (training): ``ep`` consecutive
+    replicas share each MoE layer's experts, tokens dispatched and combined by all-to-all."""
     stages: Mapping[int, Mapping[str, str | int | bool]] = field(default_factory=dict)
 
     @property
@@ -53,7 +56,7 @@ class Pins:
         """The pins as given, for plan.json."""
         out: dict[str, Any] = {
             k: getattr(self, k)
-            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp", "v", "cp")
+            for k in ("tp", "pp", "dp", "kind", "recompute", "rule", "sp", "v", "cp", "ep")
             if getattr(self, k) is not None
         }
         if self.stages:
@@ -107,7 +110,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
                     if sub == "sp"
                     else _positive(key, value)
                 )
-            elif key in ("tp", "pp", "dp", "v", "cp"):
+            elif key in ("tp", "pp", "dp", "v", "cp", "ep"):
                 values[key] = _positive(key, value)
             elif key == "kind":
                 values[key] = value
@@ -125,7 +128,7 @@ def parse_pins(items: Iterable[str]) -> Pins:
                 values[key] = value
             else:
                 raise OptionError(
-                    f"--pin {key}: unknown; pin tp, pp, dp, v, cp, kind, recompute, rule, sp"
+                    f"--pin {key}: unknown; pin tp, pp, dp, v, cp, ep, kind, recompute, rule, sp"
                     " or stageN.(kind|tp|blocks|recompute|sp)"
                 )
     if values.get("pp") is not None:

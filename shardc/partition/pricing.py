@@ -90,6 +90,9 @@ class Settings:
     Megatron-LM's ``overlap_p2p_comm``): only the fill and drain expose them
     (:func:`shardc.partition.problem.exposed_p2p`); False charges every 1F1B slot, as
     the blocking sends of 2021 did."""
+    ep: int = 1
+    """Expert parallelism across data-parallel replicas (``--pin ep``): ep consecutive
+    replicas split the experts, tokens exchanged by all-to-all (:mod:`.expert_ep`)."""
     dropout: bool | None = None
     """Whether training applies dropout (masks kept for backward); None: the graph says
     (Dropout nodes, or LayerNorm models, trained with dropout as GPT is; RMSNorm models

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shardc.partition.chunks import chunk_blocks
+from shardc.partition import expert_ep as xep
 from shardc.partition.options import PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
 from shardc.partition.problem import (
@@ -60,6 +61,10 @@ class StageResult:
     """With interleave v > 1: the v runs of blocks the stage really holds, (first, last)
     in chunk order (:func:`~shardc.partition.chunks.chunk_blocks`); ``blocks`` then gives
     only their count. Empty with one chunk (``blocks`` is the run)."""
+    ep: int = 1
+    """Replicas sharing each MoE layer's experts (:mod:`shardc.partition.expert_ep`)."""
+    ep_comm_seconds: float = 0.0
+    """Dispatch + combine all-to-alls of one micro-batch, forward and backward."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for plan.json."""
@@ -80,6 +85,7 @@ class StageResult:
             "capacity_bytes": self.capacity_bytes,
             "in_flight": self.in_flight,
             "groups": [list(g) for g in self.groups],
+            **({"ep": self.ep, "ep_comm_seconds": self.ep_comm_seconds} if self.ep > 1 else {}),
         } | ({"chunks": [list(c) for c in self.chunks]} if self.chunks else {})
 
 
@@ -227,7 +233,11 @@ def build_result(
             ends.append(costing.part(epi, c.kind, c.tp, "none", sp, c.cp))
         compute = st.blocks * b_part.compute + sum(e.compute for e in ends)
         comm = st.blocks * b_part.comm + sum(e.comm for e in ends)
-        synced = st.blocks * costing.sync_bytes(b_part, problem.dp * c.cp)
+        b_sync = b_part
+        if costing.settings.ep > 1:  # expert gradients: 1/ep of theirs, as the sync priced
+            experts, _ = xep.expert_params(costing, block, c.tp)
+            b_sync = xep.synced_part(b_part, experts, costing.settings.ep)
+        synced = st.blocks * costing.sync_bytes(b_sync, problem.dp * c.cp)
         if len(ends) == 2 and costing.tied:  # a tied embedding / head is synced once
             ends_part = costing.part(pro + epi, c.kind, c.tp, "none", sp, c.cp)
             synced += costing.sync_bytes(ends_part, problem.dp * c.cp)
@@ -253,6 +263,8 @@ def build_result(
                 cp=c.cp,
                 sync_bytes=synced,
                 chunks=chunks[j],
+                ep=costing.settings.ep,
+                ep_comm_seconds=st.blocks * costing.ep_seconds(c.kind, c.tp, problem.dp),
             )
         )
         first += st.blocks

@@ -35,6 +35,7 @@ from shardc.partition.candidates import (
 )
 from shardc.partition.context import cp_degrees
 from shardc.partition.cpsat import solve, stage_counts
+from shardc.partition.expert_ep import check_ep, fits
 from shardc.partition.options import PartitionOptions
 from shardc.partition.problem import PartitionProblem, Solution
 from shardc.partition.result import PartitionResult, StageResult, build_result
@@ -74,8 +75,13 @@ def search(
         )
     _refuse_unsplit_sequence(costing, options, mode)
     tps = tp_degrees(costing, options)
+    ep = options.pins.ep or 1
+    if ep > 1:
+        stage_tps = [int(v["tp"]) for v in options.pins.stages.values() if "tp" in v]
+        check_ep(costing, ep, [options.pins.tp or 1, *stage_tps], options.pins.dp)
+        tps = {k: [t for t in v if fits(costing, ep, t)] for k, v in tps.items()}
     recomputes = (options.pins.recompute,) if options.pins.recompute else RECOMPUTES
-    widths = candidate_widths(n, options, b)
+    widths = [w for w in candidate_widths(n, options, b) if w % ep == 0]
     warm = options.warm_start
     capacity = capacities(costing, options)
     best: tuple[float, int, int, Solution, PartitionProblem] | None = None

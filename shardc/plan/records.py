@@ -85,6 +85,11 @@ class Stage:
         return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in self.chunks)
     cp: int | None = None
     """Context-parallel degree when above 1 (absent otherwise)."""
+    ep: int | None = None
+    """Expert parallelism across data-parallel replicas: consecutive replicas of the stage
+    sharing one MoE layer's experts, tokens exchanged by all-to-all (absent: 1)."""
+    ep_comm_seconds: float | None = None
+    """The dispatch + combine all-to-alls of one micro-batch, forward and backward."""
 
     def to_json(self) -> dict[str, Any]:
         """The stage as plan.json writes it."""
@@ -96,7 +101,7 @@ class Stage:
             "tp_domain_bandwidth": self.tp_domain_bandwidth,
         }
         for key in ("sequence_parallel", "compute_seconds", "tp_comm_seconds", "p2p_seconds",
-                    "sync_seconds", "in_flight", "cp"):
+                    "sync_seconds", "in_flight", "cp", "ep", "ep_comm_seconds"):
             _put(out, key, getattr(self, key))
         _put(out, "chunks", None if self.chunks is None else [list(c) for c in self.chunks])
         return out
@@ -112,6 +117,7 @@ class Stage:
             st.get("p2p_seconds"), st.get("sync_seconds"), st.get("in_flight"),
             None if st.get("chunks") is None else tuple((c[0], c[1]) for c in st["chunks"]),
             st.get("cp"),
+            st.get("ep"), st.get("ep_comm_seconds"),
         )
 
 

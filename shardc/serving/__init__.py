@@ -2,7 +2,7 @@
 
 The deciding half of serving (DESIGN.md, wave 2): a workload (:mod:`.workload`) and the
 model's sizes (:mod:`.arch`) in; instance shapes priced by the one cost model
-(:mod:`shardc.serving.step`, :mod:`shardc.serving.expert_comm`) on the pools the
+(:mod:`shardc.serving.step`, :mod:`shardc.cost.expert_comm`) on the pools the
 topology offers (:mod:`.fabric`, :mod:`.candidates`); CP-SAT choosing aggregated vs
 disaggregated, shapes and counts (:mod:`.search`); a frozen :class:`ServingPlan` out
 (:mod:`shardc.plan.serving`: the typed Plan's ``serving`` section, so the writer, reader

@@ -23,7 +23,7 @@ stages. Per device and layer, each piece is a roofline of :func:`shardc.cost.com
   kernels (RoPE, KV append, scheduling: fitted per kind, see the stock kinds);
 * **communication**: TP all-reduce of each layer's output (priced by
   :func:`shardc.cost.comm.collective_time`) and the EP dispatch/combine
-  (:mod:`shardc.serving.expert_comm`; decode-only steps use the low-latency kernels).
+  (:mod:`shardc.cost.expert_comm`; decode-only steps use the low-latency kernels).
   With ``overlap`` (DeepSeek's two-micro-batch
   overlap, Open-Infra-Index day 6) a MoE layer takes ``max(compute, all-to-all)``.
 
@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING
 
 from shardc.cost.comm import Tier, collective_time
 from shardc.cost.compute import DeviceSpec, node_time
+from shardc.cost.expert_comm import expert_alltoall
 from shardc.cost.memory import FP8_DEEPSEEK_V3
 from shardc.cost.ops import NodeCost
 from shardc.ir import DType
-from shardc.serving.expert_comm import expert_alltoall
 
 if TYPE_CHECKING:
     from shardc.serving.arch import ServingModel

@@ -69,6 +69,24 @@ def expert_targets(mm: ModelMap, strategies: Mapping[str, str]) -> dict[str, int
     return out
 
 
+def expert_ep_targets(mm: ModelMap) -> dict[str, int]:
+    """Module FQN -> number of experts, for every module gathering rows of a stacked weight
+    (``Gather``/``GatherND`` of an initializer of rank >= 3 by run-time ids): the experts
+    modules an ``ep`` group spreads whatever the stage's TP strategies are (an embedding's
+    gather reads a matrix, not a stack).
+    """
+    inits = {t.name: tuple(t.dims) for t in mm.proto.graph.initializer}
+    out: dict[str, int] = {}
+    for node in mm.proto.graph.node:
+        dims = inits.get(node.input[0]) if node.input else None
+        if node.op_type not in ("Gather", "GatherND") or not dims or len(dims) < 3:
+            continue
+        sc = mm.module_of(node.name)
+        if out.setdefault(sc.module, dims[0]) != dims[0]:
+            raise TrainPlanError(f"{sc.module} gathers from stacks of different expert counts")
+    return dict(sorted(out.items()))
+
+
 def expert_styles(
     experts: Mapping[str, int], *, sequence_parallel: bool
 ) -> dict[str, ParallelStyle]:
@@ -92,13 +110,15 @@ def expert_styles(
     return out
 
 
-def _enter(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
-    """Identity forward; backward all-reduces the rank's partial gradient over ``mesh``."""
+def enter_group(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+    """Identity forward; backward all-reduces the rank's partial gradient over ``mesh``
+    (a token whole on every rank of the group, each rank computing some of its pairs).
+    """
     d = DTensor.from_local(t, mesh, [Replicate()], run_check=False)
     return d.to_local(grad_placements=[Partial()])
 
 
-def _combine(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+def combine_group(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
     """All-reduce forward (partial sums with disjoint support); identity backward."""
     d = DTensor.from_local(t, mesh, [Partial()], run_check=False)
     out: torch.Tensor = d.redistribute(mesh, [Replicate()]).to_local()
@@ -144,8 +164,8 @@ def _expert_forward(
     mesh, experts, stacked = self._shardc_ep
     n = experts // mesh.size()
     lo = mesh.get_local_rank() * n
-    x = _enter(hidden_states, mesh)
-    w = _enter(top_k_weights, mesh)
+    x = enter_group(hidden_states, mesh)
+    w = enter_group(top_k_weights, mesh)
     k = top_k_index.shape[-1]
     flat = top_k_index.reshape(-1)
     # dispatch: the (token, expert) pairs routed to this rank's experts, in pair order
@@ -166,4 +186,4 @@ def _expert_forward(
             self.num_experts = whole
     # combine: each pair's output back on its token, summed over ranks
     part = torch.zeros_like(x).index_add(0, tokens, out.to(x.dtype))
-    return _combine(part, mesh)
+    return combine_group(part, mesh)

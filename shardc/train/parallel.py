@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.pipelining import (
     PipelineStage,
@@ -39,6 +38,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from shardc.errors import ShardcWarning
 from shardc.train.conv1d import CONV1D, split_factor
+from shardc.train.expert_alltoall import ep_mesh, expert_data_parallel
 from shardc.train.experts import expert_styles, expert_targets
 from shardc.train.launch import check_placement
 from shardc.train.modules import (
@@ -155,7 +155,7 @@ def apply(
     mm, chain = _model_facts(view, model, example_inputs, needs_chain=sp or view.pp > 1
                              or stage.recompute != "none")  # fmt: skip
     # 2. the mesh, in the plan's rank order (stage, replica, TP rank)
-    mesh = init_device_mesh(device.type, (view.pp, view.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
+    mesh, dp_mesh = ep_mesh(view, device, tp, stage.ep)
     model.to(device)
     aliases = _aliases(model)
     tied_groups = _tied_groups(view, mesh) if view.pp > 1 and aliases else {}
@@ -167,8 +167,11 @@ def apply(
         if tp > 1:  # 6.
             _tensor_parallel(m, mm, chain, layers, view, mesh, sp)
             _retie(m, aliases)
+        experts = expert_data_parallel(m, mm, mesh, stage.ep)
         if view.dp > 1:  # 7. over the DTensors TP made
-            chunks[c] = (index, _shard_data_parallel(m, blocks, mesh["dp"], view), layers)
+            for e in experts:  # their own units first, reduced over edp only
+                _shard_data_parallel(e, [], mesh["edp"], view)
+            chunks[c] = (index, _shard_data_parallel(m, blocks, dp_mesh, view), layers)
     loss = loss_fn or token_loss
     n_virtual = view.pp * view.interleave
     return ParallelModel(
@@ -257,7 +260,10 @@ def _tensor_parallel(
         n for n in norm_modules(m, scopes, targets) if not any(n.startswith(f"{b}.") for b in moe)
     ]
     styles = tp_styles(targets, sequence_parallel=sp, factors=factors, sp_modules=norms)
-    styles.update(expert_styles(experts, sequence_parallel=sp))
+    ep_styles = expert_styles(experts, sequence_parallel=sp)
+    if view.stages[0].ep > 1:  # the experts go to the ep x tp ranks (expert_alltoall)
+        ep_styles = {f: s for f, s in ep_styles.items() if f not in experts}
+    styles.update(ep_styles)
     parallelize_module(m, mesh["tp"], styles)
     for fqn, k in factors.items():
         # GPT-2's attention cuts the fused output by a width it stores (``split_size``):
@@ -352,7 +358,7 @@ def _shard_data_parallel(
         )
     if view.zero == 1:
         warnings.warn(
-            "ZeRO-1 over tensor-parallel parameters runs as FSDP2's ZeRO-2 (gradients "
+            "ZeRO-1 over tensor- or expert-parallel parameters runs as FSDP2's ZeRO-2 (gradients "
             "sharded too: the same maths and traffic, less memory than the plan priced): "
             "DDP and ZeroRedundancyOptimizer take plain tensors, not DTensors",
             ShardcWarning,
@@ -385,7 +391,7 @@ def _tied_groups(view: PlanView, mesh: Any) -> dict[int, Any]:
 
     Every rank creates every group, in the same order (``new_group`` is collective).
     """
-    grid = mesh.mesh.tolist()
+    grid = mesh.mesh.reshape(view.pp, view.dp, -1).tolist()
     out = {}
     for d in range(view.dp):
         for t in range(len(grid[0][0])):

@@ -54,6 +54,8 @@ class StageView:
     chunks: tuple[tuple[int, int], ...] = ()
     """Interleaved plans: the runs of blocks the stage holds, (first, last) in chunk
     order, as plan.json records them (empty with one chunk: ``blocks`` is the run)."""
+    ep: int = 1
+    """Consecutive replicas sharing each MoE layer's experts (all-to-all dispatch)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def plan_view(plan: Plan | str | os.PathLike[str]) -> PlanView:
             ranks=s.ranks,
             devices=tuple(d for g in s.groups for d in g),
             chunks=s.chunks or (),
+            ep=s.ep or 1,
         )
         for s in typed.stages
     )

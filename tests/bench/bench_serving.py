@@ -166,7 +166,7 @@ docs/legacy.md, REFERENCE.md §2.5) [V]."""
 
 def deepep() -> list[dict[str, Any]]:
     """The decode all-to-all as priced on deepseek_h800.topo next to DeepEP's measurements."""
-    from shardc.serving.expert_comm import expert_alltoall
+    from shardc.cost.expert_comm import expert_alltoall
     from shardc.serving.fabric import Fabric
 
     fabric = Fabric(_topo(str(ROOT / "topologies/deepseek_h800.topo"), nodes=32))

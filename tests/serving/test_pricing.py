@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from shardc.cost.comm import Tier
+from shardc.cost.expert_comm import distinct_targets, expert_alltoall
 from shardc.serving import MLA, ServingModel
-from shardc.serving.expert_comm import distinct_targets, expert_alltoall
 from shardc.serving.step import (
     M_TILE,
     Parallel,

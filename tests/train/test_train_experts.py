@@ -11,6 +11,7 @@ second within 2e-7 relative, gradients within ~3e-8).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 import train_harness as H
 from test_train_dist import _check, _plan
 
+import shardc.errors
 import shardc.train
 
 EXPERTS = 4
@@ -90,3 +92,82 @@ def test_experts_on_eight_ranks(mixtral: Path, reference: dict[str, Any], tmp_pa
         got = [res[r][j] for r in range(8)]
         _experts_split(got, ep=ep, dp=dp)
         _check(got, reference)
+
+
+def test_ep_across_replicas(mixtral: Path, reference: dict[str, Any], tmp_path: Path) -> None:
+    """``--pin ep``: experts split over data-parallel replicas whose tokens differ, dispatch
+    and combine by all-to-all. dp=2 ep=2 at two ranks (ZeRO-1 as FSDP2); at four, dp=4 ep=2
+    under ZeRO-3 (expert gradients reduced over the two replicas holding the same experts,
+    by their own FSDP unit over ``edp``) and dp=2 tp=2 ep=2 (one expert per rank: TP picks
+    its ranks' pairs, the all-to-all runs between the same TP rank of two replicas). Each rank stores ``4/ep`` experts (then
+    cut by FSDP over edp); loss and gradients match one process (tolerances above;
+    observed: losses bit-exact, gradients within 1.5e-8; without the expert gradients'
+    1/ep scaling the gap is 1.8e-3, so the check bites).
+    """
+    two = _plan(mixtral, tmp_path / "ep2", world=2, pins="ep=2")
+    assert [s.ep for s in shardc.train.plan_view(two).stages] == [2]
+    res = H.spawn(2, [(two, "mixtral", {})], tmp_path / "out2")
+    got = [res[r][0] for r in range(2)]
+    _experts_split(got, ep=2)
+    _check(got, reference)
+    four = _plan(mixtral, tmp_path / "ep2dp4", world=4, pins="ep=2", zero=3)
+    eptp = _plan(mixtral, tmp_path / "ep2tp2", world=4, pins="ep=2,tp=2,sp=off", zero=1)
+    assert [(s.ep, s.tp) for s in shardc.train.plan_view(eptp).stages] == [(2, 2)]
+    res = H.spawn(4, [(four, "mixtral", {}), (eptp, "mixtral", {})], tmp_path / "out4")
+    for j, (split, edp) in enumerate([(2, 2), (4, 1)]):
+        got = [res[r][j] for r in range(4)]
+        _experts_split(got, ep=split, dp=edp)
+        _check(got, reference)
+
+
+@pytest.mark.slow
+def test_ep_across_replicas_more(mixtral: Path, reference: dict[str, Any], tmp_path: Path) -> None:
+    """Four ranks: ep=2 over dp=4 under ZeRO-0 (``replicate`` over edp) and ep=4 (one
+    expert per rank, edp=1) under ZeRO-1; ep=2 over dp=2 with two pipeline stages.
+    """
+    jobs = [
+        (_plan(mixtral, tmp_path / "a", world=4, pins="ep=2", zero=0), "mixtral", {}),
+        (_plan(mixtral, tmp_path / "b", world=4, pins="ep=4", zero=1), "mixtral", {}),
+        (_plan(mixtral, tmp_path / "c", world=4, pins="ep=2,pp=2", zero=1), "mixtral", {}),
+    ]
+    res = H.spawn(4, jobs, tmp_path / "out4")
+    for j, ep in enumerate([2, 4, 2]):
+        got = [res[r][j] for r in range(4)]
+        _experts_split(got, ep=ep)
+        _check(got, reference)
+
+
+def test_ep_planned(mixtral: Path, tmp_path: Path) -> None:
+    """The planner's side of ``--pin ep``: plan.json records ep per stage; the stage time
+    carries the all-to-alls (forward and backward) priced over the topology, a wider ep
+    group costs more per rank and stores fewer experts; bad pins are one-line errors.
+    """
+    plans = {
+        pins: shardc.compile(str(mixtral), "topologies/localhost.topo", quiet=True, devices=4,
+                             pins=pins, microbatches=2, zero=0)
+        for pins in ("dp=4", "ep=2", "ep=4")
+    }  # fmt: skip
+    stages = {p: plan.data["partition"]["stages"][0] for p, plan in plans.items()}
+    print(
+        {p: (s.get("ep"), s.get("ep_comm_seconds"), s["memory_bytes"]) for p, s in stages.items()}
+    )
+    assert "ep" not in stages["dp=4"] and stages["ep=2"]["ep"] == 2
+    for p in ("ep=2", "ep=4"):
+        s, base = stages[p], stages["dp=4"]
+        assert s["ep_comm_seconds"] > 0
+        assert s["seconds"] == pytest.approx(base["seconds"] + s["ep_comm_seconds"])
+    assert stages["ep=4"]["ep_comm_seconds"] > stages["ep=2"]["ep_comm_seconds"]
+    assert stages["ep=4"]["memory_bytes"] < stages["ep=2"]["memory_bytes"]
+    assert stages["ep=2"]["memory_bytes"] < stages["dp=4"]["memory_bytes"]
+    bad = {
+        "ep=3": "4 experts (indexed by",
+        "ep=4,tp=2": "the experts spread over ep x tp = 8 ranks",
+        "ep=2,dp=3": "ep must divide the data-parallel width dp=3",
+    }
+    for pins, why in bad.items():
+        with pytest.raises(shardc.errors.OptionError, match=re.escape(why)):
+            shardc.compile(str(mixtral), "topologies/localhost.topo", quiet=True, devices=4,
+                           pins=pins)  # fmt: skip
+    gpt2 = H.export("gpt2", tmp_path / "gpt2.onnx")
+    with pytest.raises(shardc.errors.OptionError, match="no mixture-of-experts layer"):
+        shardc.compile(str(gpt2), "topologies/localhost.topo", quiet=True, devices=2, pins="ep=2")

@@ -1,4 +1,5 @@
-"""Expert-parallel dispatch and combine: the all-to-all of a MoE layer over a topology.
+"""Expert-parallel dispatch and combine: the all-to-all of a MoE layer over a topology (serving
+and training both price it here).
 
 REFERENCE.md §2.5. With E ranks of expert parallelism, T tokens per rank, hidden H, b bytes
 per element and top-K routing, a token is sent once per *destination rank* (DeepEP and
