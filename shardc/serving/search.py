@@ -109,6 +109,23 @@ def _transfer_time(fabric: Fabric, p: Candidate, d: Candidate, nbytes: float,
     return Transfer(t.plane, t.nbytes, t.seconds / (1.0 - rho), t.streams, t.link_kinds)
 
 
+SOLUTION_LIMIT = 2000
+"""Improving solutions one search may find (see :func:`_solve`)."""
+
+
+class _SolutionLimit(cp_model.CpSolverSolutionCallback):
+    """Stops the search after ``limit`` improving solutions."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.seen = limit, 0
+
+    def on_solution_callback(self) -> None:
+        self.seen += 1
+        if self.seen >= self.limit:
+            self.stop_search()
+
+
 def _solve(prefill: Sequence[Candidate], decode: Sequence[Candidate], wl: Workload,
            pools: Sequence[Pool], transfers: dict[tuple[int, int], Transfer],
            time_limit: float, seed: int) -> tuple[dict[int, int], dict[int, int], str] | None:
@@ -166,11 +183,13 @@ def _solve(prefill: Sequence[Candidate], decode: Sequence[Candidate], wl: Worklo
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     solver.parameters.max_deterministic_time = time_limit
-    # backstop: on some candidate sets (Llama-8B, 2 H100 nodes, --concurrency 256 with the
-    # fitted kinds) CP-SAT's single-worker search stops advancing deterministic time and
-    # never returns; a wall-clock cap ends it (only such runs can then differ run to run)
+    # On some candidate sets (Llama-8B, 2 H100 nodes, --concurrency 256 with the fitted
+    # kinds) the single worker improves the objective one unit of t at a time: tens of
+    # thousands of solutions that cost almost no deterministic time, so that limit never
+    # ends the search. A solution count does, and is as deterministic as the search (one
+    # worker, fixed seed); the wall clock is only a backstop that such a count makes moot.
     solver.parameters.max_time_in_seconds = max(10.0, 5.0 * time_limit)
-    status = solver.solve(model)
+    status = solver.solve(model, _SolutionLimit(SOLUTION_LIMIT))
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     counts_p = {i: solver.value(v) for i, v in enumerate(xp) if solver.value(v)}
