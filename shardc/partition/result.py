@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shardc.partition.chunks import chunk_blocks
 from shardc.partition import expert_ep as xep
+from shardc.partition.chunks import chunk_blocks
 from shardc.partition.options import PartitionOptions
 from shardc.partition.place import Placement, StageDemand, place
 from shardc.partition.problem import (

@@ -12,7 +12,7 @@ with :meth:`Topology.route` (one breadth-first search per pair) would take minut
 sender's routes come from one search (:func:`_tree`), the same widest-among-shortest rule.
 Routing is uniform: each rank sends its inner-tier bytes evenly to the ranks of its own
 scale-up island and its outer-tier bytes evenly to the others, as
-:func:`~shardc.serving.expert_comm.expert_alltoall` counts them.
+:func:`~shardc.cost.expert_comm.expert_alltoall` counts them.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
+from shardc.cost.expert_comm import expert_alltoall
 from shardc.plan.serving import ExpertTraffic, LinkTraffic, ServingInstance
 from shardc.serving.arch import ServingModel
-from shardc.serving.expert_comm import expert_alltoall
 from shardc.serving.fabric import Fabric
 from shardc.serving.step import Quant, element_bytes
 
