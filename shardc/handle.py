@@ -33,12 +33,9 @@ True
 
 from __future__ import annotations
 
-import atexit
 import copy
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, MutableMapping
 from functools import cached_property
 from pathlib import Path
@@ -47,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from shardc.emit.outputs import PlanFiles
-from shardc.errors import OptionError, ShardcError
+from shardc.handle_run import PlanError, Running
 from shardc.plan.model import Estimate, PlanData
 from shardc.plan.program import Comm, Programs, Sync
 from shardc.plan.records import Rank, Stage
@@ -64,11 +61,7 @@ if TYPE_CHECKING:
 _FIXED = ("plan.json", "analysis.json", "schedule.json", "trace.json")
 
 
-class PlanError(ShardcError):
-    """A plan folder is missing, unreadable, or lacks what was asked of it."""
-
-
-class Plan:
+class Plan(Running):
     """A compiled sharding plan: stages, devices, estimates, device programs.
 
     Get one from :func:`shardc.compile` or :meth:`Plan.load`. Every property is read from
@@ -361,84 +354,3 @@ class Plan:
         from shardc.train import apply
 
         return apply(self, model, **options)
-
-    # ------------------------------------------------------------------ device programs
-    def device_model(self, rank: int) -> onnx.ModelProto:
-        """Rank ``rank``'s program (``device_<rank>.onnx``), its weights loaded."""
-        ranks = {r["rank"]: r for r in self.data.get("emission", {}).get("ranks", [])}
-        if not ranks:
-            raise PlanError(
-                "the plan has no device files (the model's weights were not readable)",
-                hint="compile a model with its weights, or pass emit=True",
-            )
-        if rank not in ranks:
-            raise OptionError(f"no rank {rank}: the plan has ranks 0..{len(ranks) - 1}")
-        name = ranks[rank]["file"]
-        try:
-            model = onnx.load_from_string(self._read(name))
-            side = Path(name).with_suffix(".weights").name
-            if side in self.file_names:
-                _inline_external(model, self._read(side))
-        except ShardcError:
-            raise
-        except Exception as exc:  # protobuf decode errors have no common base
-            raise PlanError(f"{name}: cannot load ({type(exc).__name__}: {exc})") from None
-        return model
-
-    def verify(self, inputs: Any = None, *, procs: bool = False, **options: Any) -> Any:
-        """Run the plan and the original model on ``inputs`` and compare every output.
-
-        ``inputs`` maps graph input names to arrays (random ones of the right shape when
-        None); ``procs=True`` runs one process per rank over torch.distributed (gloo),
-        otherwise all ranks run in this process. Returns the runtime's
-        :class:`~shardc.runtime.verify.VerifyReport` (per-output errors, ``.ok``, per-rank
-        times; rich-renderable); ``options`` go to :func:`shardc.runtime.verify.verify`
-        (``rtol``, ``seed``, ``timeout``, ``model``). The reference is the model compiled:
-        a file by the path plan.json records, a ModelProto or torch module as exported.
-        """
-        from shardc.runtime.verify import verify
-
-        if self.source is not None:
-            options.setdefault("model", self.source)
-        return verify(self.folder(), inputs, procs=procs, **options)
-
-    def runner(self, **options: Any) -> Any:
-        """The rank of the plan this process runs, in a script launched by ``torchrun``.
-
-        Reads ``RANK`` and ``WORLD_SIZE`` from the environment and joins the process
-        group (NCCL next to a GPU, HCCL next to an Ascend NPU, gloo otherwise) unless the
-        script already did; ``runner.run(feeds)`` runs one micro-batch of the rank's
-        device program and returns the graph outputs it produces (``{}`` before the last
-        stage), ``runner.run_step(feeds_by_microbatch)`` a whole step in the schedule's
-        order. Every rank of the job calls this with the same plan. ``options`` go to
-        :class:`~shardc.runtime.distributed.RankRunner`: ``backend``, ``timeout``
-        (seconds before a hung collective fails) and ``check_shapes`` (exchange a small
-        shape header before each comm op, so a wrong shape names its rank and op).
-        """
-        from shardc.runtime.distributed import runner_from_env
-
-        return runner_from_env(self.folder(), **options)
-
-    def folder(self) -> Path:
-        """A folder holding this plan: where it was loaded or saved, else a fresh temporary
-        copy (same bytes on every process, so each rank of a job may make its own),
-        removed when the process exits.
-        """
-        if self.path is None:
-            tmp = tempfile.mkdtemp(prefix="shardc-plan-")
-            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-            self.save(Path(tmp) / "plan", force=True)
-        assert self.path is not None
-        return self.path
-
-
-def _inline_external(model: onnx.ModelProto, blob: bytes) -> None:
-    """Fill tensors stored in the side weight file with their bytes from ``blob``."""
-    for t in model.graph.initializer:
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        offset, length = int(info.get("offset", 0)), int(info["length"])
-        t.raw_data = blob[offset : offset + length]
-        del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT

@@ -232,13 +232,16 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def _members(cls: type) -> list[tuple[str, Any]]:
-    out = []
-    for name, value in vars(cls).items():
-        if name.startswith("_") and name not in ("__init__",):
-            continue
-        if name == "__init__":
-            continue
-        out.append((name, value))
+    """Public members, the class's own first, then those it inherits from shardc's own
+    bases (``Plan`` gets its device-program half from ``shardc.handle_run.Running``)."""
+    out, seen = [], set()
+    bases = [c for c in cls.__mro__ if c is cls or c.__module__.startswith("shardc.")]
+    for base in bases:
+        for name, value in vars(base).items():
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)
+            out.append((name, value))
     return out
 
 
