@@ -233,7 +233,8 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def _members(cls: type) -> list[tuple[str, Any]]:
     """Public members, the class's own first, then those it inherits from shardc's own
-    bases (``Plan`` gets its device-program half from ``shardc.handle_run.Running``)."""
+    bases (``Plan`` gets its device-program half from ``shardc.handle_run.Running``).
+    """
     out, seen = [], set()
     bases = [c for c in cls.__mro__ if c is cls or c.__module__.startswith("shardc.")]
     for base in bases:
