@@ -40,10 +40,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._functional_collectives import all_to_all_single_autograd
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
-from shardc.train.experts import combine_group, enter_group, expert_ep_targets
+from shardc.train.experts import combine_group, enter_group, expert_ep_targets, shard_experts
 from shardc.train.modules import ModelMap
 from shardc.train.planview import PlanView, TrainPlanError
 
@@ -71,23 +70,9 @@ class ExpertAllToAll(ParallelStyle):
         self.experts, self.ep, self.tp = experts, ep, tp
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-        e = device_mesh.size()  # ep, or ep x tp flattened (ep outer)
-        if self.experts % e:
-            raise TrainPlanError(f"{self.experts} experts do not spread over {e} ranks")
-        stacked = [
-            name
-            for name, p in module.named_parameters(recurse=False)
-            if p.dim() >= 1 and p.shape[0] == self.experts
-        ]
-        if not stacked:
-            raise TrainPlanError(
-                f"{type(module).__name__} has no parameter stacked over {self.experts} experts"
-            )
-        for name in stacked:
-            p = getattr(module, name)
-            dt = distribute_tensor(p.detach(), device_mesh, [Shard(0)])
-            module.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
-        module._shardc_a2a = (self.ep, self.tp, self.experts, tuple(stacked))  # type: ignore[assignment]
+        # the mesh is ep, or ep x tp flattened (ep outer)
+        stacked = shard_experts(module, device_mesh, self.experts)
+        module._shardc_a2a = (self.ep, self.tp, self.experts, stacked)  # type: ignore[assignment]
         module._shardc_inner = False  # type: ignore[assignment]
         module.forward = types.MethodType(_a2a_forward, module)
         return module

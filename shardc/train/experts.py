@@ -125,6 +125,31 @@ def combine_group(t: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
     return out
 
 
+def shard_experts(module: nn.Module, device_mesh: DeviceMesh, experts: int) -> tuple[str, ...]:
+    """Split every parameter of ``module`` stacked over its ``experts`` along dim 0 over
+    ``device_mesh`` (each rank keeps whole experts: EP never cuts one expert's GEMM), and
+    return their names. Why one function: experts inside a TP group and experts across
+    data-parallel replicas keep their weights the same way; only the token routing differs.
+    """
+    d = device_mesh.size()
+    if experts % d:
+        raise TrainPlanError(f"{experts} experts do not spread over {d} ranks")
+    stacked = [
+        name
+        for name, p in module.named_parameters(recurse=False)
+        if p.dim() >= 1 and p.shape[0] == experts
+    ]
+    if not stacked:
+        raise TrainPlanError(
+            f"{type(module).__name__} has no parameter stacked over {experts} experts"
+        )
+    for name in stacked:
+        p = getattr(module, name)
+        dt = distribute_tensor(p.detach(), device_mesh, [Shard(0)])
+        module.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
+    return tuple(stacked)
+
+
 class ExpertParallel(ParallelStyle):
     """Spread a stacked-experts module's ``experts`` over the mesh (see the module doc)."""
 
@@ -133,23 +158,8 @@ class ExpertParallel(ParallelStyle):
         self.experts = experts
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-        d = device_mesh.size()
-        if self.experts % d:
-            raise TrainPlanError(f"{self.experts} experts do not spread over {d} ranks")
-        stacked = [
-            name
-            for name, p in module.named_parameters(recurse=False)
-            if p.dim() >= 1 and p.shape[0] == self.experts
-        ]
-        if not stacked:
-            raise TrainPlanError(
-                f"{type(module).__name__} has no parameter stacked over {self.experts} experts"
-            )
-        for name in stacked:
-            p = getattr(module, name)
-            dt = distribute_tensor(p.detach(), device_mesh, [Shard(0)])
-            module.register_parameter(name, nn.Parameter(dt, requires_grad=p.requires_grad))
-        module._shardc_ep = (device_mesh, self.experts, tuple(stacked))  # type: ignore[assignment]
+        stacked = shard_experts(module, device_mesh, self.experts)
+        module._shardc_ep = (device_mesh, self.experts, stacked)  # type: ignore[assignment]
         module._shardc_inner = False  # type: ignore[assignment]
         module.forward = types.MethodType(_expert_forward, module)
         return module
