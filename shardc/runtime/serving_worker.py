@@ -13,30 +13,19 @@ reports them (``rank<R>.err``), which the launcher reads.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
 
-from shardc.runtime.worker import _Position, _watch
+from shardc.runtime.worker import start
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run this rank (``RANK``) of the programs folder; see the module doc."""
-    p = argparse.ArgumentParser(prog="python -m shardc.runtime.serving_worker")
-    p.add_argument("programs")
-    p.add_argument("workdir")
-    p.add_argument("--timeout", type=float, default=300.0)
-    p.add_argument("--check-shapes", action="store_true")
-    p.add_argument("--lifeline", type=int, help="fd whose EOF means the launcher is gone")
-    args = p.parse_args(argv)
-    threading.Thread(target=_watch, args=(args.lifeline, os.getppid()), daemon=True).start()
-    rank = int(os.environ["RANK"])
-    work, root = Path(args.workdir), Path(args.programs)
-    publish = _Position(work / f"rank{rank}.at")
+    args, rank, work, publish = start("python -m shardc.runtime.serving_worker", "programs",
+                                      argv)
+    root = Path(args.programs)
     from shardc.errors import ShardcError
     from shardc.runtime.distributed import RankRunner
 

@@ -76,9 +76,15 @@ def _inject(runner, rank: int) -> None:
     runner.comm.answer = faulty
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shardc.runtime.worker")
-    p.add_argument("plan")
+def start(
+    prog: str, folder: str, argv: list[str] | None
+) -> tuple[argparse.Namespace, int, Path, _Position]:
+    """What every worker does first: its arguments (``folder``, the work folder, the
+    launcher's timeout, shape checks, the lifeline), the watch that ends it when the
+    launcher is gone, its rank, and where it publishes what it is doing.
+    """
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument(folder)
     p.add_argument("workdir")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--check-shapes", action="store_true")
@@ -87,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_watch, args=(args.lifeline, os.getppid()), daemon=True).start()
     rank = int(os.environ["RANK"])
     work = Path(args.workdir)
-    publish = _Position(work / f"rank{rank}.at")
+    return args, rank, work, _Position(work / f"rank{rank}.at")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rank, work, publish = start("python -m shardc.runtime.worker", "plan", argv)
     from shardc.errors import ShardcError
     from shardc.runtime.distributed import RankRunner
 
