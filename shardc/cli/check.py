@@ -19,7 +19,7 @@ def check_plan_cmd(outdir: Path, as_json: bool) -> None:
     """Check OUTDIR: device models valid, Send/Recv paired, groups agreeing, weights tiled
     (a serving plan: its instances' devices, kinds and links against the topology).
     """
-    from shardc.emit.check import PlanCheckError, check_outdir
+    from shardc.emit.check import check_outdir
     from shardc.plan.folder import read_plan_folder
 
     if "serving" in read_plan_folder(outdir).plan:
@@ -40,18 +40,11 @@ def check_plan_cmd(outdir: Path, as_json: bool) -> None:
                 f"replica {replica}: {b} B of weight shards = {report.weight_bytes} B of "
                 f"weights + {extra} B replicated on purpose"
             )
-    if report.problems:
-        raise PlanCheckError(
-            f"{len(report.problems)} problem(s); first: {report.problems[0]}",
-            hint="; ".join(report.problems[1:4]) or None,
-        )
-    if not as_json:
-        click.echo("ok")
+    _conclude(report.problems, as_json)
 
 
 def _check_serving(outdir: Path, as_json: bool) -> None:
     """check-plan on a serving plan folder (see :mod:`shardc.emit.check_serving`)."""
-    from shardc.emit.check import PlanCheckError
     from shardc.emit.check_serving import check_serving_outdir
 
     report = check_serving_outdir(outdir)
@@ -63,10 +56,17 @@ def _check_serving(outdir: Path, as_json: bool) -> None:
             f"serving plan, {report.mode}: {roles} instance(s) on {report.devices_used} of "
             f"{report.devices_total} devices; {report.links} traffic link(s) checked against "
             f"{report.topology or 'no topology'}"))
-    if report.problems:
+    _conclude(report.problems, as_json)
+
+
+def _conclude(problems: list[str], as_json: bool) -> None:
+    """Exit 2 naming the first problem (and a few more), else say ``ok``."""
+    from shardc.emit.check import PlanCheckError
+
+    if problems:
         raise PlanCheckError(
-            f"{len(report.problems)} problem(s); first: {report.problems[0]}",
-            hint="; ".join(report.problems[1:4]) or None,
+            f"{len(problems)} problem(s); first: {problems[0]}",
+            hint="; ".join(problems[1:4]) or None,
         )
     if not as_json:
         click.echo("ok")

@@ -17,8 +17,6 @@ scale-up island and its outer-tier bytes evenly to the others, as
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Sequence
 
 from shardc.cost.expert_comm import expert_alltoall
@@ -26,6 +24,7 @@ from shardc.plan.serving import ExpertTraffic, LinkTraffic, ServingInstance
 from shardc.serving.arch import ServingModel
 from shardc.serving.fabric import Fabric
 from shardc.serving.step import Quant, element_bytes
+from shardc.topology.queries import route_tree
 
 TOP_LINKS = 64
 """Links kept per traffic record (busiest first): the map and the tables show the hot ones,
@@ -37,34 +36,11 @@ _Hop = tuple[str, str, str]  # plane, from, to
 def _tree(fabric: Fabric, plane: str, src: str) -> dict[str, tuple[float, float, str, int]]:
     """Node -> (width, latency, previous node, link index) on the widest (then fastest)
     shortest route from ``src`` on ``plane``: :func:`shardc.topology.queries.route`'s rule,
-    for every node at once.
+    for every node at once (the start itself left out).
     """
-    index = fabric.topo.index
-    adj = index.adj.get(plane, {})
-    if src not in adj:
-        return {}
-    dist = {src: 0}
-    order = [src]
-    queue = deque([src])
-    while queue:
-        node = queue.popleft()
-        for nbr, _ in adj[node]:
-            if nbr not in dist:
-                dist[nbr] = dist[node] + 1
-                order.append(nbr)
-                queue.append(nbr)
-    links = index.links
-    best: dict[str, tuple[float, float, str, int]] = {src: (math.inf, 0.0, "", -1)}
-    for node in order[1:]:
-        for prev, i in adj[node]:
-            if dist.get(prev) == dist[node] - 1 and prev in best:
-                width, lat = best[prev][0], best[prev][1]
-                cand = (min(width, links[i].bandwidth), lat + links[i].latency, prev, i)
-                old = best.get(node)
-                if old is None or (-cand[0], cand[1]) < (-old[0], old[1]):
-                    best[node] = cand
-    del best[src]
-    return best
+    best = route_tree(fabric.topo.index, plane, src)
+    best.pop(src, None)
+    return best  # type: ignore[return-value]  # only the start has no previous node
 
 
 def _path(tree: dict[str, tuple[float, float, str, int]], dst: str) -> list[tuple[str, str]]:

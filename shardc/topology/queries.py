@@ -111,27 +111,35 @@ def route(topo: Topology, a: str, b: str, plane: str | None = None) -> Route:
     return min(candidates.values(), key=lambda r: (-r.bandwidth, r.latency, r.plane))
 
 
-def _route_on(index: PlaneIndex, plane: str, a: str, b: str) -> Route | None:
-    adj = index.adj[plane]
-    if a not in adj or b not in adj:
-        return None
+def route_tree(
+    index: PlaneIndex, plane: str, a: str, stop: str | None = None
+) -> dict[str, tuple[float, float, str | None, int]]:
+    """Node -> (width, latency, previous node, link index) of the widest (then fastest)
+    among the shortest routes from ``a`` on ``plane``; with ``stop``, only as far as the
+    layer that reaches it. One search serves :func:`route` (one destination) and a
+    sender's many destinations (the serving traffic routes every peer of an EP group),
+    so both pick the same paths.
+    """
+    adj = index.adj.get(plane, {})
+    if a not in adj:
+        return {}
     dist = {a: 0}
     order = [a]
     queue = deque([a])
-    while queue and b not in dist:
+    while queue and (stop is None or stop not in dist):
         node = queue.popleft()
         for nbr, _ in adj[node]:
             if nbr not in dist:
                 dist[nbr] = dist[node] + 1
                 order.append(nbr)
                 queue.append(nbr)
-    if b not in dist:
-        return None
+    if stop is not None and stop not in dist:
+        return {}
     # widest (then fastest) among the shortest paths: a DP over the BFS layers
     links = index.links
     best: dict[str, tuple[float, float, str | None, int]] = {a: (math.inf, 0.0, None, -1)}
     for node in order[1:]:
-        if dist[node] > dist[b]:
+        if stop is not None and dist[node] > dist[stop]:
             break
         for prev, i in adj[node]:
             if dist.get(prev) == dist[node] - 1 and prev in best:
@@ -140,6 +148,17 @@ def _route_on(index: PlaneIndex, plane: str, a: str, b: str) -> Route | None:
                 old = best.get(node)
                 if old is None or (-cand[0], cand[1]) < (-old[0], old[1]):
                     best[node] = cand
+    return best
+
+
+def _route_on(index: PlaneIndex, plane: str, a: str, b: str) -> Route | None:
+    adj = index.adj[plane]
+    if a not in adj or b not in adj:
+        return None
+    best = route_tree(index, plane, a, stop=b)
+    if b not in best:
+        return None
+    links = index.links
     path, used, node = [b], [], b
     while node != a:
         _, _, before, i = best[node]
