@@ -4,8 +4,9 @@ process.
 
 Each rank must store only its ``4/ep`` experts (checked on the local shards) and the run
 must match the unsplit model: losses to a relative 1e-5 and every gradient, experts' and
-router's included, to an absolute 1e-6 (fp32; observed: the first loss bit-exact, the
-second within 2e-7 relative, gradients within ~3e-8).
+router's included, to an absolute 1e-6 (fp32; observed: losses within 1e-7 relative,
+gradients within ~3e-8). Not bit-exact: a token's top-2 experts may sit on two ranks, and
+their outputs are then summed in another order than one process sums them.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def test_experts_on_two_ranks(mixtral: Path, reference: dict[str, Any], tmp_path
     for j in range(2):
         got = [res[r][j] for r in range(2)]
         _experts_split(got, ep=2)
-        _check(got, reference, exact=j == 0)
+        _check(got, reference)
 
 
 def test_experts_on_four_ranks(mixtral: Path, reference: dict[str, Any], tmp_path: Path) -> None:
