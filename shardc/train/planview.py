@@ -140,6 +140,14 @@ def plan_view(plan: Plan | str | os.PathLike[str]) -> PlanView:
             "compiled for training",
             hint="recompile with --mode training",
         )
+    if any((s.cp or 1) > 1 for s in typed.stages):
+        # the device programs of a CP plan verify (shardc verify); torch's own
+        # context_parallel rewrites SDPA calls, which the exported modules do not all make
+        raise TrainPlanError(
+            "the plan uses context parallelism (cp > 1), which apply() does not map to torch "
+            "yet",
+            hint="recompile without --pin cp, or run its device programs with shardc verify",
+        )
     stages = tuple(
         StageView(
             index=s.index,

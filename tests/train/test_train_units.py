@@ -60,6 +60,13 @@ def test_refuses_an_inference_plan(tmp_path: Path) -> None:
         plan_view(plan)
 
 
+def test_refuses_a_context_parallel_plan(exports: dict[str, Path]) -> None:
+    plan = shardc.compile(str(exports["llama"]), LOCAL, devices=2, pins="tp=1,pp=1,dp=1,cp=2",
+                          quiet=True)  # fmt: skip
+    with pytest.raises(TrainPlanError, match="context parallelism"):
+        plan_view(plan)
+
+
 def test_strategies_map_to_modules_through_metadata(exports: dict[str, Path]) -> None:
     mm = model_map(onnx.load(str(exports["llama"]), load_external_data=False))
     chain = layer_chain(mm, 2)
