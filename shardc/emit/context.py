@@ -12,6 +12,8 @@ gets (1) its chunk of the token input, (2) reshape targets and received shapes s
 along the sequence, (3) an all-gather over its cp group of every K and V (Llama 3's
 all-gather attention), (4) its rows of the causal mask, positions and rotary tables, and
 (5) an all-gather of each output's chunks, last, in the order the outputs are made.
+With ``--cp-comm ring`` each attention is rewritten blockwise instead of gathering its K
+and V (:mod:`shardc.emit.ring`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from shardc.emit.ring import masked_blocks, ring_nodes
 from shardc.errors import ShardcError
 from shardc.plan.lowered import CP_LOCAL, CP_WHOLE
 from shardc.plan.program import DOMAIN, Comm
@@ -65,6 +68,9 @@ def context_model(
     outputs = {o.name for o in g.output}
     gathers = {(nd, i): d for nd, i, d in cmap.gathers}
     slices = {(nd, i): d for nd, i, d in cmap.slices}
+    ring = {a.pv: a for a in cmap.ring}
+    held = {n for a in cmap.ring for n in a.nodes}
+    stash: dict[str, onnx.NodeProto] = {}
 
     def cut(value: str, dim: int, tag: str) -> str:
         name = f"{value}__cp{tag}{len(nodes)}"
@@ -85,12 +91,28 @@ def context_model(
     for inp in g.input:
         if inp.name in cmap.inputs:
             rename[inp.name] = cut(inp.name, cmap.inputs[inp.name], "in")
+    def take(op: str) -> Comm:
+        if not pending or pending[0].op != op:
+            raise ContextEmitError(f"--cp-comm ring: rank copy {c} has no priced {op} next")
+        return pending.pop(0)
+
     for node in g.node:
         nd = onnx.NodeProto()
         nd.CopyFrom(node)
         for i, v in enumerate(nd.input):
             if v in rename:
                 nd.input[i] = rename[v]
+        if nd.name in held:  # a ring attention's node: rewritten blockwise at its P·V
+            stash[nd.name] = nd
+            if nd.name in ring:
+                a = ring[nd.name]
+                skip = masked_blocks(g, m.opset_import, a, stash, slices, c, chunk, cp)
+                nodes.extend(ring_nodes(
+                    a, stash, c, cp, chunk, take,
+                    lambda n, i: (cut(stash[n].input[i], slices[(n, i)], "rows")
+                                  if (n, i) in slices else stash[n].input[i]),
+                    lambda name: _shape_const(name, inits, g.node), added, skip))
+            continue
         if nd.domain == DOMAIN and nd.op_type == "Recv":
             _shrink(nd, cmap, cp)
         seq = cmap.dims.get(_base(nd.output[0])) if nd.output else None

@@ -23,7 +23,9 @@ guessed from names) and lists what CP must do beyond running every op on its chu
 Anything that would need more (a reduction or a softmax over the sequence of a chunked
 value, a Shape read of one, a reshape that mixes the sequence with inner dims) is a
 :class:`ContextError` naming the node: the plan is refused rather than emitted wrong.
-Not done: Megatron's load-balanced causal split (two chunks per rank) and ring attention.
+Ring attention (``--cp-comm ring``, :mod:`shardc.partition.ring`) passes the same K/V
+chunks round the group instead. Not done: Megatron's load-balanced causal split (two
+chunks per rank).
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ class ContextMap:
     """Chunked graph outputs: gathered over cp where the program ends."""
     made_by: Mapping[str, str] = field(default_factory=dict)
     """Chunked graph output -> the node that makes it."""
+    ring: tuple[Any, ...] = ()
+    """With ``--cp-comm ring``, the attentions that pass K/V round the cp group instead of
+    gathering them (:class:`~shardc.partition.ring.RingAttention`, their gathers listed in
+    :attr:`gathers` still: the values the ring moves); empty for the all-gather."""
 
 
 def _shape(graph: Graph, v: str) -> tuple[int, ...] | None:
