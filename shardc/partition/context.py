@@ -363,11 +363,14 @@ def cp_collectives(
     reduce-scatter of its gradient in the backward; each chunked graph output an
     all-gather (its backward is a local slice). Bytes are the gathered tensor's on one
     rank of the TP group, the convention of every other collective the plan prices.
+    The K/V of ring attentions (:attr:`ContextMap.ring`) are not gathered: the ring's
+    transfers are priced by :func:`shardc.partition.ring.ring_comm_seconds`.
     """
     inside = set(nodes)
+    ringed = {p[:2] for a in cmap.ring for p in (a.k, a.v)}  # passed round, not gathered
     out: list[tuple[str, float]] = []
     for nd, i, _ in cmap.gathers:
-        if nd in inside:
+        if nd in inside and (nd, i) not in ringed:
             b = operand_bytes(nd, i)
             out.append(("all_gather", b))
             if training:

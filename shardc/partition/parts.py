@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shardc.cost import activations as acts
 from shardc.cost.compute import ShardScale, sequence_time
@@ -23,7 +24,21 @@ if TYPE_CHECKING:
     pass
 
 
-from shardc.partition.context import ContextMap, context_map, cp_collectives, cp_scale
+from shardc.cost.network import point_to_point
+from shardc.partition.context import (
+    ContextMap,
+    context_map,
+    cp_collectives,
+    cp_scale,
+    graph_consts,
+)
+from shardc.partition.ring import (
+    in_flight_bytes,
+    kv_chunk_bytes,
+    ring_attentions,
+    ring_comm_seconds,
+    run_seconds,
+)
 from shardc.partition.pricing import SP_OPS, GraphPrices, PartCost, TensorChoice
 
 
@@ -100,16 +115,22 @@ class PartPrices(GraphPrices):
         )
         weight_bytes, params = self._weights(nodes, ch, sizes)
         act_all, act_kept, inputs = self._activations(nodes, ch, sizes, sp, cmap, cp)
+        in_flight = 0.0
         if cmap is not None:
             ring = (self.groups(kind, tp * cp, 1) or [[]])[0][::tp]
             cp_comm = cp_collectives(nodes, cmap, lambda n, i: self.operand_bytes(n, i, ch, sizes),
                                      self._nbytes, training, recompute)
             comm += sum(self._collective(op, nbytes, ring) for op, nbytes in cp_comm)
+            ringed = {p[:2] for a in cmap.ring for p in (a.k, a.v)}
             whole_kv = sum(self.operand_bytes(n, i, ch, sizes)
-                           for n, i, _ in cmap.gathers if n in set(nodes))
+                           for n, i, _ in cmap.gathers if n in set(nodes) and (n, i) not in ringed)
             if training:  # the gathered K and V are what backward reads
                 act_all += whole_kv * (1 - 1 / cp)
                 act_kept += whole_kv * (1 - 1 / cp)
+            if cmap.ring:
+                extra, in_flight = self._ring(nodes, cmap, cp, spec, ring, ch, sizes,
+                                              dict(zip(nodes, scales, strict=True)), recompute)
+                comm += extra
         if not training:
             activation = 0.0
             workspace = max(
@@ -120,10 +141,40 @@ class PartPrices(GraphPrices):
             activation = {"none": act_all, "selective": act_kept, "full": inputs}[recompute]
             workspace = act_all if recompute == "full" else 0.0
             static = weight_bytes  # gradients and optimizer state are added per dp
+        workspace = max(workspace, in_flight)
         grad = weight_bytes if weight_bytes else 0.0
         out = PartCost(compute, comm, static, activation, workspace, params, grad)
         self._parts[key] = out
         return out
+
+    def _ring(
+        self, nodes: Sequence[str], cmap: ContextMap, cp: int, spec: Any, ring: Sequence[str],
+        ch: TensorChoice, sizes: Mapping[str, int], scales: Mapping[str, ShardScale],
+        recompute: str,
+    ) -> tuple[float, float]:
+        """(exposed seconds, bytes in flight) of the ring attentions among ``nodes``
+        (:mod:`shardc.partition.ring`): each block priced as the ``price`` pass prices
+        it (:func:`run_seconds`), each transfer over the cp ring's slowest hop as the
+        pass prices a Send (:func:`point_to_point`), the two chunks a rank holds beyond
+        its own during one attention as workspace (one layer's at a time).
+        """
+        inside, seconds, in_flight = set(nodes), 0.0, 0.0
+        training = self.settings.mode == "training"
+        hops = list(zip(ring, [*ring[1:], ring[:1][0]], strict=True)) if len(ring) > 1 else []
+
+        def comm(nbytes: float) -> float:
+            return max((point_to_point(self.topology, a, b, nbytes).seconds for a, b in hops),
+                       default=0.0)
+
+        for a in cmap.ring:
+            if a.pv not in inside:
+                continue
+            chunk = kv_chunk_bytes(a, lambda n, i: self.operand_bytes(n, i, ch, sizes), cp)
+            block = run_seconds([(self.costs.nodes[n], scales[n]) for n in a.nodes],
+                                lambda g, s: prefill_time(g, spec, shard=s).seconds, 1.0 / cp)
+            seconds += ring_comm_seconds(comm, chunk, block, cp, training, recompute)
+            in_flight = max(in_flight, in_flight_bytes(chunk, cp))
+        return seconds, in_flight
 
     def _attention_core(self, nodes: Sequence[str]) -> tuple[str, ...]:
         """Weight-free nodes reading or writing the widest activation-by-activation
@@ -181,9 +232,14 @@ class PartPrices(GraphPrices):
         return {}
 
     def context(self, cp: int) -> ContextMap:
-        """Where the sequence lives under ``cp`` (raises :class:`ContextError`)."""
+        """Where the sequence lives under ``cp``, and with ``--cp-comm ring`` the attentions
+        the ring runs (raises :class:`ContextError`)."""
         if cp not in self._contexts:
-            self._contexts[cp] = context_map(self.graph, self.table.labels, cp)
+            cmap = context_map(self.graph, self.table.labels, cp)
+            if self.settings.cp_comm == "ring":  # raises where the ring cannot run
+                ring = ring_attentions(self.graph, cmap, graph_consts(self.graph))
+                cmap = replace(cmap, ring=ring)
+            self._contexts[cp] = cmap
         return self._contexts[cp]
 
     def _activations(

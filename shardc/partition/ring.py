@@ -205,6 +205,26 @@ def kv_chunk_bytes(a: RingAttention, operand_bytes: Callable[[str, int], float],
     return (operand_bytes(a.k[0], a.k[1]) + operand_bytes(a.v[0], a.v[1])) / cp
 
 
+def ring_comm_seconds(
+    comm: Callable[[float], float], chunk: float, block: float, cp: int, training: bool,
+    recompute: str,
+) -> float:
+    """Exposed ring time of one attention per micro-batch: the forward's
+    :func:`ring_exposed`; training adds the backward, whose ring carries K/V and their
+    gradients (twice the bytes, Megatron-LM's ``AttnFuncWithCPAndKVP2P.backward``) beside
+    a block's backward (twice its forward), and full recomputation the forward again.
+    ``comm(nbytes)`` is a transfer's time over the slowest hop of the cp ring.
+
+    The timeline mirrors each forward transfer for the backward (same bytes and time),
+    so in training it shows the backward ring's bytes at half of what is priced here.
+    """
+    fwd = ring_exposed(comm(chunk), block, cp)
+    if not training:
+        return fwd
+    bwd = ring_exposed(comm(2 * chunk), 2 * block, cp)
+    return fwd + bwd + (fwd if recompute == "full" else 0.0)
+
+
 RING_KEPT = 2
 """K/V chunks a rank holds beyond its own during a ring attention: the block it computes
 and the one arriving (Megatron-LM double-buffers them)."""
