@@ -154,17 +154,16 @@ class PartPrices(GraphPrices):
     ) -> tuple[float, float]:
         """(exposed seconds, bytes in flight) of the ring attentions among ``nodes``
         (:mod:`shardc.partition.ring`): each block priced as the ``price`` pass prices
-        it (:func:`run_seconds`), each transfer over the cp ring's slowest hop as the
-        pass prices a Send (:func:`point_to_point`), the two chunks a rank holds beyond
+        it (:func:`run_seconds`), each transfer on every hop of the cp ring as the pass
+        prices a Send (:func:`point_to_point`), the two chunks a rank holds beyond
         its own during one attention as workspace (one layer's at a time).
         """
         inside, seconds, in_flight = set(nodes), 0.0, 0.0
         training = self.settings.mode == "training"
-        hops = list(zip(ring, [*ring[1:], ring[:1][0]], strict=True)) if len(ring) > 1 else []
+        pairs = list(zip(ring, [*ring[1:], *ring[:1]], strict=True)) if len(ring) > 1 else []
 
-        def comm(nbytes: float) -> float:
-            return max((point_to_point(self.topology, a, b, nbytes).seconds for a, b in hops),
-                       default=0.0)
+        def hops(nbytes: float) -> list[float]:
+            return [point_to_point(self.topology, a, b, nbytes).seconds for a, b in pairs]
 
         for a in cmap.ring:
             if a.pv not in inside:
@@ -172,7 +171,7 @@ class PartPrices(GraphPrices):
             chunk = kv_chunk_bytes(a, lambda n, i: self.operand_bytes(n, i, ch, sizes), cp)
             block = run_seconds([(self.costs.nodes[n], scales[n]) for n in a.nodes],
                                 lambda g, s: prefill_time(g, spec, shard=s).seconds, 1.0 / cp)
-            seconds += ring_comm_seconds(comm, chunk, block, cp, training, recompute)
+            seconds += ring_comm_seconds(hops, chunk, block, training, recompute)
             in_flight = max(in_flight, in_flight_bytes(chunk, cp))
         return seconds, in_flight
 

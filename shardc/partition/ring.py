@@ -9,8 +9,9 @@ a time: at step ``t`` it holds the chunk of rank ``c − t`` (its own first), se
 combined with the online-softmax rule (running row max ``m``, sum ``l`` and output ``o``;
 Milakov & Gimelshein 2018, as FlashAttention does), so the result is the softmax over the
 whole sequence. ``cp − 1`` transfers of one chunk each, each overlapped with a block's
-compute: exposed ``max(0, transfer − block)`` per step, and two chunks in flight instead of
-the whole gathered K/V.
+compute: exposed ``max(0, transfer − block)`` per step on a ring of equal hops
+(:func:`ring_exposed` for unequal ones), and two chunks in flight instead of the whole
+gathered K/V.
 
 This module recognises the attentions the ring can run and prices them; the lowering
 (:mod:`shardc.passes.lower_context`) lays the steps out and the emitter
@@ -174,13 +175,27 @@ def _cuts(
 
 
 # -- pricing: what the emitted programs do, through the cost model's functions ------------
-def ring_exposed(comm: float, block: float, cp: int) -> float:
-    """Seconds a ring attention's transfers add to its compute: ``cp − 1`` steps, each
-    sending one K/V chunk while the previous block computes, exposed where the transfer
-    outlasts the block. The timeline (:mod:`shardc.plan.simulate`) lays the programs out
-    the same way, Sends beside compute, so both arrive at this figure.
+def ring_exposed(hops: Sequence[float], block: float) -> float:
+    """Seconds a ring attention's transfers add to its ``cp`` blocks of ``block`` seconds,
+    ``hops[i]`` the time of one chunk from member ``i`` of the ring to member ``i + 1``.
+
+    Each rank sends the chunk it holds as it starts a block and starts the next block
+    when both that block and the chunk from the member behind it are done:
+    ``start(c, t+1) = max(start(c, t) + block, start(c−1, t) + hops[c−1])``. Unrolled, the
+    last block of rank ``c`` starts ``max_k Σ_{i=1..k} (hops[c−i] − block)`` after
+    ``(cp − 1)·block``, over ``k ≤ cp − 1`` consecutive hops into ``c``: with equal hops
+    ``(cp − 1)·max(0, hop − block)``; a slow hop (cp across nodes) delays the members
+    downstream of it once, not every step. The timeline (:mod:`shardc.plan.simulate`)
+    runs the programs by the same rule (Sends beside compute), so both arrive at this
+    figure when an attention's ranks start it together.
     """
-    return (cp - 1) * max(0.0, comm - block)
+    cp, worst = len(hops), 0.0
+    for c in range(cp):
+        total = 0.0
+        for k in range(1, cp):
+            total += hops[(c - k) % cp] - block
+            worst = max(worst, total)
+    return worst
 
 
 def run_seconds(
@@ -206,22 +221,23 @@ def kv_chunk_bytes(a: RingAttention, operand_bytes: Callable[[str, int], float],
 
 
 def ring_comm_seconds(
-    comm: Callable[[float], float], chunk: float, block: float, cp: int, training: bool,
+    hops: Callable[[float], Sequence[float]], chunk: float, block: float, training: bool,
     recompute: str,
 ) -> float:
     """Exposed ring time of one attention per micro-batch: the forward's
     :func:`ring_exposed`; training adds the backward, whose ring carries K/V and their
-    gradients (twice the bytes, Megatron-LM's ``AttnFuncWithCPAndKVP2P.backward``) beside
-    a block's backward (twice its forward), and full recomputation the forward again.
-    ``comm(nbytes)`` is a transfer's time over the slowest hop of the cp ring.
+    gradients (twice the bytes, Megatron-LM's ``AttnFuncWithCPAndKVP2P.backward``) the
+    other way round beside a block's backward (twice its forward), and full
+    recomputation the forward again. ``hops(nbytes)``: a transfer's time on each hop of
+    the cp ring, in ring order.
 
     The timeline mirrors each forward transfer for the backward (same bytes and time),
     so in training it shows the backward ring's bytes at half of what is priced here.
     """
-    fwd = ring_exposed(comm(chunk), block, cp)
+    fwd = ring_exposed(hops(chunk), block)
     if not training:
         return fwd
-    bwd = ring_exposed(comm(2 * chunk), 2 * block, cp)
+    bwd = ring_exposed(list(reversed(hops(2 * chunk))), 2 * block)
     return fwd + bwd + (fwd if recompute == "full" else 0.0)
 
 

@@ -38,10 +38,13 @@ LAYERS = 2
 
 
 def compile_ring(path: Path, pins: str, devices: int, mode: str = "training",
-                 comm: str = "ring") -> Any:
+                 comm: str = "ring", topology: Path | None = None) -> Any:
+    """Partition and build (no emission) with ``cp_comm`` = ``comm``; on ``topology``
+    (its own size) or ``devices`` of localhost."""
     from shardc.partition.options import PartitionOptions, parse_pins
 
-    topo = load_topology(ROOT / "topologies/localhost.topo", {"devices": devices})
+    topo = (load_topology(topology, {}) if topology is not None else
+            load_topology(ROOT / "topologies/localhost.topo", {"devices": devices}))
     options = PartitionOptions(pins=parse_pins([pins]), cp_comm=comm)
     state = partition_model(path, topo, mode=mode, partition=options).state
     return build_plan(state).state

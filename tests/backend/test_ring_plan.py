@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from test_ring_attention import compile_ring
 
 from shardc.cli.main import cli
-from shardc.partition.ring import RING_KEPT, kv_chunk_bytes
+from shardc.partition.ring import RING_KEPT, kv_chunk_bytes, ring_exposed
 from shardc.passes.partition import costing_for
 from shardc.plan.lowered import is_ring_comm
 
@@ -45,15 +45,52 @@ def _timeline_exposure(state: Any, attention: str) -> float:
     return worst
 
 
-@pytest.mark.parametrize("cp", [2, 4])
-def test_the_partitioner_and_the_timeline_price_the_ring_alike(gpt2_path: Path, cp: int) -> None:
+TWO_PAIRS = """
+# Two pairs of CPU shares: fast within a pair, slow between, so a cp=4 ring has two slow
+# hops (1 -> 2 and 3 -> 0). Figures are made up for the test: only their ratio matters.
+kind cpu_share {
+    compute fp32 83.2 GFLOPS
+    memory 4 GiB
+    memory_bandwidth 9.6 GB/s
+    efficiency compute 0.9
+}
+cpu[0..3]: cpu_share
+switch pair0: loopback {
+    members cpu[0..1]
+    bandwidth 4 GB/s
+    latency 10 us
+}
+switch pair1: loopback {
+    members cpu[2..3]
+    bandwidth 4 GB/s
+    latency 10 us
+}
+switch between: loopback {
+    members cpu[*]
+    bandwidth 0.25 GB/s
+    latency 100 us
+}
+"""
+
+
+@pytest.mark.parametrize("cp,topology", [(2, None), (4, None), (4, "two_pairs")])
+def test_the_partitioner_and_the_timeline_price_the_ring_alike(
+    gpt2_path: Path, tmp_path: Path, cp: int, topology: str | None
+) -> None:
     """Inference (a forward: the timeline mirrors transfers for the backward, where the
     partitioner prices K/V and their gradients, see ``ring_comm_seconds``). At tp=1 a
     block's only comm is its ring, so the partitioner's comm for one block is its
-    attention's exposed ring time; the timeline shows the same, and it is not zero
-    (the tiny model's transfers outlast its blocks on localhost).
+    attention's exposed ring time; the timeline shows the same for the first attention
+    (which every rank starts together), and it is not zero (the tiny model's transfers
+    outlast its blocks). On ``two_pairs`` the ring's hops differ: a slow hop delays the
+    ranks after it once (not every step), which the closed form and the timeline agree on.
     """
-    state = compile_ring(gpt2_path, f"tp=1,pp=1,dp=1,cp={cp}", cp, mode="inference")
+    path = None
+    if topology:
+        path = tmp_path / f"{topology}.topo"
+        path.write_text(TWO_PAIRS)
+    state = compile_ring(gpt2_path, f"tp=1,pp=1,dp=1,cp={cp}", cp, mode="inference",
+                         topology=path)
     costing = costing_for(state)
     _, block, _, _ = costing.sections
     kind = state.partition.stages[0].kind
@@ -69,8 +106,19 @@ def test_the_partitioner_and_the_timeline_price_the_ring_alike(gpt2_path: Path, 
     sends = [c for p in state.plan.programs.programs for c in p.comms
              if c.op == "Send" and c.value.startswith(attention.pv + "__cpring")]
     assert len(sends) == cp * (cp - 1) and all(c.nbytes == pytest.approx(chunk) for c in sends)
-    print(f"cp={cp}: exposed ring time per attention {priced * 1e6:.3f} us "
-          f"(partitioner) = {shown * 1e6:.3f} us (timeline)")
+    print(f"cp={cp} {topology or 'localhost'}: exposed ring time per attention "
+          f"{priced * 1e6:.3f} us (partitioner) = {shown * 1e6:.3f} us (timeline)")
+
+
+def test_the_ring_exposure_in_closed_form() -> None:
+    """Equal hops: ``(cp − 1)·max(0, hop − block)``; one slow hop among fast ones costs
+    its excess once; two slow hops two apart in a ring of four: once each, less the
+    block between them.
+    """
+    assert ring_exposed([5.0] * 4, 2.0) == pytest.approx(9.0)
+    assert ring_exposed([1.0] * 4, 2.0) == 0.0
+    assert ring_exposed([9.0, 1.0, 1.0, 1.0], 2.0) == pytest.approx(7.0)
+    assert ring_exposed([9.0, 1.0, 9.0, 1.0], 2.0) == pytest.approx(7.0 - 1.0 + 7.0)
 
 
 def test_ring_keeps_no_gathered_kv_only_two_chunks_in_flight(llama_path: Path) -> None:
