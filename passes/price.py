@@ -73,7 +73,8 @@ def _compute(
     state: CompileState, seg: Compute, resolution: Any, p: DeviceProgram, kinds: Any
 ) -> float:
     """A run's forward time on its device: each node's shard, grouped by how it is cut (a
-    ring attention block: its share of them)."""
+    ring attention block: its share of them).
+    """
     costs = state.costs
     assert costs is not None
     sizes = {"tp": p.tp}

@@ -142,10 +142,10 @@ def _block(
             if v == prev:
                 nd.input[i] = cur
             elif (name, i) in cuts:
-                d = cuts[(name, i)]
-                nd.input[i] = out.op("Slice", [masks[(name, i)], out.const(f"m{t}{i}_s", [j * chunk]),
-                                               out.const(f"m{t}{i}_e", [(j + 1) * chunk]),
-                                               out.const(f"m{t}{i}_a", [d])], f"{name}_m{t}_{i}")
+                lo = out.const(f"m{t}{i}_s", [j * chunk])
+                hi = out.const(f"m{t}{i}_e", [(j + 1) * chunk])
+                axis = out.const(f"m{t}{i}_a", [cuts[(name, i)]])
+                nd.input[i] = out.op("Slice", [masks[(name, i)], lo, hi, axis], f"{name}_m{t}_{i}")
         prev, cur = nd.output[0], out.name(f"{name}_{t}")
         nd.output[0], nd.name = cur, cur
         out.nodes.append(nd)
@@ -157,7 +157,8 @@ def _views(
     dims: Mapping[str, int], cp: int, t: int, shape_of: ShapeOf,
 ) -> str:
     """The chain of views from a gather point, on one chunk: reshape/expand targets cut
-    along the sequence."""
+    along the sequence.
+    """
     for name in chain:
         nd = onnx.NodeProto()
         nd.CopyFrom(stash[name])
@@ -203,6 +204,8 @@ def masked_blocks(
     """
     skip: set[int] | None = None
     for name, i, d in a.cuts:
+        if stash[name].op_type != "Add":  # a mask is added; a scale is not one
+            continue
         value = _evaluate(g, opsets, stash[name].input[i], a.dtype)
         if value is None or not np.issubdtype(value.dtype, np.floating):
             return frozenset()
@@ -226,7 +229,7 @@ def _evaluate(g: onnx.GraphProto, opsets: Any, value: str, dtype: int) -> np.nda
         tensor = next(t for t in g.initializer if t.name == value)
         try:
             return np.asarray(numpy_helper.to_array(tensor))
-        except Exception:  # noqa: BLE001 - external data not at hand: no skipping
+        except Exception:
             return None
     need, todo, seen = [], [value], set()
     while todo:
@@ -249,5 +252,5 @@ def _evaluate(g: onnx.GraphProto, opsets: Any, value: str, dtype: int) -> np.nda
     try:
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         return np.asarray(sess.run(None, {})[0])
-    except Exception:  # noqa: BLE001 - no skipping is always right
+    except Exception:
         return None

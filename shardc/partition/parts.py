@@ -32,6 +32,7 @@ from shardc.partition.context import (
     cp_scale,
     graph_consts,
 )
+from shardc.partition.pricing import SP_OPS, GraphPrices, PartCost, TensorChoice
 from shardc.partition.ring import (
     in_flight_bytes,
     kv_chunk_bytes,
@@ -39,7 +40,6 @@ from shardc.partition.ring import (
     ring_comm_seconds,
     run_seconds,
 )
-from shardc.partition.pricing import SP_OPS, GraphPrices, PartCost, TensorChoice
 
 
 class PartPrices(GraphPrices):
@@ -232,7 +232,8 @@ class PartPrices(GraphPrices):
 
     def context(self, cp: int) -> ContextMap:
         """Where the sequence lives under ``cp``, and with ``--cp-comm ring`` the attentions
-        the ring runs (raises :class:`ContextError`)."""
+        the ring runs (raises :class:`ContextError`).
+        """
         if cp not in self._contexts:
             cmap = context_map(self.graph, self.table.labels, cp)
             if self.settings.cp_comm == "ring":  # raises where the ring cannot run

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardc.ir import Graph, Node
-from shardc.partition.context import ContextError, ContextMap, Consts, _out_dim, _shape
+from shardc.partition.context import Consts, ContextError, ContextMap, _out_dim, _shape
 
 _MIDS = frozenset({"Mul", "Div", "Add", "Sub"})
 """Ops allowed between the scores and the softmax (the scale and the mask)."""
@@ -124,7 +124,9 @@ def ring_attentions(graph: Graph, cmap: ContextMap, consts: Consts) -> tuple[Rin
             mids.append(user.name)
             user = _single_user(graph, user)
         rank = len(_shape(graph, qk.outputs[0]) or ())
-        if user.op_type != "Softmax" or int(user.attr("axis", -1) or -1) % max(rank, 1) != rank - 1:
+        axis = user.attr("axis", -1)
+        last = isinstance(axis, int) and axis % max(rank, 1) == rank - 1
+        if user.op_type != "Softmax" or not last:
             raise _refuse(user, "is not a softmax over the keys after the scores")
         pv = _single_user(graph, user)
         if pv.op_type != "MatMul" or pv.inputs[0] != user.outputs[0] or pv.name not in by_matmul:
@@ -136,9 +138,9 @@ def ring_attentions(graph: Graph, cmap: ContextMap, consts: Consts) -> tuple[Rin
         out.append(RingAttention(qk.name, tuple(mids), user.name, pv.name, kp, vp, tuple(kc),
                                  tuple(vc), dims, cuts))
     covered = {a.pv for a in out} | {a.qk for a in out}
-    for mm in by_matmul:
-        if mm not in covered:
-            raise _refuse(mm, "reads a gathered K/V outside an attention")
+    for name in by_matmul:
+        if name not in covered:
+            raise _refuse(name, "reads a gathered K/V outside an attention")
     return tuple(out)
 
 
@@ -216,7 +218,8 @@ def run_seconds(
 
 def kv_chunk_bytes(a: RingAttention, operand_bytes: Callable[[str, int], float], cp: int) -> float:
     """Bytes of one ring transfer: K's and V's chunk on one TP rank (``operand_bytes`` is
-    the whole gathered operand, as the all-gather prices it)."""
+    the whole gathered operand, as the all-gather prices it).
+    """
     return (operand_bytes(a.k[0], a.k[1]) + operand_bytes(a.v[0], a.v[1])) / cp
 
 

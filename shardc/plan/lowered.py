@@ -123,7 +123,8 @@ CP_RING = "__cpring"
 
 def is_context_comm(output: str, value: str) -> bool:
     """Whether a comm step (its ``output`` and ``value``) is a CP gather or ring transfer
-    the lowering added."""
+    the lowering added.
+    """
     return CP_WHOLE in output or value.endswith(CP_LOCAL) or is_ring_comm(value)
 
 

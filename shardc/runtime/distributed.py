@@ -116,6 +116,7 @@ class TorchComm:
         import torch.distributed as dist
 
         if req.op == "Send":
+            assert req.value is not None, "a Send carries its value"
             parts = [self._header(req.value)] if self.check_shapes else []
             parts.append(self._tensor(req.value))
             for t in parts:

@@ -40,7 +40,8 @@ LAYERS = 2
 def compile_ring(path: Path, pins: str, devices: int, mode: str = "training",
                  comm: str = "ring", topology: Path | None = None) -> Any:
     """Partition and build (no emission) with ``cp_comm`` = ``comm``; on ``topology``
-    (its own size) or ``devices`` of localhost."""
+    (its own size) or ``devices`` of localhost.
+    """
     from shardc.partition.options import PartitionOptions, parse_pins
 
     topo = (load_topology(topology, {}) if topology is not None else
