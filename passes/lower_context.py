@@ -48,13 +48,14 @@ def _gather_bytes(
 
 def _ring(
     state: Any, resolutions: Sequence[Any], cmap: ContextMap, stages: Sequence[Sequence[str]],
-    cp: int,
-) -> tuple[Any, ...]:
-    """The ring attentions (:func:`~shardc.partition.ring.ring_attentions`) with the shape
-    of the K and V chunk one TP rank holds at the gather point (what a Recv declares).
+    cp: int, comm: str,
+) -> ContextMap:
+    """``cmap`` with its ring attentions (:func:`~shardc.partition.ring.ring_map`), each
+    with the shape of the K and V chunk one TP rank holds at the gather point (what a
+    Recv declares).
     """
     from shardc.partition.context import graph_consts
-    from shardc.partition.ring import ring_attentions
+    from shardc.partition.ring import ring_map
 
     graph, part = state.graph, state.partition
     stage = {n: j for j, names in enumerate(stages) for n in names}
@@ -73,11 +74,12 @@ def _ring(
         return tuple(shape)
 
     out = []
-    for a in ring_attentions(graph, cmap, graph_consts(graph)):
+    cmap = ring_map(graph, cmap, cp, comm, graph_consts(graph))
+    for a in cmap.ring:
         value = graph.values[graph.node(a.k[0]).inputs[a.k[1]]]
         dtype = int(value.type.dtype.value) if value.type is not None else 1
         out.append(replace(a, k_shape=chunk(a.k), v_shape=chunk(a.v), dtype=dtype))
-    return tuple(out)
+    return replace(cmap, ring=tuple(out))
 
 
 def context_lowering(
@@ -103,8 +105,9 @@ def context_lowering(
     from shardc.partition.context import context_map
 
     cmap = context_map(state.graph, state.strategies.labels, cp)
-    if state.options.partition.cp_comm == "ring":
-        cmap = replace(cmap, ring=_ring(state, lowering.resolutions, cmap, stages, cp))
+    comm = state.options.partition.cp_comm
+    if comm != "allgather":
+        cmap = _ring(state, lowering.resolutions, cmap, stages, cp, comm)
     nbytes = _gather_bytes(state, lowering.resolutions, cmap, stages)
     offsets, acc = [], 0
     for s in part.stages:
@@ -207,8 +210,11 @@ def _ring_steps(
     the block's compute (the timeline's overlap; the runtime sends without waiting), and
     every rank issues the same order, so the ring cannot deadlock.
     """
+    from shardc.partition.ring import block_shares
+
     cp = len(group)
     nxt, prev = group[(c + 1) % cp], group[(c - 1) % cp]
+    shares = block_shares(cp, cmap.zigzag)
     held = {n for a in cmap.ring for n in a.nodes}
     at = {a.pv: (k, a) for k, a in enumerate(cmap.ring)}
     out: list[Compute | Comm] = []
@@ -231,7 +237,7 @@ def _ring_steps(
                 value, tag = f"{a.pv}{CP_RING}{t}", RING_TAG + k * cp + t
                 if t < cp - 1:
                     out.append(Comm("Send", value, "", chunk, (), nxt, tag))
-                out.append(Compute(a.nodes, 0.0, f"{s.label} ring {t + 1}/{cp}", 1.0 / cp))
+                out.append(Compute(a.nodes, 0.0, f"{s.label} ring {t + 1}/{cp}", shares[t]))
                 if t < cp - 1:
                     out.append(Comm("Recv", value, value, chunk, (), prev, tag))
         if run:

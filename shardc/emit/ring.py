@@ -69,11 +69,13 @@ def ring_nodes(
     shape_of: ShapeOf,
     consts: list[onnx.TensorProto],
     skip: frozenset[int] = frozenset(),
+    zigzag: Callable[[], Any] | None = None,
 ) -> list[onnx.NodeProto]:
     """Copy ``c``'s nodes for attention ``a`` (see the module doc). ``stash`` holds its
     original nodes (inputs already renamed), ``take(op)`` the next priced ring comm,
     ``rows(node, i)`` the copy's rows of a mask operand, ``skip`` the key chunks whose
-    blocks are wholly masked.
+    blocks are wholly masked; ``zigzag`` makes the blocks of the load-balanced split
+    (:class:`shardc.emit.zigzag.Zigzag`) instead.
     """
     out = _Out(f"{a.pv}__ring", consts)
     n_k, n_v = int(np.prod(a.k_shape)), int(np.prod(a.v_shape))
@@ -82,19 +84,25 @@ def ring_nodes(
     vf = out.op("Reshape", [stash[a.v[0]].input[a.v[1]], flat], "vflat")
     held = out.op("Concat", [kf, vf], "kv0", axis=0)
     cuts = {(n, i): d for n, i, d in a.cuts}
-    masks = {key: rows(*key) for key in cuts}
+    zig = zigzag() if zigzag is not None else None
+    masks = {key: rows(*key) for key in cuts} if zig is None else {}
     state: tuple[str, str, str] | None = None
     for t in range(cp):
         j = (c - t) % cp
         if t < cp - 1:
             _comm(out, take("Send"), [held], [])
-        if j not in skip:
+        if zig is not None:
+            zig.block(out, held, t, j)
+        elif j not in skip:
             scores, v_blk = _block(out, a, stash, held, t, j, chunk, n_k, n_v, cp, cuts, masks,
                                    shape_of)
-            state = _fold(out, scores, v_blk, state, t)
+            state = fold(out, scores, v_blk, state, t)
         if t < cp - 1:
             step = take("Recv")
             held = _comm(out, step, [], [out.name(f"kv{t + 1}")], a.dtype, [n_k + n_v])
+    if zig is not None:
+        zig.finish(out, stash[a.pv].output[0])
+        return out.nodes
     if state is None:
         raise ValueError(f"{a.pv}: every block of copy {c} is masked")
     _, total, acc = state
@@ -125,6 +133,24 @@ def _block(
     masks: Mapping[tuple[str, int], str], shape_of: ShapeOf,
 ) -> tuple[str, str]:
     """Block ``t`` (key chunk ``j``): the scores after scale and mask, and V's chunk."""
+    k_blk, v_blk = unpack(out, a, stash, held, t, n_k, n_v, cp, shape_of)
+    qk = stash[a.qk]
+    cur = out.op("MatMul", [qk.input[0], k_blk], f"s{t}")
+
+    def mask(name: str, i: int) -> str:
+        lo = out.const(f"m{t}{i}_s", [j * chunk])
+        hi = out.const(f"m{t}{i}_e", [(j + 1) * chunk])
+        axis = out.const(f"m{t}{i}_a", [cuts[(name, i)]])
+        return out.op("Slice", [masks[(name, i)], lo, hi, axis], f"{name}_m{t}_{i}")
+
+    return mids(out, a, stash, cur, f"{t}", cuts, mask), v_blk
+
+
+def unpack(
+    out: _Out, a: Any, stash: Mapping[str, onnx.NodeProto], held: str, t: int, n_k: int,
+    n_v: int, cp: int, shape_of: ShapeOf,
+) -> tuple[str, str]:
+    """K' and V' of the chunk ``held`` (packed K then V): unpacked, then their views."""
     def part(what: str, lo: int, hi: int, shape: tuple[int, ...]) -> str:
         s = out.op("Slice", [held, out.const(f"{what}{t}_s", [lo]), out.const(f"{what}{t}_e", [hi]),
                              out.const(f"{what}{t}_a", [0])], f"{what}{t}flat")
@@ -133,8 +159,17 @@ def _block(
     k_blk = _views(out, a.k_chain, stash, part("k", 0, n_k, a.k_shape), a.dims, cp, t, shape_of)
     v_blk = _views(out, a.v_chain, stash, part("v", n_k, n_k + n_v, a.v_shape), a.dims, cp, t,
                    shape_of)
-    qk = stash[a.qk]
-    prev, cur = qk.output[0], out.op("MatMul", [qk.input[0], k_blk], f"s{t}")
+    return k_blk, v_blk
+
+
+def mids(
+    out: _Out, a: Any, stash: Mapping[str, onnx.NodeProto], cur: str, tag: str,
+    cuts: Mapping[tuple[str, int], int], mask: Callable[[str, int], str],
+) -> str:
+    """The scale/mask ops on the scores ``cur``; ``mask(node, i)`` the block's piece of an
+    operand that spans the keys.
+    """
+    prev = stash[a.qk].output[0]
     for name in a.mids:
         nd = onnx.NodeProto()
         nd.CopyFrom(stash[name])
@@ -142,14 +177,11 @@ def _block(
             if v == prev:
                 nd.input[i] = cur
             elif (name, i) in cuts:
-                lo = out.const(f"m{t}{i}_s", [j * chunk])
-                hi = out.const(f"m{t}{i}_e", [(j + 1) * chunk])
-                axis = out.const(f"m{t}{i}_a", [cuts[(name, i)]])
-                nd.input[i] = out.op("Slice", [masks[(name, i)], lo, hi, axis], f"{name}_m{t}_{i}")
-        prev, cur = nd.output[0], out.name(f"{name}_{t}")
+                nd.input[i] = mask(name, i)
+        prev, cur = nd.output[0], out.name(f"{name}_{tag}")
         nd.output[0], nd.name = cur, cur
         out.nodes.append(nd)
-    return cur, v_blk
+    return cur
 
 
 def _views(
@@ -173,8 +205,8 @@ def _views(
     return value
 
 
-def _fold(
-    out: _Out, scores: str, v_blk: str, state: tuple[str, str, str] | None, t: int
+def fold(
+    out: _Out, scores: str, v_blk: str, state: tuple[str, str, str] | None, t: int | str
 ) -> tuple[str, str, str]:
     """The online-softmax update: (running max, sum, output) after block ``t``."""
     axis = out.const("keys", [-1])

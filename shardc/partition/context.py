@@ -80,6 +80,9 @@ class ContextMap:
     """With ``--cp-comm ring``, the attentions that pass K/V round the cp group instead of
     gathering them (:class:`~shardc.partition.ring.RingAttention`, their gathers listed in
     :attr:`gathers` still: the values the ring moves); empty for the all-gather."""
+    zigzag: bool = False
+    """Each rank holds sequence chunks ``c`` and ``2cp − 1 − c`` of ``2cp`` (the
+    load-balanced causal split, ``--cp-comm zigzag``) instead of chunk ``c`` of ``cp``."""
 
 
 def _shape(graph: Graph, v: str) -> tuple[int, ...] | None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from shardc.cost import activations as acts
-from shardc.cost.compute import ShardScale, sequence_time
+from shardc.cost.compute import ShardScale, pass_multiplier, sequence_time
 from shardc.cost.ops import NodeCost
 from shardc.cost.phases import prefill_time, training_time
 from shardc.sharding import shard_scale
@@ -34,10 +33,11 @@ from shardc.partition.context import (
 )
 from shardc.partition.pricing import SP_OPS, GraphPrices, PartCost, TensorChoice
 from shardc.partition.ring import (
+    block_shares,
     in_flight_bytes,
     kv_chunk_bytes,
-    ring_attentions,
     ring_comm_seconds,
+    ring_map,
     run_seconds,
 )
 
@@ -128,9 +128,11 @@ class PartPrices(GraphPrices):
                 act_all += whole_kv * (1 - 1 / cp)
                 act_kept += whole_kv * (1 - 1 / cp)
             if cmap.ring:
-                extra, in_flight = self._ring(nodes, cmap, cp, spec, ring, ch, sizes,
-                                              dict(zip(nodes, scales, strict=True)), recompute)
+                extra, in_flight, saved = self._ring(nodes, cmap, cp, spec, ring, ch, sizes,
+                                                     dict(zip(nodes, scales, strict=True)),
+                                                     recompute)
                 comm += extra
+                compute -= saved
         if not training:
             activation = 0.0
             workspace = max(
@@ -151,29 +153,37 @@ class PartPrices(GraphPrices):
         self, nodes: Sequence[str], cmap: ContextMap, cp: int, spec: Any, ring: Sequence[str],
         ch: TensorChoice, sizes: Mapping[str, int], scales: Mapping[str, ShardScale],
         recompute: str,
-    ) -> tuple[float, float]:
-        """(exposed seconds, bytes in flight) of the ring attentions among ``nodes``
+    ) -> tuple[float, float, float]:
+        """(exposed seconds, bytes in flight, compute saved) of the ring attentions among
+        ``nodes``
         (:mod:`shardc.partition.ring`): each block priced as the ``price`` pass prices
         it (:func:`run_seconds`), each transfer on every hop of the cp ring as the pass
         prices a Send (:func:`point_to_point`), the two chunks a rank holds beyond
-        its own during one attention as workspace (one layer's at a time).
+        its own during one attention as workspace (one layer's at a time). Compute saved:
+        the zigzag split's masked quarters (:func:`zigzag_shares`), at the pass
+        multiplier the block's compute is charged at (the all-cp-blocks work of a
+        contiguous split is in ``compute`` already).
         """
         inside, seconds, in_flight = set(nodes), 0.0, 0.0
         training = self.settings.mode == "training"
-        pairs = list(zip(ring, [*ring[1:], *ring[:1]], strict=True)) if len(ring) > 1 else []
+        links = list(zip(ring, [*ring[1:], *ring[:1]], strict=True)) if len(ring) > 1 else []
 
         def hops(nbytes: float) -> list[float]:
-            return [point_to_point(self.topology, a, b, nbytes).seconds for a, b in pairs]
+            return [point_to_point(self.topology, a, b, nbytes).seconds for a, b in links]
 
+        shares, saved = block_shares(cp, cmap.zigzag), 0.0
+        k = pass_multiplier(self.settings.mode, recompute) if training else 1.0
         for a in cmap.ring:
             if a.pv not in inside:
                 continue
             chunk = kv_chunk_bytes(a, lambda n, i: self.operand_bytes(n, i, ch, sizes), cp)
-            block = run_seconds([(self.costs.nodes[n], scales[n]) for n in a.nodes],
-                                lambda g, s: prefill_time(g, spec, shard=s).seconds, 1.0 / cp)
-            seconds += ring_comm_seconds(hops, chunk, block, training, recompute)
+            pairs = [(self.costs.nodes[n], scales[n]) for n in a.nodes]
+            blocks = [run_seconds(pairs, lambda g, s: prefill_time(g, spec, shard=s).seconds,
+                                  share) for share in shares]
+            seconds += ring_comm_seconds(hops, chunk, blocks, training, recompute)
             in_flight = max(in_flight, in_flight_bytes(chunk, cp))
-        return seconds, in_flight
+            saved += k * (blocks[-1] / shares[-1] - sum(blocks))  # all cp blocks, less run
+        return seconds, in_flight, saved
 
     def _attention_core(self, nodes: Sequence[str]) -> tuple[str, ...]:
         """Weight-free nodes reading or writing the widest activation-by-activation
@@ -236,9 +246,9 @@ class PartPrices(GraphPrices):
         """
         if cp not in self._contexts:
             cmap = context_map(self.graph, self.table.labels, cp)
-            if self.settings.cp_comm == "ring":  # raises where the ring cannot run
-                ring = ring_attentions(self.graph, cmap, graph_consts(self.graph))
-                cmap = replace(cmap, ring=ring)
+            if self.settings.cp_comm != "allgather":  # raises where the ring cannot run
+                cmap = ring_map(self.graph, cmap, cp, self.settings.cp_comm,
+                                graph_consts(self.graph))
             self._contexts[cp] = cmap
         return self._contexts[cp]
 

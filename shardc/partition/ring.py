@@ -57,6 +57,10 @@ class RingAttention:
     """Chain node -> the sequence dim of its output (a chunk in every block)."""
     cuts: tuple[tuple[str, int, int], ...] = ()
     """(mid node, input, dim): an operand (the mask) that spans the keys, cut per block."""
+    q_dim: int = -1
+    """The sequence dim of Q (:attr:`qk`'s first operand): zigzag cuts its two halves."""
+    out_dim: int = -1
+    """The sequence dim of the attention's output."""
     k_shape: tuple[int, ...] = ()
     """K's chunk at the gather point on one TP rank (set by the lowering)."""
     v_shape: tuple[int, ...] = ()
@@ -136,7 +140,8 @@ def ring_attentions(graph: Graph, cmap: ContextMap, consts: Consts) -> tuple[Rin
         dims.update(_chain_dims(graph, vp, vc, cmap.length, consts))
         cuts = _cuts(graph, mids, qk, cmap)
         out.append(RingAttention(qk.name, tuple(mids), user.name, pv.name, kp, vp, tuple(kc),
-                                 tuple(vc), dims, cuts))
+                                 tuple(vc), dims, cuts, cmap.dims.get(qk.inputs[0], -1),
+                                 cmap.dims.get(pv.outputs[0], -1)))
     covered = {a.pv for a in out} | {a.qk for a in out}
     for name in by_matmul:
         if name not in covered:
@@ -176,27 +181,70 @@ def _cuts(
     return tuple(out)
 
 
+def ring_map(graph: Graph, cmap: ContextMap, cp: int, comm: str, consts: Consts) -> ContextMap:
+    """``cmap`` with the ring attentions of ``--cp-comm ring`` or ``zigzag`` (raises
+    :class:`ContextError` where the ring cannot run; zigzag also where the sequence does
+    not split into ``2cp`` chunks or an attention has no mask to balance).
+    """
+    from dataclasses import replace
+
+    ring = ring_attentions(graph, cmap, consts)
+    if comm != "zigzag":
+        return replace(cmap, ring=ring)
+    if cmap.length % (2 * cp):
+        raise ContextError(f"--cp-comm zigzag: the sequence (length {cmap.length}) does not "
+                           f"split into 2 x cp = {2 * cp} chunks")
+    for a in ring:
+        if not any(graph.node(n).op_type == "Add" for n, _, _ in a.cuts):
+            raise _refuse(a.qk, "has no causal mask to balance (zigzag is for causal attention)")
+        if a.q_dim < 0 or a.out_dim < 0:
+            raise _refuse(a.qk, "has no sequence dim on its queries or output")
+    return replace(cmap, ring=ring, zigzag=True)
+
+
+def block_shares(cp: int, zigzag: bool) -> tuple[float, ...]:
+    """Each step's share of an attention's work: ``1/cp`` (contiguous chunks, priced as
+    the last rank, which skips no block) or :func:`zigzag_shares`.
+    """
+    return zigzag_shares(cp) if zigzag else tuple(1.0 / cp for _ in range(cp))
+
+
+def zigzag_shares(cp: int) -> tuple[float, ...]:
+    """Each step's share of an attention's work for every rank under the causal zigzag
+    split: the own block is three of its four (query half × key half) quarters (the
+    quarter above the diagonal is masked), every other block two (Megatron-LM's
+    ``AttnFuncWithCPAndKVP2P``: all queries against the first key half, or the second
+    query half against both). Every rank does ``3/4 + (cp − 1)/2`` blocks, where the
+    contiguous split leaves the last rank all ``cp``.
+    """
+    return (0.75 / cp, *(0.5 / cp for _ in range(cp - 1)))
+
+
 # -- pricing: what the emitted programs do, through the cost model's functions ------------
-def ring_exposed(hops: Sequence[float], block: float) -> float:
-    """Seconds a ring attention's transfers add to its ``cp`` blocks of ``block`` seconds,
-    ``hops[i]`` the time of one chunk from member ``i`` of the ring to member ``i + 1``.
+def ring_exposed(hops: Sequence[float], blocks: Sequence[float]) -> float:
+    """Seconds a ring attention's transfers add to its blocks' compute: ``blocks[t]`` the
+    time of the block of step ``t`` (``cp`` of them), ``hops[i]`` the time of one chunk
+    from member ``i`` of the ring to member ``i + 1``.
 
     Each rank sends the chunk it holds as it starts a block and starts the next block
     when both that block and the chunk from the member behind it are done:
-    ``start(c, t+1) = max(start(c, t) + block, start(c−1, t) + hops[c−1])``. Unrolled, the
-    last block of rank ``c`` starts ``max_k Σ_{i=1..k} (hops[c−i] − block)`` after
-    ``(cp − 1)·block``, over ``k ≤ cp − 1`` consecutive hops into ``c``: with equal hops
-    ``(cp − 1)·max(0, hop − block)``; a slow hop (cp across nodes) delays the members
-    downstream of it once, not every step. The timeline (:mod:`shardc.plan.simulate`)
-    runs the programs by the same rule (Sends beside compute), so both arrive at this
-    figure when an attention's ranks start it together.
+    ``start(c, t+1) = max(start(c, t) + blocks[t], start(c−1, t) + hops[c−1])``. The
+    longest path to the last block of rank ``c`` takes ``k ≤ cp − 1`` consecutive hops
+    into ``c`` and the ``cp − 1 − k`` longest of the other steps' blocks; with equal hops
+    and blocks that is ``(cp − 1)·max(0, hop − block)``, while a slow hop (cp across
+    nodes) delays the members downstream of it once, not every step. The timeline
+    (:mod:`shardc.plan.simulate`) runs the programs by the same rule (Sends beside
+    compute), so both arrive at this figure when an attention's ranks start it together.
     """
-    cp, worst = len(hops), 0.0
+    cp = len(hops)
+    steps = sorted(blocks[:-1], reverse=True)
+    top = [sum(steps[:m]) for m in range(cp)]  # the m longest steps
+    base, worst = sum(steps), 0.0
     for c in range(cp):
         total = 0.0
         for k in range(1, cp):
-            total += hops[(c - k) % cp] - block
-            worst = max(worst, total)
+            total += hops[(c - k) % cp]
+            worst = max(worst, total + top[cp - 1 - k] - base)
     return worst
 
 
@@ -224,23 +272,23 @@ def kv_chunk_bytes(a: RingAttention, operand_bytes: Callable[[str, int], float],
 
 
 def ring_comm_seconds(
-    hops: Callable[[float], Sequence[float]], chunk: float, block: float, training: bool,
-    recompute: str,
+    hops: Callable[[float], Sequence[float]], chunk: float, blocks: Sequence[float],
+    training: bool, recompute: str,
 ) -> float:
     """Exposed ring time of one attention per micro-batch: the forward's
     :func:`ring_exposed`; training adds the backward, whose ring carries K/V and their
     gradients (twice the bytes, Megatron-LM's ``AttnFuncWithCPAndKVP2P.backward``) the
     other way round beside a block's backward (twice its forward), and full
     recomputation the forward again. ``hops(nbytes)``: a transfer's time on each hop of
-    the cp ring, in ring order.
+    the cp ring, in ring order; ``blocks``: each step's block time.
 
     The timeline mirrors each forward transfer for the backward (same bytes and time),
     so in training it shows the backward ring's bytes at half of what is priced here.
     """
-    fwd = ring_exposed(hops(chunk), block)
+    fwd = ring_exposed(hops(chunk), blocks)
     if not training:
         return fwd
-    bwd = ring_exposed(list(reversed(hops(2 * chunk))), 2 * block)
+    bwd = ring_exposed(list(reversed(hops(2 * chunk))), [2 * b for b in reversed(blocks)])
     return fwd + bwd + (fwd if recompute == "full" else 0.0)
 
 
