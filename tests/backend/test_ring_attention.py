@@ -71,9 +71,10 @@ def _worst(outs: Any, want: Any) -> tuple[float, int]:
     return worst, checked
 
 
-def check_ring_plan(path: Path, pins: str, devices: int, cp: int) -> float:
-    """Compile with ``cp`` pinned and the ring, emit, run; returns the max error."""
-    state = compile_ring(path, f"{pins},cp={cp}", cp * devices)
+def check_ring_plan(path: Path, pins: str, devices: int, cp: int, comm: str = "ring") -> float:
+    """Compile with ``cp`` pinned and the ring (``comm``: ``ring`` or ``zigzag``), emit,
+    run; returns the max error."""
+    state = compile_ring(path, f"{pins},cp={cp}", cp * devices, comm=comm)
     models = emit(state).models
     outs, want = _run(path, models)
     worst, checked = _worst(outs, want)
@@ -98,7 +99,7 @@ def check_ring_plan(path: Path, pins: str, devices: int, cp: int) -> float:
                  if n.op_type in ("Send", "Recv") and "__ring" in n.name]
         assert [(n.op_type, _attr(n, "peer"), _attr(n, "tag")) for n in nodes] == [
             (c.op, c.peer, c.tag) for c in ring]
-    print(f"{path.stem} {pins} cp={cp} ring: max |error| {worst:.3g}")
+    print(f"{path.stem} {pins} cp={cp} {comm}: max |error| {worst:.3g}")
     return worst
 
 
@@ -115,14 +116,34 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("comm", ["ring", "zigzag"])
 @pytest.mark.parametrize("pins,devices,cp", CASES)
-def test_gpt2_ring_attention(gpt2_path: Path, pins: str, devices: int, cp: int) -> None:
-    check_ring_plan(gpt2_path, pins, devices, cp)
+def test_gpt2_ring_attention(gpt2_path: Path, pins: str, devices: int, cp: int, comm: str) -> None:
+    check_ring_plan(gpt2_path, pins, devices, cp, comm)
 
 
+@pytest.mark.parametrize("comm", ["ring", "zigzag"])
 @pytest.mark.parametrize("pins,devices,cp", CASES)
-def test_llama_ring_attention(llama_path: Path, pins: str, devices: int, cp: int) -> None:
-    check_ring_plan(llama_path, pins, devices, cp)
+def test_llama_ring_attention(
+    llama_path: Path, pins: str, devices: int, cp: int, comm: str
+) -> None:
+    check_ring_plan(llama_path, pins, devices, cp, comm)
+
+
+def test_zigzag_gives_every_rank_the_same_causal_work(llama_path: Path) -> None:
+    """Under zigzag (rank c holds chunks c and 2cp−1−c) every rank computes 3 of the own
+    block's 4 (query half × key half) quarters and 2 of every other block's: 3 + 2(cp−1)
+    quarters per attention, on every rank, where the contiguous ring gives rank c
+    4(c + 1) (test below). A score MatMul against one key half is one quarter, against
+    both two.
+    """
+    cp = 4
+    models = emit(compile_ring(llama_path, f"tp=1,pp=1,dp=1,cp={cp}", cp, comm="zigzag")).models
+    for rank, m in sorted(models.items()):
+        names = {n.name for n in m.graph.node}
+        scores = [n.name for n in m.graph.node if n.op_type == "MatMul" and "__ring_s" in n.name]
+        quarters = sum(1 if n.replace("__ring_s", "__ring_k") in names else 2 for n in scores)
+        assert quarters == LAYERS * (3 + 2 * (cp - 1)), (rank, quarters)
 
 
 def test_causal_blocks_above_the_diagonal_are_skipped(llama_path: Path) -> None:

@@ -73,9 +73,11 @@ switch between: loopback {
 """
 
 
-@pytest.mark.parametrize("cp,topology", [(2, None), (4, None), (4, "two_pairs")])
+@pytest.mark.parametrize("cp,topology,comm", [(2, None, "ring"), (4, None, "ring"),
+                                              (4, "two_pairs", "ring"), (4, None, "zigzag"),
+                                              (4, "two_pairs", "zigzag")])
 def test_the_partitioner_and_the_timeline_price_the_ring_alike(
-    gpt2_path: Path, tmp_path: Path, cp: int, topology: str | None
+    gpt2_path: Path, tmp_path: Path, cp: int, topology: str | None, comm: str
 ) -> None:
     """Inference (a forward: the timeline mirrors transfers for the backward, where the
     partitioner prices K/V and their gradients, see ``ring_comm_seconds``). At tp=1 a
@@ -84,13 +86,15 @@ def test_the_partitioner_and_the_timeline_price_the_ring_alike(
     (which every rank starts together), and it is not zero (the tiny model's transfers
     outlast its blocks). On ``two_pairs`` the ring's hops differ: a slow hop delays the
     ranks after it once (not every step), which the closed form and the timeline agree on.
+    Under zigzag the blocks differ (the own block 3/4 of a contiguous one, the others
+    1/2): the same rule, per step.
     """
     path = None
     if topology:
         path = tmp_path / f"{topology}.topo"
         path.write_text(TWO_PAIRS)
     state = compile_ring(gpt2_path, f"tp=1,pp=1,dp=1,cp={cp}", cp, mode="inference",
-                         topology=path)
+                         topology=path, comm=comm)
     costing = costing_for(state)
     _, block, _, _ = costing.sections
     kind = state.partition.stages[0].kind
@@ -106,7 +110,7 @@ def test_the_partitioner_and_the_timeline_price_the_ring_alike(
     sends = [c for p in state.plan.programs.programs for c in p.comms
              if c.op == "Send" and c.value.startswith(attention.pv + "__cpring")]
     assert len(sends) == cp * (cp - 1) and all(c.nbytes == pytest.approx(chunk) for c in sends)
-    print(f"cp={cp} {topology or 'localhost'}: exposed ring time per attention "
+    print(f"cp={cp} {topology or 'localhost'} {comm}: exposed ring time per attention "
           f"{priced * 1e6:.3f} us (partitioner) = {shown * 1e6:.3f} us (timeline)")
 
 
@@ -115,10 +119,13 @@ def test_the_ring_exposure_in_closed_form() -> None:
     its excess once; two slow hops two apart in a ring of four: once each, less the
     block between them.
     """
-    assert ring_exposed([5.0] * 4, 2.0) == pytest.approx(9.0)
-    assert ring_exposed([1.0] * 4, 2.0) == 0.0
-    assert ring_exposed([9.0, 1.0, 1.0, 1.0], 2.0) == pytest.approx(7.0)
-    assert ring_exposed([9.0, 1.0, 9.0, 1.0], 2.0) == pytest.approx(7.0 - 1.0 + 7.0)
+    two = [2.0] * 4
+    assert ring_exposed([5.0] * 4, two) == pytest.approx(9.0)
+    assert ring_exposed([1.0] * 4, two) == 0.0
+    assert ring_exposed([9.0, 1.0, 1.0, 1.0], two) == pytest.approx(7.0)
+    assert ring_exposed([9.0, 1.0, 9.0, 1.0], two) == pytest.approx(7.0 - 1.0 + 7.0)
+    # zigzag's steps: a longer own block first hides more of the first transfer
+    assert ring_exposed([5.0] * 4, [3.0, 2.0, 2.0, 2.0]) == pytest.approx(2.0 + 3.0 + 3.0)
 
 
 def test_ring_keeps_no_gathered_kv_only_two_chunks_in_flight(llama_path: Path) -> None:
