@@ -114,6 +114,14 @@ def context_model(
             raise ContextEmitError(f"--cp-comm ring: rank copy {c} has no priced {op} next")
         return pending.pop(0)
 
+    def chunk_outputs(nd: onnx.NodeProto) -> None:
+        """A chunked graph output made under a local name, gathered into it last."""
+        for j, o in enumerate(nd.output):
+            if o in outputs and cmap.dims.get(_base(o)) is not None:
+                local = f"{o}{CP_LOCAL}"
+                nd.output[j] = rename[o] = local
+                finals.append((local, o))
+
     def zigzag_of(a: Any) -> Callable[[], Zigzag] | None:
         if not cmap.zigzag:
             return None
@@ -133,6 +141,7 @@ def context_model(
         if nd.name in held:  # a ring attention's node: rewritten blockwise at its P·V
             stash[nd.name] = nd
             if nd.name in ring:
+                chunk_outputs(nd)  # an attention whose output is the graph's
                 a = ring[nd.name]
                 skip = (frozenset() if cmap.zigzag else
                         masked_blocks(g, m.opset_import, a, stash, slices, c, chunk, cp))
@@ -159,11 +168,7 @@ def context_model(
                 nd.input[i] = whole
             elif (nd.name, i) in slices:
                 nd.input[i] = cut(v, slices[(nd.name, i)], "rows")
-        for j, o in enumerate(nd.output):
-            if o in outputs and cmap.dims.get(_base(o)) is not None:
-                local = f"{o}{CP_LOCAL}"
-                nd.output[j] = rename[o] = local
-                finals.append((local, o))
+        chunk_outputs(nd)
         nodes.append(nd)
     for local, o in finals:  # last, in the order made: the program's own order
         gather(local, cmap.dims[_base(o)], o)

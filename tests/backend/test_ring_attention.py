@@ -73,7 +73,8 @@ def _worst(outs: Any, want: Any) -> tuple[float, int]:
 
 def check_ring_plan(path: Path, pins: str, devices: int, cp: int, comm: str = "ring") -> float:
     """Compile with ``cp`` pinned and the ring (``comm``: ``ring`` or ``zigzag``), emit,
-    run; returns the max error."""
+    run; returns the max error.
+    """
     state = compile_ring(path, f"{pins},cp={cp}", cp * devices, comm=comm)
     models = emit(state).models
     outs, want = _run(path, models)
@@ -194,6 +195,45 @@ def _no_softmax(tmp_path: Path) -> Path:
     path = tmp_path / "bare.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
     return path
+
+
+def _bidirectional(tmp_path: Path) -> Path:
+    """One attention with no mask (every query sees every key): the ring runs it with no
+    block skipped; zigzag, which balances causal work, refuses it.
+    """
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 4])
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("emb", (256, 4)), ("wq", (4, 4)), ("wk", (4, 4)), ("wv", (4, 4)))]
+    inits.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "scale"))
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h"]),
+             helper.make_node("MatMul", ["h", "wq"], ["q"]),
+             helper.make_node("MatMul", ["h", "wk"], ["k"]),
+             helper.make_node("MatMul", ["h", "wv"], ["v"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Mul", ["s", "scale"], ["s2"]),
+             helper.make_node("Softmax", ["s2"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    g = helper.make_graph(nodes, "bidirectional", [ids], [y], inits)
+    path = tmp_path / "bidirectional.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_the_ring_runs_an_unmasked_attention_and_zigzag_refuses_it(tmp_path: Path) -> None:
+    path = _bidirectional(tmp_path)
+    state = compile_ring(path, "tp=1,pp=1,dp=1,cp=2", 2)
+    outs, want = _run(path, emit(state).models)
+    worst, checked = _worst(outs, want)
+    assert checked == 2 and worst < 1e-5
+    r = CliRunner().invoke(cli, ["compile", str(path), "--topology", TOPO, "--set",
+                                 "devices=2", "--pin", "cp=2,tp=1,pp=1,dp=1", "--cp-comm",
+                                 "zigzag", "-o", str(tmp_path / "z")])
+    err = r.stderr.strip()
+    assert r.exit_code == 2 and len(err.splitlines()) == 1, (r.output, err)
+    assert "zigzag" in err and "causal" in err
 
 
 def test_a_graph_without_a_recognisable_attention_exits_2_in_one_line(tmp_path: Path) -> None:

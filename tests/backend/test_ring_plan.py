@@ -189,10 +189,13 @@ def test_a_ring_plan_folder_is_written_checked_and_verified(
 
 
 @pytest.mark.slow
-def test_a_ring_plan_verifies_over_torch_distributed(gpt2_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("comm", ["ring", "zigzag"])
+def test_a_ring_plan_verifies_over_torch_distributed(
+    gpt2_path: Path, tmp_path: Path, comm: str
+) -> None:
     """``shardc verify --procs`` on a cp2 × tp2 ring folder: four gloo processes, every
     rank sending before it receives (~15 s).
     """
     out = tmp_path / "plan"
-    _compile(gpt2_path, out, "cp=2,tp=2,pp=1,dp=1", 4, "--cp-comm", "ring")
+    _compile(gpt2_path, out, "cp=2,tp=2,pp=1,dp=1", 4, "--cp-comm", comm)
     assert _verify(out, "--procs") < 1e-4
