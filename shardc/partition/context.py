@@ -24,8 +24,9 @@ Anything that would need more (a reduction or a softmax over the sequence of a c
 value, a Shape read of one, a reshape that mixes the sequence with inner dims) is a
 :class:`ContextError` naming the node: the plan is refused rather than emitted wrong.
 Ring attention (``--cp-comm ring``, :mod:`shardc.partition.ring`) passes the same K/V
-chunks round the group instead. Not done: Megatron's load-balanced causal split (two
-chunks per rank).
+chunks round the group instead, and ``--cp-comm zigzag`` runs it on Megatron's
+load-balanced causal split (:attr:`ContextMap.zigzag`: two chunks per rank). Not done:
+that split for the all-gather.
 """
 
 from __future__ import annotations

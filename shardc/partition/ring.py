@@ -13,6 +13,9 @@ compute: exposed ``max(0, transfer − block)`` per step on a ring of equal hops
 (:func:`ring_exposed` for unequal ones), and two chunks in flight instead of the whole
 gathered K/V.
 
+``--cp-comm zigzag`` runs the ring on the load-balanced causal split (rank ``c`` holds
+chunks ``c`` and ``2cp − 1 − c``: :func:`zigzag_shares`, :mod:`shardc.emit.zigzag`).
+
 This module recognises the attentions the ring can run and prices them; the lowering
 (:mod:`shardc.passes.lower_context`) lays the steps out and the emitter
 (:mod:`shardc.emit.ring`) writes the blockwise programs. An attention is
