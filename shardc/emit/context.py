@@ -76,7 +76,6 @@ def context_model(
 
     def cut(value: str, dim: int, tag: str) -> str:
         name = f"{value}__cp{tag}{len(nodes)}"
-        a = _const(f"{name}_a", np.array([dim], np.int64), added)
         spans = ([(c * chunk, (c + 1) * chunk)] if not cmap.zigzag else
                  [(k * half, (k + 1) * half) for k in (c, 2 * cp - 1 - c)])
         parts = []
@@ -84,6 +83,7 @@ def context_model(
             piece = name if len(spans) == 1 else f"{name}_{k}"
             s = _const(f"{piece}_s", np.array([lo], np.int64), added)
             e = _const(f"{piece}_e", np.array([hi], np.int64), added)
+            a = _const(f"{piece}_a", np.array([dim], np.int64), added)
             nodes.append(helper.make_node("Slice", [value, s, e, a], [piece], name=piece))
             parts.append(piece)
         if len(parts) > 1:  # zigzag: chunks c and 2cp-1-c, joined
