@@ -123,13 +123,23 @@ def context_lowering(
     for p in lowering.programs.programs:
         for c in range(cp):
             group = tuple(rank(p.rank, k) for k in range(cp))
-            steps = _copy_steps(p.steps, cmap, group, nbytes, lambda b, c=c: rank(b, c),
-                                set(p.outputs), state.graph, cp)
-            if cmap.ring:
-                steps = _ring_steps(steps, cmap, group, c, nbytes)
+            # interleaved plans: each model chunk is rewritten on its own, so chunk_starts
+            # point at the rewritten steps (the outputs' gathers close the last chunk)
+            steps: list[Compute | Comm] = []
+            starts: list[int] = []
+            chunks = p.chunks
+            for k, part_steps in enumerate(chunks):
+                last = k == len(chunks) - 1
+                done = _copy_steps(part_steps, cmap, group, nbytes, lambda b, c=c: rank(b, c),
+                                   set(p.outputs) if last else set(), state.graph, cp,
+                                   made=p.steps)
+                if cmap.ring:
+                    done = _ring_steps(done, cmap, group, c, nbytes)
+                starts.append(len(steps))
+                steps.extend(done)
             device = part.placement.devices[(p.replica, p.stage, c * p.tp + p.tp_rank)]
-            programs.append(replace(p, rank=rank(p.rank, c), device=device, steps=steps,
-                                    copy=c))
+            programs.append(replace(p, rank=rank(p.rank, c), device=device, steps=tuple(steps),
+                                    copy=c, chunk_starts=starts if p.chunk_starts else ()))
     programs.sort(key=lambda q: q.rank)
     unpriced = replace(lowering.programs, programs=tuple(programs))
     return replace(lowering, programs=unpriced, context=(cmap, cp))
@@ -144,8 +154,10 @@ def _copy_steps(
     outputs: set[str],
     graph: Any,
     cp: int,
+    made: Sequence[Compute | Comm] = (),
 ) -> tuple[Compute | Comm, ...]:
-    """One copy's steps: comm ranks moved into the copy, their bytes the chunk's (the
+    """One copy's steps (``made``: the whole program, whose order the output gathers
+    follow; ``steps`` when empty): comm ranks moved into the copy, their bytes the chunk's (the
     tensor- and pipeline-parallel traffic of activations is over cp, the partitioner's
     ``nbytes / cp``); before each node that reads a
     gathered K/V an all-gather of it, and of each chunked output an all-gather of
@@ -184,7 +196,7 @@ def _copy_steps(
             run.append(n)
         if run:
             out.append(Compute(tuple(run), 0.0, s.label))
-    return (*out, *(out_gather(o) for o in _made_order(chunked, cmap, steps)))
+    return (*out, *(out_gather(o) for o in _made_order(chunked, cmap, made or steps)))
 
 
 def _made_order(chunked: Sequence[str], cmap: ContextMap, steps: Sequence[Any]) -> list[str]:
