@@ -29,7 +29,7 @@ def costing_for(state: CompileState) -> Costing:
         state.strategies,
         state.topology,
         Settings(mode=opts.mode, zero=opts.partition.zero, tp_rule=opts.partition.pins.rule,
-                 ep=opts.partition.pins.ep or 1),
+                 ep=opts.partition.pins.ep or 1, cp_comm=opts.partition.cp_comm),
     )
 
 

@@ -12,7 +12,6 @@ ring's links.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from shardc.cost.compute import ShardScale
 from shardc.cost.network import group_collective, point_to_point
 from shardc.cost.phases import prefill_time
 from shardc.partition.context import cp_scale
+from shardc.partition.ring import run_seconds
 from shardc.pipeline import Pass
 from shardc.plan.program import Comm, Compute, DeviceProgram, Link, Programs, route_links
 from shardc.sharding import shard_scale
@@ -72,11 +72,13 @@ def price(state: CompileState) -> Programs:
 def _compute(
     state: CompileState, seg: Compute, resolution: Any, p: DeviceProgram, kinds: Any
 ) -> float:
-    """A run's forward time on its device: each node's shard, grouped by how it is cut."""
+    """A run's forward time on its device: each node's shard, grouped by how it is cut (a
+    ring attention block: its share of them).
+    """
     costs = state.costs
     assert costs is not None
     sizes = {"tp": p.tp}
-    groups: dict[ShardScale, list[Any]] = defaultdict(list)
+    pairs: list[tuple[Any, ShardScale]] = []
     context = state.lowering.context if state.lowering is not None else None
     for n in seg.nodes:
         cost = costs.nodes[n]
@@ -84,9 +86,9 @@ def _compute(
         if context is not None:  # a sequence chunk, as the partitioner priced it
             scale = cp_scale(scale, state.graph.node(n), len(cost.input_bytes),
                              len(cost.output_bytes), *context)
-        groups[scale].append(cost)
+        pairs.append((cost, scale))
     kind = kinds[p.device]
-    return sum(prefill_time(g, kind, shard=s).seconds for s, g in groups.items())
+    return run_seconds(pairs, lambda g, s: prefill_time(g, kind, shard=s).seconds, seg.share)
 
 
 def _comm(topo: Any, c: Comm, device: str, device_of: dict[int, str]) -> Comm:

@@ -48,6 +48,7 @@ def compile(
     seed: int = default("seed"),
     max_stages: int = default("max_stages"),
     memory_reserve: str | float = default("memory_reserve"),
+    cp_comm: str = default("cp_comm"),
     devices: int | None = None,
     params: Mapping[str, Param] | None = None,
     warm_start: str | os.PathLike[str] | Plan | None = None,
@@ -104,6 +105,9 @@ def compile(
         memory_reserve: memory per device no plan may use: a fraction (``0.05``), a
             percentage (``"5%"``) or bytes (``"4GB"``); default 5 % (CUDA/NCCL context,
             communication buffers, allocator fragmentation).
+        cp_comm: how context parallelism (``pins="cp=N"``) moves K and V: ``"allgather"``
+            (one all-gather of each, the default) or ``"ring"`` (cp-1 point-to-point
+            steps overlapped with blockwise attention).
         devices: the topology's ``devices`` parameter (``let devices = ...``, as in
             ``topologies/localhost.topo``): shorthand for ``params={"devices": n}``. A
             topology whose size is set another way (``let nodes``) takes ``params``.
@@ -182,6 +186,7 @@ def compile(
         warm_start=_warm_start(warm_start),
         dtype=dtype,
         memory_reserve=str(memory_reserve),
+        cp_comm=cp_comm,
     )
     inputs = Inputs(
         model=proto,

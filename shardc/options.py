@@ -93,6 +93,8 @@ class PlanOptions:
     """Memory per device held back from the plan (``--memory-reserve``)."""
     warm_start: str | None = default("warm_start")
     """Path of an earlier plan.json that seeds the solver."""
+    cp_comm: str = default("cp_comm")
+    """How context parallelism moves K and V (``allgather`` or ``ring``)."""
 
     def __post_init__(self) -> None:
         check_options(self, OPTIONS)
@@ -117,13 +119,15 @@ class PlanOptions:
             seed=self.seed,
             warm_start=warm_start_section(Path(self.warm_start) if self.warm_start else None),
             memory_reserve=parse_reserve(self.memory_reserve),
+            cp_comm=self.cp_comm,
         )
 
     def to_json(self, partition: PartitionOptions) -> dict[str, Any]:
         """plan.json's ``options``: every recorded option (pins as parsed, so equal pins
         read equal).
         """
-        out = {name: getattr(self, name) for name, o in OPTIONS.items() if o.recorded}
+        out = {name: getattr(self, name) for name, o in OPTIONS.items()
+               if o.recorded and not (o.sparse and getattr(self, name) == o.default)}
         out["pins"] = partition.pins.to_json()
         return out
 
@@ -143,5 +147,6 @@ class PlanOptions:
         )
 
 
-RECORDED_BEFORE: Mapping[str, Any] = {"dtype": None, "memory_reserve": "0"}
+RECORDED_BEFORE: Mapping[str, Any] = {"dtype": None, "memory_reserve": "0",
+                                      "cp_comm": default("cp_comm")}
 """What a plan that predates an option was made with (see :meth:`PlanOptions.replaying`)."""

@@ -68,6 +68,12 @@ class StrategyName(StrEnum):
     TP, whole experts per rank); the dispatch/combine rules over ``ep`` (all-to-all)."""
 
 
+CP_COMMS = ("allgather", "ring", "zigzag")
+"""How context-parallel attention moves K and V over the cp group: one all-gather of each
+(Llama 3), a ring of point-to-point steps overlapped with blockwise attention
+(Megatron-LM's ``cp_comm_type="p2p"``, Liu et al. 2023), or that ring on the
+load-balanced causal split (rank c holds sequence chunks c and 2cp-1-c, Megatron-LM's)."""
+
 MODES = ("training", "inference", "serving")
 """What a step is: forward, backward and optimizer, or a forward pass only."""
 
@@ -97,6 +103,9 @@ class Option:
     """The value's type where the default (None) does not say: ``int`` for counts."""
     cli: str | None = None
     """The flag where it is not ``--`` + the name (``--pin``, repeatable, for ``pins``)."""
+    sparse: bool = False
+    """Recorded in plan.json only when it differs from its default, so plans made before
+    the option existed (or without it) stay byte-identical."""
 
     @property
     def flag(self) -> str:
@@ -151,6 +160,12 @@ OPTIONS: Mapping[str, Option] = {
                "tokens moved by all-to-all). With tp, pp, dp and every "
                "stage's blocks pinned, compile evaluates that configuration.",
                metavar="KEY=VALUE[,...]", cli="--pin"),
+        Option("cp_comm", "allgather", "How context parallelism (--pin cp=N) moves K and V: "
+               "one all-gather of each over the cp group, or a ring of cp-1 point-to-point "
+               "steps overlapped with blockwise attention (online softmax; pays off for "
+               "long sequences and many KV heads), or zigzag: the ring with each rank "
+               "holding sequence chunks c and 2cp-1-c, so causal attention's work is "
+               "even over the ranks.", choices=CP_COMMS, sparse=True),
         Option("recompute", None, "Activation recomputation for every stage (same as --pin "
                "recompute=...).", choices=RECOMPUTES, recorded=False),
         Option("dtype", None, "Price and size the plan in this precision, as mixed-precision "

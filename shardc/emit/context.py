@@ -12,17 +12,21 @@ gets (1) its chunk of the token input, (2) reshape targets and received shapes s
 along the sequence, (3) an all-gather over its cp group of every K and V (Llama 3's
 all-gather attention), (4) its rows of the causal mask, positions and rotary tables, and
 (5) an all-gather of each output's chunks, last, in the order the outputs are made.
+With ``--cp-comm ring`` each attention is rewritten blockwise instead of gathering its K
+and V (:mod:`shardc.emit.ring`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from shardc.emit.ring import masked_blocks, ring_nodes
+from shardc.emit.zigzag import Zigzag
 from shardc.errors import ShardcError
 from shardc.plan.lowered import CP_LOCAL, CP_WHOLE
 from shardc.plan.program import DOMAIN, Comm
@@ -62,35 +66,92 @@ def context_model(
     pending = list(comms)
     finals: list[tuple[str, str]] = []
     chunk = cmap.length // cp
+    half = cmap.length // (2 * cp)
     outputs = {o.name for o in g.output}
     gathers = {(nd, i): d for nd, i, d in cmap.gathers}
     slices = {(nd, i): d for nd, i, d in cmap.slices}
+    ring = {a.pv: a for a in cmap.ring}
+    held = {n for a in cmap.ring for n in a.nodes}
+    stash: dict[str, onnx.NodeProto] = {}
 
     def cut(value: str, dim: int, tag: str) -> str:
         name = f"{value}__cp{tag}{len(nodes)}"
-        s = _const(f"{name}_s", np.array([c * chunk], np.int64), added)
-        e = _const(f"{name}_e", np.array([(c + 1) * chunk], np.int64), added)
-        a = _const(f"{name}_a", np.array([dim], np.int64), added)
-        nodes.append(helper.make_node("Slice", [value, s, e, a], [name], name=name))
+        spans = ([(c * chunk, (c + 1) * chunk)] if not cmap.zigzag else
+                 [(k * half, (k + 1) * half) for k in (c, 2 * cp - 1 - c)])
+        parts = []
+        for k, (lo, hi) in enumerate(spans):
+            piece = name if len(spans) == 1 else f"{name}_{k}"
+            s = _const(f"{piece}_s", np.array([lo], np.int64), added)
+            e = _const(f"{piece}_e", np.array([hi], np.int64), added)
+            a = _const(f"{piece}_a", np.array([dim], np.int64), added)
+            nodes.append(helper.make_node("Slice", [value, s, e, a], [piece], name=piece))
+            parts.append(piece)
+        if len(parts) > 1:  # zigzag: chunks c and 2cp-1-c, joined
+            nodes.append(helper.make_node("Concat", parts, [name], name=name, axis=dim))
         return name
 
     def gather(value: str, dim: int, out: str) -> None:
         if not pending:
             raise ContextEmitError(f"--pin cp: rank copy {c} has no priced gather for {out!r}")
         step = pending.pop(0)
+        into = f"{out}__cpzigzag" if cmap.zigzag else out
         nodes.append(helper.make_node(
-            "AllGather", [value], [out], name=f"{out}__cpgather", domain=DOMAIN,
+            "AllGather", [value], [into], name=f"{out}__cpgather", domain=DOMAIN,
             group=list(step.group), tag=step.tag, algorithm=step.algorithm, axis=dim))
+        if cmap.zigzag:  # copy k brought chunks k and 2cp-1-k: put the 2cp in order
+            pieces = [f"{into}_{k}" for k in range(2 * cp)]
+            nodes.append(helper.make_node("Split", [into], pieces, name=f"{into}_split",
+                                          axis=dim, num_outputs=2 * cp))
+            at = [2 * k if k < cp else 2 * (2 * cp - 1 - k) + 1 for k in range(2 * cp)]
+            nodes.append(helper.make_node("Concat", [pieces[i] for i in at], [out],
+                                          name=f"{into}_order", axis=dim))
 
     for inp in g.input:
         if inp.name in cmap.inputs:
             rename[inp.name] = cut(inp.name, cmap.inputs[inp.name], "in")
+    def take(op: str) -> Comm:
+        if not pending or pending[0].op != op:
+            raise ContextEmitError(f"--cp-comm ring: rank copy {c} has no priced {op} next")
+        return pending.pop(0)
+
+    def chunk_outputs(nd: onnx.NodeProto) -> None:
+        """A chunked graph output made under a local name, gathered into it last."""
+        for j, o in enumerate(nd.output):
+            if o in outputs and cmap.dims.get(_base(o)) is not None:
+                local = f"{o}{CP_LOCAL}"
+                nd.output[j] = rename[o] = local
+                finals.append((local, o))
+
+    def zigzag_of(a: Any) -> Callable[[], Zigzag] | None:
+        if not cmap.zigzag:
+            return None
+
+        def make() -> Zigzag:
+            return Zigzag(a, stash, c, cp, cmap.length, g, m.opset_import, slices,
+                          lambda name: _shape_const(name, inits, g.node),
+                          int(np.prod(a.k_shape)), int(np.prod(a.v_shape)))
+        return make
+
     for node in g.node:
         nd = onnx.NodeProto()
         nd.CopyFrom(node)
         for i, v in enumerate(nd.input):
             if v in rename:
                 nd.input[i] = rename[v]
+        if nd.name in held:  # a ring attention's node: rewritten blockwise at its P·V
+            stash[nd.name] = nd
+            if nd.name in ring:
+                chunk_outputs(nd)  # an attention whose output is the graph's
+                a = ring[nd.name]
+                skip = (frozenset() if cmap.zigzag else
+                        masked_blocks(g, m.opset_import, a, stash, slices, c, chunk, cp))
+                nodes.extend(ring_nodes(
+                    a, stash, c, cp, chunk, take,
+                    lambda n, i: (cut(stash[n].input[i], slices[(n, i)], "rows")
+                                  if (n, i) in slices else stash[n].input[i]),
+                    lambda name: _shape_const(name, inits, g.node), added, skip,
+                    zigzag_of(a)))
+            continue
         if nd.domain == DOMAIN and nd.op_type == "Recv":
             _shrink(nd, cmap, cp)
         seq = cmap.dims.get(_base(nd.output[0])) if nd.output else None
@@ -107,11 +168,7 @@ def context_model(
                 nd.input[i] = whole
             elif (nd.name, i) in slices:
                 nd.input[i] = cut(v, slices[(nd.name, i)], "rows")
-        for j, o in enumerate(nd.output):
-            if o in outputs and cmap.dims.get(_base(o)) is not None:
-                local = f"{o}{CP_LOCAL}"
-                nd.output[j] = rename[o] = local
-                finals.append((local, o))
+        chunk_outputs(nd)
         nodes.append(nd)
     for local, o in finals:  # last, in the order made: the program's own order
         gather(local, cmap.dims[_base(o)], o)

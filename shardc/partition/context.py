@@ -23,7 +23,10 @@ guessed from names) and lists what CP must do beyond running every op on its chu
 Anything that would need more (a reduction or a softmax over the sequence of a chunked
 value, a Shape read of one, a reshape that mixes the sequence with inner dims) is a
 :class:`ContextError` naming the node: the plan is refused rather than emitted wrong.
-Not done: Megatron's load-balanced causal split (two chunks per rank) and ring attention.
+Ring attention (``--cp-comm ring``, :mod:`shardc.partition.ring`) passes the same K/V
+chunks round the group instead, and ``--cp-comm zigzag`` runs it on Megatron's
+load-balanced causal split (:attr:`ContextMap.zigzag`: two chunks per rank). Not done:
+that split for the all-gather.
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ class ContextMap:
     """Chunked graph outputs: gathered over cp where the program ends."""
     made_by: Mapping[str, str] = field(default_factory=dict)
     """Chunked graph output -> the node that makes it."""
+    ring: tuple[Any, ...] = ()
+    """With ``--cp-comm ring``, the attentions that pass K/V round the cp group instead of
+    gathering them (:class:`~shardc.partition.ring.RingAttention`, their gathers listed in
+    :attr:`gathers` still: the values the ring moves); empty for the all-gather."""
+    zigzag: bool = False
+    """Each rank holds sequence chunks ``c`` and ``2cp − 1 − c`` of ``2cp`` (the
+    load-balanced causal split, ``--cp-comm zigzag``) instead of chunk ``c`` of ``cp``."""
 
 
 def _shape(graph: Graph, v: str) -> tuple[int, ...] | None:
@@ -357,11 +367,14 @@ def cp_collectives(
     reduce-scatter of its gradient in the backward; each chunked graph output an
     all-gather (its backward is a local slice). Bytes are the gathered tensor's on one
     rank of the TP group, the convention of every other collective the plan prices.
+    The K/V of ring attentions (:attr:`ContextMap.ring`) are not gathered: the ring's
+    transfers are priced by :func:`shardc.partition.ring.ring_comm_seconds`.
     """
     inside = set(nodes)
+    ringed = {p[:2] for a in cmap.ring for p in (a.k, a.v)}  # passed round, not gathered
     out: list[tuple[str, float]] = []
     for nd, i, _ in cmap.gathers:
-        if nd in inside:
+        if nd in inside and (nd, i) not in ringed:
             b = operand_bytes(nd, i)
             out.append(("all_gather", b))
             if training:

@@ -210,10 +210,13 @@ class PartitionOptions:
     memory_reserve: MemoryReserve = field(default_factory=MemoryReserve)
     """Memory per device held back from the plan (:data:`DEFAULT_RESERVE` from the CLI
     and the API; none here, so the solver's own tests see exact capacities)."""
+    cp_comm: str = default("cp_comm")
+    """How context parallelism moves K and V: ``allgather`` or ``ring``
+    (:mod:`shardc.partition.ring`)."""
 
     def __post_init__(self) -> None:
         # defaults and checks are the option table's (shardc.vocabulary.OPTIONS)
         check_options(self, ("objective", "schedule", "microbatches", "global_batch"))
         if self.microbatches and self.global_batch:
             raise OptionError("give --microbatches or --global-batch, not both")
-        check_options(self, ("zero", "time_limit", "max_stages"))
+        check_options(self, ("zero", "time_limit", "max_stages", "cp_comm"))

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shardc.cost import activations as acts
-from shardc.cost.compute import ShardScale, sequence_time
+from shardc.cost.compute import ShardScale, pass_multiplier, sequence_time
 from shardc.cost.ops import NodeCost
 from shardc.cost.phases import prefill_time, training_time
 from shardc.sharding import shard_scale
@@ -23,8 +23,23 @@ if TYPE_CHECKING:
     pass
 
 
-from shardc.partition.context import ContextMap, context_map, cp_collectives, cp_scale
+from shardc.cost.network import point_to_point
+from shardc.partition.context import (
+    ContextMap,
+    context_map,
+    cp_collectives,
+    cp_scale,
+    graph_consts,
+)
 from shardc.partition.pricing import SP_OPS, GraphPrices, PartCost, TensorChoice
+from shardc.partition.ring import (
+    block_shares,
+    in_flight_bytes,
+    kv_chunk_bytes,
+    ring_comm_seconds,
+    ring_map,
+    run_seconds,
+)
 
 
 class PartPrices(GraphPrices):
@@ -100,16 +115,24 @@ class PartPrices(GraphPrices):
         )
         weight_bytes, params = self._weights(nodes, ch, sizes)
         act_all, act_kept, inputs = self._activations(nodes, ch, sizes, sp, cmap, cp)
+        in_flight = 0.0
         if cmap is not None:
             ring = (self.groups(kind, tp * cp, 1) or [[]])[0][::tp]
             cp_comm = cp_collectives(nodes, cmap, lambda n, i: self.operand_bytes(n, i, ch, sizes),
                                      self._nbytes, training, recompute)
             comm += sum(self._collective(op, nbytes, ring) for op, nbytes in cp_comm)
+            ringed = {p[:2] for a in cmap.ring for p in (a.k, a.v)}
             whole_kv = sum(self.operand_bytes(n, i, ch, sizes)
-                           for n, i, _ in cmap.gathers if n in set(nodes))
+                           for n, i, _ in cmap.gathers if n in set(nodes) and (n, i) not in ringed)
             if training:  # the gathered K and V are what backward reads
                 act_all += whole_kv * (1 - 1 / cp)
                 act_kept += whole_kv * (1 - 1 / cp)
+            if cmap.ring:
+                extra, in_flight, saved = self._ring(nodes, cmap, cp, spec, ring, ch, sizes,
+                                                     dict(zip(nodes, scales, strict=True)),
+                                                     recompute)
+                comm += extra
+                compute -= saved
         if not training:
             activation = 0.0
             workspace = max(
@@ -120,10 +143,47 @@ class PartPrices(GraphPrices):
             activation = {"none": act_all, "selective": act_kept, "full": inputs}[recompute]
             workspace = act_all if recompute == "full" else 0.0
             static = weight_bytes  # gradients and optimizer state are added per dp
+        workspace = max(workspace, in_flight)
         grad = weight_bytes if weight_bytes else 0.0
         out = PartCost(compute, comm, static, activation, workspace, params, grad)
         self._parts[key] = out
         return out
+
+    def _ring(
+        self, nodes: Sequence[str], cmap: ContextMap, cp: int, spec: Any, ring: Sequence[str],
+        ch: TensorChoice, sizes: Mapping[str, int], scales: Mapping[str, ShardScale],
+        recompute: str,
+    ) -> tuple[float, float, float]:
+        """(exposed seconds, bytes in flight, compute saved) of the ring attentions among
+        ``nodes``
+        (:mod:`shardc.partition.ring`): each block priced as the ``price`` pass prices
+        it (:func:`run_seconds`), each transfer on every hop of the cp ring as the pass
+        prices a Send (:func:`point_to_point`), the two chunks a rank holds beyond
+        its own during one attention as workspace (one layer's at a time). Compute saved:
+        the zigzag split's masked quarters (:func:`zigzag_shares`), at the pass
+        multiplier the block's compute is charged at (the all-cp-blocks work of a
+        contiguous split is in ``compute`` already).
+        """
+        inside, seconds, in_flight = set(nodes), 0.0, 0.0
+        training = self.settings.mode == "training"
+        links = list(zip(ring, [*ring[1:], *ring[:1]], strict=True)) if len(ring) > 1 else []
+
+        def hops(nbytes: float) -> list[float]:
+            return [point_to_point(self.topology, a, b, nbytes).seconds for a, b in links]
+
+        shares, saved = block_shares(cp, cmap.zigzag), 0.0
+        k = pass_multiplier(self.settings.mode, recompute) if training else 1.0
+        for a in cmap.ring:
+            if a.pv not in inside:
+                continue
+            chunk = kv_chunk_bytes(a, lambda n, i: self.operand_bytes(n, i, ch, sizes), cp)
+            pairs = [(self.costs.nodes[n], scales[n]) for n in a.nodes]
+            blocks = [run_seconds(pairs, lambda g, s: prefill_time(g, spec, shard=s).seconds,
+                                  share) for share in shares]
+            seconds += ring_comm_seconds(hops, chunk, blocks, training, recompute)
+            in_flight = max(in_flight, in_flight_bytes(chunk, cp))
+            saved += k * (blocks[-1] / shares[-1] - sum(blocks))  # all cp blocks, less run
+        return seconds, in_flight, saved
 
     def _attention_core(self, nodes: Sequence[str]) -> tuple[str, ...]:
         """Weight-free nodes reading or writing the widest activation-by-activation
@@ -181,9 +241,15 @@ class PartPrices(GraphPrices):
         return {}
 
     def context(self, cp: int) -> ContextMap:
-        """Where the sequence lives under ``cp`` (raises :class:`ContextError`)."""
+        """Where the sequence lives under ``cp``, and with ``--cp-comm ring`` the attentions
+        the ring runs (raises :class:`ContextError`).
+        """
         if cp not in self._contexts:
-            self._contexts[cp] = context_map(self.graph, self.table.labels, cp)
+            cmap = context_map(self.graph, self.table.labels, cp)
+            if self.settings.cp_comm != "allgather":  # raises where the ring cannot run
+                cmap = ring_map(self.graph, cmap, cp, self.settings.cp_comm,
+                                graph_consts(self.graph))
+            self._contexts[cp] = cmap
         return self._contexts[cp]
 
     def _activations(

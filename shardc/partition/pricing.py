@@ -90,6 +90,8 @@ class Settings:
     Megatron-LM's ``overlap_p2p_comm``): only the fill and drain expose them
     (:func:`shardc.partition.problem.exposed_p2p`); False charges every 1F1B slot, as
     the blocking sends of 2021 did."""
+    cp_comm: str = "allgather"
+    """How context parallelism moves K and V (:data:`~shardc.vocabulary.CP_COMMS`)."""
     ep: int = 1
     """Expert parallelism across data-parallel replicas (``--pin ep``): ep consecutive
     replicas split the experts, tokens exchanged by all-to-all (:mod:`.expert_ep`)."""

@@ -116,6 +116,18 @@ CP_LOCAL = "__cplocal"
 """Suffix of a rank's chunk of a graph output, gathered into the output."""
 
 
+CP_RING = "__cpring"
+"""Infix of a ring attention's K/V chunk passed to the next rank of the cp group
+(``<attention>__cpring<step>``): the timeline runs these Sends beside compute."""
+
+
 def is_context_comm(output: str, value: str) -> bool:
-    """Whether a comm step (its ``output`` and ``value``) is a CP gather the lowering added."""
-    return CP_WHOLE in output or value.endswith(CP_LOCAL)
+    """Whether a comm step (its ``output`` and ``value``) is a CP gather or ring transfer
+    the lowering added.
+    """
+    return CP_WHOLE in output or value.endswith(CP_LOCAL) or is_ring_comm(value)
+
+
+def is_ring_comm(value: str) -> bool:
+    """Whether a Send/Recv of ``value`` is a ring attention's K/V transfer."""
+    return CP_RING in value

@@ -137,6 +137,9 @@ class Compute:
     """Estimated forward time of the run on this device (its shard of each node)."""
     label: str = ""
     """What the run is, for people: ``prologue``, ``block 3``, ``epilogue``."""
+    share: float = 1.0
+    """Fraction of its nodes' work the run does: a ring attention block runs its nodes on
+    one of ``cp`` K/V chunks (``1/cp``). Priced into :attr:`seconds`, not written."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data."""

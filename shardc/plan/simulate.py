@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from shardc.errors import ShardcError
+from shardc.plan.lowered import is_ring_comm
 from shardc.plan.program import P2P_OPS, Comm, Compute, DeviceProgram, Link, Programs
 
 SYNC_NAME = "dp sync + optimizer"
@@ -56,6 +57,11 @@ class _Item:
     @property
     def is_comm(self) -> bool:
         return bool(self.op)
+
+    @property
+    def ring(self) -> bool:
+        """A ring attention's K/V transfer: always beside compute (its block overlaps it)."""
+        return self.comm is not None and self.op in _P2P and is_ring_comm(self.comm.value)
 
     def describe(self) -> str:
         where = (
@@ -321,11 +327,15 @@ class Simulation:
                 break
             start, duration = placed
             times.append((start, duration))
-            if not (self.overlap_p2p and item.op in _P2P):
+            if not self._beside(item):
                 self.free[r] = start + duration
             elif item.op == "Recv":  # the data is needed by what follows
                 self.free[r] = max(self.free[r], start + duration)
         return woken
+
+    def _beside(self, item: _Item) -> bool:
+        """Whether ``item`` runs on the rank's transfer stream, beside its compute."""
+        return item.op in _P2P and (self.overlap_p2p or item.ring)
 
     def _place(self, r: int, item: _Item, woken: list[int]) -> tuple[float, float] | None:
         free = self.free[r]
@@ -342,7 +352,7 @@ class Simulation:
             sender, index = issued[item.occurrence]
             self.recv_of[(sender, index)] = (r, len(self.times[r]))
             send_start, send_seconds = self.times[sender][index]
-            if self.overlap_p2p:
+            if self._beside(item):
                 return send_start, send_seconds
             return max(free, send_start), send_seconds
         key = self._wait_key(r, item)

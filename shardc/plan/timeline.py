@@ -62,7 +62,8 @@ How the timeline is built:
   posted ahead, spans its Send's interval, and the rank's next step starts once it ends,
   so a transfer that ends while the rank computes costs nothing and only the fill and
   drain show transfers on the critical path; ``links`` still carries every transfer's
-  bytes;
+  bytes. A ring attention's K/V transfers (value ``…__cpring…``) always run so, whatever
+  ``p2p_overlapped`` says: each is sent before the block it overlaps;
 * a collective starts when every member of its group has reached it, at the latest
   member's ready time, and lasts the member's own ``seconds``. Members issue a group's
   collectives in the same order, so the k-th collective over a group in a phase and
@@ -112,6 +113,7 @@ from importlib import resources
 from typing import Any
 
 from shardc.plan.linkload import link_summary
+from shardc.plan.lowered import is_ring_comm
 from shardc.plan.program import Link, Programs, parse_links
 from shardc.plan.program_checks import check_programs
 from shardc.plan.simulate import (
@@ -378,7 +380,9 @@ def build_schedule(
         ]
         busy = 0.0
         for ev in events:
-            if not (overlap_p2p and ev.get("op") in ("Send", "Recv")):
+            beside = ev.get("op") in ("Send", "Recv") and (
+                overlap_p2p or is_ring_comm(str(ev.get("value", ""))))
+            if not beside:
                 busy += ev["duration"]
             step = max(step, ev["end"])
         devices.append(

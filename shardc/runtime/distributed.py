@@ -84,6 +84,10 @@ class TorchComm:
         self.device = device
         self.check_shapes = check_shapes
         self.groups: dict[tuple[int, ...], Any] = {}
+        self.sending: list[tuple[Any, Any]] = []
+        """Sends in flight (work, tensor): a Send never waits for its Recv, so a ring in
+        which every rank sends before it receives (ring attention) cannot deadlock;
+        :meth:`drain` waits for them where a micro-batch ends."""
 
     def make_groups(self, mine: set[tuple[int, ...]]) -> None:
         """Create every group any rank uses, on every rank, in one agreed order."""
@@ -112,9 +116,11 @@ class TorchComm:
         import torch.distributed as dist
 
         if req.op == "Send":
-            if self.check_shapes:
-                dist.send(self._header(req.value), dst=req.peer, tag=req.tag)
-            dist.send(self._tensor(req.value), dst=req.peer, tag=req.tag)  # type: ignore[arg-type]
+            assert req.value is not None, "a Send carries its value"
+            parts = [self._header(req.value)] if self.check_shapes else []
+            parts.append(self._tensor(req.value))
+            for t in parts:
+                self.sending.append((dist.isend(t, dst=req.peer, tag=req.tag), t))
             return None
         if req.op == "Recv":
             want = expected_shape(req) or []
@@ -132,6 +138,12 @@ class TorchComm:
             dist.recv(buf, src=req.peer, tag=req.tag)
             return self._array(buf)
         return self._collective(req)
+
+    def drain(self) -> None:
+        """Wait for every Send in flight."""
+        while self.sending:
+            work, _ = self.sending.pop(0)
+            work.wait()
 
     def _header(self, value: np.ndarray | None) -> Any:
         assert value is not None
@@ -297,6 +309,7 @@ class RankRunner:
             while True:
                 request = gen.send(self.comm.answer(request))
         except StopIteration as done:
+            self.comm.drain()
             return done.value
         except ExecutionError:
             raise

@@ -57,8 +57,23 @@ def test_the_partitioners_defaults_are_the_tables() -> None:
 def test_plan_json_records_every_recorded_option() -> None:
     opts = PlanOptions(pins=("tp=2",))
     record = opts.to_json(opts.partition_options())
-    assert set(record) == {n for n, o in OPTIONS.items() if o.recorded}
+    assert set(record) == {n for n, o in OPTIONS.items() if o.recorded and not o.sparse}
     assert record["pins"] == {"tp": 2}
+
+
+def test_a_sparse_option_is_recorded_only_when_set() -> None:
+    """``cp_comm`` at its default leaves plan.json as it was before the option existed;
+    set, it is recorded, and a replay of the plan runs with it again.
+    """
+    assert OPTIONS["cp_comm"].sparse
+    ring = PlanOptions(pins=("cp=2",), cp_comm="ring")
+    record = ring.to_json(ring.partition_options())
+    assert record["cp_comm"] == "ring" and ring.partition_options().cp_comm == "ring"
+    part = {"pp": 1, "dp": 1, "stages": [{"index": 0, "kind": "cpu", "tp": 1,
+                                          "blocks": [0, 1], "recompute": "none"}]}
+    assert PlanOptions.replaying({"options": record, "partition": part}).cp_comm == "ring"
+    plain = {k: v for k, v in record.items() if k != "cp_comm"}
+    assert PlanOptions.replaying({"options": plain, "partition": part}).cp_comm == "allgather"
 
 
 @pytest.mark.parametrize(
@@ -72,6 +87,7 @@ def test_plan_json_records_every_recorded_option() -> None:
         ({"max_stages": 0}, "--max-stages must be at least 1, got 0"),
         ({"time_limit": 0.0}, "--time-limit must be positive, got 0.0"),
         ({"recompute": "some"}, "unknown recompute 'some'"),
+        ({"cp_comm": "tree"}, "unknown cp_comm 'tree'"),
     ],
 )
 def test_one_check_for_the_cli_and_the_api(values: dict[str, object], message: str) -> None:
