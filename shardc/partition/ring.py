@@ -280,18 +280,18 @@ def ring_comm_seconds(
 ) -> float:
     """Exposed ring time of one attention per micro-batch: the forward's
     :func:`ring_exposed`; training adds the backward, whose ring carries K/V and their
-    gradients (twice the bytes, Megatron-LM's ``AttnFuncWithCPAndKVP2P.backward``) the
-    other way round beside a block's backward (twice its forward), and full
-    recomputation the forward again. ``hops(nbytes)``: a transfer's time on each hop of
-    the cp ring, in ring order; ``blocks``: each step's block time.
-
-    The timeline mirrors each forward transfer for the backward (same bytes and time),
-    so in training it shows the backward ring's bytes at half of what is priced here.
+    gradients as two transfers per step (Megatron-LM's ``AttnFuncWithCPAndKVP2P.backward``
+    sends ``kv`` and ``dkv`` apart) the other way round beside a block's backward (twice
+    its forward), and full recomputation the forward again. ``hops(nbytes)``: a
+    transfer's time on each hop of the cp ring, in ring order; ``blocks``: each step's
+    block time. The timeline prices a backward ring step the same way: its forward
+    transfer twice, with twice the bytes on the links (:mod:`shardc.plan.simulate`).
     """
-    fwd = ring_exposed(hops(chunk), blocks)
+    one = hops(chunk)
+    fwd = ring_exposed(one, blocks)
     if not training:
         return fwd
-    bwd = ring_exposed(list(reversed(hops(2 * chunk))), [2 * b for b in reversed(blocks)])
+    bwd = ring_exposed([2 * h for h in reversed(one)], [2 * b for b in reversed(blocks)])
     return fwd + bwd + (fwd if recompute == "full" else 0.0)
 
 

@@ -246,6 +246,9 @@ def _phase_items(
         key: tuple[Any, ...] = (op, step.peer, step.tag) if op in _P2P else (step.group,)
         k = seen.get(key, 0)
         seen[key] = k + 1
+        # a ring attention's backward step moves K/V and their gradients: two transfers
+        # (shardc.partition.ring.ring_comm_seconds prices it so)
+        p2p = 2.0 if backward and is_ring_comm(step.value) else 1.0
         items.append(
             _Item(
                 phase,
@@ -253,13 +256,13 @@ def _phase_items(
                 i,
                 len(ordered),
                 op,
-                step.seconds if op in _P2P else step.seconds * share,
+                step.seconds * p2p if op in _P2P else step.seconds * share,
                 op=op,
                 comm=step,
                 group=step.group,
                 occurrence=k,
                 chunk=chunk,
-                share=1.0 if op in _P2P else share,
+                share=p2p if op in _P2P else share,
             )
         )
     return items

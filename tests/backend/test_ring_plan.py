@@ -79,8 +79,7 @@ switch between: loopback {
 def test_the_partitioner_and_the_timeline_price_the_ring_alike(
     gpt2_path: Path, tmp_path: Path, cp: int, topology: str | None, comm: str
 ) -> None:
-    """Inference (a forward: the timeline mirrors transfers for the backward, where the
-    partitioner prices K/V and their gradients, see ``ring_comm_seconds``). At tp=1 a
+    """Inference (a forward; the backward is the next test's). At tp=1 a
     block's only comm is its ring, so the partitioner's comm for one block is its
     attention's exposed ring time; the timeline shows the same for the first attention
     (which every rank starts together), and it is not zero (the tiny model's transfers
@@ -112,6 +111,55 @@ def test_the_partitioner_and_the_timeline_price_the_ring_alike(
     assert len(sends) == cp * (cp - 1) and all(c.nbytes == pytest.approx(chunk) for c in sends)
     print(f"cp={cp} {topology or 'localhost'} {comm}: exposed ring time per attention "
           f"{priced * 1e6:.3f} us (partitioner) = {shown * 1e6:.3f} us (timeline)")
+
+
+def _backward_exposure(state: Any, attention: str) -> tuple[float, float, float]:
+    """On the slowest rank, micro-batch 0's backward of ``attention``'s ring (its first
+    block to its last transfer: the reversed program ends on a Recv, the gradients' way
+    home) less its blocks' compute; and the bytes of one forward and one backward ring
+    transfer.
+    """
+    worst, fwd_bytes, bwd_bytes = 0.0, 0.0, 0.0
+    prefix = attention + "__cpring"
+    for dev in state.timeline.devices:
+        evs = [e for e in dev.events if e.microbatch == 0]
+        fwd_bytes = max(e.nbytes for e in evs if e.phase == "forward" and e.op == "Send"
+                        and e.value.startswith(prefix))
+        bwd = [e for e in evs if e.phase == "backward"]
+        sends = [e for e in bwd if e.op == "Send" and e.value.startswith(prefix)]
+        bwd_bytes = max(e.nbytes for e in sends)
+        first = bwd.index(sends[0]) - 1  # the block before the first backward Send
+        blocks = [e for e in bwd[first:] if e.type == "compute" and " ring " in e.name]
+        blocks = blocks[: len(sends) + 1]
+        recvs = [e for e in bwd if e.op == "Recv" and e.value.startswith(prefix)]
+        span = max(blocks[-1].end, recvs[len(sends) - 1].end) - blocks[0].start
+        worst = max(worst, span - sum(b.duration for b in blocks))
+    return worst, fwd_bytes, bwd_bytes
+
+
+def test_the_backward_ring_moves_kv_and_their_gradients(gpt2_path: Path) -> None:
+    """Training: each backward ring step moves K/V and their gradients, two transfers of a
+    forward one's size (Megatron-LM's ``kv`` and ``dkv``). schedule.json carries twice the
+    bytes on the backward events, and the exposed backward time of the last attention (the
+    first whose backward every rank starts together) is what the partitioner charged for
+    it: its training price less the forward's.
+    """
+    cp = 4
+    state = compile_ring(gpt2_path, f"tp=1,pp=1,dp=1,cp={cp}", cp, mode="training")
+    costing = costing_for(state)
+    _, block, _, _ = costing.sections
+    kind = state.partition.stages[0].kind
+    cmap = costing.context(cp)
+    inference = compile_ring(gpt2_path, f"tp=1,pp=1,dp=1,cp={cp}", cp, mode="inference")
+    forward = costing_for(inference).part(block, kind, 1, "none", False, cp).comm
+    training = costing.part(block, kind, 1, "none", False, cp).comm
+    last = cmap.ring[-1]  # every block prices its attention alike
+    shown, fwd_bytes, bwd_bytes = _backward_exposure(state, last.pv)
+    assert bwd_bytes == pytest.approx(2 * fwd_bytes) and fwd_bytes > 0
+    assert shown > 0
+    assert shown == pytest.approx(training - forward, rel=1e-9)
+    print(f"cp={cp} training: backward ring exposed {shown * 1e6:.3f} us (timeline) = "
+          f"{(training - forward) * 1e6:.3f} us (partitioner)")
 
 
 def test_the_ring_exposure_in_closed_form() -> None:
