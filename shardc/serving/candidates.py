@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from shardc.serving.arch import ServingModel
 from shardc.serving.fabric import Fabric, Pool
+from shardc.serving.kernels import kernel_lines
 from shardc.serving.step import (
     Parallel,
     Quant,
@@ -162,6 +163,7 @@ def _context(fabric: Fabric, pool: Pool, par: Parallel, m: ServingModel, redunda
         pp_bandwidth=hop[0], pp_latency=hop[1],
         layer_overhead=parse_duration(overhead, f"kind {pool.kind.name}: tag {OVERHEAD_TAG}")
         if overhead else 0.0,
+        lines=kernel_lines(pool.kind.name, pool.kind.tags),
     )
 
 

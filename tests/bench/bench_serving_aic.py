@@ -174,7 +174,12 @@ def aic_search(model: str, system: str, isl: int, osl: int, tmp: Path) -> tuple[
 
 
 def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict[str, Any]:
-    """Shardc's plan as an AIConfigurator ``cli_estimate`` configuration."""
+    """Shardc's plan as an AIConfigurator ``cli_estimate`` configuration.
+
+    AIConfigurator's batch sizes are per attention-DP rank (its backends take
+    ``global_bs = bs * attention_dp_size``, aiconfigurator_core/sdk/backends/base_backend.py),
+    as shardc's are.
+    """
     hf, m, _ = MODELS[model]
     inst = {i.role: i for i in plan.instances}
     count = {r: sum(1 for i in plan.instances if i.role == r) for r in inst}
@@ -182,7 +187,7 @@ def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict
     if plan.mode == "aggregated":
         a = inst["aggregated"]
         return {**base, "mode": "agg", "tp_size": a.tp, "pp_size": a.pp,
-                "attention_dp_size": a.dp, "batch_size": a.batch * a.dp,
+                "attention_dp_size": a.dp, "batch_size": a.batch,
                 **({"moe_tp_size": 1, "moe_ep_size": a.tp * a.dp} if m.moe else {})}
     p, d = inst["prefill"], inst["decode"]
     moe = ({"prefill_moe_tp_size": 1, "prefill_moe_ep_size": p.tp * p.dp,
@@ -191,7 +196,7 @@ def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict
             "prefill_attention_dp_size": p.dp, "prefill_batch_size": max(1, p.batch // isl),
             "prefill_num_workers": count["prefill"], "decode_tp_size": d.tp,
             "decode_pp_size": d.pp, "decode_attention_dp_size": d.dp,
-            "decode_batch_size": d.batch * d.dp, "decode_num_workers": count["decode"], **moe}
+            "decode_batch_size": d.batch, "decode_num_workers": count["decode"], **moe}
 
 
 def searches(tmp: Path) -> list[dict[str, Any]]:
