@@ -144,7 +144,26 @@ def fit(system: str) -> dict[str, Any]:
             r["batch_size"] * r["isl"] * (r["isl"] / 2) * MLA_FLOPS_PER_HEAD * r["num_heads"],
             Quant(), kind, KernelLines(context_attention=line.compute)) + overhead,
         memory=False, overhead=False)
+    out["context_attention"]["gqa_check"] = gqa_check(
+        tables["context_gqa"], kind, out["context_attention"]["compute"], overhead)
     return out
+
+
+def gqa_check(data: list[dict[str, Any]], kind: Any, factor: float,
+              overhead: float) -> dict[str, float]:
+    """The MLA-fitted context-attention line on GQA/MHA context attention (never fitted):
+    step_time prices a Llama prompt's attention on the same line, 4·heads·head_dim FLOPs
+    per query token and position.
+    """
+    rows = [r for r in data if r["isl"] >= MIN_PROMPT]
+    pred = [context_attention(r["batch_size"] * r["isl"] * (r["isl"] / 2) * 4 * r["num_heads"]
+                              * r["head_dim"], Quant(), kind,
+                              KernelLines(context_attention=factor)) + overhead for r in rows]
+    plain = [context_attention(r["batch_size"] * r["isl"] * (r["isl"] / 2) * 4 * r["num_heads"]
+                               * r["head_dim"], Quant(), kind, KernelLines()) + overhead
+             for r in rows]
+    meas = [r["latency"] * 1e-3 for r in rows]
+    return {**_errors(pred, meas), "plain_line_mean_abs_err": _errors(plain, meas)["mean_abs_err"]}
 
 
 if __name__ == "__main__":

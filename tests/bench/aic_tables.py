@@ -12,7 +12,9 @@ REFERENCE.md §3.4), latencies measured on the real GPU:
   rank holding ``num_experts / moe_ep_size`` experts; ``balanced`` routing only, so the
   rows say what the kernels cost and not a routing-skew assumption; moe_tp_size 1;
 * ``mla/trtllm/<ver>/context_mla_perf.parquet``: TRT-LLM's context MLA (full MHA over
-  the local heads, qk 192 / v 128), bf16 KV.
+  the local heads, qk 192 / v 128), bf16 KV;
+* ``attention/trtllm/<ver>/context_attention_perf.parquet``: context (flash) attention
+  of GQA/MHA heads, bf16, no sliding window: only a check of the MLA-fitted line.
 
 shardc is not imported: AIConfigurator is a peer, not a dependency.
 """
@@ -46,8 +48,13 @@ def tables(system: str) -> dict[str, list[dict[str, object]]]:
                "moe_ep_size", "latency"]]
     mla = _latest(system, "mla/trtllm/*/context_mla_perf.parquet")
     mla = mla[mla.kv_cache_dtype == "bfloat16"][["num_heads", "batch_size", "isl", "latency"]]
+    gqa = _latest(system, "attention/trtllm/*/context_attention_perf.parquet")
+    gqa = gqa[(gqa.attn_dtype == "bfloat16") & (gqa.kv_cache_dtype == "bfloat16")
+              & (gqa.window_size == 0)]
+    gqa = gqa[["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "latency"]]
     return {name: df.to_dict("records") for name, df in
-            (("gemm_fp8_block", gemm), ("moe", moe), ("context_mla", mla))}
+            (("gemm_fp8_block", gemm), ("moe", moe), ("context_mla", mla),
+             ("context_gqa", gqa))}
 
 
 if __name__ == "__main__":

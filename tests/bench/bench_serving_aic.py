@@ -188,6 +188,7 @@ def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict
         a = inst["aggregated"]
         return {**base, "mode": "agg", "tp_size": a.tp, "pp_size": a.pp,
                 "attention_dp_size": a.dp, "batch_size": a.batch,
+                "ctx_tokens": a.prefill_chunk,  # shardc's prefill chunk per step per DP rank
                 **({"moe_tp_size": 1, "moe_ep_size": a.tp * a.dp} if m.moe else {})}
     p, d = inst["prefill"], inst["decode"]
     moe = ({"prefill_moe_tp_size": 1, "prefill_moe_ep_size": p.tp * p.dp,
@@ -209,7 +210,8 @@ def searches(tmp: Path) -> list[dict[str, Any]]:
         topo = load_topology(find_topology(ROOT / path, ()), dict(sets))
         plan = plan_serving(MODELS[model][1], topo,
                             workload(isl=isl, osl=osl, ttft="1s", tpot="50ms"),
-                            ServingOptions(quant=MODELS[model][2], pareto=False))
+                            ServingOptions(quant=MODELS[model][2], pareto=False,
+                                           overlap=False))  # TRT-LLM: no two-batch overlap
         shardc_seconds = time.perf_counter() - start
         picks.append(_pick_config(plan, model, system, isl, osl))
         rows.append({"model": model, "system": system, "isl/osl": f"{isl}/{osl}",

@@ -84,3 +84,14 @@ def test_moe_line_scales_compute_and_adds_its_overhead_once() -> None:
     gemm_flops = 2 * 32768 * 3 * 4096 * 4096
     assert slow - plain == pytest.approx(gemm_flops / 1e15 + 1e-5, rel=0.01)
     assert math.isfinite(slow)
+
+
+def test_aggregated_prompts_queue_for_the_prefill_slot() -> None:
+    """Half the steps carry a chunk (q = 4 steps x 10 prompts/80 tokens); the slot is busy
+    2/3 of the time, so M/D/1 waits one whole service (8 s) before the 8 s prompt.
+    """
+    from shardc.serving.candidates import _prompt_queue
+    mean, ttft = _prompt_queue(4, 10, 80, mixed=2.0, decode=1.0) or (0.0, 0.0)
+    assert mean == pytest.approx(1.5)
+    assert ttft == pytest.approx(8.0 + 8.0 + 0.75)
+    assert _prompt_queue(8, 10, 80, mixed=2.0, decode=1.0) is None  # cannot keep up
