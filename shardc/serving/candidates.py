@@ -205,9 +205,20 @@ def decode_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: Pool,
     return out
 
 
+HEADROOM = (1.25, 1.5, 2.0, 3.0)
+"""Prefill capacity over the prompt load it is planned for (an aggregated instance's chunk
+over the steady state's prompt tokens per step; a prefill instance's rate over what the
+solver matches to decode): prompts arrive at random and queue for it."""
+
+
 def prefill_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: Pool,
                        opts: Options) -> list[Candidate]:
-    """Priced prefill shapes on ``pool`` that fit in memory."""
+    """Priced prefill shapes on ``pool`` that fit in memory, each at every `HEADROOM`.
+
+    Prompts arrive at random, so a prefill instance run at its full rate queues them
+    without bound: each shape is offered at ``1/head`` of its rate (its ``request_rate``,
+    what the solver matches to decode) with M/D/1's mean wait in its TTFT.
+    """
     new = max(1.0, wl.new_prompt_tokens)
     out = []
     for par, redundant in _shapes(m, pool, opts, "prefill"):
@@ -223,17 +234,18 @@ def prefill_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: Pool
             ctx = _context(fabric, pool, par, m, redundant, tokens, opts)
             step = step_time(m, pool.kind, par, opts.quant, shape, ctx)
             forwards = math.ceil(new / c)
-            ttft = step.seconds * (forwards + 0.5)  # its chunks + half a forward's wait
             rate = tokens * par.pp / step.seconds / new
-            out.append(Candidate(
-                "prefill", pool, par, redundant, c, 0, step, m.moe, 0.0, ttft, 0.0, rate, 0,
-                fixed + kv_tok * c * par.pp, (usable - fixed) / kv_tok * par.dp))
+            for head in HEADROOM:
+                # the solver matches prefill to decode at rate / head, so each instance is
+                # busy 1/head of the time and a prompt first waits M/D/1's mean queue
+                rho = 1.0 / head
+                wait = rho / (2.0 * (1.0 - rho)) * forwards * step.seconds
+                ttft = wait + step.seconds * (forwards + 0.5)  # + its chunks + half a forward
+                out.append(Candidate(
+                    "prefill", pool, par, redundant, c, 0, step, m.moe, 0.0, ttft, 0.0,
+                    rate / head, 0, fixed + kv_tok * c * par.pp,
+                    (usable - fixed) / kv_tok * par.dp))
     return out
-
-
-HEADROOM = (1.25, 1.5, 2.0, 3.0)
-"""An aggregated instance's prefill chunk over the prompt tokens per step its steady state
-needs: spare prefill capacity, since prompts that arrive at random queue for it."""
 
 
 def _prompt_queue(n: int, b: float, osl: float, mixed: float, decode: float

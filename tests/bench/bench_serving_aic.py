@@ -104,8 +104,11 @@ def shardc_static(model: str, system: str, shape: tuple[int, int, int], isl: int
     (dec,) = decode_candidates(m, wl, fabric, pool, opts)
     pre_opts = Options(quant=quant, overlap=False, pins=(("chunk", isl), ("dp", dp), ("pp", 1), ("redundant", 0),
                                           ("tp", tp)))
-    (pre,) = prefill_candidates(m, wl, fabric, pool, pre_opts)
-    return pre.step.seconds, dec.step.seconds
+    # one forward over one prompt: the step, whatever queueing headroom a candidate plans
+    steps = {c.step.seconds for c in prefill_candidates(m, wl, fabric, pool, pre_opts)}
+    if len(steps) != 1:
+        raise ValueError(f"expected one prefill shape, got {len(steps)}")
+    return steps.pop(), dec.step.seconds
 
 
 def _aic_static(model: str, system: str, shape: tuple[int, int, int], isl: int,
