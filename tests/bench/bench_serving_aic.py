@@ -17,7 +17,8 @@ estimates run in one process of its own venv (tests/bench/aic_driver.py).
 
 Nothing end-to-end is fitted. The H100/H200 kinds' efficiency lines were fitted to
 AIConfigurator's *kernel* tables (GEMM and decode-attention latencies, on half the shapes;
-tests/bench/aic_kernel_fit.py, aic_attention_fit.py): every TTFT/TPOT row below is held out.
+tests/bench/aic_kernel_fit.py, aic_attention_fit.py; the fp8 block-scaled GEMM, MoE and
+context-MLA kernel families: aic_serving_fit.py): every TTFT/TPOT row below is held out.
 """
 
 from __future__ import annotations
