@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from shardc.serving.arch import ServingModel
 from shardc.serving.fabric import Fabric, Pool
+from shardc.serving.kernels import kernel_lines
 from shardc.serving.step import (
     Parallel,
     Quant,
@@ -162,6 +163,7 @@ def _context(fabric: Fabric, pool: Pool, par: Parallel, m: ServingModel, redunda
         pp_bandwidth=hop[0], pp_latency=hop[1],
         layer_overhead=parse_duration(overhead, f"kind {pool.kind.name}: tag {OVERHEAD_TAG}")
         if overhead else 0.0,
+        lines=kernel_lines(pool.kind.name, pool.kind.tags),
     )
 
 
@@ -203,9 +205,20 @@ def decode_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: Pool,
     return out
 
 
+HEADROOM = (1.25, 1.5, 2.0, 3.0)
+"""Prefill capacity over the prompt load it is planned for (an aggregated instance's chunk
+over the steady state's prompt tokens per step; a prefill instance's rate over what the
+solver matches to decode): prompts arrive at random and queue for it."""
+
+
 def prefill_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: Pool,
                        opts: Options) -> list[Candidate]:
-    """Priced prefill shapes on ``pool`` that fit in memory."""
+    """Priced prefill shapes on ``pool`` that fit in memory, each at every `HEADROOM`.
+
+    Prompts arrive at random, so a prefill instance run at its full rate queues them
+    without bound: each shape is offered at ``1/head`` of its rate (its ``request_rate``,
+    what the solver matches to decode) with M/D/1's mean wait in its TTFT.
+    """
     new = max(1.0, wl.new_prompt_tokens)
     out = []
     for par, redundant in _shapes(m, pool, opts, "prefill"):
@@ -221,17 +234,48 @@ def prefill_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: Pool
             ctx = _context(fabric, pool, par, m, redundant, tokens, opts)
             step = step_time(m, pool.kind, par, opts.quant, shape, ctx)
             forwards = math.ceil(new / c)
-            ttft = step.seconds * (forwards + 0.5)  # its chunks + half a forward's wait
             rate = tokens * par.pp / step.seconds / new
-            out.append(Candidate(
-                "prefill", pool, par, redundant, c, 0, step, m.moe, 0.0, ttft, 0.0, rate, 0,
-                fixed + kv_tok * c * par.pp, (usable - fixed) / kv_tok * par.dp))
+            for head in HEADROOM:
+                # the solver matches prefill to decode at rate / head, so each instance is
+                # busy 1/head of the time and a prompt first waits M/D/1's mean queue
+                rho = 1.0 / head
+                wait = rho / (2.0 * (1.0 - rho)) * forwards * step.seconds
+                ttft = wait + step.seconds * (forwards + 0.5)  # + its chunks + half a forward
+                out.append(Candidate(
+                    "prefill", pool, par, redundant, c, 0, step, m.moe, 0.0, ttft, 0.0,
+                    rate / head, 0, fixed + kv_tok * c * par.pp,
+                    (usable - fixed) / kv_tok * par.dp))
     return out
+
+
+def _prompt_queue(n: int, b: float, osl: float, mixed: float, decode: float
+                  ) -> tuple[float, float] | None:
+    """(mean step, TTFT) of an aggregated rank whose prompts take ``n`` mixed steps.
+
+    Per step the rank emits ``b`` tokens, so ``b / osl`` prompts must start per step: a
+    share ``q = n·b/osl`` of the steps carry a chunk (``mixed`` s), the rest decode only.
+    Prompts arriving at random queue for the prefill slot, busy a share ``ρ`` of the time:
+    M/D/1's mean wait ``ρ / (2(1 − ρ))`` service times (Pollaczek-Khinchine), then the
+    prompt's ``n`` steps and half a step to the next step boundary. None when the chunk
+    cannot keep up (``q ≥ 1``).
+    """
+    q = n * b / osl
+    if q >= 1.0:
+        return None
+    mean = q * mixed + (1.0 - q) * decode
+    rho = q * mixed / mean
+    service = n * mixed
+    return mean, rho / (2.0 * (1.0 - rho)) * service + service + 0.5 * mean
 
 
 def aggregated_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: Pool,
                           opts: Options) -> list[Candidate]:
-    """Priced aggregated shapes: decode batch plus a steady-state prefill chunk per step."""
+    """Priced aggregated shapes: decode batch plus a prefill chunk when a prompt waits.
+
+    The chunk is the steady state's prompt tokens per step times a `HEADROOM`; TPOT is
+    the mean over mixed and decode-only steps, TTFT includes the prompt's queueing
+    (`_prompt_queue`). The reported step is the mixed one.
+    """
     acc = accepted_tokens(opts.mtp, opts.acceptance)
     new = max(1.0, wl.new_prompt_tokens)
     out = []
@@ -239,25 +283,37 @@ def aggregated_candidates(m: ServingModel, wl: Workload, fabric: Fabric, pool: P
         for b in DECODE_BATCHES:
             if opts.pin("batch", "aggregated") not in (None, b):
                 continue
-            chunk = max(1, math.ceil(b * acc * new / wl.osl))
-            usable, fixed, kv_tok = _memory(m, pool, par, redundant, opts.quant,
-                                            b * (1 + opts.mtp) + chunk)
-            capacity = (usable - fixed) / kv_tok if kv_tok else math.inf
-            if capacity < b * par.pp * wl.max_context:
-                break
             seqs = b * par.dp
-            shape = StepShape(decode_seqs=seqs, decode_context=wl.mean_decode_context,
-                              prefill_tokens=chunk * par.dp,
-                              prefill_context=wl.isl * wl.prefix_hit + new / 2,
-                              tokens_per_seq=1 + opts.mtp)
-            ctx = _context(fabric, pool, par, m, redundant, seqs * (1 + opts.mtp) + chunk * par.dp,
-                           opts)
-            step = step_time(m, pool.kind, par, opts.quant, shape, ctx)
-            tpot = step.seconds / acc
-            ttft = step.seconds * (math.ceil(new / chunk) + 0.5)
-            rate = seqs * par.pp * acc / step.seconds
-            out.append(Candidate(
-                "aggregated", pool, par, redundant, b, chunk, step, m.moe, tpot, ttft, rate,
-                rate / wl.osl, seqs * par.pp, fixed + b * par.pp * wl.max_context * kv_tok,
-                capacity * par.dp))
+            decode: float | None = None
+            for head in HEADROOM:
+                chunk = max(1, math.ceil(b * acc * new / wl.osl * head))
+                if opts.pin("chunk", "aggregated") not in (None, chunk):
+                    continue
+                usable, fixed, kv_tok = _memory(m, pool, par, redundant, opts.quant,
+                                                b * (1 + opts.mtp) + chunk)
+                capacity = (usable - fixed) / kv_tok if kv_tok else math.inf
+                if capacity < b * par.pp * wl.max_context:
+                    continue
+                if decode is None:
+                    dshape = StepShape(decode_seqs=seqs, decode_context=wl.mean_decode_context,
+                                       tokens_per_seq=1 + opts.mtp)
+                    dctx = _context(fabric, pool, par, m, redundant, seqs * (1 + opts.mtp), opts)
+                    decode = step_time(m, pool.kind, par, opts.quant, dshape, dctx).seconds
+                shape = StepShape(decode_seqs=seqs, decode_context=wl.mean_decode_context,
+                                  prefill_tokens=chunk * par.dp,
+                                  prefill_context=wl.isl * wl.prefix_hit + new / 2,
+                                  tokens_per_seq=1 + opts.mtp)
+                ctx = _context(fabric, pool, par, m, redundant,
+                               seqs * (1 + opts.mtp) + chunk * par.dp, opts)
+                step = step_time(m, pool.kind, par, opts.quant, shape, ctx)
+                queued = _prompt_queue(math.ceil(new / chunk), b * acc, wl.osl, step.seconds,
+                                       decode)
+                if queued is None:
+                    continue
+                mean, ttft = queued
+                rate = seqs * par.pp * acc / mean
+                out.append(Candidate(
+                    "aggregated", pool, par, redundant, b, chunk, step, m.moe, mean / acc, ttft,
+                    rate, rate / wl.osl, seqs * par.pp,
+                    fixed + b * par.pp * wl.max_context * kv_tok, capacity * par.dp))
     return out

@@ -53,6 +53,9 @@ class ServingOptions:
     time_limit: float = 10.0
     seed: int = 0
     pareto: bool = True
+    overlap: bool = True
+    """Whether a MoE layer's all-to-all overlaps its compute (DeepSeek's two-micro-batch
+    overlap); False prices them in sequence, as engines without it (TRT-LLM) run."""
 
 
 def _check_pins(m: ServingModel, opts: ServingOptions) -> None:
@@ -83,7 +86,7 @@ def _check_ep(m: ServingModel, ep: int | None, redundant: int, role: str) -> Non
 def _candidates(m: ServingModel, wl: Workload, fabric: Fabric, opts: ServingOptions
                 ) -> tuple[dict[str, list[Candidate]], ...]:
     kinds = dict(opts.kinds)
-    copts = Options(opts.quant, opts.mtp, opts.acceptance, opts.pins)
+    copts = Options(opts.quant, opts.mtp, opts.acceptance, opts.pins, opts.overlap)
     pre: dict[str, list[Candidate]] = {}
     dec: dict[str, list[Candidate]] = {}
     agg: dict[str, list[Candidate]] = {}

@@ -45,6 +45,7 @@ from shardc.cost.expert_comm import expert_alltoall
 from shardc.cost.memory import FP8_DEEPSEEK_V3
 from shardc.cost.ops import NodeCost
 from shardc.ir import DType
+from shardc.serving.kernels import PLAIN, KernelLines, Line, scaled
 
 if TYPE_CHECKING:
     from shardc.serving.arch import ServingModel
@@ -157,29 +158,34 @@ class StepContext:
     """Fixed seconds per layer per step that the kernels' rooflines and launches miss: the
     attention op's RoPE / KV-append / scheduling gaps. 0 unless the device kind gives
     one (``tag step_overhead_per_layer 8us``); see `shardc.serving.candidates`."""
+    lines: KernelLines = field(default_factory=KernelLines)
+    """The kind's per-kernel-family efficiency factors (`shardc.serving.kernels`)."""
 
 
 def _gemm(m: float, k: float, n: float, quant: Quant, kind: DeviceSpec, *, groups: int = 1,
-          weight_fraction: float = 1.0) -> float:
+          weight_fraction: float = 1.0, line: Line = PLAIN) -> float:
     """Seconds of one GEMM kernel: ``m`` rows of width ``k`` against a ``k×n`` weight.
 
-    ``groups`` > 1 is a grouped GEMM (one kernel over that many experts' weights, ``m``
-    rows each, padded to whole tiles); ``weight_fraction`` of the weights is read (the
-    experts some token routed to). One :func:`node_time` call is one kernel, so the kind's
-    launch cost and its size-dependent efficiency curve apply per kernel.
+    ``groups`` > 1 is a grouped GEMM (one kernel over that many experts' weights); the
+    ``weight_fraction`` of them some token routed to are read and computed, ``m`` rows
+    each, padded to whole tiles (an expert no token picked costs nothing). One
+    :func:`node_time` call is one kernel, so the kind's launch cost and its size-dependent
+    efficiency curves apply per kernel; ``line`` is the kernel family's factors on them and
+    its extra seconds (`shardc.serving.kernels`).
     """
     if k <= 0 or n <= 0 or groups <= 0 or m <= 0:
         return 0.0
     rows = math.ceil(m / M_TILE) * M_TILE
     act = element_bytes(quant.activations)
     weights = k * n * groups * quant.weight_bytes
+    active = groups * weight_fraction
     cost = NodeCost(
-        flops=int(2 * rows * k * n * groups),
-        bytes_read=int(weights * weight_fraction + m * k * act * groups),
-        bytes_written=int(m * n * act * groups), param_bytes=int(weights),
+        flops=int(2 * rows * k * n * active),
+        bytes_read=int(weights * weight_fraction + m * k * act * active),
+        bytes_written=int(m * n * act * active), param_bytes=int(weights),
         dtype=quant.gemm_dtype, kind="matmul",
     )
-    return node_time(cost, kind).seconds
+    return node_time(cost, scaled(kind, line.compute, line.memory)).seconds + line.extra
 
 
 def _elementwise(values: float, quant: Quant, kind: DeviceSpec, passes: float = 2.0) -> float:
@@ -194,12 +200,21 @@ def _elementwise(values: float, quant: Quant, kind: DeviceSpec, passes: float = 
     return node_time(cost, kind).seconds
 
 
-def _attention_core(flops: float, nbytes: float, quant: Quant, kind: DeviceSpec) -> float:
+def _attention_core(flops: float, nbytes: float, quant: Quant, kind: DeviceSpec,
+                    factor: float = 1.0) -> float:
     if flops <= 0 and nbytes <= 0:
         return 0.0
     cost = NodeCost(flops=int(flops), bytes_read=int(nbytes), bytes_written=0, param_bytes=0,
                     dtype=_DTYPES[quant.activations], kind="attention")
-    return node_time(cost, kind).seconds
+    return node_time(cost, scaled(kind, factor)).seconds
+
+
+def context_attention(flops: float, quant: Quant, kind: DeviceSpec, lines: KernelLines) -> float:
+    """Seconds of one prefill attention kernel of ``flops`` (causal flash attention; MLA
+    runs expanded, as full heads of qk 192 / v 128): compute-bound, on the kind's
+    context-attention line.
+    """
+    return _attention_core(flops, 0.0, quant, kind, lines.context_attention)
 
 
 def _allreduce(tiers: Sequence[Sequence[Tier]], nbytes: float) -> float:
@@ -212,27 +227,35 @@ def _allreduce(tiers: Sequence[Sequence[Tier]], nbytes: float) -> float:
     return 0.0 if best == math.inf else best
 
 
+def dense_lines(lines: KernelLines, quant: Quant) -> Line:
+    """The line of a dense GEMM with ``quant``'s weights."""
+    return lines.line("gemm", quant.weights)
+
+
 def _attention_gemms(m: ServingModel, rows: float, tp: int, quant: Quant,
-                     kind: DeviceSpec) -> float:
+                     kind: DeviceSpec, lines: KernelLines | None = None) -> float:
     """The attention projections of one layer on one device, one kernel each.
 
     GQA: the fused QKV GEMM and the output projection. MLA: the fused down-projections
     of Q and KV (``q_a``, ``kv_a``: replicated, each rank runs them whole), ``q_b``, the
     absorbed ``kv_b`` (two batched GEMMs), and the output projection.
     """
+    fx = dense_lines(lines or KernelLines(), quant)
     h = m.hidden
     if m.mla is None:
         qkv = (m.heads + 2 * m.kv_heads) * m.head_dim / tp
         o_in = m.heads * m.head_dim / tp
-        return _gemm(rows, h, qkv, quant, kind) + _gemm(rows, o_in, h, quant, kind)
+        return (_gemm(rows, h, qkv, quant, kind, line=fx)
+                + _gemm(rows, o_in, h, quant, kind, line=fx))
     a = m.mla
     qk = a.qk_nope_head_dim + a.qk_rope_head_dim
     down = (a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim
-    t = _gemm(rows, h, down, quant, kind)
-    t += _gemm(rows, a.q_lora_rank or h, m.heads * qk / tp, quant, kind)
+    t = _gemm(rows, h, down, quant, kind, line=fx)
+    t += _gemm(rows, a.q_lora_rank or h, m.heads * qk / tp, quant, kind, line=fx)
     kv_b = a.kv_lora_rank * m.heads * (a.qk_nope_head_dim + a.v_head_dim) / tp
-    t += _gemm(rows, a.kv_lora_rank, kv_b / a.kv_lora_rank / 2, quant, kind, groups=2)
-    return t + _gemm(rows, m.heads * a.v_head_dim / tp, h, quant, kind)
+    t += _gemm(rows, a.kv_lora_rank, kv_b / a.kv_lora_rank / 2, quant, kind, groups=2,
+               line=fx)
+    return t + _gemm(rows, m.heads * a.v_head_dim / tp, h, quant, kind, line=fx)
 
 
 def expert_imbalance(tokens: float, ranks: int, redundant_fraction: float) -> float:
@@ -250,6 +273,33 @@ def expert_imbalance(tokens: float, ranks: int, redundant_fraction: float) -> fl
     return 1.0 + excess / (1.0 + 4.0 * redundant_fraction * ranks)
 
 
+def routed_experts(tokens: float, hidden: int, ffn: int, slots_total: int, top_k: int, ep: int,
+                   quant: Quant, kind: DeviceSpec, lines: KernelLines,
+                   imbalance: float = 1.0) -> float:
+    """Seconds of one MoE op's routed experts on the busiest of ``ep`` ranks.
+
+    ``tokens`` (the whole EP group's) each pick ``top_k`` of ``slots_total`` expert slots
+    (experts plus redundant copies), ``slots_total / ep`` per rank. Two grouped GEMMs
+    (gate+up, down) over the experts some token picked, each one's rows padded to whole
+    tiles, on the kind's MoE line; the activation; and the op's extra
+    seconds (routing, permute, finalize), once.
+    """
+    slots = math.ceil(slots_total / ep)
+    routed = tokens * top_k / ep * imbalance  # rows on the busiest device
+    # a slot is read when some token picks its expert; a replicated expert's tokens are
+    # split among its copies, so each copy sees the picks over (experts + redundant) slots
+    p_active = 1.0 - (1.0 - top_k / slots_total) ** max(tokens, 0.0)
+    per_expert = routed / (slots * p_active) if p_active > 0 else 0.0  # rows per active one
+    line = lines.line("moe", quant.weights)
+    e = Line(line.compute, line.memory)
+    return (_gemm(per_expert, hidden, 2 * ffn, quant, kind, groups=slots,
+                  weight_fraction=p_active, line=e)
+            + _gemm(per_expert, ffn, hidden, quant, kind, groups=slots,
+                    weight_fraction=p_active, line=e)
+            + _elementwise(routed * 2 * ffn, quant, kind, 1.5)
+            + (line.extra if tokens > 0 else 0.0))
+
+
 def _moe_layer(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
                tokens: float, ctx: StepContext, low_latency: bool) -> tuple[float, float, float]:
     """(routed experts s, shared expert + router s, all-to-all s) of one MoE layer.
@@ -259,21 +309,16 @@ def _moe_layer(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
     are read. The shared expert and the router run on the device's own tokens.
     """
     ep = par.ep
-    slots = math.ceil((m.experts + ctx.redundant) / ep)
-    routed = tokens * m.top_k / ep * ctx.imbalance  # rows on the busiest device
-    per_expert = routed / slots
-    # a slot is read when some token picks its expert; a replicated expert's tokens are
-    # split among its copies, so each copy sees the picks over (experts + redundant) slots
-    p_active = 1.0 - (1.0 - m.top_k / (m.experts + ctx.redundant)) ** max(tokens, 0.0)
     f, h = m.expert_ffn, m.hidden
-    t_exp = (_gemm(per_expert, h, 2 * f, quant, kind, groups=slots, weight_fraction=p_active)
-             + _gemm(per_expert, f, h, quant, kind, groups=slots, weight_fraction=p_active)
-             + _elementwise(routed * 2 * f, quant, kind, 1.5))
+    t_exp = routed_experts(tokens, h, f, m.experts + ctx.redundant, m.top_k, ep, quant, kind,
+                           ctx.lines, ctx.imbalance)
     own = tokens / ep
-    t_sh = _gemm(own, h, m.experts, quant, kind)  # router
+    fx = dense_lines(ctx.lines, quant)
+    t_sh = _gemm(own, h, m.experts, quant, kind, line=fx)  # router
     if m.shared_experts:
         sf = m.shared_experts * f
-        t_sh += (_gemm(own, h, 2 * sf, quant, kind) + _gemm(own, sf, h, quant, kind)
+        t_sh += (_gemm(own, h, 2 * sf, quant, kind, line=fx)
+                 + _gemm(own, sf, h, quant, kind, line=fx)
                  + _elementwise(own * 2 * sf, quant, kind, 1.5))
     a2a = expert_alltoall(
         ctx.ep_tiers, tokens_per_rank=own, hidden=h, top_k=m.top_k,
@@ -298,15 +343,17 @@ def step_time(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
         parts[key] = parts.get(key, 0.0) + seconds * times
 
     # attention, per layer per device: projections, the core over the cache, norms
-    t_proj = _attention_gemms(m, per_rank, tp, quant, kind)
+    fx = dense_lines(ctx.lines, quant)
+    t_proj = _attention_gemms(m, per_rank, tp, quant, kind, ctx.lines)
     seqs = shape.decode_seqs / dp
     kv_read = seqs * shape.decode_context * m.kv_values_per_token_layer * element_bytes(
         quant.kv) / m.kv_split(tp)
     core_flops = (dec_tok / dp) * shape.decode_context * m.attention_flops_per_position(
         absorbed=True) / tp
-    core_flops += (shape.prefill_tokens / dp) * shape.prefill_context * (
+    pre_flops = (shape.prefill_tokens / dp) * shape.prefill_context * (
         m.attention_flops_per_position(absorbed=False)) / tp
-    t_core = _attention_core(core_flops, kv_read, quant, kind) + ctx.layer_overhead
+    t_core = (_attention_core(core_flops, kv_read, quant, kind)
+              + context_attention(pre_flops, quant, kind, ctx.lines) + ctx.layer_overhead)
     t_norm = 2 * _elementwise(per_rank * m.hidden, quant, kind)
     t_ar = _allreduce(ctx.tp_tiers, per_rank * m.hidden * act) if tp > 1 else 0.0
     add("attention_weights", t_proj, m.layers)
@@ -318,8 +365,8 @@ def step_time(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
     dense = m.layers - m.moe_layers
     if dense:
         f = m.ffn / tp
-        t_ffn = (_gemm(per_rank, m.hidden, 2 * f, quant, kind)
-                 + _gemm(per_rank, f, m.hidden, quant, kind)
+        t_ffn = (_gemm(per_rank, m.hidden, 2 * f, quant, kind, line=fx)
+                 + _gemm(per_rank, f, m.hidden, quant, kind, line=fx)
                  + _elementwise(per_rank * 2 * f, quant, kind, 1.5))
         add("dense_ffn", t_ffn, dense)
         add("tp_allreduce", t_ar, dense)

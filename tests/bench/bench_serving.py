@@ -67,8 +67,8 @@ def _per_node(plan: ServingPlan, isl: float, gpus_per_node: int = 8) -> tuple[fl
         nodes = plan.devices_used / gpus_per_node
         return plan.input_tokens_per_s / nodes, plan.output_tokens_per_s / nodes
     p, d = _by_role(plan, "prefill")[0], _by_role(plan, "decode")[0]
-    pre = p.requests_per_s * isl / (len(p.devices) / gpus_per_node)
-    dec = d.output_tokens_per_s / (len(d.devices) / gpus_per_node)
+    pre = p.capacity_requests_per_s * isl / (len(p.devices) / gpus_per_node)
+    dec = d.capacity_output_tokens_per_s / (len(d.devices) / gpus_per_node)
     return pre, dec
 
 
@@ -115,8 +115,8 @@ def cloudmatrix() -> list[dict[str, Any]]:
             quant=Quant(weights="int8", kv="int8", dispatch="int8"), mtp=1, acceptance=0.9,
             time_limit=10.0, pareto=False))
         p, d = _by_role(plan, "prefill")[0], _by_role(plan, "decode")[0]
-        pre = p.requests_per_s * wl.isl / len(p.devices)
-        dec = d.output_tokens_per_s / len(d.devices)
+        pre = p.capacity_requests_per_s * wl.isl / len(p.devices)
+        dec = d.capacity_output_tokens_per_s / len(d.devices)
         kv = plan.kv_transfer
         rows.append({
             "tpot target": tpot, "seconds": time.perf_counter() - start,

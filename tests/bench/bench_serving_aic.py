@@ -17,7 +17,8 @@ estimates run in one process of its own venv (tests/bench/aic_driver.py).
 
 Nothing end-to-end is fitted. The H100/H200 kinds' efficiency lines were fitted to
 AIConfigurator's *kernel* tables (GEMM and decode-attention latencies, on half the shapes;
-tests/bench/aic_kernel_fit.py, aic_attention_fit.py): every TTFT/TPOT row below is held out.
+tests/bench/aic_kernel_fit.py, aic_attention_fit.py; the fp8 block-scaled GEMM, MoE and
+context-MLA kernel families: aic_serving_fit.py): every TTFT/TPOT row below is held out.
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ def shardc_static(model: str, system: str, shape: tuple[int, int, int], isl: int
     (dec,) = decode_candidates(m, wl, fabric, pool, opts)
     pre_opts = Options(quant=quant, overlap=False, pins=(("chunk", isl), ("dp", dp), ("pp", 1), ("redundant", 0),
                                           ("tp", tp)))
-    (pre,) = prefill_candidates(m, wl, fabric, pool, pre_opts)
-    return pre.step.seconds, dec.step.seconds
+    # one forward over one prompt: the step, whatever queueing headroom a candidate plans
+    steps = {c.step.seconds for c in prefill_candidates(m, wl, fabric, pool, pre_opts)}
+    if len(steps) != 1:
+        raise ValueError(f"expected one prefill shape, got {len(steps)}")
+    return steps.pop(), dec.step.seconds
 
 
 def _aic_static(model: str, system: str, shape: tuple[int, int, int], isl: int,
@@ -174,7 +178,12 @@ def aic_search(model: str, system: str, isl: int, osl: int, tmp: Path) -> tuple[
 
 
 def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict[str, Any]:
-    """Shardc's plan as an AIConfigurator ``cli_estimate`` configuration."""
+    """Shardc's plan as an AIConfigurator ``cli_estimate`` configuration.
+
+    AIConfigurator's batch sizes are per attention-DP rank (its backends take
+    ``global_bs = bs * attention_dp_size``, aiconfigurator_core/sdk/backends/base_backend.py),
+    as shardc's are.
+    """
     hf, m, _ = MODELS[model]
     inst = {i.role: i for i in plan.instances}
     count = {r: sum(1 for i in plan.instances if i.role == r) for r in inst}
@@ -182,7 +191,8 @@ def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict
     if plan.mode == "aggregated":
         a = inst["aggregated"]
         return {**base, "mode": "agg", "tp_size": a.tp, "pp_size": a.pp,
-                "attention_dp_size": a.dp, "batch_size": a.batch * a.dp,
+                "attention_dp_size": a.dp, "batch_size": a.batch,
+                "ctx_tokens": a.prefill_chunk,  # shardc's prefill chunk per step per DP rank
                 **({"moe_tp_size": 1, "moe_ep_size": a.tp * a.dp} if m.moe else {})}
     p, d = inst["prefill"], inst["decode"]
     moe = ({"prefill_moe_tp_size": 1, "prefill_moe_ep_size": p.tp * p.dp,
@@ -191,7 +201,7 @@ def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict
             "prefill_attention_dp_size": p.dp, "prefill_batch_size": max(1, p.batch // isl),
             "prefill_num_workers": count["prefill"], "decode_tp_size": d.tp,
             "decode_pp_size": d.pp, "decode_attention_dp_size": d.dp,
-            "decode_batch_size": d.batch * d.dp, "decode_num_workers": count["decode"], **moe}
+            "decode_batch_size": d.batch, "decode_num_workers": count["decode"], **moe}
 
 
 def searches(tmp: Path) -> list[dict[str, Any]]:
@@ -204,7 +214,8 @@ def searches(tmp: Path) -> list[dict[str, Any]]:
         topo = load_topology(find_topology(ROOT / path, ()), dict(sets))
         plan = plan_serving(MODELS[model][1], topo,
                             workload(isl=isl, osl=osl, ttft="1s", tpot="50ms"),
-                            ServingOptions(quant=MODELS[model][2], pareto=False))
+                            ServingOptions(quant=MODELS[model][2], pareto=False,
+                                           overlap=False))  # TRT-LLM: no two-batch overlap
         shardc_seconds = time.perf_counter() - start
         picks.append(_pick_config(plan, model, system, isl, osl))
         rows.append({"model": model, "system": system, "isl/osl": f"{isl}/{osl}",
