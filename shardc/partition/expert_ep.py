@@ -83,6 +83,30 @@ def _elem(costing: Costing, value: str) -> tuple[int, float]:
     return numel, nbytes / max(rows * numel, 1)
 
 
+def ep_choices(costing: Costing, pinned: int | None, devices: int) -> tuple[int, ...]:
+    """The expert-parallel widths the search tries: the pin alone when there is one; else
+    1 and every power of two that divides every MoE layer's experts and fits the pool
+    (training with MoE layers in the repeated blocks only; inference and dense models
+    have nothing to spread). Why powers of two: ep groups are consecutive replicas and dp
+    widths are mostly powers of two; Megatron's ``--expert-model-parallel-size`` and
+    DeepSpeed-MoE configurations in practice are too.
+    """
+    if pinned is not None:
+        return (pinned,)
+    if costing.settings.mode != "training":
+        return (1,)
+    found = regions(costing)
+    _, block, _, _ = costing.sections
+    inside = set(block)
+    if not found or not any(set(r.nodes) <= inside for r in found):
+        return (1,)
+    out, e = [1], 2
+    while e <= devices and all(r.experts % e == 0 for r in found):
+        out.append(e)
+        e *= 2
+    return tuple(out)
+
+
 def fits(costing: Costing, ep: int, tp: int) -> bool:
     """Whether every MoE layer's experts split over ``ep x tp`` ranks."""
     return all(r.experts % (ep * tp) == 0 for r in regions(costing))

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from shardc.cost import activations as acts
 from shardc.cost.network import group_collective
@@ -123,6 +123,15 @@ class GraphPrices:
         for dev in topology.compute_devices:
             self.kinds.setdefault(dev.kind.name, dev.kind)
             self.pool.setdefault(dev.kind.name, []).append(dev.name)
+
+    def with_ep(self, ep: int) -> Self:
+        """The same prices with experts spread over ``ep`` replicas (the search tries
+        several: :func:`shardc.partition.search.search`); ``self`` when it already is.
+        """
+        if ep == self.settings.ep:
+            return self
+        return type(self)(self.graph, self.costs, self.chain, self.table, self.topology,
+                          replace(self.settings, ep=ep))
 
     # -- the chain -----------------------------------------------------------------------
     @cached_property

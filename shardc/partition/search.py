@@ -13,11 +13,12 @@ tried lives in :mod:`shardc.partition.candidates`, the answer's records in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import TYPE_CHECKING
 
-from shardc.errors import InfeasibleError, OptionError, SolverTimeout
+from shardc.errors import InfeasibleError, OptionError, ShardcError, SolverTimeout
 from shardc.partition.bounds import uniform
 from shardc.partition.candidates import (
     Ticks,
@@ -35,7 +36,7 @@ from shardc.partition.candidates import (
 )
 from shardc.partition.context import cp_degrees
 from shardc.partition.cpsat import solve, stage_counts
-from shardc.partition.expert_ep import check_ep, fits
+from shardc.partition.expert_ep import check_ep, ep_choices, fits
 from shardc.partition.options import PartitionOptions
 from shardc.partition.problem import PartitionProblem, Solution
 from shardc.partition.result import PartitionResult, StageResult, build_result
@@ -55,7 +56,56 @@ def search(
 
     ``progress(step, done, total)`` advances once per (data-parallel width, stage count)
     pair settled, ``step`` naming the width (``dp=4``); it never changes the answer.
+
+    Expert parallelism across replicas is a decision when ``ep`` is not pinned
+    (:func:`~shardc.partition.expert_ep.ep_choices`): each width is searched as if pinned,
+    on its share of the solver budget, and the fastest per sample wins (the smaller ep on
+    a tie). Why an outer loop and not a CP-SAT variable: ep changes every block's price
+    (all-to-all, expert memory, gradient sync), as dp does, and stages share it.
     """
+    pool = sum(len(v) for v in costing.pool.values())
+    eps = ep_choices(costing, options.pins.ep, pool)
+    if len(eps) == 1:
+        return _search(costing, options, progress)
+    start = time.perf_counter()
+    share = dataclasses.replace(options, time_limit=options.time_limit / len(eps))
+    found: list[tuple[int, PartitionResult]] = []
+    failed: list[ShardcError] = []
+    for ep in eps:
+        priced = costing.with_ep(ep)
+        pins = dataclasses.replace(options.pins, ep=ep if ep > 1 else None)
+        try:
+            found.append((ep, _search(priced, dataclasses.replace(share, pins=pins), progress)))
+        except (InfeasibleError, SolverTimeout) as exc:
+            failed.append(exc)
+        except OptionError:
+            if ep == 1:  # the user's own pins are wrong: say so
+                raise
+            # an ep the pins rule out (dp or tp pinned to what it does not divide)
+    if not found:
+        raise failed[0]
+    ep, best = min(found, key=lambda t: (t[1].step_seconds / t[1].samples_per_step, t[0]))
+    per = best.step_seconds / best.samples_per_step
+    # a lower bound per sample over every ep tried (an ep that failed by time proves nothing)
+    floors = [r.bound / r.samples_per_step if r.bound is not None else 0.0 for _, r in found]
+    timed_out = any(isinstance(e, SolverTimeout) for e in failed)
+    floor = min([per, *floors])
+    proven = not timed_out and all(r.status == "OPTIMAL" or (r.bound or 0.0) / r.samples_per_step
+                                   >= per * (1 - 1e-9) for _, r in found)
+    return dataclasses.replace(
+        best,
+        status="OPTIMAL" if proven else "FEASIBLE",
+        bound=floor * best.samples_per_step,
+        solver_seconds=time.perf_counter() - start,
+        candidates=tuple(c for _, r in found for c in r.candidates),
+        pins=options.pins.to_json(),
+    )
+
+
+def _search(
+    costing: Costing, options: PartitionOptions, progress: Progress | None = None
+) -> PartitionResult:
+    """:func:`search` at one expert-parallel width (``costing.settings.ep``)."""
     start = time.perf_counter()
     mode = costing.settings.mode
     if mode == "training" and options.objective == "latency":

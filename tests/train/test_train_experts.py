@@ -172,3 +172,48 @@ def test_ep_planned(mixtral: Path, tmp_path: Path) -> None:
     gpt2 = H.export("gpt2", tmp_path / "gpt2.onnx")
     with pytest.raises(shardc.errors.OptionError, match="no mixture-of-experts layer"):
         shardc.compile(str(gpt2), "topologies/localhost.topo", quiet=True, devices=2, pins="ep=2")
+
+
+def test_ep_is_decided_when_not_pinned(mixtral: Path) -> None:
+    """Unpinned, the search tries ep = 1, 2, 4 (powers of two dividing the 4 experts) and
+    keeps the fastest plan that fits: on four small devices with dp=4 pinned, a replica
+    with every expert does not fit at 3.0 MiB, so the plan spreads them (ep=4, the faster
+    of the two that fit, as the pinned plans price them); at 4 MiB all fit and ep=1 wins
+    (no all-to-all). plan.json's pins stay the user's.
+    """
+    def compile_(mem: float, pins: str) -> dict[str, Any]:
+        plan = shardc.compile(str(mixtral), TIGHT.format(mem=mem), quiet=True, pins=pins,
+                              microbatches=2, zero=0, recompute="full")  # fmt: skip
+        return dict(plan.data["partition"])
+
+    def per_sample(part: dict[str, Any]) -> float:
+        return float(part["step_seconds"]) / int(part["samples_per_step"])
+
+    fixed = "dp=4,tp=1,pp=1"
+    tight = compile_(3.0, fixed)
+    assert tight["stages"][0].get("ep") == 4 and "ep" not in tight["pins"]
+    assert per_sample(tight) == pytest.approx(per_sample(compile_(3.0, fixed + ",ep=4")))
+    assert per_sample(tight) < per_sample(compile_(3.0, fixed + ",ep=2"))
+    with pytest.raises(shardc.errors.InfeasibleError):
+        compile_(3.0, fixed + ",ep=1")
+    roomy = compile_(4.0, fixed)
+    assert "ep" not in roomy["stages"][0]
+    assert per_sample(roomy) < per_sample(compile_(4.0, fixed + ",ep=2"))
+
+
+TIGHT = """
+# Four CPU shares with a few MiB each: sized so that the tiny Mixtral's replica fits only
+# with its experts spread (figures made up for the test; only the memory matters)
+kind cpu_share {{
+    compute fp32 83.2 GFLOPS
+    memory {mem} MiB
+    memory_bandwidth 9.6 GB/s
+    efficiency compute 0.9
+}}
+cpu[0..3]: cpu_share
+switch loopback: loopback {{
+    members cpu[*]
+    bandwidth 4 GB/s
+    latency 10 us
+}}
+"""
