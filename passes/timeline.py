@@ -6,7 +6,7 @@ the simulation are the Plan's (:mod:`shardc.plan.timeline`), so a plan read back
 folder has the very same timeline; this pass runs them once, at compile time.
 
 The layout follows the partitioner's decisions: ``partition.interleave`` model chunks per
-rank (interleaved 1F1B, :mod:`shardc.plan.simulate`'s pass order) and pipeline transfers
+rank (interleaved 1F1B, :mod:`shardc.plan.issue_order`'s pass order) and pipeline transfers
 overlapped with compute when it priced them so (``partition.p2p_overlapped``). The
 hand-offs interleaving adds (last stage to first) are lowered Sends of the chunked
 programs, priced with the rest (passes/price.py); ``route`` prices them only for programs

@@ -86,8 +86,8 @@ How the timeline is built:
   time and bytes (the chunk's share of the stage's blocks) and whole Sends/Recvs (a
   hand-off per chunk: v times the traffic); the last stage's chunk c sends to the first
   stage's chunk c + 1 what it receives from the stage before it (the wrap-around
-  hand-off, :func:`~shardc.plan.simulate.wrap_steps`). Passes follow Megatron-LM's order
-  (:func:`~shardc.plan.simulate.interleaved_order`), so the bubble is ``(S − 1)/v``
+  hand-off, :func:`~shardc.plan.issue_order.wrap_steps`). Passes follow Megatron-LM's order
+  (:func:`~shardc.plan.issue_order.interleaved_order`), so the bubble is ``(S − 1)/v``
   slots instead of ``S − 1``.
   After its last backward each rank runs one ``sync`` event (a comm event, op
   ``AllReduce``, named ``dp sync + optimizer``) lasting ``stage_sync_seconds[stage]``
@@ -112,19 +112,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from shardc.plan.issue_order import SYNC_NAME, Route, rank_items, sync_group, wrap_steps
 from shardc.plan.linkload import link_summary
 from shardc.plan.lowered import is_ring_comm
 from shardc.plan.program import Link, Programs, parse_links
 from shardc.plan.program_checks import check_programs
-from shardc.plan.simulate import (
-    SYNC_NAME,
-    Route,
-    Simulation,
-    event_json,
-    rank_items,
-    sync_group,
-    wrap_steps,
-)
+from shardc.plan.simulate import Simulation, event_json
 
 FORMAT = "shardc-schedule/1"
 

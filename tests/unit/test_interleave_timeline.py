@@ -19,8 +19,8 @@ from click.testing import CliRunner
 import shardc.api as api
 from shardc.cli.main import cli
 from shardc.emit.trace import chrome_trace
+from shardc.plan.issue_order import interleaved_order
 from shardc.plan.program import Comm, Compute, DeviceProgram, Programs
-from shardc.plan.simulate import interleaved_order
 from shardc.plan.timeline import build_schedule, schedule_schema
 
 ROOT = Path(__file__).resolve().parents[2]
