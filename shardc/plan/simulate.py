@@ -3,9 +3,10 @@
 Why apart from :mod:`shardc.plan.timeline`: that module says what the timeline *is*
 (its typed records and schedule.json); this one how it is computed from the programs, by
 the rules in that module's docstring: the event loop that starts each item when its
-dependencies allow. The items each rank issues (1F1B or GPipe order, backward steps
-reversed, the DP sync) are :mod:`shardc.plan.issue_order`'s; the checks that make the
-simulation sound, :mod:`shardc.plan.program_checks`'.
+dependencies allow. :mod:`shardc.plan.schedule` runs it and writes what it placed; the
+items each rank issues (1F1B or GPipe order, backward steps reversed, the DP sync) are
+:mod:`shardc.plan.issue_order`'s; the checks that make the simulation sound,
+:mod:`shardc.plan.program_checks`'.
 """
 
 from __future__ import annotations
@@ -139,39 +140,3 @@ class Simulation:
             missing = [m for m in item.group if m not in arrived]
             return f"{text}, waiting for ranks {missing}"
         return text  # pragma: no cover - compute never blocks
-
-
-def event_json(
-    item: Item, start: float, duration: float, stage: int, stages: int
-) -> dict[str, Any]:
-    """The item placed at ``start`` as schedule.json writes it."""
-    event: dict[str, Any] = {
-        "type": "comm" if item.is_comm else "compute",
-        "phase": item.phase,
-        "microbatch": item.microbatch,
-        "name": item.name,
-        "start": start,
-        "duration": duration,
-        "end": start + duration,
-    }
-    if item.phase != "sync":
-        event["chunk"] = item.chunk
-        event["virtual_stage"] = item.chunk * stages + stage
-    if not item.is_comm:
-        return event
-    c = item.comm
-    event.update(
-        {
-            "op": item.op,
-            "value": c.value if c else "",
-            "bytes": float(c.nbytes) * item.share if c else item.nbytes,
-            "group": list(item.group),
-            "peer": c.peer if c else -1,
-            "tag": c.tag if c else 0,
-            "axis": c.axis if c else -1,
-            "algorithm": c.algorithm if c else "",
-            "links": [str(x) for x in (c.links if c else item.links)],
-        }
-    )
-    return event
-
