@@ -15,7 +15,8 @@ copy, every receiving tp rank gets one from the sender of the same index modulo 
 sender's degree; between sequence-parallel stages of one degree the residual stream
 travels as sequence shards instead, rank t's to rank t. Weights are cut by
 :mod:`shardc.passes.lower_weights`, single nodes rewritten for their shard by
-:mod:`shardc.passes.lower_nodes`.
+:mod:`shardc.passes.lower_nodes`, values brought into the layout a node wants by
+:mod:`shardc.passes.lower_layouts`.
 """
 
 from __future__ import annotations
@@ -24,34 +25,25 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from shardc.ir import Node
 from shardc.passes.lower_experts import ExpertEmitter
+from shardc.passes.lower_layouts import Layouts
 from shardc.passes.lower_nodes import LoweringError, NodeRewrites, static_shape, tp_dim
 from shardc.passes.lower_weights import WeightViews
 from shardc.passes.precision import priced_graph
 from shardc.plan.lowered import PendingComm, Template
 from shardc.plan.program import DOMAIN
-from shardc.sharding import Reshard, Strategy, TensorSharding, reshard
+from shardc.sharding import Strategy, TensorSharding
 from shardc.strategy.resolve import pinned_layouts
 
 if TYPE_CHECKING:
     from shardc.pipeline import CompileState
 
-_COLLECTIVE = {
-    "all_reduce": "AllReduce",
-    "all_gather": "AllGather",
-    "reduce_scatter": "ReduceScatter",
-    "all_to_all": "AllToAll",
-}
-_COST_OP = {v: k for k, v in _COLLECTIVE.items()}
-"""Node type -> the cost model's name for the collective."""
 
-
-class Walk(WeightViews, NodeRewrites):
+class Walk(Layouts, WeightViews, NodeRewrites):
     """Builds the template of one (stage, tp rank)."""
 
     def __init__(
@@ -102,108 +94,6 @@ class Walk(WeightViews, NodeRewrites):
 
     def _emit(self, node: onnx.NodeProto) -> None:
         self.t.nodes.append(node)
-
-    # -- values -----------------------------------------------------------------------
-    def _whole(self, v: str) -> TensorSharding | None:
-        t = self.graph.values[v].type
-        if t is None or t.shape is None:
-            return None
-        return TensorSharding.replicated(len(t.shape))
-
-    def get(self, v: str, want: TensorSharding | None, pieces: int = 1) -> str:
-        """The local name of value ``v`` in layout ``want`` (None: as it is on hand)."""
-        if v in self.initializers:
-            if want is not None and want.partial:
-                unscaled = self._initializer(v, TensorSharding(want.dims), pieces)
-                return self._scale(unscaled)
-            return self._initializer(v, want, pieces)
-        if v in self.lazy:
-            return self._dequantized(v, want, pieces)
-        have = self.copies.get(v)
-        if not have:
-            raise LoweringError(f"value {v!r} is not available on stage {self.t.stage}")
-        if want is None:
-            return next(iter(have.values()))
-        if want in have:
-            return have[want]
-        best: tuple[int, TensorSharding | None, tuple[Reshard, ...]] | None = None
-        for src in have:
-            base = src if src is not None else self._whole(v)
-            if base is None or base.rank != want.rank:
-                continue
-            steps = reshard(base, want)
-            cost = sum(s.communicates for s in steps)
-            if best is None or cost < best[0]:
-                best = (cost, src, steps)
-        if best is None:
-            return next(iter(have.values()))
-        _, src, steps = best
-        name = have[src]
-        layout = src if src is not None else self._whole(v)
-        assert layout is not None
-        for step in steps:
-            name = self._reshard(v, name, layout, step)
-            layout = _after(layout, step)
-            have[layout] = name
-        return name
-
-    def _reshard(self, v: str, name: str, layout: TensorSharding, step: Reshard) -> str:
-        if step.axis != "tp":
-            raise LoweringError(f"value {v!r}: resharding along {step.axis!r} is not emitted yet")
-        if step.op == "scale":
-            return self._scale(name)
-        if step.op == "slice":
-            return self._split(v, name, step.dst_dim)
-        out = self._name(v, step.op)
-        nbytes = self._bytes(v) * layout.local_fraction({"tp": self.tp})
-        if step.op == "all_gather":
-            nbytes *= self.tp
-        dim = step.dst_dim if step.op in ("reduce_scatter", "all_to_all") else step.src_dim
-        concat = -1
-        if step.op == "all_to_all":
-            # split along the new dim, send piece j to rank j, join what arrives along the
-            # dim that was split: one exchange turns a src_dim split into a dst_dim split
-            assert step.src_dim is not None
-            concat = step.src_dim
-        op = _COLLECTIVE[step.op]
-        pending = PendingComm(
-            op, name, out, nbytes, axis=dim if dim is not None else -1, concat_axis=concat
-        )
-        self._comm_node(op, [name], [out], pending)
-        return out
-
-    def _split(self, v: str, name: str, dim: int | None) -> str:
-        """Replicated → this rank's piece along ``dim`` (a local Slice, no traffic)."""
-        assert dim is not None
-        t = self.graph.values[v].type
-        size = t.shape[dim] if t is not None and t.shape is not None else None
-        if not isinstance(size, int):
-            raise LoweringError(f"value {v!r}: cannot slice a dim of unknown size")
-        step = size // self.tp
-        out = self._name(v, "slice")
-        if (self.state.model.opset() or 18) < 10:  # Slice-1: bounds are attributes
-            lo, hi = self.rank * step, (self.rank + 1) * step
-            slice1 = helper.make_node("Slice", [name], [out], name=out, starts=[lo], ends=[hi])
-            slice1.attribute.append(helper.make_attribute("axes", [dim]))
-            self._emit(slice1)
-            return out
-        consts = {}
-        for key, val in (
-            ("starts", self.rank * step),
-            ("ends", (self.rank + 1) * step),
-            ("axes", dim),
-        ):
-            cname = self._name(v, key)
-            self.t.initializers[cname] = numpy_helper.from_array(
-                np.array([val], dtype=np.int64), cname
-            )
-            consts[key] = cname
-        self._emit(
-            helper.make_node(
-                "Slice", [name, consts["starts"], consts["ends"], consts["axes"]], [out], name=out
-            )
-        )
-        return out
 
     # -- the walk -----------------------------------------------------------------------
     def run(self) -> Template:
@@ -386,20 +276,6 @@ class Walk(WeightViews, NodeRewrites):
             node.attribute.sort(key=lambda a: a.name)
         self._emit(node)
         self.t.steps.append(("comm", (len(self.t.nodes) - 1, pending)))
-
-
-def _after(layout: TensorSharding, step: Reshard) -> TensorSharding:
-    dims = list(layout.dims)
-    partial = layout.partial
-    if step.op in ("all_reduce", "reduce_scatter") and partial == step.axis:
-        partial = None
-    if step.op == "scale":
-        partial = step.axis
-    if step.src_dim is not None:
-        dims[step.src_dim] = None
-    if step.dst_dim is not None:
-        dims[step.dst_dim] = step.axis
-    return TensorSharding(tuple(dims), partial)
 
 
 def reads(node: Any, graph: Any) -> list[str]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from shardc.cost.compute import ShardScale
 from shardc.cost.network import group_collective, point_to_point
 from shardc.cost.phases import prefill_time
-from shardc.partition.context import cp_scale
+from shardc.partition.context_pricing import cp_scale
 from shardc.partition.ring import run_seconds
 from shardc.pipeline import Pass
 from shardc.plan.program import Comm, Compute, DeviceProgram, Link, Programs, route_links

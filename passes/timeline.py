@@ -2,11 +2,12 @@
 
 Why a pass: the step time a pipeline really has is set by who waits for whom (the bubble,
 a Recv waiting on a late Send, a collective waiting on its slowest member). The rules and
-the simulation are the Plan's (:mod:`shardc.plan.timeline`), so a plan read back from its
-folder has the very same timeline; this pass runs them once, at compile time.
+the simulation are the Plan's (:mod:`shardc.plan.timeline`, :mod:`shardc.plan.schedule`),
+so a plan read back from its folder has the very same timeline; this pass runs them once,
+at compile time.
 
 The layout follows the partitioner's decisions: ``partition.interleave`` model chunks per
-rank (interleaved 1F1B, :mod:`shardc.plan.simulate`'s pass order) and pipeline transfers
+rank (interleaved 1F1B, :mod:`shardc.plan.issue_order`'s pass order) and pipeline transfers
 overlapped with compute when it priced them so (``partition.p2p_overlapped``). The
 hand-offs interleaving adds (last stage to first) are lowered Sends of the chunked
 programs, priced with the rest (passes/price.py); ``route`` prices them only for programs
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from shardc.cost.network import point_to_point
 from shardc.pipeline import Pass
 from shardc.plan.program import Link, route_links
-from shardc.plan.timeline import build_timeline
+from shardc.plan.schedule import build_timeline
 
 if TYPE_CHECKING:
     from shardc.pipeline import CompileState

@@ -24,13 +24,8 @@ if TYPE_CHECKING:
 
 
 from shardc.cost.network import point_to_point
-from shardc.partition.context import (
-    ContextMap,
-    context_map,
-    cp_collectives,
-    cp_scale,
-    graph_consts,
-)
+from shardc.partition.context import ContextMap, context_map, graph_consts
+from shardc.partition.context_pricing import cp_collectives, cp_scale
 from shardc.partition.pricing import SP_OPS, GraphPrices, PartCost, TensorChoice
 from shardc.partition.ring import (
     block_shares,

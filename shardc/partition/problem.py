@@ -189,7 +189,7 @@ def interleave_fits(p: PartitionProblem, stages: int) -> bool:
     """Whether ``stages`` can run the interleaved schedule over ``p.microbatches``.
 
     Megatron-LM's interleaved 1F1B moves micro-batches in groups of S through each chunk
-    (:func:`shardc.plan.simulate.interleaved_order`); Narayanan et al. 2021 §2.2.2: "this
+    (:func:`shardc.plan.issue_order.interleaved_order`); Narayanan et al. 2021 §2.2.2: "this
     schedule requires the number of microbatches in a batch to be an integer multiple of
     the degree of pipeline parallelism". With a short last group the first stage's next
     chunk waits on a micro-batch still crossing the pipeline: the ``(S − 1)/v`` bubble no

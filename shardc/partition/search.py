@@ -34,7 +34,7 @@ from shardc.partition.candidates import (
     warm_hint,
     why,
 )
-from shardc.partition.context import cp_degrees
+from shardc.partition.context_pricing import cp_degrees
 from shardc.partition.cpsat import solve, stage_counts
 from shardc.partition.expert_ep import check_ep, ep_choices, fits
 from shardc.partition.options import PartitionOptions

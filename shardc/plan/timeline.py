@@ -3,8 +3,9 @@
 Why simulate instead of summing stage times: a pipeline's step time is set by who waits
 for whom (the bubble, a Recv waiting on a late Send, a collective waiting on its slowest
 member), and the report, the trace and ``shardc check-plan`` all need the *same* answer.
-So the timeline is computed once, here, from the ``seconds`` the cost model put on each
-:class:`~shardc.emit.program.Compute` and :class:`~shardc.emit.program.Comm` step.
+So the timeline is computed once (:mod:`shardc.plan.schedule`, by the rules below), from
+the ``seconds`` the cost model put on each :class:`~shardc.emit.program.Compute` and
+:class:`~shardc.emit.program.Comm` step; this module is its format and typed records.
 
 Format ``shardc-schedule/1`` (machine-checkable: ``schedule.schema.json`` next to this
 module, loaded by :func:`schedule_schema`). Times are seconds, as floats, never rounded.
@@ -86,8 +87,8 @@ How the timeline is built:
   time and bytes (the chunk's share of the stage's blocks) and whole Sends/Recvs (a
   hand-off per chunk: v times the traffic); the last stage's chunk c sends to the first
   stage's chunk c + 1 what it receives from the stage before it (the wrap-around
-  hand-off, :func:`~shardc.plan.simulate.wrap_steps`). Passes follow Megatron-LM's order
-  (:func:`~shardc.plan.simulate.interleaved_order`), so the bubble is ``(S − 1)/v``
+  hand-off, :func:`~shardc.plan.issue_order.wrap_steps`). Passes follow Megatron-LM's order
+  (:func:`~shardc.plan.issue_order.interleaved_order`), so the bubble is ``(S − 1)/v``
   slots instead of ``S − 1``.
   After its last backward each rank runs one ``sync`` event (a comm event, op
   ``AllReduce``, named ``dp sync + optimizer``) lasting ``stage_sync_seconds[stage]``
@@ -112,24 +113,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from shardc.plan.linkload import link_summary
-from shardc.plan.lowered import is_ring_comm
-from shardc.plan.program import Link, Programs, parse_links
-from shardc.plan.program_checks import check_programs
-from shardc.plan.simulate import (
-    SYNC_NAME,
-    Route,
-    Simulation,
-    event_json,
-    rank_items,
-    sync_group,
-    wrap_steps,
-)
+from shardc.plan.issue_order import SYNC_NAME
+from shardc.plan.program import Link, parse_links
 
 FORMAT = "shardc-schedule/1"
 
 __all__ = ["FORMAT", "SYNC_NAME", "Event", "LinkLoad", "RankTimeline", "Timeline",
-           "build_schedule", "build_timeline", "schedule_schema"]
+           "schedule_schema"]
 
 
 def schedule_schema() -> dict[str, Any]:
@@ -334,81 +324,3 @@ class Timeline:
             d.get("interleave", 1), d.get("p2p_overlapped", False),
             d.get("chunked_programs", False),
         )
-
-
-def build_timeline(
-    programs: Programs,
-    interleave: int = 1,
-    overlap_p2p: bool = False,
-    route: Route | None = None,
-) -> Timeline:
-    """``programs`` laid out in time (see the module docstring)."""
-    return Timeline.from_json(build_schedule(programs, interleave, overlap_p2p, route))
-
-
-def build_schedule(
-    programs: Programs,
-    interleave: int = 1,
-    overlap_p2p: bool = False,
-    route: Route | None = None,
-) -> dict[str, Any]:
-    """Lay ``programs`` out in time as the schedule.json object (see the module docstring).
-
-    ``interleave`` is v, the model chunks per rank; ``overlap_p2p`` runs pipeline Sends
-    beside compute; ``route`` prices the hand-offs interleaving adds (the last stage to
-    the first), which the programs do not hold.
-    """
-    if interleave < 1:
-        raise ValueError(f"interleave must be at least 1, got {interleave}")
-    by_rank = check_programs(programs)
-    chunked = any(p.chunk_starts for p in by_rank.values())
-    wraps = wrap_steps(by_rank, programs.stages, route) if interleave > 1 and not chunked else {}
-    items = {
-        r: rank_items(programs, prog, sync_group(by_rank, prog), interleave,
-                      wraps.get(r, ((), ())))
-        for r, prog in by_rank.items()
-    }
-    timeline = Simulation(items, overlap_p2p)
-    timeline.run()
-
-    devices: list[dict[str, Any]] = []
-    step = 0.0
-    for r, prog in by_rank.items():
-        events = [
-            event_json(item, start, duration, prog.stage, programs.stages)
-            for item, (start, duration) in zip(items[r], timeline.times[r], strict=True)
-        ]
-        busy = 0.0
-        for ev in events:
-            beside = ev.get("op") in ("Send", "Recv") and (
-                overlap_p2p or is_ring_comm(str(ev.get("value", ""))))
-            if not beside:
-                busy += ev["duration"]
-            step = max(step, ev["end"])
-        devices.append(
-            {
-                "rank": prog.rank,
-                "device": prog.device,
-                "kind": prog.kind,
-                "stage": prog.stage,
-                "replica": prog.replica,
-                "tp_rank": prog.tp_rank,
-                "tp": prog.tp,
-                "busy_seconds": busy,
-                "events": events,
-            }
-        )
-    return {
-        "format": FORMAT,
-        "mode": programs.mode,
-        "schedule": programs.schedule,
-        "microbatches": programs.microbatches,
-        "dp": programs.dp,
-        "stages": programs.stages,
-        "interleave": interleave,
-        "p2p_overlapped": overlap_p2p,
-        **({"chunked_programs": True} if chunked else {}),
-        "step_seconds": step,
-        "devices": devices,
-        "links": link_summary(devices, timeline.recv_of),
-    }

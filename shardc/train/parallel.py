@@ -10,7 +10,8 @@ in the order torch needs them (each comment says why it comes where it does):
    never allocate shards);
 5. recompute per stage (wraps forwards; must precede FSDP, whose hooks sit outside);
 6. tensor / sequence parallelism with ``parallelize_module``;
-7. ZeRO with FSDP2 ``fully_shard`` over the dp axis (after TP: FSDP shards the DTensors);
+7. ZeRO with FSDP2 ``fully_shard`` over the dp axis (after TP: FSDP shards the DTensors;
+   :mod:`shardc.train.zero`);
 8. the pipeline schedule over the pp axis.
 """
 
@@ -26,7 +27,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.pipelining import (
     PipelineStage,
     Schedule1F1B,
@@ -53,8 +53,7 @@ from shardc.train.planview import PlanView, TrainPlanError, plan_view
 from shardc.train.stages import FAMILIES, apply_recompute, make_stage
 from shardc.train.step import ParallelModel, token_loss
 from shardc.train.tensor_parallel import check_whole_siblings, norm_modules, tp_styles
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from shardc.train.zero import shard_data_parallel
 
 
 def _world(view: PlanView) -> int:
@@ -170,8 +169,8 @@ def apply(
         experts = expert_data_parallel(m, mm, mesh, stage.ep)
         if view.dp > 1:  # 7. over the DTensors TP made
             for e in experts:  # their own units first, reduced over edp only
-                _shard_data_parallel(e, [], mesh["edp"], view)
-            chunks[c] = (index, _shard_data_parallel(m, blocks, dp_mesh, view), layers)
+                shard_data_parallel(e, [], mesh["edp"], view)
+            chunks[c] = (index, shard_data_parallel(m, blocks, dp_mesh, view), layers)
     loss = loss_fn or token_loss
     n_virtual = view.pp * view.interleave
     return ParallelModel(
@@ -318,57 +317,6 @@ def _has(m: nn.Module, fqn: str) -> bool:
     except AttributeError:
         return False
     return any(True for _ in sub.parameters())
-
-
-def _shard_data_parallel(
-    m: nn.Module, blocks: list[nn.Module], dp_mesh: Any, view: PlanView
-) -> nn.Module:
-    """ZeRO over the dp axis; returns the module to run (a DDP wrapper for ZeRO-1).
-
-    * ZeRO-0: FSDP2's ``replicate`` (DDP's maths: whole copies, gradients all-reduced);
-    * ZeRO-1: ``DistributedDataParallel`` (whole parameters and gradients, all-reduced), the
-      optimizer state sharded by ``ZeroRedundancyOptimizer`` (:meth:`ParallelModel.optimizer`);
-    * ZeRO-2/3: FSDP2 ``fully_shard``, every block its own unit, then the rest; ZeRO-3
-      reshards parameters after forward, ZeRO-2 keeps them gathered until backward.
-
-    ZeRO-1 over tensor-parallel (DTensor) parameters runs as ZeRO-2, with a warning: DDP
-    takes plain tensors only, and ``ZeroRedundancyOptimizer`` broadcasts each updated
-    parameter with ``c10d.broadcast_``, for which DTensor has no sharding rule.
-    """
-    mp = MixedPrecisionPolicy()
-    if view.dtype in ("bf16", "fp16"):
-        mp = MixedPrecisionPolicy(param_dtype=DTYPES[view.dtype], reduce_dtype=torch.float32)
-    if view.zero == 0:  # plain data parallelism: whole copies, gradients all-reduced
-        from torch.distributed._composable.replicate_with_fsdp import replicate
-
-        for b in blocks:
-            replicate(b, mesh=dp_mesh, mp_policy=mp)
-        replicate(m, mesh=dp_mesh, mp_policy=mp)
-        return m
-    distributed = any(isinstance(p, DTensor) for p in m.parameters())
-    if view.zero == 1 and not distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # under pipelining every forward runs in no_sync and the stage prepares the last
-        # backward itself, so DDP never reaches the point where it rebuilds its buckets and
-        # its record of gradient order doubles each step (an internal assert on step 2);
-        # find_unused_parameters turns that rebuild off
-        return DistributedDataParallel(
-            m, process_group=dp_mesh.get_group(), find_unused_parameters=view.pp > 1
-        )
-    if view.zero == 1:
-        warnings.warn(
-            "ZeRO-1 over tensor- or expert-parallel parameters runs as FSDP2's ZeRO-2 (gradients "
-            "sharded too: the same maths and traffic, less memory than the plan priced): "
-            "DDP and ZeroRedundancyOptimizer take plain tensors, not DTensors",
-            ShardcWarning,
-            stacklevel=3,
-        )
-    reshard = view.zero >= 3
-    for b in blocks:
-        fully_shard(b, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
-    fully_shard(m, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
-    return m
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:

@@ -24,13 +24,14 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-import shardc.partition.context as context_module
+import shardc.partition.context_pricing as pricing_module
 from shardc.cli.main import cli
 from shardc.compiler import build_plan, partition_model
 from shardc.emit.devices import emit
 from shardc.errors import OptionError
 from shardc.frontend import load_model
-from shardc.partition.context import ContextError, context_map, cp_collectives, cp_degrees
+from shardc.partition.context import ContextError, context_map
+from shardc.partition.context_pricing import cp_collectives, cp_degrees
 from shardc.passes.lower import chunk_nodes
 from shardc.passes.partition import costing_for
 from shardc.passes.strategies import build_table
@@ -218,7 +219,7 @@ def test_the_search_picks_cp_where_it_pays_and_not_where_it_does_not(
     parallelism halves the work without the K/V all-gathers, so dp=2 and cp=1, though
     cp=2 was offered.
     """
-    monkeypatch.setattr(context_module, "CP_MIN_SEQUENCE", 16)
+    monkeypatch.setattr(pricing_module, "CP_MIN_SEQUENCE", 16)
     one = _partition(gpt2_path, "tp=1,pp=1,dp=1", 2)
     assert [s.cp for s in one.partition.stages] == [2]
     alone = _partition(gpt2_path, "tp=1,pp=1,dp=1,cp=1", 2).partition
@@ -226,7 +227,7 @@ def test_the_search_picks_cp_where_it_pays_and_not_where_it_does_not(
     two = _partition(gpt2_path, "", 2)
     assert cp_degrees(costing_for(two), two.options.partition, 2) == (1, 2)  # offered
     assert two.partition.dp == 2 and [s.cp for s in two.partition.stages] == [1]
-    monkeypatch.setattr(context_module, "CP_MIN_SEQUENCE", 8192)
+    monkeypatch.setattr(pricing_module, "CP_MIN_SEQUENCE", 8192)
     assert cp_degrees(costing_for(two), two.options.partition, 2) == (1,)  # short: not searched
 
 
@@ -256,7 +257,7 @@ def test_the_search_picks_cp_when_nothing_else_fits(
     activations, plus the gathered K/V) fits, and the search takes it. The capacity is set from the priced plans, so the test
     holds whatever the memory model charges, as long as cp saves memory.
     """
-    monkeypatch.setattr(context_module, "CP_MIN_SEQUENCE", 16)
+    monkeypatch.setattr(pricing_module, "CP_MIN_SEQUENCE", 16)
     def need(pins: str) -> float:  # full recomputation keeps the least
         return float(_partition(gpt2_path, f"{pins},recompute=full", 2).partition.stages[0]
                      .memory_bytes)

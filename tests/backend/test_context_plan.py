@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from shardc.cli.main import cli
-from shardc.partition.context import cp_collectives
+from shardc.partition.context_pricing import cp_collectives
 from shardc.passes.lower import chunk_nodes
 from shardc.passes.partition import costing_for
 

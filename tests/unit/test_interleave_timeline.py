@@ -19,9 +19,10 @@ from click.testing import CliRunner
 import shardc.api as api
 from shardc.cli.main import cli
 from shardc.emit.trace import chrome_trace
+from shardc.plan.issue_order import interleaved_order
 from shardc.plan.program import Comm, Compute, DeviceProgram, Programs
-from shardc.plan.simulate import interleaved_order
-from shardc.plan.timeline import build_schedule, schedule_schema
+from shardc.plan.schedule import build_schedule
+from shardc.plan.timeline import schedule_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 F, B = 1.0, 2.0

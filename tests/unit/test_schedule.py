@@ -13,7 +13,8 @@ import pytest
 from shardc.emit.trace import chrome_trace
 from shardc.errors import ShardcError
 from shardc.plan.program import Comm, Compute, DeviceProgram, Programs
-from shardc.plan.timeline import SYNC_NAME, build_schedule, schedule_schema
+from shardc.plan.schedule import build_schedule
+from shardc.plan.timeline import SYNC_NAME, schedule_schema
 
 
 def _link(a: int, b: int) -> str:
