@@ -205,6 +205,8 @@ def interleaves(options: PartitionOptions, blocks: int, training: bool) -> list[
         return [v]
     if options.objective == "latency" or options.schedule != "1f1b" or not training:
         return [1]
+    if options.pins.pp == 1:  # one stage: no ring of stages for chunks to walk
+        return [1]
     # 3 and 6 as well: 96-layer GPT-3 on 16 stages has 6 blocks per stage, which only
     # v ∈ {2, 3, 6} split, and v = 6 is what Megatron users (and Calculon) pick there.
     return [1] + [v for v in (2, 3, 4, 6) if blocks % v == 0 and blocks >= 2 * v]

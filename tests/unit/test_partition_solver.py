@@ -226,3 +226,16 @@ def test_interleaving_widens_the_window_that_hides_the_gradient_sync() -> None:
     assert block_sync(two, c, 1) == pytest.approx(2.5)  # one stage: nothing interleaves
     plan = tuple(StagePlan("tp1", 2) for _ in range(4))
     assert score(two, plan) == pytest.approx((8 + 3 / 2) * 3.0 + 2 * 1.5)
+
+
+def test_one_pinned_stage_is_never_interleaved() -> None:
+    """``--pin pp=1`` without ``v``: the search offers v=1 only (it offered v=2 on an
+    8-block model, and the one-stage problem failed an internal check: exit 1).
+    """
+    from shardc.partition.candidates import interleaves
+    from shardc.partition.options import PartitionOptions, parse_pins
+
+    free = PartitionOptions()
+    assert interleaves(free, 8, True) == [1, 2, 4]
+    one = PartitionOptions(pins=parse_pins(["pp=1"]))
+    assert interleaves(one, 8, True) == [1]
