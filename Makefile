@@ -30,13 +30,13 @@ PYTEST_WORKERS ?= -n 2 --dist loadscope
 # shardc.passes), which a bare lint-imports cannot see. Contracts: pyproject.toml.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy shardc
+	$(BIN)/mypy shardc passes
 	$(BIN)/python tools/lint_imports.py
 	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy shardc
+	$(BIN)/mypy shardc passes
 	$(BIN)/python tools/lint_imports.py
 
 clean:

@@ -66,7 +66,7 @@ def run(state: CompileState) -> CompileState:
 def dump(state: CompileState) -> str:
     """plan.json's partition and rank table, as the Plan holds them."""
     plan = state.plan
-    assert plan is not None
+    assert plan is not None and plan.partition is not None
     return jsonutil.dumps({
         "partition": plan.partition.to_json(),
         "ranks": [r.to_json() for r in plan.ranks],

@@ -65,7 +65,7 @@ def _ring(
         j = stage[node]
         value = graph.values[graph.node(node).inputs[i]]
         assert value.type is not None and value.type.shape is not None
-        shape = [int(x) for x in value.type.shape]  # type: ignore[arg-type]
+        shape = [int(x) for x in value.type.shape]
         lay = resolutions[j].strategies[node].inputs[i] if resolutions else None
         if lay is not None:
             tp = part.stages[j].tp
@@ -128,9 +128,12 @@ def context_lowering(
             steps: list[Compute | Comm] = []
             starts: list[int] = []
             chunks = p.chunks
+            def moved(b: int, c: int = c) -> int:
+                return rank(b, c)
+
             for k, part_steps in enumerate(chunks):
                 last = k == len(chunks) - 1
-                done = _copy_steps(part_steps, cmap, group, nbytes, lambda b, c=c: rank(b, c),
+                done = _copy_steps(part_steps, cmap, group, nbytes, moved,
                                    set(p.outputs) if last else set(), state.graph, cp,
                                    made=p.steps)
                 if cmap.ring:
@@ -139,7 +142,7 @@ def context_lowering(
                 steps.extend(done)
             device = part.placement.devices[(p.replica, p.stage, c * p.tp + p.tp_rank)]
             programs.append(replace(p, rank=rank(p.rank, c), device=device, steps=tuple(steps),
-                                    copy=c, chunk_starts=starts if p.chunk_starts else ()))
+                                    copy=c, chunk_starts=tuple(starts) if p.chunk_starts else ()))
     programs.sort(key=lambda q: q.rank)
     unpriced = replace(lowering.programs, programs=tuple(programs))
     return replace(lowering, programs=unpriced, context=(cmap, cp))

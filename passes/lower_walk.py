@@ -220,8 +220,10 @@ class Walk(Layouts, WeightViews, NodeRewrites):
         dim = self.boundary[v].dim_of("tp")
         shape = list(t.shape)
         if dim is not None:
-            shape[dim] = shape[dim] // self.tp
-        self.t.local_shapes[v] = tuple(shape)
+            whole = shape[dim]
+            assert isinstance(whole, int)  # a split dim is bound (the partitioner priced it)
+            shape[dim] = whole // self.tp
+        self.t.local_shapes[v] = tuple(shape)  # type: ignore[arg-type]
 
     def _bytes(self, v: str) -> float:
         """Size of ``v`` as the plan prices it (``--dtype``): for the timeline's transfer
