@@ -35,8 +35,6 @@ _COLLECTIVE = {
     "reduce_scatter": "ReduceScatter",
     "all_to_all": "AllToAll",
 }
-_COST_OP = {v: k for k, v in _COLLECTIVE.items()}
-"""Node type -> the cost model's name for the collective."""
 
 
 class Layouts:

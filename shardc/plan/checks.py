@@ -98,7 +98,7 @@ def _validator(which: str) -> Any:
     if which == "plan":
         schema = plan_schema()
     else:
-        from shardc.plan.timeline import schedule_schema  # the timeline imports this module
+        from shardc.plan.timeline import schedule_schema  # only schedule.json needs it
 
         # events are checked by _check_events: the schema's oneOf per event costs ~150 µs
         # each, seconds on a large schedule, for fields the readers do not use

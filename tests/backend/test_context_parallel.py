@@ -43,6 +43,19 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS = 2
 
 
+def worst_error(outs: Any, want: Any) -> tuple[float, int]:
+    """(the worst absolute error, outputs compared) of every rank's outputs against
+    onnxruntime's ``want``, each checked to the CP tolerance (rtol = atol = 2e-4).
+    """
+    worst, checked = 0.0, 0
+    for rank in outs:
+        for name, ref in want.items():
+            if name in outs[rank]:
+                np.testing.assert_allclose(outs[rank][name], ref, rtol=2e-4, atol=2e-4)
+                worst = max(worst, float(np.abs(outs[rank][name] - ref).max()))
+                checked += 1
+    return worst, checked
+
 def _compile(path: Path, pins: str, devices: int) -> Any:
     from shardc.partition.options import PartitionOptions, parse_pins
 
@@ -74,13 +87,7 @@ def check_cp_plan(path: Path, pins: str, devices: int, cp: int) -> float:
     assert len(models) == cp * devices
     feeds, want = _reference(path)
     outs = run_inprocess(models, feeds)
-    worst, checked = 0.0, 0
-    for rank in outs:
-        for name, ref in want.items():
-            if name in outs[rank]:
-                np.testing.assert_allclose(outs[rank][name], ref, rtol=2e-4, atol=2e-4)
-                worst = max(worst, float(np.abs(outs[rank][name] - ref).max()))
-                checked += 1
+    worst, checked = worst_error(outs, want)
     assert checked >= cp  # every cp copy of the last stage holds the outputs
     # the traffic: K and V of each layer on every rank, the outputs on the last stage's
     graph = state.graph

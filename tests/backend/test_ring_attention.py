@@ -23,6 +23,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
+from test_context_parallel import worst_error
 
 from shardc.cli.main import cli
 from shardc.compiler import build_plan, partition_model
@@ -60,15 +61,7 @@ def _run(path: Path, models: Any) -> tuple[dict[int, Any], dict[str, np.ndarray]
     return run_inprocess(models, feeds), want
 
 
-def _worst(outs: Any, want: Any) -> tuple[float, int]:
-    worst, checked = 0.0, 0
-    for rank in outs:
-        for name, ref in want.items():
-            if name in outs[rank]:
-                np.testing.assert_allclose(outs[rank][name], ref, rtol=2e-4, atol=2e-4)
-                worst = max(worst, float(np.abs(outs[rank][name] - ref).max()))
-                checked += 1
-    return worst, checked
+_worst = worst_error
 
 
 def check_ring_plan(path: Path, pins: str, devices: int, cp: int, comm: str = "ring") -> float:

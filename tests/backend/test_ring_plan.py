@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_context_plan import _compile, _verify
 from test_ring_attention import compile_ring
 
 from shardc.cli.main import cli
@@ -198,21 +199,6 @@ def test_ring_keeps_no_gathered_kv_only_two_chunks_in_flight(llama_path: Path) -
 
 
 # -- the folder --------------------------------------------------------------------------
-def _compile(model: Path, out: Path, pins: str, devices: int, *extra: str) -> None:
-    r = CliRunner().invoke(cli, ["compile", str(model), "--topology", TOPO, "--set",
-                                 f"devices={devices}", "--pin", pins, "-o", str(out),
-                                 "--force", *extra])
-    assert r.exit_code == 0, r.output
-
-
-def _verify(out: Path, *extra: str) -> float:
-    v = CliRunner().invoke(cli, ["verify", str(out), "--json", *extra])
-    assert v.exit_code == 0, v.output
-    report = json.loads(v.output)
-    assert report["ok"] and report["outputs"], report
-    return max(o["max_abs"] for o in report["outputs"])
-
-
 def test_a_ring_plan_folder_is_written_checked_and_verified(
     llama_path: Path, tmp_path: Path
 ) -> None:

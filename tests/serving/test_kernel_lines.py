@@ -5,27 +5,13 @@ only, and a MoE op pays for the experts its tokens pick, not for every expert it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import pytest
+from test_pricing import Kind
 
 from shardc.errors import OptionError
 from shardc.serving.kernels import KernelLines, Line, kernel_lines, scaled
 from shardc.serving.step import M_TILE, Quant, context_attention, routed_experts
-
-
-@dataclass(frozen=True)
-class Kind:
-    """Round numbers: 1 PFLOP/s bf16, 2 PFLOP/s fp8, 1 TB/s, no launch."""
-
-    name: str = "round"
-    peak_flops: dict = field(default_factory=lambda: {"bf16": 1e15, "fp8": 2e15})
-    memory_bandwidth: float = 1e12
-    compute_efficiency: float = 1.0
-    memory_efficiency: float = 1.0
-
-    def __hash__(self) -> int:
-        return hash(self.name)
 
 
 def test_tags_become_lines_per_family_and_dtype() -> None:

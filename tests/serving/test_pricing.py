@@ -23,13 +23,18 @@ from shardc.serving.step import (
 
 @dataclass(frozen=True)
 class Kind:
-    """A device kind with round numbers: 1 PFLOP/s bf16, 2 PFLOP/s fp8, 1 TB/s."""
+    """A device kind with round numbers: 1 PFLOP/s bf16, 2 PFLOP/s fp8, 1 TB/s, no launch
+    (hashed by name, as kernel lines are cached per kind).
+    """
 
     name: str = "round"
     peak_flops: dict = field(default_factory=lambda: {"bf16": 1e15, "fp8": 2e15})
     memory_bandwidth: float = 1e12
     compute_efficiency: float = 1.0
     memory_efficiency: float = 1.0
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
 
 DENSE = ServingModel("dense", layers=2, hidden=1024, heads=8, kv_heads=8, head_dim=128,
