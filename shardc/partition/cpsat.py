@@ -363,9 +363,21 @@ def _why(p: PartitionProblem, attempts: list[_Attempt]) -> str:
             key=lambda c: (c.block_static_bytes + c.block_activation_bytes) / p.capacity[c.kind],
         )
         need = best.block_static_bytes + best.block_activation_bytes
+        cap = p.capacity[best.kind]
+        if need + best.workspace_bytes <= cap:
+            # the block alone fits: what does not is a stage around it (the model's ends,
+            # the micro-batches 1F1B keeps in flight), so name those rather than the block
+            ends = f"{best.prologue_bytes / 1e9:.3g} / {best.epilogue_bytes / 1e9:.3g} GB"
+            return (
+                f"no stage split fits in memory: one block fits ({need / 1e9:.3g} GB per "
+                f"device as {best.name}; {best.kind} holds {cap / 1e9:.3g} GB), but no stage "
+                f"can take its share of the {p.blocks} blocks with the model's first or last "
+                f"layers ({ends}) and the activations of the micro-batches in flight; more "
+                "stages or devices, or recomputation would help"
+            )
         return (
             f"no stage split fits in memory: one block needs {need / 1e9:.3g} GB per device "
-            f"even as {best.name} ({best.kind} holds {p.capacity[best.kind] / 1e9:.3g} GB); "
+            f"even as {best.name} ({best.kind} holds {cap / 1e9:.3g} GB); "
             "more tensor parallelism, more stages, fp8 weights or recomputation would help"
         )
     if "devices" in families:

@@ -130,6 +130,23 @@ def test_infeasible_memory_says_why_in_user_terms() -> None:
         solve(p)
 
 
+def test_infeasible_memory_where_the_block_fits_names_the_stage() -> None:
+    """A block fits (30 GB of 48) but the stage around it does not (its embedding, 20 GB,
+    and the other block on the one stage allowed): the message must not read "needs 30
+    GB ... holds 48 GB" as if that were the conflict.
+    """
+    p = PartitionProblem(
+        blocks=2,
+        configs=(_cfg("tp1", "gpu", 1, 1.0, static=30 * GB, act=0, prologue_bytes=20 * GB),),
+        devices={"gpu": 8},
+        capacity={"gpu": 48 * GB},
+        max_stages=1,
+    )
+    with pytest.raises(InfeasibleError, match=r"one block fits \(30 GB.*holds 48 GB\), but "
+                       r"no stage can take its share of the 2 blocks.*\(20 / 0 GB\)"):
+        solve(p)
+
+
 def test_infeasible_devices_says_why() -> None:
     p = PartitionProblem(
         blocks=2,
