@@ -47,8 +47,9 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--dispatch-dtype", type=click.Choice(QUANTS), default="bf16",
                  show_default=True,
                  help="Serving: MoE dispatch element type (combine stays bf16)."),
-    click.option("--moe-comm", type=click.Choice(MOE_COMMS), default="alltoall",
-                 show_default=True,
+    # checked by run_serving, so a wrong value is the one-line error, exit 2
+    click.option("--moe-comm", default="alltoall", show_default=True,
+                 metavar="[" + "|".join(MOE_COMMS) + "]",
                  help="Serving: MoE token exchange: DeepEP-style all-to-all (SGLang, "
                  "DeepSeek) or TensorRT-LLM's all-gather + reduce-scatter."),
     click.option("--mtp", type=click.IntRange(0, 8), default=0, show_default=True,
@@ -120,6 +121,8 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
     from shardc.topology import load_topology
     from shardc.topology.loader import find_topology
 
+    if serving["moe_comm"] not in MOE_COMMS:
+        raise OptionError(f"--moe-comm {serving['moe_comm']}: use {' or '.join(MOE_COMMS)}")
     check_target(outdir, force=force)
     wl = workload(isl=serving["isl"], osl=serving["osl"], lengths=serving["lengths"],
                   rate=serving["request_rate"], concurrency=serving["concurrency"],
