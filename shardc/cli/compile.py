@@ -137,7 +137,8 @@ def compile_cmd(
                     chosen["dtype"], chosen["time_limit"], chosen["seed"], force, quiet, as_json,
                     report_path, **serving)
         return
-    given = [k for k in SERVING_KEYS if serving.get(k) not in (None, "0", "bf16", 0, 0.8)]
+    given = [k for k in SERVING_KEYS
+             if serving.get(k) not in (None, "0", "bf16", "alltoall", 0, 0.8)]
     if given:
         raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode serving only")
     from shardc.emit.outdir import check_target, write_file, write_outdir

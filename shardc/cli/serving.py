@@ -24,6 +24,7 @@ import click
 
 from shardc import jsonutil
 from shardc.cli.options import console
+from shardc.cost.expert_comm import MOE_COMMS
 from shardc.errors import OptionError
 from shardc.serving.step import QUANTS, Quant
 
@@ -46,6 +47,11 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--dispatch-dtype", type=click.Choice(QUANTS), default="bf16",
                  show_default=True,
                  help="Serving: MoE dispatch element type (combine stays bf16)."),
+    # checked by run_serving, so a wrong value is the one-line error, exit 2
+    click.option("--moe-comm", default="alltoall", show_default=True,
+                 metavar="[" + "|".join(MOE_COMMS) + "]",
+                 help="Serving: MoE token exchange: DeepEP-style all-to-all (SGLang, "
+                 "DeepSeek) or TensorRT-LLM's all-gather + reduce-scatter."),
     click.option("--mtp", type=click.IntRange(0, 8), default=0, show_default=True,
                  help="Serving: multi-token-prediction draft tokens per step."),
     click.option("--mtp-acceptance", type=click.FloatRange(0.0, 1.0), default=0.8,
@@ -61,7 +67,8 @@ def serving_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 SERVING_KEYS = ("isl", "osl", "lengths", "request_rate", "concurrency", "prefix_hit", "ttft",
-                "tpot", "weight_dtype", "kv_dtype", "dispatch_dtype", "mtp", "mtp_acceptance")
+                "tpot", "weight_dtype", "kv_dtype", "dispatch_dtype", "moe_comm", "mtp",
+                "mtp_acceptance")
 
 
 Pins = tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...], str | None]
@@ -114,6 +121,8 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
     from shardc.topology import load_topology
     from shardc.topology.loader import find_topology
 
+    if serving["moe_comm"] not in MOE_COMMS:
+        raise OptionError(f"--moe-comm {serving['moe_comm']}: use {' or '.join(MOE_COMMS)}")
     check_target(outdir, force=force)
     wl = workload(isl=serving["isl"], osl=serving["osl"], lengths=serving["lengths"],
                   rate=serving["request_rate"], concurrency=serving["concurrency"],
@@ -129,13 +138,16 @@ def run_serving(model: Path, topology_path: Path, include_path: tuple[Path, ...]
     opts = ServingOptions(
         quant=Quant(weights=weights, kv=serving["kv_dtype"], dispatch=serving["dispatch_dtype"]),
         mtp=serving["mtp"], acceptance=serving["mtp_acceptance"] if serving["mtp"] else 0.0,
-        pins=ints, kinds=kinds, mode=mode, time_limit=time_limit, seed=seed,
+        moe_comm=serving["moe_comm"], pins=ints, kinds=kinds, mode=mode, time_limit=time_limit,
+        seed=seed,
     )
     plan = plan_serving(arch, topology, wl, opts)
     typed = _typed_plan(plan, model, topology_path,
                         topology_file, overrides, {
                             **{k: (str(v) if isinstance(v, Path) else v)
-                               for k, v in sorted(serving.items())},
+                               for k, v in sorted(serving.items())
+                               # the default unrecorded: older plans stay byte-identical
+                               if not (k == "moe_comm" and v == "alltoall")},
                             "dtype": dtype, "pins": list(pins), "time_limit": time_limit,
                             "seed": seed})
     programs, skipped = _programs(model, topology, topology_path, sets,

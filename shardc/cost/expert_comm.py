@@ -24,10 +24,11 @@ collective is priced on; the fastest view wins, as for any collective.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shardc.cost.comm import Tier
+from shardc.cost.comm import Tier, collective_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +113,94 @@ def expert_alltoall(
         if best is None or (est.seconds, est.tiers) < (best.seconds, best.tiers):
             best = est
     return best if best is not None else AllToAllEstimate(0.0, 0.0, 0.0, 0.0, "local")
+
+
+MOE_COMMS = ("alltoall", "allgather")
+"""How a serving runtime moves a MoE layer's tokens to its experts and back.
+
+``alltoall``: DeepEP-style dispatch + combine (DeepSeek's own serving, SGLang, vLLM with
+DeepEP): each token goes only to the ranks holding its top-k experts
+(:func:`expert_alltoall`). ``allgather``: TensorRT-LLM's default with attention data
+parallelism + expert parallelism when no all-to-all backend is enabled
+(``AlltoallMethodType.NotEnabled`` in ``tensorrt_llm/_torch/modules/fused_moe/interface.py``;
+"Parallelism in TensorRT LLM", https://nvidia.github.io/TensorRT-LLM/features/parallel-strategy.html,
+attention DP + EP for DeepSeek): every rank all-gathers every token's hidden state and
+routing over the EP group, computes its local experts on the pairs routed to them, and a
+reduce-scatter sums the partial outputs back to each token's own rank
+(:func:`expert_allgather`)."""
+
+ROUTING_BYTES_PER_PICK = 8.0
+"""Bytes of routing an all-gather carries per (token, expert) pick: the int32 expert id
+and the fp32 routing weight (TensorRT-LLM gathers ``token_selected_slots`` and
+``token_final_scales`` with the hidden states)."""
+
+
+def expert_allgather(
+    tier_views: Sequence[Sequence[Tier]],
+    *,
+    tokens_per_rank: float,
+    hidden: int,
+    top_k: int,
+    dispatch_bytes: float,
+    combine_bytes: float,
+) -> AllToAllEstimate:
+    """Fastest all-gather + reduce-scatter of one MoE layer over the EP group's tier views.
+
+    With E ranks of T tokens each, the all-gather's array is every rank's tokens,
+    ``E·T·(H·b_dispatch + 8·K)`` bytes (hidden states plus routing), and the
+    reduce-scatter's is ``E·T·H·b_combine``: each priced by
+    :func:`shardc.cost.comm.collective_time` on the same tier views as the all-to-all, so
+    NVLink and InfiniBand members are priced as for any collective. Unlike
+    :func:`expert_alltoall` the bytes do not depend on routing: every rank receives every
+    token, ``(E−1)·T`` of them, where the all-to-all sends ``T·K_eff·(E−1)/E``; so the
+    all-gather moves ``E/K_eff`` times as much (more once ``E > K_eff``, i.e. always when
+    ``E > 1`` and ``K ≥ 1``, since ``K_eff ≤ min(E, K)``). It can still be the faster one
+    when the group is small (E ≤ K, where ``K_eff ≈ E`` and the bytes are close) and the
+    collective's in-switch or ring algorithms beat the pairwise exchange's latency, or at
+    decode's tiny messages where NCCL's per-call latency dominates both.
+    """
+    best: AllToAllEstimate | None = None
+    for tiers in tier_views:
+        e = math.prod(t.size for t in tiers)
+        if e <= 1:
+            continue
+        gather = e * tokens_per_rank * (hidden * dispatch_bytes + ROUTING_BYTES_PER_PICK * top_k)
+        scatter = e * tokens_per_rank * hidden * combine_bytes
+        try:
+            ag = collective_time("all_gather", gather, tiers)
+            rs = collective_time("reduce_scatter", scatter, tiers)
+        except ValueError:
+            continue
+        active = [t for t in tiers if t.size > 1]
+        outer = gather * (e - active[0].size) / e if len(active) > 1 else 0.0
+        names = "+".join(t.name for t in active) or "local"
+        est = AllToAllEstimate(ag.seconds, rs.seconds, outer, gather * (e - 1) / e - outer,
+                               names)
+        if best is None or (est.seconds, est.tiers) < (best.seconds, best.tiers):
+            best = est
+    return best if best is not None else AllToAllEstimate(0.0, 0.0, 0.0, 0.0, "local")
+
+
+def moe_exchange(
+    scheme: str,
+    tier_views: Sequence[Sequence[Tier]],
+    *,
+    tokens_per_rank: float,
+    hidden: int,
+    top_k: int,
+    dispatch_bytes: float,
+    combine_bytes: float,
+    route_nodes: int = 0,
+    low_latency: bool = False,
+) -> AllToAllEstimate:
+    """One MoE layer's token exchange under ``scheme`` (one of :data:`MOE_COMMS`)."""
+    if scheme == "allgather":
+        return expert_allgather(tier_views, tokens_per_rank=tokens_per_rank, hidden=hidden,
+                                top_k=top_k, dispatch_bytes=dispatch_bytes,
+                                combine_bytes=combine_bytes)
+    if scheme != "alltoall":
+        raise ValueError(f"unknown MoE exchange {scheme!r}; use {', '.join(MOE_COMMS)}")
+    return expert_alltoall(tier_views, tokens_per_rank=tokens_per_rank, hidden=hidden,
+                           top_k=top_k, dispatch_bytes=dispatch_bytes,
+                           combine_bytes=combine_bytes, route_nodes=route_nodes,
+                           low_latency=low_latency)

@@ -60,6 +60,7 @@ class Options:
     acceptance: float = 0.0
     pins: tuple[tuple[str, int], ...] = ()
     overlap: bool = True
+    moe_comm: str = "alltoall"
 
     def pin(self, key: str, role: str = "") -> int | None:
         """The pinned value of ``role.key`` (``decode.ep``), else of ``key``, or None."""
@@ -163,7 +164,7 @@ def _context(fabric: Fabric, pool: Pool, par: Parallel, m: ServingModel, redunda
         pp_bandwidth=hop[0], pp_latency=hop[1],
         layer_overhead=parse_duration(overhead, f"kind {pool.kind.name}: tag {OVERHEAD_TAG}")
         if overhead else 0.0,
-        lines=kernel_lines(pool.kind.name, pool.kind.tags),
+        lines=kernel_lines(pool.kind.name, pool.kind.tags), moe_comm=opts.moe_comm,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shardc.cost.expert_comm import MOE_COMMS
 from shardc.errors import InfeasibleError, OptionError
 from shardc.plan.records import frozen
 from shardc.plan.serving import KVHandoff, ParetoPoint, ServingInstance, ServingPlan
@@ -56,6 +57,9 @@ class ServingOptions:
     overlap: bool = True
     """Whether a MoE layer's all-to-all overlaps its compute (DeepSeek's two-micro-batch
     overlap); False prices them in sequence, as engines without it (TRT-LLM) run."""
+    moe_comm: str = "alltoall"
+    """The MoE token exchange the runtime runs (`shardc.cost.expert_comm.MOE_COMMS`):
+    DeepEP's all-to-all, or TensorRT-LLM's all-gather + reduce-scatter."""
 
 
 def _check_pins(m: ServingModel, opts: ServingOptions) -> None:
@@ -86,7 +90,8 @@ def _check_ep(m: ServingModel, ep: int | None, redundant: int, role: str) -> Non
 def _candidates(m: ServingModel, wl: Workload, fabric: Fabric, opts: ServingOptions
                 ) -> tuple[dict[str, list[Candidate]], ...]:
     kinds = dict(opts.kinds)
-    copts = Options(opts.quant, opts.mtp, opts.acceptance, opts.pins, opts.overlap)
+    copts = Options(opts.quant, opts.mtp, opts.acceptance, opts.pins, opts.overlap,
+                    opts.moe_comm)
     pre: dict[str, list[Candidate]] = {}
     dec: dict[str, list[Candidate]] = {}
     agg: dict[str, list[Candidate]] = {}
@@ -185,6 +190,8 @@ def _kv_plan(choice: Choice, instances: Sequence[ServingInstance], fabric: Fabri
 def plan_serving(m: ServingModel, topo: Topology, wl: Workload,
                  opts: ServingOptions = ServingOptions()) -> ServingPlan:
     """Search and return the best serving plan; raise InfeasibleError saying why not."""
+    if opts.moe_comm not in MOE_COMMS:
+        raise OptionError(f"moe_comm {opts.moe_comm!r}: use {' or '.join(MOE_COMMS)}")
     _check_pins(m, opts)
     fabric = Fabric(topo)
     pre, dec, agg = _candidates(m, wl, fabric, opts)
@@ -228,10 +235,13 @@ def plan_serving(m: ServingModel, topo: Topology, wl: Workload,
         precision=frozen({
             "activations": opts.quant.activations, "combine": opts.quant.combine,
             "dispatch": opts.quant.dispatch, "kv": opts.quant.kv, "mtp": opts.mtp,
-            "mtp_acceptance": opts.acceptance, "weights": opts.quant.weights}),
+            "mtp_acceptance": opts.acceptance, "weights": opts.quant.weights,
+            # recorded only off the default, so plans priced before the option read the same
+            **({"moe_comm": opts.moe_comm} if opts.moe_comm != "alltoall" else {})}),
         instances=tuple(instances),
         kv_transfer=_kv_plan(best, instances, fabric, kv_bytes, requests),
-        expert_traffic=expert_traffic(m, fabric, instances, opts.quant, opts.mtp),
+        expert_traffic=expert_traffic(m, fabric, instances, opts.quant, opts.mtp,
+                                      opts.moe_comm),
         ttft=best.ttft,
         tpot=best.tpot,
         output_tokens_per_s=best.output_rate,

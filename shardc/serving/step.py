@@ -23,7 +23,8 @@ stages. Per device and layer, each piece is a roofline of :func:`shardc.cost.com
   kernels (RoPE, KV append, scheduling: fitted per kind, see the stock kinds);
 * **communication**: TP all-reduce of each layer's output (priced by
   :func:`shardc.cost.comm.collective_time`) and the EP dispatch/combine
-  (:mod:`shardc.cost.expert_comm`; decode-only steps use the low-latency kernels).
+  (:mod:`shardc.cost.expert_comm`; decode-only steps use the low-latency kernels), or
+  TensorRT-LLM's all-gather + reduce-scatter with ``moe_comm="allgather"``.
   With ``overlap`` (DeepSeek's two-micro-batch
   overlap, Open-Infra-Index day 6) a MoE layer takes ``max(compute, all-to-all)``.
 
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from shardc.cost.comm import Tier, collective_time
 from shardc.cost.compute import DeviceSpec, node_time
-from shardc.cost.expert_comm import expert_alltoall
+from shardc.cost.expert_comm import moe_exchange
 from shardc.cost.memory import FP8_DEEPSEEK_V3
 from shardc.cost.ops import NodeCost
 from shardc.ir import DType
@@ -160,6 +161,8 @@ class StepContext:
     one (``tag step_overhead_per_layer 8us``); see `shardc.serving.candidates`."""
     lines: KernelLines = field(default_factory=KernelLines)
     """The kind's per-kernel-family efficiency factors (`shardc.serving.kernels`)."""
+    moe_comm: str = "alltoall"
+    """The runtime's MoE token exchange (`shardc.cost.expert_comm.MOE_COMMS`)."""
 
 
 def _gemm(m: float, k: float, n: float, quant: Quant, kind: DeviceSpec, *, groups: int = 1,
@@ -306,7 +309,9 @@ def _moe_layer(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
 
     Routed experts run as two grouped GEMMs (gate+up, down) over the device's expert
     slots, each expert's rows padded to whole tiles; only the experts some token picked
-    are read. The shared expert and the router run on the device's own tokens.
+    are read. The shared expert and the router run on the device's own tokens. Under
+    ``allgather`` a rank scans every gathered token but computes only the pairs routed
+    to its experts, the same ``tokens·top_k/ep`` rows: only the exchange differs.
     """
     ep = par.ep
     f, h = m.expert_ffn, m.hidden
@@ -320,8 +325,8 @@ def _moe_layer(m: ServingModel, kind: DeviceSpec, par: Parallel, quant: Quant,
         t_sh += (_gemm(own, h, 2 * sf, quant, kind, line=fx)
                  + _gemm(own, sf, h, quant, kind, line=fx)
                  + _elementwise(own * 2 * sf, quant, kind, 1.5))
-    a2a = expert_alltoall(
-        ctx.ep_tiers, tokens_per_rank=own, hidden=h, top_k=m.top_k,
+    a2a = moe_exchange(
+        ctx.moe_comm, ctx.ep_tiers, tokens_per_rank=own, hidden=h, top_k=m.top_k,
         dispatch_bytes=element_bytes(quant.dispatch),
         combine_bytes=element_bytes(quant.combine),
         route_nodes=m.route_nodes, low_latency=low_latency,

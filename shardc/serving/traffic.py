@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shardc.cost.expert_comm import expert_alltoall
+from shardc.cost.expert_comm import moe_exchange
 from shardc.plan.serving import ExpertTraffic, LinkTraffic, ServingInstance
 from shardc.serving.arch import ServingModel
 from shardc.serving.fabric import Fabric
@@ -99,8 +99,11 @@ def _step_tokens(inst: ServingInstance, mtp: int) -> float:
 
 
 def expert_traffic(m: ServingModel, fabric: Fabric, instances: Sequence[ServingInstance],
-                   quant: Quant, mtp: int) -> tuple[ExpertTraffic, ...]:
-    """The dispatch + combine of each role's MoE instances (none for a dense model)."""
+                   quant: Quant, mtp: int, moe_comm: str = "alltoall"
+                   ) -> tuple[ExpertTraffic, ...]:
+    """The dispatch + combine (or, with ``moe_comm="allgather"``, all-gather +
+    reduce-scatter) of each role's MoE instances (none for a dense model).
+    """
     if not m.moe:
         return ()
     out = []
@@ -109,8 +112,9 @@ def expert_traffic(m: ServingModel, fabric: Fabric, instances: Sequence[ServingI
             continue
         ep = inst.ep
         group = inst.devices[:ep]
-        est = expert_alltoall(
-            fabric.tiers(group), tokens_per_rank=_step_tokens(inst, mtp) / ep, hidden=m.hidden,
+        est = moe_exchange(
+            moe_comm, fabric.tiers(group), tokens_per_rank=_step_tokens(inst, mtp) / ep,
+            hidden=m.hidden,
             top_k=m.top_k, dispatch_bytes=element_bytes(quant.dispatch),
             combine_bytes=element_bytes(quant.combine), route_nodes=m.route_nodes,
             low_latency=inst.role == "decode",

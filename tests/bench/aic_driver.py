@@ -27,6 +27,9 @@ def main() -> None:
                 r = cli_estimate(**kw)
             out.append({"ttft": r.ttft, "tpot": r.tpot,
                         "tokens_per_gpu": r.tokens_per_second_per_gpu,
+                        # which MoE exchange it priced, where it fell back to a table
+                        "moe_comm": sorted({f"{f.inference_phase}:{f.comm_backend}"
+                                            for f in (r.moe_comm_fallbacks or ())}),
                         "seconds": time.perf_counter() - start})
         except Exception as exc:
             out.append({"error": f"{type(exc).__name__}: {exc}"[:300]})

@@ -9,9 +9,17 @@ estimates run in one process of its own venv (tests/bench/aic_driver.py).
 (a) Same configurations: Llama-3.1-70B (bf16) and DeepSeek-V3 (fp8 weights) on h200_sxm
     and h100_sxm, three workloads (ISL/OSL), two shapes each: AIConfigurator's
     ``static_ctx`` (one forward over one prompt: TTFT) and ``static_gen`` (one decode step
-    at the batch: TPOT) next to the same shapes priced by shardc's step model.
+    at the batch: TPOT) next to the same shapes priced by shardc's step model, with no
+    two-micro-batch overlap (TRT-LLM runs none). DeepSeek's MoE exchange is priced both
+    ways (``moe_comm``, shardc.cost.expert_comm.MOE_COMMS): ``alltoall`` (DeepEP) in the
+    main columns, because that is what AIConfigurator 0.12.0 prices for these shapes
+    (its ``moe_comm_fallbacks`` record, column ``AIC moe comm``: TensorRT-LLM's DeepEP
+    kernels, ``trtllm_deepep_ht`` in prefill and ``trtllm_deepep_ll`` in decode, from
+    tables measured at EP 8 on one node), and ``allgather`` (TensorRT-LLM's all-gather +
+    reduce-scatter, its default when no all-to-all backend is enabled) in the
+    ``... allgather`` columns.
 (b) Searches at TTFT 1 s / TPOT 50 ms: AIConfigurator's ``cli default`` and shardc's
-    ``plan_serving`` on the same 16 GPUs; shardc's pick evaluated by AIConfigurator as a
+    ``plan_serving`` on the same 16 GPUs (DeepSeek once per ``moe_comm``); shardc's pick evaluated by AIConfigurator as a
     ratio to AIConfigurator's own best tokens/s/GPU, and whether it meets the SLO there;
     (c) wall time of each search.
 
@@ -91,8 +99,11 @@ def _fabric(system: str) -> Fabric:
 
 
 def shardc_static(model: str, system: str, shape: tuple[int, int, int], isl: int,
-                  osl: int) -> tuple[float, float]:
-    """(s of one prefill forward over one prompt per DP rank, s of one decode step)."""
+                  osl: int, moe_comm: str = "alltoall") -> tuple[float, float]:
+    """(s of one prefill forward over one prompt per DP rank, s of one decode step).
+
+    ``moe_comm``: the MoE exchange (a dense model has none).
+    """
     _, m, quant = MODELS[model]
     tp, dp, bs = shape
     fabric = _fabric(system)
@@ -100,11 +111,11 @@ def shardc_static(model: str, system: str, shape: tuple[int, int, int], isl: int
     wl = workload(isl=isl, osl=osl)
     # TRT-LLM runs a MoE layer's dispatch, experts and combine one after another (no
     # two-micro-batch overlap), so the same configuration prices them in sequence
-    opts = Options(quant=quant, overlap=False, pins=(("batch", bs), ("dp", dp), ("pp", 1), ("redundant", 0),
-                                     ("tp", tp)))
+    opts = Options(quant=quant, overlap=False, moe_comm=moe_comm,
+                   pins=(("batch", bs), ("dp", dp), ("pp", 1), ("redundant", 0), ("tp", tp)))
     (dec,) = decode_candidates(m, wl, fabric, pool, opts)
-    pre_opts = Options(quant=quant, overlap=False, pins=(("chunk", isl), ("dp", dp), ("pp", 1), ("redundant", 0),
-                                          ("tp", tp)))
+    pre_opts = Options(quant=quant, overlap=False, moe_comm=moe_comm,
+                       pins=(("chunk", isl), ("dp", dp), ("pp", 1), ("redundant", 0), ("tp", tp)))
     # one forward over one prompt: the step, whatever queueing headroom a candidate plans
     steps = {c.step.seconds for c in prefill_candidates(m, wl, fabric, pool, pre_opts)}
     if len(steps) != 1:
@@ -156,12 +167,25 @@ def same_configurations() -> list[dict[str, Any]]:
             "AIC s": sum(r.get("seconds", 0.0) for r in (ctx, gen)),
             "AIC error": ctx.get("error", "") or gen.get("error", ""),
         })
+        if MODELS[model][1].moe:  # TRT-LLM's all-gather + reduce-scatter, to compare
+            try:
+                g_ttft, g_tpot = shardc_static(model, system, shape, isl, osl, "allgather")
+            except ValueError:
+                g_ttft = g_tpot = math.nan
+            rows[-1].update({
+                "AIC moe comm": ",".join(ctx.get("moe_comm", []) + gen.get("moe_comm", [])),
+                "TTFT ratio allgather": g_ttft * 1e3 / ctx["ttft"] if ctx.get("ttft") else math.nan,
+                "TPOT ratio allgather": g_tpot * 1e3 / gen["tpot"] if gen.get("tpot") else math.nan,
+            })
     rows.append({"model": "all", "AIC wall s (one process)": aic_seconds})
     return rows
 
 
-SEARCHES = (("llama-3.1-70b", "h200_sxm", 4000, 500), ("llama-3.1-70b", "h100_sxm", 4000, 500),
-            ("deepseek-v3", "h200_sxm", 4000, 500))
+SEARCHES = (("llama-3.1-70b", "h200_sxm", 4000, 500, "alltoall"),
+            ("llama-3.1-70b", "h100_sxm", 4000, 500, "alltoall"),
+            ("deepseek-v3", "h200_sxm", 4000, 500, "alltoall"),
+            ("deepseek-v3", "h200_sxm", 4000, 500, "allgather"))
+"""(model, system, isl, osl, shardc's moe_comm): a dense model has no MoE exchange."""
 
 
 def aic_search(model: str, system: str, isl: int, osl: int, tmp: Path) -> tuple[float, float]:
@@ -207,18 +231,24 @@ def _pick_config(plan: Any, model: str, system: str, isl: int, osl: int) -> dict
 def searches(tmp: Path) -> list[dict[str, Any]]:
     """(b) and (c): both searches on 16 GPUs at TTFT 1 s, TPOT 50 ms."""
     rows, picks = [], []
-    for model, system, isl, osl in SEARCHES:
-        best, aic_seconds = aic_search(model, system, isl, osl, tmp / f"{model}-{system}")
+    aic_best: dict[tuple[str, str, int, int], tuple[float, float]] = {}
+    for model, system, isl, osl, moe_comm in SEARCHES:
+        if (model, system, isl, osl) not in aic_best:
+            aic_best[(model, system, isl, osl)] = aic_search(
+                model, system, isl, osl, tmp / f"{model}-{system}")
+        best, aic_seconds = aic_best[(model, system, isl, osl)]
         path, sets = SYSTEMS[system]
         start = time.perf_counter()
         topo = load_topology(find_topology(ROOT / path, ()), dict(sets))
         plan = plan_serving(MODELS[model][1], topo,
                             workload(isl=isl, osl=osl, ttft="1s", tpot="50ms"),
                             ServingOptions(quant=MODELS[model][2], pareto=False,
-                                           overlap=False))  # TRT-LLM: no two-batch overlap
+                                           overlap=False,  # TRT-LLM: no two-batch overlap
+                                           moe_comm=moe_comm))
         shardc_seconds = time.perf_counter() - start
         picks.append(_pick_config(plan, model, system, isl, osl))
         rows.append({"model": model, "system": system, "isl/osl": f"{isl}/{osl}",
+                     "moe_comm": moe_comm if MODELS[model][1].moe else "-",
                      "AIC best tokens/s/gpu": best, "shardc pick": plan.mode,
                      "shardc's own tokens/s/gpu": plan.tokens_per_s_per_device,
                      "AIC search s": aic_seconds, "shardc search s": shardc_seconds})
@@ -231,6 +261,7 @@ def searches(tmp: Path) -> list[dict[str, Any]]:
                     and ours.get("tpot", math.inf) <= 50,
                     "ratio to AIC best": tps / row["AIC best tokens/s/gpu"]
                     if row["AIC best tokens/s/gpu"] else 0.0,
+                    "AIC moe comm": ",".join(ours.get("moe_comm", [])),
                     "AIC error": ours.get("error", "")})
     return rows
 
@@ -245,8 +276,10 @@ def _show(title: str, rows: list[dict[str, Any]]) -> None:
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Share of held-out ratios inside ±15 %, and the mean |log ratio|, per phase."""
     out = {}
-    for key in ("TTFT ratio", "TPOT ratio"):
+    for key in ("TTFT ratio", "TPOT ratio", "TTFT ratio allgather", "TPOT ratio allgather"):
         vals = [r[key] for r in rows if key in r and r[key] == r[key]]
+        if not vals:
+            continue
         out[f"{key} within 15 %"] = sum(abs(v - 1) <= TOLERANCE for v in vals) / len(vals)
         out[f"{key} mean |log|"] = sum(abs(math.log(v)) for v in vals) / len(vals)
     return out
