@@ -112,14 +112,25 @@ def kv_line(s: ServingPlan) -> str | None:
             f"{rate(kv.bytes_per_s)} in all{hot}" + (f"; other planes: {alt}" if alt else ""))
 
 
+def exchange_name(s: ServingPlan) -> str:
+    """What the plan's MoE layers exchange tokens with: ``expert all-to-all`` (DeepEP's
+    dispatch/combine, the default) or TensorRT-LLM's all-gather and reduce-scatter
+    (``--moe-comm allgather``, recorded in the plan's precision).
+    """
+    if s.precision.get("moe_comm") == "allgather":
+        return "expert all-gather/reduce-scatter"
+    return "expert all-to-all"
+
+
 def expert_lines(s: ServingPlan) -> list[str]:
-    """One line per role whose instances run an expert all-to-all."""
+    """One line per role whose instances exchange tokens between expert ranks."""
     out = []
+    name = exchange_name(s)
     for e in s.expert_traffic:
         hot = (f"; busiest link {link_name(e.links[0])} at {rate(e.links[0].bytes_per_s)}"
                if e.links else "")
         out.append(
-            f"expert all-to-all, {e.role} (ep {e.ep} on {e.kind}, over {e.tiers}): "
+            f"{name}, {e.role} (ep {e.ep} on {e.kind}, over {e.tiers}): "
             f"{size(e.bytes_per_rank)} per rank per step ({size(e.outer_bytes_per_rank)} "
             f"scale-out), {ms(e.seconds)} per step, {ms(e.exposed_seconds)} not hidden{hot}")
     return out

@@ -16,7 +16,7 @@ from typing import Any
 from shardc.errors import OptionError
 from shardc.plan.model import PlanData
 from shardc.plan.serving import LinkTraffic
-from shardc.report.serving import batch_text, link_name, ms, rate, size
+from shardc.report.serving import batch_text, exchange_name, link_name, ms, rate, size
 from shardc.report.summary import human
 
 
@@ -83,7 +83,7 @@ def explain_device(plan: PlanData, name: str) -> DeviceExplanation:
                       for x in _through(s.kv_transfer.links, name)]
         for e in s.expert_traffic:
             if e.role == inst.role:
-                lines.append(f"expert all-to-all: {size(e.bytes_per_rank)} sent per step "
+                lines.append(f"{exchange_name(s)}: {size(e.bytes_per_rank)} sent per step "
                              f"(ep {e.ep} over {e.tiers})")
                 lines += [f"  crosses {link_name(x)}: {rate(x.bytes_per_s)}"
                           for x in _through(e.links, name)[:8]]

@@ -117,6 +117,15 @@ def test_the_option_round_trips_through_plan_json(model: Path, tmp_path: Path) -
     explicit = _compile(model, tmp_path / "c", "--moe-comm", "alltoall")
     assert (tmp_path / "c" / "plan.json").read_bytes() == (tmp_path / "a" / "plan.json"
                                                            ).read_bytes(), explicit.output
+    # the reports name the exchange the plan was priced with
+    from shardc.handle import Plan
+    from shardc.report.serving import expert_lines
+
+    for folder, name in (("a", "expert all-to-all"), ("b", "expert all-gather/reduce-scatter")):
+        serving = Plan.load(tmp_path / folder).serving
+        assert serving is not None
+        lines = expert_lines(serving)
+        assert lines and all(line.startswith(name + ",") for line in lines), lines
 
 
 def test_a_bad_value_is_one_line_exit_2(model: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from shardc.report.serving import (
     INSTANCE_COLUMNS,
     PARETO_COLUMNS,
     alternative_line,
+    exchange_name,
     expert_lines,
     headline,
     instance_rows,
@@ -82,7 +83,8 @@ def _edge_traffic(s: ServingPlan, topology: Topology, glyphs: dict[str, str]
     return out
 
 
-def _traffic_style(loads: dict[_EdgeKey, dict[str, float]]) -> LinkStyler:
+def _traffic_style(loads: dict[_EdgeKey, dict[str, float]], names: dict[str, str]
+                   ) -> LinkStyler:
     """Edges that carry the plan's traffic coloured by what (KV or all-to-all) and
     thickened by their busiest link's load; the rest faded.
     """
@@ -94,7 +96,7 @@ def _traffic_style(loads: dict[_EdgeKey, dict[str, float]]) -> LinkStyler:
             return LinkStyle(opacity=0.2)
         what = max(sorted(load), key=lambda k: load[k])
         share = max(load.values()) / peak
-        note = "; " + ", ".join(f"{TRAFFIC_NAMES[k]}: busiest link {rate(v)}"
+        note = "; " + ", ".join(f"{names[k]}: busiest link {rate(v)}"
                                 for k, v in sorted(load.items()))
         return LinkStyle(colour=TRAFFIC_COLOURS[what], width=edge.width + 1 + 7 * share,
                          opacity=0.95, note=note)
@@ -133,13 +135,14 @@ def _map(s: ServingPlan, topology: Topology) -> str:
     def slices(glyph: str, box: Rect) -> str | None:
         return _role_slices(box, per_glyph[glyph]) if glyph in per_glyph else None
 
+    names = {**TRAFFIC_NAMES, "a2a": exchange_name(s)}
     svg = render_svg(topology, overlay=slices,
-                     link_style=_traffic_style(_edge_traffic(s, topology, glyphs)),
+                     link_style=_traffic_style(_edge_traffic(s, topology, glyphs), names),
                      kind_legend=False, style_scope=TOPOLOGY_ID)
     legend = "".join(f"<span>{_swatch(_tint(c, 0.45))}{r} devices</span>"
                      for r, c in ROLE_COLOURS.items() if r in role.values())
     legend += f"<span>{_swatch(UNUSED)}not used</span>"
-    legend += "".join(f"<span>{_swatch(TRAFFIC_COLOURS[k])}{TRAFFIC_NAMES[k]} links</span>"
+    legend += "".join(f"<span>{_swatch(TRAFFIC_COLOURS[k])}{names[k]} links</span>"
                       for k in ("kv", "a2a"))
     return (
         '<section id="topology"><h2>Prefill and decode on the cluster</h2>'
@@ -176,11 +179,11 @@ def render_serving_html(plan: PlanData, topology: Topology, title: str, css: str
         '<section id="instances"><h2>Instances: prefill and decode</h2>'
         + _table(INSTANCE_COLUMNS, instance_rows(s))
         + f'<p class="note">{escape(alternative_line(s))}</p></section>',
-        '<section id="traffic"><h2>KV hand-off and expert all-to-all</h2>'
+        f'<section id="traffic"><h2>KV hand-off and {exchange_name(s)}</h2>'
         + "".join(f'<p class="sub">{escape(t)}</p>' for t in traffic)
         + (_links_table("KV hand-off (all prefill → decode pairs)", s.kv_transfer.links,
                         "per request") if s.kv_transfer else "")
-        + "".join(_links_table(f"expert all-to-all, {e.role} instance 0", e.links,
+        + "".join(_links_table(f"{exchange_name(s)}, {e.role} instance 0", e.links,
                                "per step") for e in s.expert_traffic)
         + "</section>",
     ]
