@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shardc.runtime.worker import start
+from shardc.runtime.worker import failed, report, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     args, rank, work, publish = start("python -m shardc.runtime.serving_worker", "programs",
                                       argv)
     root = Path(args.programs)
-    from shardc.errors import ShardcError
     from shardc.runtime.distributed import RankRunner
 
     try:
@@ -55,18 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         for runner in runners.values():
             compute += runner.program.timings.compute
             comm += runner.program.timings.comm
-        timings = {"compute": compute, "comm": comm, "order": list(range(len(tokens) + 1))}
-        (work / f"rank{rank}.json").write_text(json.dumps(timings))
+        code = report(work, rank, compute, comm, list(range(len(tokens) + 1)))
         for runner in reversed(list(runners.values())):
             runner.close()
-        return 0
-    except ShardcError as exc:
-        (work / f"rank{rank}.err").write_text(json.dumps({"message": exc.render()}))
-        return 3
-    except Exception as exc:  # reported by the launcher as an internal error of this rank
-        (work / f"rank{rank}.err").write_text(
-            json.dumps({"message": f"rank {rank}: internal error: {type(exc).__name__}: {exc}"}))
-        return 1
+        return code
+    except Exception as exc:  # reported by the launcher, named with this rank
+        return failed(work, rank, exc)
 
 
 if __name__ == "__main__":

@@ -96,9 +96,35 @@ def start(
     return args, rank, work, _Position(work / f"rank{rank}.at")
 
 
+def report(work: Path, rank: int, compute: list[float], comm: list[float],
+           order: list[int]) -> int:
+    """Write what this rank measured (``rank<N>.json``, the launcher's timing table) and
+    return the worker's success code.
+    """
+    (work / f"rank{rank}.json").write_text(
+        json.dumps({"compute": compute, "comm": comm, "order": order})
+    )
+    return 0
+
+
+def failed(work: Path, rank: int, exc: Exception) -> int:
+    """Write why this rank stopped (``rank<N>.err``, read by the launcher) and return the
+    worker's exit code: 3 for a user-level :class:`~shardc.errors.ShardcError`, 1 for an
+    internal error, named with the rank.
+    """
+    from shardc.errors import ShardcError
+
+    if isinstance(exc, ShardcError):
+        (work / f"rank{rank}.err").write_text(json.dumps({"message": exc.render()}))
+        return 3
+    (work / f"rank{rank}.err").write_text(
+        json.dumps({"message": f"rank {rank}: internal error: {type(exc).__name__}: {exc}"})
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rank, work, publish = start("python -m shardc.runtime.worker", "plan", argv)
-    from shardc.errors import ShardcError
     from shardc.runtime.distributed import RankRunner
 
     try:
@@ -120,19 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             **{f"m{m}/{k}": v for m, outs in outputs.items() for k, v in outs.items()},  # type: ignore[arg-type]
         )
         timings = runner.program.timings
-        (work / f"rank{rank}.json").write_text(
-            json.dumps({"compute": timings.compute, "comm": timings.comm, "order": list(outputs)})
-        )
+        code = report(work, rank, timings.compute, timings.comm, list(outputs))
         runner.close()
-        return 0
-    except ShardcError as exc:
-        (work / f"rank{rank}.err").write_text(json.dumps({"message": exc.render()}))
-        return 3
-    except Exception as exc:  # reported by the launcher as an internal error of this rank
-        (work / f"rank{rank}.err").write_text(
-            json.dumps({"message": f"rank {rank}: internal error: {type(exc).__name__}: {exc}"})
-        )
-        return 1
+        return code
+    except Exception as exc:  # reported by the launcher, named with this rank
+        return failed(work, rank, exc)
 
 
 if __name__ == "__main__":
