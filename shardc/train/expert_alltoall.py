@@ -32,7 +32,6 @@ partial sums. Expert ``x`` lives on ep rank ``x // (E/ep)``, TP rank
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -42,8 +41,15 @@ from torch.distributed._functional_collectives import all_to_all_single_autograd
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
-from shardc.train.experts import combine_group, enter_group, expert_ep_targets, shard_experts
-from shardc.train.modules import ModelMap
+from shardc.train.experts import (
+    combine_group,
+    enter_group,
+    expert_ep_targets,
+    route_forward,
+    run_local,
+    shard_experts,
+)
+from shardc.train.modules import ModelMap, holds
 from shardc.train.planview import PlanView, TrainPlanError
 
 
@@ -73,8 +79,7 @@ class ExpertAllToAll(ParallelStyle):
         # the mesh is ep, or ep x tp flattened (ep outer)
         stacked = shard_experts(module, device_mesh, self.experts)
         module._shardc_a2a = (self.ep, self.tp, self.experts, stacked)  # type: ignore[assignment]
-        module._shardc_inner = False  # type: ignore[assignment]
-        module.forward = types.MethodType(_a2a_forward, module)
+        route_forward(module, _a2a_forward)
         return module
 
 
@@ -91,9 +96,6 @@ def _exchange(t: torch.Tensor, send: list[int], recv: list[int], group: Any) -> 
 def _a2a_forward(
     self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
-    if self._shardc_inner:  # the local call below: the module's own implementation
-        out: torch.Tensor = type(self).forward(self, hidden_states, top_k_index, top_k_weights)
-        return out
     mesh, tp_mesh, experts, stacked = self._shardc_a2a
     group, e = mesh.get_group(), mesh.size()
     tp, t = (1, 0) if tp_mesh is None else (tp_mesh.size(), tp_mesh.get_local_rank())
@@ -119,16 +121,7 @@ def _a2a_forward(
     ids = _exchange((flat[order] - dest[order] * block - t * n).unsqueeze(1), send, recv, group)
     weights = _exchange(w.reshape(-1)[pairs[order]].unsqueeze(1), send, recv, group)
     local = {name: _ScaleGrad.apply(getattr(self, name).to_local(), 1.0 / e) for name in stacked}
-    whole = getattr(self, "num_experts", None)
-    self._shardc_inner = True
-    if whole is not None:
-        self.num_experts = n  # the implementations size their masks by it
-    try:
-        out = torch.func.functional_call(self, local, (rows, ids, weights))
-    finally:
-        self._shardc_inner = False
-        if whole is not None:
-            self.num_experts = whole
+    out = run_local(self, local, n, rows, ids, weights)
     # combine: every row home, added onto its token
     back = _exchange(out.to(x.dtype), recv, send, group)
     part = torch.zeros_like(x).index_add(0, tokens, back)
@@ -157,7 +150,7 @@ def expert_data_parallel(m: nn.Module, mm: ModelMap, mesh: Any, ep: int) -> list
     """The experts modules of ``m`` spread over the ep mesh dim (all-to-all dispatch)."""
     if ep == 1:
         return []
-    experts = {f: e for f, e in expert_ep_targets(mm).items() if _has(m, f)}
+    experts = {f: e for f, e in expert_ep_targets(mm).items() if holds(m, f)}
     if not experts:
         raise TrainPlanError(f"the plan pins ep={ep} and the model has no experts module")
     tp = mesh["tp"].size()
@@ -167,12 +160,3 @@ def expert_data_parallel(m: nn.Module, mm: ModelMap, mesh: Any, ep: int) -> list
     styles = {f: ExpertAllToAll(e, mesh["ep"], tp_mesh) for f, e in experts.items()}
     parallelize_module(m, owner, styles)  # type: ignore[arg-type]
     return [m.get_submodule(f) for f in experts]
-
-
-def _has(m: nn.Module, fqn: str) -> bool:
-    """Whether ``m`` holds ``fqn`` with parameters (a pipeline stage keeps some blocks)."""
-    try:
-        sub = m.get_submodule(fqn)
-    except AttributeError:
-        return False
-    return any(True for _ in sub.parameters())

@@ -150,6 +150,48 @@ def shard_experts(module: nn.Module, device_mesh: DeviceMesh, experts: int) -> t
     return tuple(stacked)
 
 
+def route_forward(module: nn.Module, forward: Any) -> None:
+    """Make ``forward`` the module's forward, except while :func:`run_local` runs the
+    module's own implementation on this rank's experts (it calls the module, which must
+    then reach the class's forward, not ``forward`` again).
+    """
+    module._shardc_inner = False  # type: ignore[assignment]
+
+    def routed(
+        self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        if self._shardc_inner:
+            out: torch.Tensor = type(self).forward(self, hidden_states, top_k_index,
+                                                   top_k_weights)
+            return out
+        got: torch.Tensor = forward(self, hidden_states, top_k_index, top_k_weights)
+        return got
+
+    module.forward = types.MethodType(routed, module)
+
+
+def run_local(
+    module: Any, local: Mapping[str, torch.Tensor], experts: int, rows: torch.Tensor,
+    ids: torch.Tensor, weights: torch.Tensor,
+) -> torch.Tensor:
+    """The module's own implementation over this rank's ``experts`` experts (``local``: its
+    shards of the stacked weights), one row per (token, expert) pair with local expert
+    ``ids``: the experts' arithmetic stays the model's, whichever way pairs arrived.
+    """
+    whole = getattr(module, "num_experts", None)
+    module._shardc_inner = True
+    if whole is not None:
+        module.num_experts = experts  # the implementations size their masks by it
+    try:
+        out: torch.Tensor = torch.func.functional_call(module, dict(local), (rows, ids, weights))
+    finally:
+        module._shardc_inner = False
+        if whole is not None:
+            module.num_experts = whole
+    return out
+
+
 class ExpertParallel(ParallelStyle):
     """Spread a stacked-experts module's ``experts`` over the mesh (see the module doc)."""
 
@@ -160,17 +202,13 @@ class ExpertParallel(ParallelStyle):
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         stacked = shard_experts(module, device_mesh, self.experts)
         module._shardc_ep = (device_mesh, self.experts, stacked)  # type: ignore[assignment]
-        module._shardc_inner = False  # type: ignore[assignment]
-        module.forward = types.MethodType(_expert_forward, module)
+        route_forward(module, _expert_forward)
         return module
 
 
 def _expert_forward(
     self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
-    if self._shardc_inner:  # the local call below: the module's own implementation
-        out: torch.Tensor = type(self).forward(self, hidden_states, top_k_index, top_k_weights)
-        return out
     mesh, experts, stacked = self._shardc_ep
     n = experts // mesh.size()
     lo = mesh.get_local_rank() * n
@@ -184,16 +222,7 @@ def _expert_forward(
     ids = (flat[pairs] - lo).unsqueeze(1)
     weights = w.reshape(-1)[pairs].unsqueeze(1)
     local = {name: getattr(self, name).to_local() for name in stacked}
-    whole = getattr(self, "num_experts", None)
-    self._shardc_inner = True
-    if whole is not None:
-        self.num_experts = n  # the implementations size their masks by it
-    try:
-        out = torch.func.functional_call(self, local, (x[tokens], ids, weights))
-    finally:
-        self._shardc_inner = False
-        if whole is not None:
-            self.num_experts = whole
+    out = run_local(self, local, n, x[tokens], ids, weights)
     # combine: each pair's output back on its token, summed over ranks
     part = torch.zeros_like(x).index_add(0, tokens, out.to(x.dtype))
     return combine_group(part, mesh)

@@ -222,3 +222,14 @@ def tp_targets(mm: ModelMap, strategies: Mapping[str, str]) -> dict[str, tuple[s
             raise TrainPlanError(f"module {sc.module} is both {seen[0]} and {strategy} in the plan")
         out[sc.module] = (strategy, sc.cls, node)
     return out
+
+
+def holds(model: Any, fqn: str) -> bool:
+    """Whether ``model`` (an ``nn.Module``) holds ``fqn`` with parameters: a pipeline stage
+    keeps only its blocks, so a plan's module targets are filtered by what is there.
+    """
+    try:
+        sub = model.get_submodule(fqn)
+    except AttributeError:
+        return False
+    return any(True for _ in sub.parameters())

@@ -45,6 +45,7 @@ from shardc.train.modules import (
     LayerChain,
     ModelMap,
     check_model,
+    holds,
     layer_chain,
     model_map,
     tp_targets,
@@ -245,14 +246,14 @@ def _tensor_parallel(
     mesh: Any, sp: bool,
 ) -> None:  # fmt: skip
     """The plan's per-node strategies on the chunk's modules, norms under SP."""
-    targets = {f: t for f, t in tp_targets(mm, view.strategies).items() if _has(m, f)}
+    targets = {f: t for f, t in tp_targets(mm, view.strategies).items() if holds(m, f)}
     check_whole_siblings(m, targets)
     scopes: list[str] = []
     if sp and chain is not None:
-        scopes = [chain.layers[i] for i in layers] + [f for f in chain.after if _has(m, f)]
+        scopes = [chain.layers[i] for i in layers] + [f for f in chain.after if holds(m, f)]
     factors = {f: split_factor(mm.proto, node) for f, (_, cls, node) in targets.items()
                if cls == CONV1D}  # fmt: skip
-    experts = {f: e for f, e in expert_targets(mm, view.strategies).items() if _has(m, f)}
+    experts = {f: e for f, e in expert_targets(mm, view.strategies).items() if holds(m, f)}
     # the MoE block around each experts module: its router and experts are no norms
     moe = {f.rsplit(".", 1)[0] for f in experts}
     norms = [
@@ -309,14 +310,6 @@ def _schedule(
     if view.schedule == "gpipe":
         return ScheduleGPipe(stages[0], view.microbatches, loss_fn=loss)
     return Schedule1F1B(stages[0], view.microbatches, loss_fn=loss)
-
-
-def _has(m: nn.Module, fqn: str) -> bool:
-    try:
-        sub = m.get_submodule(fqn)
-    except AttributeError:
-        return False
-    return any(True for _ in sub.parameters())
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:
