@@ -35,15 +35,14 @@ from collections.abc import Sequence
 from shardc.cost.expert_comm import expert_alltoall
 from shardc.cost.network import tier_options
 from shardc.errors import OptionError
-from shardc.partition.experts import ExpertRegion, find_regions
+from shardc.partition.experts import ExpertRegion
 from shardc.partition.pricing import GraphPrices as Costing
 from shardc.partition.pricing import PartCost
 
 
 def regions(costing: Costing) -> tuple[ExpertRegion, ...]:
     """The expert regions of the costing's graph (MoE layers the exporter wrote)."""
-    found, _ = find_regions(costing.graph, costing.table.free)
-    return found
+    return costing.expert_regions
 
 
 def check_ep(costing: Costing, ep: int, tp_pins: Sequence[int], dp: int | None) -> None:

@@ -19,6 +19,7 @@ from shardc.cost import activations as acts
 from shardc.cost.network import group_collective
 from shardc.errors import InfeasibleError
 from shardc.ir import Graph
+from shardc.partition.experts import ExpertRegion, find_regions
 from shardc.partition.megatron import MegatronRule
 from shardc.partition.place import _take_groups
 from shardc.partition.split import SplitRule, tp_rule
@@ -171,6 +172,13 @@ class GraphPrices:
         t = self.graph.values[value].type
         assert t is not None, f"initializer {value!r} has no tensor type"
         return t.numel or 0
+
+    @cached_property
+    def expert_regions(self) -> tuple[ExpertRegion, ...]:
+        """The graph's MoE layers as the exporter wrote them, found once: expert
+        parallelism across replicas asks for them per configuration it prices.
+        """
+        return find_regions(self.graph, self.table.free)[0]
 
     # -- tensor-parallel choices ---------------------------------------------------------
     @cached_property
