@@ -102,6 +102,10 @@ class Settings:
     such as Llama are trained without)."""
 
 
+_EP_FREE = ("rule", "expert_regions", "sections", "gradient_values", "boundary_bytes")
+"""Cached properties of :class:`GraphPrices` that do not depend on ``Settings.ep``."""
+
+
 class GraphPrices:
     """The chain, tensor-parallel choices and groups of one graph on one topology."""
 
@@ -131,8 +135,15 @@ class GraphPrices:
         """
         if ep == self.settings.ep:
             return self
-        return type(self)(self.graph, self.costs, self.chain, self.table, self.topology,
-                          replace(self.settings, ep=ep))
+        other = type(self)(self.graph, self.costs, self.chain, self.table, self.topology,
+                           replace(self.settings, ep=ep))
+        # what does not depend on ep is shared, not worked out again: the tensor-parallel
+        # rule's analysis and its choice per degree, the chain, the expert regions
+        other._choices = self._choices
+        for name in _EP_FREE:
+            if name in self.__dict__:
+                other.__dict__[name] = self.__dict__[name]
+        return other
 
     # -- the chain -----------------------------------------------------------------------
     @cached_property
