@@ -26,7 +26,7 @@ from shardc import jsonutil
 from shardc.cli.options import console
 from shardc.cost.expert_comm import MOE_COMMS
 from shardc.errors import OptionError
-from shardc.serving.step import QUANTS, Quant
+from shardc.serving.shapes import QUANTS, Quant
 
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--isl", type=int, help="Serving: prompt length in tokens (input sequence)."),

@@ -21,7 +21,7 @@ from shardc.plan.serving import (
 )
 from shardc.serving.arch import MLA, ServingModel, from_onnx, from_synth_config
 from shardc.serving.planner import ServingOptions, plan_serving
-from shardc.serving.step import Parallel, Quant
+from shardc.serving.shapes import Parallel, Quant
 from shardc.serving.workload import Workload, parse_duration, workload
 
 __all__ = [

@@ -22,17 +22,15 @@ from dataclasses import dataclass, field
 from shardc.serving.arch import ServingModel
 from shardc.serving.fabric import Fabric, Pool
 from shardc.serving.kernels import kernel_lines
-from shardc.serving.step import (
+from shardc.serving.shapes import (
     Parallel,
     Quant,
     StepContext,
     StepEstimate,
     StepShape,
-    accepted_tokens,
     element_bytes,
-    expert_imbalance,
-    step_time,
 )
+from shardc.serving.step import accepted_tokens, expert_imbalance, step_time
 from shardc.serving.workload import Workload, parse_duration
 
 OVERHEAD_TAG = "step_overhead_per_layer"

@@ -30,7 +30,7 @@ from shardc.serving.candidates import (
 )
 from shardc.serving.fabric import Fabric
 from shardc.serving.search import Choice, search
-from shardc.serving.step import Quant, element_bytes
+from shardc.serving.shapes import Quant, element_bytes
 from shardc.serving.traffic import expert_traffic, kv_links
 from shardc.serving.workload import Workload
 from shardc.topology import Topology

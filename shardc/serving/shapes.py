@@ -4,7 +4,7 @@
 
 Why apart from :mod:`shardc.serving.step`: the candidates, the planner, the traffic
 records, the benchmarks and the tests all name these types and byte sizes; only the step
-model prices them. ``shardc.serving.step`` re-exports every name, so either import works.
+model prices them.
 """
 
 from __future__ import annotations

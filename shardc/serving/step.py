@@ -45,7 +45,6 @@ from shardc.cost.expert_comm import moe_exchange
 from shardc.cost.ops import NodeCost
 from shardc.serving.kernels import PLAIN, KernelLines, Line, scaled
 from shardc.serving.shapes import (
-    QUANTS,
     Parallel,
     Quant,
     StepContext,
@@ -57,11 +56,6 @@ from shardc.serving.shapes import (
 if TYPE_CHECKING:
     from shardc.serving.arch import ServingModel
 
-__all__ = [
-    "M_TILE", "QUANTS", "Parallel", "Quant", "StepContext", "StepEstimate", "StepShape",
-    "accepted_tokens", "context_attention", "dense_lines", "element_bytes",
-    "expert_imbalance", "routed_experts", "step_time",
-]
 
 M_TILE = 64
 """Rows of one tensor-core GEMM tile: Hopper's wgmma instructions are m64nNk16 (NVIDIA PTX

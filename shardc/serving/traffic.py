@@ -23,7 +23,7 @@ from shardc.cost.expert_comm import moe_exchange
 from shardc.plan.serving import ExpertTraffic, LinkTraffic, ServingInstance
 from shardc.serving.arch import ServingModel
 from shardc.serving.fabric import Fabric
-from shardc.serving.step import Quant, element_bytes
+from shardc.serving.shapes import Quant, element_bytes
 from shardc.topology.queries import route_tree
 
 TOP_LINKS = 64

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from shardc.serving.kernels import KernelLines, Line
-from shardc.serving.step import Quant, _gemm, context_attention, routed_experts
+from shardc.serving.shapes import Quant
+from shardc.serving.step import _gemm, context_attention, routed_experts
 from shardc.topology import load_topology
 from shardc.topology.loader import find_topology
 

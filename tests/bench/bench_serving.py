@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from shardc.serving import ServingOptions, ServingPlan, from_synth_config, plan_serving, workload
-from shardc.serving.step import Quant
+from shardc.serving.shapes import Quant
 from shardc.synth import SynthConfig, resolve
 from shardc.topology import load_topology
 from shardc.topology.loader import find_topology

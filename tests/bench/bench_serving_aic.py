@@ -48,7 +48,7 @@ import pytest
 from shardc.serving import ServingOptions, from_synth_config, plan_serving, workload
 from shardc.serving.candidates import Options, decode_candidates, prefill_candidates
 from shardc.serving.fabric import Fabric
-from shardc.serving.step import Quant
+from shardc.serving.shapes import Quant
 from shardc.synth import SynthConfig, resolve
 from shardc.topology import load_topology
 from shardc.topology.loader import find_topology

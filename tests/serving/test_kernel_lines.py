@@ -11,7 +11,8 @@ from test_pricing import Kind
 
 from shardc.errors import OptionError
 from shardc.serving.kernels import KernelLines, Line, kernel_lines, scaled
-from shardc.serving.step import M_TILE, Quant, context_attention, routed_experts
+from shardc.serving.shapes import Quant
+from shardc.serving.step import M_TILE, context_attention, routed_experts
 
 
 def test_tags_become_lines_per_family_and_dtype() -> None:

@@ -21,7 +21,8 @@ from shardc.cost.expert_comm import (
 )
 from shardc.errors import OptionError
 from shardc.serving import ServingModel, ServingOptions, plan_serving, workload
-from shardc.serving.step import Parallel, Quant, StepContext, StepShape, step_time
+from shardc.serving.shapes import Parallel, Quant, StepContext, StepShape
+from shardc.serving.step import step_time
 from shardc.synth import SynthConfig, build, save
 from shardc.topology import load_topology
 from shardc.topology.loader import find_topology

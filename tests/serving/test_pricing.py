@@ -10,15 +10,8 @@ import pytest
 from shardc.cost.comm import Tier
 from shardc.cost.expert_comm import distinct_targets, expert_alltoall
 from shardc.serving import MLA, ServingModel
-from shardc.serving.step import (
-    M_TILE,
-    Parallel,
-    Quant,
-    StepContext,
-    StepShape,
-    accepted_tokens,
-    step_time,
-)
+from shardc.serving.shapes import Parallel, Quant, StepContext, StepShape
+from shardc.serving.step import M_TILE, accepted_tokens, step_time
 
 
 @dataclass(frozen=True)
