@@ -206,6 +206,8 @@ def _made_order(chunked: Sequence[str], cmap: ContextMap, steps: Sequence[Any]) 
     """The chunked outputs in the order their nodes run (the rewrite gathers them last, in
     that order).
     """
+    if not chunked:  # a chunk that makes no output: nothing to order
+        return []
     order = {n: k for k, n in enumerate(n for s in steps if isinstance(s, Compute)
                                         for n in s.nodes)}
     return sorted(chunked, key=lambda o: order.get(cmap.made_by[o], len(order)))
